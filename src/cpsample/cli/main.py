@@ -1,0 +1,171 @@
+"""The `cpsample` command line. Each command takes --seed and writes a cpsample.json recording its settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cpsample.data import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
+console = Console(stderr=True)
+
+Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
+Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def run_safely(function):
+    """Turn expected user errors into one clear line and exit code 2 instead of a traceback."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
+            fail(str(error))
+
+    return wrapper
+
+
+@app.command("train-denoiser")
+@run_safely
+def train_denoiser_command(
+    out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/).")],
+    data: Annotated[str, typer.Option(help="'mnist', 'digits', a folder of PNG/JPG, or an .npz file.")] = "mnist",
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size.")] = 16,
+    subset: Annotated[Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 10000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    channels: Annotated[str, typer.Option(help="UNet block widths, comma-separated.")] = "32,64,64",
+    save_every: int = 500,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")] = "no",
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")] = False,
+    seed: Seed = 0,
+):
+    """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints)."""
+    from cpsample.data import load_dataset, make_split
+    from cpsample.provenance import seed_everything
+    from cpsample.training.denoiser import train_denoiser
+    from cpsample.training.loop import TrainConfig
+
+    seed_everything(seed)
+    dataset = load_dataset(data, image_size=image_size)
+    split = make_split(len(dataset), subset, seed, data)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every,
+                         mixed_precision=mixed_precision)
+    summary = train_denoiser(dataset.take(split.members), split, out, config, resume=resume,
+                             block_out_channels=_widths(channels), data_spec=data)
+    console.print(f"trained {summary['steps']} steps on {summary['members']} images "
+                  f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
+
+
+@app.command("train-classifier")
+@run_safely
+def train_classifier_command(
+    out: Annotated[Path, typer.Option(help="Output folder for the classifier.")],
+    denoiser: Annotated[str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")] = "bundled",
+    steps: Annotated[int, typer.Option(min=1)] = 6000,
+    relabel_after: Annotated[int, typer.Option(help="Step at which images still not fitted get a common label.")] = 4000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    channels: Annotated[str, typer.Option(help="Encoder block widths, comma-separated.")] = "32,64,64",
+    label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
+    save_every: int = 500,
+    resume: bool = False,
+    seed: Seed = 0,
+):
+    """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
+    from cpsample.models import load_denoiser
+    from cpsample.models.bundle import resolve_model_dir, training_data
+    from cpsample.provenance import seed_everything
+    from cpsample.training.classifier import PAPER_LOSS, train_classifier
+    from cpsample.training.loop import TrainConfig
+
+    seed_everything(seed)
+    folder = resolve_model_dir(denoiser, "denoiser")
+    _, schedule = load_denoiser(folder)
+    dataset, split = training_data(folder)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
+    summary = train_classifier(dataset.take(split.members), split, schedule, out, config,
+                               label_seed=seed if label_seed is None else label_seed, relabel_after=relabel_after,
+                               block_out_channels=_widths(channels), resume=resume, denoiser_path=str(folder))
+    table = Table(title="classifier on its training images (EMA weights)")
+    for column in ("t", "loss", "accuracy"):
+        table.add_column(column, justify="right")
+    for row in summary["per_timestep"]:
+        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
+    console.print(table)
+    verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
+    console.print(f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
+                  f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}")
+
+
+@app.command("sample")
+@run_safely
+def sample_command(
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png, samples.npz, cpsample.json (+ trace.png when guarded).")],
+    model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 64,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
+    scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
+    guard: Annotated[str, typer.Option(help="Guidance strategy: none or cpsample.")] = "none",
+    classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
+    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.001,
+    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 1000.0,
+    tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    batch_size: int = 250,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Device = "cpu",
+    seed: Seed = 0,
+):
+    """Sample images, plainly or with a guidance strategy."""
+    from cpsample.provenance import write_record
+    from cpsample.sampling.outputs import plot_trace, save_samples
+    from cpsample.sampling.pipeline import generate
+
+    settings = {"model": model, "n": n, "steps": steps, "scheduler": scheduler, "guard": guard, "classifier": classifier,
+                "alpha": alpha, "scale": scale, "tau": tau, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
+    result = generate(**settings, work_dir=out)
+    paths = save_samples(out, result.images, result.trace)
+    if result.trace:
+        trace_png = plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha)
+        paths["trace"] = str(trace_png)
+    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **_guard_stats(result.trace), **paths}
+    write_record(out, "sample", settings, stats)
+    console.print(json.dumps(stats, indent=2))
+
+
+def _guard_stats(trace: dict) -> dict:
+    if "fired" not in trace:
+        return {}
+    fired = trace["fired"]
+    return {"share_of_steps_guided": float(fired.mean()), "share_of_samples_ever_guided": float(fired.any(axis=0).mean())}
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) <= 0:
+        raise ValueError(f"--channels must be positive integers, got {text!r}")
+    return widths
+
+
+if __name__ == "__main__":
+    app()

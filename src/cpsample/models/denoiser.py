@@ -1,0 +1,51 @@
+"""The denoiser: a diffusers UNet2DModel predicting eps, stored with its noise schedule as a diffusers folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+# The bundled model's shape: three resolutions, attention at the lowest. About 1.1M parameters at 16x16.
+DEFAULT_CHANNELS = (32, 64, 64)
+
+
+def build_denoiser(image_size: int, channels: int, block_out_channels=DEFAULT_CHANNELS, layers_per_block: int = 1,
+                   num_class_embeds: int | None = None) -> UNet2DModel:
+    levels = len(block_out_channels)
+    if image_size % (2 ** (levels - 1)):
+        raise ValueError(f"image size {image_size} must be divisible by {2 ** (levels - 1)} for {levels} resolution levels")
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        norm_num_groups=min(16, min(block_out_channels)),
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def build_noise_schedule(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", prediction_type="epsilon")
+
+
+def save_denoiser(folder: Path, unet: UNet2DModel, schedule: DDPMScheduler) -> None:
+    """Write unet/ (safetensors + config) and scheduler/ in the diffusers layout, loadable by DDPMPipeline too."""
+    folder = Path(folder)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    schedule.save_pretrained(folder / "scheduler")
+
+
+def load_denoiser(folder: Path, device: str | torch.device = "cpu") -> tuple[UNet2DModel, DDPMScheduler]:
+    folder = Path(folder)
+    if not (folder / "unet" / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no denoiser here (expected unet/config.json, as written by train-denoiser)")
+    unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(device).eval()
+    schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
+    if schedule.config.prediction_type != "epsilon":
+        raise ValueError(f"{folder}: cpsample needs an eps-predicting model, this one predicts {schedule.config.prediction_type}")
+    return unet, schedule

@@ -1,0 +1,53 @@
+"""Every output records how it was made: the command's settings and the versions of what ran it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PACKAGES = ("cpsample", "torch", "diffusers", "accelerate", "safetensors", "faiss-cpu", "numpy", "scipy", "scikit-learn")
+
+
+def versions() -> dict:
+    found = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def write_record(folder: Path, command: str, settings: dict, results: dict | None = None, name: str = "cpsample.json") -> Path:
+    """Write <folder>/<name> with the command, its settings, versions and (optionally) results."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"command": command, "settings": settings, "versions": versions(),
+              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results or {}}
+    path = folder / name
+    path.write_text(json.dumps(record, indent=2, default=_jsonable))
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (Path, torch.device, torch.dtype)):
+        return str(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot record {type(value).__name__}")

@@ -1,0 +1,76 @@
+"""What sampling writes: a PNG grid a person can look at, the images as .npz, and the guard's trace plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cpsample.data import to_uint8
+
+
+def image_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, upscale: int | None = None, pad: int = 1) -> Image.Image:
+    """Tile (N, C, H, W) images in [-1, 1] into one PIL image; small images are upscaled to stay visible."""
+    pixels = to_uint8(images)  # (N, H, W, C)
+    count, height, width, channels = pixels.shape
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / columns)
+    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255, dtype=np.uint8)
+    for i in range(count):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        canvas[top:top + height, left:left + width] = pixels[i]
+    image = Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
+    upscale = upscale or max(1, 64 // max(height, 1))
+    if upscale > 1:
+        image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
+    return image
+
+
+def save_samples(folder: Path, images: torch.Tensor, trace: dict | None = None, grid_count: int = 100) -> dict:
+    """Write samples.npz (float images in [-1, 1] and uint8 NHWC) and grid.png; returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images)}
+    for key, value in (trace or {}).items():
+        arrays[f"trace_{key}"] = value
+    np.savez_compressed(folder / "samples.npz", **arrays)
+    image_grid(images[:grid_count]).save(folder / "grid.png")
+    return {"samples": str(folder / "samples.npz"), "grid": str(folder / "grid.png")}
+
+
+def plot_trace(trace: dict, timesteps: np.ndarray, path: Path, alpha: float | None = None, max_lines: int = 32) -> Path | None:
+    """Per-step p(y=1 | x_t) for some samples (like the paper's Fig. 7) and the share of samples guided per step."""
+    if "p1" not in trace:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p1, fired = trace["p1"], trace.get("fired")
+    steps = np.arange(len(p1))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ever = fired.any(axis=0) if fired is not None else np.zeros(p1.shape[1], bool)
+    order = np.concatenate([np.flatnonzero(ever), np.flatnonzero(~ever)])[:max_lines]
+    for i in order:
+        axes[0].plot(steps, p1[:, i], lw=0.8, alpha=0.8, color="tab:red" if ever[i] else "tab:blue")
+    if alpha is not None and alpha > 0:
+        for level in (alpha, 1 - alpha):
+            axes[0].axhline(level, color="k", ls="--", lw=0.8)
+    axes[0].set(xlabel="denoising step (later ->)", ylabel="p(y=1 | x_t)", ylim=(-0.02, 1.02),
+                title="classifier probability per sample (red: guided at some step)")
+    if fired is not None:
+        axes[1].plot(steps, fired.mean(axis=1) * 100, color="tab:red")
+        axes[1].set(xlabel="denoising step (later ->)", ylabel="% of samples guided", title="how often CPSample fired")
+    tick_positions = np.linspace(0, len(steps) - 1, min(6, len(steps))).astype(int)
+    for axis in axes:
+        axis.set_xticks(tick_positions)
+        axis.set_xticklabels([f"{i}\n(t={int(timesteps[i])})" for i in tick_positions], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

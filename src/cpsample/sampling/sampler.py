@@ -1,0 +1,142 @@
+"""The denoising loop shared by every strategy and scheduler.
+
+Any diffusers scheduler for an eps-predicting model works: at each step the denoiser's eps goes through the
+guard (which may change it) and then into `scheduler.step`. Batch b starts from noise seeded by (seed, b), so
+plain and guarded runs with the same seed start from the same x_T, and finished batches are written to disk
+so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from tqdm.auto import tqdm
+
+from cpsample.sampling.guards import Guard, NoGuard
+
+SCHEDULERS = ("ddim", "ddpm", "dpm++")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# denoise(x_t, t) -> eps; a plain UNet call, or a classifier-free-guidance wrapper for conditional models.
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_scheduler(name: str, schedule_config: dict, steps: int):
+    """A sampling scheduler sharing the training noise schedule; set to `steps` denoising steps."""
+    config = dict(schedule_config)
+    if name == "ddim":
+        scheduler = DDIMScheduler.from_config(config)
+    elif name == "ddpm":
+        scheduler = DDPMScheduler.from_config(config)
+    elif name == "dpm++":
+        scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    else:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
+    trace: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (steps, N)
+    timesteps: np.ndarray | None = None
+    denoiser_calls: int = 0
+    seconds: float = 0.0
+
+
+def unet_denoiser(unet, class_labels: torch.Tensor | None = None) -> Denoise:
+    def denoise(x, t):
+        return unet(x, t, class_labels=class_labels).sample
+
+    return denoise
+
+
+def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, generator: torch.Generator,
+                 device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+    """Run one batch from x_T to x_0. Returns images in [-1, 1] (float32, CPU) and the guard's trace."""
+    guard.reset()
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    x = x * scheduler.init_noise_sigma
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    for t in scheduler.timesteps:
+        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        model_input = scheduler.scale_model_input(x, t)
+        with torch.no_grad():
+            eps = denoise(model_input, t_batch)
+        eps = guard.adjust(eps, x, t_batch, alphas_cumprod[int(t)].float())
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+    images = x.float().clamp(-1.0, 1.0).cpu()
+    trace = {key: np.stack(values) for key, values in guard.trace.items()}
+    return images, trace
+
+
+def sample(denoise: Denoise, scheduler_factory: Callable[[], object], n: int, image_shape: tuple, guard: Guard | None = None,
+           batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+           work_dir: Path | None = None, progress: bool = True) -> SampleResult:
+    """Draw n images; with work_dir, each finished batch is kept there and reused on a rerun with the same settings."""
+    guard = guard or NoGuard()
+    device = torch.device(device)
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    images, traces = [], []
+    started, calls, timesteps = time.time(), 0, None
+    bar = tqdm(total=n, desc=f"sampling ({guard.name})", disable=not progress, dynamic_ncols=True, unit="img")
+    for index, size in enumerate(sizes):
+        scheduler = scheduler_factory()
+        timesteps = scheduler.timesteps.cpu().numpy()
+        cached = _load_batch(work_dir, index, size)
+        if cached is None:
+            generator = torch.Generator().manual_seed(seed * 100_003 + index)
+            batch, trace = sample_batch(denoise, scheduler, (size, *image_shape), guard, generator, device, dtype)
+            calls += size * len(timesteps)
+            _save_batch(work_dir, index, batch, trace)
+        else:
+            batch, trace = cached
+        images.append(batch)
+        traces.append(trace)
+        bar.update(size)
+    bar.close()
+    merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in (traces[0] if traces else {})}
+    return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started)
+
+
+def _batch_path(work_dir: Path, index: int) -> Path:
+    return Path(work_dir) / "batches" / f"batch_{index:05d}.npz"
+
+
+def _save_batch(work_dir, index, images, trace) -> None:
+    if work_dir is None:
+        return
+    path = _batch_path(work_dir, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images.numpy(), **{f"trace_{k}": v for k, v in trace.items()})
+    tmp.replace(path)
+
+
+def _load_batch(work_dir, index, size):
+    if work_dir is None or not _batch_path(work_dir, index).exists():
+        return None
+    with np.load(_batch_path(work_dir, index)) as data:
+        if len(data["images"]) != size:
+            return None
+        trace = {k[len("trace_"):]: data[k] for k in data.files if k.startswith("trace_")}
+        return torch.from_numpy(data["images"]), trace
+
+
+def batch_settings_file(work_dir: Path, settings: dict) -> None:
+    """Cached batches are valid only for the same settings: clear them when the settings change."""
+    work_dir = Path(work_dir)
+    path = work_dir / "batches" / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != settings:
+        for stale in (work_dir / "batches").glob("batch_*.npz"):
+            stale.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, sort_keys=True))

@@ -1,0 +1,143 @@
+"""Train the CPSample classifier: memorise random Bernoulli(0.5) labels of the training images at every noise level.
+
+Phase 1 fits the random labels on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the denoiser's own schedule.
+Images the classifier still cannot fit at low noise (duplicates or near-duplicates of an image with the other
+label) then get one common label, and phase 2 continues with the same optimizer (paper section 3.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cpsample.data import ImageSet, Split
+from cpsample.models.classifier import TimeClassifier
+from cpsample.provenance import write_record
+from cpsample.training.loop import TrainConfig, Trainer
+
+REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
+PAPER_LOSS = 0.05
+
+
+def random_labels(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, size=count).astype(np.int64)
+
+
+def noisy_ce_loss(schedule):
+    num_steps = schedule.config.num_train_timesteps
+
+    def loss_fn(model, x0, labels, generator):
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        t = torch.randint(0, num_steps, (x0.shape[0],), generator=generator).to(x0.device)
+        logits = model(schedule.add_noise(x0, noise, t), t).float()
+        accuracy = (logits.argmax(-1) == labels).float().mean().item()
+        return F.cross_entropy(logits, labels), {"acc": accuracy}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def per_image_loss(model, images: torch.Tensor, labels: torch.Tensor, schedule, timesteps, draws: int = 4,
+                   seed: int = 0, batch_size: int = 500) -> np.ndarray:
+    """Cross-entropy per image and timestep, averaged over `draws` noise draws: shape (len(timesteps), N)."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    losses = np.zeros((len(timesteps), len(images)))
+    for row, step in enumerate(timesteps):
+        for _ in range(draws):
+            for start in range(0, len(images), batch_size):
+                x0 = images[start:start + batch_size].to(device)
+                y = labels[start:start + batch_size].to(device)
+                noise = torch.randn(x0.shape, generator=generator).to(device)
+                t = torch.full((len(x0),), int(step), device=device, dtype=torch.long)
+                logits = model(schedule.add_noise(x0, noise, t), t).float()
+                losses[row, start:start + len(x0)] += F.cross_entropy(logits, y, reduction="none").cpu().numpy() / draws
+    return losses
+
+
+@torch.no_grad()
+def per_timestep_report(model, images, labels, schedule, timesteps=REPORT_TIMESTEPS, seed: int = 0) -> list[dict]:
+    """Accuracy and mean loss of the classifier at fixed timesteps, on the training images with their labels."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for step in timesteps:
+        noise = torch.randn(images.shape, generator=generator)
+        t = torch.full((len(images),), int(step), dtype=torch.long)
+        logits = torch.cat([model(schedule.add_noise(x, n, tt).to(device), tt.to(device)).float().cpu()
+                            for x, n, tt in zip(images.split(500), noise.split(500), t.split(500))])
+        rows.append({"t": int(step), "loss": F.cross_entropy(logits, labels).item(),
+                     "accuracy": (logits.argmax(-1) == labels).float().mean().item()})
+    return rows
+
+
+def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, config: TrainConfig, label_seed: int,
+                     relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
+                     block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "") -> dict:
+    """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary."""
+    out_dir = Path(out_dir)
+    if not resume and (out_dir / "train_state").exists():
+        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
+    torch.manual_seed(config.seed)
+    initial = random_labels(len(members), label_seed)
+    model = TimeClassifier(sample_size=members.size, in_channels=members.channels, block_out_channels=tuple(block_out_channels),
+                           norm_num_groups=min(16, min(block_out_channels)))
+    images = members.tensor()
+    trainer = Trainer(model, images, noisy_ce_loss(schedule), config, out_dir, targets=torch.from_numpy(initial))
+    meta = trainer.load_state() if resume else None
+    relabelled: list[int] = (meta or {}).get("relabelled", [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split.save(out_dir / "split.json")
+    started = time.time()
+    if trainer.step < relabel_after < config.steps:
+        trainer.run_until(relabel_after, description="train classifier (phase 1)")
+        relabelled = _relabel_unfit(trainer, images, schedule, relabel_max_t, relabel_threshold, config.seed)
+        trainer.save_state(extra={"relabelled": relabelled})
+    trainer.run_until(config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else ""))
+    trainer.save_state(extra={"relabelled": relabelled})
+    seconds = time.time() - started
+    final = trainer.ema_model()
+    labels = trainer.targets.cpu()
+    report = per_timestep_report(final, images, labels, schedule, seed=config.seed)
+    low_noise_loss = float(np.mean([r["loss"] for r in report if r["t"] <= relabel_max_t]))
+    summary = {"steps": trainer.step, "seconds_this_run": round(seconds, 1), "members": len(members),
+               "relabelled": len(relabelled), "per_timestep": report, "low_noise_loss": low_noise_loss,
+               "reached_paper_loss": low_noise_loss < PAPER_LOSS, "parameters": sum(p.numel() for p in final.parameters())}
+    if trainer.accelerator.is_main_process:
+        final.save_pretrained(out_dir / "classifier", safe_serialization=True)
+        schedule.save_pretrained(out_dir / "scheduler")
+        (out_dir / "labels.json").write_text(json.dumps({
+            "label_seed": label_seed, "member_indices": split.members, "initial_labels": initial.tolist(),
+            "labels": labels.tolist(), "relabelled_positions": relabelled}))
+        write_record(out_dir, "train-classifier", {**asdict(config), "label_seed": label_seed, "relabel_after": relabel_after,
+                                                   "relabel_max_t": relabel_max_t, "relabel_threshold": relabel_threshold,
+                                                   "denoiser": denoiser_path, "block_out_channels": list(block_out_channels)},
+                     {**summary, "history": trainer.history})
+    return summary
+
+
+def _relabel_unfit(trainer: Trainer, images, schedule, max_t: int, threshold: float, seed: int) -> list[int]:
+    """Give one common label (0) to images whose low-noise loss is still above threshold; returns their positions."""
+    model = trainer.ema_model()
+    timesteps = np.linspace(0, max_t, 5).astype(int)
+    losses = per_image_loss(model, images, trainer.targets, schedule, timesteps, seed=seed).mean(axis=0)
+    unfit = np.flatnonzero(losses > threshold)
+    trainer.targets = trainer.targets.clone()
+    trainer.targets[torch.from_numpy(unfit)] = 0
+    return unfit.tolist()
+
+
+def load_classifier(folder: Path, device: str | torch.device = "cpu") -> TimeClassifier:
+    folder = Path(folder)
+    path = folder / "classifier" if (folder / "classifier" / "config.json").exists() else folder
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no classifier here (expected classifier/config.json, as written by train-classifier)")
+    return TimeClassifier.from_pretrained(path, use_safetensors=True).to(device).eval()

@@ -1,0 +1,53 @@
+"""Train an eps-predicting UNet2DModel on an image set (the diffusers recipe: MSE between eps and its prediction)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cpsample.data import ImageSet, Split
+from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, save_denoiser
+from cpsample.provenance import write_record
+from cpsample.training.loop import TrainConfig, Trainer
+
+
+def eps_loss(schedule):
+    num_steps = schedule.config.num_train_timesteps
+
+    def loss_fn(model, x0, _target, generator):
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        t = torch.randint(0, num_steps, (x0.shape[0],), generator=generator).to(x0.device)
+        noisy = schedule.add_noise(x0, noise, t)
+        return F.mse_loss(model(noisy, t).sample.float(), noise), {}
+
+    return loss_fn
+
+
+def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: TrainConfig, resume: bool = False,
+                   block_out_channels=DEFAULT_CHANNELS, data_spec: str = "") -> dict:
+    """Train (or resume) and export the EMA model to out_dir as a diffusers folder; returns a summary."""
+    out_dir = Path(out_dir)
+    if not resume and (out_dir / "train_state").exists():
+        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
+    torch.manual_seed(config.seed)
+    unet = build_denoiser(members.size, members.channels, block_out_channels)
+    schedule = build_noise_schedule()
+    trainer = Trainer(unet, members.tensor(), eps_loss(schedule), config, out_dir)
+    resumed_from = trainer.load_state()["step"] if resume and (out_dir / "train_state").exists() else 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split.save(out_dir / "split.json")
+    started = time.time()
+    trainer.run_until(config.steps, description="train denoiser")
+    seconds = time.time() - started
+    summary = {"steps": trainer.step, "resumed_from": resumed_from, "seconds_this_run": round(seconds, 1),
+               "parameters": sum(p.numel() for p in unet.parameters()), "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
+               "members": len(members), "image_size": members.size, "channels": members.channels}
+    if trainer.accelerator.is_main_process:
+        save_denoiser(out_dir, trainer.ema_model(), schedule)
+        write_record(out_dir, "train-denoiser", {**asdict(config), "data": data_spec, "image_size": members.size, "block_out_channels": list(block_out_channels)},
+                     {**summary, "history": trainer.history})
+    return summary
