@@ -24,8 +24,19 @@ from cpsample.sampling.guards import Guard, NoGuard
 SCHEDULERS = ("ddim", "ddpm", "dpm++")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# denoise(x_t, t) -> eps; a plain UNet call, or a classifier-free-guidance wrapper for conditional models.
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CFGPrediction:
+    """Both halves of a classifier-free-guidance call; the guard's `combine` mixes them into one eps."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    scale: float
+
+
+# denoise(x_t, t) -> eps, or a CFGPrediction for conditional models sampled with classifier-free guidance.
+Denoise = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | CFGPrediction"]
 
 
 def make_scheduler(name: str, schedule_config: dict, steps: int):
@@ -59,6 +70,18 @@ def unet_denoiser(unet, class_labels: torch.Tensor | None = None) -> Denoise:
     return denoise
 
 
+def cfg_denoiser(unet, class_labels: torch.Tensor, guidance_scale: float, null_label: int) -> Denoise:
+    """Class-conditional UNet with classifier-free guidance: one batched call for the labelled and the null-label half."""
+
+    def denoise(x, t):
+        labels = torch.cat([class_labels, torch.full_like(class_labels, null_label)]).to(x.device)
+        eps = unet(torch.cat([x, x]), torch.cat([t, t]), class_labels=labels).sample
+        cond, uncond = eps.chunk(2)
+        return CFGPrediction(cond, uncond, guidance_scale)
+
+    return denoise
+
+
 def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, generator: torch.Generator,
                  device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
     """Run one batch from x_T to x_0. Returns images in [-1, 1] (float32, CPU) and the guard's trace."""
@@ -66,11 +89,14 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    for t in scheduler.timesteps:
+    for index, t in enumerate(scheduler.timesteps):
+        guard.begin_step(index, len(scheduler.timesteps))
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         model_input = scheduler.scale_model_input(x, t)
         with torch.no_grad():
             eps = denoise(model_input, t_batch)
+            if isinstance(eps, CFGPrediction):
+                eps = guard.combine(eps.cond, eps.uncond, eps.scale, t_batch)
         eps = guard.adjust(eps, x, t_batch, alphas_cumprod[int(t)].float())
         x = scheduler.step(eps, t, x, generator=generator).prev_sample
     images = x.float().clamp(-1.0, 1.0).cpu()

@@ -15,6 +15,15 @@ class Guard:
 
     def __init__(self) -> None:
         self.trace: dict[str, list[np.ndarray]] = {}
+        self.step_index, self.num_steps = 0, 0
+
+    def begin_step(self, index: int, count: int) -> None:
+        """Told before each denoising step which step of how many it is (for strategies that act only early or late)."""
+        self.step_index, self.num_steps = index, count
+
+    def combine(self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float, t: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance: how conditional and unconditional eps are mixed. Strategies may override."""
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
     def reset(self) -> None:
         """Called before each batch; forget the last batch's trace."""
