@@ -90,7 +90,7 @@ def train_classifier_command(
     seed: Seed = 0,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
-    from cpsample.models import load_denoiser
+    from cpsample.models import load_noise_schedule
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything
     from cpsample.training.classifier import PAPER_LOSS, train_classifier
@@ -98,7 +98,7 @@ def train_classifier_command(
 
     seed_everything(seed)
     folder = resolve_model_dir(denoiser, "denoiser")
-    _, schedule = load_denoiser(folder)
+    schedule = load_noise_schedule(folder)
     dataset, split = training_data(folder)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
     summary = train_classifier(dataset.take(split.members), split, schedule, out, config,

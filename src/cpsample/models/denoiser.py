@@ -40,12 +40,20 @@ def save_denoiser(folder: Path, unet: UNet2DModel, schedule: DDPMScheduler) -> N
     schedule.save_pretrained(folder / "scheduler")
 
 
+def load_noise_schedule(folder: Path) -> DDPMScheduler:
+    """The training noise schedule stored next to a denoiser (all a classifier needs from it)."""
+    path = Path(folder) / "scheduler"
+    if not (path / "scheduler_config.json").exists():
+        raise FileNotFoundError(f"{folder}: no noise schedule here (expected scheduler/scheduler_config.json)")
+    schedule = DDPMScheduler.from_pretrained(path)
+    if schedule.config.prediction_type != "epsilon":
+        raise ValueError(f"{folder}: cpsample needs an eps-predicting model, this one predicts {schedule.config.prediction_type}")
+    return schedule
+
+
 def load_denoiser(folder: Path, device: str | torch.device = "cpu") -> tuple[UNet2DModel, DDPMScheduler]:
     folder = Path(folder)
     if not (folder / "unet" / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no denoiser here (expected unet/config.json, as written by train-denoiser)")
     unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(device).eval()
-    schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
-    if schedule.config.prediction_type != "epsilon":
-        raise ValueError(f"{folder}: cpsample needs an eps-predicting model, this one predicts {schedule.config.prediction_type}")
-    return unet, schedule
+    return unet, load_noise_schedule(folder)
