@@ -7,36 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cpsample.data import DataError
+from cpsample.cli.common import Device, Seed, console, fail, run_safely  # noqa: F401  (re-exported for command modules)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
-console = Console(stderr=True)
-
-Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
-Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
-
-
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
-
-
-def run_safely(function):
-    """Turn expected user errors into one clear line and exit code 2 instead of a traceback."""
-    import functools
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
-            fail(str(error))
-
-    return wrapper
 
 
 @app.command("train-denoiser")
@@ -166,6 +142,15 @@ def _widths(text: str) -> tuple[int, ...]:
         raise ValueError(f"--channels must be positive integers, got {text!r}")
     return widths
 
+
+def _register_command_modules() -> None:
+    """Commands that live in their own modules (one module per area of the tool)."""
+    from cpsample.cli import workflows
+
+    workflows.register(app)
+
+
+_register_command_modules()
 
 if __name__ == "__main__":
     app()

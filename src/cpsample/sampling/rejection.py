@@ -15,7 +15,8 @@ import torch
 
 from cpsample.sampling.sampler import SampleResult
 
-# draw(count, seed) -> SampleResult; is_near_copy(images) -> bool array, True where an image copies training data.
+# draw(count, round_index) -> SampleResult (each round must use fresh noise);
+# is_near_copy(images) -> bool array, True where an image copies training data.
 Draw = Callable[[int, int], SampleResult]
 NearCopyTest = Callable[[torch.Tensor], np.ndarray]
 
@@ -34,8 +35,8 @@ class RejectionResult:
         return self.denoiser_calls / max(len(self.images), 1)
 
 
-def rejection_sample(draw: Draw, n: int, is_near_copy: NearCopyTest, seed: int = 0, max_rounds: int = 20) -> RejectionResult:
-    """Keep drawing fresh images (a new seed each round) until n are accepted; fail loudly if that never happens."""
+def rejection_sample(draw: Draw, n: int, is_near_copy: NearCopyTest, max_rounds: int = 20) -> RejectionResult:
+    """Keep drawing fresh images until n are accepted; fail loudly if that never happens."""
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     started = time.time()
@@ -45,7 +46,7 @@ def rejection_sample(draw: Draw, n: int, is_near_copy: NearCopyTest, seed: int =
         missing = n - sum(len(k) for k in kept)
         if missing <= 0:
             break
-        result = draw(missing, seed * 7919 + round_index)
+        result = draw(missing, round_index)
         copies = np.asarray(is_near_copy(result.images), dtype=bool)
         kept.append(result.images[torch.from_numpy(~copies)])
         calls += result.denoiser_calls

@@ -107,16 +107,28 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
 def sample(denoise: Denoise, scheduler_factory: Callable[[], object], n: int, image_shape: tuple, guard: Guard | None = None,
            batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
            work_dir: Path | None = None, progress: bool = True) -> SampleResult:
-    """Draw n images; with work_dir, each finished batch is kept there and reused on a rerun with the same settings."""
+    """Draw n images; with work_dir, each finished batch is kept there and reused on a rerun with the same settings.
+
+    Under `accelerate launch` every process samples its share of the batches (batch b goes to process
+    b mod world size) into the shared work_dir, and all processes then read back the full set.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1 and work_dir is None:
+        raise ValueError("sampling on several processes needs a shared work_dir (the --out folder) to gather batches")
     guard = guard or NoGuard()
-    device = torch.device(device)
+    device = torch.device(device) if state.num_processes == 1 else state.device
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
-    images, traces = [], []
+    images, traces = [None] * len(sizes), [None] * len(sizes)
     started, calls, timesteps = time.time(), 0, None
-    bar = tqdm(total=n, desc=f"sampling ({guard.name})", disable=not progress, dynamic_ncols=True, unit="img")
+    bar = tqdm(total=n, desc=f"sampling ({guard.name})", disable=not (progress and state.is_local_main_process),
+               dynamic_ncols=True, unit="img")
     for index, size in enumerate(sizes):
         scheduler = scheduler_factory()
         timesteps = scheduler.timesteps.cpu().numpy()
+        if index % state.num_processes != state.process_index:
+            continue
         cached = _load_batch(work_dir, index, size)
         if cached is None:
             generator = torch.Generator().manual_seed(seed * 100_003 + index)
@@ -125,10 +137,14 @@ def sample(denoise: Denoise, scheduler_factory: Callable[[], object], n: int, im
             _save_batch(work_dir, index, batch, trace)
         else:
             batch, trace = cached
-        images.append(batch)
-        traces.append(trace)
-        bar.update(size)
+        images[index], traces[index] = batch, trace
+        bar.update(size * state.num_processes)
     bar.close()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        for index, size in enumerate(sizes):
+            if images[index] is None:
+                images[index], traces[index] = _load_batch(work_dir, index, size)
     merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in (traces[0] if traces else {})}
     return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started)
 
