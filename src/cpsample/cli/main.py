@@ -145,8 +145,9 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def _register_command_modules() -> None:
     """Commands that live in their own modules (one module per area of the tool)."""
-    from cpsample.cli import evaluate, workflows
+    from cpsample.cli import attack, evaluate, workflows
 
+    attack.register(app)
     evaluate.register(app)
     workflows.register(app)
 

@@ -1,0 +1,279 @@
+"""SIDE (Surrogate condItional Data Extraction, Chen et al. 2024): extract training images from an unconditional model.
+
+An unconditional model's samples only rarely land on a training image; a condition narrows the distribution to
+one mode and makes copies far more likely. SIDE builds that condition from the model itself:
+1. sample a pool from the target sampler (the deployed one: plain or CPSample-protected);
+2. cluster the pool (k-means on unit-normalised features) and keep cohesive clusters as surrogate classes;
+3. train a time-dependent classifier p(k | x_t, t) on noised pool images (CPSample's classifier loss, K labels);
+4. sample again with classifier guidance towards each surrogate class, eps - lambda sqrt(1 - abar) grad log p(k | x_t).
+   Against a defended sampler the attacker's guidance comes first and the defence's `adjust` last (ChainGuard).
+Extraction is counted with the evaluation's near-copy criterion: cosine similarity of pixel-centred features to the
+nearest training image above a threshold (exact faiss search). Reported: AMS (share of generations that are
+near-copies) and UMS (distinct training images matched / training set size), for the guided attack and for the
+unguided pool it started from.
+
+Cohesion of a cluster here is the mean cosine similarity of its members to their (normalised) centroid.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cpsample.evaluation.features import PixelFeatures
+from cpsample.evaluation.neighbours import l2_normalise, nearest_by_cosine
+from cpsample.evaluation.replication import DEFAULT_THRESHOLD
+from cpsample.models.classifier import TimeClassifier
+from cpsample.sampling.guards import ChainGuard, ClassifierGuidanceGuard, Guard, NoGuard
+from cpsample.sampling.sampler import Denoise, make_scheduler, sample, sample_batch
+
+PAPER_COHESION = 0.5
+
+
+@dataclass
+class SideConfig:
+    samples: int = 500  # size of the pool that is clustered
+    clusters: int = 20  # K of k-means (paper: 100 on CelebA)
+    min_cohesion: float = PAPER_COHESION  # keep clusters at least this cohesive
+    min_cluster_size: int = 2  # a one-image cluster teaches the classifier nothing about a mode
+    attack_steps: int = 50  # denoising steps for the pool and the guided samples
+    scheduler: str = "ddim"
+    train_steps: int = 400  # surrogate classifier
+    train_batch_size: int = 64
+    lr: float = 1e-3
+    classifier_channels: tuple[int, ...] = (16, 32, 32)
+    attack_scale: float = 10.0  # lambda (paper sweeps 0-50; extraction first rises, then falls)
+    per_class: int = 10  # guided samples per surrogate class
+    threshold: float = DEFAULT_THRESHOLD  # near-copy: cosine similarity strictly above this
+    batch_size: int = 250
+    seed: int = 0
+
+    def check(self) -> None:
+        positive = {"samples": self.samples, "clusters": self.clusters, "attack_steps": self.attack_steps,
+                    "train_steps": self.train_steps, "train_batch_size": self.train_batch_size, "per_class": self.per_class,
+                    "batch_size": self.batch_size, "min_cluster_size": self.min_cluster_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"SIDE: {name} must be at least 1, got {value}")
+        if self.clusters > self.samples:
+            raise ValueError(f"SIDE: cannot form {self.clusters} clusters from {self.samples} samples")
+        if self.attack_scale < 0:
+            raise ValueError(f"SIDE: the attack scale must be non-negative, got {self.attack_scale}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"SIDE: the near-copy threshold is a cosine similarity in [-1, 1], got {self.threshold}")
+
+
+@dataclass
+class Extraction:
+    """Near-copies among a set of generated images, judged against the training images."""
+
+    similarity: np.ndarray  # (N,) cosine similarity to the nearest training image
+    nearest: np.ndarray  # (N,) its row in the training set
+    threshold: float
+    training_size: int
+
+    @property
+    def copies(self) -> np.ndarray:
+        return self.similarity > self.threshold
+
+    @property
+    def extracted(self) -> list[int]:
+        """Distinct training images matched by at least one near-copy (sorted rows into the training set)."""
+        return sorted(set(self.nearest[self.copies].tolist()))
+
+    def summary(self) -> dict:
+        n = len(self.similarity)
+        return {"n": n, "near_copies": int(self.copies.sum()), "ams": float(self.copies.mean()) if n else 0.0,
+                "distinct_extracted": len(self.extracted), "ums": len(self.extracted) / self.training_size,
+                "extracted": self.extracted, "similarity_max": float(self.similarity.max()) if n else None,
+                "similarity_median": float(np.median(self.similarity)) if n else None, "threshold": self.threshold}
+
+
+@dataclass
+class Clusters:
+    labels: np.ndarray  # (N,) k-means cluster of each pool image
+    cohesion: np.ndarray  # (K,) mean cosine of members to their centroid
+    sizes: np.ndarray  # (K,)
+    kept: list[int]  # clusters used as surrogate classes; class c is cluster kept[c]
+
+    def surrogate_labels(self) -> np.ndarray:
+        """(N,) class index in 0..len(kept)-1, or -1 for pool images of dropped clusters."""
+        mapping = np.full(len(self.sizes), -1, dtype=np.int64)
+        mapping[self.kept] = np.arange(len(self.kept))
+        return mapping[self.labels]
+
+
+@dataclass
+class SideResult:
+    config: dict
+    defence: dict
+    clusters: dict
+    classifier: dict
+    pool: dict  # Extraction.summary() of the unguided pool
+    attack: dict  # Extraction.summary() of the guided samples
+    per_class: list[dict]
+    seconds: float
+    pool_images: torch.Tensor = field(repr=False)
+    attack_images: torch.Tensor = field(repr=False)
+    attack_targets: np.ndarray = field(repr=False)
+    attack_extraction: Extraction = field(repr=False)
+    training_images: np.ndarray = field(repr=False)  # what extraction was judged against
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "defence": self.defence, "clusters": self.clusters, "classifier": self.classifier,
+                "pool": self.pool, "attack": self.attack, "per_class": self.per_class, "seconds": round(self.seconds, 1)}
+
+
+def count_extractions(images, training_images, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> Extraction:
+    """The evaluation's near-copy criterion: pixel-centred features, exact cosine NN, similarity > threshold."""
+    extractor = PixelFeatures()
+    found = nearest_by_cosine(extractor(images), extractor(training_images), k=1, progress=progress)
+    return Extraction(found.nearest_score, found.nearest_index, float(threshold), len(training_images))
+
+
+def cluster_pool(images: torch.Tensor, clusters: int, min_cohesion: float = PAPER_COHESION, min_size: int = 2,
+                 seed: int = 0) -> Clusters:
+    """k-means on unit-normalised pixel-centred features (spherical k-means in effect); keep cohesive clusters."""
+    from sklearn.cluster import KMeans
+
+    features = l2_normalise(PixelFeatures()(images))
+    labels = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit_predict(features)
+    cohesion, sizes = np.zeros(clusters), np.bincount(labels, minlength=clusters)
+    for k in range(clusters):
+        members = features[labels == k]
+        if len(members):
+            centroid = l2_normalise(members.mean(axis=0, keepdims=True))[0]
+            cohesion[k] = float((members @ centroid).mean())
+    kept = [k for k in range(clusters) if sizes[k] >= min_size and cohesion[k] >= min_cohesion]
+    return Clusters(labels=labels, cohesion=cohesion, sizes=sizes, kept=kept)
+
+
+def train_surrogate_classifier(images: torch.Tensor, labels: np.ndarray, schedule, config: SideConfig,
+                               work_dir: Path, device: str = "cpu") -> tuple[TimeClassifier, dict]:
+    """A TimeClassifier with one label per surrogate class, trained on noised images with CPSample's classifier loss."""
+    from cpsample.training.classifier import noisy_ce_loss, per_timestep_report
+    from cpsample.training.loop import TrainConfig, Trainer, make_accelerator
+
+    channels = tuple(config.classifier_channels)
+    num_labels = int(labels.max()) + 1
+    torch.manual_seed(config.seed)
+    model = TimeClassifier(sample_size=images.shape[-1], in_channels=images.shape[1], block_out_channels=channels,
+                           num_labels=num_labels, norm_num_groups=min(16, min(channels)))
+    train = TrainConfig(steps=config.train_steps, batch_size=config.train_batch_size, lr=config.lr, ema_decay=0.99,
+                        seed=config.seed, save_every=config.train_steps, log_every=max(1, config.train_steps // 10))
+    targets = torch.from_numpy(labels.astype(np.int64))
+    accelerator = make_accelerator(cpu=torch.device(device).type == "cpu")
+    trainer = Trainer(model, images.float(), noisy_ce_loss(schedule), train, work_dir, targets=targets,
+                      accelerator=accelerator)
+    trainer.run_until(config.train_steps, description="SIDE surrogate classifier")
+    classifier = trainer.ema_model().to(device)
+    report = per_timestep_report(classifier, images.float(), targets, schedule, timesteps=(0, 250, 500, 750), seed=config.seed)
+    return classifier, {"num_labels": num_labels, "steps": config.train_steps, "channels": list(channels),
+                        "final_loss": trainer.history[-1]["loss"] if trainer.history else None, "per_timestep": report}
+
+
+def guided_samples(denoise: Denoise, schedule, image_shape: tuple, classifier: TimeClassifier, classes: int,
+                   config: SideConfig, defence: Guard | None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+    """per_class samples guided towards each surrogate class, batched across classes; defence applied last."""
+    targets = np.repeat(np.arange(classes), config.per_class)
+    attacker = ClassifierGuidanceGuard(classifier, target=0, scale=config.attack_scale)
+    guard: Guard = attacker if defence is None else ChainGuard([attacker, defence])
+    guard.to(torch.device(device), dtype)
+    images = []
+    starts = range(0, len(targets), config.batch_size)
+    for batch, start in enumerate(tqdm(starts, desc="SIDE guided sampling", disable=not progress, unit="batch")):
+        chunk = targets[start:start + config.batch_size]
+        attacker.set_target(torch.from_numpy(chunk))
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + 50_021 + batch)  # not the pool's noise
+        scheduler = make_scheduler(config.scheduler, schedule.config, config.attack_steps)
+        out, _ = sample_batch(denoise, scheduler, (len(chunk), *image_shape), guard, generator, torch.device(device), dtype)
+        images.append(out)
+    return torch.cat(images), targets
+
+
+def side_attack(denoise: Denoise, schedule, image_shape: tuple, training_images, config: SideConfig | None = None,
+                defence: Guard | None = None, work_dir: Path | None = None, device: str = "cpu",
+                dtype: torch.dtype = torch.float32, progress: bool = True) -> SideResult:
+    """Run SIDE against `denoise` (optionally defended) and count extracted training images.
+
+    denoise: the unconditional eps model as a callable (x_t, t) -> eps (e.g. `unet_denoiser(unet)`); schedule: its
+    training noise schedule (a diffusers DDPMScheduler); training_images: (N, C, H, W) in [-1, 1], used only to count
+    extractions. work_dir holds the surrogate classifier's training state (a temporary folder when None).
+    """
+    config = config or SideConfig()
+    config.check()
+    started = time.time()
+    defence_guard = defence or NoGuard()
+    defence_guard.to(torch.device(device), dtype)
+    factory: Callable[[], object] = lambda: make_scheduler(config.scheduler, schedule.config, config.attack_steps)
+    pool = sample(denoise, factory, config.samples, image_shape, guard=defence_guard, batch_size=config.batch_size,
+                  seed=config.seed, device=device, dtype=dtype, progress=progress).images
+    clusters = cluster_pool(pool, config.clusters, config.min_cohesion, config.min_cluster_size, config.seed)
+    if not clusters.kept:
+        raise ValueError(f"SIDE: no cluster has cohesion >= {config.min_cohesion} and at least {config.min_cluster_size} "
+                         f"images (best cohesion {clusters.cohesion.max():.3f}); lower --min-cohesion or draw more --samples")
+    labels = clusters.surrogate_labels()
+    keep = labels >= 0
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(work_dir) / "surrogate_classifier" if work_dir is not None else Path(scratch)
+        classifier, classifier_info = train_surrogate_classifier(pool[torch.from_numpy(keep)], labels[keep], schedule,
+                                                                 config, folder, device)
+        if work_dir is not None:  # keep the attacker's classifier for inspection or reuse
+            classifier.save_pretrained(folder / "classifier", safe_serialization=True)
+    attack_images, targets = guided_samples(denoise, schedule, image_shape, classifier, len(clusters.kept), config,
+                                            defence, device, dtype, progress)
+    pool_extraction = count_extractions(pool, training_images, config.threshold)
+    attack_extraction = count_extractions(attack_images, training_images, config.threshold)
+    return SideResult(
+        config=asdict(config), defence=defence_guard.settings(),
+        clusters={"k": config.clusters, "kept": len(clusters.kept), "kept_clusters": clusters.kept,
+                  "cohesion": np.round(clusters.cohesion, 4).tolist(), "sizes": clusters.sizes.tolist(),
+                  "pool_images_used": int(keep.sum())},
+        classifier=classifier_info, pool=pool_extraction.summary(), attack=attack_extraction.summary(),
+        per_class=_per_class(attack_extraction, targets, clusters), seconds=time.time() - started,
+        pool_images=pool, attack_images=attack_images, attack_targets=targets, attack_extraction=attack_extraction,
+        training_images=np.asarray(training_images, dtype=np.float32))
+
+
+def _per_class(extraction: Extraction, targets: np.ndarray, clusters: Clusters) -> list[dict]:
+    rows = []
+    for surrogate, cluster in enumerate(clusters.kept):
+        mine = targets == surrogate
+        copies = extraction.copies & mine
+        rows.append({"class": surrogate, "cluster": cluster, "cohesion": round(float(clusters.cohesion[cluster]), 4),
+                     "cluster_size": int(clusters.sizes[cluster]), "near_copies": int(copies.sum()),
+                     "extracted": sorted(set(extraction.nearest[copies].tolist()))})
+    return rows
+
+
+def run_side(model: str = "bundled", defence: str = "none", classifier: str = "bundled", alpha: float = 0.001,
+             scale: float = 1000.0, tau: float = 0.001, config: SideConfig | None = None, work_dir: Path | None = None,
+             device: str = "cpu", progress: bool = True) -> SideResult:
+    """SIDE against a saved unconditional model ('bundled' or a folder), plain or defended by CPSample."""
+    from cpsample.models import load_denoiser
+    from cpsample.models.bundle import resolve_model_dir, training_data
+    from cpsample.sampling.pipeline import build_guard
+    from cpsample.sampling.sampler import unet_denoiser
+
+    if defence not in ("none", "cpsample"):
+        raise ValueError(f"unknown defence {defence!r}; choose none or cpsample")
+    folder = resolve_model_dir(model, "denoiser")
+    unet, schedule = load_denoiser(folder, device)
+    if unet.config.num_class_embeds is not None:
+        raise ValueError(f"{folder}: SIDE attacks unconditional models; this one is class-conditional")
+    dataset, split = training_data(folder)
+    members = dataset.take(split.members).images
+    guard = None if defence == "none" else build_guard("cpsample", classifier, alpha, scale, tau, device)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    result = side_attack(unet_denoiser(unet), schedule, shape, members, config, guard, work_dir, device, progress=progress)
+    for summary in (result.pool, result.attack):  # rows into the members -> dataset names a person can look up
+        summary["extracted_names"] = [dataset.names[split.members[row]] for row in summary["extracted"]]
+    return result
