@@ -108,7 +108,7 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
     labels = trainer.targets.cpu()
     report = per_timestep_report(final, images, labels, schedule, seed=config.seed)
     low_noise_loss = float(np.mean([r["loss"] for r in report if r["t"] <= relabel_max_t]))
-    summary = {"steps": trainer.step, "seconds_this_run": round(seconds, 1), "members": len(members),
+    summary = {"steps": trainer.step, "seconds_this_run": round(seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1), "members": len(members),
                "relabelled": len(relabelled), "per_timestep": report, "low_noise_loss": low_noise_loss,
                "reached_paper_loss": low_noise_loss < PAPER_LOSS, "parameters": sum(p.numel() for p in final.parameters())}
     if trainer.accelerator.is_main_process:

@@ -43,11 +43,12 @@ def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: Train
     started = time.time()
     trainer.run_until(config.steps, description="train denoiser")
     seconds = time.time() - started
-    summary = {"steps": trainer.step, "resumed_from": resumed_from, "seconds_this_run": round(seconds, 1),
+    summary = {"steps": trainer.step, "resumed_from": resumed_from, "seconds_this_run": round(seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1),
                "parameters": sum(p.numel() for p in unet.parameters()), "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
                "members": len(members), "image_size": members.size, "channels": members.channels}
     if trainer.accelerator.is_main_process:
         save_denoiser(out_dir, trainer.ema_model(), schedule)
-        write_record(out_dir, "train-denoiser", {**asdict(config), "data": data_spec, "image_size": members.size, "block_out_channels": list(block_out_channels)},
+        write_record(out_dir, "train-denoiser", {**asdict(config), "data": data_spec, "image_size": members.size,
+                      "subset": len(split.members) if split.nonmembers else None, "block_out_channels": list(block_out_channels)},
                      {**summary, "history": trainer.history})
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,7 @@ class Trainer:
         self.targets = targets
         self.loss_fn = loss_fn
         self.step = 0
+        self.train_seconds = 0.0  # summed over every resumed run, so a killed-and-resumed run reports its true cost
         self.history: list[dict] = []
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -74,6 +76,7 @@ class Trainer:
         bar = tqdm(total=last_step, initial=self.step, desc=description, disable=not self.accelerator.is_local_main_process,
                    dynamic_ncols=True)
         while self.step < last_step:
+            step_started = time.perf_counter()
             generator = self.generator(self.step)
             index = torch.randint(0, len(self.data), (self.config.batch_size,), generator=generator)
             x0 = self.data[index].to(device)
@@ -86,6 +89,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.step(self.unwrapped.parameters())
             self.step += 1
+            self.train_seconds += time.perf_counter() - step_started
             bar.update(1)
             if self.step % self.config.log_every == 0 or self.step == last_step:
                 record = {"step": self.step, "loss": float(loss.detach()), **metrics}
@@ -121,7 +125,7 @@ class Trainer:
         save_file(tensors, tmp / "optimizer.safetensors")
         if self.targets is not None:
             save_file({"targets": self.targets.cpu().contiguous()}, tmp / "targets.safetensors")
-        meta = {"step": self.step, "ema_step": self.ema.optimization_step, "optimizer": scalars,
+        meta = {"step": self.step, "train_seconds": self.train_seconds, "ema_step": self.ema.optimization_step, "optimizer": scalars,
                 "config": asdict(self.config), "history": self.history, **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(meta))
         final = self.out_dir / STATE_DIR
@@ -147,6 +151,7 @@ class Trainer:
         if (folder / "targets.safetensors").exists():
             self.targets = load_file(folder / "targets.safetensors")["targets"]
         self.step = meta["step"]
+        self.train_seconds = meta.get("train_seconds", 0.0)
         self.history = meta.get("history", [])
         return meta
 

@@ -1,0 +1,122 @@
+"""Train CPSample's random-label classifier on the VAE latents of a private image set (paper section 4.2).
+
+Only the private subset gets protected: the classifier memorises random labels of these images' latents
+z0 = vae.encode(x).mean * scaling_factor, noised with the pipeline scheduler's own schedule
+(z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps), so at sampling time it recognises latents heading to them.
+The training itself is `train_classifier` (EMA, relabelling of unfit images, resume) on the latents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from cpsample.data import ImageSet, Split
+from cpsample.provenance import write_record
+from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
+from cpsample.training.classifier import train_classifier
+from cpsample.training.loop import TrainConfig
+
+LATENTS_FILE = "latents.safetensors"
+CAPTIONS_FILE = "captions.json"
+
+
+def pipeline_noise_schedule(pipe):
+    """A DDPMScheduler with the pipeline's betas: `add_noise` for training, saved beside the classifier."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+
+
+@torch.no_grad()
+def encode_latents(pipe, images: ImageSet, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Scaled VAE latents (N, 4, h, w) of images in [-1, 1]; the posterior mean, so the targets are fixed."""
+    vae, device = pipe.vae, pipe.device
+    pixels = images.tensor()
+    chunks = []
+    for start in tqdm(range(0, len(pixels), batch_size), desc="encoding private images", disable=not progress, leave=False):
+        batch = pixels[start:start + batch_size].to(device=device, dtype=vae.dtype)
+        chunks.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+    return torch.cat(chunks)
+
+
+def read_captions(path: str | Path, names: list[str]) -> dict[str, str]:
+    """'image file<TAB>caption' per line (or a JSON object file -> caption); every file must be in the image set."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such captions file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        captions = {str(k): str(v) for k, v in json.loads(text).items()}
+    else:
+        captions = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if "\t" not in line:
+                raise ValueError(f"{path}:{number}: expected 'image file<TAB>caption'")
+            name, caption = line.split("\t", 1)
+            captions[name.strip()] = caption.strip()
+    unknown = sorted(set(captions) - set(names))
+    if unknown:
+        raise ValueError(f"{path}: captions name images that are not in the image folder: {', '.join(unknown[:5])}")
+    return captions
+
+
+def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, out_dir: Path, config: TrainConfig,
+                            label_seed: int, relabel_after: int, captions_file: str | Path | None = None,
+                            block_out_channels=(32, 64, 64), resume: bool = False, device: str = "cpu",
+                            progress: bool = True) -> dict:
+    """Encode the private images with the pipeline's VAE and train the latent classifier; returns a summary.
+
+    out_dir gets classifier/, scheduler/ (the pipeline's schedule), labels.json, split.json, latents.safetensors,
+    captions.json (when given) and cpsample.json naming the pipeline and the image folder.
+    """
+    out_dir = Path(out_dir)
+    pipe = load_sd_pipeline(pipeline_dir, device=device)
+    channels, height, width = latent_shape(pipe)
+    if height != width:
+        raise ValueError(f"{pipeline_dir}: the classifier needs square latents, this pipeline makes {height}x{width}")
+    image_size = height * pipe.vae_scale_factor
+    private = load_private_images(images_dir, image_size)
+    captions = read_captions(captions_file, private.names) if captions_file else {}
+    latents = encode_latents(pipe, private, progress=progress)
+    members = ImageSet(images=latents.numpy(), names=private.names, source=f"{images_dir} (VAE latents)")
+    split = Split(source=str(images_dir), seed=label_seed, members=list(range(len(private))), nonmembers=[])
+    summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
+                               relabel_after=relabel_after, block_out_channels=block_out_channels, resume=resume,
+                               denoiser_path=str(pipeline_dir))
+    save_file({"latents": latents.contiguous()}, str(out_dir / LATENTS_FILE))
+    if captions:
+        (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2))
+    _rewrite_record(out_dir, {"pipeline": str(pipeline_dir), "images": str(images_dir), "image_size": image_size,
+                              "latent_shape": [channels, height, width], "scaling_factor": pipe.vae.config.scaling_factor,
+                              "captions": str(captions_file) if captions_file else None, "image_names": private.names})
+    return {**summary, "image_size": image_size, "latent_shape": [channels, height, width],
+            "latent_std": float(latents.std()), "captions": len(captions)}
+
+
+def _rewrite_record(out_dir: Path, latent_settings: dict) -> None:
+    """train_classifier wrote a train-classifier record; make it say what was trained on which latents."""
+    record = json.loads((out_dir / "cpsample.json").read_text())
+    write_record(out_dir, "train-latent-classifier", {**record["settings"], **latent_settings}, record.get("results"))
+
+
+def private_images_of(classifier_dir: str | Path) -> str:
+    """The private image folder a latent classifier was trained on (from its cpsample.json)."""
+    record = Path(classifier_dir) / "cpsample.json"
+    settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
+    if "images" not in settings:
+        raise FileNotFoundError(f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER")
+    return settings["images"]
+
+
+def member_latents(classifier_dir: str | Path) -> np.ndarray:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(classifier_dir) / LATENTS_FILE))["latents"].numpy()
