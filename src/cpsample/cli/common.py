@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cpsample.data import DataError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break paths or messages mid-line
 
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]

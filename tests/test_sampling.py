@@ -1,0 +1,102 @@
+"""Sampling on the bundled model: CPSample leaves confident-free trajectories alone, alpha=0 is plain, any scheduler works."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cpsample.cli.main import app
+from cpsample.models import load_denoiser
+from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler, sample, unet_denoiser
+from cpsample.training.classifier import load_classifier
+
+N, STEPS = 12, 10
+
+
+@pytest.fixture(scope="module")
+def bundled(bundled_dirs):
+    denoiser_dir, classifier_dir = bundled_dirs
+    unet, schedule = load_denoiser(denoiser_dir)
+    return unet, schedule, load_classifier(classifier_dir)
+
+
+def _run(bundled, guard, scheduler="ddim", dtype=torch.float32, steps=STEPS, n=N, seed=0):
+    unet, schedule, _ = bundled
+    unet = unet.to(dtype=dtype)
+    guard.to(torch.device("cpu"), dtype)
+    try:
+        return sample(unet_denoiser(unet), lambda: make_scheduler(scheduler, schedule.config, steps), n, (1, 16, 16),
+                      guard=guard, batch_size=n, seed=seed, dtype=dtype, progress=False)
+    finally:
+        unet.to(dtype=torch.float32)
+        guard.to(torch.device("cpu"), torch.float32)
+
+
+def test_alpha_zero_equals_plain_sampling_exactly(bundled):
+    plain = _run(bundled, NoGuard())
+    guarded = _run(bundled, CPSampleGuard(bundled[2], alpha=0.0, scale=1000.0))
+    assert torch.equal(plain.images, guarded.images)
+    assert guarded.trace["fired"].sum() == 0 and guarded.trace["p1"].shape == (STEPS, N)
+
+
+def test_guard_changes_only_over_confident_trajectories(bundled):
+    plain = _run(bundled, NoGuard())
+    guarded = _run(bundled, CPSampleGuard(bundled[2], alpha=0.2, scale=1000.0))
+    ever_fired = guarded.trace["fired"].any(axis=0)
+    assert 0 < ever_fired.sum(), "the bundled classifier should be over-confident on some trajectories"
+    changed = (plain.images - guarded.images).flatten(1).abs().amax(1).numpy() > 1e-5
+    assert not changed[~ever_fired].any(), "a trajectory the guard never touched must equal the plain one"
+    assert changed[ever_fired].all(), "every trajectory the guard touched must move"
+    # Firing means the classifier was over-confident: p(y=1) < alpha or > 1 - alpha at that step.
+    p1, fired = guarded.trace["p1"], guarded.trace["fired"].astype(bool)
+    assert np.all(np.minimum(p1, 1 - p1)[fired] < 0.2)
+    assert np.all(np.minimum(p1, 1 - p1)[~fired] >= 0.2 - 1e-6)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpm++"])
+def test_cpsample_runs_with_each_scheduler(bundled, scheduler):
+    result = _run(bundled, CPSampleGuard(bundled[2], alpha=0.2, scale=1000.0), scheduler=scheduler)
+    assert torch.isfinite(result.images).all()
+    assert result.trace["fired"].any()
+    assert result.images.std() > 0.2  # real images, not a flat field
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gives_finite_non_black_images(bundled, dtype):
+    result = _run(bundled, CPSampleGuard(bundled[2], alpha=0.2, scale=1000.0), dtype=dtype, n=4)
+    assert torch.isfinite(result.images).all()
+    assert result.images.max() > 0.5 and result.images.std() > 0.2
+
+
+def test_killed_sampling_resumes_from_finished_batches(tmp_path, bundled):
+    unet, schedule, _ = bundled
+    factory = lambda: make_scheduler("ddim", schedule.config, 5)  # noqa: E731
+    first = sample(unet_denoiser(unet), factory, 6, (1, 16, 16), batch_size=3, seed=2, work_dir=tmp_path, progress=False)
+    (tmp_path / "batches" / "batch_00001.npz").unlink()  # as if killed while sampling the second batch
+    again = sample(unet_denoiser(unet), factory, 6, (1, 16, 16), batch_size=3, seed=2, work_dir=tmp_path, progress=False)
+    assert again.denoiser_calls == 3 * 5  # only the lost batch was redone
+    assert torch.allclose(first.images, again.images, atol=1e-6)
+
+
+def test_sample_cli_writes_grid_npz_trace_and_record(tmp_path):
+    out = tmp_path / "s"
+    result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "6", "--steps", "5", "--guard", "cpsample",
+                                      "--alpha", "0.2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    for name in ("grid.png", "samples.npz", "trace.png", "cpsample.json"):
+        assert (out / name).exists(), name
+    with np.load(out / "samples.npz") as data:
+        assert data["images"].shape == (6, 1, 16, 16)
+    record = json.loads((out / "cpsample.json").read_text())
+    assert record["settings"]["seed"] == 3 and record["settings"]["guard"] == "cpsample"
+
+
+def test_sample_cli_rejects_bad_input_clearly(tmp_path):
+    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path), "--scheduler", "euler-magic"])
+    assert result.exit_code == 2 and "unknown scheduler" in result.output
+    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no denoiser" in result.output

@@ -1,0 +1,73 @@
+"""Rejection sampling, calibration choice and the demo end to end on the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cpsample.cli.main import app
+from cpsample.data import make_split
+from cpsample.evaluation.detector import NearCopyDetector
+from cpsample.sampling.rejection import rejection_sample
+from cpsample.sampling.sampler import SampleResult
+from cpsample.workflows.calibrate import choose_setting
+
+
+@pytest.fixture(scope="module")
+def members_and_fresh(mnist16):
+    split = make_split(len(mnist16), 50, seed=0, source="mnist")
+    return mnist16.images[split.members], mnist16.images[split.nonmembers]
+
+
+def test_detector_flags_exact_and_brightened_copies_but_not_fresh_digits(members_and_fresh):
+    members, fresh = members_and_fresh
+    detector = NearCopyDetector(members, threshold=0.98)
+    assert detector(members[:10]).all()
+    assert detector(np.clip(members[:10] * 0.9 + 0.05, -1, 1)).all()  # dimmer/brighter copy: still a copy
+    assert detector.share(fresh[:500]) < 0.05
+
+
+def test_rejection_sampling_redraws_copies_and_counts_the_cost(members_and_fresh):
+    members, fresh = members_and_fresh
+    rounds = []
+
+    def draw(count, round_index):
+        rounds.append(count)
+        # round 0 returns 4 copies and 4 fresh digits; later rounds only fresh ones
+        images = np.concatenate([members[:4], fresh[:4]]) if round_index == 0 else fresh[10:10 + count]
+        return SampleResult(torch.from_numpy(images), denoiser_calls=count * 10)
+
+    result = rejection_sample(draw, 8, NearCopyDetector(members, threshold=0.98))
+    assert rounds == [8, 4] and result.rejected == 4 and result.drawn == 12
+    assert len(result.images) == 8 and result.calls_per_image == pytest.approx(120 / 8)
+    with pytest.raises(RuntimeError, match="accepted only"):
+        rejection_sample(lambda count, _: SampleResult(torch.from_numpy(members[:count])), 3,
+                         NearCopyDetector(members), max_rounds=2)
+
+
+def test_calibration_picks_the_best_quality_setting_meeting_the_target():
+    rows = [{"guard": "none", "alpha": None, "scale": None, "near_copy_share": 0.10, "frechet_distance": 1.0, "steps_guided": None},
+            {"guard": "cpsample", "alpha": 0.001, "scale": 10, "near_copy_share": 0.05, "frechet_distance": 1.1, "steps_guided": 0.01},
+            {"guard": "cpsample", "alpha": 0.01, "scale": 100, "near_copy_share": 0.01, "frechet_distance": 1.5, "steps_guided": 0.05},
+            {"guard": "cpsample", "alpha": 0.1, "scale": 1000, "near_copy_share": 0.0, "frechet_distance": 3.0, "steps_guided": 0.30}]
+    assert choose_setting(rows, target=0.02)["alpha"] == 0.01
+    assert choose_setting(rows, target=0.05)["alpha"] == 0.001
+    assert choose_setting(rows, target=-1) is None
+
+
+def test_demo_end_to_end_writes_a_readable_report(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-samples", "8", "--steps", "5", "--mia-members", "16",
+                                      "--alpha", "0.2", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == {"plain", "cpsample", "rejection"}
+    assert report["costs"]["rejection"]["denoiser_calls_per_image"] >= report["costs"]["plain"]["denoiser_calls_per_image"]
+    html = (out / "report.html").read_text()
+    for figure in report["figures"].values():
+        assert (out / figure).exists() and figure in html
+    assert report["membership_inference"]["rows"]
