@@ -251,7 +251,7 @@ def run_mia(model: str | Path = "bundled", guard: str | Guard = "none", classifi
     dataset, split = training_data(folder)
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, n_nonmembers, seed)
     if isinstance(guard, str):
-        guard = build_guard(guard, str(classifier), alpha, scale, tau, device)
+        guard = build_guard(guard, str(classifier), alpha, scale, tau, device, model=str(model))
     members, nonmembers = dataset.take(member_idx), dataset.take(nonmember_idx)
     common = dict(guard=guard, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     results = {}

@@ -9,8 +9,8 @@ one mode and makes copies far more likely. SIDE builds that condition from the m
    Against a defended sampler the attacker's guidance comes first and the defence's `adjust` last (ChainGuard).
 Extraction is counted with the evaluation's near-copy criterion: cosine similarity of pixel-centred features to the
 nearest training image above a threshold (exact faiss search). Reported: AMS (share of generations that are
-near-copies) and UMS (distinct training images matched / training set size), for the guided attack and for the
-unguided pool it started from.
+near-copies) and UMS (distinct training images matched / training set size), for the guided attack, for the
+unguided pool it started from, and for as many pool images as the attack drew (the same sampling budget).
 
 Cohesion of a cluster here is the mean cosine similarity of its members to their (normalised) centroid.
 """
@@ -45,11 +45,12 @@ class SideConfig:
     min_cluster_size: int = 2  # a one-image cluster teaches the classifier nothing about a mode
     attack_steps: int = 50  # denoising steps for the pool and the guided samples
     scheduler: str = "ddim"
-    train_steps: int = 400  # surrogate classifier
+    train_steps: int = 600  # surrogate classifier
     train_batch_size: int = 64
     lr: float = 1e-3
     classifier_channels: tuple[int, ...] = (16, 32, 32)
-    attack_scale: float = 10.0  # lambda (paper sweeps 0-50; extraction first rises, then falls)
+    attack_scale: float = 1.0  # lambda (paper sweeps 0-50; extraction first rises, then falls; on the bundled
+    # 16x16 model, which copies half the time unguided, it only falls: 76, 70, 46, 27 distinct at 0, 1, 3, 10)
     per_class: int = 10  # guided samples per surrogate class
     threshold: float = DEFAULT_THRESHOLD  # near-copy: cosine similarity strictly above this
     batch_size: int = 250
@@ -118,6 +119,7 @@ class SideResult:
     classifier: dict
     pool: dict  # Extraction.summary() of the unguided pool
     attack: dict  # Extraction.summary() of the guided samples
+    pool_same_budget: dict | None  # the first len(attack) pool images: unguided sampling at the attack's budget
     per_class: list[dict]
     seconds: float
     pool_images: torch.Tensor = field(repr=False)
@@ -128,7 +130,8 @@ class SideResult:
 
     def to_dict(self) -> dict:
         return {"config": self.config, "defence": self.defence, "clusters": self.clusters, "classifier": self.classifier,
-                "pool": self.pool, "attack": self.attack, "per_class": self.per_class, "seconds": round(self.seconds, 1)}
+                "pool": self.pool, "pool_same_budget": self.pool_same_budget, "attack": self.attack,
+                "per_class": self.per_class, "seconds": round(self.seconds, 1)}
 
 
 def count_extractions(images, training_images, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> Extraction:
@@ -232,12 +235,15 @@ def side_attack(denoise: Denoise, schedule, image_shape: tuple, training_images,
                                             defence, device, dtype, progress)
     pool_extraction = count_extractions(pool, training_images, config.threshold)
     attack_extraction = count_extractions(attack_images, training_images, config.threshold)
+    # The fair baseline: as many unguided samples as the attack drew (when the pool is large enough).
+    same_budget = count_extractions(pool[:len(attack_images)], training_images, config.threshold).summary()
     return SideResult(
         config=asdict(config), defence=defence_guard.settings(),
         clusters={"k": config.clusters, "kept": len(clusters.kept), "kept_clusters": clusters.kept,
                   "cohesion": np.round(clusters.cohesion, 4).tolist(), "sizes": clusters.sizes.tolist(),
                   "pool_images_used": int(keep.sum())},
         classifier=classifier_info, pool=pool_extraction.summary(), attack=attack_extraction.summary(),
+        pool_same_budget=same_budget if len(pool) >= len(attack_images) else None,
         per_class=_per_class(attack_extraction, targets, clusters), seconds=time.time() - started,
         pool_images=pool, attack_images=attack_images, attack_targets=targets, attack_extraction=attack_extraction,
         training_images=np.asarray(training_images, dtype=np.float32))

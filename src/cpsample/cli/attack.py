@@ -91,4 +91,7 @@ def results_table(results: dict, guard: str) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add the `attack` command group to the main `cpsample` app."""
+    from cpsample.cli.peers import register_side
+
+    register_side(attack_app)
     app.add_typer(attack_app, name="attack")

@@ -99,11 +99,13 @@ def sample_command(
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
-    guard: Annotated[str, typer.Option(help="Guidance strategy: none or cpsample.")] = "none",
+    guard: Annotated[str, typer.Option(help="Guidance strategy: none, cpsample or amg (delayed-cfg / opposite-cfg: see sample-conditional).")] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
-    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.001,
-    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 1000.0,
+    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.1,
+    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 10.0,
     tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    amg_threshold: Annotated[float, typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this.")] = 0.95,
+    amg_scale: Annotated[float, typer.Option(help="AMG dissimilarity guidance scale c3.")] = 1000.0,
     batch_size: int = 250,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
@@ -116,7 +118,9 @@ def sample_command(
 
     settings = {"model": model, "n": n, "steps": steps, "scheduler": scheduler, "guard": guard, "classifier": classifier,
                 "alpha": alpha, "scale": scale, "tau": tau, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
-    result = generate(**settings, work_dir=out)
+    guard_options = {"amg_threshold": amg_threshold, "amg_scale": amg_scale} if guard == "amg" else {}
+    settings.update(guard_options)
+    result = generate(**{k: v for k, v in settings.items() if not k.startswith("amg_")}, work_dir=out, guard_options=guard_options)
     paths = save_samples(out, result.images, result.trace)
     if result.trace:
         trace_png = plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha)
@@ -145,9 +149,10 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def _register_command_modules() -> None:
     """Commands that live in their own modules (one module per area of the tool)."""
-    from cpsample.cli import attack, evaluate, workflows
+    from cpsample.cli import attack, conditional, evaluate, workflows
 
     attack.register(app)
+    conditional.register(app)
     evaluate.register(app)
     workflows.register(app)
 

@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder: report.html/.md/.json, figures, samples.")] = Path("demo_out"),
     n_samples: Annotated[int, typer.Option(min=1, help="Images per method.")] = 250,
-    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.001,
-    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 1000.0,
+    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.1,
+    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 10.0,
     tau: float = 0.001,
     steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 50,
     threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default: 0.98, pixels).")] = None,

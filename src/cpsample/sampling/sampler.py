@@ -8,6 +8,7 @@ so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    # Stochastic schedulers (DDPM) take our generator; deterministic ones such as PNDM have no such argument.
+    step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for index, t in enumerate(scheduler.timesteps):
         guard.begin_step(index, len(scheduler.timesteps))
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
@@ -98,7 +101,7 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
             if isinstance(eps, CFGPrediction):
                 eps = guard.combine(eps.cond, eps.uncond, eps.scale, t_batch)
         eps = guard.adjust(eps, x, t_batch, alphas_cumprod[int(t)].float())
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        x = scheduler.step(eps, t, x, **step_options).prev_sample
     images = x.float().clamp(-1.0, 1.0).cpu()
     trace = {key: np.stack(values) for key, values in guard.trace.items()}
     return images, trace

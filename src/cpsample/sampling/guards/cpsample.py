@@ -26,7 +26,9 @@ class CPSampleGuard(Guard):
         self.alpha, self.scale, self.tau = alpha, scale, tau
 
     def to(self, device, dtype):
-        self.classifier.to(device=device, dtype=dtype)
+        self.classifier.to(device=device)
+        if self.classifier.dtype != dtype:  # (a same-dtype .to() makes diffusers print a warning)
+            self.classifier.to(dtype=dtype)
         return self
 
     def settings(self) -> dict:

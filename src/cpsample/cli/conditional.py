@@ -1,0 +1,335 @@
+"""Commands for guided models: class-conditional denoisers with classifier-free guidance (paper App. B) and
+Stable Diffusion pipelines protected in latent space (paper section 4.2, Table 2).
+
+    cpsample train-conditional --data mnist --subset 200 --steps 4000 --out runs/cond
+    cpsample train-classifier --denoiser runs/cond --out runs/cond-clf
+    cpsample sample-conditional --model runs/cond --classes 0,1,2 -n 8 --guard cpsample --classifier runs/cond-clf --out runs/s
+
+    cpsample make-tiny-sd --out runs/tiny-sd
+    cpsample train-latent-classifier --pipeline runs/tiny-sd --images private/ --captions captions.txt --out runs/latent-clf
+    cpsample sample-sd --pipeline runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf \
+        --compare-plain --out runs/sd
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from cpsample.cli.common import Device, Seed, console, fail, run_safely
+
+COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
+
+
+def register(app: typer.Typer) -> None:
+    """Add the conditional and latent (Stable Diffusion) commands to the app."""
+    app.command("train-conditional")(run_safely(train_conditional_command))
+    app.command("sample-conditional")(run_safely(sample_conditional_command))
+    app.command("make-tiny-sd")(run_safely(make_tiny_sd_command))
+    app.command("train-latent-classifier")(run_safely(train_latent_classifier_command))
+    app.command("sample-sd")(run_safely(sample_sd_command))
+
+
+# --- class-conditional ---------------------------------------------------------------------------------------
+
+def train_conditional_command(
+    out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/, split.json, cpsample.json).")],
+    data: Annotated[str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")] = "mnist",
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size.")] = 16,
+    subset: Annotated[Optional[int], typer.Option(help="Train on this many images picked at random (members).")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 10000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    label_dropout: Annotated[float, typer.Option(help="Probability of training a step with the null label (CFG).")] = 0.1,
+    channels: Annotated[str, typer.Option(help="UNet block widths, comma-separated.")] = "32,64,64",
+    save_every: int = 500,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")] = "no",
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out after a kill.")] = False,
+    seed: Seed = 0,
+):
+    """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
+    from cpsample.data import load_dataset, make_split
+    from cpsample.provenance import seed_everything
+    from cpsample.training.conditional import train_conditional
+    from cpsample.training.loop import TrainConfig
+
+    seed_everything(seed)
+    dataset = load_dataset(data, image_size=image_size)
+    split = make_split(len(dataset), subset, seed, data)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every,
+                         mixed_precision=mixed_precision)
+    summary = train_conditional(dataset.take(split.members), split, out, config, label_dropout=label_dropout, resume=resume,
+                                block_out_channels=parse_widths(channels), data_spec=data)
+    console.print(f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
+                  f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
+
+
+def sample_conditional_command(
+    model: Annotated[str, typer.Option(help="Class-conditional model folder (from train-conditional).")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per class), samples.npz, cpsample.json, trace.png.")],
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, or 'all' (default).")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per class.")] = 8,
+    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
+    guard: Annotated[str, typer.Option(help="none, cpsample (applied after the CFG mix) or another guard by name.")] = "none",
+    classifier: Annotated[Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")] = None,
+    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.1,
+    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 10.0,
+    tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
+    steps: Annotated[int, typer.Option(min=1)] = 50,
+    batch_size: int = 250,
+    feature_net: Annotated[Optional[str], typer.Option(help="'bundled' (MNIST digitnet) or a folder: report how many samples keep their class.")] = None,
+    copy_threshold: Annotated[float, typer.Option(help=COPY_THRESHOLD_HELP)] = 0.95,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Device = "cpu",
+    seed: Seed = 0,
+):
+    """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample."""
+    from cpsample.provenance import write_record
+    from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
+    from cpsample.sampling.outputs import plot_trace
+
+    _, _, info = load_conditional(model)
+    wanted = parse_classes(classes, info)
+    labels = np.repeat(wanted, n)
+    settings = {"model": model, "classes": wanted, "n_per_class": n, "cfg_scale": cfg_scale, "guard": guard,
+                "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau, "scheduler": scheduler, "steps": steps,
+                "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "copy_threshold": copy_threshold}
+    result = generate_conditional(model, labels.tolist(), cfg_scale, guard=guard, scheduler=scheduler, steps=steps, seed=seed,
+                                  classifier=classifier, alpha=alpha, scale=scale, tau=tau, batch_size=batch_size, dtype=dtype,
+                                  device=device)
+    paths = save_image_set(out, result.images, result.trace, columns=n, labels=labels)
+    if result.trace:
+        paths["trace"] = str(plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha))
+    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace),
+             **member_similarity(model, result.images, copy_threshold)}
+    if feature_net:
+        stats["class_agreement"] = class_agreement_stats(feature_net, result.images, labels, device)
+    write_record(out, "sample-conditional", settings, {**stats, **paths})
+    console.print(json.dumps(stats, indent=2))
+
+
+def member_similarity(model: str, images, threshold: float) -> dict:
+    """Nearest-member cosine in pixel space and the near-copy share (skipped when the members cannot be found)."""
+    from cpsample.evaluation import PixelFeatures, nearest_by_cosine, replication_share, similarity_summary
+    from cpsample.models.bundle import training_data
+
+    try:
+        dataset, split = training_data(Path(model))
+    except FileNotFoundError:
+        return {}
+    members = dataset.take(split.members).images
+    features = PixelFeatures()
+    scores = nearest_by_cosine(features(images), features(members), progress=False).nearest_score
+    return {"nearest_member_cosine": similarity_summary(scores), "near_copies": replication_share(scores, threshold)}
+
+
+def class_agreement_stats(feature_net: str, images, labels: np.ndarray, device: str) -> dict:
+    from cpsample.evaluation import class_agreement, load_feature_net
+
+    return class_agreement(load_feature_net(feature_net, device=device), images, labels)
+
+
+# --- Stable Diffusion (latent space) -------------------------------------------------------------------------
+
+def make_tiny_sd_command(
+    out: Annotated[Path, typer.Option(help="Folder for the pipeline (model_index.json, unet/, vae/, text_encoder/, ...).")],
+    image_size: Annotated[int, typer.Option(help="Image resolution; latents are half of it.")] = 32,
+    scheduler: Annotated[str, typer.Option(help="pndm (as Stable Diffusion v1) or ddim.")] = "pndm",
+    seed: Seed = 0,
+):
+    """Write a tiny random-weight Stable Diffusion pipeline, to try the latent workflow offline."""
+    require_transformers()
+    from cpsample.provenance import write_record
+    from cpsample.sampling.latent import build_tiny_sd_pipeline
+
+    folder = build_tiny_sd_pipeline(out, image_size=image_size, seed=seed, scheduler=scheduler)
+    write_record(folder, "make-tiny-sd", {"image_size": image_size, "scheduler": scheduler, "seed": seed})
+    console.print(f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}")
+
+
+def train_latent_classifier_command(
+    pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
+    images: Annotated[Path, typer.Option(help="Folder of the private images to protect (resized to the pipeline's resolution).")],
+    out: Annotated[Path, typer.Option(help="Output folder for the latent classifier.")],
+    captions: Annotated[Optional[Path], typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier.")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 6000,
+    relabel_after: Annotated[int, typer.Option(help="Step at which latents still not fitted get a common label.")] = 4000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    channels: Annotated[str, typer.Option(help="Encoder block widths, comma-separated.")] = "32,64,64",
+    label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
+    save_every: int = 500,
+    resume: bool = False,
+    device: Device = "cpu",
+    seed: Seed = 0,
+):
+    """Train CPSample's random-label classifier on the VAE latents of a private image set."""
+    require_transformers()
+    from cpsample.provenance import seed_everything
+    from cpsample.training.latent_classifier import train_latent_classifier
+    from cpsample.training.loop import TrainConfig
+
+    seed_everything(seed)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
+    summary = train_latent_classifier(pipeline, images, out, config, label_seed=seed if label_seed is None else label_seed,
+                                      relabel_after=relabel_after, captions_file=captions,
+                                      block_out_channels=parse_widths(channels), resume=resume, device=device)
+    table = Table(title="latent classifier on the private latents (EMA weights)")
+    for column in ("t", "loss", "accuracy"):
+        table.add_column(column, justify="right")
+    for row in summary["per_timestep"]:
+        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
+    console.print(table)
+    console.print(f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
+                  f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}")
+
+
+def sample_sd_command(
+    pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per prompt), samples.npz, trace.png, cpsample.json.")],
+    prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt (repeatable).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 4,
+    steps: Annotated[int, typer.Option(min=1)] = 50,
+    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    scheduler: Annotated[str, typer.Option(help="default (the pipeline's own), ddim, pndm, ddpm or dpm++.")] = "default",
+    guard: Annotated[str, typer.Option(help="none or cpsample.")] = "cpsample",
+    classifier: Annotated[Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")] = None,
+    alpha: Annotated[float, typer.Option(help="CPSample threshold (paper Table 2: 0.3-0.5).")] = 0.5,
+    scale: Annotated[float, typer.Option(help="CPSample scale s (paper Table 2: 100-2000).")] = 2000.0,
+    tau: float = 0.001,
+    height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
+    private: Annotated[Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")] = None,
+    copy_threshold: Annotated[float, typer.Option(help=COPY_THRESHOLD_HELP)] = 0.95,
+    compare_plain: Annotated[bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")] = False,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Device = "cpu",
+    seed: Seed = 0,
+):
+    """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private images."""
+    require_transformers()
+    from cpsample.provenance import write_record
+    from cpsample.sampling.latent import (PromptEntry, build_latent_guard, latent_shape, load_private_images,
+                                          load_sd_pipeline, read_prompts)
+
+    entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (read_prompts(prompts_file) if prompts_file else [])
+    if not entries:
+        raise ValueError("give --prompt (repeatable) or --prompts-file")
+    if guard not in ("none", "cpsample"):
+        raise ValueError(f"unknown guard {guard!r}; choose none or cpsample")
+    if guard == "cpsample" and classifier is None:
+        raise ValueError("--guard cpsample needs --classifier (train one with `cpsample train-latent-classifier`)")
+    pipe = load_sd_pipeline(pipeline, scheduler=scheduler, device=device, dtype=dtype)
+    _, h, w = latent_shape(pipe, height, width)
+    size = (h * pipe.vae_scale_factor, w * pipe.vae_scale_factor)
+    protect = build_latent_guard(classifier, pipe, alpha, scale, tau, height, width) if guard == "cpsample" else None
+    # alpha = 0 never guides but still records p(y=1 | x_t) per step (the paper's Fig. 7 comparison).
+    monitor = build_latent_guard(classifier, pipe, 0.0, scale, tau, height, width) if classifier else None
+    private_set = _private_set(private, classifier, size, load_private_images)
+    settings = {"pipeline": str(pipeline), "prompts": [e.text for e in entries], "n_per_prompt": n, "steps": steps,
+                "cfg_scale": cfg_scale, "scheduler": scheduler, "guard": guard, "classifier": classifier, "alpha": alpha,
+                "scale": scale, "tau": tau, "height": size[0], "width": size[1], "private": private_set.source if private_set else None,
+                "copy_threshold": copy_threshold, "compare_plain": compare_plain, "dtype": dtype, "device": device, "seed": seed}
+    runs = {}
+    if compare_plain and guard != "none":
+        runs["plain"] = _run_sd(pipe, entries, monitor, n, steps, cfg_scale, size, seed, Path(out) / "plain", private_set,
+                                copy_threshold, 0.0)
+    main_guard = protect if guard == "cpsample" else monitor
+    runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold, alpha)
+    write_record(out, "sample-sd", settings, runs)
+    _print_prompt_table(entries, runs)
+
+
+def _private_set(private, classifier, size, loader):
+    from cpsample.training.latent_classifier import private_images_of
+
+    if private is None and classifier is None:
+        return None
+    folder = private if private is not None else private_images_of(classifier)
+    if size[0] != size[1]:
+        raise ValueError(f"similarity to the private images needs square images, these are {size[0]}x{size[1]}")
+    return loader(folder, size[0])
+
+
+def _run_sd(pipe, entries, guard, n, steps, cfg_scale, size, seed, folder: Path, private_set, threshold, alpha) -> dict:
+    from cpsample.sampling.latent import per_prompt_similarity, sample_sd
+    from cpsample.sampling.outputs import plot_trace
+
+    result = sample_sd(pipe, [e.text for e in entries], guard, n, steps, cfg_scale, size[0], size[1], seed)
+    paths = save_image_set(folder, result.images, result.trace, columns=n, prompt_index=result.prompt_index,
+                           latents=result.latents.numpy())
+    if result.trace:
+        paths["trace"] = str(plot_trace(result.trace, result.timesteps, folder / "trace.png", alpha=alpha or None))
+    summary = {"seconds": round(result.seconds, 2), "seconds_per_image": round(result.seconds / len(result.images), 3),
+               **guard_stats(result.trace), **paths}
+    if private_set is not None:
+        summary["per_prompt"] = per_prompt_similarity(result, private_set, threshold, entries)
+    return summary
+
+
+def _print_prompt_table(entries, runs: dict) -> None:
+    table = Table(title="similarity of generated images to the nearest private image (pixel cosine)")
+    table.add_column("prompt")
+    table.add_column("role")
+    for name in runs:
+        table.add_column(f"max sim ({name})", justify="right")
+        table.add_column(f"% steps guided ({name})", justify="right")
+    for index, entry in enumerate(entries):
+        cells = [entry.text[:60], entry.role]
+        for run in runs.values():
+            rows = run.get("per_prompt")
+            row = rows[index] if rows else {}
+            guided = row.get("share_of_steps_guided")
+            cells += [f"{row['max_similarity']:.3f}" if row else "-", "-" if guided is None else f"{100 * guided:.0f}"]
+        table.add_row(*cells)
+    console.print(table)
+    console.print(json.dumps({name: {k: v for k, v in run.items() if k != "per_prompt"} for name, run in runs.items()}, indent=2))
+
+
+# --- shared helpers ------------------------------------------------------------------------------------------
+
+def save_image_set(folder: Path, images, trace: dict | None, columns: int, **arrays) -> dict:
+    """samples.npz (images in [-1, 1], uint8 NHWC, trace_*, extra arrays) and grid.png with `columns` per row."""
+    from cpsample.data import to_uint8
+    from cpsample.sampling.outputs import image_grid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    content = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images), **arrays,
+               **{f"trace_{key}": value for key, value in (trace or {}).items()}}
+    np.savez_compressed(folder / "samples.npz", **content)
+    image_grid(images, columns=columns).save(folder / "grid.png")
+    return {"samples": str(folder / "samples.npz"), "grid": str(folder / "grid.png")}
+
+
+def guard_stats(trace: dict) -> dict:
+    if "fired" not in trace:
+        return {}
+    fired = trace["fired"]
+    return {"share_of_steps_guided": float(fired.mean()), "share_of_samples_ever_guided": float(fired.any(axis=0).mean())}
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) <= 0:
+        raise ValueError(f"--channels must be positive integers, got {text!r}")
+    return widths
+
+
+def require_transformers() -> None:
+    """Stable Diffusion's text encoder and tokenizer come from transformers, an optional dependency."""
+    if importlib.util.find_spec("transformers") is None:
+        fail("the Stable Diffusion commands need transformers: pip install 'cpsample[latent]' (or pip install transformers)")

@@ -1,0 +1,94 @@
+"""CLI for peer methods: `cpsample attack side` (SIDE extraction, plain or against CPSample).
+
+`register_side(attack_app)` adds the command to the `attack` group (cpsample.cli.attack).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cpsample.cli.common import Device, Seed, console, run_safely
+
+
+def side_command(
+    out: Annotated[Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")],
+    model: Annotated[str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")] = "bundled",
+    defence: Annotated[str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")] = "none",
+    classifier: Annotated[str, typer.Option(help="CPSample classifier folder for --defence cpsample, or 'bundled'.")] = "bundled",
+    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.001,
+    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 1000.0,
+    tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    clusters: Annotated[int, typer.Option(min=1, help="k-means clusters K over the sample pool (paper: 100).")] = 20,
+    samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
+    min_cohesion: Annotated[float, typer.Option(help="Keep clusters whose mean cosine to their centroid is at least this.")] = 0.5,
+    attack_steps: Annotated[int, typer.Option(min=1, help="Denoising steps for the pool and the guided samples.")] = 50,
+    attack_scale: Annotated[float, typer.Option(min=0.0, help="Attacker's classifier-guidance scale lambda (paper sweeps 0-50).")] = 1.0,
+    per_class: Annotated[int, typer.Option(min=1, help="Guided samples per surrogate class.")] = 10,
+    train_steps: Annotated[int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")] = 600,
+    threshold: Annotated[float, typer.Option(help="Near-copy: pixel-centred cosine to the nearest training image above this.")] = 0.97,
+    batch_size: Annotated[int, typer.Option(min=1)] = 250,
+    device: Device = "cpu",
+    seed: Seed = 0,
+):
+    """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training images."""
+    from cpsample.attacks.side import SideConfig, run_side
+    from cpsample.provenance import seed_everything, write_record
+
+    seed_everything(seed)
+    config = SideConfig(samples=samples, clusters=clusters, min_cohesion=min_cohesion, attack_steps=attack_steps,
+                        attack_scale=attack_scale, per_class=per_class, train_steps=train_steps, threshold=threshold,
+                        batch_size=batch_size, seed=seed)
+    settings = {"model": model, "defence": defence, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
+                "device": device, **{k: v for k, v in config.__dict__.items()}}
+    result = run_side(model, defence, classifier, alpha, scale, tau, config, work_dir=out, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    figures = write_side_figures(out, result)
+    headline = {"defence": defence, "pool": _headline(result.pool), "attack": _headline(result.attack),
+                "pool_same_budget": _headline(result.pool_same_budget) if result.pool_same_budget else None,
+                "surrogate_classes": result.clusters["kept"], "seconds": round(result.seconds, 1),
+                "result": str(out / "result.json"), **figures}
+    write_record(out, "attack side", settings, headline)
+    console.print(side_table(result, defence))
+
+
+def _headline(summary: dict) -> dict:
+    return {key: summary[key] for key in ("n", "near_copies", "ams", "distinct_extracted", "ums")}
+
+
+def write_side_figures(out: Path, result) -> dict:
+    """Grids of the pool and of the guided samples (one row per surrogate class), and the most similar pairs."""
+    from cpsample.evaluation.figures import most_similar_pairs, pairs_figure
+    from cpsample.sampling.outputs import image_grid
+
+    out = Path(out)
+    image_grid(result.pool_images[:100]).save(out / "pool.png")
+    image_grid(result.attack_images, columns=result.config["per_class"]).save(out / "attack.png")
+    extraction = result.attack_extraction
+    pairs = {"SIDE attack": most_similar_pairs(result.attack_images.numpy(), result.training_images,
+                                               extraction.similarity, extraction.nearest, k=8)}
+    pairs_figure(pairs, out / "pairs.png")
+    return {"pool_grid": str(out / "pool.png"), "attack_grid": str(out / "attack.png"), "pairs": str(out / "pairs.png")}
+
+
+def side_table(result, defence: str) -> Table:
+    table = Table(title=f"SIDE extraction (defence: {defence}; near-copy: cosine > {result.attack['threshold']})")
+    table.add_column("samples")
+    for column in ("n", "near-copies", "AMS", "distinct training images", "UMS"):
+        table.add_column(column, justify="right")
+    rows = [("unguided pool", result.pool), ("unguided, attack's budget", result.pool_same_budget),
+            (f"SIDE (lambda={result.config['attack_scale']:g})", result.attack)]
+    for name, summary in (row for row in rows if row[1] is not None):
+        table.add_row(name, str(summary["n"]), str(summary["near_copies"]), f"{summary['ams']:.1%}",
+                      str(summary["distinct_extracted"]), f"{summary['ums']:.1%}")
+    return table
+
+
+def register_side(attack_app: typer.Typer) -> None:
+    """Add `side` to the `cpsample attack` group."""
+    attack_app.command("side")(run_safely(side_command))

@@ -1,0 +1,116 @@
+"""Sample a class-conditional denoiser with classifier-free guidance, optionally protected by CPSample (App. B).
+
+At each step the UNet is called once on [x_t, x_t] with [labels, null labels]; the guard's `combine` mixes the two
+eps into the CFG prediction and then `adjust` applies CPSample with the same random-label classifier on x_t as in
+the unconditional case. Batch b starts from noise seeded by (seed, b) exactly as `sampler.sample` does, so a
+plain and a protected run with the same seed and labels start from the same x_T.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cpsample.models import load_denoiser
+from cpsample.models.bundle import resolve_model_dir
+from cpsample.sampling.guards import Guard, NoGuard
+from cpsample.sampling.pipeline import build_guard
+from cpsample.sampling.sampler import DTYPES, SampleResult, cfg_denoiser, make_scheduler, sample_batch
+from cpsample.training.conditional import ClassInfo, read_class_info
+
+DEFAULT_CFG_SCALE = 3.0
+
+
+def load_conditional(model_dir: str | Path, device: str = "cpu"):
+    """(unet, noise schedule, ClassInfo) for a folder written by train-conditional."""
+    folder = resolve_model_dir(model_dir, "denoiser")
+    unet, schedule = load_denoiser(folder, device)
+    return unet, schedule, read_class_info(folder, unet.config.num_class_embeds)
+
+
+def parse_classes(text: str | None, info: ClassInfo) -> list[int]:
+    """'0,3,7' -> [0, 3, 7]; None or 'all' -> every class the model knows."""
+    if text is None or text.strip().lower() == "all":
+        return list(range(info.num_classes))
+    try:
+        classes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--classes must be comma-separated integers, got {text!r}") from None
+    if not classes:
+        raise ValueError("--classes is empty")
+    return info.check(classes)
+
+
+def check_classifier_shape(guard: Guard, unet) -> None:
+    """A classifier trained on other images (size or channels) cannot judge this model's x_t."""
+    classifier = getattr(guard, "classifier", None)
+    if classifier is None:
+        return
+    expected = (unet.config.in_channels, unet.config.sample_size)
+    found = (classifier.config.in_channels, classifier.config.sample_size)
+    if found != expected:
+        raise ValueError(f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this model makes "
+                         f"{expected[0]}-channel {expected[1]}x{expected[1]} images; train it on this model's members "
+                         "with `cpsample train-classifier --denoiser MODEL`")
+
+
+def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: float = DEFAULT_CFG_SCALE,
+                         guard: str | Guard = "none", scheduler: str = "ddim", steps: int = 50, seed: int = 0,
+                         classifier: str | None = None, alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001,
+                         batch_size: int = 250, dtype: str = "float32", device: str = "cpu",
+                         progress: bool = True) -> SampleResult:
+    """One image per entry of class_labels, with CFG at guidance_scale and the guard applied after the CFG mix."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    unet, schedule, info = load_conditional(model_dir, device)
+    labels = info.check(class_labels)
+    if not labels:
+        raise ValueError("no class labels given: nothing to sample")
+    torch_dtype = DTYPES[dtype]
+    if unet.dtype != torch_dtype:  # (a same-dtype .to() makes diffusers print a warning)
+        unet.to(dtype=torch_dtype)
+    guard = _resolve_guard(guard, classifier, alpha, scale, tau, device, str(model_dir))
+    check_classifier_shape(guard, unet)
+    guard.to(torch.device(device), torch_dtype)
+    make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return sample_labels(unet, labels, info.null_label, lambda: make_scheduler(scheduler, schedule.config, steps), shape,
+                         guidance_scale, guard, batch_size, seed, device, torch_dtype, progress)
+
+
+def sample_labels(unet, labels: list[int], null_label: int, scheduler_factory, image_shape: tuple, guidance_scale: float,
+                  guard: Guard, batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, progress: bool = True) -> SampleResult:
+    """The batching loop: each batch gets its own CFG denoiser holding that batch's labels."""
+    device = torch.device(device)
+    starts = list(range(0, len(labels), batch_size))
+    images, traces, timesteps = [], [], None
+    started = time.time()
+    for index, start in enumerate(tqdm(starts, desc=f"sampling with CFG ({guard.name})", disable=not progress,
+                                       dynamic_ncols=True, unit="batch")):
+        chunk = torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=device)
+        scheduler = scheduler_factory()
+        timesteps = scheduler.timesteps.cpu().numpy()
+        generator = torch.Generator().manual_seed(seed * 100_003 + index)  # the seeding `sampler.sample` uses
+        batch, trace = sample_batch(cfg_denoiser(unet, chunk, guidance_scale, null_label), scheduler,
+                                    (len(chunk), *image_shape), guard, generator, device, dtype)
+        images.append(batch)
+        traces.append(trace)
+    merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in (traces[0] if traces else {})}
+    calls = 2 * len(labels) * (len(timesteps) if timesteps is not None else 0)  # CFG: two eps per image and step
+    return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started)
+
+
+def _resolve_guard(guard: str | Guard, classifier: str | None, alpha: float, scale: float, tau: float, device: str,
+                   model: str) -> Guard:
+    if not isinstance(guard, str):
+        return guard
+    if guard == "cpsample" and not classifier:
+        # The bundled classifier knows the bundled unconditional model's members, not this model's.
+        raise ValueError("--guard cpsample needs --classifier: train one on this model's members with "
+                         "`cpsample train-classifier --denoiser MODEL --out DIR`")
+    return build_guard(guard, classifier or "bundled", alpha, scale, tau, device, model=model) if guard != "none" else NoGuard()

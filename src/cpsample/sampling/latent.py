@@ -1,0 +1,333 @@
+"""CPSample in the latent space of a text-to-image Stable Diffusion pipeline (paper section 4.2, Fig. 7, Table 2).
+
+`StableDiffusionPipeline.__call__` offers no hook that can change the noise prediction (its step callback runs
+after `scheduler.step`), so `sample_sd` runs the pipeline's own components in its own loop:
+text encoder -> UNet on [uncond, cond] -> guard.combine (CFG) -> guard.adjust (CPSample on the latent x_t) ->
+the pipeline's scheduler -> VAE decoder. The classifier is a TimeClassifier on latents (4 channels) trained by
+`cpsample.training.latent_classifier` on the VAE latents of a private image set, so only that subset is protected.
+
+Everything loads from local folders (`local_files_only=True`); `build_tiny_sd_pipeline` writes a small random
+pipeline (built from configs and a tiny local vocabulary) for tests and for trying the workflow offline.
+Needs `transformers` (the `latent` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cpsample.data import ImageSet, load_dataset
+from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
+from cpsample.sampling.sampler import DTYPES
+
+SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
+DEFAULT_SD_CFG_SCALE = 7.5
+PIPELINE_INDEX = "model_index.json"
+
+
+# --- the tiny local pipeline ---------------------------------------------------------------------------------
+
+def _byte_symbols() -> list[str]:
+    """GPT-2 / CLIP byte-level alphabet: one printable unicode symbol for each of the 256 byte values."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for _, code in sorted(zip(printable, codes))]
+
+
+def tiny_clip_vocab() -> dict[str, int]:
+    """A character-level CLIP vocabulary (no merges): every byte symbol alone and at a word's end, plus BOS/EOS."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for symbol in _byte_symbols():
+            vocab[symbol + suffix] = len(vocab)
+    return vocab
+
+
+def _write_tokenizer_files(folder: Path) -> None:
+    # vocab.json + merges.txt is the format every transformers version's CLIPTokenizer reads.
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tiny_clip_vocab()))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int = 0, scheduler: str = "pndm") -> Path:
+    """Write a random-weight StableDiffusionPipeline (~1.2M parameters) to folder with save_pretrained (safetensors).
+
+    The same layout as a real Stable Diffusion v1 folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/,
+    model_index.json) with SD's scaled-linear noise schedule; the VAE halves the resolution (latents are
+    4 x image_size/2 x image_size/2). Reload with `load_sd_pipeline(folder)`.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if image_size % 4:
+        raise ValueError(f"image size must be a multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}")
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        _write_tokenizer_files(Path(scratch))
+        tokenizer = CLIPTokenizer.from_pretrained(scratch, local_files_only=True, model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tiny_clip_vocab()), hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
+        sample_size=image_size)
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1)
+    if scheduler == "pndm":
+        noise_scheduler = PNDMScheduler(skip_prk_steps=True, **schedule)
+    elif scheduler == "ddim":
+        noise_scheduler = DDIMScheduler(clip_sample=False, **schedule)
+    else:
+        raise ValueError(f"the tiny pipeline ships a pndm or ddim scheduler, not {scheduler!r}")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=noise_scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _write_tokenizer_files(folder / "tokenizer")  # also readable by transformers versions without tokenizer.json
+    return folder
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str = "cpu", dtype: str = "float32"):
+    """A StableDiffusionPipeline from a local folder only (never the hub), without the safety checker."""
+    folder = Path(folder)
+    if not (folder / PIPELINE_INDEX).is_file():
+        raise FileNotFoundError(f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
+                                "save_pretrained or `cpsample make-tiny-sd`)")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"{folder}: CPSample adjusts an eps prediction; this pipeline predicts {prediction!r}")
+    pipe.scheduler = swap_scheduler(pipe.scheduler, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    if pipe.unet.dtype != DTYPES[dtype]:
+        # .to(dtype) rather than from_pretrained's dtype keyword, whose name changed across diffusers versions.
+        pipe = pipe.to(dtype=DTYPES[dtype])
+    return pipe
+
+
+def swap_scheduler(current, name: str):
+    """The pipeline's own scheduler ('default') or another one sharing its noise schedule."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+
+    choices = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "ddpm": DDPMScheduler, "dpm++": DPMSolverMultistepScheduler}
+    if name == "default":
+        return current
+    if name not in choices:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SD_SCHEDULERS)}")
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    return choices[name].from_config(current.config, **extra)
+
+
+def latent_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(channels, h, w) of the latents for an image of height x width (default: the UNet's native size)."""
+    factor = pipe.vae_scale_factor
+    height = height or pipe.unet.config.sample_size * factor
+    width = width or pipe.unet.config.sample_size * factor
+    if height % factor or width % factor:
+        raise ValueError(f"height and width must be multiples of {factor} (the VAE's downscaling), got {height}x{width}")
+    return pipe.unet.config.in_channels, height // factor, width // factor
+
+
+def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float = 0.5, scale: float = 2000.0, tau: float = 0.001,
+                       height: int | None = None, width: int | None = None) -> CPSampleGuard:
+    """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule."""
+    from cpsample.training.classifier import load_classifier
+
+    classifier = load_classifier(classifier_dir, pipe.device)
+    check_latent_classifier(classifier, pipe, height, width)
+    check_classifier_schedule(Path(classifier_dir), pipe)
+    return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=tau)
+
+
+def check_latent_classifier(classifier, pipe, height: int | None = None, width: int | None = None) -> None:
+    channels, h, w = latent_shape(pipe, height, width)
+    found = classifier.config.in_channels
+    if found != channels:
+        raise ValueError(f"the classifier takes {found}-channel inputs but this pipeline's latents have {channels} channels; "
+                         "train it on VAE latents with `cpsample train-latent-classifier`")
+    size = classifier.config.sample_size
+    if (h, w) != (size, size):
+        raise ValueError(f"the classifier was trained on {size}x{size} latents but these are {h}x{w}; sample at "
+                         f"{size * pipe.vae_scale_factor}x{size * pipe.vae_scale_factor} pixels (--height/--width)")
+
+
+def check_classifier_schedule(classifier_dir: Path, pipe) -> None:
+    """The classifier learned p(y | x_t, t) for one noise schedule; at another, its t means another noise level."""
+    from diffusers import DDPMScheduler
+
+    folder = classifier_dir / "scheduler"
+    if not (folder / "scheduler_config.json").is_file():
+        return  # a classifier saved without its schedule: nothing to compare
+    trained = DDPMScheduler.from_pretrained(folder).alphas_cumprod
+    used = pipe.scheduler.alphas_cumprod
+    if trained.shape != used.shape or not torch.allclose(trained.float(), used.float().cpu(), atol=1e-5):
+        raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than this pipeline's; "
+                         "train it with `cpsample train-latent-classifier --pipeline` on this pipeline")
+
+
+# --- sampling -------------------------------------------------------------------------------------------------
+
+@dataclass
+class LatentSampleResult:
+    images: torch.Tensor  # (N, 3, H, W) float32 in [-1, 1], decoded
+    latents: torch.Tensor  # (N, 4, h, w) final latents (unscaled, as the UNet sees them)
+    prompts: list[str]  # one per prompt, in order
+    prompt_index: np.ndarray  # (N,) which prompt each image came from
+    trace: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (steps, N): p1, fired
+    timesteps: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_prompt: int = 1, steps: int = 50,
+              guidance_scale: float = DEFAULT_SD_CFG_SCALE, height: int | None = None, width: int | None = None, seed: int = 0,
+              negative_prompt: str = "", progress: bool = True) -> LatentSampleResult:
+    """Generate images_per_prompt images for each prompt with CFG and the guard (None: plain sampling).
+
+    Every prompt starts from the same noise latents (seeded by `seed`), so images of two prompts, or of a plain
+    and a protected run, differ only through the prompt and the guard.
+    """
+    if not prompts or any(not str(p).strip() for p in prompts):
+        raise ValueError("give at least one prompt, and no empty ones")
+    if images_per_prompt < 1 or steps < 1:
+        raise ValueError(f"images per prompt and steps must be positive, got {images_per_prompt} and {steps}")
+    guard = guard or NoGuard()
+    device, dtype = pipe.device, pipe.unet.dtype
+    guard.to(device, dtype)
+    shape = (images_per_prompt, *latent_shape(pipe, height, width))
+    started = time.time()
+    images, latents, traces = [], [], []
+    for prompt in tqdm(prompts, desc=f"sampling prompts ({guard.name})", disable=not progress, dynamic_ncols=True):
+        cond, uncond = pipe.encode_prompt(prompt, device, images_per_prompt, True, negative_prompt)
+        final, trace = denoise_latents(pipe, cond, uncond, guard, steps, guidance_scale, shape, seed)
+        latents.append(final.float().cpu())
+        images.append(decode_latents(pipe, final))
+        traces.append(trace)
+    merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in traces[0]}
+    return LatentSampleResult(images=torch.cat(images), latents=torch.cat(latents), prompts=list(prompts),
+                              prompt_index=np.repeat(np.arange(len(prompts)), images_per_prompt), trace=merged,
+                              timesteps=pipe.scheduler.timesteps.cpu().numpy(), seconds=time.time() - started)
+
+
+def denoise_latents(pipe, cond: torch.Tensor, uncond: torch.Tensor, guard: Guard, steps: int, guidance_scale: float,
+                    shape: tuple, seed: int) -> tuple[torch.Tensor, dict]:
+    """The pipeline's denoising loop with the guard between the CFG mix and the scheduler step."""
+    scheduler, device, dtype = pipe.scheduler, pipe.device, pipe.unet.dtype
+    scheduler.set_timesteps(steps, device=device)  # also clears multistep schedulers' history
+    guard.reset()
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+    step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)  # only schedulers that take a generator get one
+    text = torch.cat([uncond, cond])
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    for index, t in enumerate(scheduler.timesteps):
+        guard.begin_step(index, len(scheduler.timesteps))
+        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        # In DDPM parametrisation x_t = scale_model_input(x): what the UNet sees and what the classifier learned.
+        model_input = scheduler.scale_model_input(x, t)
+        with torch.no_grad():
+            eps_uncond, eps_cond = pipe.unet(torch.cat([model_input, model_input]), t, encoder_hidden_states=text).sample.chunk(2)
+            eps = guard.combine(eps_cond, eps_uncond, guidance_scale, t_batch)
+        eps = guard.adjust(eps, model_input, t_batch, alphas_cumprod[int(t)].float())
+        x = scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
+    return x, {key: np.stack(values) for key, values in guard.trace.items()}
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [-1, 1] (float32, CPU) with the pipeline's VAE."""
+    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return images.float().clamp(-1.0, 1.0).cpu()
+
+
+# --- prompts and the modified-caption comparison (Table 2) -------------------------------------------------
+
+@dataclass
+class PromptEntry:
+    text: str
+    role: str  # "prompt", or "original" / "modified" for a caption pair
+    pair: int | None = None  # pairs share a number
+
+
+def read_prompts(path: str | Path) -> list[PromptEntry]:
+    """One prompt per line; 'original caption<TAB>modified caption' makes a pair. Blank lines and '#' lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such prompts file")
+    entries, pairs = [], 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [part.strip() for part in line.split("\t")]
+        if len(parts) == 1:
+            entries.append(PromptEntry(parts[0], "prompt"))
+        elif len(parts) == 2 and all(parts):
+            entries += [PromptEntry(parts[0], "original", pairs), PromptEntry(parts[1], "modified", pairs)]
+            pairs += 1
+        else:
+            raise ValueError(f"{path}:{number}: expected 'prompt' or 'original<TAB>modified', got {len(parts)} tab-separated fields")
+    if not entries:
+        raise ValueError(f"{path}: holds no prompts")
+    return entries
+
+
+def load_private_images(folder: str | Path, image_size: int) -> ImageSet:
+    """The private image set as RGB at the pipeline's resolution, in [-1, 1]."""
+    images = load_dataset(str(folder), image_size=image_size)
+    if images.channels == 1:
+        images.images = np.repeat(images.images, 3, axis=1)
+    return images
+
+
+def nearest_private(images: torch.Tensor | np.ndarray, private: ImageSet, progress: bool = False):
+    """Pixel-space cosine (mean-centred pixels) of each decoded image to its nearest private image."""
+    from cpsample.evaluation import PixelFeatures, nearest_by_cosine
+    from cpsample.evaluation.inputs import same_image_shape
+
+    features = PixelFeatures()
+    samples = images.numpy() if isinstance(images, torch.Tensor) else images
+    same_image_shape(samples, private.images, "generated images", "private images")
+    return nearest_by_cosine(features(samples), features(private.images), k=1, progress=progress)
+
+
+def per_prompt_similarity(result: LatentSampleResult, private: ImageSet, threshold: float,
+                          entries: list[PromptEntry] | None = None) -> list[dict]:
+    """For each prompt: nearest-private similarity of its images (max, mean), near-copies above threshold."""
+    neighbours = nearest_private(result.images, private)
+    scores, nearest = neighbours.nearest_score, neighbours.nearest_index
+    fired = result.trace.get("fired")
+    rows = []
+    for index, prompt in enumerate(result.prompts):
+        mine = np.flatnonzero(result.prompt_index == index)
+        best = mine[np.argmax(scores[mine])]
+        entry = entries[index] if entries else PromptEntry(prompt, "prompt")
+        rows.append({"prompt": prompt, "role": entry.role, "pair": entry.pair,
+                     "max_similarity": float(scores[mine].max()), "mean_similarity": float(scores[mine].mean()),
+                     "near_copies": int((scores[mine] > threshold).sum()), "images": len(mine),
+                     "nearest_private": private.names[int(nearest[best])],
+                     "share_of_steps_guided": None if fired is None else float(fired[:, mine].mean())})
+    return rows
