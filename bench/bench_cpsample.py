@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--timing-alphas", default="0.5,0.1,0.001")
-    parser.add_argument("--timing-scale", type=float, default=1000.0)
+    parser.add_argument("--timing-scale", type=float, default=10.0)
     parser.add_argument("--grid-alphas", default="0.001,0.01,0.1")
     parser.add_argument("--grid-scales", default="10,100,1000")
     parser.add_argument("--device", default="cpu")

@@ -22,13 +22,6 @@ from cpsample.training.loop import TrainConfig
 
 SIZE, CLASSES, WIDTHS = 8, 3, (8, 16)
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread beats two that fight over shared cores (measured 4x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from cpsample.data import DataError, ImageSet, load_dataset
 from cpsample.evaluation import (

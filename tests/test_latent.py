@@ -21,13 +21,6 @@ from cpsample.training.loop import TrainConfig  # noqa: E402
 
 IMAGE, LATENT, PROMPTS = 32, 16, ["a red square", "Classic cars for sale"]
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread beats two that fight over shared cores (measured 4x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

@@ -27,13 +27,6 @@ MEMBERS, HELD_OUT = 8, 48
 FAST = dict(timesteps=(100, 200), draws=2, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run best on one thread: on 2 shared cores, 2 threads made training here 7x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

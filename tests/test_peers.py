@@ -35,13 +35,6 @@ def _sample(denoise, guard, n=N, seed=0, steps=STEPS):
     return sample_batch(denoise, scheduler, (n, 1, SIZE, SIZE), guard, torch.Generator().manual_seed(seed), CPU)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,24 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-# Same option types as cpsample.cli.main; not imported from there because main imports this module to register it.
-Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
-Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
+from cpsample.cli.common import DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Device, Scale, Seed, Tau, console, run_safely
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Attack a model: how well can an adversary tell its training images from unseen ones?")
-
-
-def run_safely(function):
-    """main.run_safely (user errors -> one line, exit 2), looked up at call time to avoid a circular import."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        from cpsample.cli.main import run_safely as main_run_safely
-
-        return main_run_safely(function)(*args, **kwargs)
-
-    return wrapper
 
 
 @attack_app.command("mia")
@@ -37,9 +22,9 @@ def mia_command(
     model: Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")] = "bundled",
     guard: Annotated[str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
-    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.001,
-    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 1000.0,
-    tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    alpha: Alpha = DEFAULT_ALPHA,
+    scale: Scale = DEFAULT_SCALE,
+    tau: Tau = DEFAULT_TAU,
     attack: Annotated[str, typer.Option(help="loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")] = "both",
     t: Annotated[Optional[list[int]], typer.Option("--t", help="Diffusion step(s) to attack at; repeat for several "
                                                          "(default: loss 100, 200, 300; pia 200).")] = None,
@@ -55,7 +40,6 @@ def mia_command(
     """Membership inference: do members get lower reconstruction errors than non-members? (AUC, TPR@1%FPR, Z-test)"""
     from cpsample.attacks.mia import run_mia
     from cpsample.attacks.plots import plot_attacks
-    from cpsample.cli.main import console
     from cpsample.provenance import seed_everything, write_record
 
     seed_everything(seed)

@@ -15,6 +15,13 @@ console = Console(stderr=True, soft_wrap=True)  # never break paths or messages 
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
 
+# CPSample's three knobs, shared by every command that samples or attacks with the guard. The defaults are the
+# paper's LSUN Church setting, which `cpsample calibrate --target 0.05` also picks for the bundled model.
+DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU = 0.1, 10.0, 0.001
+Alpha = Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")]
+Scale = Annotated[float, typer.Option(help="CPSample guidance scale s.")]
+Tau = Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001).")]
+
 
 def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
@@ -33,3 +40,22 @@ def run_safely(function):
     return wrapper
 
 
+
+
+def guard_stats(trace: dict) -> dict:
+    """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once."""
+    if "fired" not in trace:
+        return {}
+    fired = trace["fired"]
+    return {"share_of_steps_guided": float(fired.mean()), "share_of_samples_ever_guided": float(fired.any(axis=0).mean())}
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """--channels "32,64,64" -> (32, 64, 64), with a clear error for anything else."""
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) <= 0:
+        raise ValueError(f"--channels must be positive integers, got {text!r}")
+    return widths

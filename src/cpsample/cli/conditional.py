@@ -22,7 +22,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Device, Seed, console, fail, run_safely
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Scale, Tau, Device, Seed, console, fail, run_safely, guard_stats, parse_widths)
 
 COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
 
@@ -79,9 +79,9 @@ def sample_conditional_command(
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
     guard: Annotated[str, typer.Option(help="none, cpsample (applied after the CFG mix) or another guard by name.")] = "none",
     classifier: Annotated[Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")] = None,
-    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.1,
-    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 10.0,
-    tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    alpha: Alpha = DEFAULT_ALPHA,
+    scale: Scale = DEFAULT_SCALE,
+    tau: Tau = DEFAULT_TAU,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     steps: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: int = 250,
@@ -206,7 +206,7 @@ def sample_sd_command(
     classifier: Annotated[Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")] = None,
     alpha: Annotated[float, typer.Option(help="CPSample threshold (paper Table 2: 0.3-0.5).")] = 0.5,
     scale: Annotated[float, typer.Option(help="CPSample scale s (paper Table 2: 100-2000).")] = 2000.0,
-    tau: float = 0.001,
+    tau: Tau = DEFAULT_TAU,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
     private: Annotated[Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")] = None,
@@ -312,21 +312,6 @@ def save_image_set(folder: Path, images, trace: dict | None, columns: int, **arr
     return {"samples": str(folder / "samples.npz"), "grid": str(folder / "grid.png")}
 
 
-def guard_stats(trace: dict) -> dict:
-    if "fired" not in trace:
-        return {}
-    fired = trace["fired"]
-    return {"share_of_steps_guided": float(fired.mean()), "share_of_samples_ever_guided": float(fired.any(axis=0).mean())}
-
-
-def parse_widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
-    if not widths or min(widths) <= 0:
-        raise ValueError(f"--channels must be positive integers, got {text!r}")
-    return widths
 
 
 def require_transformers() -> None:

@@ -5,7 +5,6 @@ main.py calls `register(app)` to add them.
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated, Optional

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Device, Seed, console, fail, run_safely  # noqa: F401  (re-exported for command modules)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Device, Scale, Seed, Tau, console,
+                                 guard_stats, parse_widths, run_safely)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
@@ -44,7 +45,7 @@ def train_denoiser_command(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every,
                          mixed_precision=mixed_precision)
     summary = train_denoiser(dataset.take(split.members), split, out, config, resume=resume,
-                             block_out_channels=_widths(channels), data_spec=data)
+                             block_out_channels=parse_widths(channels), data_spec=data)
     console.print(f"trained {summary['steps']} steps on {summary['members']} images "
                   f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
 
@@ -79,7 +80,7 @@ def train_classifier_command(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
     summary = train_classifier(dataset.take(split.members), split, schedule, out, config,
                                label_seed=seed if label_seed is None else label_seed, relabel_after=relabel_after,
-                               block_out_channels=_widths(channels), resume=resume, denoiser_path=str(folder))
+                               block_out_channels=parse_widths(channels), resume=resume, denoiser_path=str(folder))
     table = Table(title="classifier on its training images (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")
@@ -101,9 +102,9 @@ def sample_command(
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     guard: Annotated[str, typer.Option(help="Guidance strategy: none, cpsample or amg (delayed-cfg / opposite-cfg: see sample-conditional).")] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
-    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.1,
-    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 10.0,
-    tau: Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite.")] = 0.001,
+    alpha: Alpha = DEFAULT_ALPHA,
+    scale: Scale = DEFAULT_SCALE,
+    tau: Tau = DEFAULT_TAU,
     amg_threshold: Annotated[float, typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this.")] = 0.95,
     amg_scale: Annotated[float, typer.Option(help="AMG dissimilarity guidance scale c3.")] = 1000.0,
     batch_size: int = 250,
@@ -125,26 +126,11 @@ def sample_command(
     if result.trace:
         trace_png = plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha)
         paths["trace"] = str(trace_png)
-    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **_guard_stats(result.trace), **paths}
+    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace), **paths}
     write_record(out, "sample", settings, stats)
     console.print(json.dumps(stats, indent=2))
 
 
-def _guard_stats(trace: dict) -> dict:
-    if "fired" not in trace:
-        return {}
-    fired = trace["fired"]
-    return {"share_of_steps_guided": float(fired.mean()), "share_of_samples_ever_guided": float(fired.any(axis=0).mean())}
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
-    if not widths or min(widths) <= 0:
-        raise ValueError(f"--channels must be positive integers, got {text!r}")
-    return widths
 
 
 def _register_command_modules() -> None:

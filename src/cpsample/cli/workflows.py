@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Device, Seed, console, run_safely
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Scale, Tau, Device, Seed, console, run_safely)
 
 
 def register(app: typer.Typer) -> None:
@@ -20,10 +20,10 @@ def register(app: typer.Typer) -> None:
 @run_safely
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder: report.html/.md/.json, figures, samples.")] = Path("demo_out"),
-    n_samples: Annotated[int, typer.Option(min=1, help="Images per method.")] = 250,
-    alpha: Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")] = 0.1,
-    scale: Annotated[float, typer.Option(help="CPSample guidance scale s.")] = 10.0,
-    tau: float = 0.001,
+    n_samples: Annotated[int, typer.Option(min=1, help="Images per method.")] = 500,
+    alpha: Alpha = DEFAULT_ALPHA,
+    scale: Scale = DEFAULT_SCALE,
+    tau: Tau = DEFAULT_TAU,
     steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 50,
     threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default: 0.98, pixels).")] = None,
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
@@ -62,7 +62,7 @@ def calibrate_command(
     n_samples: Annotated[int, typer.Option(min=1, help="Calibration batch size per setting.")] = 100,
     alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
     scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "10,100,1000",
-    tau: float = 0.001,
+    tau: Tau = DEFAULT_TAU,
     steps: int = 50,
     threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default 0.98, pixels).")] = None,
     model: str = "bundled",

@@ -6,7 +6,6 @@ Images are float32 arrays of shape (N, C, H, W) scaled to [-1, 1], the range dif
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-MEMBERSHIP_TITLE = "Membership inference (optional, computed by another module)"
+MEMBERSHIP_TITLE = "Membership inference"
 FIGURE_CAPTIONS = {
     "similarity_histogram": "Similarity of each image to its nearest training image (paper Fig. 2). "
                             "Right of the dashed line counts as a near-copy.",

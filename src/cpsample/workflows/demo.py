@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cpsample.evaluation.detector import MNIST16_PIXEL_THRESHOLD, NearCopyDetector
 from cpsample.models.bundle import resolve_model_dir, training_data
@@ -24,7 +23,7 @@ from cpsample.sampling.rejection import rejection_sample
 class DemoSettings:
     model: str = "bundled"
     classifier: str = "bundled"
-    n_samples: int = 250
+    n_samples: int = 500
     steps: int = 50
     scheduler: str = "ddim"
     # The paper's LSUN Church setting, and what `cpsample calibrate --target 0.05` picks on the bundled model (best
