@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--timing-scale", type=float, default=10.0)
     parser.add_argument("--grid-alphas", default="0.001,0.01,0.1")
     parser.add_argument("--grid-scales", default="10,100,1000")
+    parser.add_argument("--parts", default="timing,tradeoff", help="which parts to run (comma-separated)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -35,14 +36,18 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     floats = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
     base = dict(n_samples=args.n_samples, steps=args.steps, device=args.device, seed=args.seed)
-    timing = run_grid(GridSettings(alphas=floats(args.timing_alphas), scales=(args.timing_scale,), quality_net=None, **base))
-    grid = run_grid(GridSettings(alphas=floats(args.grid_alphas), scales=floats(args.grid_scales), **base))
+    parts = set(args.parts.split(","))
+    timing = run_grid(GridSettings(alphas=floats(args.timing_alphas), scales=(args.timing_scale,), quality_net=None, **base)) \
+        if "timing" in parts else []
+    grid = run_grid(GridSettings(alphas=floats(args.grid_alphas), scales=floats(args.grid_scales), **base)) \
+        if "tradeoff" in parts else []
     rows = [{"part": "timing", **row} for row in timing] + [{"part": "tradeoff", **row} for row in grid]
     with open(args.out / "bench.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot_tradeoff(grid, args.out / "tradeoff.png")
+    if grid:
+        plot_tradeoff(grid, args.out / "tradeoff.png")
     write_record(args.out, "bench", vars(args) | {"out": str(args.out)}, {"rows": rows})
     for row in timing:
         label = "plain" if row["alpha"] is None else f"alpha={row['alpha']:g}"

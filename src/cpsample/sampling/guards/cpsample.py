@@ -35,17 +35,22 @@ class CPSampleGuard(Guard):
         return {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau}
 
     def adjust(self, eps, x_t, t, abar_t):
+        dtype = next(self.classifier.parameters()).dtype
+        # The cheap part runs for every sample: is the classifier over-confident? No graph is built here.
+        with torch.no_grad():
+            probs = self.classifier(x_t.to(dtype), t).float().softmax(dim=-1)
+        # Over-confident for label 1 means p(y=0) < alpha: guide towards 0, and vice versa.
+        target = (probs[:, 1] < probs[:, 0]).long()  # the less likely label
+        fired = probs.gather(1, target[:, None]).squeeze(1) < self.alpha
+        self.record(p1=probs[:, 1], fired=fired)
+        if not bool(fired.any()):
+            return eps
+        # The gradient is paid for only by the samples that need it.
+        rows = fired.nonzero().squeeze(1)
         with torch.enable_grad():
-            x_in = x_t.detach().to(next(self.classifier.parameters()).dtype).requires_grad_(True)
-            probs = self.classifier(x_in, t).float().softmax(dim=-1)
-            # Over-confident for label 1 means p(y=0) < alpha: guide towards 0, and vice versa.
-            target = (probs[:, 1] < probs[:, 0]).long()  # the less likely label
-            p_target = probs.gather(1, target[:, None]).squeeze(1)
-            fired = p_target < self.alpha
-            self.record(p1=probs[:, 1].detach(), fired=fired)
-            if not bool(fired.any()):
-                return eps
-            log_p = torch.log(self.tau + p_target)
-            grad = torch.autograd.grad(log_p[fired].sum(), x_in)[0].to(eps.dtype)
-        shift = self.scale * (1.0 - abar_t).sqrt().to(eps.dtype) * grad
-        return torch.where(fired[:, None, None, None], eps - shift, eps)
+            x_in = x_t[rows].detach().to(dtype).requires_grad_(True)
+            p_target = self.classifier(x_in, t[rows]).float().softmax(dim=-1).gather(1, target[rows, None]).squeeze(1)
+            grad = torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0].to(eps.dtype)
+        adjusted = eps.clone()
+        adjusted[rows] = eps[rows] - self.scale * (1.0 - abar_t).sqrt().to(eps.dtype) * grad
+        return adjusted
