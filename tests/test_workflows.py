@@ -71,3 +71,16 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
     for figure in report["figures"].values():
         assert (out / figure).exists() and figure in html
     assert report["membership_inference"]["rows"]
+
+
+def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
+    out = tmp_path / "calib"
+    result = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--n-samples", "4", "--steps", "3", "--alphas", "0.2",
+                                      "--scales", "10,100", "--target", "1.0", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "calibration.json").read_text())
+    assert [(r["alpha"], r["scale"]) for r in report["rows"]] == [(None, None), (0.2, 10.0), (0.2, 100.0)]
+    assert report["chosen"] in report["rows"][1:]
+    assert (out / "calibration.csv").exists()
+    bad = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--alphas", "a,b"])
+    assert bad.exit_code == 2 and "--alphas" in bad.output
