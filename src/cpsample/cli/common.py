@@ -59,3 +59,15 @@ def parse_widths(text: str) -> tuple[int, ...]:
     if not widths or min(widths) <= 0:
         raise ValueError(f"--channels must be positive integers, got {text!r}")
     return widths
+
+
+def prepare_training(data: str, image_size: int | None, subset: int | None, seed: int, **loop_settings):
+    """The start of every denoiser training command: seed, load the data, fix the member split, loop settings."""
+    from cpsample.data import load_dataset, make_split
+    from cpsample.provenance import seed_everything
+    from cpsample.training.loop import TrainConfig
+
+    seed_everything(seed)
+    dataset = load_dataset(data, image_size=image_size)
+    split = make_split(len(dataset), subset, seed, data)
+    return dataset.take(split.members), split, TrainConfig(seed=seed, **loop_settings)

@@ -22,7 +22,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Scale, Tau, Device, Seed, console, fail, run_safely, guard_stats, parse_widths)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, console, Device, fail,
+                                 guard_stats, parse_widths, prepare_training, run_safely, Scale, Seed, Tau)
 
 COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
 
@@ -55,17 +56,11 @@ def train_conditional_command(
     seed: Seed = 0,
 ):
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
-    from cpsample.data import load_dataset, make_split
-    from cpsample.provenance import seed_everything
     from cpsample.training.conditional import train_conditional
-    from cpsample.training.loop import TrainConfig
 
-    seed_everything(seed)
-    dataset = load_dataset(data, image_size=image_size)
-    split = make_split(len(dataset), subset, seed, data)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every,
-                         mixed_precision=mixed_precision)
-    summary = train_conditional(dataset.take(split.members), split, out, config, label_dropout=label_dropout, resume=resume,
+    members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
+                                              ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
+    summary = train_conditional(members, split, out, config, label_dropout=label_dropout, resume=resume,
                                 block_out_channels=parse_widths(channels), data_spec=data)
     console.print(f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
                   f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")

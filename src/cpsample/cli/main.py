@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Device, Scale, Seed, Tau, console,
-                                 guard_stats, parse_widths, run_safely)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, console, Device, guard_stats,
+                                 parse_widths, prepare_training, run_safely, Scale, Seed, Tau)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
@@ -34,17 +34,11 @@ def train_denoiser_command(
     seed: Seed = 0,
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints)."""
-    from cpsample.data import load_dataset, make_split
-    from cpsample.provenance import seed_everything
     from cpsample.training.denoiser import train_denoiser
-    from cpsample.training.loop import TrainConfig
 
-    seed_everything(seed)
-    dataset = load_dataset(data, image_size=image_size)
-    split = make_split(len(dataset), subset, seed, data)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every,
-                         mixed_precision=mixed_precision)
-    summary = train_denoiser(dataset.take(split.members), split, out, config, resume=resume,
+    members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
+                                              ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
+    summary = train_denoiser(members, split, out, config, resume=resume,
                              block_out_channels=parse_widths(channels), data_spec=data)
     console.print(f"trained {summary['steps']} steps on {summary['members']} images "
                   f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
