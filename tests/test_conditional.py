@@ -115,6 +115,18 @@ def test_alpha_zero_gives_exactly_plain_cfg_samples(trained):
     assert guarded.trace["fired"].sum() == 0
 
 
+def test_killed_conditional_sampling_resumes_from_finished_batches(trained, tmp_path):
+    labels = [0, 1, 2, 0, 1, 2]
+    first = generate_conditional(trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False)
+    (tmp_path / "batches" / "batch_00001.npz").unlink()  # as if killed while sampling the second batch
+    again = generate_conditional(trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False)
+    assert again.denoiser_calls == 2 * 2 * 4  # only the lost batch (2 images, CFG) was redone
+    assert torch.allclose(first.images, again.images, atol=1e-6)
+    changed = generate_conditional(trained["model"], [2, 2, 2, 2, 2, 2], 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path,
+                                   progress=False)
+    assert changed.denoiser_calls == 2 * 6 * 4  # other labels: the cached batches are stale and were redrawn
+
+
 class FirstPixelClassifier(nn.Module):
     """Confident exactly when the first pixel of x_t is far from 0: some trajectories trip it, others never do."""
 

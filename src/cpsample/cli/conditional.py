@@ -99,7 +99,7 @@ def sample_conditional_command(
                 "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "copy_threshold": copy_threshold}
     result = generate_conditional(model, labels.tolist(), cfg_scale, guard=guard, scheduler=scheduler, steps=steps, seed=seed,
                                   classifier=classifier, alpha=alpha, scale=scale, tau=tau, batch_size=batch_size, dtype=dtype,
-                                  device=device)
+                                  device=device, work_dir=out)
     paths = save_image_set(out, result.images, result.trace, columns=n, labels=labels)
     if result.trace:
         paths["trace"] = str(plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha))

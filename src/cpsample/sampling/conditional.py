@@ -8,18 +8,15 @@ plain and a protected run with the same seed and labels start from the same x_T.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import Guard, NoGuard
 from cpsample.sampling.pipeline import build_guard
-from cpsample.sampling.sampler import DTYPES, SampleResult, cfg_denoiser, make_scheduler, sample_batch
+from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample
 from cpsample.training.conditional import ClassInfo, read_class_info
 
 DEFAULT_CFG_SCALE = 3.0
@@ -62,8 +59,10 @@ def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: fl
                          guard: str | Guard = "none", scheduler: str = "ddim", steps: int = 50, seed: int = 0,
                          classifier: str | None = None, alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001,
                          batch_size: int = 250, dtype: str = "float32", device: str = "cpu",
-                         progress: bool = True) -> SampleResult:
-    """One image per entry of class_labels, with CFG at guidance_scale and the guard applied after the CFG mix."""
+                         progress: bool = True, work_dir: Path | None = None) -> SampleResult:
+    """One image per entry of class_labels, with CFG at guidance_scale and the guard applied after the CFG mix.
+
+    With work_dir, finished batches are kept there and a rerun with the same settings resumes after a kill."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     unet, schedule, info = load_conditional(model_dir, device)
@@ -78,31 +77,26 @@ def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: fl
     guard.to(torch.device(device), torch_dtype)
     make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    if work_dir is not None:
+        batch_settings_file(work_dir, {"model": str(model_dir), "labels": labels, "cfg": guidance_scale, "steps": steps,
+                                       "scheduler": scheduler, "dtype": dtype, "seed": seed, "batch_size": batch_size,
+                                       **guard.settings()})
     return sample_labels(unet, labels, info.null_label, lambda: make_scheduler(scheduler, schedule.config, steps), shape,
-                         guidance_scale, guard, batch_size, seed, device, torch_dtype, progress)
+                         guidance_scale, guard, batch_size, seed, device, torch_dtype, progress, work_dir)
 
 
 def sample_labels(unet, labels: list[int], null_label: int, scheduler_factory, image_shape: tuple, guidance_scale: float,
                   guard: Guard, batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, progress: bool = True) -> SampleResult:
-    """The batching loop: each batch gets its own CFG denoiser holding that batch's labels."""
-    device = torch.device(device)
-    starts = list(range(0, len(labels), batch_size))
-    images, traces, timesteps = [], [], None
-    started = time.time()
-    for index, start in enumerate(tqdm(starts, desc=f"sampling with CFG ({guard.name})", disable=not progress,
-                                       dynamic_ncols=True, unit="batch")):
-        chunk = torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=device)
-        scheduler = scheduler_factory()
-        timesteps = scheduler.timesteps.cpu().numpy()
-        generator = torch.Generator().manual_seed(seed * 100_003 + index)  # the seeding `sampler.sample` uses
-        batch, trace = sample_batch(cfg_denoiser(unet, chunk, guidance_scale, null_label), scheduler,
-                                    (len(chunk), *image_shape), guard, generator, device, dtype)
-        images.append(batch)
-        traces.append(trace)
-    merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in (traces[0] if traces else {})}
-    calls = 2 * len(labels) * (len(timesteps) if timesteps is not None else 0)  # CFG: two eps per image and step
-    return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started)
+                  dtype: torch.dtype = torch.float32, progress: bool = True, work_dir: Path | None = None) -> SampleResult:
+    """The shared sampling loop (seeding, batch cache, resume), each batch with a CFG denoiser holding its labels."""
+    label_tensor = torch.tensor(labels, dtype=torch.long)
+
+    def denoiser_for(start: int, size: int):
+        return cfg_denoiser(unet, label_tensor[start:start + size].to(device), guidance_scale, null_label)
+
+    return sample(None, scheduler_factory, len(labels), image_shape, guard=guard, batch_size=batch_size, seed=seed,
+                  device=device, dtype=dtype, work_dir=work_dir, progress=progress, batch_denoiser=denoiser_for,
+                  calls_per_image_step=2)  # CFG: two eps per image and step
 
 
 def _resolve_guard(guard: str | Guard, classifier: str | None, alpha: float, scale: float, tau: float, device: str,

@@ -107,10 +107,14 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
     return images, trace
 
 
-def sample(denoise: Denoise, scheduler_factory: Callable[[], object], n: int, image_shape: tuple, guard: Guard | None = None,
-           batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-           work_dir: Path | None = None, progress: bool = True) -> SampleResult:
+def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: int, image_shape: tuple,
+           guard: Guard | None = None, batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu",
+           dtype: torch.dtype = torch.float32, work_dir: Path | None = None, progress: bool = True,
+           batch_denoiser: Callable[[int, int], Denoise] | None = None, calls_per_image_step: int = 1) -> SampleResult:
     """Draw n images; with work_dir, each finished batch is kept there and reused on a rerun with the same settings.
+
+    batch_denoiser(start, size), when given, builds the denoiser of each batch (e.g. CFG with that batch's class
+    labels) instead of the shared `denoise`; calls_per_image_step counts denoiser evaluations (2 under CFG).
 
     Under `accelerate launch` every process samples its share of the batches (batch b goes to process
     b mod world size) into the shared work_dir, and all processes then read back the full set.
@@ -135,8 +139,9 @@ def sample(denoise: Denoise, scheduler_factory: Callable[[], object], n: int, im
         cached = _load_batch(work_dir, index, size)
         if cached is None:
             generator = torch.Generator().manual_seed(seed * 100_003 + index)
-            batch, trace = sample_batch(denoise, scheduler, (size, *image_shape), guard, generator, device, dtype)
-            calls += size * len(timesteps)
+            batch_denoise = denoise if batch_denoiser is None else batch_denoiser(index * batch_size, size)
+            batch, trace = sample_batch(batch_denoise, scheduler, (size, *image_shape), guard, generator, device, dtype)
+            calls += size * len(timesteps) * calls_per_image_step
             _save_batch(work_dir, index, batch, trace)
         else:
             batch, trace = cached
