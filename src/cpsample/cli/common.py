@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +14,15 @@ console = Console(stderr=True, soft_wrap=True)  # never break paths or messages 
 
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
+
+# Options every training command shares (defaults stay with each command).
+ImageSize = Annotated[Optional[int], typer.Option(help="Resize images to this square size.")]
+Subset = Annotated[Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")]
+Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps in all (with --resume: the step to train up to).")]
+BatchSize = Annotated[int, typer.Option(min=1)]
+Channels = Annotated[str, typer.Option(help="Block widths, comma-separated.")]
+MixedPrecision = Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")]
 
 # CPSample's three knobs, shared by every command that samples or attacks with the guard. The defaults are the
 # paper's LSUN Church setting, which `cpsample calibrate --target 0.05` also picks for the bundled model.

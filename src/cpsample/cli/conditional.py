@@ -22,8 +22,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, console, Device, fail,
-                                 guard_stats, parse_widths, prepare_training, run_safely, Scale, Seed, Tau)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, console,
+                                 Device, fail, guard_stats, ImageSize, MixedPrecision, parse_widths,
+                                 prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau)
 
 COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
 
@@ -42,17 +43,17 @@ def register(app: typer.Typer) -> None:
 def train_conditional_command(
     out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/, split.json, cpsample.json).")],
     data: Annotated[str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")] = "mnist",
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size.")] = 16,
-    subset: Annotated[Optional[int], typer.Option(help="Train on this many images picked at random (members).")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 10000,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    image_size: ImageSize = 16,
+    subset: Subset = None,
+    steps: Steps = 10000,
+    batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     label_dropout: Annotated[float, typer.Option(help="Probability of training a step with the null label (CFG).")] = 0.1,
-    channels: Annotated[str, typer.Option(help="UNet block widths, comma-separated.")] = "32,64,64",
+    channels: Channels = "32,64,64",
     save_every: int = 500,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")] = "no",
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out after a kill.")] = False,
+    mixed_precision: MixedPrecision = "no",
+    resume: Resume = False,
     seed: Seed = 0,
 ):
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
@@ -89,7 +90,7 @@ def sample_conditional_command(
     """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample."""
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
-    from cpsample.sampling.outputs import plot_trace
+    from cpsample.sampling.outputs import plot_trace, save_samples
 
     _, _, info = load_conditional(model)
     wanted = parse_classes(classes, info)
@@ -100,7 +101,7 @@ def sample_conditional_command(
     result = generate_conditional(model, labels.tolist(), cfg_scale, guard=guard, scheduler=scheduler, steps=steps, seed=seed,
                                   classifier=classifier, alpha=alpha, scale=scale, tau=tau, batch_size=batch_size, dtype=dtype,
                                   device=device, work_dir=out)
-    paths = save_image_set(out, result.images, result.trace, columns=n, labels=labels)
+    paths = save_samples(out, result.images, result.trace, grid_count=None, columns=n, labels=labels)
     if result.trace:
         paths["trace"] = str(plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha))
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace),
@@ -155,15 +156,15 @@ def train_latent_classifier_command(
     images: Annotated[Path, typer.Option(help="Folder of the private images to protect (resized to the pipeline's resolution).")],
     out: Annotated[Path, typer.Option(help="Output folder for the latent classifier.")],
     captions: Annotated[Optional[Path], typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 6000,
+    steps: Steps = 6000,
     relabel_after: Annotated[int, typer.Option(help="Step at which latents still not fitted get a common label.")] = 4000,
     batch_size: int = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    channels: Annotated[str, typer.Option(help="Encoder block widths, comma-separated.")] = "32,64,64",
+    channels: Channels = "32,64,64",
     label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
     save_every: int = 500,
-    resume: bool = False,
+    resume: Resume = False,
     device: Device = "cpu",
     seed: Seed = 0,
 ):
@@ -258,10 +259,10 @@ def _private_set(private, classifier, size, loader):
 
 def _run_sd(pipe, entries, guard, n, steps, cfg_scale, size, seed, folder: Path, private_set, threshold, alpha) -> dict:
     from cpsample.sampling.latent import per_prompt_similarity, sample_sd
-    from cpsample.sampling.outputs import plot_trace
+    from cpsample.sampling.outputs import plot_trace, save_samples
 
     result = sample_sd(pipe, [e.text for e in entries], guard, n, steps, cfg_scale, size[0], size[1], seed)
-    paths = save_image_set(folder, result.images, result.trace, columns=n, prompt_index=result.prompt_index,
+    paths = save_samples(folder, result.images, result.trace, grid_count=None, columns=n, prompt_index=result.prompt_index,
                            latents=result.latents.numpy())
     if result.trace:
         paths["trace"] = str(plot_trace(result.trace, result.timesteps, folder / "trace.png", alpha=alpha or None))
@@ -293,18 +294,6 @@ def _print_prompt_table(entries, runs: dict) -> None:
 
 # --- shared helpers ------------------------------------------------------------------------------------------
 
-def save_image_set(folder: Path, images, trace: dict | None, columns: int, **arrays) -> dict:
-    """samples.npz (images in [-1, 1], uint8 NHWC, trace_*, extra arrays) and grid.png with `columns` per row."""
-    from cpsample.data import to_uint8
-    from cpsample.sampling.outputs import image_grid
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    content = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images), **arrays,
-               **{f"trace_{key}": value for key, value in (trace or {}).items()}}
-    np.savez_compressed(folder / "samples.npz", **content)
-    image_grid(images, columns=columns).save(folder / "grid.png")
-    return {"samples": str(folder / "samples.npz"), "grid": str(folder / "grid.png")}
 
 
 

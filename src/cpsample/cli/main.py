@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, console, Device, guard_stats,
-                                 parse_widths, prepare_training, run_safely, Scale, Seed, Tau)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, console,
+                                 Device, guard_stats, ImageSize, MixedPrecision, parse_widths, prepare_training,
+                                 Resume, run_safely, Scale, Seed, Steps, Subset, Tau)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
@@ -21,16 +22,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/).")],
     data: Annotated[str, typer.Option(help="'mnist', 'digits', a folder of PNG/JPG, or an .npz file.")] = "mnist",
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size.")] = 16,
-    subset: Annotated[Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 10000,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    image_size: ImageSize = 16,
+    subset: Subset = None,
+    steps: Steps = 10000,
+    batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    channels: Annotated[str, typer.Option(help="UNet block widths, comma-separated.")] = "32,64,64",
+    channels: Channels = "32,64,64",
     save_every: int = 500,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")] = "no",
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")] = False,
+    mixed_precision: MixedPrecision = "no",
+    resume: Resume = False,
     seed: Seed = 0,
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints)."""
@@ -49,15 +50,15 @@ def train_denoiser_command(
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Output folder for the classifier.")],
     denoiser: Annotated[str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")] = "bundled",
-    steps: Annotated[int, typer.Option(min=1)] = 6000,
+    steps: Steps = 6000,
     relabel_after: Annotated[int, typer.Option(help="Step at which images still not fitted get a common label.")] = 4000,
     batch_size: int = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    channels: Annotated[str, typer.Option(help="Encoder block widths, comma-separated.")] = "32,64,64",
+    channels: Channels = "32,64,64",
     label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
     save_every: int = 500,
-    resume: bool = False,
+    resume: Resume = False,
     seed: Seed = 0,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
@@ -114,14 +115,13 @@ def sample_command(
     settings = {"model": model, "n": n, "steps": steps, "scheduler": scheduler, "guard": guard, "classifier": classifier,
                 "alpha": alpha, "scale": scale, "tau": tau, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
     guard_options = {"amg_threshold": amg_threshold, "amg_scale": amg_scale} if guard == "amg" else {}
-    settings.update(guard_options)
-    result = generate(**{k: v for k, v in settings.items() if not k.startswith("amg_")}, work_dir=out, guard_options=guard_options)
+    result = generate(**settings, work_dir=out, guard_options=guard_options)
     paths = save_samples(out, result.images, result.trace)
     if result.trace:
         trace_png = plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha)
         paths["trace"] = str(trace_png)
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace), **paths}
-    write_record(out, "sample", settings, stats)
+    write_record(out, "sample", {**settings, **guard_options}, stats)
     console.print(json.dumps(stats, indent=2))
 
 

@@ -30,15 +30,16 @@ def image_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, up
     return image
 
 
-def save_samples(folder: Path, images: torch.Tensor, trace: dict | None = None, grid_count: int = 100) -> dict:
-    """Write samples.npz (float images in [-1, 1] and uint8 NHWC) and grid.png; returns the paths written."""
+def save_samples(folder: Path, images: torch.Tensor, trace: dict | None = None, grid_count: int | None = 100,
+                 columns: int | None = None, **arrays: np.ndarray) -> dict:
+    """Write samples.npz (float images in [-1, 1], uint8 NHWC, trace_*, any extra arrays such as labels) and
+    grid.png (the first grid_count images, all when None, `columns` per row); returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images)}
-    for key, value in (trace or {}).items():
-        arrays[f"trace_{key}"] = value
-    np.savez_compressed(folder / "samples.npz", **arrays)
-    image_grid(images[:grid_count]).save(folder / "grid.png")
+    content = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images), **arrays,
+               **{f"trace_{key}": value for key, value in (trace or {}).items()}}
+    np.savez_compressed(folder / "samples.npz", **content)
+    image_grid(images if grid_count is None else images[:grid_count], columns=columns).save(folder / "grid.png")
     return {"samples": str(folder / "samples.npz"), "grid": str(folder / "grid.png")}
 
 
