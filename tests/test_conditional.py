@@ -127,15 +127,15 @@ def test_killed_conditional_sampling_resumes_from_finished_batches(trained, tmp_
     assert changed.denoiser_calls == 2 * 6 * 4  # other labels: the cached batches are stale and were redrawn
 
 
-class FirstPixelClassifier(nn.Module):
-    """Confident exactly when the first pixel of x_t is far from 0: some trajectories trip it, others never do."""
+class MeanPixelClassifier(nn.Module):
+    """Confident exactly when the mean pixel of x_t is far from 0: some trajectories trip it, others never do."""
 
     def __init__(self, sharpness: float = 4.0):
         super().__init__()
         self.sharpness = nn.Parameter(torch.tensor(sharpness))
 
     def forward(self, x, t):
-        logit = self.sharpness * x[:, 0, 0, 0]
+        logit = self.sharpness * x.mean(dim=(1, 2, 3))
         return torch.stack([-logit, logit], dim=1)
 
 
@@ -147,11 +147,23 @@ def test_guard_changes_only_the_samples_it_fired_on(trained):
         return sample_labels(unet, labels, info.null_label, lambda: make_scheduler("ddim", schedule.config, 6), (1, SIZE, SIZE),
                              2.0, guard, batch_size=len(labels), seed=0, progress=False)
 
-    plain, guarded = run(NoGuard()), run(CPSampleGuard(FirstPixelClassifier(), alpha=0.02, scale=5.0))
+    # This 4-step model's unclipped x_t reach mean pixels of 2 to 9: the guard trips where |mean| > 4.9. Such x_t
+    # saturate both the [-1, 1] output and p, so "moved" is read off the trajectory itself (the mean of each x_t).
+    class Watched(CPSampleGuard):
+        def adjust(self, eps, x_t, t, abar_t):
+            self.record(x_mean=x_t.mean(dim=(1, 2, 3)))
+            return super().adjust(eps, x_t, t, abar_t)
+
+    classifier = MeanPixelClassifier(sharpness=0.8)
+    watched, guarded = run(Watched(classifier, alpha=0.0, scale=5.0)), run(Watched(classifier, alpha=0.02, scale=5.0))
     fired = guarded.trace["fired"].any(axis=0)
     assert 0 < fired.sum() < len(labels), "the stub classifier should trip on some trajectories only"
-    changed = (plain.images - guarded.images).flatten(1).abs().amax(1).numpy() > 0
-    assert not changed[~fired].any() and changed[fired].all()
+    changed = (run(NoGuard()).images - guarded.images).flatten(1).abs().amax(1).numpy() > 0
+    moved = np.abs(watched.trace["x_mean"] - guarded.trace["x_mean"]).max(axis=0) > 0
+    assert not changed[~fired].any() and not moved[~fired].any()
+    # A push at the last step shows only in the final x, which these saturated images clamp away.
+    fired_before_last = guarded.trace["fired"][:-1].any(axis=0)
+    assert fired_before_last.any() and moved[fired_before_last].all()
 
 
 def test_bad_input_gives_clear_errors(trained, tmp_path):

@@ -70,13 +70,43 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def prepare_training(data: str, image_size: int | None, subset: int | None, seed: int, **loop_settings):
-    """The start of every denoiser training command: seed, load the data, fix the member split, loop settings."""
+def prepare_training(data: str, image_size: int | None, subset: int | None, seed: int, init: str | None = None,
+                     **loop_settings):
+    """The start of every denoiser training command: seed, load the data, fix the member split, loop settings.
+
+    With `init` (a model to fine-tune), the images that model was pretrained on are kept out of the split."""
     from cpsample.data import load_dataset, make_split
     from cpsample.provenance import seed_everything
     from cpsample.training.loop import TrainConfig
 
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
-    split = make_split(len(dataset), subset, seed, data)
+    pretraining = None if init is None else pretraining_record(init, data)
+    split = make_split(len(dataset), subset, seed, data, pretraining=pretraining)
     return dataset.take(split.members), split, TrainConfig(seed=seed, **loop_settings)
+
+
+def pretraining_record(init: str, data: str) -> dict:
+    """What a model to fine-tune was trained on, and which images of `data` it saw (when it came from the same data).
+
+    A folder without cpsample's records (any diffusers UNet2DModel folder) counts as pretrained on other data."""
+    import json
+    from pathlib import Path
+
+    from cpsample.data import Split
+
+    folder = Path(init)
+    record, split_path = folder / "cpsample.json", folder / "split.json"
+    if not record.exists() or not split_path.exists():
+        return {"model": str(folder.resolve()), "data": None, "indices": []}
+    pretrained_on = json.loads(record.read_text())["settings"].get("data")
+    split = Split.load(split_path)
+    seen = set(split.members) | set((split.pretraining or {}).get("indices", []))
+    same_data = pretrained_on is not None and _same_source(pretrained_on, data)
+    return {"model": str(folder.resolve()), "data": pretrained_on, "indices": sorted(seen) if same_data else []}
+
+
+def _same_source(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())

@@ -31,16 +31,18 @@ def train_denoiser_command(
     channels: Channels = "32,64,64",
     save_every: int = 500,
     mixed_precision: MixedPrecision = "no",
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune this eps-predicting diffusers UNet2DModel folder (unet/, scheduler/) instead of starting from random weights; --channels is then taken from it.")] = None,
     resume: Resume = False,
     seed: Seed = 0,
 ):
-    """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints)."""
+    """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
 
-    members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
-                                              ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
+    members, split, config = prepare_training(data, image_size, subset, seed, init=None if init is None else str(init),
+                                              steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                                              save_every=save_every, mixed_precision=mixed_precision)
     summary = train_denoiser(members, split, out, config, resume=resume,
-                             block_out_channels=parse_widths(channels), data_spec=data)
+                             block_out_channels=parse_widths(channels), data_spec=data, init=init)
     console.print(f"trained {summary['steps']} steps on {summary['members']} images "
                   f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
 
@@ -57,6 +59,8 @@ def train_classifier_command(
     ema_decay: float = 0.999,
     channels: Channels = "32,64,64",
     label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
+    negatives: Annotated[str, typer.Option(help="Non-member images trained towards p = 0.5, so the guard acts only near members: 'none' (the paper's classifier), 'samples' (the denoiser's own non-copy samples) or a data spec (folder, .npz, 'mnist').")] = "none",
+    negatives_count: Annotated[Optional[int], typer.Option(help="How many negatives (default: as many as members).")] = None,
     save_every: int = 500,
     resume: Resume = False,
     seed: Seed = 0,
@@ -73,9 +77,17 @@ def train_classifier_command(
     schedule = load_noise_schedule(folder)
     dataset, split = training_data(folder)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
-    summary = train_classifier(dataset.take(split.members), split, schedule, out, config,
+    members = dataset.take(split.members)
+    negative_images = None
+    if negatives != "none":
+        from cpsample.workflows.negatives import load_negatives
+
+        negative_images = load_negatives(negatives, members.images, negatives_count or len(members), str(folder),
+                                         members.size, seed=seed)
+    summary = train_classifier(members, split, schedule, out, config,
                                label_seed=seed if label_seed is None else label_seed, relabel_after=relabel_after,
-                               block_out_channels=parse_widths(channels), resume=resume, denoiser_path=str(folder))
+                               block_out_channels=parse_widths(channels), resume=resume, denoiser_path=str(folder),
+                               negatives=negative_images, negatives_source=negatives)
     table = Table(title="classifier on its training images (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")

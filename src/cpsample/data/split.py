@@ -17,6 +17,9 @@ class Split:
     seed: int
     members: list[int]  # indices into the full dataset used for training
     nonmembers: list[int]  # the rest, held out: the reference set for membership inference
+    # For a fine-tuned model: the model it started from, that model's data, and which images of this dataset it was
+    # pretrained on (neither members nor non-members: the model saw them, but they are not what it protects).
+    pretraining: dict | None = None
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -29,13 +32,20 @@ class Split:
             raise DataError(f"{path}: not a cpsample split file ({error})") from error
 
 
-def make_split(n_total: int, subset: int | None, seed: int, source: str) -> Split:
-    """Pick `subset` members uniformly at random (all images when subset is None); the rest are non-members."""
-    if subset is None or subset >= n_total:
-        if subset is not None and subset > n_total:
-            raise DataError(f"{source}: asked for a subset of {subset} but the dataset holds only {n_total} images")
-        return Split(source=source, seed=seed, members=list(range(n_total)), nonmembers=[])
+def make_split(n_total: int, subset: int | None, seed: int, source: str, pretraining: dict | None = None) -> Split:
+    """Pick `subset` members uniformly at random (all images when subset is None); the rest are non-members.
+
+    Images listed in pretraining["indices"] (a pretrained model already saw them) are left out of both sides.
+    """
+    seen = set((pretraining or {}).get("indices", []))
+    available = np.array([i for i in range(n_total) if i not in seen], dtype=np.int64)
+    if subset is None or subset >= len(available):
+        if subset is not None and subset > len(available):
+            left = f" ({len(seen)} of {n_total} were used in pretraining)" if seen else ""
+            raise DataError(f"{source}: asked for a subset of {subset} but the dataset holds only {len(available)} images{left}")
+        return Split(source=source, seed=seed, members=available.tolist(), nonmembers=[], pretraining=pretraining)
     if subset <= 0:
         raise DataError(f"subset must be positive, got {subset}")
-    order = np.random.default_rng(seed).permutation(n_total)
-    return Split(source=source, seed=seed, members=sorted(order[:subset].tolist()), nonmembers=sorted(order[subset:].tolist()))
+    order = available[np.random.default_rng(seed).permutation(len(available))] if seen else np.random.default_rng(seed).permutation(n_total)
+    return Split(source=source, seed=seed, members=sorted(order[:subset].tolist()), nonmembers=sorted(order[subset:].tolist()),
+                 pretraining=pretraining)

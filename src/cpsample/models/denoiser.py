@@ -30,7 +30,9 @@ def build_denoiser(image_size: int, channels: int, block_out_channels=DEFAULT_CH
 
 
 def build_noise_schedule(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", prediction_type="epsilon")
+    # clip_sample off: a DDPMPipeline/DDIMPipeline loading this folder then steps with the model's own eps.
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", prediction_type="epsilon",
+                         clip_sample=False)
 
 
 def save_denoiser(folder: Path, unet: UNet2DModel, schedule: DDPMScheduler) -> None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
-from cpsample.sampling.sampler import DTYPES
+from cpsample.sampling.sampler import DTYPES, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
 DEFAULT_SD_CFG_SCALE = 7.5
@@ -131,16 +131,16 @@ def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str
 
 
 def swap_scheduler(current, name: str):
-    """The pipeline's own scheduler ('default') or another one sharing its noise schedule."""
+    """The pipeline's own scheduler ('default') or another one sharing its noise schedule, without x0 clipping."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
     choices = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "ddpm": DDPMScheduler, "dpm++": DPMSolverMultistepScheduler}
     if name == "default":
-        return current
+        return type(current).from_config(without_x0_clipping(current.config))
     if name not in choices:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SD_SCHEDULERS)}")
     extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
-    return choices[name].from_config(current.config, **extra)
+    return choices[name].from_config(without_x0_clipping(current.config), **extra)
 
 
 def latent_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:

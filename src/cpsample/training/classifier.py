@@ -3,6 +3,10 @@
 Phase 1 fits the random labels on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the denoiser's own schedule.
 Images the classifier still cannot fit at low noise (duplicates or near-duplicates of an image with the other
 label) then get one common label, and phase 2 continues with the same optimizer (paper section 3.1).
+
+Optional negatives make the classifier selective: images that are not members (the denoiser's own non-copy samples,
+or public images) are trained towards p = 0.5 for both labels, so the classifier is over-confident only near the
+members and CPSample leaves samples far from them untouched. Their target is the label UNSURE.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from cpsample.training.loop import TrainConfig, Trainer
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
 PAPER_LOSS = 0.05
+UNSURE = 2  # target of a negative image: no label, trained towards p(y=0) = p(y=1) = 0.5
 
 
 def random_labels(count: int, seed: int) -> np.ndarray:
@@ -36,8 +41,14 @@ def noisy_ce_loss(schedule):
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         t = torch.randint(0, num_steps, (x0.shape[0],), generator=generator).to(x0.device)
         logits = model(schedule.add_noise(x0, noise, t), t).float()
-        accuracy = (logits.argmax(-1) == labels).float().mean().item()
-        return F.cross_entropy(logits, labels), {"acc": accuracy}
+        labelled = labels != UNSURE
+        if bool(labelled.all()):  # the paper's classifier: plain cross-entropy
+            return F.cross_entropy(logits, labels), {"acc": (logits.argmax(-1) == labels).float().mean().item()}
+        # Cross-entropy with the random label for members; with the uniform distribution for negatives.
+        log_p = logits.log_softmax(-1)
+        per_image = torch.where(labelled, -log_p.gather(1, labels.clamp(max=1)[:, None]).squeeze(1), -log_p.mean(-1))
+        accuracy = (logits.argmax(-1) == labels)[labelled].float().mean().item() if bool(labelled.any()) else float("nan")
+        return per_image.mean(), {"acc": accuracy}
 
     return loss_fn
 
@@ -81,8 +92,11 @@ def per_timestep_report(model, images, labels, schedule, timesteps=REPORT_TIMEST
 
 def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, config: TrainConfig, label_seed: int,
                      relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
-                     block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "") -> dict:
-    """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary."""
+                     block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "",
+                     negatives: np.ndarray | None = None, negatives_source: str = "none") -> dict:
+    """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
+
+    negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring)."""
     out_dir = Path(out_dir)
     if not resume and (out_dir / "train_state").exists():
         raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
@@ -91,7 +105,11 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
     model = TimeClassifier(sample_size=members.size, in_channels=members.channels, block_out_channels=tuple(block_out_channels),
                            norm_num_groups=min(16, min(block_out_channels)))
     images = members.tensor()
-    trainer = Trainer(model, images, noisy_ce_loss(schedule), config, out_dir, targets=torch.from_numpy(initial))
+    data, targets = images, torch.from_numpy(initial)
+    if negatives is not None and len(negatives):
+        data = torch.cat([images, torch.as_tensor(negatives, dtype=images.dtype)])
+        targets = torch.cat([targets, torch.full((len(negatives),), UNSURE, dtype=targets.dtype)])
+    trainer = Trainer(model, data, noisy_ce_loss(schedule), config, out_dir, targets=targets)
     meta = trainer.load_state() if resume else None
     relabelled: list[int] = (meta or {}).get("relabelled", [])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,12 +123,13 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
     trainer.save_state(extra={"relabelled": relabelled})
     seconds = time.time() - started
     final = trainer.ema_model()
-    labels = trainer.targets.cpu()
+    labels = trainer.targets.cpu()[:len(images)]
     report = per_timestep_report(final, images, labels, schedule, seed=config.seed)
     low_noise_loss = float(np.mean([r["loss"] for r in report if r["t"] <= relabel_max_t]))
     summary = {"steps": trainer.step, "seconds_this_run": round(seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1), "members": len(members),
                "relabelled": len(relabelled), "per_timestep": report, "low_noise_loss": low_noise_loss,
-               "reached_paper_loss": low_noise_loss < PAPER_LOSS, "parameters": sum(p.numel() for p in final.parameters())}
+               "reached_paper_loss": low_noise_loss < PAPER_LOSS, "parameters": sum(p.numel() for p in final.parameters()),
+               "negatives": 0 if negatives is None else len(negatives), "negatives_source": negatives_source}
     if trainer.accelerator.is_main_process:
         final.save_pretrained(out_dir / "classifier", safe_serialization=True)
         schedule.save_pretrained(out_dir / "scheduler")
@@ -128,8 +147,8 @@ def _relabel_unfit(trainer: Trainer, images, schedule, max_t: int, threshold: fl
     """Give one common label (0) to images whose low-noise loss is still above threshold; returns their positions."""
     model = trainer.ema_model()
     timesteps = np.linspace(0, max_t, 5).astype(int)
-    losses = per_image_loss(model, images, trainer.targets, schedule, timesteps, seed=seed).mean(axis=0)
-    unfit = np.flatnonzero(losses > threshold)
+    losses = per_image_loss(model, images, trainer.targets[:len(images)], schedule, timesteps, seed=seed).mean(axis=0)
+    unfit = np.flatnonzero(losses > threshold)  # positions among the members (negatives come after them)
     trainer.targets = trainer.targets.clone()
     trainer.targets[torch.from_numpy(unfit)] = 0
     return unfit.tolist()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
-from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, save_denoiser
+from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, load_denoiser, save_denoiser
 from cpsample.provenance import write_record
 from cpsample.training.loop import TrainConfig, Trainer
 
@@ -28,14 +28,21 @@ def eps_loss(schedule):
 
 
 def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: TrainConfig, resume: bool = False,
-                   block_out_channels=DEFAULT_CHANNELS, data_spec: str = "") -> dict:
-    """Train (or resume) and export the EMA model to out_dir as a diffusers folder; returns a summary."""
+                   block_out_channels=DEFAULT_CHANNELS, data_spec: str = "", init: Path | None = None) -> dict:
+    """Train (or resume) and export the EMA model to out_dir as a diffusers folder; returns a summary.
+
+    With `init` (a diffusers folder with unet/ and scheduler/), fine-tune that eps-predicting UNet2DModel with its own
+    noise schedule instead of starting from random weights.
+    """
     out_dir = Path(out_dir)
     if not resume and (out_dir / "train_state").exists():
         raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
     torch.manual_seed(config.seed)
-    unet = build_denoiser(members.size, members.channels, block_out_channels)
-    schedule = build_noise_schedule()
+    if init is None:
+        unet, schedule = build_denoiser(members.size, members.channels, block_out_channels), build_noise_schedule()
+    else:
+        unet, schedule = load_pretrained(init, members)
+        block_out_channels = tuple(unet.config.block_out_channels)
     trainer = Trainer(unet, members.tensor(), eps_loss(schedule), config, out_dir)
     resumed_from = trainer.load_state()["step"] if resume and (out_dir / "train_state").exists() else 0
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +56,19 @@ def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: Train
     if trainer.accelerator.is_main_process:
         save_denoiser(out_dir, trainer.ema_model(), schedule)
         write_record(out_dir, "train-denoiser", {**asdict(config), "data": data_spec, "image_size": members.size,
-                      "subset": len(split.members) if split.nonmembers else None, "block_out_channels": list(block_out_channels)},
+                      "subset": len(split.members) if split.nonmembers else None, "block_out_channels": list(block_out_channels),
+                      "init": None if init is None else str(Path(init).resolve())},
                      {**summary, "history": trainer.history})
     return summary
+
+
+def load_pretrained(folder: Path, members: ImageSet):
+    """A pretrained denoiser to fine-tune, checked against the images it will be fine-tuned on."""
+    unet, schedule = load_denoiser(folder)
+    if unet.config.num_class_embeds is not None:
+        raise ValueError(f"{folder} is a class-conditional model; fine-tune it with `cpsample train-conditional`")
+    if (unet.config.in_channels, unet.config.sample_size) != (members.channels, members.size):
+        raise ValueError(f"{folder} takes {unet.config.in_channels}-channel {unet.config.sample_size}x{unet.config.sample_size} "
+                         f"images but the data are {members.channels}-channel {members.size}x{members.size}; "
+                         f"pass --image-size {unet.config.sample_size} or pick a matching model")
+    return unet.train(), schedule
