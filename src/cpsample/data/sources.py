@@ -117,6 +117,8 @@ def load_npz(path: Path) -> ImageSet:
 
 
 def _to_nchw(raw: np.ndarray, where: str) -> np.ndarray:
+    if raw.dtype.kind not in "uif":  # bool, complex, strings: would cast silently to nonsense pixels
+        raise DataError(f"{where}: holds {raw.dtype} values; expected uint8 or float pixel values")
     if raw.ndim == 3:
         raw = raw[:, None]
     elif raw.ndim == 4 and raw.shape[-1] in (1, 3) and raw.shape[1] not in (1, 3):

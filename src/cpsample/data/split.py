@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,12 @@ class Split:
     seed: int
     members: list[int]  # indices into the full dataset used for training
     nonmembers: list[int]  # the rest, held out: the reference set for membership inference
+    members_sha256: str | None = None  # of the member images as trained on (uint8): checked when they are loaded again
+
+    def fingerprint(self) -> str:
+        """One line naming exactly this split, for comparing a resumed run with the run it continues."""
+        digest = hashlib.sha256(json.dumps([self.source, self.seed, self.members]).encode()).hexdigest()[:12]
+        return f"{len(self.members)} members of {self.source} (seed {self.seed}, {digest})"
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -39,3 +46,10 @@ def make_split(n_total: int, subset: int | None, seed: int, source: str) -> Spli
         raise DataError(f"subset must be positive, got {subset}")
     order = np.random.default_rng(seed).permutation(n_total)
     return Split(source=source, seed=seed, members=sorted(order[:subset].tolist()), nonmembers=sorted(order[subset:].tolist()))
+
+
+def images_digest(images: np.ndarray) -> str:
+    """sha256 of images in [-1, 1] as uint8 pixels: the same pictures give the same digest despite float noise."""
+    from cpsample.data.images import to_uint8
+
+    return hashlib.sha256(to_uint8(images).tobytes()).hexdigest()
