@@ -294,3 +294,12 @@ def test_npz_of_non_pixel_values_is_refused(tmp_path, array):
     np.savez(path, images=array)
     code, output = cli(*TRAIN, "--data", path, "--out", tmp_path / "m")
     assert code == 2 and "bad.npz[images]" in output and "expected uint8 or float" in output
+
+
+def test_no_other_command_replaces_a_model_record(trained):
+    from cpsample.provenance import write_record
+
+    record = (trained / "cpsample.json").read_text()
+    with pytest.raises(FileExistsError, match="never writes into a model folder"):
+        write_record(trained, "evaluate", {})
+    assert (trained / "cpsample.json").read_text() == record
