@@ -40,7 +40,9 @@ def write_record(folder: Path, command: str, settings: dict, results: dict | Non
     record = {"command": command, "settings": settings, "versions": versions(),
               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results or {}}
     path = folder / name
-    path.write_text(json.dumps(record, indent=2, default=_jsonable))
+    tmp = path.with_name(path.name + ".tmp")  # whole or not at all: a kill never leaves half a record
+    tmp.write_text(json.dumps(record, indent=2, default=_jsonable))
+    tmp.replace(path)
     return path
 
 

@@ -79,6 +79,7 @@ def parse_widths(text: str) -> tuple[int, ...]:
 def prepare_training(data: str, image_size: int | None, subset: int | None, seed: int, **loop_settings):
     """The start of every denoiser training command: seed, load the data, fix the member split, loop settings."""
     from cpsample.data import load_dataset, make_split
+    from cpsample.data.sources import resize_set
     from cpsample.provenance import seed_everything
     from cpsample.training.loop import TrainConfig
 
@@ -87,11 +88,11 @@ def prepare_training(data: str, image_size: int | None, subset: int | None, seed
         raise ValueError(f"--image-size must be at least 1, got {image_size}")
     seed_everything(seed)
     data = absolute_data_spec(data)
-    dataset = load_dataset(data, image_size=image_size)
+    dataset = load_dataset(data)
     split = make_split(len(dataset), subset, seed, data)
-    members = dataset.take(split.members)
-    split.members_sha256 = images_digest(members.images)
-    return members, split, config
+    # Hashed before resizing: the source pixels are exact on every machine, a resize may differ in the last bit.
+    split.members_sha256 = images_digest(dataset.take(split.members).images)
+    return resize_set(dataset, image_size).take(split.members), split, config
 
 
 def absolute_data_spec(data: str) -> str:
@@ -118,7 +119,7 @@ def check_sample_out(out: Path, command: str, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} holds a model; sampling never writes into a model folder: pick a new --out")
     if overwrite:
         return
-    foreign = sorted(path.name for path in out.iterdir() if path.name not in SAMPLE_OUTPUTS)
+    foreign = sorted(path.name for path in out.iterdir() if path.name not in SAMPLE_OUTPUTS and ".tmp" not in path.name)
     if foreign or not (out / "batches" / "settings.json").exists() or _record_command(out) not in (None, command):
         what = ", ".join(foreign[:3]) if foreign else "a result this command cannot verify"
         raise FileExistsError(f"--out {out} already holds {what}; pass --overwrite to replace it, or pick a new --out")

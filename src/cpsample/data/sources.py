@@ -32,6 +32,11 @@ def load_dataset(spec: str, image_size: int | None = None) -> ImageSet:
         raise DataError(f"{spec}: not a folder or .npz file")
     else:
         raise DataError(f"{spec}: no such file or folder, and not a bundled dataset ({', '.join(BUNDLED)})")
+    return resize_set(images, image_size)
+
+
+def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
+    """Resize in place to image_size (None: keep the size); returns the same set."""
     if image_size is not None and image_size != images.size:
         images.images = resize(images.images, image_size)
         images.meta["resized_to"] = image_size

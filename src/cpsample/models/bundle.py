@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cpsample.data import DataError, ImageSet, Split, load_dataset
+from cpsample.data.sources import resize_set
 from cpsample.data.split import images_digest
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mnist16"
@@ -35,10 +36,10 @@ def training_data(model_dir: Path) -> tuple[ImageSet, Split]:
         raise DataError(f"{record_path}: not a training record naming its data ({type(error).__name__}: {error}); "
                         "was it overwritten by another command? Retrain or restore it") from None
     split = Split.load(split_path)
-    dataset = load_dataset(data, image_size=settings.get("image_size"))
+    dataset = load_dataset(data)
     if max(split.members, default=-1) >= len(dataset):
         raise DataError(f"{data}: holds {len(dataset)} images, fewer than {split_path} names; it is not the data {model_dir} was trained on")
     if split.members_sha256 and images_digest(dataset.take(split.members).images) != split.members_sha256:
         raise DataError(f"{data}: the member images differ from those {model_dir} was trained on (content hash in "
                         f"{split_path}); restore the original data")
-    return dataset, split
+    return resize_set(dataset, settings.get("image_size")), split
