@@ -303,3 +303,11 @@ def test_no_other_command_replaces_a_model_record(trained):
     with pytest.raises(FileExistsError, match="never writes into a model folder"):
         write_record(trained, "evaluate", {})
     assert (trained / "cpsample.json").read_text() == record
+
+
+def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
+    command = ["train-classifier", "--denoiser", trained, "--steps", "2", "--relabel-after", "1", "--batch-size", "4",
+               "--channels", "8,16", "--out", tmp_path / "clf"]
+    assert cli(*command)[0] == 0
+    code, output = cli(*command, "--steps", "3", "--resume", "--label-seed", "5")
+    assert code == 2 and "label_seed: 0 then, 5 now" in output

@@ -104,12 +104,17 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
                 eps = guard.combine(eps.cond, eps.uncond, eps.scale, t_batch)
         eps = guard.adjust(eps, x, t_batch, alphas_cumprod[int(t)].float())
         x = scheduler.step(eps, t, x, **step_options).prev_sample
-        if not bool(torch.isfinite(x).all()):  # NaN/inf never recovers: stop before it becomes a silent black result
-            raise ValueError(f"sampling produced NaN or infinite values at step {index + 1} of {len(scheduler.timesteps)} "
-                             f"(t={int(t)}, guard {guard.name}); lower the guidance scale, or use --dtype float32")
+        check_finite_step(x, index, len(scheduler.timesteps), t, guard)
     images = x.float().clamp(-1.0, 1.0).cpu()
     trace = {key: np.stack(values) for key, values in guard.trace.items()}
     return images, trace
+
+
+def check_finite_step(x: torch.Tensor, index: int, count: int, t, guard: Guard) -> None:
+    """NaN/inf never recovers: stop at the step it appears instead of ending in a silent black or NaN result."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"sampling produced NaN or infinite values at step {index + 1} of {count} (t={int(t)}, "
+                         f"guard {guard.name}); lower the guidance scale, or use --dtype float32")
 
 
 def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: int, image_shape: tuple,
