@@ -122,9 +122,12 @@ def test_killed_conditional_sampling_resumes_from_finished_batches(trained, tmp_
     again = generate_conditional(trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False)
     assert again.denoiser_calls == 2 * 2 * 4  # only the lost batch (2 images, CFG) was redone
     assert torch.allclose(first.images, again.images, atol=1e-6)
+    with pytest.raises(FileExistsError, match="changed: labels.*--overwrite"):  # other labels: refused, nothing reused
+        generate_conditional(trained["model"], [2, 2, 2, 2, 2, 2], 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path,
+                             progress=False)
     changed = generate_conditional(trained["model"], [2, 2, 2, 2, 2, 2], 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path,
-                                   progress=False)
-    assert changed.denoiser_calls == 2 * 6 * 4  # other labels: the cached batches are stale and were redrawn
+                                   progress=False, overwrite=True)
+    assert changed.denoiser_calls == 2 * 6 * 4  # the stale batches were cleared and redrawn
 
 
 class MeanPixelClassifier(nn.Module):
@@ -192,17 +195,19 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
     register(app)
     runner = CliRunner()
     model = tmp_path / "model"
+    # The same 16 members as the fixture's classifier (seed 0), so that classifier may protect this model.
     result = runner.invoke(app, ["train-conditional", "--data", trained["data"], "--image-size", str(SIZE), "--steps", "2",
-                                 "--batch-size", "4", "--channels", "8,16", "--out", str(model)])
+                                 "--subset", "16", "--seed", "0", "--batch-size", "4", "--channels", "8,16", "--out", str(model)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "samples"
     result = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "0,2", "-n", "2", "--steps", "3",
                                  "--guard", "cpsample", "--classifier", str(trained["classifier"]), "--alpha", "0.5",
-                                 "--out", str(out)])
+                                 "--trace", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {"grid.png", "samples.npz", "trace.png", "cpsample.json"} <= {p.name for p in out.iterdir()}
-    with np.load(out / "samples.npz") as saved:
-        assert saved["labels"].tolist() == [0, 0, 2, 2] and saved["trace_p1"].shape == (3, 4)
+    assert {"grid.png", "samples.npz", "trace.npz", "trace.png", "cpsample.json"} <= {p.name for p in out.iterdir()}
+    with np.load(out / "samples.npz") as saved, np.load(out / "trace.npz") as trace:
+        assert saved["labels"].tolist() == [0, 0, 2, 2] and trace["p1"].shape == (3, 4)
+        assert "trace_p1" not in saved.files
     record = json.loads((out / "cpsample.json").read_text())
     assert record["command"] == "sample-conditional" and "near_copies" in record["results"]
     bad = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")])

@@ -139,10 +139,10 @@ def test_cli_table2_workflow(setup, tmp_path):
     out = tmp_path / "sd"
     result = runner.invoke(app, ["sample-sd", "--pipeline", str(pipeline), "--prompts-file", str(prompts), "--classifier",
                                  str(classifier), "--alpha", "0.5", "--scale", "100", "-n", "2", "--steps", "3",
-                                 "--compare-plain", "--out", str(out)])
+                                 "--compare-plain", "--trace", "--out", str(out)])
     assert result.exit_code == 0, result.output
     for folder in (out, out / "plain"):
-        assert {"grid.png", "samples.npz", "trace.png"} <= {p.name for p in folder.iterdir()}
+        assert {"grid.png", "samples.npz", "trace.npz", "trace.png"} <= {p.name for p in folder.iterdir()}
     record = json.loads((out / "cpsample.json").read_text())
     rows = record["results"]["cpsample"]["per_prompt"]
     assert [row["role"] for row in rows] == ["original", "modified", "prompt"]

@@ -85,12 +85,15 @@ def test_killed_sampling_resumes_from_finished_batches(tmp_path, bundled):
 def test_sample_cli_writes_grid_npz_trace_and_record(tmp_path):
     out = tmp_path / "s"
     result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "6", "--steps", "5", "--guard", "cpsample",
-                                      "--alpha", "0.2", "--seed", "3"])
+                                      "--alpha", "0.2", "--seed", "3", "--trace"])
     assert result.exit_code == 0, result.output
     for name in ("grid.png", "samples.npz", "trace.png", "cpsample.json"):
         assert (out / name).exists(), name
     with np.load(out / "samples.npz") as data:
         assert data["images"].shape == (6, 1, 16, 16)
+        assert not [key for key in data.files if key.startswith("trace")], "the trace is private: never in samples.npz"
+    with np.load(out / "trace.npz") as trace:
+        assert trace["p1"].shape == (5, 6) and trace["fired"].shape == (5, 6)
     record = json.loads((out / "cpsample.json").read_text())
     assert record["settings"]["seed"] == 3 and record["settings"]["guard"] == "cpsample"
 

@@ -65,3 +65,31 @@ def test_classifier_memorises_random_labels(tmp_path, mnist16):
     assert report[0]["accuracy"] == 1.0
     assert report[0]["loss"] < report[1]["loss"]
     assert summary["per_timestep"][0]["t"] == 0
+
+
+def test_fine_tune_from_init_leaves_pretraining_images_out_of_the_split(tmp_path):
+    from typer.testing import CliRunner
+
+    from cpsample.cli.main import app
+    from cpsample.data import Split
+
+    runner = CliRunner()
+    common = ["--data", "mnist", "--image-size", "16", "--batch-size", "8", "--channels", "16,32,32", "--seed", "0"]
+    pre = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "pre"), "--subset", "300", "--steps", "3", *common])
+    assert pre.exit_code == 0, pre.output
+    tuned = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "ft"), "--subset", "20", "--steps", "2",
+                                "--init", str(tmp_path / "pre"), *common])
+    assert tuned.exit_code == 0, tuned.output
+    pretrained_on = set(Split.load(tmp_path / "pre" / "split.json").members)
+    split = Split.load(tmp_path / "ft" / "split.json")
+    assert split.pretraining["indices"] == sorted(pretrained_on) and split.pretraining["model"] == str((tmp_path / "pre").resolve())
+    assert not pretrained_on & set(split.members) and not pretrained_on & set(split.nonmembers)
+    assert len(split.members) == 20 and len(split.members) + len(split.nonmembers) == 5000 - 300
+    # It starts from the pretrained weights (two steps move them only a little), not from a fresh initialisation.
+    start, _ = load_denoiser(tmp_path / "pre")
+    tuned_unet, _ = load_denoiser(tmp_path / "ft")
+    drift = max((a - b).abs().max().item() for a, b in zip(start.parameters(), tuned_unet.parameters()))
+    assert drift < 0.05
+    wrong_size = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "bad"), "--subset", "20", "--steps", "2",
+                                     "--init", str(tmp_path / "pre"), *common[:2], "--image-size", "8"])
+    assert wrong_size.exit_code == 2 and "--image-size 16" in wrong_size.output

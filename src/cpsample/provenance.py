@@ -35,12 +35,29 @@ def seed_everything(seed: int) -> None:
 def write_record(folder: Path, command: str, settings: dict, results: dict | None = None, name: str = "cpsample.json") -> Path:
     """Write <folder>/<name> with the command, its settings, versions and (optionally) results."""
     folder = Path(folder)
+    _refuse_to_replace_a_model_record(folder / name, command)
     folder.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "settings": settings, "versions": versions(),
               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results or {}}
     path = folder / name
-    path.write_text(json.dumps(record, indent=2, default=_jsonable))
+    tmp = path.with_name(path.name + ".tmp")  # whole or not at all: a kill never leaves half a record
+    tmp.write_text(json.dumps(record, indent=2, default=_jsonable))
+    tmp.replace(path)
     return path
+
+
+def _refuse_to_replace_a_model_record(path: Path, command: str) -> None:
+    """A model folder's record names its training data: only another training command may replace it (with
+    --overwrite); any other command writing its own record there would break every later use of the model."""
+    if command.startswith("train-") or not path.is_file():
+        return
+    try:
+        existing = json.loads(path.read_text()).get("command", "")
+    except (OSError, ValueError, AttributeError):
+        return
+    if existing.startswith("train-"):
+        raise FileExistsError(f"{path.parent} holds a model ({existing}); `{command}` never writes into a model folder: "
+                              "pick another --out")
 
 
 def _jsonable(value):

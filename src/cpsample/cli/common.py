@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cpsample.data import DataError
+from cpsample.data.split import images_digest
 
 console = Console(stderr=True, soft_wrap=True)  # never break paths or messages mid-line
 
@@ -23,6 +27,8 @@ BatchSize = Annotated[int, typer.Option(min=1)]
 Channels = Annotated[str, typer.Option(help="Block widths, comma-separated.")]
 MixedPrecision = Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")]
+Trace = Annotated[bool, typer.Option(help="Also write trace.npz / trace.png: the classifier's verdict on every sample. Private: never share it.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")]
 
 # CPSample's three knobs, shared by every command that samples or attacks with the guard. The defaults are the
 # paper's LSUN Church setting, which `cpsample calibrate --target 0.05` also picks for the bundled model.
@@ -33,7 +39,7 @@ Tau = Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradi
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")  # a path like data.npz[images] is not markup
     raise typer.Exit(code=2)
 
 
@@ -76,23 +82,27 @@ def prepare_training(data: str, image_size: int | None, subset: int | None, seed
 
     With `init` (a model to fine-tune), the images that model was pretrained on are kept out of the split."""
     from cpsample.data import load_dataset, make_split
+    from cpsample.data.sources import resize_set
     from cpsample.provenance import seed_everything
     from cpsample.training.loop import TrainConfig
 
+    config = TrainConfig(seed=seed, **loop_settings)  # bad loop settings fail before the data loads
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image-size must be at least 1, got {image_size}")
     seed_everything(seed)
-    dataset = load_dataset(data, image_size=image_size)
+    data = absolute_data_spec(data)
+    dataset = load_dataset(data)
     pretraining = None if init is None else pretraining_record(init, data)
     split = make_split(len(dataset), subset, seed, data, pretraining=pretraining)
-    return dataset.take(split.members), split, TrainConfig(seed=seed, **loop_settings)
+    # Hashed before resizing: the source pixels are exact on every machine, a resize may differ in the last bit.
+    split.members_sha256 = images_digest(dataset.take(split.members).images)
+    return resize_set(dataset, image_size).take(split.members), split, config
 
 
 def pretraining_record(init: str, data: str) -> dict:
     """What a model to fine-tune was trained on, and which images of `data` it saw (when it came from the same data).
 
     A folder without cpsample's records (any diffusers UNet2DModel folder) counts as pretrained on other data."""
-    import json
-    from pathlib import Path
-
     from cpsample.data import Split
 
     folder = Path(init)
@@ -102,11 +112,44 @@ def pretraining_record(init: str, data: str) -> dict:
     pretrained_on = json.loads(record.read_text())["settings"].get("data")
     split = Split.load(split_path)
     seen = set(split.members) | set((split.pretraining or {}).get("indices", []))
-    same_data = pretrained_on is not None and _same_source(pretrained_on, data)
+    same_data = pretrained_on is not None and absolute_data_spec(pretrained_on) == data
     return {"model": str(folder.resolve()), "data": pretrained_on, "indices": sorted(seen) if same_data else []}
 
 
-def _same_source(a: str, b: str) -> bool:
-    from pathlib import Path
+def absolute_data_spec(data: str) -> str:
+    """A bundled name as is, a path made absolute: the record must find the data from any working directory."""
+    from cpsample.data import BUNDLED
 
-    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+    return data if data in BUNDLED else str(Path(data).resolve())
+
+
+SAMPLE_OUTPUTS = ("batches", "grid.png", "samples.npz", "trace.npz", "trace.png", "cpsample.json")
+MODEL_MARKERS = ("unet/config.json", "classifier/config.json", "model_index.json", "model.safetensors", "train_state",
+                 "split.json")
+
+
+def check_sample_out(out: Path, command: str, overwrite: bool) -> None:
+    """Refuse an --out that holds anything but this command's own resumable run (its batches/, whose settings the
+    sampler then checks), unless overwrite; never sample into a model folder, overwrite or not."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if any((out / marker).exists() for marker in MODEL_MARKERS):
+        raise FileExistsError(f"--out {out} holds a model; sampling never writes into a model folder: pick a new --out")
+    if overwrite:
+        return
+    foreign = sorted(path.name for path in out.iterdir() if path.name not in SAMPLE_OUTPUTS and ".tmp" not in path.name)
+    if foreign or not (out / "batches" / "settings.json").exists() or _record_command(out) not in (None, command):
+        what = ", ".join(foreign[:3]) if foreign else "a result this command cannot verify"
+        raise FileExistsError(f"--out {out} already holds {what}; pass --overwrite to replace it, or pick a new --out")
+
+
+def _record_command(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "cpsample.json").read_text()).get("command")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"

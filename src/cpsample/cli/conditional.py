@@ -22,9 +22,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, console,
-                                 Device, fail, guard_stats, ImageSize, MixedPrecision, parse_widths,
-                                 prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, check_sample_out,
+                                 console, Device, fail, guard_stats, ImageSize, MixedPrecision, Overwrite, parse_widths,
+                                 prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
 
 COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
 
@@ -54,6 +54,7 @@ def train_conditional_command(
     save_every: int = 500,
     mixed_precision: MixedPrecision = "no",
     resume: Resume = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
@@ -61,15 +62,15 @@ def train_conditional_command(
 
     members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
                                               ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
-    summary = train_conditional(members, split, out, config, label_dropout=label_dropout, resume=resume,
-                                block_out_channels=parse_widths(channels), data_spec=data)
+    summary = train_conditional(members, split, out, config, label_dropout=label_dropout, resume=resume, overwrite=overwrite,
+                                block_out_channels=parse_widths(channels), data_spec=split.source)
     console.print(f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
                   f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
 
 
 def sample_conditional_command(
     model: Annotated[str, typer.Option(help="Class-conditional model folder (from train-conditional).")],
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per class), samples.npz, cpsample.json, trace.png.")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per class), samples.npz, cpsample.json (+ trace files with --trace).")],
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, or 'all' (default).")] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per class.")] = 8,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
@@ -80,18 +81,21 @@ def sample_conditional_command(
     tau: Tau = DEFAULT_TAU,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     steps: Annotated[int, typer.Option(min=1)] = 50,
-    batch_size: int = 250,
+    batch_size: BatchSize = 250,
     feature_net: Annotated[Optional[str], typer.Option(help="'bundled' (MNIST digitnet) or a folder: report how many samples keep their class.")] = None,
     copy_threshold: Annotated[float, typer.Option(help=COPY_THRESHOLD_HELP)] = 0.95,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
+    trace: Trace = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample."""
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
-    from cpsample.sampling.outputs import plot_trace, save_samples
+    from cpsample.sampling.outputs import save_samples, save_trace
 
+    check_sample_out(out, "sample-conditional", overwrite)
     _, _, info = load_conditional(model)
     wanted = parse_classes(classes, info)
     labels = np.repeat(wanted, n)
@@ -100,10 +104,9 @@ def sample_conditional_command(
                 "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "copy_threshold": copy_threshold}
     result = generate_conditional(model, labels.tolist(), cfg_scale, guard=guard, scheduler=scheduler, steps=steps, seed=seed,
                                   classifier=classifier, alpha=alpha, scale=scale, tau=tau, batch_size=batch_size, dtype=dtype,
-                                  device=device, work_dir=out)
-    paths = save_samples(out, result.images, result.trace, grid_count=None, columns=n, labels=labels)
-    if result.trace:
-        paths["trace"] = str(plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha))
+                                  device=device, work_dir=out, overwrite=overwrite)
+    paths = {**save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
+             **save_trace(out, result.trace, result.timesteps, alpha, keep=trace)}
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace),
              **member_similarity(model, result.images, copy_threshold)}
     if feature_net:
@@ -191,7 +194,7 @@ def train_latent_classifier_command(
 
 def sample_sd_command(
     pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per prompt), samples.npz, trace.png, cpsample.json.")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per prompt), samples.npz, cpsample.json (+ trace files with --trace).")],
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 4,
@@ -210,6 +213,7 @@ def sample_sd_command(
     compare_plain: Annotated[bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")] = False,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
+    trace: Trace = False,
     seed: Seed = 0,
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private images."""
@@ -239,9 +243,9 @@ def sample_sd_command(
     runs = {}
     if compare_plain and guard != "none":
         runs["plain"] = _run_sd(pipe, entries, monitor, n, steps, cfg_scale, size, seed, Path(out) / "plain", private_set,
-                                copy_threshold, 0.0)
+                                copy_threshold, 0.0, trace)
     main_guard = protect if guard == "cpsample" else monitor
-    runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold, alpha)
+    runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold, alpha, trace)
     write_record(out, "sample-sd", settings, runs)
     _print_prompt_table(entries, runs)
 
@@ -257,15 +261,15 @@ def _private_set(private, classifier, size, loader):
     return loader(folder, size[0])
 
 
-def _run_sd(pipe, entries, guard, n, steps, cfg_scale, size, seed, folder: Path, private_set, threshold, alpha) -> dict:
+def _run_sd(pipe, entries, guard, n, steps, cfg_scale, size, seed, folder: Path, private_set, threshold, alpha,
+            trace: bool = False) -> dict:
     from cpsample.sampling.latent import per_prompt_similarity, sample_sd
-    from cpsample.sampling.outputs import plot_trace, save_samples
+    from cpsample.sampling.outputs import save_samples, save_trace
 
     result = sample_sd(pipe, [e.text for e in entries], guard, n, steps, cfg_scale, size[0], size[1], seed)
-    paths = save_samples(folder, result.images, result.trace, grid_count=None, columns=n, prompt_index=result.prompt_index,
-                           latents=result.latents.numpy())
-    if result.trace:
-        paths["trace"] = str(plot_trace(result.trace, result.timesteps, folder / "trace.png", alpha=alpha or None))
+    paths = {**save_samples(folder, result.images, grid_count=None, columns=n, prompt_index=result.prompt_index,
+                            latents=result.latents.numpy()),
+             **save_trace(folder, result.trace, result.timesteps, alpha or None, keep=trace)}
     summary = {"seconds": round(result.seconds, 2), "seconds_per_image": round(result.seconds / len(result.images), 3),
                **guard_stats(result.trace), **paths}
     if private_set is not None:

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, console,
-                                 Device, guard_stats, ImageSize, MixedPrecision, parse_widths, prepare_training,
-                                 Resume, run_safely, Scale, Seed, Steps, Subset, Tau)
+from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, check_sample_out,
+                                 console, Device, guard_stats, ImageSize, MixedPrecision, Overwrite, parse_widths,
+                                 prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Trace, Tau)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
@@ -33,6 +33,7 @@ def train_denoiser_command(
     mixed_precision: MixedPrecision = "no",
     init: Annotated[Optional[Path], typer.Option(help="Fine-tune this eps-predicting diffusers UNet2DModel folder (unet/, scheduler/) instead of starting from random weights; --channels is then taken from it.")] = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
@@ -41,8 +42,8 @@ def train_denoiser_command(
     members, split, config = prepare_training(data, image_size, subset, seed, init=None if init is None else str(init),
                                               steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                                               save_every=save_every, mixed_precision=mixed_precision)
-    summary = train_denoiser(members, split, out, config, resume=resume,
-                             block_out_channels=parse_widths(channels), data_spec=data, init=init)
+    summary = train_denoiser(members, split, out, config, resume=resume, overwrite=overwrite,
+                             block_out_channels=parse_widths(channels), data_spec=split.source, init=init)
     console.print(f"trained {summary['steps']} steps on {summary['members']} images "
                   f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
 
@@ -54,7 +55,7 @@ def train_classifier_command(
     denoiser: Annotated[str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")] = "bundled",
     steps: Steps = 6000,
     relabel_after: Annotated[int, typer.Option(help="Step at which images still not fitted get a common label.")] = 4000,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     channels: Channels = "32,64,64",
@@ -63,6 +64,7 @@ def train_classifier_command(
     negatives_count: Annotated[Optional[int], typer.Option(help="How many negatives (default: as many as members).")] = None,
     save_every: int = 500,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
@@ -72,11 +74,11 @@ def train_classifier_command(
     from cpsample.training.classifier import PAPER_LOSS, train_classifier
     from cpsample.training.loop import TrainConfig
 
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
     seed_everything(seed)
-    folder = resolve_model_dir(denoiser, "denoiser")
+    folder = resolve_model_dir(denoiser, "denoiser").resolve()  # absolute: found again from any directory
     schedule = load_noise_schedule(folder)
     dataset, split = training_data(folder)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
     members = dataset.take(split.members)
     negative_images = None
     if negatives != "none":
@@ -87,7 +89,7 @@ def train_classifier_command(
     summary = train_classifier(members, split, schedule, out, config,
                                label_seed=seed if label_seed is None else label_seed, relabel_after=relabel_after,
                                block_out_channels=parse_widths(channels), resume=resume, denoiser_path=str(folder),
-                               negatives=negative_images, negatives_source=negatives)
+                               overwrite=overwrite, negatives=negative_images, negatives_source=negatives)
     table = Table(title="classifier on its training images (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")
@@ -102,7 +104,7 @@ def train_classifier_command(
 @app.command("sample")
 @run_safely
 def sample_command(
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png, samples.npz, cpsample.json (+ trace.png when guarded).")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png, samples.npz, cpsample.json (+ trace.npz, trace.png with --trace).")],
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
@@ -114,24 +116,25 @@ def sample_command(
     tau: Tau = DEFAULT_TAU,
     amg_threshold: Annotated[float, typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this.")] = 0.95,
     amg_scale: Annotated[float, typer.Option(help="AMG dissimilarity guidance scale c3.")] = 1000.0,
-    batch_size: int = 250,
+    batch_size: BatchSize = 250,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
+    trace: Trace = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Sample images, plainly or with a guidance strategy."""
     from cpsample.provenance import write_record
-    from cpsample.sampling.outputs import plot_trace, save_samples
+    from cpsample.sampling.outputs import save_samples, save_trace
     from cpsample.sampling.pipeline import generate
+
+    check_sample_out(out, "sample", overwrite)
 
     settings = {"model": model, "n": n, "steps": steps, "scheduler": scheduler, "guard": guard, "classifier": classifier,
                 "alpha": alpha, "scale": scale, "tau": tau, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
     guard_options = {"amg_threshold": amg_threshold, "amg_scale": amg_scale} if guard == "amg" else {}
-    result = generate(**settings, work_dir=out, guard_options=guard_options)
-    paths = save_samples(out, result.images, result.trace)
-    if result.trace:
-        trace_png = plot_trace(result.trace, result.timesteps, Path(out) / "trace.png", alpha=alpha)
-        paths["trace"] = str(trace_png)
+    result = generate(**settings, work_dir=out, guard_options=guard_options, overwrite=overwrite)
+    paths = {**save_samples(out, result.images), **save_trace(out, result.trace, result.timesteps, alpha, keep=trace)}
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace), **paths}
     write_record(out, "sample", {**settings, **guard_options}, stats)
     console.print(json.dumps(stats, indent=2))

@@ -32,6 +32,11 @@ def load_dataset(spec: str, image_size: int | None = None) -> ImageSet:
         raise DataError(f"{spec}: not a folder or .npz file")
     else:
         raise DataError(f"{spec}: no such file or folder, and not a bundled dataset ({', '.join(BUNDLED)})")
+    return resize_set(images, image_size)
+
+
+def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
+    """Resize in place to image_size (None: keep the size); returns the same set."""
     if image_size is not None and image_size != images.size:
         images.images = resize(images.images, image_size)
         images.meta["resized_to"] = image_size
@@ -117,6 +122,8 @@ def load_npz(path: Path) -> ImageSet:
 
 
 def _to_nchw(raw: np.ndarray, where: str) -> np.ndarray:
+    if raw.dtype.kind not in "uif":  # bool, complex, strings: would cast silently to nonsense pixels
+        raise DataError(f"{where}: holds {raw.dtype} values; expected uint8 or float pixel values")
     if raw.ndim == 3:
         raw = raw[:, None]
     elif raw.ndim == 4 and raw.shape[-1] in (1, 3) and raw.shape[1] not in (1, 3):

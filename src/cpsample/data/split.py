@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,12 @@ class Split:
     # For a fine-tuned model: the model it started from, that model's data, and which images of this dataset it was
     # pretrained on (neither members nor non-members: the model saw them, but they are not what it protects).
     pretraining: dict | None = None
+    members_sha256: str | None = None  # of the member images as trained on (uint8): checked when they are loaded again
+
+    def fingerprint(self) -> str:
+        """One line naming exactly this split, for comparing a resumed run with the run it continues."""
+        digest = hashlib.sha256(json.dumps([self.source, self.seed, self.members]).encode()).hexdigest()[:12]
+        return f"{len(self.members)} members of {self.source} (seed {self.seed}, {digest})"
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -49,3 +56,10 @@ def make_split(n_total: int, subset: int | None, seed: int, source: str, pretrai
     order = available[np.random.default_rng(seed).permutation(len(available))] if seen else np.random.default_rng(seed).permutation(n_total)
     return Split(source=source, seed=seed, members=sorted(order[:subset].tolist()), nonmembers=sorted(order[subset:].tolist()),
                  pretraining=pretraining)
+
+
+def images_digest(images: np.ndarray) -> str:
+    """sha256 of images in [-1, 1] as uint8 pixels: the same pictures give the same digest despite float noise."""
+    from cpsample.data.images import to_uint8
+
+    return hashlib.sha256(to_uint8(images).tobytes()).hexdigest()

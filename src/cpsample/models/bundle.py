@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cpsample.data import ImageSet, Split, load_dataset
+from cpsample.data import DataError, ImageSet, Split, load_dataset
+from cpsample.data.sources import resize_set
+from cpsample.data.split import images_digest
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mnist16"
 BUNDLED = "bundled"
@@ -27,7 +29,17 @@ def training_data(model_dir: Path) -> tuple[ImageSet, Split]:
     record_path, split_path = model_dir / "cpsample.json", model_dir / "split.json"
     if not record_path.exists() or not split_path.exists():
         raise FileNotFoundError(f"{model_dir}: missing cpsample.json or split.json (written by cpsample train-denoiser)")
-    settings = json.loads(record_path.read_text())["settings"]
+    try:
+        settings = json.loads(record_path.read_text())["settings"]
+        data = settings["data"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{record_path}: not a training record naming its data ({type(error).__name__}: {error}); "
+                        "was it overwritten by another command? Retrain or restore it") from None
     split = Split.load(split_path)
-    dataset = load_dataset(settings["data"], image_size=settings.get("image_size"))
-    return dataset, split
+    dataset = load_dataset(data)
+    if max(split.members, default=-1) >= len(dataset):
+        raise DataError(f"{data}: holds {len(dataset)} images, fewer than {split_path} names; it is not the data {model_dir} was trained on")
+    if split.members_sha256 and images_digest(dataset.take(split.members).images) != split.members_sha256:
+        raise DataError(f"{data}: the member images differ from those {model_dir} was trained on (content hash in "
+                        f"{split_path}); restore the original data")
+    return resize_set(dataset, settings.get("image_size")), split

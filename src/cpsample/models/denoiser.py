@@ -47,7 +47,10 @@ def load_noise_schedule(folder: Path) -> DDPMScheduler:
     path = Path(folder) / "scheduler"
     if not (path / "scheduler_config.json").exists():
         raise FileNotFoundError(f"{folder}: no noise schedule here (expected scheduler/scheduler_config.json)")
-    schedule = DDPMScheduler.from_pretrained(path)
+    try:
+        schedule = DDPMScheduler.from_pretrained(path)
+    except Exception as error:  # a broken scheduler_config.json
+        raise ValueError(f"{path}: cannot read the noise schedule ({type(error).__name__}); restore scheduler_config.json") from None
     if schedule.config.prediction_type != "epsilon":
         raise ValueError(f"{folder}: cpsample needs an eps-predicting model, this one predicts {schedule.config.prediction_type}")
     return schedule
@@ -57,5 +60,15 @@ def load_denoiser(folder: Path, device: str | torch.device = "cpu") -> tuple[UNe
     folder = Path(folder)
     if not (folder / "unet" / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no denoiser here (expected unet/config.json, as written by train-denoiser)")
-    unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(device).eval()
+    unet = from_pretrained_safely(UNet2DModel, folder / "unet").to(device).eval()
     return unet, load_noise_schedule(folder)
+
+
+def from_pretrained_safely(model_class, path: Path):
+    """model_class.from_pretrained(path) from safetensors only, any failure as one line naming the folder and the fix."""
+    try:
+        return model_class.from_pretrained(path, use_safetensors=True)
+    except Exception as error:  # broken config.json, pickled .bin only, truncated weights: all a damaged folder
+        detail = " ".join(str(error).split())[:160]
+        raise ValueError(f"{path}: cannot load the model ({type(error).__name__}: {detail}); it needs a valid config.json "
+                         "and diffusion_pytorch_model.safetensors (pickled .bin weights are never loaded)") from None

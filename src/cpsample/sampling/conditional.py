@@ -15,8 +15,9 @@ import torch
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import Guard, NoGuard
-from cpsample.sampling.pipeline import build_guard
-from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample
+from cpsample.sampling.pipeline import build_guard, check_device, check_guard_fits
+from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample,
+                                      sampling_key)
 from cpsample.training.conditional import ClassInfo, read_class_info
 
 DEFAULT_CFG_SCALE = 3.0
@@ -42,45 +43,35 @@ def parse_classes(text: str | None, info: ClassInfo) -> list[int]:
     return info.check(classes)
 
 
-def check_classifier_shape(guard: Guard, unet) -> None:
-    """A classifier trained on other images (size or channels) cannot judge this model's x_t."""
-    classifier = getattr(guard, "classifier", None)
-    if classifier is None:
-        return
-    expected = (unet.config.in_channels, unet.config.sample_size)
-    found = (classifier.config.in_channels, classifier.config.sample_size)
-    if found != expected:
-        raise ValueError(f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this model makes "
-                         f"{expected[0]}-channel {expected[1]}x{expected[1]} images; train it on this model's members "
-                         "with `cpsample train-classifier --denoiser MODEL`")
-
-
 def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: float = DEFAULT_CFG_SCALE,
                          guard: str | Guard = "none", scheduler: str = "ddim", steps: int = 50, seed: int = 0,
                          classifier: str | None = None, alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001,
                          batch_size: int = 250, dtype: str = "float32", device: str = "cpu",
-                         progress: bool = True, work_dir: Path | None = None) -> SampleResult:
+                         progress: bool = True, work_dir: Path | None = None, overwrite: bool = False) -> SampleResult:
     """One image per entry of class_labels, with CFG at guidance_scale and the guard applied after the CFG mix.
 
-    With work_dir, finished batches are kept there and a rerun with the same settings resumes after a kill."""
+    With work_dir, finished batches are kept there and a rerun with the same settings resumes after a kill; other
+    settings are refused unless overwrite=True (which clears the old batches)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_device(device)
     unet, schedule, info = load_conditional(model_dir, device)
     labels = info.check(class_labels)
     if not labels:
         raise ValueError("no class labels given: nothing to sample")
     torch_dtype = DTYPES[dtype]
+    classifier_dir = resolve_model_dir(classifier, "classifier") if guard == "cpsample" and classifier else None
+    guard = _resolve_guard(guard, classifier, alpha, scale, tau, device, str(model_dir))
+    check_guard_fits(guard, unet, schedule, resolve_model_dir(model_dir, "denoiser"), classifier_dir)
+    first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    if work_dir is not None:  # the key hashes the weights before any dtype cast
+        batch_settings_file(work_dir, sampling_key(unet, guard, first_scheduler, labels=labels, cfg=guidance_scale,
+                                                   steps=steps, scheduler=scheduler, dtype=dtype, seed=seed,
+                                                   batch_size=batch_size), overwrite)
     if unet.dtype != torch_dtype:  # (a same-dtype .to() makes diffusers print a warning)
         unet.to(dtype=torch_dtype)
-    guard = _resolve_guard(guard, classifier, alpha, scale, tau, device, str(model_dir))
-    check_classifier_shape(guard, unet)
     guard.to(torch.device(device), torch_dtype)
-    make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    if work_dir is not None:
-        batch_settings_file(work_dir, {"model": str(model_dir), "labels": labels, "cfg": guidance_scale, "steps": steps,
-                                       "scheduler": scheduler, "dtype": dtype, "seed": seed, "batch_size": batch_size,
-                                       **guard.settings()})
     return sample_labels(unet, labels, info.null_label, lambda: make_scheduler(scheduler, schedule.config, steps), shape,
                          guidance_scale, guard, batch_size, seed, device, torch_dtype, progress, work_dir)
 

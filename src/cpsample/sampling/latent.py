@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
-from cpsample.sampling.sampler import DTYPES, without_x0_clipping
+from cpsample.sampling.sampler import DTYPES, check_finite_step, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
 DEFAULT_SD_CFG_SCALE = 7.5
@@ -156,8 +156,10 @@ def latent_shape(pipe, height: int | None = None, width: int | None = None) -> t
 def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float = 0.5, scale: float = 2000.0, tau: float = 0.001,
                        height: int | None = None, width: int | None = None) -> CPSampleGuard:
     """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule."""
+    from cpsample.sampling.pipeline import check_guard_knobs
     from cpsample.training.classifier import load_classifier
 
+    check_guard_knobs("cpsample", alpha=alpha, scale=scale, tau=tau)
     classifier = load_classifier(classifier_dir, pipe.device)
     check_latent_classifier(classifier, pipe, height, width)
     check_classifier_schedule(Path(classifier_dir), pipe)
@@ -254,6 +256,7 @@ def denoise_latents(pipe, cond: torch.Tensor, uncond: torch.Tensor, guard: Guard
             eps = guard.combine(eps_cond, eps_uncond, guidance_scale, t_batch)
         eps = guard.adjust(eps, model_input, t_batch, alphas_cumprod[int(t)].float())
         x = scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
+        check_finite_step(x, index, len(scheduler.timesteps), t, guard)
     return x, {key: np.stack(values) for key, values in guard.trace.items()}
 
 

@@ -30,17 +30,49 @@ def image_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, up
     return image
 
 
-def save_samples(folder: Path, images: torch.Tensor, trace: dict | None = None, grid_count: int | None = 100,
-                 columns: int | None = None, **arrays: np.ndarray) -> dict:
-    """Write samples.npz (float images in [-1, 1], uint8 NHWC, trace_*, any extra arrays such as labels) and
-    grid.png (the first grid_count images, all when None, `columns` per row); returns the paths written."""
+def save_samples(folder: Path, images: torch.Tensor, grid_count: int | None = 100, columns: int | None = None,
+                 **arrays: np.ndarray) -> dict:
+    """Write samples.npz (float images in [-1, 1], uint8 NHWC, any extra arrays such as labels) and grid.png (the
+    first grid_count images, all when None, `columns` per row); returns the paths written.
+
+    The guard's trace is not in samples.npz: it tells which samples came near a training image (see save_trace)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    content = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images), **arrays,
-               **{f"trace_{key}": value for key, value in (trace or {}).items()}}
-    np.savez_compressed(folder / "samples.npz", **content)
-    image_grid(images if grid_count is None else images[:grid_count], columns=columns).save(folder / "grid.png")
+    content = {"images": images.numpy().astype(np.float32), "uint8": to_uint8(images), **arrays}
+    _write_npz(folder / "samples.npz", content)
+    grid_tmp = folder / "grid.tmp.png"
+    image_grid(images if grid_count is None else images[:grid_count], columns=columns).save(grid_tmp)
+    grid_tmp.replace(folder / "grid.png")
     return {"samples": str(folder / "samples.npz"), "grid": str(folder / "grid.png")}
+
+
+TRACE_FILES = ("trace.npz", "trace.png")
+
+
+def save_trace(folder: Path, trace: dict, timesteps: np.ndarray | None, alpha: float | None = None,
+               keep: bool = False) -> dict:
+    """With keep, write trace.npz (per step and sample: the classifier's p1, whether the guard fired) and trace.png.
+    Without, write neither and remove old ones: the trace says what the classifier knows about each sample, so
+    it is kept out of the shareable outputs unless asked for (--trace)."""
+    folder = Path(folder)
+    for name in TRACE_FILES:
+        (folder / name).unlink(missing_ok=True)
+    if not keep or not trace:
+        return {}
+    arrays = {**trace, **({"timesteps": np.asarray(timesteps)} if timesteps is not None else {})}
+    _write_npz(folder / "trace.npz", arrays)
+    paths = {"trace_arrays": str(folder / "trace.npz")}
+    png = plot_trace(trace, timesteps, folder / "trace.png", alpha=alpha)
+    if png is not None:
+        paths["trace"] = str(png)
+    return paths
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """Write whole or not at all: a kill mid-write leaves the old file (or none), never a truncated one."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
 
 
 def plot_trace(trace: dict, timesteps: np.ndarray, path: Path, alpha: float | None = None, max_lines: int = 32) -> Path | None:

@@ -8,9 +8,11 @@ so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -116,9 +118,17 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
                 eps = guard.combine(eps.cond, eps.uncond, eps.scale, t_batch)
         eps = guard.adjust(eps, x, t_batch, alphas_cumprod[int(t)].float())
         x = scheduler.step(eps, t, x, **step_options).prev_sample
+        check_finite_step(x, index, len(scheduler.timesteps), t, guard)
     images = x.float().clamp(-1.0, 1.0).cpu()
     trace = {key: np.stack(values) for key, values in guard.trace.items()}
     return images, trace
+
+
+def check_finite_step(x: torch.Tensor, index: int, count: int, t, guard: Guard) -> None:
+    """NaN/inf never recovers: stop at the step it appears instead of ending in a silent black or NaN result."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"sampling produced NaN or infinite values at step {index + 1} of {count} (t={int(t)}, "
+                         f"guard {guard.name}); lower the guidance scale, or use --dtype float32")
 
 
 def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: int, image_shape: tuple,
@@ -186,21 +196,75 @@ def _save_batch(work_dir, index, images, trace) -> None:
 
 
 def _load_batch(work_dir, index, size):
-    if work_dir is None or not _batch_path(work_dir, index).exists():
+    path = None if work_dir is None else _batch_path(work_dir, index)
+    if path is None or not path.exists():
         return None
-    with np.load(_batch_path(work_dir, index)) as data:
-        if len(data["images"]) != size:
-            return None
-        trace = {k[len("trace_"):]: data[k] for k in data.files if k.startswith("trace_")}
-        return torch.from_numpy(data["images"]), trace
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if len(data["images"]) != size:
+                return None
+            trace = {k[len("trace_"):]: data[k] for k in data.files if k.startswith("trace_")}
+            return torch.from_numpy(data["images"]), trace
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: cached batch is damaged ({type(error).__name__}); delete it and rerun to sample it again") from None
 
 
-def batch_settings_file(work_dir: Path, settings: dict) -> None:
-    """Cached batches are valid only for the same settings: clear them when the settings change."""
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes, values): equal digests mean the same model."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def guard_digest(guard: Guard) -> str:
+    """sha256 of every model and tensor a guard holds (e.g. CPSample's classifier), nested guards included."""
+    digest = hashlib.sha256()
+    for name, value in sorted(vars(guard).items()):
+        if isinstance(value, torch.nn.Module):
+            digest.update(f"{name}={weights_digest(value)};".encode())
+        elif torch.is_tensor(value):
+            digest.update(f"{name}=".encode() + value.detach().float().cpu().numpy().tobytes())
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(item, Guard) for item in value):
+            digest.update(f"{name}=[{','.join(guard_digest(item) for item in value)}];".encode())
+    return digest.hexdigest()
+
+
+def sampling_key(unet: torch.nn.Module, guard: Guard, built_scheduler, **settings) -> dict:
+    """Everything a cached batch depends on: the model's and the guard's weights, every guard option, the
+    scheduler's full configuration, plus the caller's settings (steps, dtype, seed, batch size, labels ...)."""
+    key = {**settings, "model_sha256": weights_digest(unet), "guard_sha256": guard_digest(guard),
+           "scheduler_config": {k: v for k, v in dict(built_scheduler.config).items() if not k.startswith("_")},
+           "guard_settings": guard.settings()}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from disk
+
+
+def batch_settings_file(work_dir: Path, settings: dict, overwrite: bool = False) -> None:
+    """Cached batches are valid only for the same settings (see sampling_key). Batches made with other settings
+    are refused, or cleared with overwrite=True, so a rerun never mixes or reuses another run's images."""
     work_dir = Path(work_dir)
     path = work_dir / "batches" / "settings.json"
-    if path.exists() and json.loads(path.read_text()) != settings:
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    stored = _read_settings(path)
+    if stored is not None and stored != settings:
+        if not overwrite:
+            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise FileExistsError(f"{work_dir} holds batches sampled with other settings (changed: {', '.join(changed)}); "
+                                  "pass --overwrite to replace them, or pick a new --out")
         for stale in (work_dir / "batches").glob("batch_*.npz"):
             stale.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, sort_keys=True))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, sort_keys=True))
+    tmp.replace(path)
+
+
+def _read_settings(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {"unreadable": str(path)}  # differs from any real settings: treated as another run's batches

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
 from cpsample.models.classifier import TimeClassifier
+from cpsample.models.denoiser import from_pretrained_safely
 from cpsample.provenance import write_record
-from cpsample.training.loop import TrainConfig, Trainer
+from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
 PAPER_LOSS = 0.05
@@ -93,13 +94,12 @@ def per_timestep_report(model, images, labels, schedule, timesteps=REPORT_TIMEST
 def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, config: TrainConfig, label_seed: int,
                      relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
                      block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "",
-                     negatives: np.ndarray | None = None, negatives_source: str = "none") -> dict:
+                     overwrite: bool = False, negatives: np.ndarray | None = None, negatives_source: str = "none") -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
     negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring)."""
     out_dir = Path(out_dir)
-    if not resume and (out_dir / "train_state").exists():
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
+    prepare_run_folder(out_dir, resume, overwrite)
     torch.manual_seed(config.seed)
     initial = random_labels(len(members), label_seed)
     model = TimeClassifier(sample_size=members.size, in_channels=members.channels, block_out_channels=tuple(block_out_channels),
@@ -109,11 +109,17 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
     if negatives is not None and len(negatives):
         data = torch.cat([images, torch.as_tensor(negatives, dtype=images.dtype)])
         targets = torch.cat([targets, torch.full((len(negatives),), UNSURE, dtype=targets.dtype)])
-    trainer = Trainer(model, data, noisy_ce_loss(schedule), config, out_dir, targets=targets)
+    run_settings = {"split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
+                    "block_out_channels": list(block_out_channels), "label_seed": label_seed, "relabel_after": relabel_after,
+                    "relabel_max_t": relabel_max_t, "relabel_threshold": relabel_threshold,
+                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives": negatives_source,
+                    "negatives_count": 0 if negatives is None else len(negatives)}
+    trainer = Trainer(model, data, noisy_ce_loss(schedule), config, out_dir, targets=targets, run_settings=run_settings)
     meta = trainer.load_state() if resume else None
     relabelled: list[int] = (meta or {}).get("relabelled", [])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split.save(out_dir / "split.json")
+    if meta is None:  # a resumed run keeps the split it started with
+        out_dir.mkdir(parents=True, exist_ok=True)
+        split.save(out_dir / "split.json")
     started = time.time()
     if trainer.step < relabel_after < config.steps:
         trainer.run_until(relabel_after, description="train classifier (phase 1)")
@@ -159,4 +165,4 @@ def load_classifier(folder: Path, device: str | torch.device = "cpu") -> TimeCla
     path = folder / "classifier" if (folder / "classifier" / "config.json").exists() else folder
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no classifier here (expected classifier/config.json, as written by train-classifier)")
-    return TimeClassifier.from_pretrained(path, use_safetensors=True).to(device).eval()
+    return from_pretrained_safely(TimeClassifier, path).to(device).eval()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from cpsample.data import DataError, ImageSet, Split
 from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, save_denoiser
 from cpsample.provenance import write_record
-from cpsample.training.loop import TrainConfig, Trainer
+from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
 
 DEFAULT_LABEL_DROPOUT = 0.1
 
@@ -81,23 +81,27 @@ def class_labels_of(members: ImageSet, num_classes: int | None = None) -> tuple[
 
 def train_conditional(members: ImageSet, split: Split, out_dir: Path, config: TrainConfig,
                       label_dropout: float = DEFAULT_LABEL_DROPOUT, num_classes: int | None = None, resume: bool = False,
-                      block_out_channels=DEFAULT_CHANNELS, data_spec: str = "") -> dict:
+                      block_out_channels=DEFAULT_CHANNELS, data_spec: str = "", overwrite: bool = False) -> dict:
     """Train (or resume) and export the EMA class-conditional model to out_dir; returns a summary."""
     if not 0.0 < label_dropout < 1.0:
         raise ValueError(f"label dropout must lie strictly between 0 and 1 (CFG needs both halves), got {label_dropout}")
     out_dir = Path(out_dir)
-    if not resume and (out_dir / "train_state").exists():
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
+    prepare_run_folder(out_dir, resume, overwrite)
     labels, num_classes = class_labels_of(members, num_classes)
     info = ClassInfo(num_classes=num_classes, null_label=num_classes)
     torch.manual_seed(config.seed)
     unet = build_denoiser(members.size, members.channels, block_out_channels, num_class_embeds=num_classes + 1)
     schedule = build_noise_schedule()
+    run_settings = {"data": data_spec, "split": split.fingerprint(), "image_size": members.size,
+                    "image_channels": members.channels, "block_out_channels": list(block_out_channels),
+                    "label_dropout": label_dropout, **asdict(info)}
     trainer = Trainer(unet, members.tensor(), conditional_eps_loss(schedule, info.null_label, label_dropout), config, out_dir,
-                      targets=torch.from_numpy(labels))
-    resumed_from = trainer.load_state()["step"] if resume and (out_dir / "train_state").exists() else 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split.save(out_dir / "split.json")
+                      targets=torch.from_numpy(labels), run_settings=run_settings)
+    meta = trainer.load_state() if resume else None
+    resumed_from = meta["step"] if meta else 0
+    if meta is None:  # a resumed run keeps the split it started with
+        out_dir.mkdir(parents=True, exist_ok=True)
+        split.save(out_dir / "split.json")
     started = time.time()
     trainer.run_until(config.steps, description="train conditional denoiser")
     summary = {"steps": trainer.step, "resumed_from": resumed_from, "seconds_this_run": round(time.time() - started, 1),

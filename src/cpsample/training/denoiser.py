@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cpsample.data import ImageSet, Split
 from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, load_denoiser, save_denoiser
 from cpsample.provenance import write_record
-from cpsample.training.loop import TrainConfig, Trainer
+from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
 
 
 def eps_loss(schedule):
@@ -28,25 +28,30 @@ def eps_loss(schedule):
 
 
 def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: TrainConfig, resume: bool = False,
-                   block_out_channels=DEFAULT_CHANNELS, data_spec: str = "", init: Path | None = None) -> dict:
+                   block_out_channels=DEFAULT_CHANNELS, data_spec: str = "", overwrite: bool = False,
+                   init: Path | None = None) -> dict:
     """Train (or resume) and export the EMA model to out_dir as a diffusers folder; returns a summary.
 
     With `init` (a diffusers folder with unet/ and scheduler/), fine-tune that eps-predicting UNet2DModel with its own
     noise schedule instead of starting from random weights.
     """
     out_dir = Path(out_dir)
-    if not resume and (out_dir / "train_state").exists():
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
+    prepare_run_folder(out_dir, resume, overwrite)
     torch.manual_seed(config.seed)
     if init is None:
         unet, schedule = build_denoiser(members.size, members.channels, block_out_channels), build_noise_schedule()
     else:
         unet, schedule = load_pretrained(init, members)
         block_out_channels = tuple(unet.config.block_out_channels)
-    trainer = Trainer(unet, members.tensor(), eps_loss(schedule), config, out_dir)
-    resumed_from = trainer.load_state()["step"] if resume and (out_dir / "train_state").exists() else 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split.save(out_dir / "split.json")
+    run_settings = {"data": data_spec, "split": split.fingerprint(), "image_size": members.size,
+                    "image_channels": members.channels, "block_out_channels": list(block_out_channels),
+                    "init": None if init is None else str(Path(init).resolve())}
+    trainer = Trainer(unet, members.tensor(), eps_loss(schedule), config, out_dir, run_settings=run_settings)
+    meta = trainer.load_state() if resume else None
+    resumed_from = meta["step"] if meta else 0
+    if meta is None:  # a resumed run keeps the split it started with
+        out_dir.mkdir(parents=True, exist_ok=True)
+        split.save(out_dir / "split.json")
     started = time.time()
     trainer.run_until(config.steps, description="train denoiser")
     seconds = time.time() - started

@@ -7,6 +7,7 @@ exactly the batches the uninterrupted run would have drawn, and every process of
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], "tuple[torch.Tensor, dict]"]
 
 STATE_DIR = "train_state"
+# Settings a resumed run may change: how far it trains and how often it saves or logs, not what it trains.
+RESUMABLE_CHANGES = ("steps", "save_every", "log_every")
 
 
 @dataclass
@@ -38,6 +41,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (accelerate)
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "ema_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"--lr must be positive and --ema-decay in [0, 1], got {self.lr} and {self.ema_decay}")
+
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
@@ -48,8 +61,10 @@ class Trainer:
     """Holds model, optimizer and EMA; `run_until(step)` trains; state survives kills via `train_state/`."""
 
     def __init__(self, model: torch.nn.Module, data: torch.Tensor, loss_fn: LossFn, config: TrainConfig,
-                 out_dir: Path, targets: torch.Tensor | None = None, accelerator: Accelerator | None = None):
+                 out_dir: Path, targets: torch.Tensor | None = None, accelerator: Accelerator | None = None,
+                 run_settings: dict | None = None):
         self.config = config
+        self.run_settings = _as_json(run_settings or {})  # what it trains on: a resume must match them
         self.out_dir = Path(out_dir)
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         self.data = data
@@ -91,7 +106,10 @@ class Trainer:
             self.step += 1
             self.train_seconds += time.perf_counter() - step_started
             bar.update(1)
-            if self.step % self.config.log_every == 0 or self.step == last_step:
+            logging = self.step % self.config.log_every == 0 or self.step == last_step
+            if logging or self.step % self.config.save_every == 0:
+                _check_finite(float(loss.detach()), self.step, self.config.lr)  # before a NaN model can be saved
+            if logging:
                 record = {"step": self.step, "loss": float(loss.detach()), **metrics}
                 self.history.append(record)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
@@ -126,7 +144,8 @@ class Trainer:
         if self.targets is not None:
             save_file({"targets": self.targets.cpu().contiguous()}, tmp / "targets.safetensors")
         meta = {"step": self.step, "train_seconds": self.train_seconds, "ema_step": self.ema.optimization_step, "optimizer": scalars,
-                "config": asdict(self.config), "history": self.history, **(extra or {})}
+                "config": asdict(self.config), "run_settings": self.run_settings, "history": self.history,
+                **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(meta))
         final = self.out_dir / STATE_DIR
         old = self.out_dir / (STATE_DIR + ".old")
@@ -137,23 +156,99 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
 
     def load_state(self) -> dict | None:
-        """Restore from train_state/ if present; returns its JSON (None when starting fresh)."""
+        """Restore from train_state/ if present; returns its JSON (None when starting fresh).
+
+        Refuses a state written with other settings (data, split, lr, seed, model shape ...): resuming it would
+        train on one thing while the record claims another."""
+        recover_state(self.out_dir)
         folder = self.out_dir / STATE_DIR
         if not (folder / "state.json").exists():
             return None
-        meta = json.loads((folder / "state.json").read_text())
-        self.unwrapped.load_state_dict(load_file(folder / "model.safetensors"))
-        ema = load_file(folder / "ema.safetensors")
-        names = [name for name, _ in self.unwrapped.named_parameters()]
-        self.ema.shadow_params = [ema[n].to(p.device) for n, p in zip(names, self.unwrapped.parameters())]
-        self.ema.optimization_step = meta["ema_step"]
-        self.optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta["optimizer"]))
-        if (folder / "targets.safetensors").exists():
-            self.targets = load_file(folder / "targets.safetensors")["targets"]
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            mismatches = self._resume_mismatches(meta)
+            if mismatches:
+                raise ResumeMismatch(f"{self.out_dir}: --resume with other settings than the run it continues "
+                                     f"({'; '.join(mismatches)}); rerun with the original settings, or pick a new --out")
+            self.unwrapped.load_state_dict(load_file(folder / "model.safetensors"))
+            ema = load_file(folder / "ema.safetensors")
+            names = [name for name, _ in self.unwrapped.named_parameters()]
+            self.ema.shadow_params = [ema[n].to(p.device) for n, p in zip(names, self.unwrapped.parameters())]
+            self.ema.optimization_step = meta["ema_step"]
+            self.optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta["optimizer"]))
+            if (folder / "targets.safetensors").exists():
+                self.targets = load_file(folder / "targets.safetensors")["targets"]
+        except ResumeMismatch:
+            raise
+        except Exception as error:  # truncated safetensors, bad JSON, missing keys: all mean a damaged checkpoint
+            raise ValueError(f"{folder}: damaged training checkpoint ({type(error).__name__}: {str(error)[:120]}); "
+                             "delete it to start again (or restore a copy)") from None
         self.step = meta["step"]
         self.train_seconds = meta.get("train_seconds", 0.0)
         self.history = meta.get("history", [])
         return meta
+
+    def _resume_mismatches(self, meta: dict) -> list[str]:
+        current = {**_as_json(asdict(self.config)), **self.run_settings}
+        stored = {**meta.get("config", {}), **meta.get("run_settings", {})}
+        return [f"{key}: {_short(stored.get(key))} then, {_short(current.get(key))} now" for key in sorted(current)
+                if key not in RESUMABLE_CHANGES and key in stored and stored[key] != current[key]]
+
+
+class ResumeMismatch(ValueError):
+    """--resume asked to continue a run with settings other than its own."""
+
+
+def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds other work; --resume needs a run to continue.
+
+    A folder holding anything is refused unless resuming (its run) or overwrite=True (which drops its training
+    state, so the run starts afresh; the exported files are replaced at the end)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file; pass a folder")
+    recover_state(out_dir)
+    has_state = (out_dir / STATE_DIR / "state.json").exists()
+    if resume:
+        if not has_state:
+            raise FileNotFoundError(f"--resume: {out_dir} holds no {STATE_DIR}/ to continue; drop --resume to start a new run")
+        return
+    if overwrite:
+        shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        what = "a training run" if has_state else "other files"
+        raise FileExistsError(f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
+                              "replace it, or pick a new --out")
+
+
+def recover_state(out_dir: Path) -> None:
+    """A kill inside save_state's swap can leave the newest complete state only in train_state.tmp (between its
+    two renames) or train_state.old: put it back in place instead of starting over."""
+    out_dir = Path(out_dir)
+    final = out_dir / STATE_DIR
+    if (final / "state.json").exists():
+        return
+    for candidate in (out_dir / (STATE_DIR + ".tmp"), out_dir / (STATE_DIR + ".old")):
+        if (candidate / "state.json").exists():  # state.json is written last: its presence means complete
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(candidate, final)
+            return
+
+
+def _check_finite(loss: float, step: int, lr: float) -> None:
+    if not math.isfinite(loss):
+        raise ValueError(f"training diverged: the loss is {loss} at step {step}; nothing was saved from this step on. "
+                         f"Lower --lr (now {lr:g}) and rerun")
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict, dict]:

@@ -43,9 +43,11 @@ def sample_three_ways(settings: DemoSettings, out: Path, members: np.ndarray, pr
     """Returns ({method: images}, {method: cost and guard statistics})."""
     common = dict(model=settings.model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
                   batch_size=settings.batch_size, device=settings.device, progress=progress)
-    plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", **common)
+    # samples/ is the demo's own cache: a rerun with other settings redraws it (overwrite) rather than refusing.
+    cache = dict(overwrite=True)
+    plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", **common, **cache)
     protected = generate(guard="cpsample", classifier=settings.classifier, alpha=settings.alpha, scale=settings.scale,
-                         tau=settings.tau, seed=settings.seed, work_dir=out / "samples" / "cpsample", **common)
+                         tau=settings.tau, seed=settings.seed, work_dir=out / "samples" / "cpsample", **common, **cache)
     detector = NearCopyDetector(members, settings.threshold, settings.features)
 
     def draw(count: int, round_index: int):

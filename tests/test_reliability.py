@@ -1,0 +1,313 @@
+"""Issue 12: no silent wrong results, no lost work, nothing leaked, clear errors. Each test is one case of the issue,
+run on the bundled model or a tiny denoiser trained here in seconds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from cpsample.cli.main import app
+
+SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
+GUARDED = [*SAMPLE, "--guard", "cpsample", "--alpha", "0.5"]  # alpha 0.5: the guard acts at every step
+TRAIN = ["train-denoiser", "--data", "mnist", "--subset", "16", "--steps", "4", "--batch-size", "4",
+         "--channels", "8,16", "--save-every", "2"]
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(arg) for arg in args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+def images(folder):
+    with np.load(folder / "samples.npz") as data:
+        return data["images"]
+
+
+@pytest.fixture()
+def classifier_copy(bundled_dirs, tmp_path):
+    """A copy of the bundled classifier folder, to change one thing of."""
+    folder = tmp_path / "clf"
+    shutil.copytree(bundled_dirs[1], folder)
+    return folder
+
+
+def flip_head(folder):
+    """Same architecture, split and schedule, other weights: the head's sign flipped swaps its two labels."""
+    path = folder / "classifier" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    weights["head.weight"], weights["head.bias"] = -weights["head.weight"], -weights["head.bias"]
+    save_file(weights, path)
+
+
+# --- silent wrong results ---------------------------------------------------------------------------------------
+
+def test_rerun_with_another_classifier_never_reuses_the_cached_batches(tmp_path, classifier_copy):
+    out = tmp_path / "s"
+    assert cli(*GUARDED, "--out", out)[0] == 0
+    first = images(out)
+    flip_head(classifier_copy)
+    code, output = cli(*GUARDED, "--classifier", classifier_copy, "--out", out)
+    assert code == 2 and "guard_sha256" in output and "--overwrite" in output
+    assert np.array_equal(images(out), first), "a refused run must leave the old result alone"
+    assert cli(*GUARDED, "--classifier", classifier_copy, "--out", out, "--overwrite")[0] == 0
+    assert not np.array_equal(images(out), first), "the new classifier's samples, not the cached ones"
+    assert json.loads((out / "cpsample.json").read_text())["settings"]["classifier"] == str(classifier_copy)
+
+
+def test_same_command_rerun_resumes_a_killed_sampling_run(tmp_path):
+    out = tmp_path / "s"
+    assert cli(*GUARDED, "--out", out)[0] == 0
+    first = images(out)
+    (out / "batches" / "batch_00001.npz").unlink()  # killed while sampling the second batch
+    assert cli(*GUARDED, "--out", out)[0] == 0
+    np.testing.assert_allclose(images(out), first, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("size", "takes 1-channel 8x8 inputs but this model makes 1-channel 16x16"),
+    ("split", "other member images"),
+    ("schedule", "another noise schedule"),
+])
+def test_a_classifier_made_for_other_images_is_refused(tmp_path, classifier_copy, change, message):
+    if change == "size":
+        from cpsample.models import TimeClassifier
+
+        TimeClassifier(sample_size=8, block_out_channels=(8, 16), norm_num_groups=8).save_pretrained(
+            classifier_copy / "classifier", safe_serialization=True)
+    elif change == "split":
+        split = json.loads((classifier_copy / "split.json").read_text())
+        split["members"] = split["members"][1:]
+        (classifier_copy / "split.json").write_text(json.dumps(split))
+    else:
+        config_path = classifier_copy / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_path.read_text())
+        config["beta_end"] = 0.03
+        config_path.write_text(json.dumps(config))
+    out = tmp_path / "s"
+    code, output = cli(*GUARDED, "--classifier", classifier_copy, "--out", out)
+    assert code == 2 and message in output
+    assert not (out / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("knob, message", [
+    (["--scale", "nan"], "--scale must be a finite number"),
+    (["--scale", "inf"], "--scale must be a finite number"),
+    (["--alpha", "nan"], "--alpha must be a finite number"),
+    (["--tau", "0"], "--tau must be positive"),
+])
+def test_non_finite_guard_knobs_are_refused_up_front(tmp_path, knob, message):
+    code, output = cli(*GUARDED, *knob, "--out", tmp_path / "s")
+    assert code == 2 and message in output
+    assert not (tmp_path / "s").exists()
+
+
+def test_sampling_that_turns_nan_stops_without_a_result(tmp_path):
+    code, output = cli(*GUARDED, "--scale", "1e6", "--dtype", "float16", "--out", tmp_path / "s")
+    assert code == 2 and "NaN or infinite values at step" in output
+    assert not (tmp_path / "s" / "samples.npz").exists() and not list((tmp_path / "s" / "batches").glob("batch_*"))
+
+
+def test_training_that_diverges_stops_without_a_model(tmp_path):
+    code, output = cli(*TRAIN, "--lr", "1e12", "--out", tmp_path / "m")
+    assert code == 2 and "training diverged" in output
+    assert not (tmp_path / "m" / "unet").exists() and not (tmp_path / "m" / "cpsample.json").exists()
+
+
+@pytest.mark.parametrize("option", [["--lr", "nan"], ["--lr", "inf"], ["--ema-decay", "nan"], ["--save-every", "0"],
+                                    ["--image-size", "0"], ["--batch-size", "0"]])
+def test_bad_training_numbers_are_refused(tmp_path, option):
+    code, output = cli(*TRAIN, *option, "--out", tmp_path / "m")
+    assert code == 2 and option[0] in output
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny denoiser trained 4 steps (state saved every 2) on 16 MNIST members."""
+    folder = tmp_path_factory.mktemp("trained") / "m"
+    code, output = cli(*TRAIN, "--out", folder)
+    assert code == 0, output
+    return folder
+
+
+@pytest.mark.parametrize("change", [["--lr", "0.01"], ["--seed", "1"], ["--subset", "12"], ["--data", "digits"],
+                                    ["--channels", "8,8"]])
+def test_resume_with_other_settings_is_refused_and_keeps_the_split(trained, tmp_path, change):
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    split_before = (folder / "split.json").read_text()
+    code, output = cli(*TRAIN, "--steps", "6", "--resume", *change, "--out", folder)
+    assert code == 2 and "--resume with other settings" in output
+    assert (folder / "split.json").read_text() == split_before
+
+
+# --- lost or overwritten work -------------------------------------------------------------------------------------
+
+def test_sample_never_writes_into_a_model_folder(trained):
+    record = (trained / "cpsample.json").read_text()
+    for extra in ([], ["--overwrite"]):
+        code, output = cli(*SAMPLE, "--out", trained, *extra)
+        assert code == 2 and "never writes into a model folder" in output
+    assert (trained / "cpsample.json").read_text() == record and not (trained / "samples.npz").exists()
+
+
+def test_sample_refuses_an_out_holding_other_work(tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, output = cli(*SAMPLE, "--out", out)
+    assert code == 2 and "notes.txt" in output and "--overwrite" in output
+    assert cli(*SAMPLE, "--out", out, "--overwrite")[0] == 0
+    (tmp_path / "file").write_text("x")
+    code, output = cli(*SAMPLE, "--out", tmp_path / "file")
+    assert code == 2 and "is a file" in output
+
+
+def test_sample_refuses_a_result_made_with_other_settings(tmp_path):
+    out = tmp_path / "s"
+    assert cli(*SAMPLE, "--out", out)[0] == 0
+    first = images(out)
+    code, output = cli(*SAMPLE, "--seed", "1", "--out", out)
+    assert code == 2 and "changed: seed" in output
+    assert np.array_equal(images(out), first)
+
+
+def test_train_refuses_to_replace_an_exported_model(trained, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    weights = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    code, output = cli(*TRAIN, "--out", folder)
+    assert code == 2 and "--overwrite" in output
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    assert cli(*TRAIN, "--steps", "2", "--out", folder, "--overwrite")[0] == 0
+    assert json.loads((folder / "cpsample.json").read_text())["results"]["steps"] == 2
+
+
+@pytest.mark.parametrize("survivors", [("old", "tmp"), ("old",)])
+def test_a_kill_inside_the_checkpoint_swap_resumes_from_the_surviving_copy(trained, tmp_path, survivors):
+    """save_state renames train_state -> .old, then .tmp -> train_state: a kill between them leaves no train_state."""
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    state = folder / "train_state"
+    for name in survivors:
+        shutil.copytree(state, folder / f"train_state.{name}")
+    shutil.rmtree(state)
+    code, output = cli(*TRAIN, "--steps", "6", "--resume", "--out", folder)
+    assert code == 0, output
+    assert json.loads((folder / "cpsample.json").read_text())["results"]["resumed_from"] == 4
+    straight = tmp_path / "straight"
+    assert cli(*TRAIN, "--steps", "6", "--out", straight)[0] == 0
+    for name, tensor in load_file(straight / "train_state" / "model.safetensors").items():
+        assert np.array_equal(load_file(state / "model.safetensors")[name].numpy(), tensor.numpy()), name
+
+
+def test_resume_without_a_saved_state_says_so(tmp_path):
+    code, output = cli(*TRAIN, "--resume", "--out", tmp_path / "m")
+    assert code == 2 and "holds no train_state" in output and "drop --resume" in output
+
+
+def test_relative_data_is_recorded_absolute_and_checked_by_content(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "toy.npz", images=rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32))
+    monkeypatch.chdir(data)
+    assert cli("train-denoiser", "--data", "toy.npz", "--image-size", "8", "--steps", "2", "--batch-size", "4",
+               "--channels", "8,16", "--out", tmp_path / "den")[0] == 0
+    assert json.loads((tmp_path / "den" / "cpsample.json").read_text())["settings"]["data"] == str(data / "toy.npz")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the classifier still finds the data
+    classifier = ["train-classifier", "--denoiser", tmp_path / "den", "--steps", "2", "--relabel-after", "1",
+                  "--batch-size", "4", "--channels", "8,16"]
+    code, output = cli(*classifier, "--out", tmp_path / "clf")
+    assert code == 0, output
+    np.savez(data / "toy.npz", images=rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32))  # the data changed since
+    code, output = cli(*classifier, "--out", tmp_path / "clf2")
+    assert code == 2 and "member images differ" in output
+
+
+# --- privacy of the protection ------------------------------------------------------------------------------------
+
+def test_samples_carry_no_trace_unless_asked(tmp_path):
+    out = tmp_path / "s"
+    assert cli(*GUARDED, "--out", out)[0] == 0
+    with np.load(out / "samples.npz") as data:
+        assert set(data.files) == {"images", "uint8"}
+    assert not (out / "trace.npz").exists() and not (out / "trace.png").exists()
+
+
+# --- clear errors instead of tracebacks ---------------------------------------------------------------------------
+
+def test_no_cuda_gives_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, output = cli(*SAMPLE, "--device", "cuda", "--out", tmp_path / "s")
+    assert code == 2 and "no CUDA GPU" in output
+
+
+def test_a_truncated_cached_batch_names_the_file(tmp_path):
+    out = tmp_path / "s"
+    assert cli(*SAMPLE, "--out", out)[0] == 0
+    batch = out / "batches" / "batch_00000.npz"
+    batch.write_bytes(batch.read_bytes()[:50])
+    code, output = cli(*SAMPLE, "--out", out)
+    assert code == 2 and "batch_00000.npz: cached batch is damaged" in output
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bad json"])
+def test_a_damaged_checkpoint_gives_one_line(trained, tmp_path, damage):
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    if damage == "truncate":
+        path = folder / "train_state" / "model.safetensors"
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        (folder / "train_state" / "state.json").write_text("{not json")
+    code, output = cli(*TRAIN, "--steps", "6", "--resume", "--out", folder)
+    assert code == 2 and "damaged training checkpoint" in output
+
+
+@pytest.mark.parametrize("damage", ["broken config", "pickle only"])
+def test_a_damaged_model_folder_gives_one_line(trained, tmp_path, damage):
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    if damage == "broken config":
+        (folder / "unet" / "config.json").write_text("{")
+    else:
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.rename(weights.with_suffix(".bin"))
+    code, output = cli(*SAMPLE, "--model", folder, "--out", tmp_path / "s")
+    assert code == 2 and "cannot load the model" in output and str(folder / "unet") in output
+
+
+@pytest.mark.parametrize("array", [np.zeros((4, 1, 8, 8), dtype=bool), np.zeros((4, 1, 8, 8), dtype=complex),
+                                   np.full((4, 1, 8, 8), "a")])
+def test_npz_of_non_pixel_values_is_refused(tmp_path, array):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=array)
+    code, output = cli(*TRAIN, "--data", path, "--out", tmp_path / "m")
+    assert code == 2 and "bad.npz[images]" in output and "expected uint8 or float" in output
+
+
+def test_no_other_command_replaces_a_model_record(trained):
+    from cpsample.provenance import write_record
+
+    record = (trained / "cpsample.json").read_text()
+    with pytest.raises(FileExistsError, match="never writes into a model folder"):
+        write_record(trained, "evaluate", {})
+    assert (trained / "cpsample.json").read_text() == record
+
+
+def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
+    command = ["train-classifier", "--denoiser", trained, "--steps", "2", "--relabel-after", "1", "--batch-size", "4",
+               "--channels", "8,16", "--out", tmp_path / "clf"]
+    assert cli(*command)[0] == 0
+    code, output = cli(*command, "--steps", "3", "--resume", "--label-seed", "5")
+    assert code == 2 and "label_seed: 0 then, 5 now" in output
