@@ -16,7 +16,7 @@ import csv
 from pathlib import Path
 
 from cpsample.provenance import seed_everything, write_record
-from cpsample.workflows.calibrate import GridSettings, run_grid
+from cpsample.workflows.calibrate import GridSettings, plot_grid, run_grid
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     if grid:
-        plot_tradeoff(grid, args.out / "tradeoff.png")
+        plot_grid(grid, args.out / "tradeoff.png")
     write_record(args.out, "bench", vars(args) | {"out": str(args.out)}, {"rows": rows})
     for row in timing:
         label = "plain" if row["alpha"] is None else f"alpha={row['alpha']:g}"
@@ -56,26 +56,6 @@ def main() -> None:
     for row in grid:
         label = "plain" if row["alpha"] is None else f"alpha={row['alpha']:g} s={row['scale']:g}"
         print(f"{label:>22}: near-copies {row['near_copy_share']:.1%}, FD {row['frechet_distance']:.2f}")
-
-
-def plot_tradeoff(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4.5))
-    for row in rows:
-        label = "plain" if row["alpha"] is None else f"a={row['alpha']:g}, s={row['scale']:g}"
-        axis.scatter(row["frechet_distance"], 100 * row["near_copy_share"], color="red" if row["alpha"] is None else "tab:blue")
-        axis.annotate(label, (row["frechet_distance"], 100 * row["near_copy_share"]), fontsize=7, xytext=(3, 3),
-                      textcoords="offset points")
-    axis.set_xlabel("Frechet distance to held-out digits (digitnet features; lower = better quality)")
-    axis.set_ylabel("near-copies (% of samples)")
-    axis.set_title("CPSample replication / quality trade-off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

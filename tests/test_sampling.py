@@ -122,3 +122,17 @@ def test_plain_samples_have_the_background_of_real_digits(bundled, mnist16, sche
     assert black_sampled > 0.6 * black_real, (black_sampled, black_real)
     corners = images[..., :2, :2].mean()
     assert corners < -0.985, corners
+
+
+def test_check_window_skips_only_steps_where_the_guard_never_fires(bundled):
+    """max_t (set by calibrate from the highest t that fired) saves the checks above it and changes nothing else."""
+    _, _, classifier = bundled
+    everywhere = _run(bundled, CPSampleGuard(classifier, alpha=0.1, scale=10.0, max_t=10**9), steps=20, n=16)
+    timesteps, fired = everywhere.timesteps, everywhere.trace["fired"].astype(bool)
+    assert fired.any() and not fired[0].any(), "the bundled classifier is never over-confident at t = 999"
+    last_fired = int(timesteps[fired.any(axis=1)].max())
+    windowed = _run(bundled, CPSampleGuard(classifier, alpha=0.1, scale=10.0, max_t=last_fired), steps=20, n=16)
+    assert torch.equal(windowed.images, everywhere.images)
+    skipped = timesteps > last_fired
+    assert skipped.any() and np.isnan(windowed.trace["p1"][skipped]).all() and not windowed.trace["fired"][skipped].any()
+    assert np.array_equal(windowed.trace["p1"][~skipped], everywhere.trace["p1"][~skipped])

@@ -76,7 +76,7 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
 def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     out = tmp_path / "calib"
     result = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--n-samples", "4", "--steps", "3", "--alphas", "0.2",
-                                      "--scales", "10,100", "--target", "1.0", "--seed", "2"])
+                                      "--scales", "10,100", "--target", "1.0", "--reduction", "0", "--seed", "2"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "calibration.json").read_text())
     assert [(r["alpha"], r["scale"]) for r in report["rows"]] == [(None, None), (0.2, 10.0), (0.2, 100.0)]
@@ -84,3 +84,33 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     assert (out / "calibration.csv").exists()
     bad = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--alphas", "a,b"])
     assert bad.exit_code == 2 and "--alphas" in bad.output
+
+
+def test_calibration_travels_with_the_classifier(tmp_path):
+    import shutil
+
+    from cpsample.models.bundle import resolve_model_dir
+
+    classifier = tmp_path / "clf"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
+    (classifier / "calibration.json").unlink(missing_ok=True)
+    runner = CliRunner()
+    uncalibrated = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2",
+                                       "--steps", "3", "--out", str(tmp_path / "before")])
+    assert uncalibrated.exit_code == 0, uncalibrated.output
+    assert "no calibration.json" in uncalibrated.output and "cpsample calibrate" in uncalibrated.output
+    calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
+                                     "--n-samples", "6", "--steps", "4", "--alphas", "0.3", "--scales", "5,20",
+                                     "--target", "1.0", "--reduction", "0"])
+    assert calibrated.exit_code == 0, calibrated.output
+    saved = json.loads((classifier / "calibration.json").read_text())["settings"]
+    assert saved["alpha"] == 0.3 and saved["scale"] in (5.0, 20.0) and saved["tau"] == 0.001
+    after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
+                                "--out", str(tmp_path / "after")])
+    assert after.exit_code == 0 and "no calibration.json" not in after.output
+    key = json.loads((tmp_path / "after" / "batches" / "settings.json").read_text())
+    assert key["guard_settings"] == {"guard": "cpsample", **saved}
+    explicit = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
+                                   "--alpha", "0.1", "--out", str(tmp_path / "explicit")])
+    key = json.loads((tmp_path / "explicit" / "batches" / "settings.json").read_text())
+    assert explicit.exit_code == 0 and key["guard_settings"]["alpha"] == 0.1 and key["guard_settings"]["max_t"] is None

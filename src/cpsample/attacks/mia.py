@@ -226,7 +226,7 @@ def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_s
 
 
 def run_mia(model: str | Path = "bundled", guard: str | Guard = "none", classifier: str | Path = "bundled",
-            alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001, attack: str = "both",
+            alpha: float | None = None, scale: float | None = None, tau: float | None = None, attack: str = "both",
             timesteps: Sequence[int] | None = None, n_members: int | None = None, n_nonmembers: int | None = None,
             draws: int = DEFAULT_DRAWS, pia_norm: float = PIA_NORM, batch_size: int = 128, seed: int = 0,
             device: str = "cpu", dtype: str | torch.dtype = "float32", progress: bool = True) -> dict[str, AttackResult]:

@@ -260,8 +260,8 @@ def _per_class(extraction: Extraction, targets: np.ndarray, clusters: Clusters) 
     return rows
 
 
-def run_side(model: str = "bundled", defence: str = "none", classifier: str = "bundled", alpha: float = 0.001,
-             scale: float = 1000.0, tau: float = 0.001, config: SideConfig | None = None, work_dir: Path | None = None,
+def run_side(model: str = "bundled", defence: str = "none", classifier: str = "bundled", alpha: float | None = None,
+             scale: float | None = None, tau: float | None = None, config: SideConfig | None = None, work_dir: Path | None = None,
              device: str = "cpu", progress: bool = True) -> SideResult:
     """SIDE against a saved unconditional model ('bundled' or a folder), plain or defended by CPSample."""
     from cpsample.models import load_denoiser

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, Device, Scale, Seed, Tau, console, run_safely
+from cpsample.cli.common import Alpha, Device, Scale, Seed, Tau, console, run_safely
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Attack a model: how well can an adversary tell its training images from unseen ones?")
@@ -22,9 +22,9 @@ def mia_command(
     model: Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")] = "bundled",
     guard: Annotated[str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
-    alpha: Alpha = DEFAULT_ALPHA,
-    scale: Scale = DEFAULT_SCALE,
-    tau: Tau = DEFAULT_TAU,
+    alpha: Alpha = None,
+    scale: Scale = None,
+    tau: Tau = None,
     attack: Annotated[str, typer.Option(help="loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")] = "both",
     t: Annotated[Optional[list[int]], typer.Option("--t", help="Diffusion step(s) to attack at; repeat for several "
                                                          "(default: loss 100, 200, 300; pia 200).")] = None,
@@ -52,7 +52,8 @@ def mia_command(
     out.mkdir(parents=True, exist_ok=True)
     summary = {name: result.to_dict(with_scores=True) for name, result in results.items()}
     (out / "result.json").write_text(json.dumps(summary, indent=2))
-    guard_text = f"cpsample, alpha {alpha:g}, s {scale:g}" if guard == "cpsample" else guard
+    used = next(iter(results.values())).settings["guard"]  # the knobs as used (calibrated ones resolved)
+    guard_text = f"cpsample, alpha {used['alpha']:g}, s {used['scale']:g}" if guard == "cpsample" else guard
     plot_attacks(results, out / "roc.png", title=f"membership inference on {model} (guard: {guard_text})")
     headline = {name: {"auc": r.auc, "best_t": r.best_t, "tpr_at_1pct_fpr": r.best.tpr_at_1pct_fpr,
                        "z": r.best.z, "p_value": r.best.p_value} for name, r in results.items()}

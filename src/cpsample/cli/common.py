@@ -30,12 +30,12 @@ Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a ki
 Trace = Annotated[bool, typer.Option(help="Also write trace.npz / trace.png: the classifier's verdict on every sample. Private: never share it.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")]
 
-# CPSample's three knobs, shared by every command that samples or attacks with the guard. The defaults are the
-# paper's LSUN Church setting, which `cpsample calibrate --target 0.05` also picks for the bundled model.
-DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU = 0.1, 10.0, 0.001
-Alpha = Annotated[float, typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label.")]
-Scale = Annotated[float, typer.Option(help="CPSample guidance scale s.")]
-Tau = Annotated[float, typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001).")]
+# CPSample's three knobs, shared by every command that samples or attacks with the guard. Left out, they come from
+# the classifier's calibration.json (written by `cpsample calibrate`), else 0.1 / 10 / 0.001 with a note.
+_CALIBRATED = " Default: the classifier's calibration (cpsample calibrate)."
+Alpha = Annotated[Optional[float], typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label." + _CALIBRATED)]
+Scale = Annotated[Optional[float], typer.Option(help="CPSample guidance scale s." + _CALIBRATED)]
+Tau = Annotated[Optional[float], typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001)." + _CALIBRATED)]
 
 
 def fail(message: str) -> None:

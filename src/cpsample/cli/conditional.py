@@ -22,7 +22,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, check_sample_out,
+from cpsample.cli.common import (Alpha, BatchSize, Channels, check_sample_out,
                                  console, Device, fail, guard_stats, ImageSize, MixedPrecision, Overwrite, parse_widths,
                                  prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
 
@@ -76,9 +76,9 @@ def sample_conditional_command(
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
     guard: Annotated[str, typer.Option(help="none, cpsample (applied after the CFG mix) or another guard by name.")] = "none",
     classifier: Annotated[Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")] = None,
-    alpha: Alpha = DEFAULT_ALPHA,
-    scale: Scale = DEFAULT_SCALE,
-    tau: Tau = DEFAULT_TAU,
+    alpha: Alpha = None,
+    scale: Scale = None,
+    tau: Tau = None,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     steps: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: BatchSize = 250,
@@ -106,7 +106,7 @@ def sample_conditional_command(
                                   classifier=classifier, alpha=alpha, scale=scale, tau=tau, batch_size=batch_size, dtype=dtype,
                                   device=device, work_dir=out, overwrite=overwrite)
     paths = {**save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
-             **save_trace(out, result.trace, result.timesteps, alpha, keep=trace)}
+             **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace),
              **member_similarity(model, result.images, copy_threshold)}
     if feature_net:
@@ -205,7 +205,7 @@ def sample_sd_command(
     classifier: Annotated[Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")] = None,
     alpha: Annotated[float, typer.Option(help="CPSample threshold (paper Table 2: 0.3-0.5).")] = 0.5,
     scale: Annotated[float, typer.Option(help="CPSample scale s (paper Table 2: 100-2000).")] = 2000.0,
-    tau: Tau = DEFAULT_TAU,
+    tau: Tau = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
     private: Annotated[Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, BatchSize, Channels, check_sample_out,
+from cpsample.cli.common import (Alpha, BatchSize, Channels, check_sample_out,
                                  console, Device, guard_stats, ImageSize, MixedPrecision, Overwrite, parse_widths,
                                  prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Trace, Tau)
 
@@ -111,9 +111,9 @@ def sample_command(
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     guard: Annotated[str, typer.Option(help="Guidance strategy: none, cpsample or amg (delayed-cfg / opposite-cfg: see sample-conditional).")] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
-    alpha: Alpha = DEFAULT_ALPHA,
-    scale: Scale = DEFAULT_SCALE,
-    tau: Tau = DEFAULT_TAU,
+    alpha: Alpha = None,
+    scale: Scale = None,
+    tau: Tau = None,
     amg_threshold: Annotated[float, typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this.")] = 0.95,
     amg_scale: Annotated[float, typer.Option(help="AMG dissimilarity guidance scale c3.")] = 1000.0,
     batch_size: BatchSize = 250,
@@ -134,7 +134,7 @@ def sample_command(
                 "alpha": alpha, "scale": scale, "tau": tau, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
     guard_options = {"amg_threshold": amg_threshold, "amg_scale": amg_scale} if guard == "amg" else {}
     result = generate(**settings, work_dir=out, guard_options=guard_options, overwrite=overwrite)
-    paths = {**save_samples(out, result.images), **save_trace(out, result.trace, result.timesteps, alpha, keep=trace)}
+    paths = {**save_samples(out, result.images), **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace), **paths}
     write_record(out, "sample", {**settings, **guard_options}, stats)
     console.print(json.dumps(stats, indent=2))

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, console, Device, run_safely,
+from cpsample.cli.common import (Alpha, console, Device, run_safely,
                                  Scale, Seed, Tau)
 
 
@@ -21,9 +21,9 @@ def side_command(
     model: Annotated[str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")] = "bundled",
     defence: Annotated[str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")] = "none",
     classifier: Annotated[str, typer.Option(help="CPSample classifier folder for --defence cpsample, or 'bundled'.")] = "bundled",
-    alpha: Alpha = DEFAULT_ALPHA,
-    scale: Scale = DEFAULT_SCALE,
-    tau: Tau = DEFAULT_TAU,
+    alpha: Alpha = None,
+    scale: Scale = None,
+    tau: Tau = None,
     clusters: Annotated[int, typer.Option(min=1, help="k-means clusters K over the sample pool (paper: 100).")] = 20,
     samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
     min_cohesion: Annotated[float, typer.Option(help="Keep clusters whose mean cosine to their centroid is at least this.")] = 0.5,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (DEFAULT_ALPHA, DEFAULT_SCALE, DEFAULT_TAU, Alpha, console, Device, run_safely,
+from cpsample.cli.common import (Alpha, console, Device, run_safely,
                                  Scale, Seed, Tau)
 
 
@@ -22,9 +22,9 @@ def register(app: typer.Typer) -> None:
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder: report.html/.md/.json, figures, samples.")] = Path("demo_out"),
     n_samples: Annotated[int, typer.Option(min=1, help="Images per method.")] = 500,
-    alpha: Alpha = DEFAULT_ALPHA,
-    scale: Scale = DEFAULT_SCALE,
-    tau: Tau = DEFAULT_TAU,
+    alpha: Alpha = None,
+    scale: Scale = None,
+    tau: Tau = None,
     steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 50,
     threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default: 0.98, pixels).")] = None,
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
@@ -58,12 +58,13 @@ def demo_command(
 
 @run_safely
 def calibrate_command(
-    out: Annotated[Path, typer.Option(help="Folder for calibration.json/.csv and cpsample.json.")],
-    target: Annotated[float, typer.Option(help="Largest acceptable near-copy share, e.g. 0.01.")] = 0.01,
-    n_samples: Annotated[int, typer.Option(min=1, help="Calibration batch size per setting.")] = 100,
+    out: Annotated[Path, typer.Option(help="Folder for calibration.json/.csv, calibration.png and cpsample.json.")],
+    reduction: Annotated[Optional[float], typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.9: to a tenth).")] = 0.9,
+    target: Annotated[Optional[float], typer.Option(help="Also keep the near-copy share at most this, e.g. 0.01.")] = None,
+    n_samples: Annotated[int, typer.Option(min=1, help="Calibration batch size per setting (same noise for every setting).")] = 300,
     alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
-    scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "10,100,1000",
-    tau: Tau = DEFAULT_TAU,
+    scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
+    tau: Tau = None,
     steps: int = 50,
     threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default 0.98, pixels).")] = None,
     model: str = "bundled",
@@ -71,36 +72,61 @@ def calibrate_command(
     device: Device = "cpu",
     seed: Seed = 0,
 ):
-    """Search (alpha, s) for the least aggressive CPSample setting whose near-copy share stays under --target."""
+    """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
+    next to the classifier (calibration.json), where every guarded command finds it."""
+    from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.provenance import write_record
-    from cpsample.workflows.calibrate import GridSettings, choose_setting, run_grid
+    from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
+    from cpsample.workflows.calibrate import GridSettings, calibrated_settings, choose_setting, plot_grid, run_grid
 
-    if not 0.0 <= target <= 1.0:
-        raise ValueError(f"--target is a share in [0, 1], got {target}")
+    for name, value in (("--target", target), ("--reduction", reduction)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} is a share in [0, 1], got {value}")
+    tau = UNCALIBRATED["tau"] if tau is None else tau
     settings = GridSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alphas=_floats(alphas, "--alphas"),
                             scales=_floats(scales, "--scales"), tau=tau, device=device, seed=seed)
     if threshold is not None:
         settings.threshold = threshold
     rows = run_grid(settings)
-    chosen = choose_setting(rows, target)
+    chosen = choose_setting(rows, target, reduction)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "calibration.csv", rows)
-    (out / "calibration.json").write_text(json.dumps({"target": target, "chosen": chosen, "rows": rows}, indent=2))
-    write_record(out, "calibrate", {**settings.__dict__, "target": target}, {"chosen": chosen})
-    table = Table(title=f"calibration on {n_samples} images per setting (target near-copy share <= {target:.1%})")
-    for column in ("alpha", "s", "near-copies", "share (95% CI)", "steps guided", "FD", "time vs plain"):
+    plot_grid(rows, out / "calibration.png", chosen)
+    goal = {"reduction": reduction, "target": target}
+    (out / "calibration.json").write_text(json.dumps({**goal, "chosen": chosen, "rows": rows}, indent=2))
+    write_record(out, "calibrate", {**settings.__dict__, **goal}, {"chosen": chosen})
+    console.print(_grid_table(rows, n_samples))
+    wanted = " and ".join(([f"cut >= {reduction:.0%} vs plain"] if reduction is not None else []) +
+                          ([f"share <= {target:.1%}"] if target is not None else [])) or "any setting"
+    if chosen is None:
+        console.print(f"[bold red]no setting met {wanted}[/]: try larger --alphas or --scales; nothing was saved "
+                      "next to the classifier")
+        raise typer.Exit(code=1)
+    knobs = calibrated_settings(chosen, tau)
+    details = {"model": str(resolve_model_dir(model, "denoiser").resolve()), "goal": goal, "measured": chosen,
+               "plain": rows[0], "n_samples": n_samples, "steps": steps, "seed": seed, "threshold": settings.threshold}
+    console.print(f"chosen: --alpha {knobs['alpha']:g} --scale {knobs['scale']:g} (checks at t <= {knobs['max_t']}; "
+                  f"near-copy share {chosen['near_copy_share']:.1%} vs plain {rows[0]['near_copy_share']:.1%}, "
+                  f"FD {chosen['frechet_distance']:.2f} vs {rows[0]['frechet_distance']:.2f})")
+    if classifier == BUNDLED:
+        console.print(f"the bundled classifier ships its own calibration, which stays as it is; this one is in "
+                      f"{out / 'calibration.json'}: pass --alpha {knobs['alpha']:g} --scale {knobs['scale']:g} to use it")
+    else:
+        path = write_calibration(resolve_model_dir(classifier, "classifier"), knobs, details)
+        console.print(f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it")
+
+
+def _grid_table(rows: list[dict], n_samples: int) -> Table:
+    table = Table(title=f"calibration on {n_samples} images per setting")
+    for column in ("alpha", "s", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row("plain" if row["alpha"] is None else f"{row['alpha']:g}", "-" if row["scale"] is None else f"{row['scale']:g}",
                       str(row["near_copies"]), f"{row['near_copy_share']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})",
                       "-" if row["steps_guided"] is None else f"{row['steps_guided']:.1%}",
+                      "-" if row["last_fired_t"] is None else str(row["last_fired_t"]),
                       "-" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}", f"{row['time_vs_plain']:.2f}x")
-    console.print(table)
-    if chosen is None:
-        console.print(f"[bold red]no setting met the target {target:.1%}[/]: try larger --alphas or --scales")
-        raise typer.Exit(code=1)
-    console.print(f"chosen: --alpha {chosen['alpha']:g} --scale {chosen['scale']:g} "
-                  f"(near-copy share {chosen['near_copy_share']:.1%}, FD {chosen['frechet_distance']:.2f})")
+    return table
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

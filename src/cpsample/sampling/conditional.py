@@ -45,7 +45,7 @@ def parse_classes(text: str | None, info: ClassInfo) -> list[int]:
 
 def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: float = DEFAULT_CFG_SCALE,
                          guard: str | Guard = "none", scheduler: str = "ddim", steps: int = 50, seed: int = 0,
-                         classifier: str | None = None, alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001,
+                         classifier: str | None = None, alpha: float | None = None, scale: float | None = None, tau: float | None = None,
                          batch_size: int = 250, dtype: str = "float32", device: str = "cpu",
                          progress: bool = True, work_dir: Path | None = None, overwrite: bool = False) -> SampleResult:
     """One image per entry of class_labels, with CFG at guidance_scale and the guard applied after the CFG mix.

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
+from cpsample.sampling.guards.cpsample import cpsample_settings
 from cpsample.sampling.sampler import DTYPES, check_finite_step, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
@@ -153,9 +154,11 @@ def latent_shape(pipe, height: int | None = None, width: int | None = None) -> t
     return pipe.unet.config.in_channels, height // factor, width // factor
 
 
-def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float = 0.5, scale: float = 2000.0, tau: float = 0.001,
+def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float | None = None, scale: float | None = None, tau: float | None = None,
                        height: int | None = None, width: int | None = None) -> CPSampleGuard:
-    """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule."""
+    """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule.
+
+    Knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
     from cpsample.sampling.pipeline import check_guard_knobs
     from cpsample.training.classifier import load_classifier
 
@@ -163,7 +166,7 @@ def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float = 0.5, sca
     classifier = load_classifier(classifier_dir, pipe.device)
     check_latent_classifier(classifier, pipe, height, width)
     check_classifier_schedule(Path(classifier_dir), pipe)
-    return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=tau)
+    return CPSampleGuard(classifier, **cpsample_settings(classifier_dir, alpha, scale, tau))
 
 
 def check_latent_classifier(classifier, pipe, height: int | None = None, width: int | None = None) -> None:

@@ -11,21 +11,26 @@ from cpsample.data import Split
 from cpsample.models import load_denoiser, load_noise_schedule
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import GUARDS, AMGGuard, CPSampleGuard, Guard, NoGuard
+from cpsample.sampling.guards.cpsample import cpsample_settings
 from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, make_scheduler, sample, sampling_key, unet_denoiser
 
 
-def build_guard(guard: str, classifier: str = "bundled", alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001,
-                device: str = "cpu", model: str = "bundled", amg_threshold: float = 0.95, amg_scale: float = 1000.0,
-                amg_spec_scale: float = 10.0, transition_t: int | None = None, transition_fraction: float | None = None,
-                dynamic_transition: bool = False, early_scale: float | None = None) -> Guard:
-    """A guard by name, with the options that name uses (the others are ignored)."""
+def build_guard(guard: str, classifier: str = "bundled", alpha: float | None = None, scale: float | None = None,
+                tau: float | None = None, device: str = "cpu", model: str = "bundled", amg_threshold: float = 0.95,
+                amg_scale: float = 1000.0, amg_spec_scale: float = 10.0, transition_t: int | None = None,
+                transition_fraction: float | None = None, dynamic_transition: bool = False,
+                early_scale: float | None = None, max_t: int | None = None) -> Guard:
+    """A guard by name, with the options that name uses (the others are ignored).
+
+    CPSample's knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
     if guard not in GUARDS:
         raise ValueError(f"unknown guard {guard!r}; choose one of {', '.join(GUARDS)}")
     check_guard_knobs(guard, alpha=alpha, scale=scale, tau=tau, amg_threshold=amg_threshold, amg_scale=amg_scale)
     if guard == "cpsample":
         from cpsample.training.classifier import load_classifier
 
-        return CPSampleGuard(load_classifier(resolve_model_dir(classifier, "classifier"), device), alpha=alpha, scale=scale, tau=tau)
+        folder = resolve_model_dir(classifier, "classifier")
+        return CPSampleGuard(load_classifier(folder, device), **cpsample_settings(folder, alpha, scale, tau, max_t))
     if guard == "amg":  # needs the model's training images (and its UNet for the exact gradient)
         return AMGGuard.from_model_dir(model, device=device, threshold=amg_threshold, sim_scale=amg_scale, spec_scale=amg_spec_scale)
     if guard in ("delayed-cfg", "opposite-cfg"):
@@ -85,7 +90,8 @@ def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path, classifier_d
 
 
 def generate(model: str = "bundled", n: int = 64, steps: int = 50, scheduler: str = "ddim", guard: str | Guard = "none",
-             classifier: str = "bundled", alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001, batch_size: int = 250,
+             classifier: str = "bundled", alpha: float | None = None, scale: float | None = None, tau: float | None = None,
+             batch_size: int = 250,
              dtype: str = "float32", device: str = "cpu", seed: int = 0, work_dir: Path | None = None,
              progress: bool = True, guard_options: dict | None = None, overwrite: bool = False) -> SampleResult:
     """Sample n images from a denoiser folder; guard is a name (built with build_guard and guard_options) or a Guard.

@@ -78,6 +78,7 @@ class SampleResult:
     timesteps: np.ndarray | None = None
     denoiser_calls: int = 0
     seconds: float = 0.0
+    guard_settings: dict = field(default_factory=dict)  # the guard's knobs as used (calibrated ones resolved)
 
 
 def unet_denoiser(unet, class_labels: torch.Tensor | None = None) -> Denoise:
@@ -178,7 +179,7 @@ def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: 
             if images[index] is None:
                 images[index], traces[index] = _load_batch(work_dir, index, size)
     merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in (traces[0] if traces else {})}
-    return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started)
+    return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started, guard.settings())
 
 
 def _batch_path(work_dir: Path, index: int) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from cpsample.evaluation.detector import MNIST16_PIXEL_THRESHOLD, NearCopyDetector
 from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models.bundle import resolve_model_dir, training_data
+from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.pipeline import generate
 
 
@@ -26,11 +28,11 @@ from cpsample.sampling.pipeline import generate
 class GridSettings:
     model: str = "bundled"
     classifier: str = "bundled"
-    n_samples: int = 100
+    n_samples: int = 300
     steps: int = 50
     scheduler: str = "ddim"
     alphas: Sequence[float] = (0.001, 0.01, 0.1)
-    scales: Sequence[float] = (10.0, 100.0, 1000.0)
+    scales: Sequence[float] = (3.0, 10.0, 30.0, 100.0)
     tau: float = 0.001
     threshold: float = MNIST16_PIXEL_THRESHOLD
     features: str = "pixels"
@@ -53,8 +55,10 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     rows = []
     for guard, alpha, scale in tqdm(candidates, desc="settings", disable=not progress):
         started = time.time()
+        # Every step is checked here, so the highest timestep at which the guard fires is measured.
         result = generate(guard=guard, classifier=settings.classifier, alpha=alpha or 0.0, scale=scale or 0.0,
-                          tau=settings.tau, **common)
+                          tau=settings.tau, guard_options={"max_t": CHECK_EVERY_STEP} if guard == "cpsample" else None,
+                          **common)
         seconds = time.time() - started
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))
@@ -62,6 +66,7 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
         rows.append({"guard": guard, "alpha": alpha, "scale": scale, "n": len(copies), "near_copies": int(copies.sum()),
                      "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
                      "steps_guided": None if fired is None else float(fired.mean()),
+                     "last_fired_t": _last_fired_t(fired, result.timesteps),
                      "frechet_distance": quality(result.images), "seconds": round(seconds, 2)})
     plain_seconds = rows[0]["seconds"]
     for row in rows:
@@ -69,13 +74,36 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     return rows
 
 
-def choose_setting(rows: list[dict], target: float) -> dict | None:
-    """The feasible CPSample row with the best quality (then the fewest guided steps); None when none meets target."""
-    feasible = [r for r in rows if r["guard"] == "cpsample" and r["near_copy_share"] <= target]
+def choose_setting(rows: list[dict], target: float | None = None, reduction: float | None = None) -> dict | None:
+    """The feasible CPSample row with the best quality (then the fewest guided steps); None when none is feasible.
+
+    Feasible: near-copy share <= target (absolute) and <= (1 - reduction) x plain's share, for those given."""
+    limit = 1.0 if target is None else target
+    if reduction is not None:
+        limit = min(limit, (1.0 - reduction) * next(r for r in rows if r["guard"] == "none")["near_copy_share"])
+    feasible = [r for r in rows if r["guard"] == "cpsample" and r["near_copy_share"] <= limit]
     if not feasible:
         return None
     return min(feasible, key=lambda r: (r["frechet_distance"] if r["frechet_distance"] is not None else 0.0,
                                         r["steps_guided"] or 0.0, r["alpha"], r["scale"]))
+
+
+# Checks above the highest t at which the guard fired on the calibration batch are skipped, with this margin.
+MAX_T_MARGIN = 100
+
+
+def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 1000) -> dict:
+    """The knobs written to calibration.json for a chosen grid row."""
+    last = chosen.get("last_fired_t")
+    max_t = None if last is None else min(num_train_timesteps - 1, int(last) + MAX_T_MARGIN)
+    return {"alpha": chosen["alpha"], "scale": chosen["scale"], "tau": tau, "max_t": max_t}
+
+
+def _last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
+    """The highest timestep at which any sample was guided (fired: steps x samples)."""
+    if fired is None or timesteps is None or not fired.any():
+        return None
+    return int(np.asarray(timesteps)[fired.any(axis=1)].max())
 
 
 def _quality_scorer(quality_net: str | None, reference: np.ndarray):
@@ -86,3 +114,30 @@ def _quality_scorer(quality_net: str | None, reference: np.ndarray):
 
     net = load_feature_net(quality_net)
     return lambda images: float(frechet_distance_in(net, reference, images.numpy())["value"])
+
+
+def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None) -> Path:
+    """Near-copy share against Frechet distance, one point per setting (plain in red, the chosen one circled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["frechet_distance"] is not None]
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        label = "plain" if row["alpha"] is None else f"a={row['alpha']:g}, s={row['scale']:g}"
+        point = (row["frechet_distance"], 100 * row["near_copy_share"])
+        axis.scatter(*point, color="red" if row["alpha"] is None else "tab:blue")
+        if row is chosen:
+            axis.scatter(*point, s=160, facecolors="none", edgecolors="green", linewidths=2, label="chosen")
+        axis.annotate(label, point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_xlabel("Frechet distance to held-out images (feature net; lower = better quality)")
+    axis.set_ylabel("near-copies (% of samples)")
+    axis.set_title("CPSample replication / quality trade-off")
+    if chosen is not None:
+        axis.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)

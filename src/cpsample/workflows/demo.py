@@ -26,11 +26,10 @@ class DemoSettings:
     n_samples: int = 500
     steps: int = 50
     scheduler: str = "ddim"
-    # The paper's LSUN Church setting, and what `cpsample calibrate --target 0.05` picks on the bundled model (best
-    # quality among the settings keeping near-copies under 5%); the paper's CelebA 0.001 / 1000 wrecks guided samples here.
-    alpha: float = 0.1
-    scale: float = 10.0
-    tau: float = 0.001
+    # None: the classifier's calibration (calibration.json next to it, as `cpsample calibrate` writes it).
+    alpha: float | None = None
+    scale: float | None = None
+    tau: float | None = None
     threshold: float = MNIST16_PIXEL_THRESHOLD
     features: str = "pixels"
     mia_members: int = 200
@@ -70,8 +69,8 @@ def sample_three_ways(settings: DemoSettings, out: Path, members: np.ndarray, pr
     for name in costs:
         costs[name]["time_vs_plain"] = costs[name]["seconds"] / max(costs["plain"]["seconds"], 1e-9)
     images = {"plain": plain.images, "cpsample": protected.images, "rejection": rejected.images}
-    figures = _sample_figures(out, images, protected, settings.alpha)
-    return images, {"costs": costs, "figures": figures}
+    figures = _sample_figures(out, images, protected, protected.guard_settings["alpha"])
+    return images, {"costs": costs, "figures": figures, "cpsample_settings": protected.guard_settings}
 
 
 def _cost(seconds: float, calls: int, accepted: int) -> dict:
@@ -123,9 +122,11 @@ def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
                        features=settings.features, threshold=settings.threshold, figures_dir=out, membership=membership,
                        seed=settings.seed, progress=progress)
     results["costs"] = sampled["costs"]
+    results["cpsample_settings"] = sampled["cpsample_settings"]  # as used: calibrated knobs resolved
     results["figures"] = {**results.get("figures", {}), **sampled["figures"]}
     results["seconds_total"] = round(time.time() - started, 1)
     paths = write_report(out, results, title="cpsample demo: plain vs CPSample vs rejection sampling")
     np.savez_compressed(out / "samples.npz", **{name: batch.numpy() for name, batch in images.items()})
-    write_record(out, "demo", asdict(settings), {"report": str(paths["html"]), "seconds": results["seconds_total"]})
+    write_record(out, "demo", asdict(settings), {"report": str(paths["html"]), "seconds": results["seconds_total"],
+                                                 "cpsample_settings": results["cpsample_settings"]})
     return results
