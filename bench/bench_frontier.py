@@ -45,15 +45,20 @@ def main() -> None:
     parser.add_argument("--amg-scales", default="100,300,1000")
     parser.add_argument("--rejection-thresholds", default="0.99,0.985,0.98")
     parser.add_argument("--reduction", type=float, default=0.9)
+    parser.add_argument("--quality-net", default="bundled",
+                        help="feature net for the FD column and class shares ('bundled' digit net, or a train-feature-net folder)")
     parser.add_argument("--mia-members", type=int, default=150, help="0 skips membership inference")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replot", action="store_true", help="only redraw frontier.png from --out's CSVs")
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.out, f"{args.model}: {args.n_samples} images per setting")
     seed_everything(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     classifiers = dict(spec.split("=", 1) for spec in (args.classifier or ["paper=bundled"]))
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net("bundled"), heldout)
+    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net(args.quality_net), heldout)
     common = dict(model=args.model, n=args.n_samples, steps=args.steps, seed=args.seed, batch_size=200, progress=False)
 
     rows = [measure(judge, args, "plain", "-", {"guard": "none"}, common)]
@@ -68,6 +73,7 @@ def main() -> None:
         rows.append(measure(judge, args, "amg", f"c3={amg_scale:g}", options, common))
     for threshold in floats(args.rejection_thresholds):
         rows.append(rejection_row(judge, args, members, threshold, common))
+    add_class_ratios(rows)
     write_csv(args.out / "frontier.csv", rows)
     chosen = choose_per_method(rows, args.reduction)
     for row in chosen:
@@ -85,7 +91,8 @@ def measure(judge: Judge, args, method: str, setting: str, options: dict, common
     fired = result.trace.get("fired")
     row = judge.row(args.model, method, result.images, time.time() - started, setting=setting,
                     steps_guided=None if fired is None else float(fired.mean()),
-                    last_fired_t=_last_fired_t(fired, result.timesteps), options=options)
+                    last_fired_t=_last_fired_t(fired, result.timesteps), options=options,
+                    **class_balance(judge, result.images))
     print(f"{method} {setting}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True)
     return row
 
@@ -95,9 +102,25 @@ def rejection_row(judge: Judge, args, members: np.ndarray, threshold: float, com
     result = rejection_sample(lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
                               args.n_samples, NearCopyDetector(members, threshold))
     row = judge.row(args.model, "rejection", result.images, time.time() - started, setting=f"thr={threshold:g}",
-                    denoiser_calls_per_image=result.calls_per_image, options={"guard": "none", "rejection": threshold})
+                    denoiser_calls_per_image=result.calls_per_image, options={"guard": "none", "rejection": threshold},
+                    **class_balance(judge, result.images))
     print(f"rejection {threshold:g}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True)
     return row
+
+
+def class_balance(judge: Judge, images) -> dict:
+    """The digit net's class shares of the samples (compared with plain sampling's in `add_class_ratios`)."""
+    counts = np.bincount(judge.net.predict(np.asarray(images)), minlength=judge.net.num_classes)
+    return {"class_shares": (counts / counts.sum()).round(4).tolist()}
+
+
+def add_class_ratios(rows: list[dict]) -> None:
+    """max_class_ratio: the largest factor by which a class's share grew against plain sampling (rows[0])."""
+    smooth = lambda row: (np.asarray(row["class_shares"]) * row["n"] + 1) / (row["n"] + len(row["class_shares"]))
+    plain = smooth(rows[0])  # add-one smoothing: a class plain sampling never drew does not divide by zero
+    for row in rows:
+        row["largest_class_share"] = float(np.max(row["class_shares"]))
+        row["max_class_ratio"] = float((smooth(row) / plain).max())
 
 
 def choose_per_method(rows: list[dict], reduction: float) -> list[dict]:
@@ -157,6 +180,7 @@ def _last_fired_t(fired, timesteps):
 
 
 def plot_frontier(rows: list[dict], chosen: list[dict], path: Path, title: str) -> None:
+    """Every setting as a point; each method's Pareto front (fewest near-copies at a given FD) as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,19 +189,29 @@ def plot_frontier(rows: list[dict], chosen: list[dict], path: Path, title: str) 
     figure, axis = plt.subplots(figsize=(7, 5))
     markers = {"plain": "*", "amg": "s", "rejection": "^"}
     for method in dict.fromkeys(r["method"] for r in rows):
-        series = sorted((r for r in rows if r["method"] == method), key=lambda r: r["fd_digitnet"])
-        axis.plot([r["fd_digitnet"] for r in series], [100 * r["near_copy_share"] for r in series],
-                  marker=markers.get(method, "o"), markersize=9 if method == "plain" else 5, lw=0.8, label=method)
+        points = sorted((float(r["fd_digitnet"]), 100 * float(r["near_copy_share"])) for r in rows if r["method"] == method)
+        front = [p for i, p in enumerate(points) if all(p[1] < q[1] for q in points[:i])]
+        line, = axis.plot(*zip(*front), marker=markers.get(method, "o"), markersize=10 if method == "plain" else 5,
+                          lw=1.2, label=method)
+        axis.scatter(*zip(*points), marker=markers.get(method, "o"), s=14, color=line.get_color(), alpha=0.4)
     for row in chosen[1:]:
-        axis.scatter(row["fd_digitnet"], 100 * row["near_copy_share"], s=150, facecolors="none", edgecolors="black")
+        axis.scatter(float(row["fd_digitnet"]), 100 * float(row["near_copy_share"]), s=150, facecolors="none",
+                     edgecolors="black")
     axis.set_xscale("log")
     axis.set_xlabel("FD_digitnet to held-out images (log scale; lower = better quality)")
     axis.set_ylabel("near-copies (% of samples)")
-    axis.set_title(title + " (circled: each method's chosen setting)")
+    axis.set_title(title + "\n(lines: each method's Pareto front; circled: its setting that cuts near-copies by 90%)",
+                   fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def replot(out: Path, title: str) -> None:
+    """Redraw frontier.png from the CSVs a finished run wrote."""
+    read = lambda name: list(csv.DictReader(open(out / name)))
+    plot_frontier(read("frontier.csv"), read("chosen.csv"), out / "frontier.png", title)
 
 
 def floats(text: str) -> list[float]:

@@ -114,3 +114,15 @@ def test_calibration_travels_with_the_classifier(tmp_path):
                                    "--alpha", "0.1", "--out", str(tmp_path / "explicit")])
     key = json.loads((tmp_path / "explicit" / "batches" / "settings.json").read_text())
     assert explicit.exit_code == 0 and key["guard_settings"]["alpha"] == 0.1 and key["guard_settings"]["max_t"] is None
+
+
+def test_the_bundled_classifier_ships_its_calibration(bundled_dirs, capsys):
+    from cpsample.sampling.guards.cpsample import cpsample_settings, read_calibration
+
+    _, classifier_dir = bundled_dirs
+    shipped = read_calibration(classifier_dir)
+    assert shipped["goal"]["reduction"] == 0.9 and shipped["measured"]["near_copy_share"] <= 0.1 * shipped["plain"]["near_copy_share"]
+    assert cpsample_settings(classifier_dir) == shipped["settings"]
+    assert "no calibration.json" not in capsys.readouterr().err
+    # A different alpha does not inherit a check window measured for another one.
+    assert cpsample_settings(classifier_dir, alpha=0.01)["max_t"] is None

@@ -69,6 +69,7 @@ def calibrate_command(
     threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default 0.98, pixels).")] = None,
     model: str = "bundled",
     classifier: str = "bundled",
+    quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (MNIST digits) or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
     device: Device = "cpu",
     seed: Seed = 0,
 ):
@@ -84,7 +85,7 @@ def calibrate_command(
             raise ValueError(f"{name} is a share in [0, 1], got {value}")
     tau = UNCALIBRATED["tau"] if tau is None else tau
     settings = GridSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alphas=_floats(alphas, "--alphas"),
-                            scales=_floats(scales, "--scales"), tau=tau, device=device, seed=seed)
+                            scales=_floats(scales, "--scales"), tau=tau, quality_net=quality_net, device=device, seed=seed)
     if threshold is not None:
         settings.threshold = threshold
     rows = run_grid(settings)

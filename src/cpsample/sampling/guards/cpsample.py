@@ -31,8 +31,8 @@ CHECK_EVERY_STEP = 10**9  # a max_t above every timestep: the paper's rule, what
 class CPSampleGuard(Guard):
     name = "cpsample"
 
-    def __init__(self, classifier: TimeClassifier, alpha: float = 0.001, scale: float = 1000.0, tau: float = 0.001,
-                 max_t: int | None = None):
+    def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
+                 scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None):
         """max_t: check the classifier only at timesteps t <= max_t (None: every step, the paper's rule). Above the
         highest t at which a classifier can be over-confident, the check costs time and never fires."""
         super().__init__()
