@@ -24,7 +24,7 @@ from cpsample.provenance import seed_everything, write_record
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
 
-ALPHA, SCALE = 0.1, 10.0  # the CLI defaults (see cli/common.py)
+ALPHA, SCALE = None, None  # the classifier's calibration, as the CLI uses it
 
 
 def main() -> None:

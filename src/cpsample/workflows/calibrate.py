@@ -9,6 +9,7 @@ from the knobs alone. The same grid runner feeds the benchmark's trade-off table
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,14 +89,16 @@ def choose_setting(rows: list[dict], target: float | None = None, reduction: flo
                                         r["steps_guided"] or 0.0, r["alpha"], r["scale"]))
 
 
-# Checks above the highest t at which the guard fired on the calibration batch are skipped, with this margin.
-MAX_T_MARGIN = 100
+# The guard skips its checks above max_t: the highest t at which it fired on the calibration batch, plus at least
+# MAX_T_MARGIN (one step of 50-step DDIM), rounded up to a multiple of 100. Measured on the bundled model: 380 on
+# the calibration batch, 380 and 400 on 600 samples each of two other seeds -> max_t 400.
+MAX_T_MARGIN = 20
 
 
 def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 1000) -> dict:
     """The knobs written to calibration.json for a chosen grid row."""
     last = chosen.get("last_fired_t")
-    max_t = None if last is None else min(num_train_timesteps - 1, int(last) + MAX_T_MARGIN)
+    max_t = None if last is None else min(num_train_timesteps - 1, math.ceil((int(last) + MAX_T_MARGIN) / 100) * 100)
     return {"alpha": chosen["alpha"], "scale": chosen["scale"], "tau": tau, "max_t": max_t}
 
 
