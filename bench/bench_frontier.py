@@ -28,7 +28,7 @@ from cpsample.provenance import seed_everything, write_record
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
-from cpsample.workflows.calibrate import calibrated_settings
+from cpsample.workflows.calibrate import calibrated_settings, last_fired_t
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ def measure(judge: Judge, args, method: str, setting: str, options: dict, common
     fired = result.trace.get("fired")
     row = judge.row(args.model, method, result.images, time.time() - started, setting=setting,
                     steps_guided=None if fired is None else float(fired.mean()),
-                    last_fired_t=_last_fired_t(fired, result.timesteps), options=options,
+                    last_fired_t=last_fired_t(fired, result.timesteps), options=options,
                     **class_balance(judge, result.images))
     print(f"{method} {setting}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True)
     return row
@@ -171,12 +171,6 @@ def mia_aucs(args, options: dict) -> dict:
                             options.get("scale"), model=args.model, **options.get("guard_options", {}))
     results = run_mia(args.model, guard=guard, n_members=args.mia_members, seed=args.seed, progress=False)
     return {f"mia_{name}_auc": round(result.auc, 4) for name, result in results.items()}
-
-
-def _last_fired_t(fired, timesteps):
-    if fired is None or timesteps is None or not fired.any():
-        return None
-    return int(np.asarray(timesteps)[fired.any(axis=1)].max())
 
 
 def plot_frontier(rows: list[dict], chosen: list[dict], path: Path, title: str) -> None:

@@ -93,3 +93,30 @@ def test_fine_tune_from_init_leaves_pretraining_images_out_of_the_split(tmp_path
     wrong_size = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "bad"), "--subset", "20", "--steps", "2",
                                      "--init", str(tmp_path / "pre"), *common[:2], "--image-size", "8"])
     assert wrong_size.exit_code == 2 and "--image-size 16" in wrong_size.output
+
+
+def test_negatives_make_the_classifier_unsure_away_from_members(tmp_path, mnist16):
+    from cpsample.models import build_noise_schedule
+    from cpsample.workflows.negatives import load_negatives
+
+    split = make_split(len(mnist16), 8, seed=1, source="mnist")
+    members = mnist16.take(split.members)
+    # Public images that include the members themselves: those are dropped, the rest are far from every member.
+    negatives = load_negatives("mnist", members.images, 8, "bundled", 16, seed=0)
+    from cpsample.evaluation import NearCopyDetector
+
+    assert negatives.shape == (8, 1, 16, 16) and not NearCopyDetector(members.images, 0.95)(negatives).any()
+    config = TrainConfig(steps=300, batch_size=16, lr=2e-3, ema_decay=0.9, seed=0, save_every=1000)
+    confidence = {}
+    for name, extra in (("paper", {}), ("selective", {"negatives": negatives, "negatives_source": "mnist"})):
+        summary = train_classifier(members, split, build_noise_schedule(), tmp_path / name, config, label_seed=5,
+                                   relabel_after=200, block_out_channels=TINY, **extra)
+        assert summary["negatives"] == (8 if extra else 0) and summary["per_timestep"][0]["accuracy"] == 1.0
+        model = load_classifier(tmp_path / name)
+        with torch.no_grad():
+            sure = lambda images: float(model(torch.as_tensor(images), torch.zeros(len(images), dtype=torch.long))
+                                        .softmax(-1).max(-1).values.mean())
+            confidence[name] = (sure(members.images), sure(negatives))
+    # Same members, same labels and steps: the negatives leave the members' labels known, the non-members unsure.
+    assert confidence["selective"][0] > 0.8
+    assert confidence["selective"][1] < confidence["paper"][1] - 0.1, confidence

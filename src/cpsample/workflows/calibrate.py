@@ -67,7 +67,7 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
         rows.append({"guard": guard, "alpha": alpha, "scale": scale, "n": len(copies), "near_copies": int(copies.sum()),
                      "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
                      "steps_guided": None if fired is None else float(fired.mean()),
-                     "last_fired_t": _last_fired_t(fired, result.timesteps),
+                     "last_fired_t": last_fired_t(fired, result.timesteps),
                      "frechet_distance": quality(result.images), "seconds": round(seconds, 2)})
     plain_seconds = rows[0]["seconds"]
     for row in rows:
@@ -102,7 +102,7 @@ def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 100
     return {"alpha": chosen["alpha"], "scale": chosen["scale"], "tau": tau, "max_t": max_t}
 
 
-def _last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
+def last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
     """The highest timestep at which any sample was guided (fired: steps x samples)."""
     if fired is None or timesteps is None or not fired.any():
         return None
