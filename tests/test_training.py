@@ -96,6 +96,7 @@ def test_fine_tune_from_init_leaves_pretraining_images_out_of_the_split(tmp_path
 
 
 def test_negatives_make_the_classifier_unsure_away_from_members(tmp_path, mnist16):
+    from cpsample.evaluation import NearCopyDetector
     from cpsample.models import build_noise_schedule
     from cpsample.workflows.negatives import load_negatives
 
@@ -103,8 +104,6 @@ def test_negatives_make_the_classifier_unsure_away_from_members(tmp_path, mnist1
     members = mnist16.take(split.members)
     # Public images that include the members themselves: those are dropped, the rest are far from every member.
     negatives = load_negatives("mnist", members.images, 8, "bundled", 16, seed=0)
-    from cpsample.evaluation import NearCopyDetector
-
     assert negatives.shape == (8, 1, 16, 16) and not NearCopyDetector(members.images, 0.95)(negatives).any()
     config = TrainConfig(steps=300, batch_size=16, lr=2e-3, ema_decay=0.9, seed=0, save_every=1000)
     confidence = {}
