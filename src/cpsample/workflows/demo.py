@@ -43,10 +43,10 @@ def sample_three_ways(settings: DemoSettings, out: Path, members: np.ndarray, pr
     common = dict(model=settings.model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
                   batch_size=settings.batch_size, device=settings.device, progress=progress)
     # samples/ is the demo's own cache: a rerun with other settings redraws it (overwrite) rather than refusing.
-    cache = dict(overwrite=True)
-    plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", **common, **cache)
+    plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", overwrite=True, **common)
     protected = generate(guard="cpsample", classifier=settings.classifier, alpha=settings.alpha, scale=settings.scale,
-                         tau=settings.tau, seed=settings.seed, work_dir=out / "samples" / "cpsample", **common, **cache)
+                         tau=settings.tau, seed=settings.seed, work_dir=out / "samples" / "cpsample", overwrite=True,
+                         **common)
     detector = NearCopyDetector(members, settings.threshold, settings.features)
 
     def draw(count: int, round_index: int):
