@@ -16,7 +16,8 @@ from cpsample.models import load_noise_schedule
 from cpsample.models.bundle import training_data
 from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler
 from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes, sample_labels
-from cpsample.training.classifier import load_classifier, train_classifier
+from cpsample.models.classifier import load_classifier
+from cpsample.training.classifier import train_classifier
 from cpsample.training.conditional import conditional_eps_loss, drop_labels, train_conditional
 from cpsample.training.loop import TrainConfig
 

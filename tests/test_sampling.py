@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cpsample.cli.main import app
 from cpsample.models import load_denoiser
 from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler, sample, unet_denoiser
-from cpsample.training.classifier import load_classifier
+from cpsample.models.classifier import load_classifier
 
 N, STEPS = 12, 10
 

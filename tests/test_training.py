@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from cpsample.data import make_split
 from cpsample.models import load_denoiser
-from cpsample.training.classifier import load_classifier, per_timestep_report, train_classifier
+from cpsample.models.classifier import load_classifier
+from cpsample.training.classifier import per_timestep_report, train_classifier
 from cpsample.training.denoiser import train_denoiser
 from cpsample.training.loop import TrainConfig
 

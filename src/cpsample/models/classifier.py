@@ -6,12 +6,16 @@ layer conventions, and saved like any diffusers model (config.json + safetensors
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
+
+from cpsample.models.denoiser import from_pretrained_safely
 
 
 class TimeClassifier(ModelMixin, ConfigMixin):
@@ -53,3 +57,11 @@ class TimeClassifier(ModelMixin, ConfigMixin):
         hidden = self.mid_block(hidden, emb)
         hidden = self.pool(self.act(self.norm_out(hidden))).flatten(1)
         return self.head(hidden)
+
+
+def load_classifier(folder: Path, device: str | torch.device = "cpu") -> TimeClassifier:
+    folder = Path(folder)
+    path = folder / "classifier" if (folder / "classifier" / "config.json").exists() else folder
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no classifier here (expected classifier/config.json, as written by train-classifier)")
+    return from_pretrained_safely(TimeClassifier, path).to(device).eval()

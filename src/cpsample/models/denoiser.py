@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,3 +74,35 @@ def from_pretrained_safely(model_class, path: Path):
         detail = " ".join(str(error).split())[:160]
         raise ValueError(f"{path}: cannot load the model ({type(error).__name__}: {detail}); it needs a valid config.json "
                          "and diffusion_pytorch_model.safetensors (pickled .bin weights are never loaded)") from None
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """What a conditional model knows about its classes: labels 0..num_classes-1, plus the null label."""
+
+    num_classes: int
+    null_label: int
+
+    def check(self, class_labels) -> list[int]:
+        """The labels as ints; a label the model was not trained on is an error, not a silent null label."""
+        labels = [int(label) for label in class_labels]
+        unknown = sorted({label for label in labels if not 0 <= label < self.num_classes})
+        if unknown:
+            raise ValueError(f"unknown class {', '.join(map(str, unknown))}: this model knows classes 0-{self.num_classes - 1}")
+        return labels
+
+
+def read_class_info(model_dir: Path, num_class_embeds: int | None) -> ClassInfo:
+    """num_classes / null_label from the model's cpsample.json, else from the UNet (last embedding = null label)."""
+    if num_class_embeds is None:
+        raise ValueError(f"{model_dir}: this denoiser is not class-conditional (its UNet has no class embedding); "
+                         "train one with `cpsample train-conditional`")
+    record = Path(model_dir) / "cpsample.json"
+    settings = json.loads(record.read_text()).get("settings", {}) if record.exists() else {}
+    if "num_classes" in settings and "null_label" in settings:
+        info = ClassInfo(int(settings["num_classes"]), int(settings["null_label"]))
+    else:
+        info = ClassInfo(num_class_embeds - 1, num_class_embeds - 1)
+    if info.null_label >= num_class_embeds:
+        raise ValueError(f"{model_dir}: null label {info.null_label} has no embedding (the UNet has {num_class_embeds})")
+    return info

@@ -18,7 +18,7 @@ from cpsample.sampling.guards import Guard, NoGuard
 from cpsample.sampling.pipeline import build_guard, check_device, check_guard_fits
 from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample,
                                       sampling_key)
-from cpsample.training.conditional import ClassInfo, read_class_info
+from cpsample.models.denoiser import ClassInfo, read_class_info
 
 DEFAULT_CFG_SCALE = 3.0
 

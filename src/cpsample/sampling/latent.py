@@ -160,7 +160,7 @@ def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float | None = N
 
     Knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
     from cpsample.sampling.pipeline import check_guard_knobs
-    from cpsample.training.classifier import load_classifier
+    from cpsample.models.classifier import load_classifier
 
     check_guard_knobs("cpsample", alpha=alpha, scale=scale, tau=tau)
     classifier = load_classifier(classifier_dir, pipe.device)

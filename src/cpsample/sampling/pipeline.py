@@ -27,7 +27,7 @@ def build_guard(guard: str, classifier: str = "bundled", alpha: float | None = N
         raise ValueError(f"unknown guard {guard!r}; choose one of {', '.join(GUARDS)}")
     check_guard_knobs(guard, alpha=alpha, scale=scale, tau=tau, amg_threshold=amg_threshold, amg_scale=amg_scale)
     if guard == "cpsample":
-        from cpsample.training.classifier import load_classifier
+        from cpsample.models.classifier import load_classifier
 
         folder = resolve_model_dir(classifier, "classifier")
         return CPSampleGuard(load_classifier(folder, device), **cpsample_settings(folder, alpha, scale, tau, max_t))

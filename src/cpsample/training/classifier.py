@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
 from cpsample.models.classifier import TimeClassifier
-from cpsample.models.denoiser import from_pretrained_safely
 from cpsample.provenance import write_record
 from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
 
@@ -158,11 +157,3 @@ def _relabel_unfit(trainer: Trainer, images, schedule, max_t: int, threshold: fl
     trainer.targets = trainer.targets.clone()
     trainer.targets[torch.from_numpy(unfit)] = 0
     return unfit.tolist()
-
-
-def load_classifier(folder: Path, device: str | torch.device = "cpu") -> TimeClassifier:
-    folder = Path(folder)
-    path = folder / "classifier" if (folder / "classifier" / "config.json").exists() else folder
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: no classifier here (expected classifier/config.json, as written by train-classifier)")
-    return from_pretrained_safely(TimeClassifier, path).to(device).eval()

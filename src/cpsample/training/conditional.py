@@ -9,9 +9,8 @@ num_classes and null_label recorded, so `train_classifier` can train CPSample's 
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from cpsample.data import DataError, ImageSet, Split
-from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, save_denoiser
+from cpsample.models.denoiser import DEFAULT_CHANNELS, ClassInfo, build_denoiser, build_noise_schedule, save_denoiser
 from cpsample.provenance import write_record
 from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
 
 DEFAULT_LABEL_DROPOUT = 0.1
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """What a conditional model knows about its classes: labels 0..num_classes-1, plus the null label."""
-
-    num_classes: int
-    null_label: int
-
-    def check(self, class_labels) -> list[int]:
-        """The labels as ints; a label the model was not trained on is an error, not a silent null label."""
-        labels = [int(label) for label in class_labels]
-        unknown = sorted({label for label in labels if not 0 <= label < self.num_classes})
-        if unknown:
-            raise ValueError(f"unknown class {', '.join(map(str, unknown))}: this model knows classes 0-{self.num_classes - 1}")
-        return labels
 
 
 def drop_labels(labels: torch.Tensor, probability: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
@@ -117,19 +100,3 @@ def train_conditional(members: ImageSet, split: Split, out_dir: Path, config: Tr
                       "label_dropout": label_dropout, "conditional": True, **asdict(info)},
                      {**summary, "history": trainer.history})
     return summary
-
-
-def read_class_info(model_dir: Path, num_class_embeds: int | None) -> ClassInfo:
-    """num_classes / null_label from the model's cpsample.json, else from the UNet (last embedding = null label)."""
-    if num_class_embeds is None:
-        raise ValueError(f"{model_dir}: this denoiser is not class-conditional (its UNet has no class embedding); "
-                         "train one with `cpsample train-conditional`")
-    record = Path(model_dir) / "cpsample.json"
-    settings = json.loads(record.read_text()).get("settings", {}) if record.exists() else {}
-    if "num_classes" in settings and "null_label" in settings:
-        info = ClassInfo(int(settings["num_classes"]), int(settings["null_label"]))
-    else:
-        info = ClassInfo(num_class_embeds - 1, num_class_embeds - 1)
-    if info.null_label >= num_class_embeds:
-        raise ValueError(f"{model_dir}: null label {info.null_label} has no embedding (the UNet has {num_class_embeds})")
-    return info

@@ -188,7 +188,7 @@ def _unconditional_eps(unet, folder: Path) -> Denoise:
     """The UNet as (x_t, t) -> eps; a class-conditional one answers with its null label (its unconditional branch)."""
     if unet.config.num_class_embeds is None:
         return lambda x, t: unet(x, t).sample
-    from cpsample.training.conditional import read_class_info
+    from cpsample.models.denoiser import read_class_info
 
     null = read_class_info(folder, unet.config.num_class_embeds).null_label
     return lambda x, t: unet(x, t, class_labels=torch.full((len(x),), null, device=x.device)).sample
