@@ -66,10 +66,10 @@ def main() -> None:
         for alpha in floats(args.alphas):
             for scale in floats(args.scales):
                 options = {"guard": "cpsample", "classifier": folder, "alpha": alpha, "scale": scale, "tau": 0.001,
-                           "guard_options": {"max_t": CHECK_EVERY_STEP}}
+                           "max_t": CHECK_EVERY_STEP}
                 rows.append(measure(judge, args, f"cpsample ({name})", f"a={alpha:g} s={scale:g}", options, common))
     for amg_scale in floats(args.amg_scales):
-        options = {"guard": "amg", "guard_options": {"amg_scale": amg_scale}}
+        options = {"guard": "amg", "sim_scale": amg_scale}
         rows.append(measure(judge, args, "amg", f"c3={amg_scale:g}", options, common))
     for threshold in floats(args.rejection_thresholds):
         rows.append(rejection_row(judge, args, members, threshold, common))
@@ -142,7 +142,7 @@ def chosen_extras(row: dict, args, common: dict) -> dict:
     if row["method"].startswith("cpsample"):
         knobs = calibrated_settings({"alpha": options["alpha"], "scale": options["scale"],
                                      "last_fired_t": row["last_fired_t"]}, tau=0.001)
-        options["guard_options"] = {"max_t": knobs["max_t"]}
+        options["max_t"] = knobs["max_t"]
         extras["max_t"] = knobs["max_t"]
         extras["time_vs_plain_with_max_t"] = timed(options, common) / timed({"guard": "none"}, common)
     if args.mia_members > 0 and "rejection" not in options:
@@ -163,12 +163,13 @@ def timed(options: dict, common: dict, repeats: int = 2) -> float:
 def mia_aucs(args, options: dict) -> dict:
     """Loss-attack and PIA AUC against the denoiser as the method deploys it (CPSample with its check window)."""
     from cpsample.attacks import run_mia
-    from cpsample.sampling.pipeline import build_guard
+    from cpsample.sampling.guards import GuardContext, build_guard
 
     guard = "none"
     if options["guard"] != "none":
-        guard = build_guard(options["guard"], options.get("classifier", "bundled"), options.get("alpha"),
-                            options.get("scale"), model=args.model, **options.get("guard_options", {}))
+        knobs = {key: value for key, value in options.items() if key not in ("guard", "classifier")}
+        context = GuardContext(model=args.model, classifier=options.get("classifier", "bundled"))
+        guard = build_guard(options["guard"], context, **knobs)
     results = run_mia(args.model, guard=guard, n_members=args.mia_members, seed=args.seed, progress=False)
     return {f"mia_{name}_auc": round(result.auc, 4) for name, result in results.items()}
 

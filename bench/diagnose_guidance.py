@@ -21,7 +21,8 @@ from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import write_record
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP, CPSampleGuard
-from cpsample.sampling.pipeline import build_guard, generate
+from cpsample.sampling.guards import GuardContext, build_guard
+from cpsample.sampling.pipeline import generate
 
 WINDOWS = ((0, 1000), (0, 100), (100, 200), (200, 300), (300, 1000))
 
@@ -33,12 +34,13 @@ class WindowedGuard(CPSampleGuard):
         super().__init__(base.classifier, base.alpha, base.scale, base.tau, CHECK_EVERY_STEP)
         self.low, self.high = low, high
 
-    def adjust(self, eps, x_t, t, abar_t):
-        adjusted = super().adjust(eps, x_t, t, abar_t)
+    def correct(self, predictions, x_t, t, abar_t):
+        (eps,) = predictions
+        (adjusted,) = super().correct(predictions, x_t, t, abar_t)
         inside = self.low <= int(t[0]) < self.high
         change = (adjusted - eps).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1)
         self.record(relative_change=change if inside else torch.zeros_like(change))
-        return adjusted if inside else eps
+        return (adjusted if inside else eps,)
 
 
 def main() -> None:
@@ -55,7 +57,7 @@ def main() -> None:
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
     judge = Judge(NearCopyDetector(dataset.images[split.members]), load_feature_net("bundled"),
                   dataset.images[split.nonmembers])
-    base = build_guard("cpsample", args.classifier, args.alpha, args.scale, model=args.model)
+    base = build_guard("cpsample", GuardContext(model=args.model, classifier=args.classifier), alpha=args.alpha, scale=args.scale)
     common = dict(model=args.model, n=args.n_samples, seed=args.seed, batch_size=200, progress=False)
     rows = [judge.row(args.model, "plain", generate(**common).images, 0.0, window="-")]
     per_step = None

@@ -81,6 +81,26 @@ def test_plain_loop_reproduces_the_diffusers_pipeline(setup):
     assert torch.allclose(ours.images * 0.5 + 0.5, theirs, atol=1e-5)
 
 
+def test_protected_stable_diffusion_pipeline_matches_the_own_loop_bit_for_bit(setup):
+    """The push on both CFG halves passes through the pipeline's mix: the same latents as CPSample after the mix."""
+    from cpsample.sampling.protect import protect, protection_of, unprotect
+
+    pipe = setup["pipe"]
+    ours = sample_sd(pipe, PROMPTS[:1], build_latent_guard(setup["classifier"], pipe, alpha=0.5, scale=100.0),
+                     images_per_prompt=2, steps=5, seed=1, progress=False)
+    protect(pipe, setup["classifier"], alpha=0.5, scale=100.0)
+    try:
+        with pytest.raises(ValueError, match="unprotect"):  # the own loop would push twice
+            sample_sd(pipe, PROMPTS[:1], None, progress=False)
+        theirs = pipe(PROMPTS[0], num_images_per_prompt=2, num_inference_steps=5, guidance_scale=7.5,
+                      generator=torch.Generator().manual_seed(1), output_type="latent").images
+        fired = np.stack(protection_of(pipe).guard.trace["fired"])
+    finally:
+        unprotect(pipe)
+    assert torch.equal(ours.latents, theirs.float().cpu())
+    assert fired.all() and np.array_equal(fired, ours.trace["fired"])
+
+
 def test_sampling_with_and_without_cpsample(setup):
     pipe = setup["pipe"]
     plain = sample_sd(pipe, PROMPTS, None, images_per_prompt=2, steps=5, progress=False)

@@ -1,3 +1,33 @@
-"""cpsample: classifier-protected sampling for diffusion models, with the tools to measure how much a model copies."""
+"""cpsample: classifier-protected sampling for diffusion models, with the tools to measure how much a model copies.
+
+The Python API in one place (see README "Python API"); each name is imported on first use, so `import cpsample`
+stays cheap for the command line:
+
+    model = cpsample.DiffusionModel.from_pretrained("bundled")
+    pipe = cpsample.protect(DDIMPipeline(unet=model.unet, scheduler=...), "bundled")
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_API = {
+    "DiffusionModel": "cpsample.models.pretrained",
+    "Classifier": "cpsample.models.pretrained",
+    "protect": "cpsample.sampling.protect",
+    "unprotect": "cpsample.sampling.protect",
+    "protection_of": "cpsample.sampling.protect",
+    "generate": "cpsample.sampling.pipeline",
+    "build_guard": "cpsample.sampling.guards",
+    "GuardContext": "cpsample.sampling.guards",
+    "GUARDS": "cpsample.sampling.guards",
+    "NearCopyDetector": "cpsample.evaluation.detector",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'cpsample' has no attribute {name!r}")
+    return getattr(import_module(_API[name]), name)

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from cpsample.attacks.metrics import Separation, separation
 from cpsample.data import ImageSet
+from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.guards import Guard
+from cpsample.sampling.guards.base import guided_eps
 
 ATTACKS = ("loss", "pia")
 DEFAULT_LOSS_TIMESTEPS = (100, 200, 300)
@@ -118,7 +120,7 @@ class EpsPredictor:
         # Tell step-aware guards where this t would fall in a full-length sampling run.
         self.guard.begin_step(self.num_train_timesteps - 1 - t, self.num_train_timesteps)
         abar_t = self.alphas_cumprod[t].to(device=x_t.device, dtype=torch.float32)
-        eps = self.guard.adjust(eps, x_t, t_batch, abar_t)
+        eps = guided_eps(self.guard, eps, x_t, t_batch, abar_t)
         if "fired" in self.guard.trace:
             self.fired.setdefault(t, []).append(np.concatenate(self.guard.trace["fired"]).ravel())
         return eps
@@ -225,33 +227,32 @@ def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_s
 # --- one call: load a model, pick the images, run the attacks ---------------------------------------------------
 
 
-def run_mia(model: str | Path = "bundled", guard: str | Guard = "none", classifier: str | Path = "bundled",
-            alpha: float | None = None, scale: float | None = None, tau: float | None = None, attack: str = "both",
+def run_mia(model: str | Path | DiffusionModel = "bundled", guard: str | Guard = "none", classifier: str | Path = "bundled",
+            attack: str = "both",
             timesteps: Sequence[int] | None = None, n_members: int | None = None, n_nonmembers: int | None = None,
             draws: int = DEFAULT_DRAWS, pia_norm: float = PIA_NORM, batch_size: int = 128, seed: int = 0,
-            device: str = "cpu", dtype: str | torch.dtype = "float32", progress: bool = True) -> dict[str, AttackResult]:
-    """Attack a trained denoiser folder ('bundled' or a path) on its own member / non-member split.
+            device: str = "cpu", dtype: str | torch.dtype = "float32", progress: bool = True,
+            **guard_options) -> dict[str, AttackResult]:
+    """Attack a trained denoiser ('bundled', a folder or a loaded DiffusionModel) on its own member / non-member split.
 
-    guard: 'none', 'cpsample' (built from `classifier`, alpha, scale, tau) or a ready Guard object.
+    guard: a ready Guard, or a name built with `classifier` and guard_options (e.g. alpha=0.1; see `cpsample guards`).
     n_members: cap on members (default all); n_nonmembers: default as many as members (a balanced test), drawn at
     random with `seed`. timesteps: used by every chosen attack; by default loss uses (100, 200, 300) and PIA 200.
     Returns {attack name: AttackResult}; e.g. run_mia(guard="cpsample")["loss"].auc.
     """
-    from cpsample.models import load_denoiser
-    from cpsample.models.bundle import resolve_model_dir, training_data
-    from cpsample.sampling.pipeline import build_guard
+    from cpsample.sampling.guards import GuardContext, build_guard
 
     attacks = chosen_attacks(attack)
-    folder = resolve_model_dir(model, "denoiser")
-    unet, schedule = load_denoiser(folder, device)
+    model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
+    unet, schedule = model.unet, model.schedule
     # Fail on bad settings before the slow part (loading the data set, building the guard).
     check_timesteps(timesteps or DEFAULT_LOSS_TIMESTEPS, schedule, minimum=0 if attacks == ("loss",) else 1)
     if draws < 1 or pia_norm <= 0:
         raise ValueError(f"draws must be at least 1 and pia_norm positive, got draws={draws}, pia_norm={pia_norm}")
-    dataset, split = training_data(folder)
+    dataset, split = model.dataset, model.split
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, n_nonmembers, seed)
     if isinstance(guard, str):
-        guard = build_guard(guard, str(classifier), alpha, scale, tau, device, model=str(model))
+        guard = build_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **guard_options)
     members, nonmembers = dataset.take(member_idx), dataset.take(nonmember_idx)
     common = dict(guard=guard, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     results = {}

@@ -31,8 +31,11 @@ from cpsample.evaluation.features import PixelFeatures
 from cpsample.evaluation.neighbours import l2_normalise, nearest_by_cosine
 from cpsample.evaluation.replication import DEFAULT_THRESHOLD
 from cpsample.models.classifier import TimeClassifier
+from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.guards import ChainGuard, ClassifierGuidanceGuard, Guard, NoGuard
-from cpsample.sampling.sampler import Denoise, make_scheduler, sample, sample_batch
+from cpsample.sampling.sampler import Denoise, batch_generator, make_scheduler, sample, sample_batch
+
+GUIDED_NOISE_STREAM = 50_021  # the guided samples draw other noise than the pool (same seed)
 
 PAPER_COHESION = 0.5
 
@@ -195,7 +198,7 @@ def guided_samples(denoise: Denoise, schedule, image_shape: tuple, classifier: T
     for batch, start in enumerate(tqdm(starts, desc="SIDE guided sampling", disable=not progress, unit="batch")):
         chunk = targets[start:start + config.batch_size]
         attacker.set_target(torch.from_numpy(chunk))
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + 50_021 + batch)  # not the pool's noise
+        generator = batch_generator(config.seed, batch, stream=GUIDED_NOISE_STREAM)  # not the pool's noise
         scheduler = make_scheduler(config.scheduler, schedule.config, config.attack_steps)
         out, _ = sample_batch(denoise, scheduler, (len(chunk), *image_shape), guard, generator, torch.device(device), dtype)
         images.append(out)
@@ -260,24 +263,23 @@ def _per_class(extraction: Extraction, targets: np.ndarray, clusters: Clusters) 
     return rows
 
 
-def run_side(model: str = "bundled", defence: str = "none", classifier: str = "bundled", alpha: float | None = None,
+def run_side(model: str | DiffusionModel = "bundled", defence: str = "none", classifier: str = "bundled", alpha: float | None = None,
              scale: float | None = None, tau: float | None = None, config: SideConfig | None = None, work_dir: Path | None = None,
              device: str = "cpu", progress: bool = True) -> SideResult:
-    """SIDE against a saved unconditional model ('bundled' or a folder), plain or defended by CPSample."""
-    from cpsample.models import load_denoiser
-    from cpsample.models.bundle import resolve_model_dir, training_data
-    from cpsample.sampling.pipeline import build_guard
+    """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), plain or CPSample-defended."""
+    from cpsample.sampling.guards import GuardContext, build_guard
     from cpsample.sampling.sampler import unet_denoiser
 
     if defence not in ("none", "cpsample"):
         raise ValueError(f"unknown defence {defence!r}; choose none or cpsample")
-    folder = resolve_model_dir(model, "denoiser")
-    unet, schedule = load_denoiser(folder, device)
-    if unet.config.num_class_embeds is not None:
-        raise ValueError(f"{folder}: SIDE attacks unconditional models; this one is class-conditional")
-    dataset, split = training_data(folder)
-    members = dataset.take(split.members).images
-    guard = None if defence == "none" else build_guard("cpsample", classifier, alpha, scale, tau, device)
+    model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
+    unet, schedule = model.unet, model.schedule
+    if model.conditional:
+        raise ValueError(f"{model.folder}: SIDE attacks unconditional models; this one is class-conditional")
+    dataset, split = model.dataset, model.split
+    members = model.members.images
+    context = GuardContext(model=model, classifier=classifier, device=device)
+    guard = None if defence == "none" else build_guard("cpsample", context, alpha=alpha, scale=scale, tau=tau)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     result = side_attack(unet_denoiser(unet), schedule, shape, members, config, guard, work_dir, device, progress=progress)
     for summary in (result.pool, result.attack):  # rows into the members -> dataset names a person can look up

@@ -23,8 +23,8 @@ import typer
 from rich.table import Table
 
 from cpsample.cli.common import (Alpha, BatchSize, Channels, check_sample_out,
-                                 console, Device, fail, guard_stats, ImageSize, MixedPrecision, Overwrite, parse_widths,
-                                 prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
+                                 console, Device, fail, guard_stats, GuardOption, ImageSize, MixedPrecision, Overwrite, parse_widths,
+                                 parse_guard_options, prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
 
 COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
 
@@ -74,11 +74,12 @@ def sample_conditional_command(
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, or 'all' (default).")] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per class.")] = 8,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
-    guard: Annotated[str, typer.Option(help="none, cpsample (applied after the CFG mix) or another guard by name.")] = "none",
+    guard: Annotated[str, typer.Option(help="none, cpsample, amg, delayed-cfg or opposite-cfg; `cpsample guards` lists their options.")] = "none",
     classifier: Annotated[Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")] = None,
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
+    option: GuardOption = None,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     steps: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: BatchSize = 250,
@@ -99,12 +100,13 @@ def sample_conditional_command(
     _, _, info = load_conditional(model)
     wanted = parse_classes(classes, info)
     labels = np.repeat(wanted, n)
+    guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau)
     settings = {"model": model, "classes": wanted, "n_per_class": n, "cfg_scale": cfg_scale, "guard": guard,
-                "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau, "scheduler": scheduler, "steps": steps,
+                "classifier": classifier, **guard_options, "scheduler": scheduler, "steps": steps,
                 "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "copy_threshold": copy_threshold}
     result = generate_conditional(model, labels.tolist(), cfg_scale, guard=guard, scheduler=scheduler, steps=steps, seed=seed,
-                                  classifier=classifier, alpha=alpha, scale=scale, tau=tau, batch_size=batch_size, dtype=dtype,
-                                  device=device, work_dir=out, overwrite=overwrite)
+                                  classifier=classifier, batch_size=batch_size, dtype=dtype, device=device, work_dir=out,
+                                  overwrite=overwrite, **guard_options)
     paths = {**save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
              **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace),

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from cpsample.cli.common import (Alpha, BatchSize, Channels, check_sample_out,
-                                 console, Device, guard_stats, ImageSize, MixedPrecision, Overwrite, parse_widths,
+                                 console, Device, guard_stats, GuardOption, ImageSize, MixedPrecision, Overwrite,
+                                 parse_guard_options, parse_widths,
                                  prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Trace, Tau)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -109,13 +110,14 @@ def sample_command(
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
-    guard: Annotated[str, typer.Option(help="Guidance strategy: none, cpsample or amg (delayed-cfg / opposite-cfg: see sample-conditional).")] = "none",
+    guard: Annotated[str, typer.Option(help="Guidance strategy: none, cpsample or amg (delayed-cfg / opposite-cfg: see sample-conditional); `cpsample guards` lists their options.")] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
-    amg_threshold: Annotated[float, typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this.")] = 0.95,
-    amg_scale: Annotated[float, typer.Option(help="AMG dissimilarity guidance scale c3.")] = 1000.0,
+    amg_threshold: Annotated[Optional[float], typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this (default 0.95; = --option threshold=).")] = None,
+    amg_scale: Annotated[Optional[float], typer.Option(help="AMG dissimilarity guidance scale c3 (default 1000; = --option sim_scale=).")] = None,
+    option: GuardOption = None,
     batch_size: BatchSize = 250,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
@@ -130,16 +132,39 @@ def sample_command(
 
     check_sample_out(out, "sample", overwrite)
 
+    guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau, threshold=amg_threshold,
+                                        sim_scale=amg_scale)
     settings = {"model": model, "n": n, "steps": steps, "scheduler": scheduler, "guard": guard, "classifier": classifier,
-                "alpha": alpha, "scale": scale, "tau": tau, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
-    guard_options = {"amg_threshold": amg_threshold, "amg_scale": amg_scale} if guard == "amg" else {}
-    result = generate(**settings, work_dir=out, guard_options=guard_options, overwrite=overwrite)
+                "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
+    result = generate(**settings, work_dir=out, overwrite=overwrite, **guard_options)
     paths = {**save_samples(out, result.images), **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace), **paths}
-    write_record(out, "sample", {**settings, **guard_options}, stats)
+    write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
     console.print(json.dumps(stats, indent=2))
 
 
+
+
+@app.command("guards")
+@run_safely
+def guards_command():
+    """List the guidance strategies and every option each one takes, with its default (set them with --option)."""
+    from dataclasses import MISSING, fields
+
+    from cpsample.sampling.guards import GUARDS
+
+    table = Table(title="guards (cpsample sample --guard NAME --option OPTION=VALUE)")
+    for column in ("guard", "option", "default", "meaning"):
+        table.add_column(column)
+    for name, guard_class in GUARDS.items():
+        options = fields(guard_class.Options)
+        if not options:
+            table.add_row(name, "-", "", (guard_class.__doc__ or "").strip().splitlines()[0] if guard_class.__doc__ else "")
+        for item in options:
+            default = "" if item.default is MISSING else item.default
+            shown = "calibrated" if default is None and name == "cpsample" else str(default)
+            table.add_row(name, item.name, shown, item.metadata.get("help", ""))
+    console.print(table)
 
 
 def _register_command_modules() -> None:

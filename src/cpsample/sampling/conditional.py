@@ -14,8 +14,9 @@ import torch
 
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
-from cpsample.sampling.guards import Guard, NoGuard
-from cpsample.sampling.pipeline import build_guard, check_device, check_guard_fits
+from cpsample.sampling.guards import Guard
+from cpsample.sampling.guards import GuardContext, build_guard
+from cpsample.sampling.pipeline import check_device, check_guard_fits
 from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample,
                                       sampling_key)
 from cpsample.models.denoiser import ClassInfo, read_class_info
@@ -45,10 +46,11 @@ def parse_classes(text: str | None, info: ClassInfo) -> list[int]:
 
 def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: float = DEFAULT_CFG_SCALE,
                          guard: str | Guard = "none", scheduler: str = "ddim", steps: int = 50, seed: int = 0,
-                         classifier: str | None = None, alpha: float | None = None, scale: float | None = None, tau: float | None = None,
-                         batch_size: int = 250, dtype: str = "float32", device: str = "cpu",
-                         progress: bool = True, work_dir: Path | None = None, overwrite: bool = False) -> SampleResult:
-    """One image per entry of class_labels, with CFG at guidance_scale and the guard applied after the CFG mix.
+                         classifier: str | None = None, batch_size: int = 250, dtype: str = "float32", device: str = "cpu",
+                         progress: bool = True, work_dir: Path | None = None, overwrite: bool = False,
+                         **guard_options) -> SampleResult:
+    """One image per entry of class_labels, with CFG at guidance_scale and the guard (a Guard, or a name built with
+    guard_options such as alpha=0.1 or transition_t=500) applied around the CFG mix.
 
     With work_dir, finished batches are kept there and a rerun with the same settings resumes after a kill; other
     settings are refused unless overwrite=True (which clears the old batches)."""
@@ -61,7 +63,7 @@ def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: fl
         raise ValueError("no class labels given: nothing to sample")
     torch_dtype = DTYPES[dtype]
     classifier_dir = resolve_model_dir(classifier, "classifier") if guard == "cpsample" and classifier else None
-    guard = _resolve_guard(guard, classifier, alpha, scale, tau, device, str(model_dir))
+    guard = _resolve_guard(guard, classifier, device, str(model_dir), guard_options)
     check_guard_fits(guard, unet, schedule, resolve_model_dir(model_dir, "denoiser"), classifier_dir)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -90,12 +92,13 @@ def sample_labels(unet, labels: list[int], null_label: int, scheduler_factory, i
                   calls_per_image_step=2)  # CFG: two eps per image and step
 
 
-def _resolve_guard(guard: str | Guard, classifier: str | None, alpha: float, scale: float, tau: float, device: str,
-                   model: str) -> Guard:
+def _resolve_guard(guard: str | Guard, classifier: str | None, device: str, model: str, options: dict) -> Guard:
     if not isinstance(guard, str):
+        if any(value is not None for value in options.values()):
+            raise ValueError(f"options {', '.join(options)} apply to a guard given by name, not to a built {guard.name} guard")
         return guard
     if guard == "cpsample" and not classifier:
         # The bundled classifier knows the bundled unconditional model's members, not this model's.
         raise ValueError("--guard cpsample needs --classifier: train one on this model's members with "
                          "`cpsample train-classifier --denoiser MODEL --out DIR`")
-    return build_guard(guard, classifier or "bundled", alpha, scale, tau, device, model=model) if guard != "none" else NoGuard()
+    return build_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **options)

@@ -1,9 +1,9 @@
 """CPSample in the latent space of a text-to-image Stable Diffusion pipeline (paper section 4.2, Fig. 7, Table 2).
 
-`StableDiffusionPipeline.__call__` offers no hook that can change the noise prediction (its step callback runs
-after `scheduler.step`), so `sample_sd` runs the pipeline's own components in its own loop:
-text encoder -> UNet on [uncond, cond] -> guard.combine (CFG) -> guard.adjust (CPSample on the latent x_t) ->
-the pipeline's scheduler -> VAE decoder. The classifier is a TimeClassifier on latents (4 channels) trained by
+`sample_sd` runs the pipeline's own components through cpsample's one denoising loop (`sample_batch`), so any guard
+works here: text encoder -> UNet on [x_t, x_t] -> guard.correct on both halves (CPSample's push on the latent x_t)
+-> guard.combine (CFG) -> guard.adjust -> the pipeline's scheduler -> VAE decoder. For CPSample alone,
+`cpsample.protect(pipe, classifier)` gives the same latents from the pipeline's own `__call__`. The classifier is a TimeClassifier on latents (4 channels) trained by
 `cpsample.training.latent_classifier` on the VAE latents of a private image set, so only that subset is protected.
 
 Everything loads from local folders (`local_files_only=True`); `build_tiny_sd_pipeline` writes a small random
@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
-from cpsample.sampling.guards.cpsample import cpsample_settings
-from cpsample.sampling.sampler import DTYPES, check_finite_step, without_x0_clipping
+from cpsample.sampling.guards.base import CFGPrediction
+from cpsample.sampling.protect import check_classifier_schedule, protection_of
+from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
 DEFAULT_SD_CFG_SCALE = 7.5
@@ -159,14 +160,12 @@ def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float | None = N
     """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule.
 
     Knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
-    from cpsample.sampling.pipeline import check_guard_knobs
-    from cpsample.models.classifier import load_classifier
+    from cpsample.sampling.guards import GuardContext, build_guard
 
-    check_guard_knobs("cpsample", alpha=alpha, scale=scale, tau=tau)
-    classifier = load_classifier(classifier_dir, pipe.device)
-    check_latent_classifier(classifier, pipe, height, width)
-    check_classifier_schedule(Path(classifier_dir), pipe)
-    return CPSampleGuard(classifier, **cpsample_settings(classifier_dir, alpha, scale, tau))
+    guard = build_guard("cpsample", GuardContext(classifier=classifier_dir, device=str(pipe.device)), alpha=alpha, scale=scale, tau=tau)
+    check_latent_classifier(guard.classifier, pipe, height, width)
+    check_classifier_schedule(Path(classifier_dir), pipe.scheduler)
+    return guard
 
 
 def check_latent_classifier(classifier, pipe, height: int | None = None, width: int | None = None) -> None:
@@ -179,20 +178,6 @@ def check_latent_classifier(classifier, pipe, height: int | None = None, width: 
     if (h, w) != (size, size):
         raise ValueError(f"the classifier was trained on {size}x{size} latents but these are {h}x{w}; sample at "
                          f"{size * pipe.vae_scale_factor}x{size * pipe.vae_scale_factor} pixels (--height/--width)")
-
-
-def check_classifier_schedule(classifier_dir: Path, pipe) -> None:
-    """The classifier learned p(y | x_t, t) for one noise schedule; at another, its t means another noise level."""
-    from diffusers import DDPMScheduler
-
-    folder = classifier_dir / "scheduler"
-    if not (folder / "scheduler_config.json").is_file():
-        return  # a classifier saved without its schedule: nothing to compare
-    trained = DDPMScheduler.from_pretrained(folder).alphas_cumprod
-    used = pipe.scheduler.alphas_cumprod
-    if trained.shape != used.shape or not torch.allclose(trained.float(), used.float().cpu(), atol=1e-5):
-        raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than this pipeline's; "
-                         "train it with `cpsample train-latent-classifier --pipeline` on this pipeline")
 
 
 # --- sampling -------------------------------------------------------------------------------------------------
@@ -220,6 +205,9 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
         raise ValueError("give at least one prompt, and no empty ones")
     if images_per_prompt < 1 or steps < 1:
         raise ValueError(f"images per prompt and steps must be positive, got {images_per_prompt} and {steps}")
+    if protection_of(pipe) is not None:
+        raise ValueError("this pipeline was protected with cpsample.protect; sample it with pipe(...), or call "
+                         "cpsample.unprotect(pipe) before sample_sd (its own guard would push a second time)")
     guard = guard or NoGuard()
     device, dtype = pipe.device, pipe.unet.dtype
     guard.to(device, dtype)
@@ -240,27 +228,23 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
 
 def denoise_latents(pipe, cond: torch.Tensor, uncond: torch.Tensor, guard: Guard, steps: int, guidance_scale: float,
                     shape: tuple, seed: int) -> tuple[torch.Tensor, dict]:
-    """The pipeline's denoising loop with the guard between the CFG mix and the scheduler step."""
-    scheduler, device, dtype = pipe.scheduler, pipe.device, pipe.unet.dtype
-    scheduler.set_timesteps(steps, device=device)  # also clears multistep schedulers' history
-    guard.reset()
+    """The shared denoising loop (`sample_batch`) on the pipeline's latents, its UNet called as the pipeline does."""
+    pipe.scheduler.set_timesteps(steps, device=pipe.device)  # also clears multistep schedulers' history
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype) * scheduler.init_noise_sigma
-    step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)  # only schedulers that take a generator get one
+    return sample_batch(sd_denoiser(pipe, cond, uncond, guidance_scale), pipe.scheduler, shape, guard, generator,
+                        pipe.device, pipe.unet.dtype, raw=True)
+
+
+def sd_denoiser(pipe, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float):
+    """The UNet on [x_t, x_t] with [negative, prompt] text embeddings: both halves of classifier-free guidance."""
     text = torch.cat([uncond, cond])
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    for index, t in enumerate(scheduler.timesteps):
-        guard.begin_step(index, len(scheduler.timesteps))
-        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        # In DDPM parametrisation x_t = scale_model_input(x): what the UNet sees and what the classifier learned.
-        model_input = scheduler.scale_model_input(x, t)
-        with torch.no_grad():
-            eps_uncond, eps_cond = pipe.unet(torch.cat([model_input, model_input]), t, encoder_hidden_states=text).sample.chunk(2)
-            eps = guard.combine(eps_cond, eps_uncond, guidance_scale, t_batch)
-        eps = guard.adjust(eps, model_input, t_batch, alphas_cumprod[int(t)].float())
-        x = scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
-        check_finite_step(x, index, len(scheduler.timesteps), t, guard)
-    return x, {key: np.stack(values) for key, values in guard.trace.items()}
+
+    def denoise(x, t):
+        # One timestep for the batch, as the pipeline passes it (the UNet broadcasts it).
+        eps_uncond, eps_cond = pipe.unet(torch.cat([x, x]), t[0], encoder_hidden_states=text).sample.chunk(2)
+        return CFGPrediction(eps_cond, eps_uncond, guidance_scale)
+
+    return denoise
 
 
 @torch.no_grad()

@@ -23,19 +23,11 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from cpsample.sampling.guards import Guard, NoGuard
+from cpsample.sampling.guards.base import CFGPrediction, guided_eps
 
 SCHEDULERS = ("ddim", "ddpm", "dpm++")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-
-@dataclass
-class CFGPrediction:
-    """Both halves of a classifier-free-guidance call; the guard's `combine` mixes them into one eps."""
-
-    cond: torch.Tensor
-    uncond: torch.Tensor
-    scale: float
 
 
 # denoise(x_t, t) -> eps, or a CFGPrediction for conditional models sampled with classifier-free guidance.
@@ -101,8 +93,10 @@ def cfg_denoiser(unet, class_labels: torch.Tensor, guidance_scale: float, null_l
 
 
 def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, generator: torch.Generator,
-                 device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
-    """Run one batch from x_T to x_0. Returns images in [-1, 1] (float32, CPU) and the guard's trace."""
+                 device: torch.device, dtype: torch.dtype = torch.float32, raw: bool = False) -> tuple[torch.Tensor, dict]:
+    """Run one batch from x_T to x_0: the one denoising loop (pixel, class-conditional and latent models, SIDE).
+
+    Returns images in [-1, 1] (float32, CPU), or with raw=True the final x as it is (latents), and the guard's trace."""
     guard.reset()
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
@@ -114,15 +108,19 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         model_input = scheduler.scale_model_input(x, t)
         with torch.no_grad():
-            eps = denoise(model_input, t_batch)
-            if isinstance(eps, CFGPrediction):
-                eps = guard.combine(eps.cond, eps.uncond, eps.scale, t_batch)
-        eps = guard.adjust(eps, x, t_batch, alphas_cumprod[int(t)].float())
+            prediction = denoise(model_input, t_batch)
+        eps = guided_eps(guard, prediction, model_input, t_batch, alphas_cumprod[int(t)].float())
         x = scheduler.step(eps, t, x, **step_options).prev_sample
         check_finite_step(x, index, len(scheduler.timesteps), t, guard)
-    images = x.float().clamp(-1.0, 1.0).cpu()
+    images = x if raw else x.float().clamp(-1.0, 1.0).cpu()
     trace = {key: np.stack(values) for key, values in guard.trace.items()}
     return images, trace
+
+
+def batch_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
+    """The noise of batch `index` of a run: one formula for every sampler, so equal seeds mean equal x_T. A separate
+    `stream` gives a second, independent set of batches from the same seed (SIDE's guided samples)."""
+    return torch.Generator().manual_seed(seed * 100_003 + stream + index)
 
 
 def check_finite_step(x: torch.Tensor, index: int, count: int, t, guard: Guard) -> None:
@@ -163,7 +161,7 @@ def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: 
             continue
         cached = _load_batch(work_dir, index, size)
         if cached is None:
-            generator = torch.Generator().manual_seed(seed * 100_003 + index)
+            generator = batch_generator(seed, index)
             batch_denoise = denoise if batch_denoiser is None else batch_denoiser(index * batch_size, size)
             batch, trace = sample_batch(batch_denoise, scheduler, (size, *image_shape), guard, generator, device, dtype)
             calls += size * len(timesteps) * calls_per_image_step

@@ -57,9 +57,8 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     for guard, alpha, scale in tqdm(candidates, desc="settings", disable=not progress):
         started = time.time()
         # Every step is checked here, so the highest timestep at which the guard fires is measured.
-        result = generate(guard=guard, classifier=settings.classifier, alpha=alpha or 0.0, scale=scale or 0.0,
-                          tau=settings.tau, guard_options={"max_t": CHECK_EVERY_STEP} if guard == "cpsample" else None,
-                          **common)
+        knobs = dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP) if guard == "cpsample" else {}
+        result = generate(guard=guard, classifier=settings.classifier, **knobs, **common)
         seconds = time.time() - started
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))

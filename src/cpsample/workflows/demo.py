@@ -93,9 +93,10 @@ def membership_rows(settings: DemoSettings, progress: bool = True) -> dict:
     from cpsample.attacks import run_mia
 
     rows = []
+    knobs = {"none": {}, "cpsample": {"alpha": settings.alpha, "scale": settings.scale, "tau": settings.tau}}
     for guard in ("none", "cpsample"):
-        attacks = run_mia(settings.model, guard=guard, classifier=settings.classifier, alpha=settings.alpha,
-                          scale=settings.scale, tau=settings.tau, n_members=settings.mia_members, seed=settings.seed,
+        attacks = run_mia(settings.model, guard=guard, classifier=settings.classifier, **knobs[guard],
+                          n_members=settings.mia_members, seed=settings.seed,
                           device=settings.device, progress=progress)
         for name, result in attacks.items():
             best = result.best

@@ -1,16 +1,49 @@
-"""Guidance strategies, selectable by name with --guard. A new strategy is one file plus one line here."""
+"""Guidance strategies, selectable by name with --guard. A new strategy is one file plus one line in GUARDS.
 
-from cpsample.sampling.guards.base import Guard, NoGuard
+Each guard class declares its options once (`Options`, a validated dataclass whose fields carry default and help);
+`build_guard(name, context, **options)` is the one way the library, the CLI, the demo and the bench build one.
+"""
+
+from __future__ import annotations
+
+from cpsample.sampling.guards.base import CFGPrediction, Guard, GuardContext, GuardOptions, NoGuard, guided_eps
 from cpsample.sampling.guards.cpsample import CPSampleGuard
 from cpsample.sampling.guards.amg import AMGGuard
 from cpsample.sampling.guards.chain import ChainGuard
 from cpsample.sampling.guards.classifier_guidance import ClassifierGuidanceGuard
 from cpsample.sampling.guards.delayed_cfg import DelayedCFGGuard, OppositeGuidanceGuard
 
-GUARDS = {"none": NoGuard, "cpsample": CPSampleGuard}
-GUARDS["amg"] = AMGGuard
-GUARDS["delayed-cfg"] = DelayedCFGGuard
-GUARDS["opposite-cfg"] = OppositeGuidanceGuard
+GUARDS: dict[str, type[Guard]] = {
+    "none": NoGuard,
+    "cpsample": CPSampleGuard,
+    "amg": AMGGuard,
+    "delayed-cfg": DelayedCFGGuard,
+    "opposite-cfg": OppositeGuidanceGuard,
+}
 
-__all__ = ["GUARDS", "AMGGuard", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard", "DelayedCFGGuard", "Guard",
-           "NoGuard", "OppositeGuidanceGuard"]
+
+def guard_class(name: str) -> type[Guard]:
+    if name not in GUARDS:
+        raise ValueError(f"unknown guard {name!r}; choose one of {', '.join(GUARDS)}")
+    return GUARDS[name]
+
+
+def guard_options(name: str, **values) -> GuardOptions:
+    """The named guard's validated options; None means "the default", an option the guard lacks is an error."""
+    options_class = guard_class(name).Options
+    given = {key: value for key, value in values.items() if value is not None}
+    unknown = sorted(set(given) - set(options_class.names()))
+    if unknown:
+        known = ", ".join(options_class.names()) or "none"
+        raise ValueError(f"guard {name!r} has no option {', '.join(unknown)} (its options: {known})")
+    return options_class(**given)
+
+
+def build_guard(name: str, context: GuardContext | None = None, **options) -> Guard:
+    """A guard by name: `build_guard("cpsample", GuardContext(classifier="bundled"), alpha=0.1)`."""
+    return guard_class(name).from_options(guard_options(name, **options), context or GuardContext())
+
+
+__all__ = ["GUARDS", "AMGGuard", "CFGPrediction", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard",
+           "DelayedCFGGuard", "Guard", "GuardContext", "GuardOptions", "NoGuard", "OppositeGuidanceGuard", "build_guard",
+           "guard_class", "guard_options", "guided_eps"]

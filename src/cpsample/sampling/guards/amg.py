@@ -28,7 +28,7 @@ runs a nearest-neighbour search over it for every sample at every step. CPSample
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import faiss
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpsample.sampling.guards.base import Guard
+from cpsample.models.pretrained import DiffusionModel
+from cpsample.sampling.guards.base import Guard, GuardContext, GuardOptions, option
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 Denoise = Callable[[torch.Tensor, torch.Tensor], object]  # (x_t, t) -> eps, or a CFG prediction (.cond/.uncond/.scale)
@@ -56,8 +57,26 @@ def centred_pixels(images: torch.Tensor) -> torch.Tensor:
 FEATURES: dict[str, FeatureFn] = {"pixels": centred_pixels}
 
 
+@dataclass(frozen=True)
+class AMGOptions(GuardOptions):
+    threshold: float = option(DEFAULT_THRESHOLD, "Guide when the predicted x0's cosine to its nearest training image exceeds this.")
+    sim_scale: float = option(DEFAULT_SIM_SCALE, "Dissimilarity guidance scale c3.")
+    spec_scale: float = option(DEFAULT_SPEC_SCALE, "Despecification scale c1 (class-conditional models under CFG).")
+    spec_floor: float = option(DEFAULT_SPEC_FLOOR, "Lowest effective CFG scale despecification may reach.")
+    despecify: bool = option(True, "Lower the CFG scale of samples about to copy (conditional models).")
+    exact_gradient: bool = option(True, "d x0 / d x_t through the model's UNet (False: the identity, cheaper and cruder).")
+    features: str = option("pixels", f"Feature space of the similarity: {', '.join(FEATURES)}.")
+
+    def check(self) -> None:
+        if self.sim_scale < 0 or self.spec_scale < 0:
+            raise ValueError(f"guidance scales must be non-negative, got sim_scale={self.sim_scale}, spec_scale={self.spec_scale}")
+        if self.features not in FEATURES:
+            raise ValueError(f"unknown AMG features {self.features!r}; choose one of {', '.join(FEATURES)}")
+
+
 class AMGGuard(Guard):
     name = "amg"
+    Options = AMGOptions
 
     def __init__(self, training_images: np.ndarray | torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
                  sim_scale: float = DEFAULT_SIM_SCALE, spec_scale: float = DEFAULT_SPEC_SCALE,
@@ -71,24 +90,17 @@ class AMGGuard(Guard):
         self.feature_fn, self.feature_name = _feature_fn(features)
         self.reference, self.index = self._build_index(training_images)
         self.denoiser = denoiser
-        self.unet = None  # set by from_model_dir when the guard owns the network behind `denoiser`
+        self.unet = None  # set by from_options when the guard owns the network behind `denoiser`
         self._cfg: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, exact_gradient: bool = True, device: str = "cpu",
-                       **options) -> "AMGGuard":
-        """AMG against the members a model was trained on (its split.json and cpsample.json).
-
-        exact_gradient: take d x0 / d x_t through the model's own UNet (its unconditional branch for a
-        class-conditional model) instead of the identity.
-        """
-        from cpsample.models import load_denoiser
-        from cpsample.models.bundle import resolve_model_dir, training_data
-
-        folder = resolve_model_dir(model_dir, "denoiser")
-        dataset, split = training_data(folder)
-        unet = load_denoiser(folder, device)[0].requires_grad_(False) if exact_gradient else None
-        guard = cls(dataset.take(split.members).images, denoiser=_unconditional_eps(unet, folder) if unet is not None else None, **options)
+    def from_options(cls, options: AMGOptions, context: GuardContext) -> "AMGGuard":
+        """AMG against the members of context.model (its training images are needed at sampling time)."""
+        settings = {name: getattr(options, name) for name in options.names() if name != "exact_gradient"}
+        model = context.model if isinstance(context.model, DiffusionModel) else DiffusionModel.from_pretrained(context.model, context.device)
+        unet = model.unet.requires_grad_(False) if options.exact_gradient else None
+        null_label = model.class_info.null_label if model.conditional else None
+        guard = cls(model.members.images, denoiser=None if unet is None else _unconditional_eps(unet, null_label), **settings)
         guard.unet = unet  # so that `to` moves it along with the sampler's model
         return guard
 
@@ -184,14 +196,11 @@ def _as_eps(prediction) -> torch.Tensor:
     return prediction
 
 
-def _unconditional_eps(unet, folder: Path) -> Denoise:
+def _unconditional_eps(unet, null_label: int | None) -> Denoise:
     """The UNet as (x_t, t) -> eps; a class-conditional one answers with its null label (its unconditional branch)."""
-    if unet.config.num_class_embeds is None:
+    if null_label is None:
         return lambda x, t: unet(x, t).sample
-    from cpsample.models.denoiser import read_class_info
-
-    null = read_class_info(folder, unet.config.num_class_embeds).null_label
-    return lambda x, t: unet(x, t, class_labels=torch.full((len(x),), null, device=x.device)).sample
+    return lambda x, t: unet(x, t, class_labels=torch.full((len(x),), null_label, device=x.device)).sample
 
 
 def _feature_fn(features: str | FeatureFn) -> tuple[FeatureFn, str]:

@@ -1,17 +1,68 @@
 """The guidance-strategy interface: one small object that may change eps at each denoising step.
 
-A strategy sees the current noisy batch x_t, the step t, abar_t and the denoiser's eps, and returns the eps to use.
+A strategy sees the current noisy batch x_t, the step t, abar_t and the denoiser's eps, and returns the eps to use,
+through two hooks (`guided_eps` runs them in order):
+- `correct`: a change that depends only on x_t and t (CPSample's push), applied to every eps the denoiser made at
+  this step -- both halves under classifier-free guidance, before the mix, which passes it through unchanged. This
+  is the part `cpsample.protect` can apply inside a diffusers UNet;
+- `adjust`: a change that needs the final (mixed) eps, such as AMG's predicted-x0 search.
 It records what it did per sample and step in `trace` (name -> list of per-step arrays), which samplers save.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
 import numpy as np
 import torch
 
 
+def option(default, help: str):
+    """One guard option: its default and its help text, declared once (library, CLI and `cpsample guards` read it)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """A guard's options as a validated config (the way diffusers guiders and scikit-learn estimators hold theirs).
+
+    Subclasses declare fields with `option(default, help)` and refuse bad values in `check`; messages name an option
+    as its CLI flag (--max-t), as TrainConfig's do."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{item.name.replace('_', '-')} must be a finite number, got {value}")
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [item.name for item in fields(cls)]
+
+
+@dataclass(frozen=True)
+class GuardContext:
+    """What a guard may need beyond its options: the model it guards and the classifier folder (or object)."""
+
+    model: "str | Path" = "bundled"
+    classifier: "str | Path | None" = None
+    device: str = "cpu"
+
+
 class Guard:
     name = "none"
+    Options: type[GuardOptions] = GuardOptions  # no options
+
+    @classmethod
+    def from_options(cls, options: GuardOptions, context: GuardContext) -> "Guard":
+        """Build the guard from validated options (guards needing a classifier or training data override this)."""
+        return cls(**{name: getattr(options, name) for name in options.names()})
 
     def __init__(self) -> None:
         self.trace: dict[str, list[np.ndarray]] = {}
@@ -33,6 +84,11 @@ class Guard:
         for key, value in values.items():
             self.trace.setdefault(key, []).append(value.detach().float().cpu().numpy())
 
+    def correct(self, predictions: tuple[torch.Tensor, ...], x_t: torch.Tensor, t: torch.Tensor,
+                abar_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Change every eps of this step by the same x_t-only correction (see the module docstring)."""
+        return predictions
+
     def adjust(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
         return eps
 
@@ -45,3 +101,25 @@ class Guard:
 
 class NoGuard(Guard):
     """Plain sampling."""
+
+
+@dataclass
+class CFGPrediction:
+    """Both halves of a classifier-free-guidance call; the guard's `combine` mixes them into one eps."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    scale: float
+
+
+def guided_eps(guard: Guard, prediction: "torch.Tensor | CFGPrediction", x_t: torch.Tensor, t: torch.Tensor,
+               abar_t: torch.Tensor) -> torch.Tensor:
+    """The eps a sampler steps with: the guard's correction of each eps made, the CFG mix (if any), then `adjust`.
+
+    x_t is what the denoiser saw (the scheduler's scaled model input); t holds one timestep per sample."""
+    if isinstance(prediction, CFGPrediction):
+        cond, uncond = guard.correct((prediction.cond, prediction.uncond), x_t, t, abar_t)
+        eps = guard.combine(cond, uncond, prediction.scale, t)
+    else:
+        (eps,) = guard.correct((prediction,), x_t, t, abar_t)
+    return guard.adjust(eps, x_t, t, abar_t)

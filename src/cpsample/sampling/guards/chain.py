@@ -1,6 +1,6 @@
 """Compose guards: several strategies act on one sampling run, in a fixed order.
 
-The order matters and is the list order: `adjust` runs member by member, each seeing the eps the previous one
+The order matters and is the list order: `correct`, then `adjust`, run member by member, each seeing the eps the previous one
 returned. For an attack on a defended sampler put the attacker first and the defence last, so the defence has
 the final word, as it would when the attacker can only steer the eps it hands to the deployed sampler:
 `ChainGuard([ClassifierGuidanceGuard(...), CPSampleGuard(...)])`.
@@ -66,6 +66,11 @@ class ChainGuard(Guard):
             if getattr(guard, "mixes_cfg", False):
                 mixed = result
         return super().combine(eps_cond, eps_uncond, guidance_scale, t) if mixed is None else mixed
+
+    def correct(self, predictions, x_t, t, abar_t):
+        for guard in self.guards:
+            predictions = guard.correct(predictions, x_t, t, abar_t)
+        return predictions
 
     def adjust(self, eps, x_t, t, abar_t):
         for guard in self.guards:

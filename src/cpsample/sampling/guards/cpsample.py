@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cpsample.models.classifier import TimeClassifier
-from cpsample.sampling.guards.base import Guard
+from cpsample.models.bundle import resolve_model_dir
+from cpsample.models.classifier import TimeClassifier, load_classifier
+from cpsample.models.pretrained import Classifier
+from cpsample.sampling.guards.base import Guard, GuardContext, GuardOptions, option
 
 
 CALIBRATION_FILE = "calibration.json"
@@ -28,8 +31,29 @@ _told_uncalibrated: set[str] = set()
 CHECK_EVERY_STEP = 10**9  # a max_t above every timestep: the paper's rule, whatever a calibration says
 
 
+@dataclass(frozen=True)
+class CPSampleOptions(GuardOptions):
+    """Each knob left as None comes from the classifier's calibration.json, else from UNCALIBRATED."""
+
+    alpha: float | None = option(None, "Guide a sample when p(y | x_t) > 1 - alpha for either label.")
+    scale: float | None = option(None, "Guidance scale s of the push away from the confident label.")
+    tau: float | None = option(None, "tau in log(tau + p): keeps the gradient finite where p is 0.")
+    max_t: int | None = option(None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).")
+
+    def check(self) -> None:
+        if self.alpha is not None and not 0.0 <= self.alpha <= 0.5:
+            raise ValueError(f"--alpha must lie in [0, 0.5], got {self.alpha}")
+        if self.scale is not None and self.scale < 0:
+            raise ValueError(f"--scale must be non-negative, got {self.scale}")
+        if self.tau is not None and self.tau <= 0:
+            raise ValueError(f"--tau must be positive (log(tau + p) needs tau > 0), got {self.tau}")
+        if self.max_t is not None and self.max_t < 0:
+            raise ValueError(f"--max-t must be a timestep >= 0, got {self.max_t}")
+
+
 class CPSampleGuard(Guard):
     name = "cpsample"
+    Options = CPSampleOptions
 
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None):
@@ -45,6 +69,19 @@ class CPSampleGuard(Guard):
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t = alpha, scale, tau, max_t
 
+    @classmethod
+    def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "CPSampleGuard":
+        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs resolved."""
+        classifier = "bundled" if context.classifier is None else context.classifier
+        if isinstance(classifier, TimeClassifier):
+            folder, model = None, classifier
+        elif isinstance(classifier, Classifier):
+            folder, model = classifier.folder, classifier.model.to(context.device)
+        else:
+            folder = resolve_model_dir(classifier, "classifier")
+            model = load_classifier(folder, context.device)
+        return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t))
+
     def to(self, device, dtype):
         self.classifier.to(device=device)
         if self.classifier.dtype != dtype:  # (a same-dtype .to() makes diffusers print a warning)
@@ -54,29 +91,42 @@ class CPSampleGuard(Guard):
     def settings(self) -> dict:
         return {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau, "max_t": self.max_t}
 
-    def adjust(self, eps, x_t, t, abar_t):
+    def correct(self, predictions, x_t, t, abar_t):
+        """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
+        push = self.push(x_t, t, abar_t, predictions[0].dtype)
+        if push is None:
+            return predictions
+        rows, change = push
+        return tuple(_minus_rows(eps, rows, change) for eps in predictions)
+
+    def push(self, x_t, t, abar_t, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, s * sqrt(1 - abar_t) * grad log(tau + p_target)) for the over-confident samples; None if there are none."""
         if self.max_t is not None and int(t.max()) > self.max_t:
             self.record(p1=torch.full((len(x_t),), math.nan), fired=torch.zeros(len(x_t), dtype=torch.bool))
-            return eps
-        dtype = next(self.classifier.parameters()).dtype
+            return None
+        classifier_dtype = next(self.classifier.parameters()).dtype
         # The cheap part runs for every sample: is the classifier over-confident? No graph is built here.
         with torch.no_grad():
-            probs = self.classifier(x_t.to(dtype), t).float().softmax(dim=-1)
+            probs = self.classifier(x_t.to(classifier_dtype), t).float().softmax(dim=-1)
         # Over-confident for label 1 means p(y=0) < alpha: guide towards 0, and vice versa.
         target = (probs[:, 1] < probs[:, 0]).long()  # the less likely label
         fired = probs.gather(1, target[:, None]).squeeze(1) < self.alpha
         self.record(p1=probs[:, 1], fired=fired)
         if not bool(fired.any()):
-            return eps
+            return None
         # The gradient is paid for only by the samples that need it.
         rows = fired.nonzero().squeeze(1)
         with torch.enable_grad():
-            x_in = x_t[rows].detach().to(dtype).requires_grad_(True)
+            x_in = x_t[rows].detach().to(classifier_dtype).requires_grad_(True)
             p_target = self.classifier(x_in, t[rows]).float().softmax(dim=-1).gather(1, target[rows, None]).squeeze(1)
-            grad = torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0].to(eps.dtype)
-        adjusted = eps.clone()
-        adjusted[rows] = eps[rows] - self.scale * (1.0 - abar_t).sqrt().to(eps.dtype) * grad
-        return adjusted
+            grad = torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0].to(dtype)
+        return rows, self.scale * (1.0 - abar_t).sqrt().to(dtype) * grad
+
+
+def _minus_rows(eps: torch.Tensor, rows: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    adjusted = eps.clone()
+    adjusted[rows] = eps[rows] - change
+    return adjusted
 
 
 def cpsample_settings(classifier_dir: str | Path | None, alpha: float | None = None, scale: float | None = None,

@@ -18,19 +18,35 @@ the whole schedule is in the trace: eps_gap, early (True while CFG is withheld o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from cpsample.sampling.guards.base import Guard
+from cpsample.sampling.guards.base import Guard, GuardOptions, option
 
 PAPER_TRANSITION_T = 600  # middle of the paper's 500-650 range (of 1000 training steps)
 OPPOSITE_SCALE = -2.0
+
+
+@dataclass(frozen=True)
+class DelayedCFGOptions(GuardOptions):
+    transition_t: int | None = option(None, f"Withhold CFG while t > this (default without any setting: {PAPER_TRANSITION_T}).")
+    transition_fraction: float | None = option(None, "Or: withhold CFG for this fraction of the denoising steps.")
+    dynamic: bool = option(False, "Switch after the first local minimum of ||eps_cond - eps_uncond||.")
+    early_scale: float = option(0.0, "CFG scale before the transition (0: no guidance).")
+
+
+@dataclass(frozen=True)
+class OppositeGuidanceOptions(DelayedCFGOptions):
+    early_scale: float = option(OPPOSITE_SCALE, "CFG scale before the transition (negative: away from the class).")
 
 
 class DelayedCFGGuard(Guard):
     """CFG at `early_scale` (0: no guidance) before the transition, at the sampler's guidance scale after it."""
 
     name = "delayed-cfg"
+    Options = DelayedCFGOptions
     mixes_cfg = True  # tells ChainGuard this guard decides the CFG mix
 
     def __init__(self, transition_t: int | None = None, transition_fraction: float | None = None,
@@ -119,6 +135,7 @@ class OppositeGuidanceGuard(DelayedCFGGuard):
     """Delayed CFG whose early phase guides *away* from the condition (negative scale) to leave the basin sooner."""
 
     name = "opposite-cfg"
+    Options = OppositeGuidanceOptions
 
     def __init__(self, transition_t: int | None = None, transition_fraction: float | None = None,
                  dynamic: bool = False, early_scale: float = OPPOSITE_SCALE):

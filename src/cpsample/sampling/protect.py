@@ -1,0 +1,144 @@
+"""CPSample as a drop-in for diffusers: `protect(pipe, classifier)` makes the pipeline's own UNet apply the guard.
+
+A forward hook on `pipe.unet` replaces each eps the UNet returns by CPSample's corrected eps
+(`CPSampleGuard.correct`). The push depends only on x_t and t, so when a pipeline runs classifier-free guidance
+(the UNet sees [x_t, x_t] and returns [eps_uncond, eps_cond]) the same push is subtracted from both halves and
+passes through the pipeline's mix unchanged: eps_u - d + g (eps_c - eps_u) is the guided eps minus d.
+`DDPMPipeline`, `DDIMPipeline`, `StableDiffusionPipeline` and other eps-predicting pipelines then run unchanged,
+and give what cpsample's own sampler gives with the same noise, bit for bit (tests/test_protect.py).
+
+    pipe = cpsample.protect(pipe, "bundled")      # knobs from the classifier's calibration.json
+    images = pipe(batch_size=16).images
+    cpsample.unprotect(pipe)                      # back to plain sampling
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cpsample.models.bundle import resolve_model_dir
+from cpsample.models.classifier import TimeClassifier
+from cpsample.models.denoiser import load_noise_schedule
+from cpsample.models.pretrained import Classifier
+from cpsample.sampling.guards import CPSampleGuard, GuardContext, build_guard
+
+HOOK_ATTRIBUTE = "_cpsample_protection"
+
+
+class Protection:
+    """The hook object: holds the guard (its `trace` records p1 and fired per UNet call of the latest run)."""
+
+    def __init__(self, pipe, guard: CPSampleGuard):
+        self.pipe, self.guard = pipe, guard
+        self.handle = None
+        self._last_t: int | None = None
+
+    def __call__(self, module, args, kwargs, output):
+        x_t = args[0] if args else kwargs["sample"]
+        t = single_timestep(args[1] if len(args) > 1 else kwargs["timestep"])
+        if self._last_t is None or t > self._last_t:  # timesteps never rise within a run (PNDM repeats one): a new run
+            self.guard.reset()
+        self._last_t = t
+        self._follow(x_t)
+        eps = output.sample if hasattr(output, "sample") else output[0]
+        abar_t = self.pipe.scheduler.alphas_cumprod.to(x_t.device)[t].float()
+        if is_cfg_batch(x_t):  # one push, computed once on x_t, for both halves
+            half = len(x_t) // 2
+            t_batch = torch.full((half,), t, device=x_t.device, dtype=torch.long)
+            corrected = torch.cat(self.guard.correct(eps.chunk(2), x_t[:half], t_batch, abar_t))
+        else:
+            t_batch = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
+            (corrected,) = self.guard.correct((eps,), x_t, t_batch, abar_t)
+        return replace_sample(output, corrected)
+
+    def _follow(self, x_t: torch.Tensor) -> None:
+        """Keep the classifier on the UNet's device and dtype (the pipeline may have moved since protect())."""
+        parameter = next(self.guard.classifier.parameters())
+        if parameter.device != x_t.device or parameter.dtype != x_t.dtype:
+            self.guard.to(x_t.device, x_t.dtype)
+
+
+def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard = "bundled", alpha: float | None = None,
+            scale: float | None = None, tau: float | None = None, max_t: int | None = None):
+    """Make `pipe` sample with CPSample; returns the same pipeline (its UNet now carries the guard).
+
+    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSampleGuard. Knobs left as
+    None come from the classifier folder's calibration.json (the same defaults as `cpsample sample`)."""
+    unet = pipe.unet
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
+    guard = classifier if isinstance(classifier, CPSampleGuard) else _guard_for(classifier, pipe, alpha, scale, tau, max_t)
+    _check_classifier_fits(guard.classifier, unet)
+    unprotect(pipe)
+    guard.to(unet.device, unet.dtype)
+    protection = Protection(pipe, guard)
+    protection.handle = unet.register_forward_hook(protection, with_kwargs=True)
+    setattr(unet, HOOK_ATTRIBUTE, protection)
+    return pipe
+
+
+def unprotect(pipe):
+    """Remove the guard `protect` put on the pipeline's UNet (nothing happens if there is none)."""
+    protection = getattr(pipe.unet, HOOK_ATTRIBUTE, None)
+    if protection is not None:
+        protection.handle.remove()
+        delattr(pipe.unet, HOOK_ATTRIBUTE)
+    return pipe
+
+
+def protection_of(pipe) -> Protection | None:
+    """The active protection (guard settings, trace of the latest run), or None for an unprotected pipeline."""
+    return getattr(pipe.unet, HOOK_ATTRIBUTE, None)
+
+
+def _guard_for(classifier, pipe, alpha, scale, tau, max_t) -> CPSampleGuard:
+    if isinstance(classifier, (str, Path)):
+        check_classifier_schedule(resolve_model_dir(classifier, "classifier"), pipe.scheduler)
+    elif isinstance(classifier, Classifier) and classifier.folder is not None:
+        check_classifier_schedule(classifier.folder, pipe.scheduler)
+    return build_guard("cpsample", GuardContext(classifier=classifier), alpha=alpha, scale=scale, tau=tau, max_t=max_t)
+
+
+def _check_classifier_fits(classifier: TimeClassifier, unet) -> None:
+    expected = (unet.config.in_channels, unet.config.sample_size)
+    found = (classifier.config.in_channels, classifier.config.sample_size)
+    if found != expected:
+        raise ValueError(f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this pipeline's UNet "
+                         f"takes {expected[0]}-channel {expected[1]}x{expected[1]} ones; train a classifier on this "
+                         "model's members (`cpsample train-classifier`, or `train-latent-classifier` for latents)")
+
+
+def check_classifier_schedule(classifier_dir: Path, scheduler) -> None:
+    """The classifier learned p(y | x_t, t) for one noise schedule; under another its t means another noise level."""
+    if not (Path(classifier_dir) / "scheduler" / "scheduler_config.json").is_file():
+        return
+    trained = load_noise_schedule(classifier_dir).alphas_cumprod
+    used = scheduler.alphas_cumprod.float().cpu()
+    if trained.shape != used.shape or not torch.allclose(trained.float(), used, atol=1e-5):
+        raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than this pipeline's; "
+                         "train it on this model (`cpsample train-classifier`, or `train-latent-classifier --pipeline`)")
+
+
+def single_timestep(timestep) -> int:
+    """Pipelines call the UNet with one t for the whole batch; CPSample's push needs it as an int."""
+    values = torch.as_tensor(timestep).flatten()
+    if len(values) > 1 and not bool((values == values[0]).all()):
+        raise ValueError("protect() needs one timestep per UNet call; this pipeline mixes timesteps in a batch")
+    return int(values[0])
+
+
+def is_cfg_batch(x_t: torch.Tensor) -> bool:
+    """[x, x]: a classifier-free-guidance call (or two identical halves, whose pushes are identical anyway)."""
+    half = len(x_t) // 2
+    return len(x_t) % 2 == 0 and half > 0 and torch.equal(x_t[:half], x_t[half:])
+
+
+def replace_sample(output, sample: torch.Tensor):
+    """The UNet's output with eps replaced, in the form the pipeline asked for (dataclass or tuple)."""
+    if isinstance(output, tuple):
+        return (sample, *output[1:])
+    output.sample = sample  # diffusers' BaseOutput keeps its dict view in sync
+    return output

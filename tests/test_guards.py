@@ -1,0 +1,119 @@
+"""Guards as validated configs built through one registry: one set of defaults for the library and the CLI."""
+
+import inspect
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cpsample.cli.main import app
+from cpsample.sampling.guards import GUARDS, Guard, GuardContext, GuardOptions, build_guard, guard_options
+from cpsample.sampling.guards.base import option
+from cpsample.sampling.guards.cpsample import read_calibration
+from cpsample.models.bundle import resolve_model_dir
+from cpsample.sampling.pipeline import generate
+
+GUARD_FLAGS = ("alpha", "scale", "tau", "amg_threshold", "amg_scale", "option")
+
+
+def test_every_registered_guard_declares_validated_options():
+    for name, guard_class in GUARDS.items():
+        assert issubclass(guard_class.Options, GuardOptions), name
+        assert guard_class.name == name
+        guard_class.Options()  # the defaults themselves are valid
+
+
+def test_unknown_and_bad_options_are_refused():
+    with pytest.raises(ValueError, match="guard 'amg' has no option alpha"):
+        guard_options("amg", alpha=0.1)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        guard_options("cpsample", alpha=0.7)
+    with pytest.raises(ValueError, match="finite"):
+        guard_options("cpsample", scale=float("nan"))
+    with pytest.raises(ValueError, match="tau must be positive"):
+        guard_options("cpsample", tau=0.0)
+    with pytest.raises(ValueError, match="unknown guard"):
+        build_guard("cpsampel")
+    with pytest.raises(ValueError, match="has no option transition_t"):
+        generate(n=1, steps=1, guard="cpsample", transition_t=5, progress=False)
+
+
+@pytest.mark.parametrize("command", ["sample", "sample-conditional"])
+def test_cli_guard_flags_carry_no_defaults_of_their_own(command):
+    """Every guard knob on the command line defaults to None: the guard's Options (or calibration) decide."""
+    callback = next(c.callback for c in app.registered_commands if (c.name or c.callback.__name__) == command)
+    parameters = inspect.signature(callback).parameters
+    present = [name for name in GUARD_FLAGS if name in parameters]
+    assert {"alpha", "scale", "tau", "option"} <= set(present)
+    assert all(parameters[name].default is None for name in present)
+
+
+def _recorded_guard_settings(out):
+    return json.loads((out / "cpsample.json").read_text())["settings"]["guard_settings"]
+
+
+def test_library_and_cli_use_the_same_defaults(tmp_path):
+    calibrated = read_calibration(resolve_model_dir("bundled", "classifier"))["settings"]
+    library = generate(n=2, steps=2, guard="cpsample", progress=False).guard_settings
+    assert {key: library[key] for key in ("alpha", "scale", "tau", "max_t")} == \
+        {key: calibrated[key] for key in ("alpha", "scale", "tau", "max_t")}
+    for guard in ("cpsample", "amg"):
+        out = tmp_path / guard
+        result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--guard", guard])
+        assert result.exit_code == 0, result.output
+        expected = generate(n=2, steps=2, guard=guard, progress=False).guard_settings
+        assert _recorded_guard_settings(out) == json.loads(json.dumps(expected))
+    amg_defaults = GUARDS["amg"].Options()
+    assert _recorded_guard_settings(tmp_path / "amg")["threshold"] == amg_defaults.threshold
+    assert _recorded_guard_settings(tmp_path / "amg")["sim_scale"] == amg_defaults.sim_scale
+
+
+def test_cli_option_sets_any_declared_option_and_refuses_others(tmp_path):
+    out = tmp_path / "amg"
+    result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--guard", "amg",
+                                      "--option", "threshold=0.9", "--option", "despecify=false"])
+    assert result.exit_code == 0, result.output
+    recorded = _recorded_guard_settings(out)
+    assert recorded["threshold"] == 0.9 and recorded["despecify"] is False
+    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "amg", "--alpha", "0.1"])
+    assert result.exit_code != 0 and "has no option alpha" in result.output
+    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "cpsample", "-o", "alpha=x"])
+    assert result.exit_code != 0 and "expected float" in result.output
+
+
+@dataclass(frozen=True)
+class DampOptions(GuardOptions):
+    factor: float = option(0.5, "Multiply eps by this.")
+
+
+class DampGuard(Guard):
+    """A new strategy as a user would add one: one class (a file) and one line in GUARDS."""
+
+    name = "damp"
+    Options = DampOptions
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def adjust(self, eps, x_t, t, abar_t):
+        return eps * self.factor
+
+    def settings(self):
+        return {"guard": self.name, "factor": self.factor}
+
+
+def test_a_new_guard_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(GUARDS, "damp", DampGuard)
+    out = tmp_path / "damp"
+    result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "3", "--guard", "damp", "-o", "factor=0.0"])
+    assert result.exit_code == 0, result.output
+    assert _recorded_guard_settings(out) == {"guard": "damp", "factor": 0.0}
+    damped = generate(n=2, steps=3, guard="damp", factor=0.0, progress=False).images
+    plain = generate(n=2, steps=3, progress=False).images
+    assert not torch.equal(damped, plain)
+    assert torch.equal(damped, generate(n=2, steps=3, guard=build_guard("damp", GuardContext(), factor=0.0), progress=False).images)
+    listing = CliRunner().invoke(app, ["guards"])
+    assert "damp" in listing.output and "factor" in listing.output
