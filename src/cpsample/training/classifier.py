@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
 from cpsample.models.classifier import TimeClassifier
-from cpsample.training.frame import TrainingRun
-from cpsample.training.loop import TrainConfig, Trainer
+from cpsample.training.loop import TrainConfig, Trainer, TrainingRun
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
 PAPER_LOSS = 0.05

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from cpsample.data import DataError, ImageSet, Split
 from cpsample.models.denoiser import DEFAULT_CHANNELS, ClassInfo, build_denoiser, build_noise_schedule, save_denoiser
 from cpsample.training.denoiser import denoiser_run_settings
-from cpsample.training.frame import TrainingRun
-from cpsample.training.loop import TrainConfig
+from cpsample.training.loop import TrainConfig, TrainingRun
 
 DEFAULT_LABEL_DROPOUT = 0.1
 

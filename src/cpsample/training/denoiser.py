@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
 from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, load_denoiser, save_denoiser
-from cpsample.training.frame import TrainingRun
-from cpsample.training.loop import TrainConfig
+from cpsample.training.loop import TrainConfig, TrainingRun
 
 
 def eps_loss(schedule):
