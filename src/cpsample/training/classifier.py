@@ -102,11 +102,12 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
                            norm_num_groups=min(16, min(block_out_channels)))
     images = members.tensor()
     data, targets = _with_negatives(images, torch.from_numpy(initial), negatives)
+    negatives_count = len(data) - len(images)
+    labelling = {"label_seed": label_seed, "relabel_after": relabel_after, "relabel_max_t": relabel_max_t,
+                 "relabel_threshold": relabel_threshold}
     run_settings = {"split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
-                    "block_out_channels": list(block_out_channels), "label_seed": label_seed, "relabel_after": relabel_after,
-                    "relabel_max_t": relabel_max_t, "relabel_threshold": relabel_threshold,
-                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives": negatives_source,
-                    "negatives_count": 0 if negatives is None else len(negatives)}
+                    "block_out_channels": list(block_out_channels), **labelling, "negatives": negatives_source,
+                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives_count": negatives_count}
     relabelled: list[int] = []
 
     def relabel_midway(trainer: Trainer) -> None:
@@ -132,12 +133,10 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
             "label_seed": label_seed, "member_indices": split.members, "initial_labels": initial.tolist(),
             "labels": labels.tolist(), "relabelled_positions": relabelled}))
 
-    settings = {"label_seed": label_seed, "relabel_after": relabel_after, "relabel_max_t": relabel_max_t,
-                "relabel_threshold": relabel_threshold, "denoiser": denoiser_path, "block_out_channels": list(block_out_channels),
-                **(recorded or {})}
+    settings = {**labelling, "denoiser": denoiser_path, "block_out_channels": list(block_out_channels), **(recorded or {})}
     return run.finish(trainer, command, settings, save, members=len(members), relabelled=len(relabelled),
                       per_timestep=report, low_noise_loss=low_noise_loss, reached_paper_loss=low_noise_loss < PAPER_LOSS,
-                      negatives=0 if negatives is None else len(negatives), negatives_source=negatives_source)
+                      negatives=negatives_count, negatives_source=negatives_source)
 
 
 def _with_negatives(images: torch.Tensor, labels: torch.Tensor, negatives: np.ndarray | None):

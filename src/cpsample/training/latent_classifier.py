@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, Split
@@ -110,6 +110,4 @@ def private_images_of(classifier_dir: str | Path) -> str:
 
 
 def member_latents(classifier_dir: str | Path) -> np.ndarray:
-    from safetensors.torch import load_file
-
     return load_file(str(Path(classifier_dir) / LATENTS_FILE))["latents"].numpy()
