@@ -50,6 +50,28 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, mnist16):
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("killed_at", [4, 8])  # before and after the relabelling at step 6
+def test_killed_classifier_resumes_to_the_same_weights_and_labels(tmp_path, mnist16, killed_at):
+    """The classifier resumes through the same frame as the denoiser, its relabelling phase included."""
+    from cpsample.models import build_noise_schedule
+
+    split = make_split(len(mnist16), 8, seed=1, source="mnist")
+
+    def train(name, steps, resume=False):
+        config = TrainConfig(steps=steps, batch_size=8, seed=0, save_every=100)
+        return train_classifier(mnist16.take(split.members), split, build_noise_schedule(), tmp_path / name, config,
+                                label_seed=5, relabel_after=6, block_out_channels=(8, 16), resume=resume)
+
+    straight = train("straight", 10)
+    train("killed", killed_at)  # stands in for a run killed after its last checkpoint
+    resumed = train("killed", 10, resume=True)
+    assert resumed["resumed_from"] == killed_at and resumed["relabelled"] == straight["relabelled"] > 0
+    for part in ("model", "ema", "optimizer", "targets"):
+        expected, got = (load_file(tmp_path / run / "train_state" / f"{part}.safetensors") for run in ("straight", "killed"))
+        assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected), part
+    assert (tmp_path / "killed" / "labels.json").read_text() == (tmp_path / "straight" / "labels.json").read_text()
+
+
 def test_classifier_memorises_random_labels(tmp_path, mnist16):
     from cpsample.models import build_noise_schedule
 

@@ -12,8 +12,6 @@ members and CPSample leaves samples far from them untouched. Their target is the
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,7 @@ import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
 from cpsample.models.classifier import TimeClassifier
-from cpsample.provenance import write_record
-from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
+from cpsample.training.loop import TrainConfig, Trainer, TrainingRun
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
 PAPER_LOSS = 0.05
@@ -93,59 +90,61 @@ def per_timestep_report(model, images, labels, schedule, timesteps=REPORT_TIMEST
 def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, config: TrainConfig, label_seed: int,
                      relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
                      block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "",
-                     overwrite: bool = False, negatives: np.ndarray | None = None, negatives_source: str = "none") -> dict:
+                     overwrite: bool = False, negatives: np.ndarray | None = None, negatives_source: str = "none",
+                     command: str = "train-classifier", recorded: dict | None = None) -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
-    negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring)."""
-    out_dir = Path(out_dir)
-    prepare_run_folder(out_dir, resume, overwrite)
-    torch.manual_seed(config.seed)
+    negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring).
+    command and recorded: the provenance record's command and settings beyond the classifier's own."""
+    run = TrainingRun(out_dir, config, resume, overwrite)
     initial = random_labels(len(members), label_seed)
     model = TimeClassifier(sample_size=members.size, in_channels=members.channels, block_out_channels=tuple(block_out_channels),
                            norm_num_groups=min(16, min(block_out_channels)))
     images = members.tensor()
-    data, targets = images, torch.from_numpy(initial)
-    if negatives is not None and len(negatives):
-        data = torch.cat([images, torch.as_tensor(negatives, dtype=images.dtype)])
-        targets = torch.cat([targets, torch.full((len(negatives),), UNSURE, dtype=targets.dtype)])
+    data, targets = _with_negatives(images, torch.from_numpy(initial), negatives)
+    negatives_count = len(data) - len(images)
+    labelling = {"label_seed": label_seed, "relabel_after": relabel_after, "relabel_max_t": relabel_max_t,
+                 "relabel_threshold": relabel_threshold}
     run_settings = {"split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
-                    "block_out_channels": list(block_out_channels), "label_seed": label_seed, "relabel_after": relabel_after,
-                    "relabel_max_t": relabel_max_t, "relabel_threshold": relabel_threshold,
-                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives": negatives_source,
-                    "negatives_count": 0 if negatives is None else len(negatives)}
-    trainer = Trainer(model, data, noisy_ce_loss(schedule), config, out_dir, targets=targets, run_settings=run_settings)
-    meta = trainer.load_state() if resume else None
-    relabelled: list[int] = (meta or {}).get("relabelled", [])
-    if meta is None:  # a resumed run keeps the split it started with
-        out_dir.mkdir(parents=True, exist_ok=True)
-        split.save(out_dir / "split.json")
-    started = time.time()
-    if trainer.step < relabel_after < config.steps:
-        trainer.run_until(relabel_after, description="train classifier (phase 1)")
-        relabelled = _relabel_unfit(trainer, images, schedule, relabel_max_t, relabel_threshold, config.seed)
+                    "block_out_channels": list(block_out_channels), **labelling, "negatives": negatives_source,
+                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives_count": negatives_count}
+    relabelled: list[int] = []
+
+    def relabel_midway(trainer: Trainer) -> None:
+        nonlocal relabelled
+        relabelled = run.state.get("relabelled", [])
+        if trainer.step < relabel_after < config.steps:
+            trainer.run_until(relabel_after, description="train classifier (phase 1)")
+            relabelled = _relabel_unfit(trainer, images, schedule, relabel_max_t, relabel_threshold, config.seed)
+            trainer.save_state(extra={"relabelled": relabelled})
+        trainer.run_until(config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else ""))
         trainer.save_state(extra={"relabelled": relabelled})
-    trainer.run_until(config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else ""))
-    trainer.save_state(extra={"relabelled": relabelled})
-    seconds = time.time() - started
+
+    trainer = run.train(model, data, noisy_ce_loss(schedule), split, run_settings, targets=targets, phases=relabel_midway)
     final = trainer.ema_model()
     labels = trainer.targets.cpu()[:len(images)]
     report = per_timestep_report(final, images, labels, schedule, seed=config.seed)
     low_noise_loss = float(np.mean([r["loss"] for r in report if r["t"] <= relabel_max_t]))
-    summary = {"steps": trainer.step, "seconds_this_run": round(seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1), "members": len(members),
-               "relabelled": len(relabelled), "per_timestep": report, "low_noise_loss": low_noise_loss,
-               "reached_paper_loss": low_noise_loss < PAPER_LOSS, "parameters": sum(p.numel() for p in final.parameters()),
-               "negatives": 0 if negatives is None else len(negatives), "negatives_source": negatives_source}
-    if trainer.accelerator.is_main_process:
-        final.save_pretrained(out_dir / "classifier", safe_serialization=True)
-        schedule.save_pretrained(out_dir / "scheduler")
-        (out_dir / "labels.json").write_text(json.dumps({
+
+    def save(folder: Path) -> None:
+        final.save_pretrained(folder / "classifier", safe_serialization=True)
+        schedule.save_pretrained(folder / "scheduler")
+        (folder / "labels.json").write_text(json.dumps({
             "label_seed": label_seed, "member_indices": split.members, "initial_labels": initial.tolist(),
             "labels": labels.tolist(), "relabelled_positions": relabelled}))
-        write_record(out_dir, "train-classifier", {**asdict(config), "label_seed": label_seed, "relabel_after": relabel_after,
-                                                   "relabel_max_t": relabel_max_t, "relabel_threshold": relabel_threshold,
-                                                   "denoiser": denoiser_path, "block_out_channels": list(block_out_channels)},
-                     {**summary, "history": trainer.history})
-    return summary
+
+    settings = {**labelling, "denoiser": denoiser_path, "block_out_channels": list(block_out_channels), **(recorded or {})}
+    return run.finish(trainer, command, settings, save, members=len(members), relabelled=len(relabelled),
+                      per_timestep=report, low_noise_loss=low_noise_loss, reached_paper_loss=low_noise_loss < PAPER_LOSS,
+                      negatives=negatives_count, negatives_source=negatives_source)
+
+
+def _with_negatives(images: torch.Tensor, labels: torch.Tensor, negatives: np.ndarray | None):
+    """The members with their labels, then the negatives (if any) with the target UNSURE."""
+    if negatives is None or not len(negatives):
+        return images, labels
+    return (torch.cat([images, torch.as_tensor(negatives, dtype=images.dtype)]),
+            torch.cat([labels, torch.full((len(negatives),), UNSURE, dtype=labels.dtype)]))
 
 
 def _relabel_unfit(trainer: Trainer, images, schedule, max_t: int, threshold: float, seed: int) -> list[int]:

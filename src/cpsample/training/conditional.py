@@ -9,7 +9,6 @@ num_classes and null_label recorded, so `train_classifier` can train CPSample's 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 
 from cpsample.data import DataError, ImageSet, Split
 from cpsample.models.denoiser import DEFAULT_CHANNELS, ClassInfo, build_denoiser, build_noise_schedule, save_denoiser
-from cpsample.provenance import write_record
-from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
+from cpsample.training.denoiser import denoiser_run_settings
+from cpsample.training.loop import TrainConfig, TrainingRun
 
 DEFAULT_LABEL_DROPOUT = 0.1
 
@@ -68,35 +67,18 @@ def train_conditional(members: ImageSet, split: Split, out_dir: Path, config: Tr
     """Train (or resume) and export the EMA class-conditional model to out_dir; returns a summary."""
     if not 0.0 < label_dropout < 1.0:
         raise ValueError(f"label dropout must lie strictly between 0 and 1 (CFG needs both halves), got {label_dropout}")
-    out_dir = Path(out_dir)
-    prepare_run_folder(out_dir, resume, overwrite)
+    run = TrainingRun(out_dir, config, resume, overwrite)
     labels, num_classes = class_labels_of(members, num_classes)
     info = ClassInfo(num_classes=num_classes, null_label=num_classes)
-    torch.manual_seed(config.seed)
     unet = build_denoiser(members.size, members.channels, block_out_channels, num_class_embeds=num_classes + 1)
     schedule = build_noise_schedule()
-    run_settings = {"data": data_spec, "split": split.fingerprint(), "image_size": members.size,
-                    "image_channels": members.channels, "block_out_channels": list(block_out_channels),
-                    "label_dropout": label_dropout, **asdict(info)}
-    trainer = Trainer(unet, members.tensor(), conditional_eps_loss(schedule, info.null_label, label_dropout), config, out_dir,
-                      targets=torch.from_numpy(labels), run_settings=run_settings)
-    meta = trainer.load_state() if resume else None
-    resumed_from = meta["step"] if meta else 0
-    if meta is None:  # a resumed run keeps the split it started with
-        out_dir.mkdir(parents=True, exist_ok=True)
-        split.save(out_dir / "split.json")
-    started = time.time()
-    trainer.run_until(config.steps, description="train conditional denoiser")
-    summary = {"steps": trainer.step, "resumed_from": resumed_from, "seconds_this_run": round(time.time() - started, 1),
-               "parameters": sum(p.numel() for p in unet.parameters()),
-               "final_loss": trainer.history[-1]["loss"] if trainer.history else None, "members": len(members),
-               "image_size": members.size, "channels": members.channels, **asdict(info),
-               "images_per_class": np.bincount(labels, minlength=num_classes).tolist()}
-    if trainer.accelerator.is_main_process:
-        save_denoiser(out_dir, trainer.ema_model(), schedule)
-        # data and image_size let `training_data` (and so train-classifier) find the members again.
-        write_record(out_dir, "train-conditional",
-                     {**asdict(config), "data": data_spec, "image_size": members.size, "block_out_channels": list(block_out_channels),
-                      "label_dropout": label_dropout, "conditional": True, **asdict(info)},
-                     {**summary, "history": trainer.history})
-    return summary
+    run_settings = {**denoiser_run_settings(members, split, block_out_channels, data_spec), "label_dropout": label_dropout,
+                    **asdict(info)}
+    trainer = run.train(unet, members.tensor(), conditional_eps_loss(schedule, info.null_label, label_dropout), split,
+                        run_settings, targets=torch.from_numpy(labels), description="train conditional denoiser")
+    # data and image_size let `training_data` (and so train-classifier) find the members again.
+    settings = {"data": data_spec, "image_size": members.size, "block_out_channels": list(block_out_channels),
+                "label_dropout": label_dropout, "conditional": True, **asdict(info)}
+    return run.finish(trainer, "train-conditional", settings, lambda folder: save_denoiser(folder, trainer.ema_model(), schedule),
+                      members=len(members), image_size=members.size, channels=members.channels, **asdict(info),
+                      images_per_class=np.bincount(labels, minlength=num_classes).tolist())

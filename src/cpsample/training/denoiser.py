@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -11,8 +9,7 @@ import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
 from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, load_denoiser, save_denoiser
-from cpsample.provenance import write_record
-from cpsample.training.loop import TrainConfig, Trainer, prepare_run_folder
+from cpsample.training.loop import TrainConfig, TrainingRun
 
 
 def eps_loss(schedule):
@@ -35,36 +32,25 @@ def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: Train
     With `init` (a diffusers folder with unet/ and scheduler/), fine-tune that eps-predicting UNet2DModel with its own
     noise schedule instead of starting from random weights.
     """
-    out_dir = Path(out_dir)
-    prepare_run_folder(out_dir, resume, overwrite)
-    torch.manual_seed(config.seed)
+    run = TrainingRun(out_dir, config, resume, overwrite)
     if init is None:
         unet, schedule = build_denoiser(members.size, members.channels, block_out_channels), build_noise_schedule()
     else:
         unet, schedule = load_pretrained(init, members)
         block_out_channels = tuple(unet.config.block_out_channels)
-    run_settings = {"data": data_spec, "split": split.fingerprint(), "image_size": members.size,
-                    "image_channels": members.channels, "block_out_channels": list(block_out_channels),
-                    "init": None if init is None else str(Path(init).resolve())}
-    trainer = Trainer(unet, members.tensor(), eps_loss(schedule), config, out_dir, run_settings=run_settings)
-    meta = trainer.load_state() if resume else None
-    resumed_from = meta["step"] if meta else 0
-    if meta is None:  # a resumed run keeps the split it started with
-        out_dir.mkdir(parents=True, exist_ok=True)
-        split.save(out_dir / "split.json")
-    started = time.time()
-    trainer.run_until(config.steps, description="train denoiser")
-    seconds = time.time() - started
-    summary = {"steps": trainer.step, "resumed_from": resumed_from, "seconds_this_run": round(seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1),
-               "parameters": sum(p.numel() for p in unet.parameters()), "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
-               "members": len(members), "image_size": members.size, "channels": members.channels}
-    if trainer.accelerator.is_main_process:
-        save_denoiser(out_dir, trainer.ema_model(), schedule)
-        write_record(out_dir, "train-denoiser", {**asdict(config), "data": data_spec, "image_size": members.size,
-                      "subset": len(split.members) if split.nonmembers else None, "block_out_channels": list(block_out_channels),
-                      "init": None if init is None else str(Path(init).resolve())},
-                     {**summary, "history": trainer.history})
-    return summary
+    init = None if init is None else str(Path(init).resolve())
+    run_settings = {**denoiser_run_settings(members, split, block_out_channels, data_spec), "init": init}
+    trainer = run.train(unet, members.tensor(), eps_loss(schedule), split, run_settings, description="train denoiser")
+    settings = {"data": data_spec, "image_size": members.size, "subset": len(split.members) if split.nonmembers else None,
+                "block_out_channels": list(block_out_channels), "init": init}
+    return run.finish(trainer, "train-denoiser", settings, lambda folder: save_denoiser(folder, trainer.ema_model(), schedule),
+                      members=len(members), image_size=members.size, channels=members.channels)
+
+
+def denoiser_run_settings(members: ImageSet, split: Split, block_out_channels, data_spec: str) -> dict:
+    """What a denoiser trains on and its shape: a resumed run must match them."""
+    return {"data": data_spec, "split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
+            "block_out_channels": list(block_out_channels)}
 
 
 def load_pretrained(folder: Path, members: ImageSet):

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, Split
-from cpsample.provenance import write_record
 from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
@@ -88,23 +87,17 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
     latents = encode_latents(pipe, private, progress=progress)
     members = ImageSet(images=latents.numpy(), names=private.names, source=f"{images_dir} (VAE latents)")
     split = Split(source=str(images_dir), seed=label_seed, members=list(range(len(private))), nonmembers=[])
+    recorded = {"pipeline": str(pipeline_dir), "images": str(images_dir), "image_size": image_size,
+                "latent_shape": [channels, height, width], "scaling_factor": pipe.vae.config.scaling_factor,
+                "captions": str(captions_file) if captions_file else None, "image_names": private.names}
     summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
                                relabel_after=relabel_after, block_out_channels=block_out_channels, resume=resume,
-                               denoiser_path=str(pipeline_dir))
+                               denoiser_path=str(pipeline_dir), command="train-latent-classifier", recorded=recorded)
     save_file({"latents": latents.contiguous()}, str(out_dir / LATENTS_FILE))
     if captions:
         (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2))
-    _rewrite_record(out_dir, {"pipeline": str(pipeline_dir), "images": str(images_dir), "image_size": image_size,
-                              "latent_shape": [channels, height, width], "scaling_factor": pipe.vae.config.scaling_factor,
-                              "captions": str(captions_file) if captions_file else None, "image_names": private.names})
     return {**summary, "image_size": image_size, "latent_shape": [channels, height, width],
             "latent_std": float(latents.std()), "captions": len(captions)}
-
-
-def _rewrite_record(out_dir: Path, latent_settings: dict) -> None:
-    """train_classifier wrote a train-classifier record; make it say what was trained on which latents."""
-    record = json.loads((out_dir / "cpsample.json").read_text())
-    write_record(out_dir, "train-latent-classifier", {**record["settings"], **latent_settings}, record.get("results"))
 
 
 def private_images_of(classifier_dir: str | Path) -> str:
@@ -117,6 +110,4 @@ def private_images_of(classifier_dir: str | Path) -> str:
 
 
 def member_latents(classifier_dir: str | Path) -> np.ndarray:
-    from safetensors.torch import load_file
-
     return load_file(str(Path(classifier_dir) / LATENTS_FILE))["latents"].numpy()

@@ -1,4 +1,5 @@
-"""One training loop for every model cpsample trains (denoiser, classifier): accelerate, EMA, safetensors resume.
+"""One training loop for every model cpsample trains (denoiser, classifier): accelerate, EMA, safetensors resume,
+and one frame around it (`TrainingRun`), so each trainer adds only its model, loss and records.
 
 Batches and noise come from a generator seeded by (seed, step, process), so a run resumed after a kill draws
 exactly the batches the uninterrupted run would have drawn, and every process of a multi-GPU run draws its own.
@@ -6,6 +7,7 @@ exactly the batches the uninterrupted run would have drawn, and every process of
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -20,6 +22,9 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from cpsample.data import Split
+from cpsample.provenance import write_record
 
 # loss_fn(model, x0 batch, target batch or None, generator) -> (loss, {name: float})
 LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], "tuple[torch.Tensor, dict]"]
@@ -119,14 +124,9 @@ class Trainer:
 
     def ema_model(self) -> torch.nn.Module:
         """A copy of the model carrying the EMA weights (what gets exported and sampled from)."""
-        model = self._fresh_copy()
+        model = copy.deepcopy(self.unwrapped).cpu()
         self.ema.copy_to(model.parameters())
         return model.eval()
-
-    def _fresh_copy(self) -> torch.nn.Module:
-        import copy
-
-        return copy.deepcopy(self.unwrapped).cpu()
 
     # --- resume -------------------------------------------------------------------------------------------
     def save_state(self, extra: dict | None = None) -> None:
@@ -193,6 +193,46 @@ class Trainer:
         stored = {**meta.get("config", {}), **meta.get("run_settings", {})}
         return [f"{key}: {_short(stored.get(key))} then, {_short(current.get(key))} now" for key in sorted(current)
                 if key not in RESUMABLE_CHANGES and key in stored and stored[key] != current[key]]
+
+
+class TrainingRun:
+    """The frame of every training command: folder check and seed -> (the caller builds its model) -> `train`
+    (resume, or start and save split.json) -> `finish` (export, provenance record, summary)."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig, resume: bool = False, overwrite: bool = False):
+        self.out_dir, self.config, self.resume = Path(out_dir), config, resume
+        prepare_run_folder(self.out_dir, resume, overwrite)
+        torch.manual_seed(config.seed)  # before the caller builds its model: one seed, one set of initial weights
+        self.state: dict = {}
+        self.seconds = 0.0
+
+    def train(self, model: torch.nn.Module, data: torch.Tensor, loss_fn: LossFn, split: Split, run_settings: dict,
+              targets: torch.Tensor | None = None, description: str = "training",
+              phases: Callable[[Trainer], None] | None = None) -> Trainer:
+        """Continue the saved run (with --resume) or start one; train to config.steps, or through `phases`."""
+        trainer = Trainer(model, data, loss_fn, self.config, self.out_dir, targets=targets, run_settings=run_settings)
+        self.state = (trainer.load_state() if self.resume else None) or {}
+        if not self.state:  # a resumed run keeps the split it started with
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            split.save(self.out_dir / "split.json")
+        started = time.time()
+        if phases is None:
+            trainer.run_until(self.config.steps, description=description)
+        else:
+            phases(trainer)
+        self.seconds = time.time() - started
+        return trainer
+
+    def finish(self, trainer: Trainer, command: str, settings: dict, save: Callable[[Path], None], **results) -> dict:
+        """Export with `save(out_dir)` and record the settings and results (main process only); returns the summary."""
+        summary = {"steps": trainer.step, "resumed_from": self.state.get("step", 0),
+                   "seconds_this_run": round(self.seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1),
+                   "parameters": sum(p.numel() for p in trainer.unwrapped.parameters()),
+                   "final_loss": trainer.history[-1]["loss"] if trainer.history else None, **results}
+        if trainer.accelerator.is_main_process:
+            save(self.out_dir)
+            write_record(self.out_dir, command, {**asdict(self.config), **settings}, {**summary, "history": trainer.history})
+        return summary
 
 
 class ResumeMismatch(ValueError):
