@@ -39,7 +39,8 @@ def main() -> None:
                         help="NAME=FOLDER (repeatable); default: paper=bundled")
     parser.add_argument("--n-samples", type=int, default=600)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--threshold", type=float, default=0.98)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="near-copy cosine threshold (default: the yardstick's for pixels, 0.98)")
     parser.add_argument("--alphas", default="0.001,0.01,0.1")
     parser.add_argument("--scales", default="3,10,30,100")
     parser.add_argument("--amg-scales", default="100,300,1000")

@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--n-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--threshold", type=float, default=0.98)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="near-copy cosine threshold (default: the yardstick's for pixels, 0.98)")
     parser.add_argument("--side-pool", type=int, default=200)
     parser.add_argument("--conditional-model", type=Path, default=None)
     parser.add_argument("--cfg-scale", type=float, default=3.0)

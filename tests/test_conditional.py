@@ -12,6 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cpsample.data import ImageSet, load_dataset, make_split
+from cpsample.evaluation import NEAR_COPY_THRESHOLDS
 from cpsample.models import load_noise_schedule
 from cpsample.models.bundle import training_data
 from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler
@@ -211,5 +212,7 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
         assert "trace_p1" not in saved.files
     record = json.loads((out / "cpsample.json").read_text())
     assert record["command"] == "sample-conditional" and "near_copies" in record["results"]
+    pixels = NEAR_COPY_THRESHOLDS["pixels"]  # left out, the threshold is the yardstick's, and recorded as such
+    assert record["settings"]["copy_threshold"] == record["results"]["near_copies"]["threshold"] == pixels
     bad = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown class 5" in " ".join(bad.output.split())

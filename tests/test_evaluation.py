@@ -13,6 +13,7 @@ import torch
 from cpsample.data import DataError, ImageSet, load_dataset
 from cpsample.evaluation import (
     BUNDLED_FEATURE_NET,
+    NEAR_COPY_THRESHOLDS,
     DinoFeatures,
     FeatureNetTraining,
     PixelFeatures,
@@ -359,8 +360,9 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
                                  "--permutation-rounds", "50"])
     assert result.exit_code == 0, result.output
     assert (out / "report.html").is_file() and (out / "cpsample.json").is_file()
-    headline = json.loads((out / "cpsample.json").read_text())["results"]["headline"]
-    assert headline["plain"]["near_copy_share"] == 1.0
+    record = json.loads((out / "cpsample.json").read_text())
+    assert record["results"]["headline"]["plain"]["near_copy_share"] == 1.0
+    assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # the yardstick's default, recorded
     bad = runner.invoke(app, ["evaluate", "--samples", "no-equals-sign", "--out", str(out)])
     assert bad.exit_code == 2 and "name=path" in bad.output
     trained = runner.invoke(app, ["train-feature-net", "--data", "digits", "--image-size", "8", "--epochs", "1",

@@ -17,7 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 from cpsample.attacks.side import SideConfig, count_extractions, side_attack
-from cpsample.evaluation import PixelFeatures, nearest_by_cosine, replication_share
+from cpsample.evaluation import NEAR_COPY_THRESHOLDS, PixelFeatures, nearest_by_cosine, replication_share
 from cpsample.models import TimeClassifier, build_denoiser, build_noise_schedule, save_denoiser
 from cpsample.sampling.guards import (AMGGuard, ChainGuard, ClassifierGuidanceGuard, CPSampleGuard, DelayedCFGGuard,
                                       Guard, NoGuard, OppositeGuidanceGuard)
@@ -381,6 +381,7 @@ def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "cpsample.json").read_text())
     assert record["command"] == "attack side" and record["settings"]["clusters"] == 2
+    assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # left out: the yardstick's default
     assert {"pool", "attack", "clusters", "classifier"} <= set(json.loads((out / "result.json").read_text()))
     assert all((out / name).exists() for name in ("pool.png", "attack.png", "pairs.png"))
     bad = runner.invoke(app, common + ["--defence", "ambient"])

@@ -7,9 +7,9 @@ one mode and makes copies far more likely. SIDE builds that condition from the m
 3. train a time-dependent classifier p(k | x_t, t) on noised pool images (CPSample's classifier loss, K labels);
 4. sample again with classifier guidance towards each surrogate class, eps - lambda sqrt(1 - abar) grad log p(k | x_t).
    Against a defended sampler the attacker's guidance comes first and the defence's `adjust` last (ChainGuard).
-Extraction is counted with the evaluation's near-copy criterion: cosine similarity of pixel-centred features to the
-nearest training image above a threshold (exact faiss search). Reported: AMS (share of generations that are
-near-copies) and UMS (distinct training images matched / training set size), for the guided attack, for the
+Extraction is counted with the evaluation's near-copy yardstick (`find_near_copies`): cosine similarity of
+pixel-centred features to the nearest training image above a threshold (exact faiss search). Reported: AMS (share
+of generations that are near-copies) and UMS (distinct training images matched / training set size), for the guided attack, for the
 unguided pool it started from, and for as many pool images as the attack drew (the same sampling budget).
 
 Cohesion of a cluster here is the mean cosine similarity of its members to their (normalised) centroid.
@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cpsample.evaluation.features import PixelFeatures
-from cpsample.evaluation.neighbours import l2_normalise, nearest_by_cosine
-from cpsample.evaluation.replication import DEFAULT_THRESHOLD
+from cpsample.evaluation.nearcopy import NearCopies, find_near_copies, resolve_threshold
+from cpsample.evaluation.neighbours import l2_normalise
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.guards import ChainGuard, ClassifierGuidanceGuard, Guard, NoGuard
@@ -55,9 +55,12 @@ class SideConfig:
     attack_scale: float = 1.0  # lambda (paper sweeps 0-50; extraction first rises, then falls; on the bundled
     # 16x16 model, which copies half the time unguided, it only falls: 76, 70, 46, 27 distinct at 0, 1, 3, 10)
     per_class: int = 10  # guided samples per surrogate class
-    threshold: float = DEFAULT_THRESHOLD  # near-copy: cosine similarity strictly above this
+    threshold: float | None = None  # near-copy: pixel cosine strictly above this; None: the yardstick's default
     batch_size: int = 250
     seed: int = 0
+
+    def __post_init__(self):
+        self.threshold = resolve_threshold(self.threshold, "pixels")
 
     def check(self) -> None:
         positive = {"samples": self.samples, "clusters": self.clusters, "attack_steps": self.attack_steps,
@@ -75,17 +78,10 @@ class SideConfig:
 
 
 @dataclass
-class Extraction:
+class Extraction(NearCopies):
     """Near-copies among a set of generated images, judged against the training images."""
 
-    similarity: np.ndarray  # (N,) cosine similarity to the nearest training image
-    nearest: np.ndarray  # (N,) its row in the training set
-    threshold: float
     training_size: int
-
-    @property
-    def copies(self) -> np.ndarray:
-        return self.similarity > self.threshold
 
     @property
     def extracted(self) -> list[int]:
@@ -137,11 +133,10 @@ class SideResult:
                 "per_class": self.per_class, "seconds": round(self.seconds, 1)}
 
 
-def count_extractions(images, training_images, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> Extraction:
-    """The evaluation's near-copy criterion: pixel-centred features, exact cosine NN, similarity > threshold."""
-    extractor = PixelFeatures()
-    found = nearest_by_cosine(extractor(images), extractor(training_images), k=1, progress=progress)
-    return Extraction(found.nearest_score, found.nearest_index, float(threshold), len(training_images))
+def count_extractions(images, training_images, threshold: float | None = None, progress: bool = False) -> Extraction:
+    """The evaluation's near-copy yardstick on pixel-centred features (threshold None: its pixel default)."""
+    found = find_near_copies(images, training_images, "pixels", threshold, progress)
+    return Extraction(found.similarity, found.nearest, found.threshold, training_size=len(training_images))
 
 
 def cluster_pool(images: torch.Tensor, clusters: int, min_cohesion: float = PAPER_COHESION, min_size: int = 2,

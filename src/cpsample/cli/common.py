@@ -37,6 +37,11 @@ Alpha = Annotated[Optional[float], typer.Option(help="CPSample: guide when p(y|x
 Scale = Annotated[Optional[float], typer.Option(help="CPSample guidance scale s." + _CALIBRATED)]
 Tau = Annotated[Optional[float], typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001)." + _CALIBRATED)]
 
+# Left out, a near-copy threshold resolves through the one yardstick, so CLI and library defaults agree.
+NearCopyThreshold = Annotated[Optional[float], typer.Option(help=(
+    "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
+    "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98)."))]
+
 
 GuardOption = Annotated[Optional[list[str]], typer.Option(
     "--option", "-o", help="Any option of the chosen guard as NAME=VALUE (repeatable); `cpsample guards` lists them all.")]

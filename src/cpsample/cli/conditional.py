@@ -23,11 +23,9 @@ import typer
 from rich.table import Table
 
 from cpsample.cli.common import (Alpha, BatchSize, Channels, check_sample_out,
-                                 console, Device, fail, guard_stats, GuardOption, ImageSize, MixedPrecision, Overwrite, parse_widths,
-                                 parse_guard_options, prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
-
-COPY_THRESHOLD_HELP = "Cosine similarity (mean-centred pixels) above which a sample counts as a near-copy."
-
+                                 console, Device, fail, guard_stats, GuardOption, ImageSize, MixedPrecision,
+                                 NearCopyThreshold, Overwrite, parse_guard_options, parse_widths, prepare_training,
+                                 Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
 
 def register(app: typer.Typer) -> None:
     """Add the conditional and latent (Stable Diffusion) commands to the app."""
@@ -84,7 +82,7 @@ def sample_conditional_command(
     steps: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: BatchSize = 250,
     feature_net: Annotated[Optional[str], typer.Option(help="'bundled' (MNIST digitnet) or a folder: report how many samples keep their class.")] = None,
-    copy_threshold: Annotated[float, typer.Option(help=COPY_THRESHOLD_HELP)] = 0.95,
+    copy_threshold: NearCopyThreshold = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
     trace: Trace = False,
@@ -92,11 +90,13 @@ def sample_conditional_command(
     seed: Seed = 0,
 ):
     """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample."""
+    from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
     from cpsample.sampling.outputs import save_samples, save_trace
 
     check_sample_out(out, "sample-conditional", overwrite)
+    copy_threshold = resolve_threshold(copy_threshold, "pixels")
     _, _, info = load_conditional(model)
     wanted = parse_classes(classes, info)
     labels = np.repeat(wanted, n)
@@ -117,9 +117,9 @@ def sample_conditional_command(
     console.print(json.dumps(stats, indent=2))
 
 
-def member_similarity(model: str, images, threshold: float) -> dict:
+def member_similarity(model: str, images, threshold: float | None = None) -> dict:
     """Nearest-member cosine in pixel space and the near-copy share (skipped when the members cannot be found)."""
-    from cpsample.evaluation import PixelFeatures, nearest_by_cosine, replication_share, similarity_summary
+    from cpsample.evaluation import find_near_copies, replication_share, similarity_summary
     from cpsample.models.bundle import training_data
 
     try:
@@ -127,9 +127,9 @@ def member_similarity(model: str, images, threshold: float) -> dict:
     except FileNotFoundError:
         return {}
     members = dataset.take(split.members).images
-    features = PixelFeatures()
-    scores = nearest_by_cosine(features(images), features(members), progress=False).nearest_score
-    return {"nearest_member_cosine": similarity_summary(scores), "near_copies": replication_share(scores, threshold)}
+    found = find_near_copies(images, members, "pixels", threshold)
+    return {"nearest_member_cosine": similarity_summary(found.similarity),
+            "near_copies": replication_share(found.similarity, found.threshold)}
 
 
 def class_agreement_stats(feature_net: str, images, labels: np.ndarray, device: str) -> dict:
@@ -211,7 +211,7 @@ def sample_sd_command(
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
     private: Annotated[Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")] = None,
-    copy_threshold: Annotated[float, typer.Option(help=COPY_THRESHOLD_HELP)] = 0.95,
+    copy_threshold: NearCopyThreshold = None,
     compare_plain: Annotated[bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")] = False,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
@@ -220,6 +220,7 @@ def sample_sd_command(
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private images."""
     require_transformers()
+    from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.latent import (PromptEntry, build_latent_guard, latent_shape, load_private_images,
                                           load_sd_pipeline, read_prompts)
@@ -227,6 +228,7 @@ def sample_sd_command(
     entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (read_prompts(prompts_file) if prompts_file else [])
     if not entries:
         raise ValueError("give --prompt (repeatable) or --prompts-file")
+    copy_threshold = resolve_threshold(copy_threshold, "pixels")
     if guard not in ("none", "cpsample"):
         raise ValueError(f"unknown guard {guard!r}; choose none or cpsample")
     if guard == "cpsample" and classifier is None:

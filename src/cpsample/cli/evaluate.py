@@ -13,7 +13,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Seed, console, run_safely
+from cpsample.cli.common import NearCopyThreshold, Seed, console, run_safely
 from cpsample.data import DataError, ImageSet, load_dataset
 
 
@@ -27,7 +27,7 @@ def evaluate_command(
     out: Annotated[Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")],
     model: Annotated[str, typer.Option(help="Denoiser folder (or 'bundled') whose training members / non-members to compare with.")] = "bundled",
     features: Annotated[str, typer.Option(help="pixels, dino:PATH (local DINO/DINOv2 ViT weights) or sscd:PATH (TorchScript).")] = "pixels",
-    threshold: Annotated[float, typer.Option(help="Near-copy threshold on cosine similarity (paper: 0.97 CIFAR-10, 0.95 CelebA, 0.90 LSUN Church).")] = 0.97,
+    threshold: NearCopyThreshold = None,
     quality_net: Annotated[str, typer.Option(help="Feature net for FD and class checks: 'bundled', a folder, or 'none'.")] = "bundled",
     inception: Annotated[Optional[Path], typer.Option(help="Local Inception-v3 FID weights: adds real FID (needs torchmetrics + torch-fidelity).")] = None,
     permutation_rounds: Annotated[int, typer.Option(min=1, help="Null draws for the App. E permutation test.")] = 1000,
@@ -55,7 +55,7 @@ def evaluate_command(
                        trust_torchscript=trust_torchscript, inception_weights=inception, seed=seed)
     paths = write_report(out, results)
     settings = {"samples": {k: str(v) for k, v in named.items()}, "model": model, "features": features,
-                "threshold": threshold, "quality_net": quality_net, "inception": inception,
+                "threshold": results["settings"]["threshold"], "quality_net": quality_net, "inception": inception,
                 "permutation_rounds": permutation_rounds, "relative_metric": relative_metric, "top_k": top_k,
                 "trust_torchscript": trust_torchscript, "seed": seed}
     write_record(out, "evaluate", settings, {"report": {k: str(v) for k, v in paths.items()}, "headline": headline(results)})

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, console, Device, run_safely,
+from cpsample.cli.common import (Alpha, console, Device, NearCopyThreshold, run_safely,
                                  Scale, Seed, Tau)
 
 
@@ -31,7 +31,7 @@ def side_command(
     attack_scale: Annotated[float, typer.Option(min=0.0, help="Attacker's classifier-guidance scale lambda (paper sweeps 0-50).")] = 1.0,
     per_class: Annotated[int, typer.Option(min=1, help="Guided samples per surrogate class.")] = 10,
     train_steps: Annotated[int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")] = 600,
-    threshold: Annotated[float, typer.Option(help="Near-copy: pixel-centred cosine to the nearest training image above this.")] = 0.97,
+    threshold: NearCopyThreshold = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 250,
     device: Device = "cpu",
     seed: Seed = 0,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, console, Device, run_safely,
+from cpsample.cli.common import (Alpha, console, Device, NearCopyThreshold, run_safely,
                                  Scale, Seed, Tau)
 
 
@@ -26,7 +26,7 @@ def demo_command(
     scale: Scale = None,
     tau: Tau = None,
     steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 50,
-    threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default: 0.98, pixels).")] = None,
+    threshold: NearCopyThreshold = None,
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     classifier: Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")] = "bundled",
@@ -38,9 +38,8 @@ def demo_command(
     from cpsample.workflows.demo import DemoSettings, run_demo
 
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
-                            tau=tau, mia_members=mia_members, batch_size=batch_size, device=device, seed=seed)
-    if threshold is not None:
-        settings.threshold = threshold
+                            tau=tau, threshold=threshold, mia_members=mia_members, batch_size=batch_size, device=device,
+                            seed=seed)
     results = run_demo(out, settings)
     table = Table(title=f"demo: {n_samples} images per method, near-copy = cosine > {settings.threshold} ({settings.features})")
     for column in ("method", "near-copies", "share (95% CI)", "FD", "s/image", "denoiser calls/image"):
@@ -66,7 +65,7 @@ def calibrate_command(
     scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
     tau: Tau = None,
     steps: int = 50,
-    threshold: Annotated[Optional[float], typer.Option(help="Near-copy cosine threshold (default 0.98, pixels).")] = None,
+    threshold: NearCopyThreshold = None,
     model: str = "bundled",
     classifier: str = "bundled",
     quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (MNIST digits) or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
@@ -85,9 +84,8 @@ def calibrate_command(
             raise ValueError(f"{name} is a share in [0, 1], got {value}")
     tau = UNCALIBRATED["tau"] if tau is None else tau
     settings = GridSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alphas=_floats(alphas, "--alphas"),
-                            scales=_floats(scales, "--scales"), tau=tau, quality_net=quality_net, device=device, seed=seed)
-    if threshold is not None:
-        settings.threshold = threshold
+                            scales=_floats(scales, "--scales"), tau=tau, threshold=threshold, quality_net=quality_net,
+                            device=device, seed=seed)
     rows = run_grid(settings)
     chosen = choose_setting(rows, target, reduction)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 writes report.json / report.md / report.html. The pieces are usable on their own.
 """
 
-from cpsample.evaluation.detector import MNIST16_PIXEL_THRESHOLD, NearCopyDetector
+from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.feature_net import (
     BUNDLED_FEATURE_NET,
     DigitNet,
@@ -22,6 +22,14 @@ from cpsample.evaluation.features import (
     make_feature_extractor,
 )
 from cpsample.evaluation.figures import most_similar_pairs, pairs_figure, similarity_histogram
+from cpsample.evaluation.nearcopy import (
+    NEAR_COPY_THRESHOLDS,
+    NearCopies,
+    default_threshold,
+    feature_space,
+    find_near_copies,
+    resolve_threshold,
+)
 from cpsample.evaluation.neighbours import Neighbours, l2_normalise, nearest_by_cosine, nearest_by_l2
 from cpsample.evaluation.permutation import permutation_test
 from cpsample.evaluation.quality import (
@@ -36,7 +44,6 @@ from cpsample.evaluation.quality import (
 from cpsample.evaluation.replication import (
     CARLINI_ALPHA,
     CARLINI_NEIGHBOURS,
-    DEFAULT_THRESHOLD,
     PAPER_THRESHOLDS,
     clopper_pearson,
     compare_shares,
@@ -50,11 +57,12 @@ from cpsample.evaluation.report import write_report
 from cpsample.evaluation.suite import evaluate, make_figures
 
 __all__ = [
-    "BUNDLED_FEATURE_NET", "MNIST16_PIXEL_THRESHOLD", "NearCopyDetector", "CARLINI_ALPHA", "CARLINI_NEIGHBOURS", "DEFAULT_THRESHOLD", "DigitNet", "DinoFeatures",
+    "BUNDLED_FEATURE_NET", "NEAR_COPY_THRESHOLDS", "NearCopies", "NearCopyDetector", "CARLINI_ALPHA", "CARLINI_NEIGHBOURS", "DigitNet", "DinoFeatures",
     "FeatureExtractor", "FeatureNet", "FeatureNetConfig", "FeatureNetTraining", "Neighbours", "PAPER_THRESHOLDS",
-    "PixelFeatures", "SSCDFeatures", "class_agreement", "class_histogram", "clopper_pearson", "compare_shares", "evaluate",
+    "PixelFeatures", "SSCDFeatures", "class_agreement", "class_histogram", "clopper_pearson", "compare_shares", "default_threshold", "evaluate", "feature_space",
+    "find_near_copies",
     "frechet_distance", "frechet_distance_from_fits", "frechet_distance_in", "gaussian_fit", "inception_fid",
     "l2_normalise", "load_feature_net", "make_feature_extractor", "make_figures", "most_similar_pairs",
     "nearest_by_cosine", "nearest_by_l2", "pairs_figure", "permutation_test", "relative_distance", "relative_share",
-    "replication_share", "similarity_histogram", "similarity_summary", "tiled_l2", "train_feature_net", "write_report",
+    "replication_share", "resolve_threshold", "similarity_histogram", "similarity_summary", "tiled_l2", "train_feature_net", "write_report",
 ]

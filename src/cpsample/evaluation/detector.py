@@ -1,4 +1,4 @@
-"""A near-copy test usable while sampling (rejection sampling, calibration): the same criterion as the report."""
+"""A near-copy test usable while sampling (rejection sampling, calibration): the same yardstick as the report."""
 
 from __future__ import annotations
 
@@ -6,29 +6,26 @@ import numpy as np
 
 from cpsample.evaluation.features import FeatureExtractor, make_feature_extractor
 from cpsample.evaluation.inputs import ImagesLike
-from cpsample.evaluation.neighbours import nearest_by_cosine
-
-# Pixel-space default for the bundled 16x16 MNIST model: 0.98 keeps the false-alarm rate on held-out real digits
-# (fresh images that merely look alike) under 1%, while a memorised sample scores above 0.99.
-MNIST16_PIXEL_THRESHOLD = 0.98
+from cpsample.evaluation.nearcopy import find_near_copies, resolve_threshold
 
 
 class NearCopyDetector:
-    """Flags images whose features' cosine similarity to the nearest training image exceeds `threshold`."""
+    """`find_near_copies` against fixed members, their features computed once; threshold None: the space's default."""
 
-    def __init__(self, members: ImagesLike, threshold: float = MNIST16_PIXEL_THRESHOLD,
+    def __init__(self, members: ImagesLike, threshold: float | None = None,
                  features: str | FeatureExtractor = "pixels"):
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"a cosine threshold lies in [-1, 1], got {threshold}")
         self.extractor = make_feature_extractor(features)
+        self.threshold = resolve_threshold(threshold, self.extractor)
         self.member_features = self.extractor(members)
-        self.threshold = threshold
 
     def similarity(self, images: ImagesLike) -> np.ndarray:
-        return nearest_by_cosine(self.extractor(images), self.member_features, progress=False).nearest_score
+        return self._near_copies(images).similarity
 
     def __call__(self, images: ImagesLike) -> np.ndarray:
-        return self.similarity(images) > self.threshold
+        return self._near_copies(images).copies
 
     def share(self, images: ImagesLike) -> float:
         return float(self(images).mean())
+
+    def _near_copies(self, images: ImagesLike):
+        return find_near_copies(self.extractor(images), self.member_features, self.extractor, self.threshold)

@@ -17,8 +17,7 @@ from scipy import stats
 from cpsample.evaluation.inputs import ImagesLike, as_images, same_image_shape
 from cpsample.evaluation.neighbours import nearest_by_l2
 
-PAPER_THRESHOLDS = {"cifar10": 0.97, "celeba": 0.95, "lsun_church": 0.90}
-DEFAULT_THRESHOLD = PAPER_THRESHOLDS["cifar10"]  # the strictest "nearly identical" level in the paper
+PAPER_THRESHOLDS = {"cifar10": 0.97, "celeba": 0.95, "lsun_church": 0.90}  # defaults: nearcopy.NEAR_COPY_THRESHOLDS
 CARLINI_ALPHA = 0.5
 CARLINI_NEIGHBOURS = 50
 DEFAULT_TILES = 4  # 4 x 4 = 16 tiles, as in Carlini et al.
@@ -34,7 +33,7 @@ def clopper_pearson(count: int, n: int, confidence: float = 0.95) -> tuple[float
     return float(interval.low), float(interval.high)
 
 
-def replication_share(similarities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, confidence: float = 0.95) -> dict:
+def replication_share(similarities: np.ndarray, threshold: float, confidence: float = 0.95) -> dict:
     """Share of samples whose nearest-neighbour similarity is strictly above threshold, with its exact interval."""
     values = _finite_vector(similarities, "similarities")
     count = int((values > threshold).sum())

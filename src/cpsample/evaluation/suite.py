@@ -19,10 +19,10 @@ from cpsample.data import DataError
 from cpsample.evaluation.features import FeatureExtractor, make_feature_extractor
 from cpsample.evaluation.figures import most_similar_pairs, pairs_figure, similarity_histogram
 from cpsample.evaluation.inputs import ImagesLike, as_images, same_image_shape
-from cpsample.evaluation.neighbours import nearest_by_cosine
+from cpsample.evaluation.nearcopy import find_near_copies, resolve_threshold
 from cpsample.evaluation.permutation import permutation_test
 from cpsample.evaluation.quality import class_agreement, class_histogram, frechet_distance_from_fits, gaussian_fit
-from cpsample.evaluation.replication import (CARLINI_ALPHA, CARLINI_NEIGHBOURS, DEFAULT_THRESHOLD, PAPER_THRESHOLDS,
+from cpsample.evaluation.replication import (CARLINI_ALPHA, CARLINI_NEIGHBOURS, PAPER_THRESHOLDS,
                                              compare_shares, relative_distance, relative_share, replication_share,
                                              similarity_summary)
 
@@ -31,7 +31,7 @@ HISTOGRAM_FILE, PAIRS_FILE = "similarity_histogram.png", "top_pairs.png"
 
 
 def evaluate(samples: Mapping[str, ImagesLike], members: ImagesLike, nonmembers: ImagesLike | None = None, *,
-             features: str | FeatureExtractor = "pixels", threshold: float = DEFAULT_THRESHOLD,
+             features: str | FeatureExtractor = "pixels", threshold: float | None = None,
              quality_net="bundled", sample_labels: Mapping[str, np.ndarray] | None = None, baseline: str | None = None,
              relative_alpha: float = CARLINI_ALPHA, relative_neighbours: int = CARLINI_NEIGHBOURS,
              relative_metric: str = "l2", permutation_rounds: int = 1000, top_k: int = 4,
@@ -42,6 +42,7 @@ def evaluate(samples: Mapping[str, ImagesLike], members: ImagesLike, nonmembers:
     samples: {method name: images (N, C, H, W) in [-1, 1]}, in display order.
     members: the training images; nonmembers: held-out images of the same distribution (enable the permutation
     test and the real-data reference row). features: 'pixels', 'dino:PATH', 'sscd:PATH' or an extractor.
+    threshold: near-copy cosine threshold; None takes the feature space's default (nearcopy.NEAR_COPY_THRESHOLDS).
     quality_net: 'bundled', a folder, a FeatureNet, or None to skip FD and class checks.
     inception_weights: local Inception-v3 FID weights; adds real FID (needs torchmetrics + torch-fidelity).
     sample_labels: {method: intended class per sample} for class-conditional samples.
@@ -57,6 +58,7 @@ def evaluate(samples: Mapping[str, ImagesLike], members: ImagesLike, nonmembers:
     if baseline not in sample_sets:
         raise ValueError(f"baseline {baseline!r} is not one of the sample sets ({', '.join(sample_sets)})")
     extractor = make_feature_extractor(features, trust_torchscript=trust_torchscript)
+    threshold = resolve_threshold(threshold, extractor)
     started = time.time()
 
     member_features = extractor(members)
@@ -71,10 +73,10 @@ def evaluate(samples: Mapping[str, ImagesLike], members: ImagesLike, nonmembers:
                                                      permutation_rounds, seed, progress)
         results["methods"][name], results["per_sample"][name], neighbours_of[name] = method, per_sample, found
     if nonmember_features is not None:
-        reference = nearest_by_cosine(nonmember_features, member_features, progress=progress)
+        reference = find_near_copies(nonmember_features, member_features, extractor, threshold, progress)
         results["reference"] = {"name": REFERENCE_NAME, "n": len(nonmembers),
-                                "replication": replication_share(reference.nearest_score, threshold),
-                                "similarity": similarity_summary(reference.nearest_score)}
+                                "replication": replication_share(reference.similarity, threshold),
+                                "similarity": similarity_summary(reference.similarity)}
         neighbours_of[REFERENCE_NAME] = reference
     results["comparisons"] = [{"baseline": baseline, "method": name,
                                **compare_shares(results["methods"][baseline]["replication"], method["replication"])}
@@ -96,12 +98,15 @@ def evaluate(samples: Mapping[str, ImagesLike], members: ImagesLike, nonmembers:
 
 def make_figures(folder: str | Path, sample_sets: Mapping[str, np.ndarray], members: np.ndarray, neighbours_of: Mapping,
                  threshold: float, top_k: int = 4, feature_name: str = "pixels") -> dict:
-    """Write the histogram (all sets, plus the held-out reference) and the top-pairs figure; returns {key: file name}."""
+    """Write the histogram (all sets, plus the held-out reference) and the top-pairs figure; returns {key: file name}.
+
+    neighbours_of: {set name: its `NearCopies` against the members}.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    similarity_histogram({name: found.nearest_score for name, found in neighbours_of.items()}, folder / HISTOGRAM_FILE,
+    similarity_histogram({name: found.similarity for name, found in neighbours_of.items()}, folder / HISTOGRAM_FILE,
                          threshold=threshold, xlabel=f"cosine similarity to nearest training image ({feature_name})")
-    pairs = {name: most_similar_pairs(images, members, neighbours_of[name].nearest_score, neighbours_of[name].nearest_index, top_k)
+    pairs = {name: most_similar_pairs(images, members, neighbours_of[name].similarity, neighbours_of[name].nearest, top_k)
              for name, images in sample_sets.items()}
     pairs_figure(pairs, folder / PAIRS_FILE)
     return {"similarity_histogram": HISTOGRAM_FILE, "top_pairs": PAIRS_FILE}
@@ -130,17 +135,17 @@ def _evaluate_method(images, extractor, member_features, nonmember_features, mem
                      metric, rounds, seed, progress):
     sample_features = extractor(images)
     search_started = time.time()
-    found = nearest_by_cosine(sample_features, member_features, progress=progress)
+    found = find_near_copies(sample_features, member_features, extractor, threshold, progress)
     search_seconds = time.time() - search_started
     relative = relative_distance(images, members, alpha=alpha, neighbours=neighbours, distance=metric, progress=progress)
-    method = {"n": len(images), "replication": replication_share(found.nearest_score, threshold),
-              "similarity": similarity_summary(found.nearest_score), "relative": relative_share(relative),
+    method = {"n": len(images), "replication": replication_share(found.similarity, threshold),
+              "similarity": similarity_summary(found.similarity), "relative": relative_share(relative),
               "nn_search_seconds": round(search_seconds, 4)}
     if nonmember_features is not None:
         pool = np.concatenate([member_features, nonmember_features])
         method["permutation"] = permutation_test(sample_features, member_features, pool, rounds=rounds, seed=seed,
                                                  progress=progress)
-    per_sample = {"nn_similarity": np.round(found.nearest_score, 5).tolist(), "nn_index": found.nearest_index.tolist(),
+    per_sample = {"nn_similarity": np.round(found.similarity, 5).tolist(), "nn_index": found.nearest.tolist(),
                   "relative_ratio": np.round(relative["ratio"], 5).tolist(),
                   "tiled_l2": np.round(relative["tiled_l2"], 5).tolist()}
     return method, per_sample, found

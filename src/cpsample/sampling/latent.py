@@ -293,22 +293,23 @@ def load_private_images(folder: str | Path, image_size: int) -> ImageSet:
     return images
 
 
-def nearest_private(images: torch.Tensor | np.ndarray, private: ImageSet, progress: bool = False):
-    """Pixel-space cosine (mean-centred pixels) of each decoded image to its nearest private image."""
-    from cpsample.evaluation import PixelFeatures, nearest_by_cosine
+def nearest_private(images: torch.Tensor | np.ndarray, private: ImageSet, threshold: float | None = None,
+                    progress: bool = False):
+    """The near-copy yardstick in pixel space (mean-centred pixels): each decoded image's nearest private image."""
     from cpsample.evaluation.inputs import same_image_shape
+    from cpsample.evaluation.nearcopy import find_near_copies
 
-    features = PixelFeatures()
     samples = images.numpy() if isinstance(images, torch.Tensor) else images
     same_image_shape(samples, private.images, "generated images", "private images")
-    return nearest_by_cosine(features(samples), features(private.images), k=1, progress=progress)
+    return find_near_copies(samples, private.images, "pixels", threshold, progress)
 
 
-def per_prompt_similarity(result: LatentSampleResult, private: ImageSet, threshold: float,
+def per_prompt_similarity(result: LatentSampleResult, private: ImageSet, threshold: float | None = None,
                           entries: list[PromptEntry] | None = None) -> list[dict]:
-    """For each prompt: nearest-private similarity of its images (max, mean), near-copies above threshold."""
-    neighbours = nearest_private(result.images, private)
-    scores, nearest = neighbours.nearest_score, neighbours.nearest_index
+    """For each prompt: nearest-private similarity of its images (max, mean), near-copies above threshold
+    (None: the yardstick's pixel default)."""
+    found = nearest_private(result.images, private, threshold)
+    scores, nearest, copies = found.similarity, found.nearest, found.copies
     fired = result.trace.get("fired")
     rows = []
     for index, prompt in enumerate(result.prompts):
@@ -317,7 +318,7 @@ def per_prompt_similarity(result: LatentSampleResult, private: ImageSet, thresho
         entry = entries[index] if entries else PromptEntry(prompt, "prompt")
         rows.append({"prompt": prompt, "role": entry.role, "pair": entry.pair,
                      "max_similarity": float(scores[mine].max()), "mean_similarity": float(scores[mine].mean()),
-                     "near_copies": int((scores[mine] > threshold).sum()), "images": len(mine),
+                     "near_copies": int(copies[mine].sum()), "images": len(mine),
                      "nearest_private": private.names[int(nearest[best])],
                      "share_of_steps_guided": None if fired is None else float(fired[:, mine].mean())})
     return rows

@@ -16,7 +16,8 @@ import torch
 from cpsample.sampling.sampler import SampleResult
 
 # draw(count, round_index) -> SampleResult (each round must use fresh noise);
-# is_near_copy(images) -> bool array, True where an image copies training data.
+# is_near_copy(images) -> bool array, True where an image copies training data (the demo passes
+# evaluation.NearCopyDetector, i.e. the evaluation's one near-copy yardstick).
 Draw = Callable[[int, int], SampleResult]
 NearCopyTest = Callable[[torch.Tensor], np.ndarray]
 

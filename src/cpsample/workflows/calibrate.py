@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from cpsample.evaluation.detector import MNIST16_PIXEL_THRESHOLD, NearCopyDetector
+from cpsample.evaluation.detector import NearCopyDetector
+from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
@@ -35,13 +36,16 @@ class GridSettings:
     alphas: Sequence[float] = (0.001, 0.01, 0.1)
     scales: Sequence[float] = (3.0, 10.0, 30.0, 100.0)
     tau: float = 0.001
-    threshold: float = MNIST16_PIXEL_THRESHOLD
+    threshold: float | None = None  # None: the near-copy yardstick's default for `features`
     features: str = "pixels"
     quality_net: str | None = "bundled"
     batch_size: int = 250
     device: str = "cpu"
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.threshold = resolve_threshold(self.threshold, self.features)
 
 
 def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsample.evaluation.detector import MNIST16_PIXEL_THRESHOLD, NearCopyDetector
+from cpsample.evaluation.detector import NearCopyDetector
+from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.sampling.outputs import image_grid, plot_trace
 from cpsample.sampling.pipeline import generate
@@ -30,12 +31,15 @@ class DemoSettings:
     alpha: float | None = None
     scale: float | None = None
     tau: float | None = None
-    threshold: float = MNIST16_PIXEL_THRESHOLD
+    threshold: float | None = None  # None: the near-copy yardstick's default for `features`
     features: str = "pixels"
     mia_members: int = 200
     batch_size: int = 250
     device: str = "cpu"
     seed: int = 0
+
+    def __post_init__(self):
+        self.threshold = resolve_threshold(self.threshold, self.features)
 
 
 def sample_three_ways(settings: DemoSettings, out: Path, members: np.ndarray, progress: bool = True) -> tuple[dict, dict]:

@@ -42,7 +42,9 @@ from cpsample.sampling.guards.base import Guard, GuardContext, GuardOptions, opt
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 Denoise = Callable[[torch.Tensor, torch.Tensor], object]  # (x_t, t) -> eps, or a CFG prediction (.cond/.uncond/.scale)
 
-DEFAULT_THRESHOLD = 0.95  # guide before a sample reaches the 0.97 near-copy level the evaluation counts
+# A gate, not the near-copy verdict: guide before a sample reaches the line the evaluation counts (pixels: 0.98,
+# cpsample.evaluation.NEAR_COPY_THRESHOLDS).
+DEFAULT_THRESHOLD = 0.95
 DEFAULT_SIM_SCALE = 1000.0  # c3: with J through the denoiser, removes near-copies of the 16x16 MNIST model
 DEFAULT_SPEC_SCALE = 10.0  # c1
 DEFAULT_SPEC_FLOOR = 1.0  # paper: despecification never drops CFG below plain conditional sampling
