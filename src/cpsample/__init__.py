@@ -22,6 +22,7 @@ _API = {
     "GuardContext": "cpsample.sampling.guards",
     "GUARDS": "cpsample.sampling.guards",
     "NearCopyDetector": "cpsample.evaluation.detector",
+    "find_near_copies": "cpsample.evaluation.nearcopy",
 }
 
 __all__ = sorted(_API)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.evaluation.replication import clopper_pearson
-from cpsample.models.bundle import resolve_model_dir, training_data
+from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.pipeline import generate
 
@@ -50,11 +50,11 @@ class GridSettings:
 
 def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     """Plain sampling plus every (alpha, s) in the grid on the same seeds; one row of measurements each."""
-    dataset, split = training_data(resolve_model_dir(settings.model, "denoiser"))
-    members, nonmembers = dataset.images[split.members], dataset.images[split.nonmembers]
-    detector = NearCopyDetector(members, settings.threshold, settings.features)
-    quality = _quality_scorer(settings.quality_net, nonmembers)
-    common = dict(model=settings.model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
+    model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
+    classifier = Classifier.from_pretrained(settings.classifier, settings.device)
+    detector = NearCopyDetector(model.members.images, settings.threshold, settings.features)
+    quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
+    common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
                   batch_size=settings.batch_size, device=settings.device, seed=settings.seed, progress=False)
     candidates = [("none", None, None)] + [("cpsample", a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
     rows = []
@@ -62,7 +62,7 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
         started = time.time()
         # Every step is checked here, so the highest timestep at which the guard fires is measured.
         knobs = dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP) if guard == "cpsample" else {}
-        result = generate(guard=guard, classifier=settings.classifier, **knobs, **common)
+        result = generate(guard=guard, classifier=classifier, **knobs, **common)
         seconds = time.time() - started
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))

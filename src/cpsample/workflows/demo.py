@@ -14,7 +14,7 @@ import numpy as np
 
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.nearcopy import resolve_threshold
-from cpsample.models.bundle import resolve_model_dir, training_data
+from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.outputs import image_grid, plot_trace
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
@@ -42,9 +42,10 @@ class DemoSettings:
         self.threshold = resolve_threshold(self.threshold, self.features)
 
 
-def sample_three_ways(settings: DemoSettings, out: Path, members: np.ndarray, progress: bool = True) -> tuple[dict, dict]:
+def sample_three_ways(settings: DemoSettings, out: Path, model: DiffusionModel, progress: bool = True) -> tuple[dict, dict]:
     """Returns ({method: images}, {method: cost and guard statistics})."""
-    common = dict(model=settings.model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
+    members = model.members.images
+    common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
                   batch_size=settings.batch_size, device=settings.device, progress=progress)
     # samples/ is the demo's own cache: a rerun with other settings redraws it (overwrite) rather than refusing.
     plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", overwrite=True, **common)
@@ -92,14 +93,14 @@ def _sample_figures(out: Path, images: dict, protected, alpha: float) -> dict:
     return figures
 
 
-def membership_rows(settings: DemoSettings, progress: bool = True) -> dict:
+def membership_rows(settings: DemoSettings, model: DiffusionModel, progress: bool = True) -> dict:
     """Loss attack and PIA against the plain and the CPSample-guarded denoiser (same images, same noise)."""
     from cpsample.attacks import run_mia
 
     rows = []
     knobs = {"none": {}, "cpsample": {"alpha": settings.alpha, "scale": settings.scale, "tau": settings.tau}}
     for guard in ("none", "cpsample"):
-        attacks = run_mia(settings.model, guard=guard, classifier=settings.classifier, **knobs[guard],
+        attacks = run_mia(model, guard=guard, classifier=settings.classifier, **knobs[guard],
                           n_members=settings.mia_members, seed=settings.seed,
                           device=settings.device, progress=progress)
         for name, result in attacks.items():
@@ -119,10 +120,10 @@ def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
     started = time.time()
-    dataset, split = training_data(resolve_model_dir(settings.model, "denoiser"))
-    members, nonmembers = dataset.images[split.members], dataset.images[split.nonmembers]
-    images, sampled = sample_three_ways(settings, out, members, progress)
-    membership = membership_rows(settings, progress) if settings.mia_members > 0 else None
+    model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
+    members, nonmembers = model.members.images, model.nonmembers.images
+    images, sampled = sample_three_ways(settings, out, model, progress)
+    membership = membership_rows(settings, model, progress) if settings.mia_members > 0 else None
     results = evaluate({name: batch.numpy() for name, batch in images.items()}, members, nonmembers,
                        features=settings.features, threshold=settings.threshold, figures_dir=out, membership=membership,
                        seed=settings.seed, progress=progress)
