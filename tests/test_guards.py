@@ -117,3 +117,29 @@ def test_a_new_guard_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     assert torch.equal(damped, generate(n=2, steps=3, guard=build_guard("damp", GuardContext(), factor=0.0), progress=False).images)
     listing = CliRunner().invoke(app, ["guards"])
     assert "damp" in listing.output and "factor" in listing.output
+
+
+def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
+    """Noised members at t = 200, where the bundled classifier is over-confident: the adaptive scale per sample lies
+    in (0, cap]; without the run's noise levels (a lone denoiser call) the fixed push applies unchanged."""
+    from cpsample.models import Classifier, DiffusionModel
+    from cpsample.sampling.guards.cpsample import CPSampleGuard
+
+    model, classifier = DiffusionModel.from_pretrained("bundled"), Classifier.from_pretrained("bundled")
+    x0 = torch.from_numpy(model.members.images[:64])
+    t = torch.full((64,), 200)
+    x_t = model.schedule.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
+    abar = model.schedule.alphas_cumprod[200]
+    fixed = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0)
+    adaptive = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0, adaptive=True)
+    rows, fixed_change = fixed.push(x_t, t, abar, torch.float32)
+    assert len(rows) >= 16, "the bundled classifier should be over-confident on noised members"
+    same_rows, unscheduled = adaptive.push(x_t, t, abar, torch.float32)
+    assert torch.equal(rows, same_rows) and torch.equal(unscheduled, fixed_change)
+    levels = [float(model.schedule.alphas_cumprod[step]) for step in (220, 200, 180)]
+    adaptive.begin_run(levels)
+    adaptive.begin_step(1, 3)
+    _, adaptive_change = adaptive.push(x_t, t, abar, torch.float32)
+    ratio = adaptive_change.flatten(1).norm(dim=1) / fixed_change.flatten(1).norm(dim=1)  # = s_i / cap
+    assert bool((ratio > 0).all()) and bool((ratio <= 1 + 1e-5).all()) and bool((ratio < 1).any())
+    assert adaptive.settings()["adaptive"] is True and "adaptive" not in fixed.settings()

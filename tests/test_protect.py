@@ -23,18 +23,20 @@ def pipeline_images(pipe, seed: int) -> torch.Tensor:
     return pipe(batch_size=N, num_inference_steps=STEPS, generator=generator, output_type="pt").images
 
 
-@pytest.mark.parametrize("name, pipeline_class", [("ddim", DDIMPipeline), ("ddpm", DDPMPipeline)])
-def test_protected_pipeline_matches_the_own_sampler_bit_for_bit(bundled, name, pipeline_class):
+@pytest.mark.parametrize("name, pipeline_class, options", [("ddim", DDIMPipeline, {}), ("ddpm", DDPMPipeline, {}),
+                                                           ("ddim", DDIMPipeline, {"adaptive": True, "scale": 100.0})])
+def test_protected_pipeline_matches_the_own_sampler_bit_for_bit(bundled, name, pipeline_class, options):
     unet, schedule = bundled
     pipe = pipeline_class(unet=unet, scheduler=make_scheduler(name, schedule.config, STEPS))
     plain = pipeline_images(pipe, SEED)
-    protect(pipe, "bundled")  # the calibrated knobs, as `cpsample sample --guard cpsample` uses
+    protect(pipe, "bundled", **options)  # no options: the calibrated knobs, as `cpsample sample --guard cpsample`
     try:
         protected = pipeline_images(pipe, SEED)
         fired = protection_of(pipe).guard.trace["fired"]
     finally:
         unprotect(pipe)
-    ours = generate("bundled", n=N, steps=STEPS, scheduler=name, guard="cpsample", seed=SEED, batch_size=N, progress=False)
+    ours = generate("bundled", n=N, steps=STEPS, scheduler=name, guard="cpsample", seed=SEED, batch_size=N, progress=False,
+                    **options)
     assert torch.equal(protected, (ours.images / 2 + 0.5).clamp(0, 1))
     assert sum(f.sum() for f in fired) > 0 and not torch.equal(plain, protected), "the guard must have acted"
     assert torch.equal(pipeline_images(pipe, SEED), plain), "unprotect restores plain sampling"

@@ -34,13 +34,16 @@ class Protection:
         self.pipe, self.guard = pipe, guard
         self.handle = None
         self._last_t: int | None = None
+        self._step = -1
 
     def __call__(self, module, args, kwargs, output):
         x_t = args[0] if args else kwargs["sample"]
         t = single_timestep(args[1] if len(args) > 1 else kwargs["timestep"])
         if self._last_t is None or t > self._last_t:  # timesteps never rise within a run (PNDM repeats one): a new run
-            self.guard.reset()
+            self._begin_run()
         self._last_t = t
+        self._step += 1
+        self.guard.begin_step(self._step, len(self.pipe.scheduler.timesteps))
         self._follow(x_t)
         eps = output.sample if hasattr(output, "sample") else output[0]
         abar_t = self.pipe.scheduler.alphas_cumprod.to(x_t.device)[t].float()
@@ -53,6 +56,13 @@ class Protection:
             (corrected,) = self.guard.correct((eps,), x_t, t_batch, abar_t)
         return replace_sample(output, corrected)
 
+    def _begin_run(self) -> None:
+        """As the own loop does before a run: forget the trace, learn the run's noise levels (adaptive pushes)."""
+        self.guard.reset()
+        scheduler = self.pipe.scheduler
+        self.guard.begin_run([float(scheduler.alphas_cumprod[int(t)]) for t in scheduler.timesteps])
+        self._step = -1
+
     def _follow(self, x_t: torch.Tensor) -> None:
         """Keep the classifier on the UNet's device and dtype (the pipeline may have moved since protect())."""
         parameter = next(self.guard.classifier.parameters())
@@ -60,17 +70,19 @@ class Protection:
             self.guard.to(x_t.device, x_t.dtype)
 
 
-def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard = "bundled", alpha: float | None = None,
-            scale: float | None = None, tau: float | None = None, max_t: int | None = None):
+def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard = "bundled", **options):
     """Make `pipe` sample with CPSample; returns the same pipeline (its UNet now carries the guard).
 
-    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSampleGuard. Knobs left as
-    None come from the classifier folder's calibration.json (the same defaults as `cpsample sample`)."""
+    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSampleGuard.
+    options: CPSample's (alpha, scale, tau, max_t, adaptive; `cpsample guards`); those left out come from the
+    classifier folder's calibration.json, the same defaults as `cpsample sample --guard cpsample`."""
     unet = pipe.unet
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
-    guard = classifier if isinstance(classifier, CPSampleGuard) else _guard_for(classifier, pipe, alpha, scale, tau, max_t)
+    if isinstance(classifier, CPSampleGuard) and options:
+        raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSampleGuard")
+    guard = classifier if isinstance(classifier, CPSampleGuard) else _guard_for(classifier, pipe, options)
     _check_classifier_fits(guard.classifier, unet)
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)
@@ -94,12 +106,12 @@ def protection_of(pipe) -> Protection | None:
     return getattr(pipe.unet, HOOK_ATTRIBUTE, None)
 
 
-def _guard_for(classifier, pipe, alpha, scale, tau, max_t) -> CPSampleGuard:
+def _guard_for(classifier, pipe, options: dict) -> CPSampleGuard:
     if isinstance(classifier, (str, Path)):
         check_classifier_schedule(resolve_model_dir(classifier, "classifier"), pipe.scheduler)
     elif isinstance(classifier, Classifier) and classifier.folder is not None:
         check_classifier_schedule(classifier.folder, pipe.scheduler)
-    return build_guard("cpsample", GuardContext(classifier=classifier), alpha=alpha, scale=scale, tau=tau, max_t=max_t)
+    return build_guard("cpsample", GuardContext(classifier=classifier), **options)
 
 
 def _check_classifier_fits(classifier: TimeClassifier, unet) -> None:

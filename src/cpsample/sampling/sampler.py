@@ -98,6 +98,7 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
 
     Returns images in [-1, 1] (float32, CPU), or with raw=True the final x as it is (latents), and the guard's trace."""
     guard.reset()
+    guard.begin_run([float(scheduler.alphas_cumprod[int(t)]) for t in scheduler.timesteps])
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
     alphas_cumprod = scheduler.alphas_cumprod.to(device)

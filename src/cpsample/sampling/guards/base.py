@@ -67,6 +67,11 @@ class Guard:
     def __init__(self) -> None:
         self.trace: dict[str, list[np.ndarray]] = {}
         self.step_index, self.num_steps = 0, 0
+        self.noise_levels: list[float] | None = None  # floats, not a tensor: not part of the guard's digest
+
+    def begin_run(self, noise_levels: list[float]) -> None:
+        """Told before each run the abar_t of its steps, in order (for strategies that look one step ahead)."""
+        self.noise_levels = noise_levels
 
     def begin_step(self, index: int, count: int) -> None:
         """Told before each denoising step which step of how many it is (for strategies that act only early or late)."""

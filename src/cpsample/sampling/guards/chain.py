@@ -54,6 +54,11 @@ class ChainGuard(Guard):
         for guard in self.guards:
             guard.reset()
 
+    def begin_run(self, noise_levels: list[float]) -> None:
+        super().begin_run(noise_levels)
+        for guard in self.guards:
+            guard.begin_run(noise_levels)
+
     def begin_step(self, index: int, count: int) -> None:
         super().begin_step(index, count)
         for guard in self.guards:

@@ -39,6 +39,8 @@ class CPSampleOptions(GuardOptions):
     scale: float | None = option(None, "Guidance scale s of the push away from the confident label.")
     tau: float | None = option(None, "tau in log(tau + p): keeps the gradient finite where p is 0.")
     max_t: int | None = option(None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).")
+    adaptive: bool = option(False, "Push each guided sample only as far as needed to bring its confidence back to "
+                                   "1 - alpha (linearised DDIM step), with scale as the cap.")
 
     def check(self) -> None:
         if self.alpha is not None and not 0.0 <= self.alpha <= 0.5:
@@ -56,7 +58,8 @@ class CPSampleGuard(Guard):
     Options = CPSampleOptions
 
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
-                 scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None):
+                 scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
+                 adaptive: bool = False):
         """max_t: check the classifier only at timesteps t <= max_t (None: every step, the paper's rule). Above the
         highest t at which a classifier can be over-confident, the check costs time and never fires."""
         super().__init__()
@@ -68,6 +71,7 @@ class CPSampleGuard(Guard):
             raise ValueError(f"max_t must be a timestep >= 0 or None, got {max_t}")
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t = alpha, scale, tau, max_t
+        self.adaptive = adaptive
 
     @classmethod
     def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "CPSampleGuard":
@@ -80,7 +84,8 @@ class CPSampleGuard(Guard):
         else:
             folder = resolve_model_dir(classifier, "classifier")
             model = load_classifier(folder, context.device)
-        return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t))
+        return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
+                   adaptive=options.adaptive)
 
     def to(self, device, dtype):
         self.classifier.to(device=device)
@@ -89,7 +94,8 @@ class CPSampleGuard(Guard):
         return self
 
     def settings(self) -> dict:
-        return {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau, "max_t": self.max_t}
+        settings = {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau, "max_t": self.max_t}
+        return {**settings, "adaptive": True} if self.adaptive else settings
 
     def correct(self, predictions, x_t, t, abar_t):
         """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
@@ -120,7 +126,26 @@ class CPSampleGuard(Guard):
             x_in = x_t[rows].detach().to(classifier_dtype).requires_grad_(True)
             p_target = self.classifier(x_in, t[rows]).float().softmax(dim=-1).gather(1, target[rows, None]).squeeze(1)
             grad = torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0].to(dtype)
-        return rows, self.scale * (1.0 - abar_t).sqrt().to(dtype) * grad
+        scale = self._just_enough(grad, p_target.detach(), abar_t) if self.adaptive else None
+        if scale is None:
+            return rows, self.scale * (1.0 - abar_t).sqrt().to(dtype) * grad
+        return rows, scale.to(dtype).view(-1, *[1] * (grad.ndim - 1)) * (1.0 - abar_t).sqrt().to(dtype) * grad
+
+    def _just_enough(self, grad, p_target, abar_t) -> torch.Tensor | None:
+        """Per sample, the scale (at most `scale`) whose push raises log(tau + p_target) back to log(tau + alpha) at
+        the next step, to first order. A DDIM step moves x_{t-1} by k = sqrt(abar_next / abar_t) sigma_t - sigma_next
+        per unit of eps removed, so a push s sigma_t g gains s sigma_t k |g|^2. None when the run's noise levels are
+        unknown (a lone denoiser call, as in membership inference): the fixed scale then applies."""
+        if self.noise_levels is None or self.step_index >= len(self.noise_levels):
+            return None
+        abar_t = float(abar_t)
+        next_index = self.step_index + 1
+        abar_next = self.noise_levels[next_index] if next_index < len(self.noise_levels) else 1.0
+        sigma, sigma_next = math.sqrt(1.0 - abar_t), math.sqrt(1.0 - abar_next)
+        k = math.sqrt(abar_next / abar_t) * sigma - sigma_next
+        gain = sigma * k * grad.float().flatten(1).pow(2).sum(1)
+        deficit = math.log(self.tau + self.alpha) - torch.log(self.tau + p_target)
+        return (deficit.clamp_min(0) / gain.clamp_min(1e-12)).clamp(max=self.scale)
 
 
 def _minus_rows(eps: torch.Tensor, rows: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
