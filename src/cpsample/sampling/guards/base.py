@@ -48,10 +48,11 @@ class GuardOptions:
 
 @dataclass(frozen=True)
 class GuardContext:
-    """What a guard may need beyond its options: the model it guards and the classifier folder (or object)."""
+    """What a guard may need beyond its options. model: a folder, "bundled" or a loaded DiffusionModel (AMG needs its
+    members); classifier: a folder, "bundled", a Classifier or a TimeClassifier (CPSample; None: "bundled")."""
 
-    model: "str | Path" = "bundled"
-    classifier: "str | Path | None" = None
+    model: "str | Path | object" = "bundled"
+    classifier: "str | Path | object | None" = None
     device: str = "cpu"
 
 
