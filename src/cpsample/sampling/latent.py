@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from cpsample.data import ImageSet, load_dataset
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
 from cpsample.sampling.guards.base import CFGPrediction
-from cpsample.sampling.protect import check_classifier_schedule, protection_of
+from cpsample.sampling.pipeline import check_same_schedule
+from cpsample.sampling.protect import protection_of
 from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
@@ -164,7 +165,8 @@ def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float | None = N
 
     guard = build_guard("cpsample", GuardContext(classifier=classifier_dir, device=str(pipe.device)), alpha=alpha, scale=scale, tau=tau)
     check_latent_classifier(guard.classifier, pipe, height, width)
-    check_classifier_schedule(Path(classifier_dir), pipe.scheduler)
+    check_same_schedule(Path(classifier_dir), pipe.scheduler, "train it with `cpsample train-latent-classifier "
+                        "--pipeline` on this pipeline", "this pipeline's")
     return guard
 
 

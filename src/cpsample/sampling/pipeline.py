@@ -38,10 +38,7 @@ def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path, classifier_d
                          f"{expected[0]}-channel {expected[1]}x{expected[1]} images; {fix}")
     if classifier_dir is None:
         return
-    if (Path(classifier_dir) / "scheduler").exists():
-        theirs = load_noise_schedule(classifier_dir).alphas_cumprod
-        if theirs.shape != schedule.alphas_cumprod.shape or not torch.allclose(theirs, schedule.alphas_cumprod):
-            raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than {model_dir or 'this model'}; {fix}")
+    check_same_schedule(classifier_dir, schedule, fix, model_dir or "this model")
     splits = [Path(folder) / "split.json" for folder in (model_dir, classifier_dir) if folder is not None]
     if len(splits) == 2 and all(path.exists() for path in splits):
         model_split, classifier_split = (Split.load(path) for path in splits)
@@ -49,6 +46,16 @@ def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path, classifier_d
             raise ValueError(f"{classifier_dir}: the classifier was trained on other member images than {model_dir} "
                              f"({classifier_split.source}, {len(classifier_split.members)} members vs "
                              f"{model_split.source}, {len(model_split.members)}); {fix}")
+
+
+def check_same_schedule(classifier_dir: Path, schedule, fix: str, sampled: str | Path = "this model") -> None:
+    """The classifier learned p(y | x_t, t) for one noise schedule; under another its t means another noise level."""
+    if not (Path(classifier_dir) / "scheduler").exists():
+        return  # a classifier saved without its schedule: nothing to compare
+    theirs = load_noise_schedule(classifier_dir).alphas_cumprod.float()
+    used = schedule.alphas_cumprod.float().cpu()
+    if theirs.shape != used.shape or not torch.allclose(theirs, used):
+        raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than {sampled}; {fix}")
 
 
 def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 50, scheduler: str = "ddim", guard: str | Guard = "none",

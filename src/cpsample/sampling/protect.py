@@ -20,9 +20,10 @@ import torch
 
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier
-from cpsample.models.denoiser import load_noise_schedule
 from cpsample.models.pretrained import Classifier
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, build_guard
+from cpsample.sampling.guards.base import run_noise_levels
+from cpsample.sampling.pipeline import check_guard_fits
 
 HOOK_ATTRIBUTE = "_cpsample_protection"
 
@@ -59,8 +60,7 @@ class Protection:
     def _begin_run(self) -> None:
         """As the own loop does before a run: forget the trace, learn the run's noise levels (adaptive pushes)."""
         self.guard.reset()
-        scheduler = self.pipe.scheduler
-        self.guard.begin_run([float(scheduler.alphas_cumprod[int(t)]) for t in scheduler.timesteps])
+        self.guard.begin_run(run_noise_levels(self.pipe.scheduler))
         self._step = -1
 
     def _follow(self, x_t: torch.Tensor) -> None:
@@ -82,8 +82,9 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
         raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
     if isinstance(classifier, CPSampleGuard) and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSampleGuard")
+    if isinstance(classifier, CPSampleGuard):
+        check_guard_fits(classifier, unet, pipe.scheduler, None)
     guard = classifier if isinstance(classifier, CPSampleGuard) else _guard_for(classifier, pipe, options)
-    _check_classifier_fits(guard.classifier, unet)
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)
     protection = Protection(pipe, guard)
@@ -107,31 +108,10 @@ def protection_of(pipe) -> Protection | None:
 
 
 def _guard_for(classifier, pipe, options: dict) -> CPSampleGuard:
-    if isinstance(classifier, (str, Path)):
-        check_classifier_schedule(resolve_model_dir(classifier, "classifier"), pipe.scheduler)
-    elif isinstance(classifier, Classifier) and classifier.folder is not None:
-        check_classifier_schedule(classifier.folder, pipe.scheduler)
-    return build_guard("cpsample", GuardContext(classifier=classifier), **options)
-
-
-def _check_classifier_fits(classifier: TimeClassifier, unet) -> None:
-    expected = (unet.config.in_channels, unet.config.sample_size)
-    found = (classifier.config.in_channels, classifier.config.sample_size)
-    if found != expected:
-        raise ValueError(f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this pipeline's UNet "
-                         f"takes {expected[0]}-channel {expected[1]}x{expected[1]} ones; train a classifier on this "
-                         "model's members (`cpsample train-classifier`, or `train-latent-classifier` for latents)")
-
-
-def check_classifier_schedule(classifier_dir: Path, scheduler) -> None:
-    """The classifier learned p(y | x_t, t) for one noise schedule; under another its t means another noise level."""
-    if not (Path(classifier_dir) / "scheduler" / "scheduler_config.json").is_file():
-        return
-    trained = load_noise_schedule(classifier_dir).alphas_cumprod
-    used = scheduler.alphas_cumprod.float().cpu()
-    if trained.shape != used.shape or not torch.allclose(trained.float(), used, atol=1e-5):
-        raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than this pipeline's; "
-                         "train it on this model (`cpsample train-classifier`, or `train-latent-classifier --pipeline`)")
+    guard = build_guard("cpsample", GuardContext(classifier=classifier), **options)
+    folder = resolve_model_dir(classifier, "classifier") if isinstance(classifier, (str, Path)) else getattr(classifier, "folder", None)
+    check_guard_fits(guard, pipe.unet, pipe.scheduler, None, folder)
+    return guard
 
 
 def single_timestep(timestep) -> int:

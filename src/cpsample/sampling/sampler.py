@@ -23,7 +23,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from cpsample.sampling.guards import Guard, NoGuard
-from cpsample.sampling.guards.base import CFGPrediction, guided_eps
+from cpsample.sampling.guards.base import CFGPrediction, guided_eps, run_noise_levels
 
 SCHEDULERS = ("ddim", "ddpm", "dpm++")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -98,7 +98,7 @@ def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, genera
 
     Returns images in [-1, 1] (float32, CPU), or with raw=True the final x as it is (latents), and the guard's trace."""
     guard.reset()
-    guard.begin_run([float(scheduler.alphas_cumprod[int(t)]) for t in scheduler.timesteps])
+    guard.begin_run(run_noise_levels(scheduler))
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
     alphas_cumprod = scheduler.alphas_cumprod.to(device)

@@ -109,6 +109,11 @@ class NoGuard(Guard):
     """Plain sampling."""
 
 
+def run_noise_levels(scheduler) -> list[float]:
+    """abar_t of each step of a scheduler's run, in order: what `Guard.begin_run` is told."""
+    return [float(scheduler.alphas_cumprod[int(t)]) for t in scheduler.timesteps]
+
+
 @dataclass
 class CFGPrediction:
     """Both halves of a classifier-free-guidance call; the guard's `combine` mixes them into one eps."""
