@@ -14,8 +14,8 @@ import torch
 
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
-from cpsample.sampling.guards import Guard
-from cpsample.sampling.guards import GuardContext, build_guard
+from cpsample.models.pretrained import classifier_folder
+from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
 from cpsample.sampling.pipeline import check_device, check_guard_fits
 from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample,
                                       sampling_key)
@@ -62,7 +62,7 @@ def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: fl
     if not labels:
         raise ValueError("no class labels given: nothing to sample")
     torch_dtype = DTYPES[dtype]
-    classifier_dir = resolve_model_dir(classifier, "classifier") if guard == "cpsample" and classifier else None
+    classifier_dir = classifier_folder(classifier) if guard == "cpsample" and classifier else None
     guard = _resolve_guard(guard, classifier, device, str(model_dir), guard_options)
     check_guard_fits(guard, unet, schedule, resolve_model_dir(model_dir, "denoiser"), classifier_dir)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
@@ -93,12 +93,8 @@ def sample_labels(unet, labels: list[int], null_label: int, scheduler_factory, i
 
 
 def _resolve_guard(guard: str | Guard, classifier: str | None, device: str, model: str, options: dict) -> Guard:
-    if not isinstance(guard, str):
-        if any(value is not None for value in options.values()):
-            raise ValueError(f"options {', '.join(options)} apply to a guard given by name, not to a built {guard.name} guard")
-        return guard
     if guard == "cpsample" and not classifier:
         # The bundled classifier knows the bundled unconditional model's members, not this model's.
         raise ValueError("--guard cpsample needs --classifier: train one on this model's members with "
                          "`cpsample train-classifier --denoiser MODEL --out DIR`")
-    return build_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **options)
+    return resolve_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **options)

@@ -3,8 +3,9 @@
 `sample_sd` runs the pipeline's own components through cpsample's one denoising loop (`sample_batch`), so any guard
 works here: text encoder -> UNet on [x_t, x_t] -> guard.correct on both halves (CPSample's push on the latent x_t)
 -> guard.combine (CFG) -> guard.adjust -> the pipeline's scheduler -> VAE decoder. For CPSample alone,
-`cpsample.protect(pipe, classifier)` gives the same latents from the pipeline's own `__call__`. The classifier is a TimeClassifier on latents (4 channels) trained by
-`cpsample.training.latent_classifier` on the VAE latents of a private image set, so only that subset is protected.
+`cpsample.protect(pipe, classifier)` gives the same latents from the pipeline's own `__call__`. The classifier is a
+TimeClassifier on latents (4 channels) trained by `cpsample.training.latent_classifier` on the VAE latents of a
+private image set, so only that subset is protected.
 
 Everything loads from local folders (`local_files_only=True`); `build_tiny_sd_pipeline` writes a small random
 pipeline (built from configs and a tiny local vocabulary) for tests and for trying the workflow offline.

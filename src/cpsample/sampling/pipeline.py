@@ -8,9 +8,8 @@ import torch
 
 from cpsample.data import Split
 from cpsample.models import load_noise_schedule
-from cpsample.models.pretrained import Classifier, DiffusionModel
-from cpsample.models.bundle import resolve_model_dir
-from cpsample.sampling.guards import Guard, GuardContext, build_guard
+from cpsample.models.pretrained import Classifier, DiffusionModel, classifier_folder
+from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
 from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, make_scheduler, sample, sampling_key, unet_denoiser
 
 
@@ -75,13 +74,8 @@ def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 
     unet, schedule, model_dir = loaded.unet, loaded.schedule, loaded.folder
     if loaded.conditional:
         raise ValueError(f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`")
-    classifier_dir = None
-    if isinstance(guard, str):
-        if guard == "cpsample":
-            classifier_dir = classifier.folder if isinstance(classifier, Classifier) else resolve_model_dir(classifier, "classifier")
-        guard = build_guard(guard, GuardContext(model=loaded, classifier=classifier, device=device), **guard_options)
-    elif any(value is not None for value in guard_options.values()):
-        raise ValueError(f"options {', '.join(guard_options)} apply to a guard given by name, not to a built {guard.name} guard")
+    classifier_dir = classifier_folder(classifier) if guard == "cpsample" else None
+    guard = resolve_guard(guard, GuardContext(model=loaded, classifier=classifier, device=device), **guard_options)
     check_guard_fits(guard, unet, schedule, model_dir, classifier_dir)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     if work_dir is not None:  # the key hashes the weights before any dtype cast

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier
-from cpsample.models.pretrained import Classifier
+from cpsample.models.pretrained import Classifier, classifier_folder
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, build_guard
 from cpsample.sampling.guards.base import run_noise_levels
 from cpsample.sampling.pipeline import check_guard_fits
@@ -109,8 +108,7 @@ def protection_of(pipe) -> Protection | None:
 
 def _guard_for(classifier, pipe, options: dict) -> CPSampleGuard:
     guard = build_guard("cpsample", GuardContext(classifier=classifier), **options)
-    folder = resolve_model_dir(classifier, "classifier") if isinstance(classifier, (str, Path)) else getattr(classifier, "folder", None)
-    check_guard_fits(guard, pipe.unet, pipe.scheduler, None, folder)
+    check_guard_fits(guard, pipe.unet, pipe.scheduler, None, classifier_folder(classifier))
     return guard
 
 

@@ -44,6 +44,16 @@ def build_guard(name: str, context: GuardContext | None = None, **options) -> Gu
     return guard_class(name).from_options(guard_options(name, **options), context or GuardContext())
 
 
+def resolve_guard(guard: str | Guard, context: GuardContext, **options) -> Guard:
+    """A ready Guard as it is, or a name built with its options; options given with a ready guard are an error."""
+    if isinstance(guard, str):
+        return build_guard(guard, context, **options)
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ValueError(f"options {', '.join(given)} apply to a guard given by name, not to a built {guard.name} guard")
+    return guard
+
+
 __all__ = ["GUARDS", "AMGGuard", "CFGPrediction", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard",
            "DelayedCFGGuard", "Guard", "GuardContext", "GuardOptions", "NoGuard", "OppositeGuidanceGuard", "build_guard",
-           "guard_class", "guard_options", "guided_eps"]
+           "guard_class", "guard_options", "guided_eps", "resolve_guard"]

@@ -1,9 +1,10 @@
 """Compose guards: several strategies act on one sampling run, in a fixed order.
 
-The order matters and is the list order: `correct`, then `adjust`, run member by member, each seeing the eps the previous one
-returned. For an attack on a defended sampler put the attacker first and the defence last, so the defence has
-the final word, as it would when the attacker can only steer the eps it hands to the deployed sampler:
-`ChainGuard([ClassifierGuidanceGuard(...), CPSampleGuard(...)])`.
+The order is the list order: every member's `correct` runs (member by member), then every member's `adjust`, each
+seeing the eps the previous one returned. For an attack on a defended sampler put the attacker first and the defence
+last, as it would be when the attacker can only steer the eps it hands to the deployed sampler:
+`ChainGuard([ClassifierGuidanceGuard(...), CPSampleGuard(...)])`. CPSample's push depends on x_t alone, so it is the
+same whether it is subtracted before or after the attacker's term.
 
 Classifier-free guidance is mixed once per step, so at most one member may change the mixing (declare
 `mixes_cfg = True`, as delayed CFG does); every member's `combine` is still called so that members which only

@@ -63,12 +63,7 @@ class CPSampleGuard(Guard):
         """max_t: check the classifier only at timesteps t <= max_t (None: every step, the paper's rule). Above the
         highest t at which a classifier can be over-confident, the check costs time and never fires."""
         super().__init__()
-        if not 0.0 <= alpha <= 0.5:
-            raise ValueError(f"alpha must lie in [0, 0.5], got {alpha}")
-        if scale < 0 or tau < 0:
-            raise ValueError(f"scale and tau must be non-negative, got scale={scale}, tau={tau}")
-        if max_t is not None and max_t < 0:
-            raise ValueError(f"max_t must be a timestep >= 0 or None, got {max_t}")
+        CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t)  # the one validation of the knobs
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t = alpha, scale, tau, max_t
         self.adaptive = adaptive
