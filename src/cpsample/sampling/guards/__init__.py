@@ -12,10 +12,12 @@ from cpsample.sampling.guards.amg import AMGGuard
 from cpsample.sampling.guards.chain import ChainGuard
 from cpsample.sampling.guards.classifier_guidance import ClassifierGuidanceGuard
 from cpsample.sampling.guards.delayed_cfg import DelayedCFGGuard, OppositeGuidanceGuard
+from cpsample.sampling.guards.staged import StagedCPSampleGuard
 
 GUARDS: dict[str, type[Guard]] = {
     "none": NoGuard,
     "cpsample": CPSampleGuard,
+    "cpsample-staged": StagedCPSampleGuard,
     "amg": AMGGuard,
     "delayed-cfg": DelayedCFGGuard,
     "opposite-cfg": OppositeGuidanceGuard,
@@ -55,5 +57,5 @@ def resolve_guard(guard: str | Guard, context: GuardContext, **options) -> Guard
 
 
 __all__ = ["GUARDS", "AMGGuard", "CFGPrediction", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard",
-           "DelayedCFGGuard", "Guard", "GuardContext", "GuardOptions", "NoGuard", "OppositeGuidanceGuard", "build_guard",
+           "DelayedCFGGuard", "Guard", "GuardContext", "GuardOptions", "NoGuard", "OppositeGuidanceGuard", "StagedCPSampleGuard", "build_guard",
            "guard_class", "guard_options", "guided_eps", "resolve_guard"]

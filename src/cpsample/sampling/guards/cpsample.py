@@ -4,6 +4,11 @@ Paper (seed 002) section 3.1 with the App. D fix: for each sample whose p(y=c | 
 eps <- eps - s * sqrt(1 - abar_t) * grad_x log(tau + p(y=c | x_t, t)), i.e. push towards the unlikely label.
 Samples where the classifier is not over-confident are left exactly as they were.
 
+With `denoised=True` the classifier judges the denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+at t = 0 instead of x_t, and the push follows x0_hat's gradient back to x_t with eps held fixed (the UNet's Jacobian
+is ignored, so it costs what the x_t rule costs). A classifier trained with `--negatives samples` is selective on
+x0_hat from t ~ 400 on, when x_t itself still says little (bench/README.md, Finding 9).
+
 Its knobs travel with the classifier: `cpsample calibrate` writes them to calibration.json in the classifier's
 folder, and `cpsample_settings` reads them back for every command that guards with that classifier.
 """
@@ -41,6 +46,8 @@ class CPSampleOptions(GuardOptions):
     max_t: int | None = option(None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).")
     adaptive: bool = option(False, "Push each guided sample only as far as needed to bring its confidence back to "
                                    "1 - alpha (linearised DDIM step), with scale as the cap.")
+    denoised: bool = option(False, "Judge the denoised estimate x0_hat (at t = 0) instead of x_t; push = s sqrt(1 - abar) "
+                                   "/ sqrt(abar) grad_x0 log(tau + p). Selective with a --negatives classifier.")
 
     def check(self) -> None:
         if self.alpha is not None and not 0.0 <= self.alpha <= 0.5:
@@ -51,6 +58,8 @@ class CPSampleOptions(GuardOptions):
             raise ValueError(f"--tau must be positive (log(tau + p) needs tau > 0), got {self.tau}")
         if self.max_t is not None and self.max_t < 0:
             raise ValueError(f"--max-t must be a timestep >= 0, got {self.max_t}")
+        if self.adaptive and self.denoised:
+            raise ValueError("adaptive pushes are computed for x_t; they cannot be combined with denoised=true")
 
 
 class CPSampleGuard(Guard):
@@ -59,14 +68,15 @@ class CPSampleGuard(Guard):
 
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
-                 adaptive: bool = False):
+                 adaptive: bool = False, denoised: bool = False):
         """max_t: check the classifier only at timesteps t <= max_t (None: every step, the paper's rule). Above the
         highest t at which a classifier can be over-confident, the check costs time and never fires."""
         super().__init__()
-        CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t)  # the one validation of the knobs
+        # the one validation of the knobs
+        CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, adaptive=adaptive, denoised=denoised)
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t = alpha, scale, tau, max_t
-        self.adaptive = adaptive
+        self.adaptive, self.denoised = adaptive, denoised
 
     @classmethod
     def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "CPSampleGuard":
@@ -80,7 +90,7 @@ class CPSampleGuard(Guard):
             folder = resolve_model_dir(classifier, "classifier")
             model = load_classifier(folder, context.device)
         return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                   adaptive=options.adaptive)
+                   adaptive=options.adaptive, denoised=options.denoised)
 
     def to(self, device, dtype):
         self.classifier.to(device=device)
@@ -90,25 +100,34 @@ class CPSampleGuard(Guard):
 
     def settings(self) -> dict:
         settings = {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau, "max_t": self.max_t}
-        return {**settings, "adaptive": True} if self.adaptive else settings
+        # Only the variants in use are named, so records of the paper's rule stay as they were.
+        return {**settings, **{name: True for name in ("adaptive", "denoised") if getattr(self, name)}}
 
     def correct(self, predictions, x_t, t, abar_t):
         """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
-        push = self.push(x_t, t, abar_t, predictions[0].dtype)
+        eps = torch.stack(predictions).mean(0) if self.denoised else None  # (CFG: x0_hat of the halves' mean)
+        push = self.push(x_t, t, abar_t, predictions[0].dtype, eps)
         if push is None:
             return predictions
         rows, change = push
         return tuple(_minus_rows(eps, rows, change) for eps in predictions)
 
-    def push(self, x_t, t, abar_t, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(rows, s * sqrt(1 - abar_t) * grad log(tau + p_target)) for the over-confident samples; None if there are none."""
+    def push(self, x_t, t, abar_t, dtype, eps=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, s * sqrt(1 - abar_t) * grad log(tau + p_target)) for the over-confident samples; None if there are none.
+
+        eps: this step's eps, needed (and only used) when the classifier judges the denoised estimate."""
         if self.max_t is not None and int(t.max()) > self.max_t:
             self.record(p1=torch.full((len(x_t),), math.nan), fired=torch.zeros(len(x_t), dtype=torch.bool))
             return None
         classifier_dtype = next(self.classifier.parameters()).dtype
+        sigma, root_abar = (1.0 - abar_t).sqrt(), abar_t.sqrt()
+        if self.denoised:  # judge x0_hat as a clean image; d x0_hat / d x_t = 1 / sqrt(abar_t) with eps held fixed
+            judged, t = (x_t - sigma * eps) / root_abar, torch.zeros_like(t)
+        else:
+            judged = x_t
         # The cheap part runs for every sample: is the classifier over-confident? No graph is built here.
         with torch.no_grad():
-            probs = self.classifier(x_t.to(classifier_dtype), t).float().softmax(dim=-1)
+            probs = self.classifier(judged.to(classifier_dtype), t).float().softmax(dim=-1)
         # Over-confident for label 1 means p(y=0) < alpha: guide towards 0, and vice versa.
         target = (probs[:, 1] < probs[:, 0]).long()  # the less likely label
         fired = probs.gather(1, target[:, None]).squeeze(1) < self.alpha
@@ -118,13 +137,15 @@ class CPSampleGuard(Guard):
         # The gradient is paid for only by the samples that need it.
         rows = fired.nonzero().squeeze(1)
         with torch.enable_grad():
-            x_in = x_t[rows].detach().to(classifier_dtype).requires_grad_(True)
+            x_in = judged[rows].detach().to(classifier_dtype).requires_grad_(True)
             p_target = self.classifier(x_in, t[rows]).float().softmax(dim=-1).gather(1, target[rows, None]).squeeze(1)
             grad = torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0].to(dtype)
+        if self.denoised:
+            grad = grad / root_abar.to(dtype)
         scale = self._just_enough(grad, p_target.detach(), abar_t) if self.adaptive else None
         if scale is None:
-            return rows, self.scale * (1.0 - abar_t).sqrt().to(dtype) * grad
-        return rows, scale.to(dtype).view(-1, *[1] * (grad.ndim - 1)) * (1.0 - abar_t).sqrt().to(dtype) * grad
+            return rows, self.scale * sigma.to(dtype) * grad
+        return rows, scale.to(dtype).view(-1, *[1] * (grad.ndim - 1)) * sigma.to(dtype) * grad
 
     def _just_enough(self, grad, p_target, abar_t) -> torch.Tensor | None:
         """Per sample, the scale (at most `scale`) whose push raises log(tau + p_target) back to log(tau + alpha) at
