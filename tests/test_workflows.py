@@ -65,7 +65,8 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
                                       "--alpha", "0.2", "--seed", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert set(report["methods"]) == {"plain", "cpsample", "rejection"}
+    assert set(report["methods"]) == {"plain", "cpsample", "cpsample-staged", "rejection"}
+    assert report["cpsample_settings"]["cpsample-staged"]["early"]["denoised"] is True
     assert report["costs"]["rejection"]["denoiser_calls_per_image"] >= report["costs"]["plain"]["denoiser_calls_per_image"]
     html = (out / "report.html").read_text()
     for figure in report["figures"].values():

@@ -30,16 +30,18 @@ def demo_command(
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     classifier: Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")] = "bundled",
+    staged: Annotated[bool, typer.Option(help="Also sample with cpsample-staged (two stages; see `cpsample guards`).")] = True,
+    early_classifier: Annotated[str, typer.Option(help="cpsample-staged's selective classifier (train-classifier --negatives samples), or 'bundled'.")] = "bundled",
     batch_size: int = 250,
     device: Device = "cpu",
     seed: Seed = 0,
 ):
-    """Plain vs CPSample vs rejection sampling on the bundled model: near-copies, quality, MIA, cost, figures."""
+    """Plain vs CPSample (one and two stages) vs rejection sampling on the bundled model: near-copies, quality, MIA, cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
                             tau=tau, threshold=threshold, mia_members=mia_members, batch_size=batch_size, device=device,
-                            seed=seed)
+                            seed=seed, staged=staged, early_classifier=early_classifier)
     results = run_demo(out, settings)
     table = Table(title=f"demo: {n_samples} images per method, near-copy = cosine > {settings.threshold} ({settings.features})")
     for column in ("method", "near-copies", "share (95% CI)", "FD", "s/image", "denoiser calls/image"):
