@@ -44,6 +44,8 @@ class StagedCPSampleOptions(GuardOptions):
 
 
 class StagedCPSampleGuard(ChainGuard):
+    """CPSample in two stages: a selective classifier on x0_hat early, the main classifier on x_t late."""
+
     name = "cpsample-staged"
     Options = StagedCPSampleOptions
 

@@ -1,0 +1,144 @@
+"""Is a difference between defences real or seed noise? Each method at one setting, several seeds, paired.
+
+FD over 600 images moves by several points between seeds (plain sampling, seed 0 vs 1: 5.5 vs 9.9), so a single
+frontier run cannot rank methods a few FD points apart. This runs every method on the same noise for each seed,
+reports near-copy share and FD per seed, FD pooled over all seeds, and each method's paired FD difference against
+the others (mean and standard error over seeds).
+
+    python bench/bench_seeds.py --seeds 0,1,2 --out bench_out/seeds
+    python bench/bench_seeds.py --method "small:guard=cpsample,classifier=runs/clf_small" --out bench_out/seeds
+
+A method is NAME:KEY=VALUE,... (options of `generate`; `rejection=0.98` makes it rejection sampling). Each
+(method, seed) is saved as it finishes and skipped when the run is restarted with the same --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_frontier import write_csv
+from bench_methods import Judge
+from cpsample.evaluation import NearCopyDetector, clopper_pearson, frechet_distance_in, load_feature_net
+from cpsample.models.pretrained import DiffusionModel
+from cpsample.provenance import write_record
+from cpsample.sampling.pipeline import generate
+from cpsample.sampling.rejection import rejection_sample
+
+DEFAULT_METHODS = ("plain:guard=none", "cpsample:guard=cpsample", "amg:guard=amg,sim_scale=1000",
+                   "rejection:guard=none,rejection=0.98")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench_out/seeds"))
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--method", action="append", default=None, help="NAME:KEY=VALUE,... (repeatable)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--n-samples", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    methods = dict(parse_method(spec) for spec in (args.method or DEFAULT_METHODS))
+    seeds = [int(part) for part in args.seeds.split(",") if part]
+    model = DiffusionModel.from_pretrained(args.model)
+    judge = Judge(NearCopyDetector(model.members.images), load_feature_net("bundled"), model.nonmembers.images)
+    images = {(name, seed): samples(model, args, name, options, seed) for seed in seeds for name, options in methods.items()}
+    rows = per_seed_rows(judge, images)
+    pooled = pooled_rows(judge, images, methods, seeds)
+    paired = paired_rows(rows, list(methods))
+    for name, rows_ in (("per_seed.csv", rows), ("pooled.csv", pooled), ("paired_fd.csv", paired)):
+        write_csv(args.out / name, rows_)
+    print_summary(pooled, paired)
+    write_record(args.out, "bench-seeds", {k: str(v) for k, v in vars(args).items()},
+                 {"methods": methods, "pooled": pooled, "paired": paired})
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    name, _, options = spec.partition(":")
+    parsed = {}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        parsed[key] = _value(value)
+    return name, parsed
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def samples(model, args, name: str, options: dict, seed: int) -> np.ndarray:
+    """The method's images for one seed, read back when an earlier run saved them."""
+    path = args.out / f"{name}_seed{seed}.npz"
+    if path.exists():
+        return np.load(path)["images"]
+    common = dict(n=args.n_samples, steps=args.steps, seed=seed, batch_size=200, progress=False)
+    options = dict(options)
+    threshold = options.pop("rejection", None)
+    started = time.time()
+    if threshold is None:
+        images = generate(model, **common, **options).images.numpy()
+    else:
+        draw = lambda count, round_: generate(model, **{**common, "n": count, "seed": seed + 1000 * round_}, **options)
+        images = rejection_sample(draw, args.n_samples, NearCopyDetector(model.members.images, threshold)).images
+        images = np.asarray(images)
+    np.savez_compressed(path, images=images, seconds=time.time() - started)
+    print(f"{name} seed {seed}: {time.time() - started:.0f} s", flush=True)
+    return images
+
+
+def per_seed_rows(judge: Judge, images: dict) -> list[dict]:
+    rows = []
+    for (name, seed), batch in images.items():
+        copies = judge.detector(batch)
+        rows.append({"method": name, "seed": seed, "n": len(batch), "near_copy_share": float(copies.mean()),
+                     "fd_digitnet": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"])})
+    return rows
+
+
+def pooled_rows(judge: Judge, images: dict, methods: dict, seeds: list[int]) -> list[dict]:
+    rows = []
+    for name in methods:
+        batch = np.concatenate([images[(name, seed)] for seed in seeds])
+        copies = judge.detector(batch)
+        low, high = clopper_pearson(int(copies.sum()), len(copies))
+        shares = np.bincount(judge.net.predict(batch), minlength=judge.net.num_classes) / len(batch)
+        rows.append({"method": name, "n": len(batch), "near_copy_share": float(copies.mean()), "ci_low": low,
+                     "ci_high": high, "fd_digitnet_pooled": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
+                     "largest_class_share": float(shares.max()), "options": json.dumps(methods[name])})
+    return rows
+
+
+def paired_rows(rows: list[dict], names: list[str]) -> list[dict]:
+    """FD(a) - FD(b) per seed (same noise), its mean and standard error over seeds."""
+    fd = {(row["method"], row["seed"]): row["fd_digitnet"] for row in rows}
+    seeds = sorted({row["seed"] for row in rows})
+    paired = []
+    for a, b in itertools.permutations(names, 2):
+        if names.index(a) > names.index(b):
+            continue
+        diffs = np.array([fd[(a, seed)] - fd[(b, seed)] for seed in seeds])
+        stderr = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+        paired.append({"a": a, "b": b, "mean_fd_difference": float(diffs.mean()), "stderr": stderr,
+                       "per_seed": json.dumps(diffs.round(2).tolist())})
+    return paired
+
+
+def print_summary(pooled: list[dict], paired: list[dict]) -> None:
+    for row in pooled:
+        print(f"{row['method']:>12}: {row['near_copy_share']:.1%} near-copies [{row['ci_low']:.1%}, {row['ci_high']:.1%}], "
+              f"FD pooled {row['fd_digitnet_pooled']:.2f}, largest class {row['largest_class_share']:.1%}")
+    for row in paired:
+        print(f"FD {row['a']} - {row['b']}: {row['mean_fd_difference']:+.2f} +- {row['stderr']:.2f} (per seed {row['per_seed']})")
+
+
+if __name__ == "__main__":
+    main()
