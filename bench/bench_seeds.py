@@ -122,9 +122,7 @@ def paired_rows(rows: list[dict], names: list[str]) -> list[dict]:
     fd = {(row["method"], row["seed"]): row["fd_digitnet"] for row in rows}
     seeds = sorted({row["seed"] for row in rows})
     paired = []
-    for a, b in itertools.permutations(names, 2):
-        if names.index(a) > names.index(b):
-            continue
+    for a, b in itertools.combinations(names, 2):
         diffs = np.array([fd[(a, seed)] - fd[(b, seed)] for seed in seeds])
         stderr = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
         paired.append({"a": a, "b": b, "mean_fd_difference": float(diffs.mean()), "stderr": stderr,

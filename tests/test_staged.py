@@ -106,3 +106,16 @@ def test_sample_command_runs_the_staged_guard_and_records_both_stages(tmp_path):
     assert 0.0 < record["results"]["share_of_steps_guided"] < 1.0
     library = generate(n=8, steps=10, seed=0, guard="cpsample-staged", early_scale=2.0, progress=False)
     assert np.allclose(np.load(out / "samples.npz")["images"], library.images.numpy(), atol=1e-5)
+
+
+def test_staged_guard_refuses_an_early_classifier_of_other_members(tmp_path):
+    """Both stages' classifiers go through the fit check, not only the main one."""
+    import shutil
+
+    other = tmp_path / "selective"
+    shutil.copytree(resolve_model_dir("bundled", SELECTIVE_PART), other)
+    split = json.loads((other / "split.json").read_text())
+    split["members"] = split["members"][1:] + split["nonmembers"][:1]
+    (other / "split.json").write_text(json.dumps(split))
+    with pytest.raises(ValueError, match="other member images"):
+        generate(n=2, steps=2, guard="cpsample-staged", early_classifier=str(other), progress=False)

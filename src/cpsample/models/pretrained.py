@@ -108,9 +108,3 @@ class Classifier:
             shutil.copytree(self.folder / "scheduler", folder / "scheduler", dirs_exist_ok=True)
         return folder
 
-
-def classifier_folder(classifier) -> Path | None:
-    """Where a classifier given as a folder, "bundled" or a Classifier lives (its calibration); None for a bare model."""
-    if isinstance(classifier, (str, Path)):
-        return resolve_model_dir(classifier, "classifier")
-    return getattr(classifier, "folder", None)

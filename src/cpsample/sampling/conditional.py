@@ -14,7 +14,6 @@ import torch
 
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
-from cpsample.models.pretrained import classifier_folder
 from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
 from cpsample.sampling.pipeline import check_device, check_guard_fits
 from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample,
@@ -62,9 +61,8 @@ def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: fl
     if not labels:
         raise ValueError("no class labels given: nothing to sample")
     torch_dtype = DTYPES[dtype]
-    classifier_dir = classifier_folder(classifier) if guard == "cpsample" and classifier else None
     guard = _resolve_guard(guard, classifier, device, str(model_dir), guard_options)
-    check_guard_fits(guard, unet, schedule, resolve_model_dir(model_dir, "denoiser"), classifier_dir)
+    check_guard_fits(guard, unet, schedule, resolve_model_dir(model_dir, "denoiser"))
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if work_dir is not None:  # the key hashes the weights before any dtype cast

@@ -8,7 +8,7 @@ import torch
 
 from cpsample.data import Split
 from cpsample.models import load_noise_schedule
-from cpsample.models.pretrained import Classifier, DiffusionModel, classifier_folder
+from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
 from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, make_scheduler, sample, sampling_key, unet_denoiser
 
@@ -23,12 +23,17 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
 
 
-def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path, classifier_dir: Path | None = None) -> None:
-    """A classifier made for other images protects nothing (or crashes): it must take this model's image size and
-    channels and, when its folder is known, share the model's noise schedule and member split."""
-    classifier = getattr(guard, "classifier", None)
-    if classifier is None:
-        return
+def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> None:
+    """A classifier made for other images protects nothing (or crashes): each classifier the guard holds (both stages
+    of a chain) must take this model's image size and channels and, when its folder is known, share the model's noise
+    schedule and member split."""
+    for member in getattr(guard, "guards", [guard]):
+        classifier = getattr(member, "classifier", None)
+        if classifier is not None:
+            _check_classifier_fits(classifier, getattr(member, "folder", None), unet, schedule, model_dir)
+
+
+def _check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedule, model_dir: Path | None) -> None:
     expected = (unet.config.in_channels, unet.config.sample_size)
     found = (classifier.config.in_channels, classifier.config.sample_size)
     fix = "train one on this model's members with `cpsample train-classifier --denoiser MODEL`"
@@ -74,9 +79,8 @@ def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 
     unet, schedule, model_dir = loaded.unet, loaded.schedule, loaded.folder
     if loaded.conditional:
         raise ValueError(f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`")
-    classifier_dir = classifier_folder(classifier) if guard == "cpsample" else None
     guard = resolve_guard(guard, GuardContext(model=loaded, classifier=classifier, device=device), **guard_options)
-    check_guard_fits(guard, unet, schedule, model_dir, classifier_dir)
+    check_guard_fits(guard, unet, schedule, model_dir)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     if work_dir is not None:  # the key hashes the weights before any dtype cast
         batch_settings_file(work_dir, sampling_key(unet, guard, first_scheduler, n=n, steps=steps, scheduler=scheduler,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cpsample.models.classifier import TimeClassifier
-from cpsample.models.pretrained import Classifier, classifier_folder
+from cpsample.models.pretrained import Classifier
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, build_guard
 from cpsample.sampling.guards.base import run_noise_levels
 from cpsample.sampling.pipeline import check_guard_fits
@@ -81,9 +81,8 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
         raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
     if isinstance(classifier, CPSampleGuard) and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSampleGuard")
-    if isinstance(classifier, CPSampleGuard):
-        check_guard_fits(classifier, unet, pipe.scheduler, None)
-    guard = classifier if isinstance(classifier, CPSampleGuard) else _guard_for(classifier, pipe, options)
+    guard = classifier if isinstance(classifier, CPSampleGuard) else build_guard("cpsample", GuardContext(classifier=classifier), **options)
+    check_guard_fits(guard, unet, pipe.scheduler, None)
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)
     protection = Protection(pipe, guard)
@@ -104,12 +103,6 @@ def unprotect(pipe):
 def protection_of(pipe) -> Protection | None:
     """The active protection (guard settings, trace of the latest run), or None for an unprotected pipeline."""
     return getattr(pipe.unet, HOOK_ATTRIBUTE, None)
-
-
-def _guard_for(classifier, pipe, options: dict) -> CPSampleGuard:
-    guard = build_guard("cpsample", GuardContext(classifier=classifier), **options)
-    check_guard_fits(guard, pipe.unet, pipe.scheduler, None, classifier_folder(classifier))
-    return guard
 
 
 def single_timestep(timestep) -> int:

@@ -68,7 +68,7 @@ class CPSampleGuard(Guard):
 
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
-                 adaptive: bool = False, denoised: bool = False):
+                 adaptive: bool = False, denoised: bool = False, folder: Path | None = None):
         """max_t: check the classifier only at timesteps t <= max_t (None: every step, the paper's rule). Above the
         highest t at which a classifier can be over-confident, the check costs time and never fires."""
         super().__init__()
@@ -77,20 +77,14 @@ class CPSampleGuard(Guard):
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t = alpha, scale, tau, max_t
         self.adaptive, self.denoised = adaptive, denoised
+        self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
 
     @classmethod
     def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "CPSampleGuard":
         """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs resolved."""
-        classifier = "bundled" if context.classifier is None else context.classifier
-        if isinstance(classifier, TimeClassifier):
-            folder, model = None, classifier
-        elif isinstance(classifier, Classifier):
-            folder, model = classifier.folder, classifier.model.to(context.device)
-        else:
-            folder = resolve_model_dir(classifier, "classifier")
-            model = load_classifier(folder, context.device)
+        model, folder = load_guard_classifier("bundled" if context.classifier is None else context.classifier, context.device)
         return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                   adaptive=options.adaptive, denoised=options.denoised)
+                   adaptive=options.adaptive, denoised=options.denoised, folder=folder)
 
     def to(self, device, dtype):
         self.classifier.to(device=device)
@@ -162,6 +156,17 @@ class CPSampleGuard(Guard):
         gain = sigma * k * grad.float().flatten(1).pow(2).sum(1)
         deficit = math.log(self.tau + self.alpha) - torch.log(self.tau + p_target)
         return (deficit.clamp_min(0) / gain.clamp_min(1e-12)).clamp(max=self.scale)
+
+
+def load_guard_classifier(spec: "str | Path | Classifier | TimeClassifier", device: str,
+                          part: str = "classifier") -> tuple[TimeClassifier, Path | None]:
+    """(classifier, its folder or None) from a folder, "bundled" (the shipped `part`), a Classifier or a TimeClassifier."""
+    if isinstance(spec, TimeClassifier):
+        return spec, None
+    if isinstance(spec, Classifier):
+        return spec.model.to(device), spec.folder
+    folder = resolve_model_dir(spec, part)
+    return load_classifier(folder, device), folder
 
 
 def _minus_rows(eps: torch.Tensor, rows: torch.Tensor, change: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cpsample.models.bundle import resolve_model_dir
-from cpsample.models.classifier import TimeClassifier, load_classifier
-from cpsample.models.pretrained import Classifier
 from cpsample.sampling.guards.base import GuardContext, GuardOptions, option
 from cpsample.sampling.guards.chain import ChainGuard
-from cpsample.sampling.guards.cpsample import CPSampleGuard, CPSampleOptions
+from cpsample.sampling.guards.cpsample import CPSampleGuard, CPSampleOptions, load_guard_classifier
 
 # The bundled selective classifier lives next to the bundled classifier, under this folder name.
 SELECTIVE_PART = "classifier-selective"
@@ -56,8 +53,9 @@ class StagedCPSampleGuard(ChainGuard):
 
     @classmethod
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
-        early = CPSampleGuard(_early_classifier(options.early_classifier, context.device), alpha=options.early_alpha,
-                              scale=options.early_scale, tau=options.tau, max_t=options.early_max_t, denoised=True)
+        classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
+        early = CPSampleGuard(classifier, alpha=options.early_alpha, scale=options.early_scale, tau=options.tau,
+                              max_t=options.early_max_t, denoised=True, folder=folder)
         late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t)
         return cls(early, CPSampleGuard.from_options(late_options, context))
 
@@ -78,10 +76,3 @@ class StagedCPSampleGuard(ChainGuard):
         early, late = self.guards
         return {"guard": self.name, "early": early.settings(), "late": late.settings()}
 
-
-def _early_classifier(spec: "str | Classifier | TimeClassifier", device: str) -> TimeClassifier:
-    if isinstance(spec, TimeClassifier):
-        return spec
-    if isinstance(spec, Classifier):
-        return spec.model.to(device)
-    return load_classifier(resolve_model_dir(spec, SELECTIVE_PART), device)
