@@ -42,19 +42,22 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--n-samples", type=int, default=600)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--quality-net", default="bundled", help="feature net for FD: 'bundled' (MNIST) or a "
+                                                                  "`cpsample train-feature-net` folder")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     methods = dict(parse_method(spec) for spec in (args.method or DEFAULT_METHODS))
     seeds = [int(part) for part in args.seeds.split(",") if part]
     model = DiffusionModel.from_pretrained(args.model)
-    judge = Judge(NearCopyDetector(model.members.images), load_feature_net("bundled"), model.nonmembers.images)
+    judge = Judge(NearCopyDetector(model.members.images), load_feature_net(args.quality_net), model.nonmembers.images)
     images = {(name, seed): samples(model, args, name, options, seed) for seed in seeds for name, options in methods.items()}
     rows = per_seed_rows(judge, images)
     pooled = pooled_rows(judge, images, methods, seeds)
-    paired = paired_rows(rows, list(methods))
+    add_times(pooled, args.out, seeds)
+    paired = paired_rows(rows, list(methods), fd_column(judge))
     for name, rows_ in (("per_seed.csv", rows), ("pooled.csv", pooled), ("paired_fd.csv", paired)):
         write_csv(args.out / name, rows_)
-    print_summary(pooled, paired)
+    print_summary(pooled, paired, fd_column(judge))
     write_record(args.out, "bench-seeds", {k: str(v) for k, v in vars(args).items()},
                  {"methods": methods, "pooled": pooled, "paired": paired})
 
@@ -95,12 +98,17 @@ def samples(model, args, name: str, options: dict, seed: int) -> np.ndarray:
     return images
 
 
+def fd_column(judge: Judge) -> str:
+    """FD_digitnet with the bundled MNIST net, FD_sknet with one trained on sklearn digits, ..."""
+    return f"fd_{judge.net.config.name}"
+
+
 def per_seed_rows(judge: Judge, images: dict) -> list[dict]:
     rows = []
     for (name, seed), batch in images.items():
         copies = judge.detector(batch)
         rows.append({"method": name, "seed": seed, "n": len(batch), "near_copy_share": float(copies.mean()),
-                     "fd_digitnet": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"])})
+                     fd_column(judge): float(frechet_distance_in(judge.net, judge.heldout, batch)["value"])})
     return rows
 
 
@@ -112,14 +120,22 @@ def pooled_rows(judge: Judge, images: dict, methods: dict, seeds: list[int]) -> 
         low, high = clopper_pearson(int(copies.sum()), len(copies))
         shares = np.bincount(judge.net.predict(batch), minlength=judge.net.num_classes) / len(batch)
         rows.append({"method": name, "n": len(batch), "near_copy_share": float(copies.mean()), "ci_low": low,
-                     "ci_high": high, "fd_digitnet_pooled": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
+                     "ci_high": high, f"{fd_column(judge)}_pooled": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
                      "largest_class_share": float(shares.max()), "options": json.dumps(methods[name])})
     return rows
 
 
-def paired_rows(rows: list[dict], names: list[str]) -> list[dict]:
+def add_times(pooled: list[dict], out: Path, seeds: list[int]) -> None:
+    """Seconds per method over all seeds (as each run measured them), and the ratio to the first method's."""
+    for row in pooled:
+        row["seconds"] = round(sum(float(np.load(out / f"{row['method']}_seed{seed}.npz")["seconds"]) for seed in seeds), 1)
+    for row in pooled:
+        row["time_vs_first"] = round(row["seconds"] / max(pooled[0]["seconds"], 1e-9), 3)
+
+
+def paired_rows(rows: list[dict], names: list[str], column: str) -> list[dict]:
     """FD(a) - FD(b) per seed (same noise), its mean and standard error over seeds."""
-    fd = {(row["method"], row["seed"]): row["fd_digitnet"] for row in rows}
+    fd = {(row["method"], row["seed"]): row[column] for row in rows}
     seeds = sorted({row["seed"] for row in rows})
     paired = []
     for a, b in itertools.combinations(names, 2):
@@ -130,10 +146,11 @@ def paired_rows(rows: list[dict], names: list[str]) -> list[dict]:
     return paired
 
 
-def print_summary(pooled: list[dict], paired: list[dict]) -> None:
+def print_summary(pooled: list[dict], paired: list[dict], column: str) -> None:
     for row in pooled:
         print(f"{row['method']:>12}: {row['near_copy_share']:.1%} near-copies [{row['ci_low']:.1%}, {row['ci_high']:.1%}], "
-              f"FD pooled {row['fd_digitnet_pooled']:.2f}, largest class {row['largest_class_share']:.1%}")
+              f"FD pooled {row[column + '_pooled']:.2f}, largest class {row['largest_class_share']:.1%}, "
+              f"time {row['time_vs_first']:.2f}x")
     for row in paired:
         print(f"FD {row['a']} - {row['b']}: {row['mean_fd_difference']:+.2f} +- {row['stderr']:.2f} (per seed {row['per_seed']})")
 

@@ -36,5 +36,7 @@ def test_model_objects_save_and_load_back(tmp_path):
     classifier.save_pretrained(tmp_path / "clf")
     loaded = cpsample.Classifier.from_pretrained(tmp_path / "clf")
     assert (tmp_path / "clf" / "calibration.json").is_file(), "the calibration travels with the classifier"
-    guard = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded))
-    assert guard.settings()["max_t"] == 400 and guard.classifier is loaded.model
+    guard = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded))  # the calibration chose two stages
+    assert guard.settings()["late"]["max_t"] == 200 and guard.guards[1].classifier is loaded.model
+    one_stage = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded), one_stage=True)
+    assert one_stage.settings()["max_t"] == 400 and one_stage.classifier is loaded.model

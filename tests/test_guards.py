@@ -55,10 +55,14 @@ def _recorded_guard_settings(out):
 
 
 def test_library_and_cli_use_the_same_defaults(tmp_path):
-    calibrated = read_calibration(resolve_model_dir("bundled", "classifier"))["settings"]
-    library = generate(n=2, steps=2, guard="cpsample", progress=False).guard_settings
-    assert {key: library[key] for key in ("alpha", "scale", "tau", "max_t")} == \
-        {key: calibrated[key] for key in ("alpha", "scale", "tau", "max_t")}
+    calibrated = read_calibration(resolve_model_dir("bundled", "classifier"))
+    library = generate(n=2, steps=2, guard="cpsample", progress=False).guard_settings  # two stages, as calibrated
+    two_stage = calibrated["two_stage"]
+    assert {key: library["late"][key] for key in ("alpha", "scale", "tau")} == {key: two_stage[key] for key in ("alpha", "scale", "tau")}
+    assert library["early"]["scale"] == two_stage["early_scale"]
+    one_stage = generate(n=2, steps=2, guard="cpsample", one_stage=True, progress=False).guard_settings
+    assert {key: one_stage[key] for key in ("alpha", "scale", "tau", "max_t")} == \
+        {key: calibrated["settings"][key] for key in ("alpha", "scale", "tau", "max_t")}
     for guard in ("cpsample", "amg"):
         out = tmp_path / guard
         result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--guard", guard])

@@ -119,3 +119,97 @@ def test_staged_guard_refuses_an_early_classifier_of_other_members(tmp_path):
     (other / "split.json").write_text(json.dumps(split))
     with pytest.raises(ValueError, match="other member images"):
         generate(n=2, steps=2, guard="cpsample-staged", early_classifier=str(other), progress=False)
+
+
+def _classifier_with_calibration(tmp_path, two_stage: dict | None):
+    """A copy of the bundled classifier whose calibration.json chose one stage, plus two stages when given."""
+    import shutil
+
+    from cpsample.sampling.guards.cpsample import write_calibration
+
+    folder = tmp_path / "clf"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), folder)
+    one_stage = {"alpha": 0.05, "scale": 20.0, "tau": 0.001, "max_t": 300}
+    write_calibration(folder, one_stage, {} if two_stage is None else {"two_stage": two_stage})
+    return folder, one_stage
+
+
+def test_a_two_stage_calibration_makes_cpsample_two_stage_unless_one_stage_or_a_knob_is_asked_for(tmp_path):
+    early = tmp_path / "selective"
+    import shutil
+
+    shutil.copytree(resolve_model_dir("bundled", SELECTIVE_PART), early)
+    two_stage = {"early_classifier": str(early), "early_scale": 1.0, "alpha": 0.1, "scale": 30.0, "tau": 0.001}
+    folder, one_stage = _classifier_with_calibration(tmp_path, two_stage)
+    context = GuardContext(classifier=str(folder))
+
+    default = build_guard("cpsample", context)
+    assert isinstance(default, StagedCPSampleGuard)
+    settings = default.settings()
+    assert settings["early"]["scale"] == 1.0 and settings["late"]["scale"] == 30.0 and settings["late"]["max_t"] == 200
+    assert [guard.folder for guard in default.guards] == [early, folder]  # both checked against the model
+    for asked in ({"one_stage": True}, {"scale": 20.0}, {"alpha": 0.05}):
+        guard = build_guard("cpsample", context, **asked)
+        assert type(guard) is CPSampleGuard, asked
+        assert {key: guard.settings()[key] for key in ("alpha", "scale")} == {"alpha": 0.05, "scale": 20.0}
+    assert build_guard("cpsample", context, one_stage=True).max_t == 300  # the one-stage calibration, window and all
+
+    # the same default reaches the samplers: generate and the CLI record the two stages
+    result = generate(n=4, steps=6, guard="cpsample", classifier=str(folder), progress=False)
+    assert result.guard_settings["guard"] == "cpsample-staged" and result.trace["fired"].shape == (6, 4)
+    assert "p1" in result.trace, "the late stage's p(y=1 | x_t), for trace plots"
+
+
+def test_a_two_stage_calibration_whose_early_classifier_is_gone_says_what_to_do(tmp_path):
+    folder, _ = _classifier_with_calibration(tmp_path, {"early_classifier": str(tmp_path / "gone"), "early_scale": 3.0,
+                                                         "alpha": 0.1, "scale": 10.0, "tau": 0.001})
+    with pytest.raises(ValueError, match="one_stage=true"):
+        build_guard("cpsample", GuardContext(classifier=str(folder)))
+    assert type(build_guard("cpsample", GuardContext(classifier=str(folder)), one_stage=True)) is CPSampleGuard
+
+
+def test_stages_can_be_kept_apart_with_early_min_t(bundled):
+    """early_min_t = late max_t + 1: no step runs both classifiers (the early stage skips t <= 200)."""
+    staged = build_guard("cpsample-staged", GuardContext(classifier="bundled"), early_min_t=201)
+    result = generate(model=bundled, n=6, steps=10, guard=staged, progress=False)
+    early_p1 = result.trace["0:cpsample.p1"]
+    checked = ~np.isnan(early_p1).all(axis=1)
+    assert set(result.timesteps[checked]) == {t for t in result.timesteps if 201 <= t <= 500}
+    with pytest.raises(ValueError, match="min-t"):
+        guard_options("cpsample-staged", early_min_t=600)
+
+
+def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(tmp_path):
+    from cpsample.workflows.calibrate import choose_setting, two_stage_calibration, GridSettings
+
+    rows = [{"guard": "none", "alpha": None, "scale": None, "near_copy_share": 0.3, "frechet_distance": 5.0, "steps_guided": None},
+            {"guard": "cpsample", "alpha": 0.1, "scale": 10, "near_copy_share": 0.03, "frechet_distance": 9.0, "steps_guided": 0.1},
+            {"guard": "cpsample-staged", "alpha": 0.1, "scale": 10, "early_scale": 3.0, "near_copy_share": 0.02,
+             "frechet_distance": 7.0, "steps_guided": 0.1}]
+    chosen = choose_setting(rows, reduction=0.9)
+    assert chosen["guard"] == "cpsample-staged"
+    saved = two_stage_calibration(chosen, GridSettings(early_classifier="bundled"))
+    assert saved == {"early_classifier": "bundled", "early_scale": 3.0, "alpha": 0.1, "scale": 10, "tau": 0.001}
+    assert two_stage_calibration(rows[1], GridSettings(early_classifier="bundled")) is None
+
+    # end to end: the two-stage rows are measured, and what `sample --guard cpsample` then runs is what won
+    import shutil
+
+    classifier = tmp_path / "clf"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
+    runner = CliRunner()
+    calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
+                                     "--n-samples", "6", "--steps", "4", "--alphas", "0.3", "--scales", "5",
+                                     "--early-classifier", str(resolve_model_dir("bundled", SELECTIVE_PART)),
+                                     "--early-scales", "1", "--staged-scales", "10", "--target", "1.0", "--reduction", "0"])
+    assert calibrated.exit_code == 0, calibrated.output
+    report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    assert [(r["guard"], r["early_scale"]) for r in report["rows"]] == [("none", None), ("cpsample", None), ("cpsample-staged", 1.0)]
+    saved = json.loads((classifier / "calibration.json").read_text())
+    assert ("two_stage" in saved) == (report["chosen"]["guard"] == "cpsample-staged")
+    assert saved["settings"]["alpha"] == 0.3  # the one-stage rule keeps its own calibrated setting
+    after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
+                                "--out", str(tmp_path / "after")])
+    assert after.exit_code == 0, after.output
+    recorded = json.loads((tmp_path / "after" / "cpsample.json").read_text())["settings"]["guard_settings"]
+    assert recorded["guard"] == report["chosen"]["guard"]

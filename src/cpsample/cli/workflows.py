@@ -30,18 +30,18 @@ def demo_command(
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     classifier: Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")] = "bundled",
-    staged: Annotated[bool, typer.Option(help="Also sample with cpsample-staged (two stages; see `cpsample guards`).")] = True,
-    early_classifier: Annotated[str, typer.Option(help="cpsample-staged's selective classifier (train-classifier --negatives samples), or 'bundled'.")] = "bundled",
+    one_stage_row: Annotated[bool, typer.Option(help="Where the classifier's calibration chose two stages, also sample the paper's one-stage rule.")] = True,
     batch_size: int = 250,
     device: Device = "cpu",
     seed: Seed = 0,
 ):
-    """Plain vs CPSample (one and two stages) vs rejection sampling on the bundled model: near-copies, quality, MIA, cost, figures."""
+    """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
+    near-copies, quality, MIA, cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
                             tau=tau, threshold=threshold, mia_members=mia_members, batch_size=batch_size, device=device,
-                            seed=seed, staged=staged, early_classifier=early_classifier)
+                            seed=seed, one_stage_row=one_stage_row)
     results = run_demo(out, settings)
     table = Table(title=f"demo: {n_samples} images per method, near-copy = cosine > {settings.threshold} ({settings.features})")
     for column in ("method", "near-copies", "share (95% CI)", "FD", "s/image", "denoiser calls/image"):
@@ -71,15 +71,20 @@ def calibrate_command(
     model: str = "bundled",
     classifier: str = "bundled",
     quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (MNIST digits) or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
+    early_classifier: Annotated[Optional[str], typer.Option(help="A selective classifier of the same members (`train-classifier --negatives samples`): CPSample in two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins.")] = None,
+    early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "1,3",
+    staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1).")] = "10,30",
     device: Device = "cpu",
     seed: Seed = 0,
 ):
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
-    next to the classifier (calibration.json), where every guarded command finds it."""
+    next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
+    two-stage guard competes as well."""
     from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
-    from cpsample.workflows.calibrate import GridSettings, calibrated_settings, choose_setting, plot_grid, run_grid
+    from cpsample.workflows.calibrate import (GridSettings, calibrated_settings, choose_setting, plot_grid, run_grid,
+                                              setting_label, two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -87,9 +92,13 @@ def calibrate_command(
     tau = UNCALIBRATED["tau"] if tau is None else tau
     settings = GridSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alphas=_floats(alphas, "--alphas"),
                             scales=_floats(scales, "--scales"), tau=tau, threshold=threshold, quality_net=quality_net,
-                            device=device, seed=seed)
+                            device=device, seed=seed, early_classifier=early_classifier,
+                            early_scales=_floats(early_scales, "--early-scales"),
+                            staged_scales=_floats(staged_scales, "--staged-scales"))
     rows = run_grid(settings)
     chosen = choose_setting(rows, target, reduction)
+    # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
+    one_stage = choose_setting([row for row in rows if row["guard"] != "cpsample-staged"], target, reduction) or chosen
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "calibration.csv", rows)
     plot_grid(rows, out / "calibration.png", chosen)
@@ -103,15 +112,19 @@ def calibrate_command(
         console.print(f"[bold red]no setting met {wanted}[/]: try larger --alphas or --scales; nothing was saved "
                       "next to the classifier")
         raise typer.Exit(code=1)
-    knobs = calibrated_settings(chosen, tau)
+    knobs = calibrated_settings(one_stage, tau)
+    two_stage = two_stage_calibration(chosen, settings)
     details = {"model": str(resolve_model_dir(model, "denoiser").resolve()), "goal": goal, "measured": chosen,
-               "plain": rows[0], "n_samples": n_samples, "steps": steps, "seed": seed, "threshold": settings.threshold}
-    console.print(f"chosen: --alpha {knobs['alpha']:g} --scale {knobs['scale']:g} (checks at t <= {knobs['max_t']}; "
-                  f"near-copy share {chosen['near_copy_share']:.1%} vs plain {rows[0]['near_copy_share']:.1%}, "
-                  f"FD {chosen['frechet_distance']:.2f} vs {rows[0]['frechet_distance']:.2f})")
+               "measured_one_stage": one_stage, "plain": rows[0], "n_samples": n_samples, "steps": steps, "seed": seed,
+               "threshold": settings.threshold, **({"two_stage": two_stage} if two_stage else {})}
+    fd = chosen["frechet_distance"]
+    window = "" if two_stage else f" (checks at t <= {knobs['max_t']})"
+    quality = "" if fd is None else f", FD {fd:.2f} vs {rows[0]['frechet_distance']:.2f}"
+    console.print(f"chosen: {setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs plain "
+                  f"{rows[0]['near_copy_share']:.1%}{quality}")
     if classifier == BUNDLED:
         console.print(f"the bundled classifier ships its own calibration, which stays as it is; this one is in "
-                      f"{out / 'calibration.json'}: pass --alpha {knobs['alpha']:g} --scale {knobs['scale']:g} to use it")
+                      f"{out / 'calibration.json'}")
     else:
         path = write_calibration(resolve_model_dir(classifier, "classifier"), knobs, details)
         console.print(f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it")
@@ -119,10 +132,13 @@ def calibrate_command(
 
 def _grid_table(rows: list[dict], n_samples: int) -> Table:
     table = Table(title=f"calibration on {n_samples} images per setting")
-    for column in ("alpha", "s", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
+    for column in ("guard", "alpha", "s", "early s", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row("plain" if row["alpha"] is None else f"{row['alpha']:g}", "-" if row["scale"] is None else f"{row['scale']:g}",
+        early = row.get("early_scale")
+        table.add_row({"none": "plain", "cpsample": "1 stage", "cpsample-staged": "2 stages"}.get(row["guard"], row["guard"]),
+                      "-" if row["alpha"] is None else f"{row['alpha']:g}", "-" if row["scale"] is None else f"{row['scale']:g}",
+                      "-" if early is None else f"{early:g}",
                       str(row["near_copies"]), f"{row['near_copy_share']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})",
                       "-" if row["steps_guided"] is None else f"{row['steps_guided']:.1%}",
                       "-" if row["last_fired_t"] is None else str(row["last_fired_t"]),

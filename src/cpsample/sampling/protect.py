@@ -20,17 +20,18 @@ import torch
 
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import Classifier
-from cpsample.sampling.guards import CPSampleGuard, GuardContext, build_guard
+from cpsample.sampling.guards import CPSampleGuard, GuardContext, StagedCPSampleGuard, build_guard
 from cpsample.sampling.guards.base import run_noise_levels
 from cpsample.sampling.pipeline import check_guard_fits
 
 HOOK_ATTRIBUTE = "_cpsample_protection"
+READY_GUARDS = (CPSampleGuard, StagedCPSampleGuard)  # what protect() takes in place of a classifier
 
 
 class Protection:
     """The hook object: holds the guard (its `trace` records p1 and fired per UNet call of the latest run)."""
 
-    def __init__(self, pipe, guard: CPSampleGuard):
+    def __init__(self, pipe, guard: CPSampleGuard | StagedCPSampleGuard):
         self.pipe, self.guard = pipe, guard
         self.handle = None
         self._last_t: int | None = None
@@ -64,24 +65,26 @@ class Protection:
 
     def _follow(self, x_t: torch.Tensor) -> None:
         """Keep the classifier on the UNet's device and dtype (the pipeline may have moved since protect())."""
-        parameter = next(self.guard.classifier.parameters())
+        first = getattr(self.guard, "guards", [self.guard])[0]  # (both stages move together)
+        parameter = next(first.classifier.parameters())
         if parameter.device != x_t.device or parameter.dtype != x_t.dtype:
             self.guard.to(x_t.device, x_t.dtype)
 
 
-def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard = "bundled", **options):
+def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard | StagedCPSampleGuard = "bundled",
+            **options):
     """Make `pipe` sample with CPSample; returns the same pipeline (its UNet now carries the guard).
 
-    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSampleGuard.
-    options: CPSample's (alpha, scale, tau, max_t, adaptive; `cpsample guards`); those left out come from the
-    classifier folder's calibration.json, the same defaults as `cpsample sample --guard cpsample`."""
+    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSample guard (one
+    or two stages). options: CPSample's (alpha, scale, tau, max_t, one_stage, ...; `cpsample guards`); with none
+    given, the classifier folder's calibration.json decides (one or two stages), as for `cpsample sample --guard cpsample`."""
     unet = pipe.unet
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
-    if isinstance(classifier, CPSampleGuard) and options:
-        raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSampleGuard")
-    guard = classifier if isinstance(classifier, CPSampleGuard) else build_guard("cpsample", GuardContext(classifier=classifier), **options)
+    if isinstance(classifier, READY_GUARDS) and options:
+        raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
+    guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(classifier=classifier), **options)
     check_guard_fits(guard, unet, pipe.scheduler, None)
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)

@@ -1,5 +1,8 @@
 """Choose CPSample's knobs: the least aggressive (alpha, s) whose near-copy share stays under a target.
 
+Given a selective early classifier (`train-classifier --negatives samples`), the two-stage guard (cpsample-staged)
+competes too, with its early and late scales searched; it becomes the classifier's default only when it wins.
+
 "Least aggressive" is measured, not guessed: among the settings that meet the target on the calibration batch,
 the one whose samples stay closest to held-out real images (lowest Frechet distance in the feature net's space),
 ties broken by the smaller share of guided steps. Every setting starts from the same noise, so differences come
@@ -42,6 +45,10 @@ class GridSettings:
     batch_size: int = 250
     device: str = "cpu"
     seed: int = 0
+    # Two stages (cpsample-staged): a selective classifier judging x0_hat early, this classifier on x_t late.
+    early_classifier: str | None = None
+    early_scales: Sequence[float] = (1.0, 3.0)
+    staged_scales: Sequence[float] = (10.0, 30.0)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -56,18 +63,16 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
     common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
                   batch_size=settings.batch_size, device=settings.device, seed=settings.seed, progress=False)
-    candidates = [("none", None, None)] + [("cpsample", a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
     rows = []
-    for guard, alpha, scale in tqdm(candidates, desc="settings", disable=not progress):
+    for guard, alpha, scale, early_scale in tqdm(grid_candidates(settings), desc="settings", disable=not progress):
         started = time.time()
-        # Every step is checked here, so the highest timestep at which the guard fires is measured.
-        knobs = dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP) if guard == "cpsample" else {}
-        result = generate(guard=guard, classifier=classifier, **knobs, **common)
+        result = generate(guard=guard, classifier=classifier, **_knobs(settings, guard, alpha, scale, early_scale), **common)
         seconds = time.time() - started
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))
         fired = result.trace.get("fired")
-        rows.append({"guard": guard, "alpha": alpha, "scale": scale, "n": len(copies), "near_copies": int(copies.sum()),
+        rows.append({"guard": guard, "alpha": alpha, "scale": scale, "early_scale": early_scale, "n": len(copies),
+                     "near_copies": int(copies.sum()),
                      "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
                      "steps_guided": None if fired is None else float(fired.mean()),
                      "last_fired_t": last_fired_t(fired, result.timesteps),
@@ -78,6 +83,28 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     return rows
 
 
+def grid_candidates(settings: GridSettings) -> list[tuple]:
+    """(guard, alpha, scale, early_scale): plain, the one-stage grid, then the two-stage one if an early classifier is given."""
+    one_stage = [("cpsample", a, s, None) for a, s in itertools.product(settings.alphas, settings.scales)]
+    two_stage = [] if settings.early_classifier is None else [
+        ("cpsample-staged", STAGED_ALPHA, s, e) for e, s in itertools.product(settings.early_scales, settings.staged_scales)]
+    return [("none", None, None, None)] + one_stage + two_stage
+
+
+# The two-stage grid moves the scales only; its alphas and windows are cpsample-staged's defaults (bench/README.md,
+# Findings 9-10: moving them did not help on the bundled model).
+STAGED_ALPHA = 0.1
+
+
+def _knobs(settings: GridSettings, guard: str, alpha, scale, early_scale) -> dict:
+    if guard == "cpsample":  # every step is checked, so the highest timestep at which the guard fires is measured
+        return dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP)
+    if guard == "cpsample-staged":
+        return dict(early_classifier=settings.early_classifier, alpha=alpha, scale=scale, early_scale=early_scale,
+                    tau=settings.tau)
+    return {}
+
+
 def choose_setting(rows: list[dict], target: float | None = None, reduction: float | None = None) -> dict | None:
     """The feasible CPSample row with the best quality (then the fewest guided steps); None when none is feasible.
 
@@ -85,11 +112,11 @@ def choose_setting(rows: list[dict], target: float | None = None, reduction: flo
     limit = 1.0 if target is None else target
     if reduction is not None:
         limit = min(limit, (1.0 - reduction) * next(r for r in rows if r["guard"] == "none")["near_copy_share"])
-    feasible = [r for r in rows if r["guard"] == "cpsample" and r["near_copy_share"] <= limit]
+    feasible = [r for r in rows if r["guard"] != "none" and r["near_copy_share"] <= limit]
     if not feasible:
         return None
     return min(feasible, key=lambda r: (r["frechet_distance"] if r["frechet_distance"] is not None else 0.0,
-                                        r["steps_guided"] or 0.0, r["alpha"], r["scale"]))
+                                        r["steps_guided"] or 0.0, r["alpha"], r["scale"], r.get("early_scale") or 0.0))
 
 
 # The guard skips its checks above max_t: the highest t at which it fired on the calibration batch, plus at least
@@ -99,10 +126,21 @@ MAX_T_MARGIN = 20
 
 
 def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 1000) -> dict:
-    """The knobs written to calibration.json for a chosen grid row."""
-    last = chosen.get("last_fired_t")
+    """The one-stage knobs written to calibration.json for a chosen grid row (the window only for a one-stage row:
+    a two-stage row's late stage has its own)."""
+    last = chosen.get("last_fired_t") if chosen.get("guard") == "cpsample" else None
     max_t = None if last is None else min(num_train_timesteps - 1, math.ceil((int(last) + MAX_T_MARGIN) / 100) * 100)
     return {"alpha": chosen["alpha"], "scale": chosen["scale"], "tau": tau, "max_t": max_t}
+
+
+def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:
+    """cpsample-staged's options for a chosen two-stage row (what calibration.json records as "two_stage"), else None."""
+    if chosen.get("guard") != "cpsample-staged":
+        return None
+    early = settings.early_classifier
+    early = early if early == "bundled" else str(Path(early).resolve())
+    return {"early_classifier": early, "early_scale": chosen["early_scale"], "alpha": chosen["alpha"],
+            "scale": chosen["scale"], "tau": settings.tau}
 
 
 def last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
@@ -131,19 +169,26 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None) -> Path:
 
     rows = [r for r in rows if r["frechet_distance"] is not None]
     figure, axis = plt.subplots(figsize=(6, 4.5))
+    colours = {"none": "red", "cpsample": "tab:blue", "cpsample-staged": "tab:orange"}
     for row in rows:
-        label = "plain" if row["alpha"] is None else f"a={row['alpha']:g}, s={row['scale']:g}"
         point = (row["frechet_distance"], 100 * row["near_copy_share"])
-        axis.scatter(*point, color="red" if row["alpha"] is None else "tab:blue")
+        axis.scatter(*point, color=colours.get(row["guard"], "tab:blue"))
         if row is chosen:
             axis.scatter(*point, s=160, facecolors="none", edgecolors="green", linewidths=2, label="chosen")
-        axis.annotate(label, point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.annotate(setting_label(row), point, fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.set_xlabel("Frechet distance to held-out images (feature net; lower = better quality)")
     axis.set_ylabel("near-copies (% of samples)")
-    axis.set_title("CPSample replication / quality trade-off")
+    axis.set_title("CPSample replication / quality trade-off (orange: two stages)")
     if chosen is not None:
         axis.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return Path(path)
+
+
+def setting_label(row: dict) -> str:
+    if row["guard"] == "none":
+        return "plain"
+    label = f"a={row['alpha']:g}, s={row['scale']:g}"
+    return label if row["guard"] == "cpsample" else f"2 stages: early s={row['early_scale']:g}, late s={row['scale']:g}"

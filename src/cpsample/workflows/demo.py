@@ -1,4 +1,5 @@
-"""The demo: plain sampling, CPSample (the paper's rule and in two stages) and rejection sampling, side by side.
+"""The demo: plain sampling, CPSample as calibrated (and the paper's one-stage rule, where the calibration chose two
+stages) and rejection sampling, side by side.
 
 All start from the same seeds. Rejection sampling reuses the plain batch as its first round (that is what
 it would have drawn) and pays for every redraw, so its cost per accepted image is honest.
@@ -37,9 +38,8 @@ class DemoSettings:
     batch_size: int = 250
     device: str = "cpu"
     seed: int = 0
-    # CPSample in two stages needs a selective classifier of the same members: the bundled one fits the bundled model.
-    staged: bool = True
-    early_classifier: str = "bundled"
+    # Where the classifier's calibration chose two stages, also sample the paper's one-stage rule (its calibrated knobs).
+    one_stage_row: bool = True
 
     def __post_init__(self):
         self.threshold = resolve_threshold(self.threshold, self.features)
@@ -55,7 +55,10 @@ def sample_three_ways(settings: DemoSettings, out: Path, model: DiffusionModel, 
     protected = generate(guard="cpsample", classifier=settings.classifier, alpha=settings.alpha, scale=settings.scale,
                          tau=settings.tau, seed=settings.seed, work_dir=out / "samples" / "cpsample", overwrite=True,
                          **common)
-    staged = _staged(settings, out, common)
+    one_stage = None
+    if settings.one_stage_row and protected.guard_settings["guard"] == "cpsample-staged":
+        one_stage = generate(guard="cpsample", classifier=settings.classifier, one_stage=True, seed=settings.seed,
+                             work_dir=out / "samples" / ONE_STAGE, overwrite=True, **common)
     detector = NearCopyDetector(members, settings.threshold, settings.features)
 
     def draw(count: int, round_index: int):
@@ -66,37 +69,31 @@ def sample_three_ways(settings: DemoSettings, out: Path, model: DiffusionModel, 
     detect_started = time.time()
     rejected = rejection_sample(draw, settings.n_samples, detector)
     n = settings.n_samples
+    guarded = {"cpsample": protected, **({} if one_stage is None else {ONE_STAGE: one_stage})}
     costs = {
         "plain": _cost(plain.seconds, plain.denoiser_calls, n),
-        "cpsample": {**_cost(protected.seconds, protected.denoiser_calls, n),
-                     "share_of_steps_guided": float(protected.trace["fired"].mean()),
-                     "share_of_samples_ever_guided": float(protected.trace["fired"].any(axis=0).mean())},
-        **({} if staged is None else {"cpsample-staged": {
-            **_cost(staged.seconds, staged.denoiser_calls, n), "share_of_steps_guided": float(staged.trace["fired"].mean()),
-            "share_of_samples_ever_guided": float(staged.trace["fired"].any(axis=0).mean())}}),
+        **{name: {**_cost(result.seconds, result.denoiser_calls, n),
+                  "share_of_steps_guided": float(result.trace["fired"].mean()),
+                  "share_of_samples_ever_guided": float(result.trace["fired"].any(axis=0).mean())}
+           for name, result in guarded.items()},
         # the plain round was already paid for; the redraws and the copy checks are rejection sampling's own cost
         "rejection": {**_cost(plain.seconds + (time.time() - detect_started), rejected.denoiser_calls, n),
                       "drawn": rejected.drawn, "rejected": rejected.rejected, "rounds": rejected.rounds},
     }
     for name in costs:
         costs[name]["time_vs_plain"] = costs[name]["seconds"] / max(costs["plain"]["seconds"], 1e-9)
-    images = {"plain": plain.images, "cpsample": protected.images,
-              **({} if staged is None else {"cpsample-staged": staged.images}), "rejection": rejected.images}
-    figures = _sample_figures(out, images, protected, protected.guard_settings["alpha"])
-    settings_used = {"cpsample": protected.guard_settings, **({} if staged is None else {"cpsample-staged": staged.guard_settings})}
+    images = {"plain": plain.images, **{name: result.images for name, result in guarded.items()}, "rejection": rejected.images}
+    figures = _sample_figures(out, images, protected, _late_alpha(protected.guard_settings))
+    settings_used = {name: result.guard_settings for name, result in guarded.items()}
     return images, {"costs": costs, "figures": figures, "cpsample_settings": settings_used}
 
 
-def _staged(settings: DemoSettings, out: Path, common: dict):
-    """CPSample in two stages (its defaults), or None where it is off or no selective classifier fits the model."""
-    if not settings.staged:
-        return None
-    if settings.early_classifier == "bundled" and settings.model != "bundled":
-        print("note: cpsample-staged skipped: the bundled selective classifier knows only the bundled model's members; "
-              "pass --early-classifier (a `train-classifier --negatives samples` folder) to include it")
-        return None
-    return generate(guard="cpsample-staged", classifier=settings.classifier, early_classifier=settings.early_classifier,
-                    seed=settings.seed, work_dir=out / "samples" / "cpsample-staged", overwrite=True, **common)
+ONE_STAGE = "cpsample-one-stage"  # the paper's rule, shown next to a two-stage default
+
+
+def _late_alpha(guard_settings: dict) -> float:
+    """The alpha of the x_t rule (the only one for one stage; the late stage's for two)."""
+    return guard_settings["late"]["alpha"] if "late" in guard_settings else guard_settings["alpha"]
 
 
 def _cost(seconds: float, calls: int, accepted: int) -> dict:
@@ -152,7 +149,7 @@ def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
     results["cpsample_settings"] = sampled["cpsample_settings"]  # as used: calibrated knobs resolved
     results["figures"] = {**results.get("figures", {}), **sampled["figures"]}
     results["seconds_total"] = round(time.time() - started, 1)
-    paths = write_report(out, results, title="cpsample demo: plain vs CPSample (one and two stages) vs rejection sampling")
+    paths = write_report(out, results, title="cpsample demo: plain vs CPSample vs rejection sampling")
     np.savez_compressed(out / "samples.npz", **{name: batch.numpy() for name, batch in images.items()})
     write_record(out, "demo", asdict(settings), {"report": str(paths["html"]), "seconds": results["seconds_total"],
                                                  "cpsample_settings": results["cpsample_settings"]})

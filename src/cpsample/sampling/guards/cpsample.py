@@ -10,7 +10,9 @@ is ignored, so it costs what the x_t rule costs). A classifier trained with `--n
 x0_hat from t ~ 400 on, when x_t itself still says little (bench/README.md, Finding 9).
 
 Its knobs travel with the classifier: `cpsample calibrate` writes them to calibration.json in the classifier's
-folder, and `cpsample_settings` reads them back for every command that guards with that classifier.
+folder, and `cpsample_settings` reads them back for every command that guards with that classifier. Where the
+calibration chose two stages (`calibrate --early-classifier`, a "two_stage" entry), `--guard cpsample` with no knob
+given builds the two-stage guard (staged.py); `one_stage=true`, or any knob given, keeps the paper's rule.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -44,10 +46,13 @@ class CPSampleOptions(GuardOptions):
     scale: float | None = option(None, "Guidance scale s of the push away from the confident label.")
     tau: float | None = option(None, "tau in log(tau + p): keeps the gradient finite where p is 0.")
     max_t: int | None = option(None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).")
+    min_t: int = option(0, "Check the classifier only at timesteps t >= min_t.")
     adaptive: bool = option(False, "Push each guided sample only as far as needed to bring its confidence back to "
                                    "1 - alpha (linearised DDIM step), with scale as the cap.")
     denoised: bool = option(False, "Judge the denoised estimate x0_hat (at t = 0) instead of x_t; push = s sqrt(1 - abar) "
                                    "/ sqrt(abar) grad_x0 log(tau + p). Selective with a --negatives classifier.")
+    one_stage: bool = option(False, "The paper's one-stage rule even where the classifier's calibration chose two stages "
+                                    "(cpsample-staged); any other knob given also means one stage.")
 
     def check(self) -> None:
         if self.alpha is not None and not 0.0 <= self.alpha <= 0.5:
@@ -58,8 +63,14 @@ class CPSampleOptions(GuardOptions):
             raise ValueError(f"--tau must be positive (log(tau + p) needs tau > 0), got {self.tau}")
         if self.max_t is not None and self.max_t < 0:
             raise ValueError(f"--max-t must be a timestep >= 0, got {self.max_t}")
+        if self.min_t < 0 or (self.max_t is not None and self.min_t > self.max_t):
+            raise ValueError(f"--min-t must be a timestep in [0, max_t], got {self.min_t} (max_t {self.max_t})")
         if self.adaptive and self.denoised:
             raise ValueError("adaptive pushes are computed for x_t; they cannot be combined with denoised=true")
+
+    def knobs_given(self) -> bool:
+        """Whether anything but the calibrated default was asked for (which is then the one-stage rule)."""
+        return any(getattr(self, item.name) != item.default for item in fields(self))
 
 
 class CPSampleGuard(Guard):
@@ -68,23 +79,31 @@ class CPSampleGuard(Guard):
 
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
-                 adaptive: bool = False, denoised: bool = False, folder: Path | None = None):
-        """max_t: check the classifier only at timesteps t <= max_t (None: every step, the paper's rule). Above the
-        highest t at which a classifier can be over-confident, the check costs time and never fires."""
+                 adaptive: bool = False, denoised: bool = False, folder: Path | None = None, min_t: int = 0):
+        """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule).
+        Above the highest t at which a classifier can be over-confident, the check costs time and never fires."""
         super().__init__()
         # the one validation of the knobs
-        CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, adaptive=adaptive, denoised=denoised)
+        CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, min_t=min_t, adaptive=adaptive, denoised=denoised)
         self.classifier = classifier.eval().requires_grad_(False)
-        self.alpha, self.scale, self.tau, self.max_t = alpha, scale, tau, max_t
+        self.alpha, self.scale, self.tau, self.max_t, self.min_t = alpha, scale, tau, max_t, min_t
         self.adaptive, self.denoised = adaptive, denoised
         self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
 
     @classmethod
-    def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "CPSampleGuard":
-        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs resolved."""
+    def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "Guard":
+        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs resolved.
+
+        With no knob given and a calibration that chose two stages, the two-stage guard that calibration measured."""
         model, folder = load_guard_classifier("bundled" if context.classifier is None else context.classifier, context.device)
+        staged = None if options.knobs_given() else two_stage_settings(folder)
+        if staged is not None:
+            from cpsample.sampling.guards.staged import StagedCPSampleGuard  # (it builds on this module)
+
+            loaded = replace(context, classifier=Classifier(model, folder))
+            return StagedCPSampleGuard.from_options(StagedCPSampleGuard.Options(**staged), loaded)
         return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                   adaptive=options.adaptive, denoised=options.denoised, folder=folder)
+                   min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder)
 
     def to(self, device, dtype):
         self.classifier.to(device=device)
@@ -95,7 +114,8 @@ class CPSampleGuard(Guard):
     def settings(self) -> dict:
         settings = {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau, "max_t": self.max_t}
         # Only the variants in use are named, so records of the paper's rule stay as they were.
-        return {**settings, **{name: True for name in ("adaptive", "denoised") if getattr(self, name)}}
+        return {**settings, **({"min_t": self.min_t} if self.min_t else {}),
+                **{name: True for name in ("adaptive", "denoised") if getattr(self, name)}}
 
     def correct(self, predictions, x_t, t, abar_t):
         """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
@@ -110,7 +130,7 @@ class CPSampleGuard(Guard):
         """(rows, s * sqrt(1 - abar_t) * grad log(tau + p_target)) for the over-confident samples; None if there are none.
 
         eps: this step's eps, needed (and only used) when the classifier judges the denoised estimate."""
-        if self.max_t is not None and int(t.max()) > self.max_t:
+        if (self.max_t is not None and int(t.max()) > self.max_t) or int(t.min()) < self.min_t:
             self.record(p1=torch.full((len(x_t),), math.nan), fired=torch.zeros(len(x_t), dtype=torch.bool))
             return None
         classifier_dtype = next(self.classifier.parameters()).dtype
@@ -193,6 +213,19 @@ def cpsample_settings(classifier_dir: str | Path | None, alpha: float | None = N
     same_alpha = alpha is None or alpha == base["alpha"]
     chosen["max_t"] = max_t if max_t is not None else (base.get("max_t") if same_alpha else None)
     return chosen
+
+
+def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:
+    """cpsample-staged's options as the classifier's calibration chose them (`calibrate --early-classifier`), else None."""
+    calibrated = read_calibration(classifier_dir)
+    staged = None if calibrated is None else calibrated.get("two_stage")
+    if not staged:
+        return None
+    early = staged.get("early_classifier", "bundled")
+    if early != "bundled" and not Path(early).is_dir():
+        raise ValueError(f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the early classifier {early}, "
+                         f"which is not there; put it back, rerun `cpsample calibrate`, or pass --option one_stage=true")
+    return dict(staged)
 
 
 def read_calibration(classifier_dir: str | Path | None) -> dict | None:

@@ -4,9 +4,13 @@ Early (t <= early_max_t) a classifier trained with `--negatives samples` judges 
 tells would-be copies from other samples (81% vs 30% over-confident at t = 280 on the bundled model) long before
 x_t does, so a gentle push diverts most copies while the image is still undecided. Late (t <= max_t) the main
 classifier guards x_t with the paper's rule and catches what is left. Both classifiers are random-label classifiers
-of the members; nothing of the training images is needed at sampling time. bench/README.md, Finding 9, has the
-frontier (bundled model, 3 seeds of 600 images: 2.2% near-copies at FD +1.7 vs plain, against 4.2% at +4.5 for the
-one-stage default).
+of the members; nothing of the training images is needed at sampling time. bench/README.md, Findings 9-11, has the
+frontier (bundled model, 4 seeds of 600 images: 2.2% near-copies at FD +1.6 vs plain, against 4.2% at +4.5 for the
+one-stage rule).
+
+`cpsample calibrate --early-classifier FOLDER` measures this guard against the one-stage rule and, when it wins,
+records it in the classifier's calibration.json; `--guard cpsample` with no knobs then builds it
+(`CPSampleGuard.from_options`). The bundled classifier's calibration chose it.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ class StagedCPSampleOptions(GuardOptions):
     early_alpha: float = option(0.01, "Early stage: guide when p(y | x0_hat) > 1 - early_alpha for either label.")
     early_scale: float = option(3.0, "Early stage: guidance scale of the push through x0_hat.")
     early_max_t: int = option(500, "Early stage acts at t <= early_max_t.")
+    early_min_t: int = option(0, "Early stage acts at t >= early_min_t (max_t + 1: never at a step of the late stage).")
     alpha: float = option(0.1, "Late stage (main classifier on x_t, the paper's rule): alpha.")
     scale: float = option(10.0, "Late stage: guidance scale s.")
     max_t: int = option(200, "Late stage acts at t <= max_t.")
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
 
     def check(self) -> None:
-        CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t)
+        CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
+                        min_t=self.early_min_t)
         CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t)
 
 
@@ -55,17 +61,21 @@ class StagedCPSampleGuard(ChainGuard):
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
         classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
         early = CPSampleGuard(classifier, alpha=options.early_alpha, scale=options.early_scale, tau=options.tau,
-                              max_t=options.early_max_t, denoised=True, folder=folder)
+                              max_t=options.early_max_t, min_t=options.early_min_t, denoised=True, folder=folder)
         late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t)
         return cls(early, CPSampleGuard.from_options(late_options, context))
 
     @property
     def trace(self) -> dict[str, list[np.ndarray]]:
-        """The members' traces, plus "fired": guided by either stage (what reports and plots count)."""
+        """The members' traces, plus "fired": guided by either stage (what reports and plots count), and "p1": the late
+        stage's p(y=1 | x_t), as the one-stage guard records it."""
         merged = dict(ChainGuard.trace.fget(self))
-        stages = [merged.get(f"{prefix}.fired") for prefix in getattr(self, "prefixes", [])]
+        prefixes = getattr(self, "prefixes", [])
+        stages = [merged.get(f"{prefix}.fired") for prefix in prefixes]
         if stages and all(stage is not None for stage in stages):
             merged["fired"] = [np.logical_or(*pair).astype(np.float32) for pair in zip(*stages)]  # as members record it
+        if prefixes and f"{prefixes[-1]}.p1" in merged:
+            merged["p1"] = merged[f"{prefixes[-1]}.p1"]
         return merged
 
     @trace.setter
