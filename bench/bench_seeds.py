@@ -121,7 +121,13 @@ def pooled_rows(judge: Judge, images: dict, methods: dict, seeds: list[int]) -> 
         shares = np.bincount(judge.net.predict(batch), minlength=judge.net.num_classes) / len(batch)
         rows.append({"method": name, "n": len(batch), "near_copy_share": float(copies.mean()), "ci_low": low,
                      "ci_high": high, f"{fd_column(judge)}_pooled": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
-                     "largest_class_share": float(shares.max()), "options": json.dumps(methods[name])})
+                     "largest_class_share": float(shares.max()), "options": json.dumps(methods[name]),
+                     "class_shares": shares})
+    # The balance test: no digit class above 1.5x its share under the first method (plain sampling).
+    reference = rows[0]["class_shares"]
+    for row in rows:
+        shares = row.pop("class_shares")
+        row["largest_class_ratio_vs_first"] = float(np.max(shares / np.maximum(reference, 1e-12)))
     return rows
 
 
@@ -149,7 +155,8 @@ def paired_rows(rows: list[dict], names: list[str], column: str) -> list[dict]:
 def print_summary(pooled: list[dict], paired: list[dict], column: str) -> None:
     for row in pooled:
         print(f"{row['method']:>12}: {row['near_copy_share']:.1%} near-copies [{row['ci_low']:.1%}, {row['ci_high']:.1%}], "
-              f"FD pooled {row[column + '_pooled']:.2f}, largest class {row['largest_class_share']:.1%}, "
+              f"FD pooled {row[column + '_pooled']:.2f}, largest class {row['largest_class_share']:.1%} "
+              f"({row['largest_class_ratio_vs_first']:.2f}x its share under {pooled[0]['method']}), "
               f"time {row['time_vs_first']:.2f}x")
     for row in paired:
         print(f"FD {row['a']} - {row['b']}: {row['mean_fd_difference']:+.2f} +- {row['stderr']:.2f} (per seed {row['per_seed']})")

@@ -1,5 +1,6 @@
 """The README's Python API example runs as written, and the loaded-once model objects round-trip."""
 
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def test_model_objects_save_and_load_back(tmp_path):
     loaded = cpsample.Classifier.from_pretrained(tmp_path / "clf")
     assert (tmp_path / "clf" / "calibration.json").is_file(), "the calibration travels with the classifier"
     guard = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded))  # the calibration chose two stages
+    calibration = json.loads((tmp_path / "clf" / "calibration.json").read_text())
     assert guard.settings()["late"]["max_t"] == 200 and guard.guards[1].classifier is loaded.model
+    assert guard.settings()["late"]["scale"] == calibration["two_stage"]["scale"]
     one_stage = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded), one_stage=True)
-    assert one_stage.settings()["max_t"] == 400 and one_stage.classifier is loaded.model
+    assert one_stage.settings()["max_t"] == calibration["settings"]["max_t"] == 500
+    assert one_stage.classifier is loaded.model
