@@ -14,7 +14,7 @@ from cpsample.data import make_split
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.sampling.rejection import rejection_sample
 from cpsample.sampling.sampler import SampleResult
-from cpsample.workflows.calibrate import choose_setting
+from cpsample.workflows.calibrate import choose_setting, close_calls, narrowed_grid_flags
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,29 @@ def test_calibration_picks_the_best_quality_setting_meeting_the_target():
     assert choose_setting(rows, target=0.02)["alpha"] == 0.01
     assert choose_setting(rows, target=0.05)["alpha"] == 0.001
     assert choose_setting(rows, target=-1) is None
+
+
+def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_them():
+    """The bundled calibration on 600 images (bench/README.md, Finding 11): two stages late s 10 won at FD 8.93, with
+    late s 30 (10.01) and one stage (9.93) within 20%; 2,400 images then chose late s 30."""
+    plain = {"guard": "none", "alpha": None, "scale": None, "near_copy_share": 0.338, "frechet_distance": 6.15}
+    one_s10 = {"guard": "cpsample", "alpha": 0.1, "scale": 10.0, "near_copy_share": 0.032, "frechet_distance": 9.93}
+    one_s30 = {"guard": "cpsample", "alpha": 0.1, "scale": 30.0, "near_copy_share": 0.010, "frechet_distance": 13.88}
+    two_s10 = {"guard": "cpsample-staged", "alpha": 0.1, "scale": 10.0, "early_scale": 3.0, "near_copy_share": 0.023,
+               "frechet_distance": 8.93}
+    two_s30 = {"guard": "cpsample-staged", "alpha": 0.1, "scale": 30.0, "early_scale": 3.0, "near_copy_share": 0.010,
+               "frechet_distance": 10.01}
+    too_many_copies = {"guard": "cpsample-staged", "alpha": 0.1, "scale": 10.0, "early_scale": 1.0,
+                       "near_copy_share": 0.042, "frechet_distance": 8.02}
+    rows = [plain, one_s10, one_s30, two_s10, two_s30, too_many_copies]
+    for row in rows:
+        row["steps_guided"] = None if row is plain else 0.13
+    chosen = choose_setting(rows, reduction=0.9)
+    assert chosen is two_s10
+    close = close_calls(rows, chosen, reduction=0.9)
+    assert close == [one_s10, two_s30]  # not the infeasible row with a better FD, nor one stage s 30 (+55%)
+    assert narrowed_grid_flags([chosen, *close]) == "--alphas 0.1 --scales 10 --early-scales 3 --staged-scales 10,30"
+    assert close_calls(rows, chosen, reduction=0.9, margin=0.05) == []
 
 
 def test_demo_end_to_end_writes_a_readable_report(tmp_path):

@@ -83,8 +83,9 @@ def calibrate_command(
     from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
-    from cpsample.workflows.calibrate import (GridSettings, calibrated_settings, choose_setting, plot_grid, run_grid,
-                                              setting_label, two_stage_calibration)
+    from cpsample.workflows.calibrate import (CLOSE_FD, RELIABLE_IMAGES, GridSettings, calibrated_settings, choose_setting,
+                                              close_calls, narrowed_grid_flags, plot_grid, run_grid, setting_label,
+                                              two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -122,6 +123,16 @@ def calibrate_command(
     quality = "" if fd is None else f", FD {fd:.2f} vs {rows[0]['frechet_distance']:.2f}"
     console.print(f"chosen: {setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs plain "
                   f"{rows[0]['near_copy_share']:.1%}{quality}")
+    close = close_calls(rows, chosen, target, reduction) if n_samples < RELIABLE_IMAGES else []
+    if close:
+        candidates = [chosen, *close] + ([one_stage] if all(r["guard"] != "cpsample" for r in [chosen, *close]) else [])
+        details["close_calls"] = [setting_label(row) for row in close]
+        console.print(f"[yellow]note:[/] {', '.join(setting_label(r) for r in close)} came within {CLOSE_FD:.0%} of the "
+                      f"chosen FD on {n_samples} images, closer than FD's seed-to-seed noise at this size. To choose "
+                      f"between them, rerun the same command with --n-samples {RELIABLE_IMAGES} "
+                      f"{narrowed_grid_flags(candidates)}"
+                      + (" and without --early-classifier" if early_classifier and not any(
+                          r["guard"] == "cpsample-staged" for r in candidates) else ""))
     if classifier == BUNDLED:
         console.print(f"the bundled classifier ships its own calibration, which stays as it is; this one is in "
                       f"{out / 'calibration.json'}")

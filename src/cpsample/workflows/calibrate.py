@@ -105,18 +105,50 @@ def _knobs(settings: GridSettings, guard: str, alpha, scale, early_scale) -> dic
     return {}
 
 
-def choose_setting(rows: list[dict], target: float | None = None, reduction: float | None = None) -> dict | None:
-    """The feasible CPSample row with the best quality (then the fewest guided steps); None when none is feasible.
-
-    Feasible: near-copy share <= target (absolute) and <= (1 - reduction) x plain's share, for those given."""
+def feasible_rows(rows: list[dict], target: float | None = None, reduction: float | None = None) -> list[dict]:
+    """Guarded rows with near-copy share <= target (absolute) and <= (1 - reduction) x plain's share, for those given."""
     limit = 1.0 if target is None else target
     if reduction is not None:
         limit = min(limit, (1.0 - reduction) * next(r for r in rows if r["guard"] == "none")["near_copy_share"])
-    feasible = [r for r in rows if r["guard"] != "none" and r["near_copy_share"] <= limit]
+    return [r for r in rows if r["guard"] != "none" and r["near_copy_share"] <= limit]
+
+
+def choose_setting(rows: list[dict], target: float | None = None, reduction: float | None = None) -> dict | None:
+    """The feasible CPSample row with the best quality (then the fewest guided steps); None when none is feasible."""
+    feasible = feasible_rows(rows, target, reduction)
     if not feasible:
         return None
     return min(feasible, key=lambda r: (r["frechet_distance"] if r["frechet_distance"] is not None else 0.0,
                                         r["steps_guided"] or 0.0, r["alpha"], r["scale"], r.get("early_scale") or 0.0))
+
+
+# Below this many images per setting, FD differences of ~20% are within seed noise (bench/README.md, Findings 10-11:
+# on 600 images plain FD moves 5.5 -> 10.3 between seeds, and seed 0 picked a setting 2,400 images overturned).
+RELIABLE_IMAGES = 2000
+CLOSE_FD = 0.2
+
+
+def close_calls(rows: list[dict], chosen: dict, target: float | None = None, reduction: float | None = None,
+                margin: float = CLOSE_FD) -> list[dict]:
+    """Other feasible rows whose FD is within `margin` (relative) of the chosen row's: on a small batch the choice
+    between them is a coin toss."""
+    best = chosen.get("frechet_distance")
+    if best is None:
+        return []
+    return [r for r in feasible_rows(rows, target, reduction) if r is not chosen and r.get("frechet_distance") is not None
+            and r["frechet_distance"] <= best * (1.0 + margin)]
+
+
+def narrowed_grid_flags(candidates: list[dict]) -> str:
+    """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales)."""
+    def values(rows, key):
+        return ",".join(f"{v:g}" for v in sorted({r[key] for r in rows}))
+    one = [r for r in candidates if r["guard"] == "cpsample"]
+    two = [r for r in candidates if r["guard"] == "cpsample-staged"]
+    flags = [f"--alphas {values(one, 'alpha')} --scales {values(one, 'scale')}"] if one else []
+    if two:
+        flags.append(f"--early-scales {values(two, 'early_scale')} --staged-scales {values(two, 'scale')}")
+    return " ".join(flags)
 
 
 # The guard skips its checks above max_t: the highest t at which it fired on the calibration batch, plus at least
