@@ -256,3 +256,15 @@ def test_mia_cli_rejects_bad_input_clearly(tmp_path, overfit):
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split())  # rich wraps long lines
         assert "Traceback" not in result.output
+
+
+def test_mia_cli_attacks_the_calibrated_two_stage_default(tmp_path):
+    """The bundled classifier's calibration chose two stages: `--guard cpsample` with no knob attacks that guard
+    (the title says so) instead of failing on knobs a two-stage guard does not have at its top level."""
+    out = tmp_path / "mia"
+    result = CliRunner().invoke(scratch_app(), ["attack", "mia", "--guard", "cpsample", "--out", str(out),
+                                                "--members", "6", "--nonmembers", "6", "--t", "100", "--draws", "1"])
+    assert result.exit_code == 0, result.output
+    assert "two stages" in " ".join(result.output.split())
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["loss"]["settings"]["guard"]["guard"] == "cpsample-staged"

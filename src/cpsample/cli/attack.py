@@ -41,6 +41,7 @@ def mia_command(
     from cpsample.attacks.mia import run_mia
     from cpsample.attacks.plots import plot_attacks
     from cpsample.provenance import seed_everything, write_record
+    from cpsample.sampling.guards import describe_settings
 
     seed_everything(seed)
     settings = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
@@ -53,7 +54,7 @@ def mia_command(
     summary = {name: result.to_dict(with_scores=True) for name, result in results.items()}
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     used = next(iter(results.values())).settings["guard"]  # the knobs as used (calibrated ones resolved)
-    guard_text = f"cpsample, alpha {used['alpha']:g}, s {used['scale']:g}" if guard == "cpsample" else guard
+    guard_text = describe_settings(used)
     plot_attacks(results, out / "roc.png", title=f"membership inference on {model} (guard: {guard_text})")
     headline = {name: {"auc": r.auc, "best_t": r.best_t, "tpr_at_1pct_fpr": r.best.tpr_at_1pct_fpr,
                        "z": r.best.z, "p_value": r.best.p_value} for name, r in results.items()}

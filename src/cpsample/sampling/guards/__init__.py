@@ -56,6 +56,18 @@ def resolve_guard(guard: str | Guard, context: GuardContext, **options) -> Guard
     return guard
 
 
+def describe_settings(settings: dict) -> str:
+    """One line for a guard's recorded settings (`Guard.settings()`), as plots and tables title them."""
+    name = settings.get("guard", "none")
+    if name == "cpsample":
+        return f"cpsample, alpha {settings['alpha']:g}, s {settings['scale']:g}"
+    if name == StagedCPSampleGuard.name:
+        early, late = settings["early"], settings["late"]
+        return f"cpsample in two stages: early s {early['scale']:g}, late alpha {late['alpha']:g}, s {late['scale']:g}"
+    return name
+
+
 __all__ = ["GUARDS", "AMGGuard", "CFGPrediction", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard",
            "DelayedCFGGuard", "Guard", "GuardContext", "GuardOptions", "NoGuard", "OppositeGuidanceGuard", "StagedCPSampleGuard", "build_guard",
+           "describe_settings",
            "guard_class", "guard_options", "guided_eps", "resolve_guard"]
