@@ -189,7 +189,9 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     chosen = choose_setting(rows, reduction=0.9)
     assert chosen["guard"] == "cpsample-staged"
     saved = two_stage_calibration(chosen, GridSettings(early_classifier="bundled"))
-    assert saved == {"early_classifier": "bundled", "early_scale": 3.0, "alpha": 0.1, "scale": 10, "tau": 0.001}
+    # the stages take turns: the early stage stops where the late one (t <= 200) starts
+    assert saved == {"early_classifier": "bundled", "early_scale": 3.0, "early_min_t": 201, "alpha": 0.1, "scale": 10,
+                     "tau": 0.001}
     assert two_stage_calibration(rows[1], GridSettings(early_classifier="bundled")) is None
 
     # end to end: the two-stage rows are measured, and what `sample --guard cpsample` then runs is what won
@@ -213,3 +215,5 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     assert after.exit_code == 0, after.output
     recorded = json.loads((tmp_path / "after" / "cpsample.json").read_text())["settings"]["guard_settings"]
     assert recorded["guard"] == report["chosen"]["guard"]
+    if recorded["guard"] == "cpsample-staged":  # what was measured is what runs, windows included
+        assert recorded["early"]["min_t"] == 201 and recorded["late"]["max_t"] == 200

@@ -1,0 +1,62 @@
+"""Sampling time of each guard against plain sampling, measured alone (one thread, nothing else running).
+
+Times from bench_seeds.py are taken while other jobs share the machine; this measures each method the same way,
+interleaved (plain, then each guard, repeated), and reports the median over repeats and its ratio to plain's.
+
+    python bench/bench_time.py --out bench/results/time_bundled.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from cpsample.models.pretrained import DiffusionModel
+from cpsample.sampling.pipeline import generate
+
+METHODS = {
+    "plain": dict(guard="none"),
+    "cpsample (calibrated default)": dict(guard="cpsample"),
+    "cpsample, one stage": dict(guard="cpsample", one_stage=True),
+    "two stages, overlapping (early_min_t 0)": dict(guard="cpsample-staged", scale=30.0, early_min_t=0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--n", type=int, default=200, help="images per draw (one batch)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("bench_out/time.csv"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = DiffusionModel.from_pretrained(args.model)
+    generate(model, n=8, steps=3, seed=0, progress=False)  # warm-up: first-call costs are not sampling time
+    seconds = {name: [] for name in METHODS}
+    for repeat in range(args.repeats):
+        for name, options in METHODS.items():
+            started = time.perf_counter()
+            generate(model, n=args.n, steps=args.steps, seed=repeat, batch_size=args.n, progress=False, **options)
+            seconds[name].append(time.perf_counter() - started)
+    plain = statistics.median(seconds["plain"])
+    rows = [{"method": name, "median_seconds": round(statistics.median(times), 2),
+             "vs_plain": round(statistics.median(times) / plain, 3), "all_seconds": [round(t, 2) for t in times]}
+            for name, times in seconds.items()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(f"{row['method']:>42}: {row['median_seconds']:.2f} s per {args.n} images, {row['vs_plain']:.2f}x plain")
+
+
+if __name__ == "__main__":
+    main()
