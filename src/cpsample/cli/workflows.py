@@ -127,7 +127,7 @@ def calibrate_command(
     if close:
         candidates = [chosen, *close] + ([one_stage] if all(r["guard"] != "cpsample" for r in [chosen, *close]) else [])
         details["close_calls"] = [setting_label(row) for row in close]
-        console.print(f"[yellow]note:[/] {', '.join(setting_label(r) for r in close)} came within {CLOSE_FD:.0%} of the "
+        console.print(f"[yellow]note:[/] {', '.join(details['close_calls'])} came within {CLOSE_FD:.0%} of the "
                       f"chosen FD on {n_samples} images, closer than FD's seed-to-seed noise at this size. To choose "
                       f"between them, rerun the same command with --n-samples {RELIABLE_IMAGES} "
                       f"{narrowed_grid_flags(candidates)}"
