@@ -142,3 +142,30 @@ def test_negatives_make_the_classifier_unsure_away_from_members(tmp_path, mnist1
     # Same members, same labels and steps: the negatives leave the members' labels known, the non-members unsure.
     assert confidence["selective"][0] > 0.8
     assert confidence["selective"][1] < confidence["paper"][1] - 0.1, confidence
+
+
+def test_classifier_trained_at_low_noise_only_sees_low_noise(tmp_path, mnist16):
+    from cpsample.models import build_noise_schedule
+    from cpsample.training.classifier import noisy_ce_loss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t):
+            seen.append(t.clone())
+            return torch.zeros(len(x), 2)
+
+    images, labels = torch.as_tensor(mnist16.images[:64]), torch.zeros(64, dtype=torch.long)
+    for max_t in (None, 100):
+        seen.clear()
+        for draw in range(5):
+            noisy_ce_loss(build_noise_schedule(), max_t)(Spy(), images, labels, torch.Generator().manual_seed(draw))
+        drawn = torch.cat(seen)
+        assert int(drawn.min()) >= 0 and int(drawn.max()) <= (999 if max_t is None else 100)
+        if max_t is None:
+            assert int(drawn.max()) > 500  # every noise level, as the paper trains
+    split = make_split(len(mnist16), 8, seed=1, source="mnist")
+    config = TrainConfig(steps=2, batch_size=8, seed=0, save_every=1000)
+    with pytest.raises(ValueError, match="max_t must lie between"):
+        train_classifier(mnist16.take(split.members), split, build_noise_schedule(), tmp_path / "c", config,
+                         label_seed=0, relabel_after=1, max_t=50, block_out_channels=TINY)

@@ -63,6 +63,7 @@ def train_classifier_command(
     label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
     negatives: Annotated[str, typer.Option(help="Non-member images trained towards p = 0.5, so the guard acts only near members: 'none' (the paper's classifier), 'samples' (the denoiser's own non-copy samples) or a data spec (folder, .npz, 'mnist').")] = "none",
     negatives_count: Annotated[Optional[int], typer.Option(help="How many negatives (default: as many as members).")] = None,
+    max_t: Annotated[Optional[int], typer.Option(help="Train only at noise levels t <= MAX_T (e.g. 100 for a classifier that only judges denoised estimates: the early stage of two-stage CPSample). Default: every t, as the paper.")] = None,
     save_every: int = 500,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -90,7 +91,7 @@ def train_classifier_command(
     summary = train_classifier(members, split, schedule, out, config,
                                label_seed=seed if label_seed is None else label_seed, relabel_after=relabel_after,
                                block_out_channels=parse_widths(channels), resume=resume, denoiser_path=str(folder),
-                               overwrite=overwrite, negatives=negative_images, negatives_source=negatives)
+                               overwrite=overwrite, negatives=negative_images, negatives_source=negatives, max_t=max_t)
     table = Table(title="classifier on its training images (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")

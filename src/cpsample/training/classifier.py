@@ -31,8 +31,10 @@ def random_labels(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2, size=count).astype(np.int64)
 
 
-def noisy_ce_loss(schedule):
-    num_steps = schedule.config.num_train_timesteps
+def noisy_ce_loss(schedule, max_t: int | None = None):
+    """Cross-entropy on x_t at uniform t; with max_t only t <= max_t (a classifier that will only judge the
+    denoised estimate, at t = 0, spends no capacity on noise levels it never sees)."""
+    num_steps = schedule.config.num_train_timesteps if max_t is None else max_t + 1
 
     def loss_fn(model, x0, labels, generator):
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -91,11 +93,15 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
                      relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
                      block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "",
                      overwrite: bool = False, negatives: np.ndarray | None = None, negatives_source: str = "none",
-                     command: str = "train-classifier", recorded: dict | None = None) -> dict:
+                     command: str = "train-classifier", recorded: dict | None = None, max_t: int | None = None) -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
     negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring).
+    max_t: train at noise levels t <= max_t only (None: all of them, as the paper does).
     command and recorded: the provenance record's command and settings beyond the classifier's own."""
+    if max_t is not None and not relabel_max_t <= max_t < schedule.config.num_train_timesteps:
+        raise ValueError(f"max_t must lie between relabel_max_t ({relabel_max_t}) and "
+                         f"{schedule.config.num_train_timesteps - 1}, got {max_t}")
     run = TrainingRun(out_dir, config, resume, overwrite)
     initial = random_labels(len(members), label_seed)
     model = TimeClassifier(sample_size=members.size, in_channels=members.channels, block_out_channels=tuple(block_out_channels),
@@ -104,7 +110,7 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
     data, targets = _with_negatives(images, torch.from_numpy(initial), negatives)
     negatives_count = len(data) - len(images)
     labelling = {"label_seed": label_seed, "relabel_after": relabel_after, "relabel_max_t": relabel_max_t,
-                 "relabel_threshold": relabel_threshold}
+                 "relabel_threshold": relabel_threshold, **({"max_t": max_t} if max_t is not None else {})}
     run_settings = {"split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
                     "block_out_channels": list(block_out_channels), **labelling, "negatives": negatives_source,
                     "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives_count": negatives_count}
@@ -120,7 +126,7 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
         trainer.run_until(config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else ""))
         trainer.save_state(extra={"relabelled": relabelled})
 
-    trainer = run.train(model, data, noisy_ce_loss(schedule), split, run_settings, targets=targets, phases=relabel_midway)
+    trainer = run.train(model, data, noisy_ce_loss(schedule, max_t), split, run_settings, targets=targets, phases=relabel_midway)
     final = trainer.ema_model()
     labels = trainer.targets.cpu()[:len(images)]
     report = per_timestep_report(final, images, labels, schedule, seed=config.seed)
