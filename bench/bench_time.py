@@ -4,6 +4,7 @@ Times from bench_seeds.py are taken while other jobs share the machine; this mea
 interleaved (plain, then each guard, repeated), and reports the median over repeats and its ratio to plain's.
 
     python bench/bench_time.py --out bench/results/time_bundled.csv
+    python bench/bench_time.py --model runs/den --classifier runs/clf --out bench_out/time_den.csv
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ METHODS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled")
+    parser.add_argument("--classifier", default="bundled", help="the CPSample classifier folder (its calibration "
+                                                               "decides what the default runs)")
     parser.add_argument("--n", type=int, default=200, help="images per draw (one batch)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
@@ -39,11 +42,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = DiffusionModel.from_pretrained(args.model)
     generate(model, n=8, steps=3, seed=0, progress=False)  # warm-up: first-call costs are not sampling time
-    seconds = {name: [] for name in METHODS}
+    # the overlapping variant names the bundled early classifier; other models run what their calibration chose
+    methods = METHODS if args.classifier == "bundled" else {
+        name: options for name, options in METHODS.items() if options["guard"] in ("none", "cpsample")}
+    seconds = {name: [] for name in methods}
     for repeat in range(args.repeats):
-        for name, options in METHODS.items():
+        for name, options in methods.items():
             started = time.perf_counter()
-            generate(model, n=args.n, steps=args.steps, seed=repeat, batch_size=args.n, progress=False, **options)
+            generate(model, n=args.n, steps=args.steps, seed=repeat, batch_size=args.n, progress=False,
+                     classifier=args.classifier, **options)
             seconds[name].append(time.perf_counter() - started)
     plain = statistics.median(seconds["plain"])
     rows = [{"method": name, "median_seconds": round(statistics.median(times), 2),

@@ -123,6 +123,36 @@ def test_a_new_guard_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     assert "damp" in listing.output and "factor" in listing.output
 
 
+def test_max_push_caps_each_samples_push_and_keeps_its_direction():
+    """Noised members at t = 200 under s 30: the bundled classifier's pushes vary in size; max_push shrinks the large
+    ones to that RMS exactly, leaves the small ones alone, and never turns a push around."""
+    from cpsample.models import Classifier, DiffusionModel
+    from cpsample.sampling.guards.cpsample import CPSampleGuard
+
+    model, classifier = DiffusionModel.from_pretrained("bundled"), Classifier.from_pretrained("bundled")
+    x0 = torch.from_numpy(model.members.images[:64])
+    t = torch.full((64,), 200)
+    x_t = model.schedule.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
+    abar = model.schedule.alphas_cumprod[200]
+    free = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0)
+    rows, change = free.push(x_t, t, abar, torch.float32)
+    rms = change.flatten(1).pow(2).mean(1).sqrt()
+    cap = float(rms.median())
+    capped = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0, max_push=cap)
+    same_rows, capped_change = capped.push(x_t, t, abar, torch.float32)
+    assert torch.equal(rows, same_rows)
+    capped_rms = capped_change.flatten(1).pow(2).mean(1).sqrt()
+    large = rms > cap
+    assert bool(large.any()) and bool((~large).any())
+    assert torch.allclose(capped_rms[large], torch.full_like(capped_rms[large], cap), rtol=1e-4)
+    assert torch.allclose(capped_change[~large], change[~large])
+    cosine = torch.nn.functional.cosine_similarity(capped_change.flatten(1), change.flatten(1))
+    assert bool((cosine > 0.999).all())
+    assert capped.settings()["max_push"] == cap and "max_push" not in free.settings()
+    with pytest.raises(ValueError, match="max-push must be positive"):
+        CPSampleGuard(classifier.model, max_push=0.0)
+
+
 def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
     """Noised members at t = 200, where the bundled classifier is over-confident: the adaptive scale per sample lies
     in (0, cap]; without the run's noise levels (a lone denoiser call) the fixed push applies unchanged."""

@@ -203,12 +203,16 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
                                      "--n-samples", "6", "--steps", "4", "--alphas", "0.3", "--scales", "5",
                                      "--early-classifier", str(resolve_model_dir("bundled", SELECTIVE_PART)),
-                                     "--early-scales", "1", "--staged-scales", "10", "--target", "1.0", "--reduction", "0"])
+                                     "--early-scales", "1", "--staged-scales", "10", "--push-caps", "none,0.5",
+                                     "--target", "1.0", "--reduction", "0"])
     assert calibrated.exit_code == 0, calibrated.output
     report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
-    assert [(r["guard"], r["early_scale"]) for r in report["rows"]] == [("none", None), ("cpsample", None), ("cpsample-staged", 1.0)]
+    assert [(r["guard"], r["early_scale"], r["max_push"]) for r in report["rows"]] == [
+        ("none", None, None), ("cpsample", None, None), ("cpsample-staged", 1.0, None), ("cpsample-staged", 1.0, 0.5)]
     saved = json.loads((classifier / "calibration.json").read_text())
     assert ("two_stage" in saved) == (report["chosen"]["guard"] == "cpsample-staged")
+    if "two_stage" in saved:
+        assert saved["two_stage"].get("max_push") == report["chosen"]["max_push"]
     assert saved["settings"]["alpha"] == 0.3  # the one-stage rule keeps its own calibrated setting
     after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
                                 "--out", str(tmp_path / "after")])
@@ -217,3 +221,4 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     assert recorded["guard"] == report["chosen"]["guard"]
     if recorded["guard"] == "cpsample-staged":  # what was measured is what runs, windows included
         assert recorded["early"]["min_t"] == 201 and recorded["late"]["max_t"] == 200
+        assert recorded["late"].get("max_push") == recorded["early"].get("max_push") == report["chosen"]["max_push"]

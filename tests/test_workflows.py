@@ -78,8 +78,21 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
     assert chosen is two_s10
     close = close_calls(rows, chosen, reduction=0.9)
     assert close == [one_s10, two_s30]  # not the infeasible row with a better FD, nor one stage s 30 (+55%)
-    assert narrowed_grid_flags([chosen, *close]) == "--alphas 0.1 --scales 10 --early-scales 3 --staged-scales 10,30"
+    assert narrowed_grid_flags([chosen, *close]) == ("--alphas 0.1 --scales 10 --early-scales 3 --staged-scales 10,30 "
+                                                     "--push-caps none")
+    capped = {**two_s30, "max_push": 1.0}
+    assert narrowed_grid_flags([two_s10, capped]).endswith("--staged-scales 10,30 --push-caps 1,none")
     assert close_calls(rows, chosen, reduction=0.9, margin=0.05) == []
+
+
+def test_push_caps_are_read_as_calibrate_writes_them():
+    from cpsample.workflows.calibrate import cap_text, parse_caps
+
+    assert parse_caps("none,1,2.5") == (None, 1.0, 2.5)
+    assert ",".join(cap_text(cap) for cap in parse_caps("none,1,2.5")) == "none,1,2.5"
+    for bad in ("0", "-1", "one", ","):
+        with pytest.raises(ValueError, match="push-caps"):
+            parse_caps(bad)
 
 
 def test_demo_end_to_end_writes_a_readable_report(tmp_path):

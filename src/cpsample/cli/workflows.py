@@ -74,6 +74,7 @@ def calibrate_command(
     early_classifier: Annotated[Optional[str], typer.Option(help="A selective classifier of the same members (`train-classifier --negatives samples`): CPSample in two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins.")] = None,
     early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "1,3",
     staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1).")] = "10,30",
+    push_caps: Annotated[str, typer.Option(help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's push).")] = "none,1,1.5,2",
     device: Device = "cpu",
     seed: Seed = 0,
 ):
@@ -84,8 +85,8 @@ def calibrate_command(
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
     from cpsample.workflows.calibrate import (CLOSE_FD, RELIABLE_IMAGES, GridSettings, calibrated_settings, choose_setting,
-                                              close_calls, narrowed_grid_flags, plot_grid, run_grid, setting_label,
-                                              two_stage_calibration)
+                                              close_calls, narrowed_grid_flags, parse_caps, plot_grid, run_grid,
+                                              setting_label, two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -95,7 +96,7 @@ def calibrate_command(
                             scales=_floats(scales, "--scales"), tau=tau, threshold=threshold, quality_net=quality_net,
                             device=device, seed=seed, early_classifier=early_classifier,
                             early_scales=_floats(early_scales, "--early-scales"),
-                            staged_scales=_floats(staged_scales, "--staged-scales"))
+                            staged_scales=_floats(staged_scales, "--staged-scales"), push_caps=parse_caps(push_caps))
     rows = run_grid(settings)
     chosen = choose_setting(rows, target, reduction)
     # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
@@ -143,13 +144,13 @@ def calibrate_command(
 
 def _grid_table(rows: list[dict], n_samples: int) -> Table:
     table = Table(title=f"calibration on {n_samples} images per setting")
-    for column in ("guard", "alpha", "s", "early s", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
+    for column in ("guard", "alpha", "s", "early s", "cap", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
         early = row.get("early_scale")
         table.add_row({"none": "plain", "cpsample": "1 stage", "cpsample-staged": "2 stages"}.get(row["guard"], row["guard"]),
                       "-" if row["alpha"] is None else f"{row['alpha']:g}", "-" if row["scale"] is None else f"{row['scale']:g}",
-                      "-" if early is None else f"{early:g}",
+                      "-" if early is None else f"{early:g}", "-" if row.get("max_push") is None else f"{row['max_push']:g}",
                       str(row["near_copies"]), f"{row['near_copy_share']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})",
                       "-" if row["steps_guided"] is None else f"{row['steps_guided']:.1%}",
                       "-" if row["last_fired_t"] is None else str(row["last_fired_t"]),

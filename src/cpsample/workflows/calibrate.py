@@ -50,6 +50,8 @@ class GridSettings:
     early_classifier: str | None = None
     early_scales: Sequence[float] = (1.0, 3.0)
     staged_scales: Sequence[float] = (10.0, 30.0)
+    # Caps on each sample's push (None: uncapped), tried for every two-stage setting (bench/README Finding 12).
+    push_caps: Sequence[float | None] = (None, 1.0, 1.5, 2.0)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -65,14 +67,16 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
                   batch_size=settings.batch_size, device=settings.device, seed=settings.seed, progress=False)
     rows = []
-    for guard, alpha, scale, early_scale in tqdm(grid_candidates(settings), desc="settings", disable=not progress):
+    for guard, alpha, scale, early_scale, max_push in tqdm(grid_candidates(settings), desc="settings", disable=not progress):
         started = time.time()
-        result = generate(guard=guard, classifier=classifier, **_knobs(settings, guard, alpha, scale, early_scale), **common)
+        result = generate(guard=guard, classifier=classifier, **_knobs(settings, guard, alpha, scale, early_scale, max_push),
+                          **common)
         seconds = time.time() - started
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))
         fired = result.trace.get("fired")
-        rows.append({"guard": guard, "alpha": alpha, "scale": scale, "early_scale": early_scale, "n": len(copies),
+        rows.append({"guard": guard, "alpha": alpha, "scale": scale, "early_scale": early_scale, "max_push": max_push,
+                     "n": len(copies),
                      "near_copies": int(copies.sum()),
                      "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
                      "steps_guided": None if fired is None else float(fired.mean()),
@@ -85,11 +89,13 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
 
 
 def grid_candidates(settings: GridSettings) -> list[tuple]:
-    """(guard, alpha, scale, early_scale): plain, the one-stage grid, then the two-stage one if an early classifier is given."""
-    one_stage = [("cpsample", a, s, None) for a, s in itertools.product(settings.alphas, settings.scales)]
+    """(guard, alpha, scale, early_scale, max_push): plain, the one-stage grid (the paper's rule, uncapped), then the
+    two-stage one if an early classifier is given."""
+    one_stage = [("cpsample", a, s, None, None) for a, s in itertools.product(settings.alphas, settings.scales)]
     two_stage = [] if settings.early_classifier is None else [
-        ("cpsample-staged", STAGED_ALPHA, s, e) for e, s in itertools.product(settings.early_scales, settings.staged_scales)]
-    return [("none", None, None, None)] + one_stage + two_stage
+        ("cpsample-staged", STAGED_ALPHA, s, e, cap)
+        for cap, e, s in itertools.product(settings.push_caps, settings.early_scales, settings.staged_scales)]
+    return [("none", None, None, None, None)] + one_stage + two_stage
 
 
 # The two-stage grid moves the scales only; its alphas and windows are cpsample-staged's defaults (bench/README.md,
@@ -100,12 +106,12 @@ STAGED_ALPHA = 0.1
 STAGED_EARLY_MIN_T = StagedCPSampleOptions().max_t + 1
 
 
-def _knobs(settings: GridSettings, guard: str, alpha, scale, early_scale) -> dict:
+def _knobs(settings: GridSettings, guard: str, alpha, scale, early_scale, max_push=None) -> dict:
     if guard == "cpsample":  # every step is checked, so the highest timestep at which the guard fires is measured
         return dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP)
     if guard == "cpsample-staged":
         return dict(early_classifier=settings.early_classifier, alpha=alpha, scale=scale, early_scale=early_scale,
-                    early_min_t=STAGED_EARLY_MIN_T, tau=settings.tau)
+                    early_min_t=STAGED_EARLY_MIN_T, tau=settings.tau, max_push=max_push)
     return {}
 
 
@@ -123,7 +129,8 @@ def choose_setting(rows: list[dict], target: float | None = None, reduction: flo
     if not feasible:
         return None
     return min(feasible, key=lambda r: (r["frechet_distance"] if r["frechet_distance"] is not None else 0.0,
-                                        r["steps_guided"] or 0.0, r["alpha"], r["scale"], r.get("early_scale") or 0.0))
+                                        r["steps_guided"] or 0.0, r["alpha"], r["scale"], r.get("early_scale") or 0.0,
+                                        math.inf if r.get("max_push") is None else r["max_push"]))
 
 
 # Below this many images per setting, FD differences of ~20% are within seed noise (bench/README.md, Findings 10-11:
@@ -144,14 +151,17 @@ def close_calls(rows: list[dict], chosen: dict, target: float | None = None, red
 
 
 def narrowed_grid_flags(candidates: list[dict]) -> str:
-    """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales)."""
+    """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales and
+    push caps)."""
     def values(rows, key):
         return ",".join(f"{v:g}" for v in sorted({r[key] for r in rows}))
     one = [r for r in candidates if r["guard"] == "cpsample"]
     two = [r for r in candidates if r["guard"] == "cpsample-staged"]
     flags = [f"--alphas {values(one, 'alpha')} --scales {values(one, 'scale')}"] if one else []
     if two:
-        flags.append(f"--early-scales {values(two, 'early_scale')} --staged-scales {values(two, 'scale')}")
+        caps = sorted({r.get("max_push") for r in two}, key=lambda cap: math.inf if cap is None else cap)
+        flags.append(f"--early-scales {values(two, 'early_scale')} --staged-scales {values(two, 'scale')} "
+                     f"--push-caps {','.join(cap_text(cap) for cap in caps)}")
     return " ".join(flags)
 
 
@@ -175,8 +185,9 @@ def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:
         return None
     early = settings.early_classifier
     early = early if early == "bundled" else str(Path(early).resolve())
+    capped = {"max_push": chosen["max_push"]} if chosen.get("max_push") is not None else {}
     return {"early_classifier": early, "early_scale": chosen["early_scale"], "early_min_t": STAGED_EARLY_MIN_T,
-            "alpha": chosen["alpha"], "scale": chosen["scale"], "tau": settings.tau}
+            "alpha": chosen["alpha"], "scale": chosen["scale"], "tau": settings.tau, **capped}
 
 
 def last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
@@ -227,4 +238,31 @@ def setting_label(row: dict) -> str:
     if row["guard"] == "none":
         return "plain"
     label = f"a={row['alpha']:g}, s={row['scale']:g}"
-    return label if row["guard"] == "cpsample" else f"2 stages: early s={row['early_scale']:g}, late s={row['scale']:g}"
+    if row["guard"] == "cpsample":
+        return label
+    cap = "" if row.get("max_push") is None else f", cap {row['max_push']:g}"
+    return f"2 stages: early s={row['early_scale']:g}, late s={row['scale']:g}{cap}"
+
+
+def cap_text(cap: float | None) -> str:
+    """A push cap as `--push-caps` reads it ("none": uncapped)."""
+    return "none" if cap is None else f"{cap:g}"
+
+
+def parse_caps(text: str) -> tuple[float | None, ...]:
+    """`--push-caps` ("none,1,2") as caps, None for uncapped; each cap must be positive."""
+    caps = []
+    for part in filter(None, (item.strip() for item in text.split(","))):
+        if part.lower() == "none":
+            caps.append(None)
+            continue
+        try:
+            cap = float(part)
+        except ValueError:
+            raise ValueError(f"--push-caps takes positive numbers or 'none', got {part!r}") from None
+        if not cap > 0:
+            raise ValueError(f"--push-caps takes positive numbers or 'none', got {part!r}")
+        caps.append(cap)
+    if not caps:
+        raise ValueError("--push-caps is empty")
+    return tuple(caps)

@@ -60,11 +60,16 @@ def describe_settings(settings: dict) -> str:
     """One line for a guard's recorded settings (`Guard.settings()`), as plots and tables title them."""
     name = settings.get("guard", "none")
     if name == "cpsample":
-        return f"cpsample, alpha {settings['alpha']:g}, s {settings['scale']:g}"
+        return f"cpsample, alpha {settings['alpha']:g}, s {settings['scale']:g}{_cap(settings)}"
     if name == StagedCPSampleGuard.name:
         early, late = settings["early"], settings["late"]
-        return f"cpsample in two stages: early s {early['scale']:g}, late alpha {late['alpha']:g}, s {late['scale']:g}"
+        return (f"cpsample in two stages: early s {early['scale']:g}, late alpha {late['alpha']:g}, s {late['scale']:g}"
+                f"{_cap(late)}")
     return name
+
+
+def _cap(settings: dict) -> str:
+    return "" if settings.get("max_push") is None else f", push cap {settings['max_push']:g}"
 
 
 __all__ = ["GUARDS", "AMGGuard", "CFGPrediction", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard",

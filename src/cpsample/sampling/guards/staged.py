@@ -8,6 +8,11 @@ of the members; nothing of the training images is needed at sampling time. bench
 frontier (bundled model, 4 seeds of 600 images, as calibrated: late s 30, the stages taking turns at t = 200:
 0.7% near-copies at FD +11% pooled vs plain's 33.8%, 1.16x plain's time; the one-stage rule at s 10: 4.2% at +61%).
 
+`max_push` caps each sample's push in both stages. The classifiers' gradients are heavy-tailed, and on a model whose
+every sample sits near a member (the fine-tuned model of Finding 12) the few huge uncapped pushes wreck their samples:
+capped, FD_sknet fell from 11.4 to 3.9 at a similar near-copy share, about AMG's frontier. On the bundled model the
+uncapped push stays best, so `calibrate` tries both.
+
 `cpsample calibrate --early-classifier FOLDER` measures this guard against the one-stage rule and, when it wins,
 records it in the classifier's calibration.json; `--guard cpsample` with no knobs then builds it
 (`CPSampleGuard.from_options`). The bundled classifier's calibration chose it.
@@ -39,11 +44,13 @@ class StagedCPSampleOptions(GuardOptions):
     scale: float = option(10.0, "Late stage: guidance scale s.")
     max_t: int = option(200, "Late stage acts at t <= max_t.")
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
+    max_push: float | None = option(None, "Both stages: cap each sample's push at this RMS, in units of eps (None: "
+                                          "uncapped). bench/README Finding 12.")
 
     def check(self) -> None:
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
-                        min_t=self.early_min_t)
-        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t)
+                        min_t=self.early_min_t, max_push=self.max_push)
+        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, max_push=self.max_push)
 
 
 class StagedCPSampleGuard(ChainGuard):
@@ -61,8 +68,10 @@ class StagedCPSampleGuard(ChainGuard):
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
         classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
         early = CPSampleGuard(classifier, alpha=options.early_alpha, scale=options.early_scale, tau=options.tau,
-                              max_t=options.early_max_t, min_t=options.early_min_t, denoised=True, folder=folder)
-        late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t)
+                              max_t=options.early_max_t, min_t=options.early_min_t, denoised=True, folder=folder,
+                              max_push=options.max_push)
+        late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t,
+                                       max_push=options.max_push)
         return cls(early, CPSampleGuard.from_options(late_options, context))
 
     @property
