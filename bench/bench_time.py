@@ -1,7 +1,8 @@
 """Sampling time of each guard against plain sampling, measured alone (one thread, nothing else running).
 
 Times from bench_seeds.py are taken while other jobs share the machine; this measures each method the same way,
-interleaved (plain, then each guard, repeated), and reports the median over repeats and its ratio to plain's.
+interleaved (plain, then each guard, repeated), and reports the median time over repeats and the median over repeats
+of each method's time divided by plain's in the same repeat.
 
     python bench/bench_time.py --out bench/results/time_bundled.csv
     python bench/bench_time.py --model runs/den --classifier runs/clf --out bench_out/time_den.csv
@@ -52,9 +53,11 @@ def main() -> None:
             generate(model, n=args.n, steps=args.steps, seed=repeat, batch_size=args.n, progress=False,
                      classifier=args.classifier, **options)
             seconds[name].append(time.perf_counter() - started)
-    plain = statistics.median(seconds["plain"])
+    # Each repeat runs every method back to back, so a ratio within one repeat shares that moment's machine speed;
+    # the median of those paired ratios moves less than a ratio of medians when the machine's speed drifts.
     rows = [{"method": name, "median_seconds": round(statistics.median(times), 2),
-             "vs_plain": round(statistics.median(times) / plain, 3), "all_seconds": [round(t, 2) for t in times]}
+             "vs_plain": round(statistics.median(t / p for t, p in zip(times, seconds["plain"])), 3),
+             "all_seconds": [round(t, 2) for t in times]}
             for name, times in seconds.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as handle:

@@ -4,9 +4,10 @@ Early (t <= early_max_t) a classifier trained with `--negatives samples` judges 
 tells would-be copies from other samples (81% vs 30% over-confident at t = 280 on the bundled model) long before
 x_t does, so a gentle push diverts most copies while the image is still undecided. Late (t <= max_t) the main
 classifier guards x_t with the paper's rule and catches what is left. Both classifiers are random-label classifiers
-of the members; nothing of the training images is needed at sampling time. bench/README.md, Findings 9-11, has the
-frontier (bundled model, 4 seeds of 600 images, as calibrated: late s 30, the stages taking turns at t = 200:
-0.7% near-copies at FD +11% pooled vs plain's 33.8%, 1.16x plain's time; the one-stage rule at s 10: 4.2% at +61%).
+of the members; nothing of the training images is needed at sampling time. bench/README.md, Findings 9-12, has the
+frontier (bundled model, 4 seeds of 600 images, as calibrated: late s 30, the stages taking turns at t = 200, the
+early classifier trained at t <= 100: 1.0% near-copies at FD +0.9% pooled vs plain's 33.8%, about 1.2x plain's time;
+the one-stage rule at s 10: 4.2% at +61%).
 
 `max_push` caps each sample's push in both stages. The classifiers' gradients are heavy-tailed, and on a model whose
 every sample sits near a member (the fine-tuned model of Finding 12) the few huge uncapped pushes wreck their samples:
