@@ -123,17 +123,23 @@ def test_a_new_guard_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     assert "damp" in listing.output and "factor" in listing.output
 
 
-def test_max_push_caps_each_samples_push_and_keeps_its_direction():
-    """Noised members at t = 200 under s 30: the bundled classifier's pushes vary in size; max_push shrinks the large
-    ones to that RMS exactly, leaves the small ones alone, and never turns a push around."""
+def _noised_members_at_200():
+    """The bundled model and classifier, and 64 members noised to t = 200, where the classifier is over-confident."""
     from cpsample.models import Classifier, DiffusionModel
-    from cpsample.sampling.guards.cpsample import CPSampleGuard
 
     model, classifier = DiffusionModel.from_pretrained("bundled"), Classifier.from_pretrained("bundled")
     x0 = torch.from_numpy(model.members.images[:64])
     t = torch.full((64,), 200)
     x_t = model.schedule.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
-    abar = model.schedule.alphas_cumprod[200]
+    return model, classifier, x_t, t, model.schedule.alphas_cumprod[200]
+
+
+def test_max_push_caps_each_samples_push_and_keeps_its_direction():
+    """Noised members at t = 200 under s 30: the bundled classifier's pushes vary in size; max_push shrinks the large
+    ones to that RMS exactly, leaves the small ones alone, and never turns a push around."""
+    from cpsample.sampling.guards.cpsample import CPSampleGuard
+
+    model, classifier, x_t, t, abar = _noised_members_at_200()
     free = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0)
     rows, change = free.push(x_t, t, abar, torch.float32)
     rms = change.flatten(1).pow(2).mean(1).sqrt()
@@ -156,14 +162,9 @@ def test_max_push_caps_each_samples_push_and_keeps_its_direction():
 def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
     """Noised members at t = 200, where the bundled classifier is over-confident: the adaptive scale per sample lies
     in (0, cap]; without the run's noise levels (a lone denoiser call) the fixed push applies unchanged."""
-    from cpsample.models import Classifier, DiffusionModel
     from cpsample.sampling.guards.cpsample import CPSampleGuard
 
-    model, classifier = DiffusionModel.from_pretrained("bundled"), Classifier.from_pretrained("bundled")
-    x0 = torch.from_numpy(model.members.images[:64])
-    t = torch.full((64,), 200)
-    x_t = model.schedule.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), t)
-    abar = model.schedule.alphas_cumprod[200]
+    model, classifier, x_t, t, abar = _noised_members_at_200()
     fixed = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0)
     adaptive = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0, adaptive=True)
     rows, fixed_change = fixed.push(x_t, t, abar, torch.float32)
