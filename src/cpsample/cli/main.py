@@ -153,6 +153,7 @@ def guards_command():
     from dataclasses import MISSING, fields
 
     from cpsample.sampling.guards import GUARDS
+    from cpsample.sampling.guards.cpsample import UNCALIBRATED
 
     table = Table(title="guards (cpsample sample --guard NAME --option OPTION=VALUE)")
     for column in ("guard", "option", "default", "meaning"):
@@ -163,7 +164,8 @@ def guards_command():
             table.add_row(name, "-", "", (guard_class.__doc__ or "").strip().splitlines()[0] if guard_class.__doc__ else "")
         for item in options:
             default = "" if item.default is MISSING else item.default
-            shown = "calibrated" if default is None and name == "cpsample" else str(default)
+            calibrated = default is None and name == "cpsample" and item.name in UNCALIBRATED
+            shown = "calibrated" if calibrated else str(default)
             table.add_row(name, item.name, shown, item.metadata.get("help", ""))
     console.print(table)
 

@@ -40,7 +40,8 @@ CHECK_EVERY_STEP = 10**9  # a max_t above every timestep: the paper's rule, what
 
 @dataclass(frozen=True)
 class CPSampleOptions(GuardOptions):
-    """Each knob left as None comes from the classifier's calibration.json, else from UNCALIBRATED."""
+    """Each knob of UNCALIBRATED left as None comes from the classifier's calibration.json, else from UNCALIBRATED;
+    max_push left as None is uncapped (a two-stage calibration carries its own cap)."""
 
     alpha: float | None = option(None, "Guide a sample when p(y | x_t) > 1 - alpha for either label.")
     scale: float | None = option(None, "Guidance scale s of the push away from the confident label.")
