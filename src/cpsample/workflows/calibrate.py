@@ -130,7 +130,7 @@ def choose_setting(rows: list[dict], target: float | None = None, reduction: flo
         return None
     return min(feasible, key=lambda r: (r["frechet_distance"] if r["frechet_distance"] is not None else 0.0,
                                         r["steps_guided"] or 0.0, r["alpha"], r["scale"], r.get("early_scale") or 0.0,
-                                        math.inf if r.get("max_push") is None else r["max_push"]))
+                                        cap_order(r.get("max_push"))))
 
 
 # Below this many images per setting, FD differences of ~20% are within seed noise (bench/README.md, Findings 10-11:
@@ -159,7 +159,7 @@ def narrowed_grid_flags(candidates: list[dict]) -> str:
     two = [r for r in candidates if r["guard"] == "cpsample-staged"]
     flags = [f"--alphas {values(one, 'alpha')} --scales {values(one, 'scale')}"] if one else []
     if two:
-        caps = sorted({r.get("max_push") for r in two}, key=lambda cap: math.inf if cap is None else cap)
+        caps = sorted({r.get("max_push") for r in two}, key=cap_order)
         flags.append(f"--early-scales {values(two, 'early_scale')} --staged-scales {values(two, 'scale')} "
                      f"--push-caps {','.join(cap_text(cap) for cap in caps)}")
     return " ".join(flags)
@@ -242,6 +242,11 @@ def setting_label(row: dict) -> str:
         return label
     cap = "" if row.get("max_push") is None else f", cap {row['max_push']:g}"
     return f"2 stages: early s={row['early_scale']:g}, late s={row['scale']:g}{cap}"
+
+
+def cap_order(cap: float | None) -> float:
+    """Caps from tightest to none: uncapped (None) sorts last."""
+    return math.inf if cap is None else cap
 
 
 def cap_text(cap: float | None) -> str:

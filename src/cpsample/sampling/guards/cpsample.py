@@ -167,10 +167,9 @@ class CPSampleGuard(Guard):
             grad = torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0].to(dtype)
         if self.denoised:
             grad = grad / root_abar.to(dtype)
-        scale = self._just_enough(grad, p_target.detach(), abar_t) if self.adaptive else None
-        if scale is None:
-            return rows, self._capped(self.scale * sigma.to(dtype) * grad)
-        return rows, self._capped(scale.to(dtype).view(-1, *[1] * (grad.ndim - 1)) * sigma.to(dtype) * grad)
+        adaptive = self._just_enough(grad, p_target.detach(), abar_t) if self.adaptive else None
+        scale = self.scale if adaptive is None else _per_sample(adaptive.to(dtype), grad)
+        return rows, self._capped(scale * sigma.to(dtype) * grad)
 
     def _capped(self, change: torch.Tensor) -> torch.Tensor:
         """Each sample's push shrunk to RMS <= max_push (direction kept). Uncapped, the push's RMS is heavy-tailed: on
@@ -180,7 +179,7 @@ class CPSampleGuard(Guard):
             return change
         rms = change.float().flatten(1).pow(2).mean(1).sqrt()
         shrink = (self.max_push / rms.clamp_min(1e-12)).clamp(max=1.0)
-        return change * shrink.to(change.dtype).view(-1, *[1] * (change.ndim - 1))
+        return change * _per_sample(shrink.to(change.dtype), change)
 
     def _just_enough(self, grad, p_target, abar_t) -> torch.Tensor | None:
         """Per sample, the scale (at most `scale`) whose push raises log(tau + p_target) back to log(tau + alpha) at
@@ -208,6 +207,11 @@ def load_guard_classifier(spec: "str | Path | Classifier | TimeClassifier", devi
         return spec.model.to(device), spec.folder
     folder = resolve_model_dir(spec, part)
     return load_classifier(folder, device), folder
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per sample, shaped to broadcast over each sample of `like` (N, C, H, W)."""
+    return values.view(-1, *[1] * (like.ndim - 1))
 
 
 def _minus_rows(eps: torch.Tensor, rows: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
