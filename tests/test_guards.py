@@ -4,6 +4,7 @@ import inspect
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from cpsample.cli.main import app
 from cpsample.sampling.guards import GUARDS, Guard, GuardContext, GuardOptions, build_guard, guard_options
 from cpsample.sampling.guards.base import option
-from cpsample.sampling.guards.cpsample import read_calibration
+from cpsample.sampling.guards.cpsample import _screens_fast, read_calibration
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.pipeline import generate
 
@@ -178,3 +179,36 @@ def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
     ratio = adaptive_change.flatten(1).norm(dim=1) / fixed_change.flatten(1).norm(dim=1)  # = s_i / cap
     assert bool((ratio > 0).all()) and bool((ratio <= 1 + 1e-5).all()) and bool((ratio < 1).any())
     assert adaptive.settings()["adaptive"] is True and "adaptive" not in fixed.settings()
+
+
+@pytest.mark.skipif(not _screens_fast(torch.device("cpu")), reason="this CPU runs bfloat16 emulated, so the guard does not screen")
+def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
+    """The bfloat16 screen only decides which samples get the exact float32 check: the same samples fire at every
+    step as without it, the images agree to float rounding, and the float32 pass saw fewer samples than were checked."""
+    from cpsample.models import Classifier
+    from cpsample.models.classifier import TimeClassifier
+    from cpsample.sampling.guards.cpsample import CPSampleGuard
+
+    classifier = Classifier.from_pretrained("bundled").model
+    exact_rows = []
+    forward = TimeClassifier.forward
+
+    def counting(self, sample, timestep):
+        if torch.is_grad_enabled():
+            exact_rows.append(len(sample))
+        return forward(self, sample, timestep)
+
+    runs = {}
+    for screen in (True, False):
+        exact_rows.clear()
+        guard = CPSampleGuard(classifier, alpha=0.1, scale=10.0, max_t=300, screen=screen)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(TimeClassifier, "forward", counting)
+            runs[screen] = generate(n=64, steps=20, guard=guard, batch_size=64, progress=False), sum(exact_rows)
+    (screened, screened_rows), (plain_check, all_fired_rows) = runs[True], runs[False]
+    fired = screened.trace["fired"]
+    assert 0 < fired.sum() < fired.size
+    assert np.array_equal(fired, plain_check.trace["fired"])
+    assert torch.allclose(screened.images, plain_check.images, atol=1e-3)
+    checked = 64 * int((screened.timesteps <= 300).sum())
+    assert all_fired_rows == fired.sum() and fired.sum() <= screened_rows < checked
