@@ -26,6 +26,8 @@ METHODS = {
     "cpsample (calibrated default)": dict(guard="cpsample"),
     "cpsample, one stage": dict(guard="cpsample", one_stage=True),
     "two stages, overlapping (early_min_t 0)": dict(guard="cpsample-staged", scale=30.0, early_min_t=0),
+    "two stages, late on x_t (alpha 0.1, s 30; the default before)": dict(guard="cpsample-staged", scale=30.0,
+                                                                           early_min_t=201),
 }
 
 

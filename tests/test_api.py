@@ -39,7 +39,9 @@ def test_model_objects_save_and_load_back(tmp_path):
     assert (tmp_path / "clf" / "calibration.json").is_file(), "the calibration travels with the classifier"
     guard = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded))  # the calibration chose two stages
     calibration = json.loads((tmp_path / "clf" / "calibration.json").read_text())
-    assert guard.settings()["late"]["max_t"] == 200 and guard.guards[1].classifier is loaded.model
+    # the late stage judges x0_hat with the selective classifier (Finding 13) or x_t with the loaded one
+    late_judge = guard.guards[0].classifier if calibration["two_stage"].get("late_denoised") else loaded.model
+    assert guard.settings()["late"]["max_t"] == 200 and guard.guards[1].classifier is late_judge
     assert guard.settings()["late"]["scale"] == calibration["two_stage"]["scale"]
     one_stage = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded), one_stage=True)
     assert one_stage.settings()["max_t"] == calibration["settings"]["max_t"] == 500

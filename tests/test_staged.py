@@ -94,6 +94,24 @@ def test_staged_guard_is_the_early_then_the_late_stage(bundled, selective):
     assert fired.any()
 
 
+def test_a_selective_late_stage_is_the_early_classifier_judging_x0_hat_late(bundled, selective):
+    """late_denoised: the late stage (t <= 200) is the early classifier on x0_hat with the late knobs; the main
+    classifier is not used at all."""
+    staged = build_guard("cpsample-staged", GuardContext(classifier="bundled"), late_denoised=True, alpha=0.1, scale=10.0)
+    early, late = staged.guards
+    assert late.denoised and late.classifier is early.classifier and (late.alpha, late.scale, late.max_t) == (0.1, 10.0, 200)
+    x0 = torch.from_numpy(bundled.members.images[:16])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    t, abar = torch.full((16,), 180), bundled.schedule.alphas_cumprod[180]
+    x_t = bundled.schedule.add_noise(x0, noise, t)
+    solo = CPSampleGuard(selective, alpha=0.1, scale=10.0, tau=0.001, max_t=200, denoised=True)
+    (expected,) = solo.correct(CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, max_t=500, denoised=True)
+                               .correct((noise,), x_t, t, abar), x_t, t, abar)
+    (staged_eps,) = staged.correct((noise,), x_t, t, abar)
+    assert torch.equal(staged_eps, expected) and solo.trace["fired"][0].any()
+    assert staged.settings()["late"]["denoised"] is True
+
+
 def test_sample_command_runs_the_staged_guard_and_records_both_stages(tmp_path):
     out = tmp_path / "staged"
     result = CliRunner().invoke(app, ["sample", "--guard", "cpsample-staged", "-n", "8", "--steps", "10", "--seed", "0",
@@ -203,16 +221,20 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
                                      "--n-samples", "6", "--steps", "4", "--alphas", "0.3", "--scales", "5",
                                      "--early-classifier", str(resolve_model_dir("bundled", SELECTIVE_PART)),
-                                     "--early-scales", "1", "--staged-scales", "10", "--push-caps", "none,0.5",
+                                     "--early-scales", "1", "--staged-scales", "10", "--denoised-late-scales", "5",
+                                     "--push-caps", "none,0.5",
                                      "--target", "1.0", "--reduction", "0"])
     assert calibrated.exit_code == 0, calibrated.output
     report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
-    assert [(r["guard"], r["early_scale"], r["max_push"]) for r in report["rows"]] == [
-        ("none", None, None), ("cpsample", None, None), ("cpsample-staged", 1.0, None), ("cpsample-staged", 1.0, 0.5)]
+    assert [(r["guard"], r["early_scale"], r["scale"], r["max_push"], r["late_denoised"]) for r in report["rows"]] == [
+        ("none", None, None, None, False), ("cpsample", None, 5.0, None, False),
+        ("cpsample-staged", 1.0, 10.0, None, False), ("cpsample-staged", 1.0, 5.0, None, True),
+        ("cpsample-staged", 1.0, 10.0, 0.5, False), ("cpsample-staged", 1.0, 5.0, 0.5, True)]
     saved = json.loads((classifier / "calibration.json").read_text())
     assert ("two_stage" in saved) == (report["chosen"]["guard"] == "cpsample-staged")
     if "two_stage" in saved:
         assert saved["two_stage"].get("max_push") == report["chosen"]["max_push"]
+        assert saved["two_stage"].get("late_denoised", False) == report["chosen"]["late_denoised"]
     assert saved["settings"]["alpha"] == 0.3  # the one-stage rule keeps its own calibrated setting
     after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
                                 "--out", str(tmp_path / "after")])
@@ -222,3 +244,4 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     if recorded["guard"] == "cpsample-staged":  # what was measured is what runs, windows included
         assert recorded["early"]["min_t"] == 201 and recorded["late"]["max_t"] == 200
         assert recorded["late"].get("max_push") == recorded["early"].get("max_push") == report["chosen"]["max_push"]
+        assert recorded["late"].get("denoised", False) == report["chosen"]["late_denoised"]

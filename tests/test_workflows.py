@@ -79,9 +79,11 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
     close = close_calls(rows, chosen, reduction=0.9)
     assert close == [one_s10, two_s30]  # not the infeasible row with a better FD, nor one stage s 30 (+55%)
     assert narrowed_grid_flags([chosen, *close]) == ("--alphas 0.1 --scales 10 --early-scales 3 --staged-scales 10,30 "
-                                                     "--push-caps none")
+                                                     "--denoised-late-scales none --push-caps none")
     capped = {**two_s30, "max_push": 1.0}
-    assert narrowed_grid_flags([two_s10, capped]).endswith("--staged-scales 10,30 --push-caps 1,none")
+    assert narrowed_grid_flags([two_s10, capped]).endswith("--staged-scales 10,30 --denoised-late-scales none --push-caps 1,none")
+    selective = {**two_s30, "alpha": 0.3, "scale": 15.0, "late_denoised": True}
+    assert narrowed_grid_flags([two_s10, selective]).endswith("--staged-scales 10 --denoised-late-scales 15 --push-caps none")
     assert close_calls(rows, chosen, reduction=0.9, margin=0.05) == []
 
 

@@ -72,8 +72,9 @@ def calibrate_command(
     classifier: str = "bundled",
     quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (MNIST digits) or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
     early_classifier: Annotated[Optional[str], typer.Option(help="A selective classifier of the same members (`train-classifier --negatives samples`): CPSample in two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins.")] = None,
-    early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "1,3",
-    staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1).")] = "10,30",
+    early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "3",
+    staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip.")] = "10,30",
+    denoised_late_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.3) with the early classifier judging x0_hat late too (a selective late stage); 'none': skip.")] = "10,15",
     push_caps: Annotated[str, typer.Option(help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's push).")] = "none,1,1.5,2",
     device: Device = "cpu",
     seed: Seed = 0,
@@ -96,7 +97,9 @@ def calibrate_command(
                             scales=_floats(scales, "--scales"), tau=tau, threshold=threshold, quality_net=quality_net,
                             device=device, seed=seed, early_classifier=early_classifier,
                             early_scales=_floats(early_scales, "--early-scales"),
-                            staged_scales=_floats(staged_scales, "--staged-scales"), push_caps=parse_caps(push_caps))
+                            staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
+                            denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
+                            push_caps=parse_caps(push_caps))
     rows = run_grid(settings)
     chosen = choose_setting(rows, target, reduction)
     # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
@@ -144,11 +147,12 @@ def calibrate_command(
 
 def _grid_table(rows: list[dict], n_samples: int) -> Table:
     table = Table(title=f"calibration on {n_samples} images per setting")
-    for column in ("guard", "alpha", "s", "early s", "cap", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
+    for column in ("guard", "late judges", "alpha", "s", "early s", "cap", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
         early = row.get("early_scale")
-        table.add_row({"none": "plain", "cpsample": "1 stage", "cpsample-staged": "2 stages"}.get(row["guard"], row["guard"]),
+        late = "-" if row["guard"] != "cpsample-staged" else ("x0_hat" if row.get("late_denoised") else "x_t")
+        table.add_row({"none": "plain", "cpsample": "1 stage", "cpsample-staged": "2 stages"}.get(row["guard"], row["guard"]), late,
                       "-" if row["alpha"] is None else f"{row['alpha']:g}", "-" if row["scale"] is None else f"{row['scale']:g}",
                       "-" if early is None else f"{early:g}", "-" if row.get("max_push") is None else f"{row['max_push']:g}",
                       str(row["near_copies"]), f"{row['near_copy_share']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})",
@@ -158,7 +162,10 @@ def _grid_table(rows: list[dict], n_samples: int) -> Table:
     return table
 
 
-def _floats(text: str, option: str) -> tuple[float, ...]:
+def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:
+    """Comma-separated numbers; with allow_none, 'none' means no value (that part of the grid is skipped)."""
+    if allow_none and text.strip().lower() == "none":
+        return ()
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:

@@ -63,8 +63,9 @@ def describe_settings(settings: dict) -> str:
         return f"cpsample, alpha {settings['alpha']:g}, s {settings['scale']:g}{_cap(settings)}"
     if name == StagedCPSampleGuard.name:
         early, late = settings["early"], settings["late"]
-        return (f"cpsample in two stages: early s {early['scale']:g}, late alpha {late['alpha']:g}, s {late['scale']:g}"
-                f"{_cap(late)}")
+        judged = " on x0_hat" if late.get("denoised") else ""
+        return (f"cpsample in two stages: early s {early['scale']:g}, late{judged} alpha {late['alpha']:g}, "
+                f"s {late['scale']:g}{_cap(late)}")
     return name
 
 
