@@ -184,7 +184,7 @@ def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
 @pytest.mark.skipif(not _screens_fast(torch.device("cpu")), reason="this CPU runs bfloat16 emulated, so the guard does not screen")
 def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
     """The bfloat16 screen only decides which samples get the exact float32 check: the same samples fire at every
-    step as without it, the images agree to float rounding, and the float32 pass saw fewer samples than were checked."""
+    step as without it, the images are the same, and the float32 check saw fewer samples than were checked."""
     from cpsample.models import Classifier
     from cpsample.models.classifier import TimeClassifier
     from cpsample.sampling.guards.cpsample import CPSampleGuard
@@ -194,7 +194,7 @@ def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
     forward = TimeClassifier.forward
 
     def counting(self, sample, timestep):
-        if torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):  # the float32 check
             exact_rows.append(len(sample))
         return forward(self, sample, timestep)
 
@@ -205,10 +205,10 @@ def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(TimeClassifier, "forward", counting)
             runs[screen] = generate(n=64, steps=20, guard=guard, batch_size=64, progress=False), sum(exact_rows)
-    (screened, screened_rows), (plain_check, all_fired_rows) = runs[True], runs[False]
+    (screened, screened_rows), (plain_check, unscreened_rows) = runs[True], runs[False]
     fired = screened.trace["fired"]
     assert 0 < fired.sum() < fired.size
     assert np.array_equal(fired, plain_check.trace["fired"])
-    assert torch.allclose(screened.images, plain_check.images, atol=1e-3)
+    assert torch.allclose(screened.images, plain_check.images, atol=1e-5)
     checked = 64 * int((screened.timesteps <= 300).sum())
-    assert all_fired_rows == fired.sum() and fired.sum() <= screened_rows < checked
+    assert unscreened_rows == checked and fired.sum() <= screened_rows < checked

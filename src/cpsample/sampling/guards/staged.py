@@ -11,7 +11,7 @@ the one-stage rule at s 10: 4.2% at +61%).
 
 With `late_denoised=True` the late stage is selective too: the early classifier judges x0_hat at t <= 200 as well
 (with the late alpha and s), so only would-be copies pay for a gradient. On the bundled model (Finding 13) that keeps
-96% of the copies away at plain's FD in about 1.05x plain's time, where the paper's classifier on x_t pushes 57% of all
+96% of the copies away at plain's FD in about 1.1x plain's time, where the paper's classifier on x_t pushes 57% of all
 samples at each late step (97%, the same FD, about 1.15-1.2x).
 
 `max_push` caps each sample's push in both stages. The classifiers' gradients are heavy-tailed, and on a model whose
