@@ -146,12 +146,14 @@ def calibrate_command(
 
 
 def _grid_table(rows: list[dict], n_samples: int) -> Table:
+    from cpsample.workflows.calibrate import late_judges
+
     table = Table(title=f"calibration on {n_samples} images per setting")
     for column in ("guard", "late judges", "alpha", "s", "early s", "cap", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
         early = row.get("early_scale")
-        late = "-" if row["guard"] != "cpsample-staged" else ("x0_hat" if row.get("late_denoised") else "x_t")
+        late = late_judges(row) if row["guard"] == "cpsample-staged" else "-"
         table.add_row({"none": "plain", "cpsample": "1 stage", "cpsample-staged": "2 stages"}.get(row["guard"], row["guard"]), late,
                       "-" if row["alpha"] is None else f"{row['alpha']:g}", "-" if row["scale"] is None else f"{row['scale']:g}",
                       "-" if early is None else f"{early:g}", "-" if row.get("max_push") is None else f"{row['max_push']:g}",

@@ -259,8 +259,13 @@ def setting_label(row: dict) -> str:
     if row["guard"] == "cpsample":
         return label
     cap = "" if row.get("max_push") is None else f", cap {row['max_push']:g}"
-    late = "late on x0_hat" if row.get("late_denoised") else "late"
+    late = "late on x0_hat" if late_judges(row) == "x0_hat" else "late"
     return f"2 stages: early s={row['early_scale']:g}, {late} s={row['scale']:g}{cap}"
+
+
+def late_judges(row: dict) -> str:
+    """What a two-stage row's late stage judges: "x0_hat" (the selective classifier) or "x_t" (the main one)."""
+    return "x0_hat" if row.get("late_denoised") else "x_t"
 
 
 def cap_order(cap: float | None) -> float:

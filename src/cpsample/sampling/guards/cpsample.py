@@ -17,6 +17,7 @@ given builds the two-stage guard (staged.py); `one_stage=true`, or any knob give
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -235,9 +236,15 @@ def load_guard_classifier(spec: "str | Path | Classifier | TimeClassifier", devi
 def _screens_fast(device: torch.device) -> bool:
     """Whether bfloat16 convolutions run natively here (a CUDA GPU, or a CPU with AVX512-BF16 or AMX); elsewhere they
     are emulated and a bfloat16 screen would cost more than the float32 check it saves."""
-    if device.type == "cuda":
+    return _bfloat16_native(device.type)
+
+
+@functools.lru_cache(maxsize=None)
+def _bfloat16_native(device_type: str) -> bool:
+    """_screens_fast's hardware probe, once per device type (the guard asks at every checked step)."""
+    if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
+    if device_type == "cpu":
         return any(getattr(torch.cpu, probe, lambda: False)()
                    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return False

@@ -75,13 +75,14 @@ class StagedCPSampleGuard(ChainGuard):
     @classmethod
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
         classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
-        early = CPSampleGuard(classifier, alpha=options.early_alpha, scale=options.early_scale, tau=options.tau,
-                              max_t=options.early_max_t, min_t=options.early_min_t, denoised=True, folder=folder,
-                              max_push=options.max_push)
+
+        def selective(alpha, scale, max_t, min_t=0):  # the selective classifier judging x0_hat
+            return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
+                                 denoised=True, folder=folder, max_push=options.max_push)
+
+        early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
-            late = CPSampleGuard(classifier, alpha=options.alpha, scale=options.scale, tau=options.tau,
-                                 max_t=options.max_t, denoised=True, folder=folder, max_push=options.max_push)
-            return cls(early, late)
+            return cls(early, selective(options.alpha, options.scale, options.max_t))
         late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t,
                                        max_push=options.max_push)
         return cls(early, CPSampleGuard.from_options(late_options, context))
