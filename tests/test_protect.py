@@ -50,3 +50,13 @@ def test_protect_refuses_a_classifier_for_other_images(bundled, tmp_path):
     with pytest.raises(ValueError, match="takes 3-channel 8x8 inputs"):
         protect(pipe, TimeClassifier(sample_size=8, in_channels=3, block_out_channels=(16, 16), norm_num_groups=8))
     assert protection_of(pipe) is None
+
+
+def test_protect_refuses_options_that_call_the_denoiser_itself(bundled):
+    """jacobian=true needs the guard to run the UNet on its own; inside a pipeline's UNet it cannot, and says so
+    (rather than silently following another model's UNet)."""
+    unet, schedule = bundled
+    pipe = DDIMPipeline(unet=unet, scheduler=make_scheduler("ddim", schedule.config, STEPS))
+    with pytest.raises(ValueError, match="cannot call; drop that option"):
+        protect(pipe, "bundled", denoised=True, jacobian=True)
+    assert protection_of(pipe) is None

@@ -64,6 +64,46 @@ def test_denoised_push_is_the_x0_gradient_carried_back_to_x_t(bundled, selective
     assert guard.settings()["denoised"] is True
 
 
+def test_jacobian_push_follows_x0_hat_through_the_unet(bundled, selective):
+    """jacobian=true: the push is s sqrt(1 - abar) J^T grad_x0 log(tau + p_target), J = d x0_hat / d x_t of the UNet's
+    own prediction (computed here as a separate vector-Jacobian product), for the same fired samples as the rule
+    that holds eps fixed; at t = 300 the UNet's J shrinks the push (x0_hat depends on x_t less than 1 / sqrt(abar))."""
+    unet = bundled.unet.requires_grad_(False)
+    x0 = torch.from_numpy(bundled.members.images[:24])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((24,), 300)
+    abar = bundled.schedule.alphas_cumprod[300]
+    x_t = bundled.schedule.add_noise(x0, noise, t)
+    with torch.no_grad():
+        eps = unet(x_t, t).sample
+    fixed = CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, denoised=True)
+    through = CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, denoised=True,
+                            denoiser=lambda x, steps: unet(x, steps).sample)
+    rows, fixed_change = fixed.push(x_t, t, abar, torch.float32, eps=eps)
+    same_rows, change = through.push(x_t, t, abar, torch.float32, eps=eps)
+    assert torch.equal(rows, same_rows) and len(rows) >= 6
+
+    x0_of = lambda x: (x - (1 - abar).sqrt() * unet(x, t[rows]).sample) / abar.sqrt()
+    x0_hat = x0_of(x_t[rows]).detach().requires_grad_(True)
+    p = selective(x0_hat, torch.zeros(len(rows), dtype=torch.long)).softmax(-1)
+    target = (p[:, 1] < p[:, 0]).long()
+    grad_x0 = torch.autograd.grad(torch.log(0.001 + p.gather(1, target[:, None])).sum(), x0_hat)[0]
+    _, vjp = torch.autograd.functional.vjp(x0_of, x_t[rows], grad_x0)
+    torch.testing.assert_close(change, 3.0 * (1 - abar).sqrt() * vjp, rtol=1e-3, atol=1e-6)
+    assert change.norm() < 0.5 * fixed_change.norm()
+    assert through.settings()["jacobian"] is True and "jacobian" not in fixed.settings()
+
+
+def test_jacobian_option_needs_the_denoised_judge_and_reaches_both_selective_stages():
+    with pytest.raises(ValueError, match="needs denoised=true"):
+        guard_options("cpsample", jacobian=True)
+    staged = build_guard("cpsample-staged", GuardContext(classifier="bundled"), late_denoised=True, jacobian=True)
+    assert all(stage.denoiser is not None and stage.unet is not None for stage in staged.guards)
+    assert staged.settings()["late"]["jacobian"] is True
+    x_t_late = build_guard("cpsample-staged", GuardContext(classifier="bundled"), jacobian=True).guards[1]
+    assert x_t_late.denoiser is None, "the paper's x_t stage has no x0_hat to follow"
+
+
 def test_denoised_cannot_be_adaptive_and_stage_options_are_validated():
     with pytest.raises(ValueError, match="cannot be combined"):
         guard_options("cpsample", adaptive=True, denoised=True)

@@ -59,6 +59,19 @@ def test_calibration_picks_the_best_quality_setting_meeting_the_target():
     assert choose_setting(rows, target=-1) is None
 
 
+def test_calibration_warns_when_the_chosen_setting_costs_more_than_the_aims():
+    from cpsample.workflows.calibrate import cost_warnings
+
+    plain = {"guard": "none", "near_copy_share": 0.45, "frechet_distance": 2.97, "time_vs_plain": 1.0}
+    costly = {"guard": "cpsample-staged", "near_copy_share": 0.043, "frechet_distance": 5.18, "time_vs_plain": 1.21}
+    quality, time = cost_warnings(costly, plain)
+    assert quality.startswith("quality: FD +74% vs plain") and "copies 45% of the time" in quality
+    assert time.startswith("time: 1.21x plain")
+    within = {**costly, "frechet_distance": 3.2, "time_vs_plain": 1.1}
+    assert cost_warnings(within, plain) == []
+    assert cost_warnings({**costly, "frechet_distance": None, "time_vs_plain": 1.0}, plain) == []
+
+
 def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_them():
     """The bundled calibration on 600 images (bench/README.md, Finding 11): two stages late s 10 won at FD 8.93, with
     late s 30 (10.01) and one stage (9.93) within 20%; 2,400 images then chose late s 30."""

@@ -86,7 +86,7 @@ def calibrate_command(
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
     from cpsample.workflows.calibrate import (CLOSE_FD, RELIABLE_IMAGES, GridSettings, calibrated_settings, choose_setting,
-                                              close_calls, narrowed_grid_flags, parse_caps, plot_grid, run_grid,
+                                              close_calls, cost_warnings, narrowed_grid_flags, parse_caps, plot_grid, run_grid,
                                               setting_label, two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
@@ -127,6 +127,9 @@ def calibrate_command(
     quality = "" if fd is None else f", FD {fd:.2f} vs {rows[0]['frechet_distance']:.2f}"
     console.print(f"chosen: {setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs plain "
                   f"{rows[0]['near_copy_share']:.1%}{quality}")
+    details["cost_warnings"] = cost_warnings(chosen, rows[0])
+    for warning in details["cost_warnings"]:
+        console.print(f"[yellow]cost:[/] {warning}")
     close = close_calls(rows, chosen, target, reduction) if n_samples < RELIABLE_IMAGES else []
     if close:
         candidates = [chosen, *close] + ([one_stage] if all(r["guard"] != "cpsample" for r in [chosen, *close]) else [])

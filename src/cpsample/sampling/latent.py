@@ -164,7 +164,7 @@ def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float | None = N
     Knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
     from cpsample.sampling.guards import GuardContext, build_guard
 
-    guard = build_guard("cpsample", GuardContext(classifier=classifier_dir, device=str(pipe.device)), alpha=alpha, scale=scale, tau=tau)
+    guard = build_guard("cpsample", GuardContext(model=None, classifier=classifier_dir, device=str(pipe.device)), alpha=alpha, scale=scale, tau=tau)
     check_latent_classifier(guard.classifier, pipe, height, width)
     check_same_schedule(Path(classifier_dir), pipe.scheduler, "train it with `cpsample train-latent-classifier "
                         "--pipeline` on this pipeline", "this pipeline's")

@@ -84,7 +84,7 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
         raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
     if isinstance(classifier, READY_GUARDS) and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
-    guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(classifier=classifier), **options)
+    guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
     check_guard_fits(guard, unet, pipe.scheduler, None)
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)

@@ -164,6 +164,30 @@ def close_calls(rows: list[dict], chosen: dict, target: float | None = None, red
             and r["frechet_distance"] <= best * (1.0 + margin)]
 
 
+# What a user can expect CPSample to cost (the project's aims; bench/README.md measures both models against them).
+AIMED_FD_INCREASE = 0.10
+AIMED_TIME_RATIO = 1.15
+
+
+def cost_warnings(chosen: dict, plain: dict) -> list[str]:
+    """Plain-language warnings where the chosen setting costs more quality or time than the project aims for. Such a
+    cost is a property of the model as much as of the guard: where plain sampling copies often, every defence moves
+    many samples (bench/README.md, Finding 12: on a model copying 45% of the time even rejection sampling costs
+    +135% FD)."""
+    warnings = []
+    fd, plain_fd = chosen.get("frechet_distance"), plain.get("frechet_distance")
+    if fd is not None and plain_fd and fd > (1 + AIMED_FD_INCREASE) * plain_fd:
+        warnings.append(f"quality: FD {fd / plain_fd - 1:+.0%} vs plain on this batch (aim: at most "
+                        f"{AIMED_FD_INCREASE:+.0%}). Plain sampling copies {plain['near_copy_share']:.0%} of the time "
+                        "here; removing that many copies costs quality with any defence. Compare AMG and rejection "
+                        "sampling on your model with bench/bench_seeds.py before you rely on it")
+    ratio = chosen.get("time_vs_plain")
+    if ratio is not None and ratio > AIMED_TIME_RATIO:
+        warnings.append(f"time: {ratio:.2f}x plain on this batch (aim: at most {AIMED_TIME_RATIO:.2f}x; one draw, "
+                        "bench/bench_time.py measures it over repeats)")
+    return warnings
+
+
 def narrowed_grid_flags(candidates: list[dict]) -> str:
     """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales and
     push caps)."""

@@ -36,11 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpsample.models.pretrained import DiffusionModel
-from cpsample.sampling.guards.base import Guard, GuardContext, GuardOptions, option
+from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model, option,
+                                          unconditional_denoiser)
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-Denoise = Callable[[torch.Tensor, torch.Tensor], object]  # (x_t, t) -> eps, or a CFG prediction (.cond/.uncond/.scale)
 
 # A gate, not the near-copy verdict: guide before a sample reaches the line the evaluation counts (pixels: 0.98,
 # cpsample.evaluation.NEAR_COPY_THRESHOLDS).
@@ -99,10 +98,9 @@ class AMGGuard(Guard):
     def from_options(cls, options: AMGOptions, context: GuardContext) -> "AMGGuard":
         """AMG against the members of context.model (its training images are needed at sampling time)."""
         settings = {name: getattr(options, name) for name in options.names() if name != "exact_gradient"}
-        model = context.model if isinstance(context.model, DiffusionModel) else DiffusionModel.from_pretrained(context.model, context.device)
-        unet = model.unet.requires_grad_(False) if options.exact_gradient else None
-        null_label = model.class_info.null_label if model.conditional else None
-        guard = cls(model.members.images, denoiser=None if unet is None else _unconditional_eps(unet, null_label), **settings)
+        model = context_model(context)
+        unet, denoiser = unconditional_denoiser(model) if options.exact_gradient else (None, None)
+        guard = cls(model.members.images, denoiser=denoiser, **settings)
         guard.unet = unet  # so that `to` moves it along with the sampler's model
         return guard
 
@@ -177,7 +175,7 @@ class AMGGuard(Guard):
         """J^T grad_x0 with J = d x0 / d x_t of the denoiser's own prediction (a vector-Jacobian product)."""
         with torch.enable_grad():
             x_in = x_t.detach().requires_grad_(True)
-            x0 = predicted_x0(x_in.float(), _as_eps(self.denoiser(x_in, t)).float(), abar)
+            x0 = predicted_x0(x_in.float(), as_eps(self.denoiser(x_in, t)).float(), abar)
             return torch.autograd.grad(x0, x_in, grad_outputs=grad_x0)[0].float()
 
     def _despecification(self, similarity: torch.Tensor) -> torch.Tensor:
@@ -189,20 +187,6 @@ class AMGGuard(Guard):
 
 def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     return (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
-
-
-def _as_eps(prediction) -> torch.Tensor:
-    """A denoiser's eps; a classifier-free-guidance prediction is mixed at its own scale."""
-    if hasattr(prediction, "cond") and hasattr(prediction, "uncond"):
-        return prediction.uncond + prediction.scale * (prediction.cond - prediction.uncond)
-    return prediction
-
-
-def _unconditional_eps(unet, null_label: int | None) -> Denoise:
-    """The UNet as (x_t, t) -> eps; a class-conditional one answers with its null label (its unconditional branch)."""
-    if null_label is None:
-        return lambda x, t: unet(x, t).sample
-    return lambda x, t: unet(x, t, class_labels=torch.full((len(x),), null_label, device=x.device)).sample
 
 
 def _feature_fn(features: str | FeatureFn) -> tuple[FeatureFn, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,11 +50,44 @@ class GuardOptions:
 @dataclass(frozen=True)
 class GuardContext:
     """What a guard may need beyond its options. model: a folder, "bundled" or a loaded DiffusionModel (AMG needs its
-    members); classifier: a folder, "bundled", a Classifier or a TimeClassifier (CPSample; None: "bundled")."""
+    members; None where the sampler is not ours, as in `cpsample.protect`); classifier: a folder, "bundled", a Classifier or a TimeClassifier (CPSample; None: "bundled")."""
 
     model: "str | Path | object" = "bundled"
     classifier: "str | Path | object | None" = None
     device: str = "cpu"
+
+
+# A differentiable denoiser for guards that follow a gradient through the UNet: (x_t, t) -> eps, or a CFG prediction.
+Denoise = Callable[[torch.Tensor, torch.Tensor], object]
+
+
+def context_model(context: GuardContext):
+    """The DiffusionModel of a guard's context (loaded from its folder, or "bundled", when not loaded yet)."""
+    from cpsample.models.pretrained import DiffusionModel  # (models import the sampling package)
+
+    if isinstance(context.model, DiffusionModel):
+        return context.model
+    if context.model is None:
+        raise ValueError("this guard follows gradients through the denoiser (jacobian=true, or AMG), which a guard "
+                         "inside a pipeline's UNet (cpsample.protect, the latent path) cannot call; drop that option")
+    return DiffusionModel.from_pretrained(context.model, context.device)
+
+
+def unconditional_denoiser(model) -> tuple[torch.nn.Module, Denoise]:
+    """(the model's UNet with its weights frozen, (x_t, t) -> eps through it); a class-conditional UNet answers with its
+    null label (its unconditional branch). Gradients flow to x_t only."""
+    unet = model.unet.requires_grad_(False)
+    if not model.conditional:
+        return unet, lambda x, t: unet(x, t).sample
+    null_label = model.class_info.null_label
+    return unet, lambda x, t: unet(x, t, class_labels=torch.full((len(x),), null_label, device=x.device)).sample
+
+
+def as_eps(prediction) -> torch.Tensor:
+    """A denoiser's eps; a classifier-free-guidance prediction is mixed at its own scale."""
+    if hasattr(prediction, "cond") and hasattr(prediction, "uncond"):
+        return prediction.uncond + prediction.scale * (prediction.cond - prediction.uncond)
+    return prediction
 
 
 class Guard:

@@ -7,7 +7,9 @@ Samples where the classifier is not over-confident are left exactly as they were
 With `denoised=True` the classifier judges the denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
 at t = 0 instead of x_t, and the push follows x0_hat's gradient back to x_t with eps held fixed (the UNet's Jacobian
 is ignored, so it costs what the x_t rule costs). A classifier trained with `--negatives samples` is selective on
-x0_hat from t ~ 400 on, when x_t itself still says little (bench/README.md, Finding 9).
+x0_hat from t ~ 400 on, when x_t itself still says little (bench/README.md, Finding 9). `jacobian=True` follows the
+gradient through the UNet instead (AMG's exact gradient, for fired samples only); measured in Finding 14, it did not
+pay on the bundled model.
 
 Its knobs travel with the classifier: `cpsample calibrate` writes them to calibration.json in the classifier's
 folder, and `cpsample_settings` reads them back for every command that guards with that classifier. Where the
@@ -29,7 +31,8 @@ import torch
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier, load_classifier
 from cpsample.models.pretrained import Classifier
-from cpsample.sampling.guards.base import Guard, GuardContext, GuardOptions, option
+from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model, option,
+                                          unconditional_denoiser)
 
 
 CALIBRATION_FILE = "calibration.json"
@@ -57,6 +60,10 @@ class CPSampleOptions(GuardOptions):
                                    "1 - alpha (linearised DDIM step), with scale as the cap.")
     denoised: bool = option(False, "Judge the denoised estimate x0_hat (at t = 0) instead of x_t; push = s sqrt(1 - abar) "
                                    "/ sqrt(abar) grad_x0 log(tau + p). Selective with a --negatives classifier.")
+    jacobian: bool = option(False, "With denoised=true: follow x0_hat's gradient back to x_t through the UNet (its "
+                                   "Jacobian, as AMG does) instead of holding eps fixed. Moves x_t only where the "
+                                   "model's estimate can move; costs a UNet forward and backward pass per fired "
+                                   "sample. bench/README Finding 14.")
     max_push: float | None = option(None, "Cap each guided sample's push (its change to eps) at this root-mean-square, "
                                           "in units of eps (whose RMS is about 1). The classifier's gradient is "
                                           "heavy-tailed: a few uncapped pushes wreck their samples. None: uncapped, the "
@@ -79,6 +86,8 @@ class CPSampleOptions(GuardOptions):
             raise ValueError(f"--max-push must be positive (or left out: uncapped), got {self.max_push}")
         if self.adaptive and self.denoised:
             raise ValueError("adaptive pushes are computed for x_t; they cannot be combined with denoised=true")
+        if self.jacobian and not self.denoised:
+            raise ValueError("jacobian=true follows x0_hat's gradient through the UNet; it needs denoised=true")
 
     def knobs_given(self) -> bool:
         """Whether anything but the calibrated default was asked for (which is then the one-stage rule)."""
@@ -92,19 +101,22 @@ class CPSampleGuard(Guard):
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
                  adaptive: bool = False, denoised: bool = False, folder: Path | None = None, min_t: int = 0,
-                 max_push: float | None = None, screen: bool = True):
+                 max_push: float | None = None, screen: bool = True, denoiser: Denoise | None = None):
         """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule).
         Above the highest t at which a classifier can be over-confident, the check costs time and never fires.
         screen: pass every sample through a bfloat16 copy of the check first, where the hardware runs bfloat16 fast
-        (`_screens_fast`), and check in float32 only those it does not clear (`_check`)."""
+        (`_screens_fast`), and check in float32 only those it does not clear (`_check`).
+        denoiser: a differentiable (x_t, t) -> eps; given (with denoised=True), fired samples' gradients go through it
+        (the `jacobian` option)."""
         super().__init__()
         # the one validation of the knobs
         CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, min_t=min_t, adaptive=adaptive, denoised=denoised,
-                        max_push=max_push)
+                        max_push=max_push, jacobian=denoiser is not None)
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t, self.min_t = alpha, scale, tau, max_t, min_t
         self.adaptive, self.denoised, self.max_push = adaptive, denoised, max_push
-        self.screen = screen
+        self.screen, self.denoiser = screen, denoiser
+        self.unet = None  # set by from_options when the guard owns the network behind `denoiser` (moved by `to`)
         self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
 
     @classmethod
@@ -119,11 +131,16 @@ class CPSampleGuard(Guard):
 
             loaded = replace(context, classifier=Classifier(model, folder))
             return StagedCPSampleGuard.from_options(StagedCPSampleGuard.Options(**staged), loaded)
-        return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                   min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
-                   max_push=options.max_push)
+        unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
+        guard = cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
+                    min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
+                    max_push=options.max_push, denoiser=denoiser)
+        guard.unet = unet
+        return guard
 
     def to(self, device, dtype):
+        if self.unet is not None:
+            self.unet.to(device=device, dtype=dtype)
         self.classifier.to(device=device)
         if self.classifier.dtype != dtype:  # (a same-dtype .to() makes diffusers print a warning)
             self.classifier.to(dtype=dtype)
@@ -134,7 +151,8 @@ class CPSampleGuard(Guard):
         # Only the variants in use are named, so records of the paper's rule stay as they were.
         return {**settings, **({"min_t": self.min_t} if self.min_t else {}),
                 **({"max_push": self.max_push} if self.max_push is not None else {}),
-                **{name: True for name in ("adaptive", "denoised") if getattr(self, name)}}
+                **{name: True for name in ("adaptive", "denoised") if getattr(self, name)},
+                **({"jacobian": True} if self.denoiser is not None else {})}
 
     def correct(self, predictions, x_t, t, abar_t):
         """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
@@ -154,6 +172,7 @@ class CPSampleGuard(Guard):
             return None
         classifier_dtype = next(self.classifier.parameters()).dtype
         sigma, root_abar = (1.0 - abar_t).sqrt(), abar_t.sqrt()
+        step_t = t
         if self.denoised:  # judge x0_hat as a clean image; d x0_hat / d x_t = 1 / sqrt(abar_t) with eps held fixed
             judged, t = (x_t - sigma * eps) / root_abar, torch.zeros_like(t)
         else:
@@ -168,6 +187,9 @@ class CPSampleGuard(Guard):
             return None
         # The gradient is paid for only by the samples that need it.
         rows = fired.nonzero().squeeze(1)
+        if self.denoiser is not None:
+            grad = self._gradient_through_denoiser(x_t[rows], step_t[rows], target[rows], sigma, root_abar)
+            return rows, self._capped(self.scale * sigma.to(dtype) * grad.to(dtype))
         with torch.enable_grad():
             x_in = judged[rows].detach().to(classifier_dtype).requires_grad_(True)
             p_target = self.classifier(x_in, t[rows]).float().softmax(dim=-1).gather(1, target[rows, None]).squeeze(1)
@@ -177,6 +199,18 @@ class CPSampleGuard(Guard):
         adaptive = self._just_enough(grad, p_target.detach(), abar_t) if self.adaptive else None
         scale = self.scale if adaptive is None else _per_sample(adaptive.to(dtype), grad)
         return rows, self._capped(scale * sigma.to(dtype) * grad)
+
+    def _gradient_through_denoiser(self, x_t, t, target, sigma, root_abar) -> torch.Tensor:
+        """grad_{x_t} log(tau + p(target | x0_hat(x_t))) with x0_hat's dependence on x_t through the UNet (AMG's exact
+        gradient): J^T grad_x0, where J = d x0_hat / d x_t is about the posterior covariance of x0 given x_t, so the
+        push moves x_t only in directions the model would turn into a different image."""
+        classifier_dtype = next(self.classifier.parameters()).dtype
+        with torch.enable_grad():
+            x_in = x_t.detach().requires_grad_(True)
+            x0_hat = (x_in - sigma.to(x_in.dtype) * as_eps(self.denoiser(x_in, t))) / root_abar.to(x_in.dtype)
+            logits = self.classifier(x0_hat.to(classifier_dtype), torch.zeros_like(t)).float()
+            p_target = logits.softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
+            return torch.autograd.grad(torch.log(self.tau + p_target).sum(), x_in)[0]
 
     def _check(self, judged: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """p(y | judged, t) in float32 for every sample, without a graph. Where bfloat16 runs natively a bfloat16 pass

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cpsample.sampling.guards.base import GuardContext, GuardOptions, option
+from cpsample.sampling.guards.base import GuardContext, GuardOptions, context_model, option, unconditional_denoiser
 from cpsample.sampling.guards.chain import ChainGuard
 from cpsample.sampling.guards.cpsample import CPSampleGuard, CPSampleOptions, load_guard_classifier
 
@@ -54,6 +54,8 @@ class StagedCPSampleOptions(GuardOptions):
                                           "uncapped). bench/README Finding 12.")
     late_denoised: bool = option(False, "Late stage: judge x0_hat with the early classifier too (a selective late "
                                         "stage) instead of x_t with the main classifier. bench/README Finding 13.")
+    jacobian: bool = option(False, "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
+                                   "exact gradient), paid only by fired samples. bench/README Finding 14.")
 
     def check(self) -> None:
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
@@ -75,10 +77,13 @@ class StagedCPSampleGuard(ChainGuard):
     @classmethod
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
         classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
+        unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
 
         def selective(alpha, scale, max_t, min_t=0):  # the selective classifier judging x0_hat
-            return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
-                                 denoised=True, folder=folder, max_push=options.max_push)
+            stage = CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
+                                  denoised=True, folder=folder, max_push=options.max_push, denoiser=denoiser)
+            stage.unet = unet  # (moved along with the sampler's model)
+            return stage
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
