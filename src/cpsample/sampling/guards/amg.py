@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model, option,
-                                          unconditional_denoiser)
+from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model,
+                                          move_network, option, unconditional_denoiser)
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -82,7 +82,8 @@ class AMGGuard(Guard):
     def __init__(self, training_images: np.ndarray | torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
                  sim_scale: float = DEFAULT_SIM_SCALE, spec_scale: float = DEFAULT_SPEC_SCALE,
                  spec_floor: float = DEFAULT_SPEC_FLOOR, despecify: bool = True, features: str | FeatureFn = "pixels",
-                 denoiser: Denoise | None = None):
+                 denoiser: Denoise | None = None, unet: torch.nn.Module | None = None):
+        """unet: the network behind `denoiser`, moved along with the guard by `to`."""
         super().__init__()
         if sim_scale < 0 or spec_scale < 0:
             raise ValueError(f"guidance scales must be non-negative, got sim_scale={sim_scale}, spec_scale={spec_scale}")
@@ -91,7 +92,7 @@ class AMGGuard(Guard):
         self.feature_fn, self.feature_name = _feature_fn(features)
         self.reference, self.index = self._build_index(training_images)
         self.denoiser = denoiser
-        self.unet = None  # set by from_options when the guard owns the network behind `denoiser`
+        self.unet = unet
         self._cfg: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     @classmethod
@@ -100,9 +101,7 @@ class AMGGuard(Guard):
         settings = {name: getattr(options, name) for name in options.names() if name != "exact_gradient"}
         model = context_model(context)
         unet, denoiser = unconditional_denoiser(model) if options.exact_gradient else (None, None)
-        guard = cls(model.members.images, denoiser=denoiser, **settings)
-        guard.unet = unet  # so that `to` moves it along with the sampler's model
-        return guard
+        return cls(model.members.images, denoiser=denoiser, unet=unet, **settings)
 
     def _build_index(self, training_images) -> tuple[torch.Tensor, faiss.Index]:
         images = torch.as_tensor(np.asarray(training_images, dtype=np.float32))
@@ -125,7 +124,7 @@ class AMGGuard(Guard):
     def to(self, device, dtype):
         self.reference = self.reference.to(device=device)  # stays float32: similarities near 1 need the precision
         if self.unet is not None:
-            self.unet.to(device=device, dtype=dtype)
+            move_network(self.unet, device, dtype)
         return self
 
     def begin_step(self, index: int, count: int) -> None:

@@ -83,6 +83,14 @@ def unconditional_denoiser(model) -> tuple[torch.nn.Module, Denoise]:
     return unet, lambda x, t: unet(x, t, class_labels=torch.full((len(x),), null_label, device=x.device)).sample
 
 
+def move_network(network: torch.nn.Module, device, dtype) -> None:
+    """Move a guard's network along with the sampler's model; the dtype only when it differs (a same-dtype `.to()`
+    makes diffusers warn about casting)."""
+    network.to(device=device)
+    if next(network.parameters()).dtype != dtype:
+        network.to(dtype=dtype)
+
+
 def as_eps(prediction) -> torch.Tensor:
     """A denoiser's eps; a classifier-free-guidance prediction is mixed at its own scale."""
     if hasattr(prediction, "cond") and hasattr(prediction, "uncond"):

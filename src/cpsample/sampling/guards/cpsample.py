@@ -31,8 +31,8 @@ import torch
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier, load_classifier
 from cpsample.models.pretrained import Classifier
-from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model, option,
-                                          unconditional_denoiser)
+from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model,
+                                          move_network, option, unconditional_denoiser)
 
 
 CALIBRATION_FILE = "calibration.json"
@@ -101,13 +101,14 @@ class CPSampleGuard(Guard):
     def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
                  adaptive: bool = False, denoised: bool = False, folder: Path | None = None, min_t: int = 0,
-                 max_push: float | None = None, screen: bool = True, denoiser: Denoise | None = None):
+                 max_push: float | None = None, screen: bool = True, denoiser: Denoise | None = None,
+                 unet: torch.nn.Module | None = None):
         """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule).
         Above the highest t at which a classifier can be over-confident, the check costs time and never fires.
         screen: pass every sample through a bfloat16 copy of the check first, where the hardware runs bfloat16 fast
         (`_screens_fast`), and check in float32 only those it does not clear (`_check`).
         denoiser: a differentiable (x_t, t) -> eps; given (with denoised=True), fired samples' gradients go through it
-        (the `jacobian` option)."""
+        (the `jacobian` option). unet: the network behind `denoiser`, moved along with the guard by `to`."""
         super().__init__()
         # the one validation of the knobs
         CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, min_t=min_t, adaptive=adaptive, denoised=denoised,
@@ -116,7 +117,7 @@ class CPSampleGuard(Guard):
         self.alpha, self.scale, self.tau, self.max_t, self.min_t = alpha, scale, tau, max_t, min_t
         self.adaptive, self.denoised, self.max_push = adaptive, denoised, max_push
         self.screen, self.denoiser = screen, denoiser
-        self.unet = None  # set by from_options when the guard owns the network behind `denoiser` (moved by `to`)
+        self.unet = unet
         self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
 
     @classmethod
@@ -134,16 +135,13 @@ class CPSampleGuard(Guard):
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
         guard = cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
                     min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
-                    max_push=options.max_push, denoiser=denoiser)
-        guard.unet = unet
+                    max_push=options.max_push, denoiser=denoiser, unet=unet)
         return guard
 
     def to(self, device, dtype):
-        if self.unet is not None:
-            self.unet.to(device=device, dtype=dtype)
-        self.classifier.to(device=device)
-        if self.classifier.dtype != dtype:  # (a same-dtype .to() makes diffusers print a warning)
-            self.classifier.to(dtype=dtype)
+        for network in (self.unet, self.classifier):
+            if network is not None:
+                move_network(network, device, dtype)
         return self
 
     def settings(self) -> dict:
@@ -188,7 +186,8 @@ class CPSampleGuard(Guard):
         # The gradient is paid for only by the samples that need it.
         rows = fired.nonzero().squeeze(1)
         if self.denoiser is not None:
-            grad = self._gradient_through_denoiser(x_t[rows], step_t[rows], target[rows], sigma, root_abar)
+            grad = self._gradient_through_denoiser(x_t[rows], step_t[rows], target[rows], sigma, root_abar,
+                                                   classifier_dtype)
             return rows, self._capped(self.scale * sigma.to(dtype) * grad.to(dtype))
         with torch.enable_grad():
             x_in = judged[rows].detach().to(classifier_dtype).requires_grad_(True)
@@ -200,11 +199,10 @@ class CPSampleGuard(Guard):
         scale = self.scale if adaptive is None else _per_sample(adaptive.to(dtype), grad)
         return rows, self._capped(scale * sigma.to(dtype) * grad)
 
-    def _gradient_through_denoiser(self, x_t, t, target, sigma, root_abar) -> torch.Tensor:
+    def _gradient_through_denoiser(self, x_t, t, target, sigma, root_abar, classifier_dtype) -> torch.Tensor:
         """grad_{x_t} log(tau + p(target | x0_hat(x_t))) with x0_hat's dependence on x_t through the UNet (AMG's exact
         gradient): J^T grad_x0, where J = d x0_hat / d x_t is about the posterior covariance of x0 given x_t, so the
         push moves x_t only in directions the model would turn into a different image."""
-        classifier_dtype = next(self.classifier.parameters()).dtype
         with torch.enable_grad():
             x_in = x_t.detach().requires_grad_(True)
             x0_hat = (x_in - sigma.to(x_in.dtype) * as_eps(self.denoiser(x_in, t))) / root_abar.to(x_in.dtype)

@@ -80,10 +80,8 @@ class StagedCPSampleGuard(ChainGuard):
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
 
         def selective(alpha, scale, max_t, min_t=0):  # the selective classifier judging x0_hat
-            stage = CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
-                                  denoised=True, folder=folder, max_push=options.max_push, denoiser=denoiser)
-            stage.unet = unet  # (moved along with the sampler's model)
-            return stage
+            return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
+                                 denoised=True, folder=folder, max_push=options.max_push, denoiser=denoiser, unet=unet)
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
