@@ -29,7 +29,7 @@ from cpsample.attacks.metrics import Separation, separation
 from cpsample.data import ImageSet
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.guards import Guard
-from cpsample.sampling.guards.base import guided_eps
+from cpsample.sampling.guards.base import guided_eps, move_network
 
 ATTACKS = ("loss", "pia")
 DEFAULT_LOSS_TIMESTEPS = (100, 200, 300)
@@ -360,9 +360,7 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 def place_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Move a model in place to device / dtype and into eval mode (dropout off: the attacks read a fixed function)."""
-    module.to(device=device)
-    if any(p.dtype != dtype for p in module.parameters()):  # diffusers warns on every .to(dtype), even a no-op one
-        module.to(dtype=dtype)
+    move_network(module, device, dtype)
     module.eval()
 
 

@@ -15,6 +15,7 @@ import torch
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
+from cpsample.sampling.guards.base import move_network
 from cpsample.sampling.pipeline import check_device, check_guard_fits
 from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, cfg_denoiser, make_scheduler, sample,
                                       sampling_key)
@@ -69,8 +70,7 @@ def generate_conditional(model_dir: str | Path, class_labels, guidance_scale: fl
         batch_settings_file(work_dir, sampling_key(unet, guard, first_scheduler, labels=labels, cfg=guidance_scale,
                                                    steps=steps, scheduler=scheduler, dtype=dtype, seed=seed,
                                                    batch_size=batch_size), overwrite)
-    if unet.dtype != torch_dtype:  # (a same-dtype .to() makes diffusers print a warning)
-        unet.to(dtype=torch_dtype)
+    move_network(unet, None, torch_dtype)  # (a loaded model stays on its device)
     guard.to(torch.device(device), torch_dtype)
     return sample_labels(unet, labels, info.null_label, lambda: make_scheduler(scheduler, schedule.config, steps), shape,
                          guidance_scale, guard, batch_size, seed, device, torch_dtype, progress, work_dir)

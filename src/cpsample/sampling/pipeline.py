@@ -10,6 +10,7 @@ from cpsample.data import Split
 from cpsample.models import load_noise_schedule
 from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
+from cpsample.sampling.guards.base import move_network
 from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, make_scheduler, sample, sampling_key, unet_denoiser
 
 
@@ -85,8 +86,7 @@ def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 
     if work_dir is not None:  # the key hashes the weights before any dtype cast
         batch_settings_file(work_dir, sampling_key(unet, guard, first_scheduler, n=n, steps=steps, scheduler=scheduler,
                                                    dtype=dtype, seed=seed, batch_size=batch_size), overwrite)
-    if unet.dtype != torch_dtype:  # (a same-dtype .to() makes diffusers print a warning)
-        unet.to(dtype=torch_dtype)
+    move_network(unet, None, torch_dtype)  # (a loaded model stays on its device)
     guard.to(torch.device(device), torch_dtype)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     return sample(unet_denoiser(unet), lambda: make_scheduler(scheduler, schedule.config, steps), n, shape, guard=guard,

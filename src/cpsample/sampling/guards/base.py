@@ -84,10 +84,12 @@ def unconditional_denoiser(model) -> tuple[torch.nn.Module, Denoise]:
 
 
 def move_network(network: torch.nn.Module, device, dtype) -> None:
-    """Move a guard's network along with the sampler's model; the dtype only when it differs (a same-dtype `.to()`
-    makes diffusers warn about casting)."""
-    network.to(device=device)
-    if next(network.parameters()).dtype != dtype:
+    """Move a network in place to device (None: it stays where it is) and dtype, the dtype only where it differs
+    (diffusers warns about casting on every `.to(dtype)`, even a no-op one). The sampler's UNet, guards' networks
+    and the attacks' models all move through here."""
+    if device is not None:
+        network.to(device=device)
+    if any(parameter.dtype != dtype for parameter in network.parameters()):
         network.to(dtype=dtype)
 
 

@@ -133,10 +133,9 @@ class CPSampleGuard(Guard):
             loaded = replace(context, classifier=Classifier(model, folder))
             return StagedCPSampleGuard.from_options(StagedCPSampleGuard.Options(**staged), loaded)
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
-        guard = cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                    min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
-                    max_push=options.max_push, denoiser=denoiser, unet=unet)
-        return guard
+        return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
+                   min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
+                   max_push=options.max_push, denoiser=denoiser, unet=unet)
 
     def to(self, device, dtype):
         for network in (self.unet, self.classifier):
