@@ -6,6 +6,10 @@ of each method's time divided by plain's in the same repeat.
 
     python bench/bench_time.py --out bench/results/time_bundled.csv
     python bench/bench_time.py --model runs/den --classifier runs/clf --out bench_out/time_den.csv
+    python bench/bench_time.py --model runs/ft --method "c1:guard=cpsample-staged,classifier=runs/clf,max_push=1"
+
+--method NAME:KEY=VALUE,... (repeatable, as in bench_seeds.py) times those settings against plain instead of the
+default list.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench_seeds import parse_method
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.pipeline import generate
 
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_out/time.csv"))
+    parser.add_argument("--method", action="append", default=None, help="NAME:KEY=VALUE,... (repeatable): time these "
+                                                                         "settings against plain")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = DiffusionModel.from_pretrained(args.model)
@@ -48,12 +55,14 @@ def main() -> None:
     # the overlapping variant names the bundled early classifier; other models run what their calibration chose
     methods = METHODS if args.classifier == "bundled" else {
         name: options for name, options in METHODS.items() if options["guard"] in ("none", "cpsample")}
+    if args.method:
+        methods = {"plain": METHODS["plain"], **dict(parse_method(spec) for spec in args.method)}
     seconds = {name: [] for name in methods}
     for repeat in range(args.repeats):
         for name, options in methods.items():
             started = time.perf_counter()
             generate(model, n=args.n, steps=args.steps, seed=repeat, batch_size=args.n, progress=False,
-                     classifier=args.classifier, **options)
+                     **{"classifier": args.classifier, **options})
             seconds[name].append(time.perf_counter() - started)
     # Each repeat runs every method back to back, so a ratio within one repeat shares that moment's machine speed;
     # the median of those paired ratios moves less than a ratio of medians when the machine's speed drifts.

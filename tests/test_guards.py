@@ -160,6 +160,37 @@ def test_max_push_caps_each_samples_push_and_keeps_its_direction():
         CPSampleGuard(classifier.model, max_push=0.0)
 
 
+def test_push_shaping_smooths_and_caps_on_the_denoised_estimate():
+    """smooth_push low-passes each push (a blur keeps flat images flat and a central dot's mass); cap_x0 caps the push's
+    change to x0_hat, so at t = 200 the cap on eps is max_push sqrt(abar) / sqrt(1 - abar)."""
+    from cpsample.sampling.guards.cpsample import CPSampleGuard, gaussian_blur
+
+    flat = torch.full((1, 1, 16, 16), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 1.5), flat)
+    dot = torch.zeros(1, 1, 16, 16)
+    dot[..., 8, 8] = 1.0
+    spread = gaussian_blur(dot, 1.0)
+    assert float(spread.sum()) == pytest.approx(1.0, abs=1e-5) and 0.1 < float(spread.max()) < 0.2
+    model, classifier, x_t, t, abar = _noised_members_at_200()
+    rows, change = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0).push(x_t, t, abar, torch.float32)
+    smooth = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0, smooth_push=1.0)
+    same_rows, smoothed = smooth.push(x_t, t, abar, torch.float32)
+    assert torch.equal(rows, same_rows)
+    assert torch.allclose(smoothed, gaussian_blur(change, 1.0))
+    rough = lambda images: (images[..., 1:, :] - images[..., :-1, :]).abs().mean()  # neighbouring pixels' difference
+    assert rough(smoothed) < 0.8 * rough(change)
+    rms = lambda images: images.flatten(1).pow(2).mean(1).sqrt()
+    eps_cap = 0.5 * float((abar / (1 - abar)).sqrt())
+    _, capped = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0, max_push=0.5, cap_x0=True).push(
+        x_t, t, abar, torch.float32)
+    assert float(rms(capped).max()) == pytest.approx(eps_cap, rel=1e-4) and eps_cap > 0.5
+    assert smooth.settings()["smooth_push"] == 1.0
+    with pytest.raises(ValueError, match="give max_push too"):
+        CPSampleGuard(classifier.model, cap_x0=True)
+    with pytest.raises(ValueError, match="smooth-push must be a positive"):
+        CPSampleGuard(classifier.model, smooth_push=0.0)
+
+
 def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
     """Noised members at t = 200, where the bundled classifier is over-confident: the adaptive scale per sample lies
     in (0, cap]; without the run's noise levels (a lone denoiser call) the fixed push applies unchanged."""

@@ -68,6 +68,12 @@ class CPSampleOptions(GuardOptions):
                                           "in units of eps (whose RMS is about 1). The classifier's gradient is "
                                           "heavy-tailed: a few uncapped pushes wreck their samples. None: uncapped, the "
                                           "paper's rule.")
+    cap_x0: bool = option(False, "Measure max_push on the denoised estimate instead of eps: a push d to eps moves "
+                                 "x0_hat by sqrt(1 - abar_t) / sqrt(abar_t) d, so the cap on eps becomes max_push sqrt(abar_t) "
+                                 "/ sqrt(1 - abar_t) (loose at low t, tight at high t). bench/README Finding 15.")
+    smooth_push: float | None = option(None, "Low-pass each push with a Gaussian of this standard deviation in pixels "
+                                             "before capping (the classifier's gradient is speckled). None: as it is. "
+                                             "bench/README Finding 15.")
     one_stage: bool = option(False, "The paper's one-stage rule even where the classifier's calibration chose two stages "
                                     "(cpsample-staged); any other knob given also means one stage.")
 
@@ -84,6 +90,10 @@ class CPSampleOptions(GuardOptions):
             raise ValueError(f"--min-t must be a timestep in [0, max_t], got {self.min_t} (max_t {self.max_t})")
         if self.max_push is not None and not self.max_push > 0:
             raise ValueError(f"--max-push must be positive (or left out: uncapped), got {self.max_push}")
+        if self.smooth_push is not None and not self.smooth_push > 0:
+            raise ValueError(f"--smooth-push must be a positive width in pixels (or left out), got {self.smooth_push}")
+        if self.cap_x0 and self.max_push is None:
+            raise ValueError("cap_x0=true says where max_push is measured; give max_push too")
         if self.adaptive and self.denoised:
             raise ValueError("adaptive pushes are computed for x_t; they cannot be combined with denoised=true")
         if self.jacobian and not self.denoised:
@@ -102,7 +112,7 @@ class CPSampleGuard(Guard):
                  scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
                  adaptive: bool = False, denoised: bool = False, folder: Path | None = None, min_t: int = 0,
                  max_push: float | None = None, screen: bool = True, denoiser: Denoise | None = None,
-                 unet: torch.nn.Module | None = None):
+                 unet: torch.nn.Module | None = None, cap_x0: bool = False, smooth_push: float | None = None):
         """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule).
         Above the highest t at which a classifier can be over-confident, the check costs time and never fires.
         screen: pass every sample through a bfloat16 copy of the check first, where the hardware runs bfloat16 fast
@@ -112,10 +122,11 @@ class CPSampleGuard(Guard):
         super().__init__()
         # the one validation of the knobs
         CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, min_t=min_t, adaptive=adaptive, denoised=denoised,
-                        max_push=max_push, jacobian=denoiser is not None)
+                        max_push=max_push, jacobian=denoiser is not None, cap_x0=cap_x0, smooth_push=smooth_push)
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t, self.min_t = alpha, scale, tau, max_t, min_t
         self.adaptive, self.denoised, self.max_push = adaptive, denoised, max_push
+        self.cap_x0, self.smooth_push = cap_x0, smooth_push
         self.screen, self.denoiser = screen, denoiser
         self.unet = unet
         self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
@@ -135,7 +146,8 @@ class CPSampleGuard(Guard):
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
         return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
                    min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
-                   max_push=options.max_push, denoiser=denoiser, unet=unet)
+                   max_push=options.max_push, denoiser=denoiser, unet=unet, cap_x0=options.cap_x0,
+                   smooth_push=options.smooth_push)
 
     def to(self, device, dtype):
         for network in (self.unet, self.classifier):
@@ -148,6 +160,8 @@ class CPSampleGuard(Guard):
         # Only the variants in use are named, so records of the paper's rule stay as they were.
         return {**settings, **({"min_t": self.min_t} if self.min_t else {}),
                 **({"max_push": self.max_push} if self.max_push is not None else {}),
+                **({"cap_x0": True} if self.cap_x0 else {}),
+                **({"smooth_push": self.smooth_push} if self.smooth_push is not None else {}),
                 **{name: True for name in ("adaptive", "denoised") if getattr(self, name)},
                 **({"jacobian": True} if self.denoiser is not None else {})}
 
@@ -187,7 +201,7 @@ class CPSampleGuard(Guard):
         if self.denoiser is not None:
             grad = self._gradient_through_denoiser(x_t[rows], step_t[rows], target[rows], sigma, root_abar,
                                                    classifier_dtype)
-            return rows, self._capped(self.scale * sigma.to(dtype) * grad.to(dtype))
+            return rows, self._shaped(self.scale * sigma.to(dtype) * grad.to(dtype), abar_t)
         with torch.enable_grad():
             x_in = judged[rows].detach().to(classifier_dtype).requires_grad_(True)
             p_target = self.classifier(x_in, t[rows]).float().softmax(dim=-1).gather(1, target[rows, None]).squeeze(1)
@@ -196,7 +210,7 @@ class CPSampleGuard(Guard):
             grad = grad / root_abar.to(dtype)
         adaptive = self._just_enough(grad, p_target.detach(), abar_t) if self.adaptive else None
         scale = self.scale if adaptive is None else _per_sample(adaptive.to(dtype), grad)
-        return rows, self._capped(scale * sigma.to(dtype) * grad)
+        return rows, self._shaped(scale * sigma.to(dtype) * grad, abar_t)
 
     def _gradient_through_denoiser(self, x_t, t, target, sigma, root_abar, classifier_dtype) -> torch.Tensor:
         """grad_{x_t} log(tau + p(target | x0_hat(x_t))) with x0_hat's dependence on x_t through the UNet (AMG's exact
@@ -226,14 +240,24 @@ class CPSampleGuard(Guard):
                 probs[doubtful] = self.classifier(judged[doubtful], t[doubtful]).float().softmax(dim=-1)
         return probs
 
-    def _capped(self, change: torch.Tensor) -> torch.Tensor:
+    def _shaped(self, change: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+        """The push as applied: low-passed (smooth_push), then capped (max_push, on eps or on x0_hat)."""
+        if self.smooth_push is not None:
+            change = gaussian_blur(change, self.smooth_push)
+        cap = self.max_push
+        if cap is not None and self.cap_x0:
+            cap = cap * float((abar_t / (1.0 - abar_t)).sqrt().max())  # (every sample shares the step's t)
+        return self._capped(change, cap)
+
+    @staticmethod
+    def _capped(change: torch.Tensor, cap: float | None) -> torch.Tensor:
         """Each sample's push shrunk to RMS <= max_push (direction kept). Uncapped, the push's RMS is heavy-tailed: on
         the fine-tuned model of bench/README Finding 12 its median is 0.03 but its 99th percentile 17 times eps's own
         RMS, and those few pushes turn their samples into speckle."""
-        if self.max_push is None:
+        if cap is None:
             return change
         rms = change.float().flatten(1).pow(2).mean(1).sqrt()
-        shrink = (self.max_push / rms.clamp_min(1e-12)).clamp(max=1.0)
+        shrink = (cap / rms.clamp_min(1e-12)).clamp(max=1.0)
         return change * _per_sample(shrink.to(change.dtype), change)
 
     def _just_enough(self, grad, p_target, abar_t) -> torch.Tensor | None:
@@ -279,6 +303,21 @@ def _bfloat16_native(device_type: str) -> bool:
         return any(getattr(torch.cpu, probe, lambda: False)()
                    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return False
+
+
+def gaussian_blur(images: torch.Tensor, width: float) -> torch.Tensor:
+    """Each channel of (N, C, H, W) images smoothed by a Gaussian of standard deviation `width` pixels (the
+    edges repeated), as two 1-d convolutions."""
+    radius = max(1, math.ceil(3 * width))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / width) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    channels = images.shape[1]
+    flat = images
+    for shape, pad in (((1, 1, 1, -1), (radius, radius, 0, 0)), ((1, 1, -1, 1), (0, 0, radius, radius))):
+        weight = kernel.view(shape).expand(channels, 1, *kernel.view(shape).shape[2:])
+        flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, pad, mode="replicate"), weight, groups=channels)
+    return flat
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -52,15 +52,19 @@ class StagedCPSampleOptions(GuardOptions):
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
     max_push: float | None = option(None, "Both stages: cap each sample's push at this RMS, in units of eps (None: "
                                           "uncapped). bench/README Finding 12.")
+    cap_x0: bool = option(False, "Both stages: measure max_push on x0_hat instead of eps. bench/README Finding 15.")
+    smooth_push: float | None = option(None, "Both stages: low-pass each push with a Gaussian of this width in pixels. "
+                                             "bench/README Finding 15.")
     late_denoised: bool = option(False, "Late stage: judge x0_hat with the early classifier too (a selective late "
                                         "stage) instead of x_t with the main classifier. bench/README Finding 13.")
     jacobian: bool = option(False, "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
                                    "exact gradient), paid only by fired samples. bench/README Finding 14.")
 
     def check(self) -> None:
+        shaping = dict(max_push=self.max_push, cap_x0=self.cap_x0, smooth_push=self.smooth_push)
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
-                        min_t=self.early_min_t, max_push=self.max_push)
-        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, max_push=self.max_push)
+                        min_t=self.early_min_t, **shaping)
+        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, **shaping)
 
 
 class StagedCPSampleGuard(ChainGuard):
@@ -81,13 +85,14 @@ class StagedCPSampleGuard(ChainGuard):
 
         def selective(alpha, scale, max_t, min_t=0):  # the selective classifier judging x0_hat
             return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
-                                 denoised=True, folder=folder, max_push=options.max_push, denoiser=denoiser, unet=unet)
+                                 denoised=True, folder=folder, max_push=options.max_push, denoiser=denoiser, unet=unet,
+                                 cap_x0=options.cap_x0, smooth_push=options.smooth_push)
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
             return cls(early, selective(options.alpha, options.scale, options.max_t))
         late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t,
-                                       max_push=options.max_push)
+                                       max_push=options.max_push, cap_x0=options.cap_x0, smooth_push=options.smooth_push)
         return cls(early, CPSampleGuard.from_options(late_options, context))
 
     @property
