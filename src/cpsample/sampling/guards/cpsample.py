@@ -72,8 +72,8 @@ class CPSampleOptions(GuardOptions):
                                  "x0_hat by sqrt(1 - abar_t) / sqrt(abar_t) d, so the cap on eps becomes max_push sqrt(abar_t) "
                                  "/ sqrt(1 - abar_t) (loose at low t, tight at high t). bench/README Finding 15.")
     smooth_push: float | None = option(None, "Low-pass each push with a Gaussian of this standard deviation in pixels "
-                                             "before capping (the classifier's gradient is speckled). None: as it is. "
-                                             "bench/README Finding 15.")
+                                             "before capping. None: as it is. Measured not to pay: the push is already "
+                                             "smooth (bench/README Finding 15).")
     one_stage: bool = option(False, "The paper's one-stage rule even where the classifier's calibration chose two stages "
                                     "(cpsample-staged); any other knob given also means one stage.")
 
@@ -251,7 +251,7 @@ class CPSampleGuard(Guard):
 
     @staticmethod
     def _capped(change: torch.Tensor, cap: float | None) -> torch.Tensor:
-        """Each sample's push shrunk to RMS <= max_push (direction kept). Uncapped, the push's RMS is heavy-tailed: on
+        """Each sample's push shrunk to RMS <= cap (direction kept; None: unchanged). Uncapped, the push's RMS is heavy-tailed: on
         the fine-tuned model of bench/README Finding 12 its median is 0.03 but its 99th percentile 17 times eps's own
         RMS, and those few pushes turn their samples into speckle."""
         if cap is None:
@@ -306,18 +306,16 @@ def _bfloat16_native(device_type: str) -> bool:
 
 
 def gaussian_blur(images: torch.Tensor, width: float) -> torch.Tensor:
-    """Each channel of (N, C, H, W) images smoothed by a Gaussian of standard deviation `width` pixels (the
-    edges repeated), as two 1-d convolutions."""
+    """Each channel of (N, C, H, W) images smoothed by a Gaussian of standard deviation `width` pixels (the edges
+    repeated)."""
     radius = max(1, math.ceil(3 * width))
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / width) ** 2)
-    kernel = (kernel / kernel.sum()).to(images.dtype)
+    line = torch.exp(-0.5 * (offsets / width) ** 2)
+    kernel = torch.outer(line, line) / line.sum() ** 2
     channels = images.shape[1]
-    flat = images
-    for shape, pad in (((1, 1, 1, -1), (radius, radius, 0, 0)), ((1, 1, -1, 1), (0, 0, radius, radius))):
-        weight = kernel.view(shape).expand(channels, 1, *kernel.view(shape).shape[2:])
-        flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, pad, mode="replicate"), weight, groups=channels)
-    return flat
+    weight = kernel.to(images.dtype).expand(channels, 1, -1, -1)
+    padded = torch.nn.functional.pad(images, (radius,) * 4, mode="replicate")
+    return torch.nn.functional.conv2d(padded, weight, groups=channels)
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -60,11 +60,14 @@ class StagedCPSampleOptions(GuardOptions):
     jacobian: bool = option(False, "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
                                    "exact gradient), paid only by fired samples. bench/README Finding 14.")
 
+    def push_shaping(self) -> dict:
+        """The options both stages' pushes share, as CPSampleOptions / CPSampleGuard keywords."""
+        return dict(max_push=self.max_push, cap_x0=self.cap_x0, smooth_push=self.smooth_push)
+
     def check(self) -> None:
-        shaping = dict(max_push=self.max_push, cap_x0=self.cap_x0, smooth_push=self.smooth_push)
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
-                        min_t=self.early_min_t, **shaping)
-        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, **shaping)
+                        min_t=self.early_min_t, **self.push_shaping())
+        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, **self.push_shaping())
 
 
 class StagedCPSampleGuard(ChainGuard):
@@ -85,14 +88,13 @@ class StagedCPSampleGuard(ChainGuard):
 
         def selective(alpha, scale, max_t, min_t=0):  # the selective classifier judging x0_hat
             return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
-                                 denoised=True, folder=folder, max_push=options.max_push, denoiser=denoiser, unet=unet,
-                                 cap_x0=options.cap_x0, smooth_push=options.smooth_push)
+                                 denoised=True, folder=folder, denoiser=denoiser, unet=unet, **options.push_shaping())
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
             return cls(early, selective(options.alpha, options.scale, options.max_t))
         late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t,
-                                       max_push=options.max_push, cap_x0=options.cap_x0, smooth_push=options.smooth_push)
+                                       **options.push_shaping())
         return cls(early, CPSampleGuard.from_options(late_options, context))
 
     @property
