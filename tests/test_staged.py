@@ -226,15 +226,22 @@ def test_a_two_stage_calibration_whose_early_classifier_is_gone_says_what_to_do(
     assert type(build_guard("cpsample", GuardContext(classifier=str(folder)), one_stage=True)) is CPSampleGuard
 
 
-def test_stages_can_be_kept_apart_with_early_min_t(bundled):
-    """early_min_t = late max_t + 1: no step runs both classifiers (the early stage skips t <= 200)."""
-    staged = build_guard("cpsample-staged", GuardContext(classifier="bundled"), early_min_t=201)
+def test_stages_can_be_kept_apart_with_early_min_t_and_the_late_stage_can_stop_early(bundled):
+    """early_min_t = late max_t + 1: no step runs both classifiers (the early stage skips t <= 200); min_t: the late
+    stage skips the last, low-noise steps."""
+    staged = build_guard("cpsample-staged", GuardContext(classifier="bundled"), early_min_t=201, min_t=80)
     result = generate(model=bundled, n=6, steps=10, guard=staged, progress=False)
-    early_p1 = result.trace["0:cpsample.p1"]
-    checked = ~np.isnan(early_p1).all(axis=1)
-    assert set(result.timesteps[checked]) == {t for t in result.timesteps if 201 <= t <= 500}
+
+    def checked_steps(stage):
+        return set(result.timesteps[~np.isnan(result.trace[f"{stage}:cpsample.p1"]).all(axis=1)])
+
+    assert checked_steps(0) == {t for t in result.timesteps if 201 <= t <= 500}
+    assert checked_steps(1) == {t for t in result.timesteps if 80 <= t <= 200}
+    assert staged.guards[1].settings()["min_t"] == 80
     with pytest.raises(ValueError, match="min-t"):
         guard_options("cpsample-staged", early_min_t=600)
+    with pytest.raises(ValueError, match="min-t"):
+        guard_options("cpsample-staged", min_t=300)
 
 
 def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(tmp_path):

@@ -49,6 +49,9 @@ class StagedCPSampleOptions(GuardOptions):
     alpha: float = option(0.1, "Late stage (main classifier on x_t, the paper's rule): alpha.")
     scale: float = option(10.0, "Late stage: guidance scale s.")
     max_t: int = option(200, "Late stage acts at t <= max_t.")
+    min_t: int = option(0, "Late stage acts at t >= min_t: below t ~ 60 its push barely moves the sample (its RMS in "
+                           "x_t is s sqrt(1 - abar_t) times a small gradient) but each step still pays a classifier "
+                           "check and a gradient. bench/README Finding 16.")
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
     max_push: float | None = option(None, "Both stages: cap each sample's push at this RMS, in units of eps (None: "
                                           "uncapped). bench/README Finding 12.")
@@ -67,7 +70,8 @@ class StagedCPSampleOptions(GuardOptions):
     def check(self) -> None:
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
                         min_t=self.early_min_t, **self.push_shaping())
-        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, **self.push_shaping())
+        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, min_t=self.min_t,
+                        **self.push_shaping())
 
 
 class StagedCPSampleGuard(ChainGuard):
@@ -92,9 +96,9 @@ class StagedCPSampleGuard(ChainGuard):
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
-            return cls(early, selective(options.alpha, options.scale, options.max_t))
+            return cls(early, selective(options.alpha, options.scale, options.max_t, options.min_t))
         late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t,
-                                       **options.push_shaping())
+                                       min_t=options.min_t, **options.push_shaping())
         return cls(early, CPSampleGuard.from_options(late_options, context))
 
     @property
