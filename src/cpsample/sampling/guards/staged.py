@@ -49,9 +49,9 @@ class StagedCPSampleOptions(GuardOptions):
     alpha: float = option(0.1, "Late stage (main classifier on x_t, the paper's rule): alpha.")
     scale: float = option(10.0, "Late stage: guidance scale s.")
     max_t: int = option(200, "Late stage acts at t <= max_t.")
-    min_t: int = option(0, "Late stage acts at t >= min_t: below t ~ 60 its push barely moves the sample (its RMS in "
-                           "x_t is s sqrt(1 - abar_t) times a small gradient) but each step still pays a classifier "
-                           "check and a gradient. bench/README Finding 16.")
+    min_t: int = option(0, "Late stage acts at t >= min_t (0: down to the last step). Skipping the last steps saves "
+                           "their checks and gradients but was measured to lose more protection than it gains in FD "
+                           "(bench/README Finding 16).")
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
     max_push: float | None = option(None, "Both stages: cap each sample's push at this RMS, in units of eps (None: "
                                           "uncapped). bench/README Finding 12.")
@@ -67,11 +67,15 @@ class StagedCPSampleOptions(GuardOptions):
         """The options both stages' pushes share, as CPSampleOptions / CPSampleGuard keywords."""
         return dict(max_push=self.max_push, cap_x0=self.cap_x0, smooth_push=self.smooth_push)
 
+    def late_options(self) -> CPSampleOptions:
+        """The late stage's knobs as one-stage options (building them validates them)."""
+        return CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, min_t=self.min_t,
+                               **self.push_shaping())
+
     def check(self) -> None:
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
                         min_t=self.early_min_t, **self.push_shaping())
-        CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, min_t=self.min_t,
-                        **self.push_shaping())
+        self.late_options()
 
 
 class StagedCPSampleGuard(ChainGuard):
@@ -90,16 +94,14 @@ class StagedCPSampleGuard(ChainGuard):
         classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
 
-        def selective(alpha, scale, max_t, min_t=0):  # the selective classifier judging x0_hat
+        def selective(alpha, scale, max_t, min_t):  # the selective classifier judging x0_hat
             return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
                                  denoised=True, folder=folder, denoiser=denoiser, unet=unet, **options.push_shaping())
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
             return cls(early, selective(options.alpha, options.scale, options.max_t, options.min_t))
-        late_options = CPSampleOptions(alpha=options.alpha, scale=options.scale, tau=options.tau, max_t=options.max_t,
-                                       min_t=options.min_t, **options.push_shaping())
-        return cls(early, CPSampleGuard.from_options(late_options, context))
+        return cls(early, CPSampleGuard.from_options(options.late_options(), context))
 
     @property
     def trace(self) -> dict[str, list[np.ndarray]]:
