@@ -75,7 +75,7 @@ def calibrate_command(
     early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "3",
     staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip.")] = "10,30",
     denoised_late_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.3) with the early classifier judging x0_hat late too (a selective late stage); 'none': skip.")] = "10,15",
-    push_caps: Annotated[str, typer.Option(help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's push).")] = "none,1,1.5,2",
+    push_caps: Annotated[str, typer.Option(help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's push).")] = "none,1,1.25,1.5,2",
     device: Device = "cpu",
     seed: Seed = 0,
 ):

@@ -51,7 +51,7 @@ class GridSettings:
     early_scales: Sequence[float] = (3.0,)
     staged_scales: Sequence[float] = (10.0, 30.0)
     # Caps on each sample's push (None: uncapped), tried for every two-stage setting (bench/README Finding 12).
-    push_caps: Sequence[float | None] = (None, 1.0, 1.5, 2.0)
+    push_caps: Sequence[float | None] = (None, 1.0, 1.25, 1.5, 2.0)
     # Two stages whose late stage is selective too: the early classifier also judges x0_hat at t <= 200 (bench/README
     # Finding 13), at alpha DENOISED_LATE_ALPHA; its pushes through x0_hat are smaller there, hence scales of their
     # own. Empty: not tried.
