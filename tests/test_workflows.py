@@ -180,3 +180,21 @@ def test_the_bundled_classifier_ships_its_calibration(bundled_dirs, capsys):
     assert "no calibration.json" not in capsys.readouterr().err
     # A different alpha does not inherit a check window measured for another one.
     assert cpsample_settings(classifier_dir, alpha=0.01)["max_t"] is None
+
+
+def test_calibrate_cli_grid_defaults_are_the_library_grid():
+    """`cpsample calibrate` with no grid flags measures exactly GridSettings' default grid (push caps included), so a
+    default changed in one place cannot silently differ from the other."""
+    import inspect
+
+    from cpsample.cli.workflows import calibrate_command
+    from cpsample.workflows.calibrate import GridSettings, parse_caps
+
+    defaults = {name: p.default for name, p in inspect.signature(calibrate_command).parameters.items()}
+    floats = lambda text: tuple(float(part) for part in text.split(","))
+    grid = GridSettings()
+    assert floats(defaults["alphas"]) == tuple(grid.alphas) and floats(defaults["scales"]) == tuple(grid.scales)
+    assert floats(defaults["early_scales"]) == tuple(grid.early_scales)
+    assert floats(defaults["staged_scales"]) == tuple(grid.staged_scales)
+    assert floats(defaults["denoised_late_scales"]) == tuple(grid.denoised_late_scales)
+    assert parse_caps(defaults["push_caps"]) == tuple(grid.push_caps) == (None, 1.0, 1.25, 1.5, 2.0)
