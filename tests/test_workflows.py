@@ -187,14 +187,11 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
     default changed in one place cannot silently differ from the other."""
     import inspect
 
-    from cpsample.cli.workflows import calibrate_command
+    from cpsample.cli.workflows import _floats, calibrate_command
     from cpsample.workflows.calibrate import GridSettings, parse_caps
 
     defaults = {name: p.default for name, p in inspect.signature(calibrate_command).parameters.items()}
-    floats = lambda text: tuple(float(part) for part in text.split(","))
     grid = GridSettings()
-    assert floats(defaults["alphas"]) == tuple(grid.alphas) and floats(defaults["scales"]) == tuple(grid.scales)
-    assert floats(defaults["early_scales"]) == tuple(grid.early_scales)
-    assert floats(defaults["staged_scales"]) == tuple(grid.staged_scales)
-    assert floats(defaults["denoised_late_scales"]) == tuple(grid.denoised_late_scales)
+    for name in ("alphas", "scales", "early_scales", "staged_scales", "denoised_late_scales"):  # parsed as the CLI does
+        assert _floats(defaults[name], name, allow_none=True) == tuple(getattr(grid, name)), name
     assert parse_caps(defaults["push_caps"]) == tuple(grid.push_caps) == (None, 1.0, 1.25, 1.5, 2.0)
