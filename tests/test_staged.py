@@ -292,3 +292,66 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
         assert recorded["early"]["min_t"] == 201 and recorded["late"]["max_t"] == 200
         assert recorded["late"].get("max_push") == recorded["early"].get("max_push") == report["chosen"]["max_push"]
         assert recorded["late"].get("denoised", False) == report["chosen"]["late_denoised"]
+
+
+def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_late_stage(tmp_path):
+    """--late-classifier: another classifier of the same members (here a narrower one, trained for two steps) competes
+    as the late stage on x_t; the folder of a winning one is recorded, and `--guard cpsample` then judges x_t with it
+    while the early stage keeps the selective classifier."""
+    import shutil
+
+    runner = CliRunner()
+    other = tmp_path / "clf_narrow"
+    trained = runner.invoke(app, ["train-classifier", "--denoiser", "bundled", "--channels", "8,16,16", "--steps", "2",
+                                  "--relabel-after", "1", "--batch-size", "8", "--out", str(other), "--seed", "0"])
+    assert trained.exit_code == 0, trained.output
+    classifier = tmp_path / "clf"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
+    early = str(resolve_model_dir("bundled", SELECTIVE_PART))
+    grid = ["calibrate", "--classifier", str(classifier), "--n-samples", "6", "--steps", "4", "--alphas", "0.3",
+            "--scales", "5", "--early-classifier", early, "--early-scales", "1", "--staged-scales", "10",
+            "--denoised-late-scales", "none", "--push-caps", "none", "--target", "1.0", "--reduction", "0"]
+
+    calibrated = runner.invoke(app, [*grid, "--out", str(tmp_path / "calib"), "--late-classifier", str(other)])
+    assert calibrated.exit_code == 0, calibrated.output
+    report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    assert [(r["guard"], r["late_classifier"]) for r in report["rows"]] == [
+        ("none", None), ("cpsample", None), ("cpsample-staged", None), ("cpsample-staged", str(other))]
+    main_late, other_late = report["rows"][2:]
+    assert main_late["near_copies"] != other_late["near_copies"] or main_late["frechet_distance"] != other_late["frechet_distance"]
+    saved = json.loads((classifier / "calibration.json").read_text())
+    chosen_other = report["chosen"].get("late_classifier")
+    assert saved.get("two_stage", {}).get("late_classifier") == (None if chosen_other is None else str(other.resolve()))
+
+    # whichever won on 6 images: a calibration naming the narrow classifier puts it on the late stage, and only there
+    saved["two_stage"] = {"early_classifier": early, "early_scale": 1.0, "early_min_t": 201, "alpha": 0.1, "scale": 10.0,
+                          "tau": 0.001, "late_classifier": str(other.resolve())}
+    (classifier / "calibration.json").write_text(json.dumps(saved))
+    guard = build_guard("cpsample", GuardContext(classifier=str(classifier)))
+    assert isinstance(guard, StagedCPSampleGuard)
+    assert guard.guards[0].folder == resolve_model_dir("bundled", SELECTIVE_PART)
+    assert guard.guards[1].folder == other.resolve() and not guard.guards[1].denoised
+    narrow = load_classifier(other, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(guard.guards[1].classifier.state_dict().values(),
+                                                 narrow.state_dict().values()))
+    after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps",
+                                "3", "--out", str(tmp_path / "after")])
+    assert after.exit_code == 0, after.output
+    recorded = json.loads((tmp_path / "after" / "cpsample.json").read_text())["settings"]["guard_settings"]
+    assert recorded["late_classifier"] == str(other.resolve())
+
+    # a recorded late classifier that has gone away is named, not silently replaced by the main one
+    saved["two_stage"]["late_classifier"] = str(tmp_path / "gone")
+    (classifier / "calibration.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="late classifier .*gone.*not there"):
+        build_guard("cpsample", GuardContext(classifier=str(classifier)))
+
+    # refused up front: a late classifier without the two-stage guard, a folder that is not a classifier, and a late
+    # classifier on x0_hat (where the early classifier judges)
+    alone = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "c2"), "--classifier", str(classifier),
+                                "--late-classifier", str(other)])
+    assert alone.exit_code != 0 and "--early-classifier" in alone.output
+    missing = runner.invoke(app, [*grid, "--out", str(tmp_path / "c3"), "--late-classifier", str(tmp_path / "gone")])
+    assert missing.exit_code != 0 and not (tmp_path / "c3" / "calibration.csv").exists()
+    with pytest.raises(ValueError, match="late_classifier"):
+        guard_options("cpsample-staged", late_denoised=True, late_classifier=str(other))

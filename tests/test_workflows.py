@@ -97,6 +97,9 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
     assert narrowed_grid_flags([two_s10, capped]).endswith("--staged-scales 10,30 --denoised-late-scales none --push-caps 1,none")
     selective = {**two_s30, "alpha": 0.3, "scale": 15.0, "late_denoised": True}
     assert narrowed_grid_flags([two_s10, selective]).endswith("--staged-scales 10 --denoised-late-scales 15 --push-caps none")
+    narrow = {**two_s10, "scale": 30.0, "late_classifier": "runs/clf_small"}
+    assert narrowed_grid_flags([two_s10, narrow]).endswith("--staged-scales 10,30 --denoised-late-scales none "
+                                                           "--push-caps none --late-classifier runs/clf_small")
     assert close_calls(rows, chosen, reduction=0.9, margin=0.05) == []
 
 

@@ -76,6 +76,7 @@ def calibrate_command(
     staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip.")] = "10,30",
     denoised_late_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.3) with the early classifier judging x0_hat late too (a selective late stage); 'none': skip.")] = "10,15",
     push_caps: Annotated[str, typer.Option(help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's push).")] = "none,1,1.25,1.5,2",
+    late_classifier: Annotated[Optional[list[str]], typer.Option(help="Two stages: another classifier of the same members (e.g. `train-classifier --channels 16,32,32`) tried as the late stage on x_t beside --classifier, with the same scales and caps; repeatable. The width that costs least depends on the model. When one wins, calibration.json (next to --classifier) records its folder.")] = None,
     device: Device = "cpu",
     seed: Seed = 0,
 ):
@@ -99,7 +100,7 @@ def calibrate_command(
                             early_scales=_floats(early_scales, "--early-scales"),
                             staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
                             denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
-                            push_caps=parse_caps(push_caps))
+                            push_caps=parse_caps(push_caps), late_classifiers=_late_classifiers(late_classifier, early_classifier))
     rows = run_grid(settings)
     chosen = choose_setting(rows, target, reduction)
     # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
@@ -165,6 +166,12 @@ def _grid_table(rows: list[dict], n_samples: int) -> Table:
                       "-" if row["last_fired_t"] is None else str(row["last_fired_t"]),
                       "-" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}", f"{row['time_vs_plain']:.2f}x")
     return table
+
+
+def _late_classifiers(folders: list[str] | None, early_classifier: str | None) -> tuple[str, ...]:
+    if folders and early_classifier is None:
+        raise ValueError("--late-classifier is a late stage of the two-stage guard; give --early-classifier too")
+    return tuple(folders or ())
 
 
 def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:

@@ -31,10 +31,11 @@ def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> No
     for member in getattr(guard, "guards", [guard]):
         classifier = getattr(member, "classifier", None)
         if classifier is not None:
-            _check_classifier_fits(classifier, getattr(member, "folder", None), unet, schedule, model_dir)
+            check_classifier_fits(classifier, getattr(member, "folder", None), unet, schedule, model_dir)
 
 
-def _check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedule, model_dir: Path | None) -> None:
+def check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedule, model_dir: Path | None) -> None:
+    """The classifier takes this model's images, learned its noise schedule and, where both record one, its members."""
     expected = (unet.config.in_channels, unet.config.sample_size)
     found = (classifier.config.in_channels, classifier.config.sample_size)
     fix = "train one on this model's members with `cpsample train-classifier --denoiser MODEL`"

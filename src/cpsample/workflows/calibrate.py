@@ -27,7 +27,7 @@ from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.guards.staged import StagedCPSampleOptions
-from cpsample.sampling.pipeline import generate
+from cpsample.sampling.pipeline import check_classifier_fits, generate
 
 
 @dataclass
@@ -56,6 +56,9 @@ class GridSettings:
     # Finding 13), at alpha DENOISED_LATE_ALPHA; its pushes through x0_hat are smaller there, hence scales of their
     # own. Empty: not tried.
     denoised_late_scales: Sequence[float] = (10.0, 15.0)
+    # Other x_t classifiers of the same members (other widths) tried as the late stage beside `classifier`: the width
+    # whose push costs least depends on the model (bench/README Findings 16-18). Empty: the main classifier only.
+    late_classifiers: Sequence[str] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,6 +69,9 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
     """Plain sampling plus every (alpha, s) in the grid on the same seeds; one row of measurements each."""
     model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
     classifier = Classifier.from_pretrained(settings.classifier, settings.device)
+    for folder in settings.late_classifiers:  # refused before the grid starts, not half-way through it
+        other = Classifier.from_pretrained(folder, settings.device)
+        check_classifier_fits(other.model, other.folder, model.unet, model.schedule, model.folder)
     detector = NearCopyDetector(model.members.images, settings.threshold, settings.features)
     quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
     common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
@@ -92,17 +98,21 @@ def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
 
 def grid_candidates(settings: GridSettings) -> list[dict]:
     """Plain, the one-stage grid (the paper's rule, uncapped), then, if an early classifier is given, the two-stage
-    grid: late stage on x_t (the main classifier) or on x0_hat (the early classifier), each with its scales."""
-    def candidate(guard, alpha=None, scale=None, early_scale=None, max_push=None, late_denoised=False):
+    grid: late stage on x_t (the main classifier, then each of `late_classifiers`) or on x0_hat (the early
+    classifier), each with its scales."""
+    def candidate(guard, alpha=None, scale=None, early_scale=None, max_push=None, late_denoised=False,
+                  late_classifier=None):
         return {"guard": guard, "alpha": alpha, "scale": scale, "early_scale": early_scale, "max_push": max_push,
-                "late_denoised": late_denoised}
+                "late_denoised": late_denoised, "late_classifier": late_classifier}
 
     one_stage = [candidate("cpsample", a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
-    late_options = ([(False, STAGED_ALPHA, s) for s in settings.staged_scales] +
-                    [(True, DENOISED_LATE_ALPHA, s) for s in settings.denoised_late_scales])
+    late_options = ([(False, STAGED_ALPHA, s, late) for late in (None, *settings.late_classifiers)
+                     for s in settings.staged_scales] +
+                    [(True, DENOISED_LATE_ALPHA, s, None) for s in settings.denoised_late_scales])
     two_stage = [] if settings.early_classifier is None else [
-        candidate("cpsample-staged", alpha, s, e, cap, denoised)
-        for cap, e, (denoised, alpha, s) in itertools.product(settings.push_caps, settings.early_scales, late_options)]
+        candidate("cpsample-staged", alpha, s, e, cap, denoised, late)
+        for cap, e, (denoised, alpha, s, late) in itertools.product(settings.push_caps, settings.early_scales,
+                                                                    late_options)]
     return [candidate("none")] + one_stage + two_stage
 
 
@@ -125,7 +135,8 @@ def _knobs(settings: GridSettings, candidate: dict) -> dict:
     if guard == "cpsample-staged":
         return dict(early_classifier=settings.early_classifier, alpha=alpha, scale=scale,
                     early_scale=candidate["early_scale"], early_min_t=STAGED_EARLY_MIN_T, tau=settings.tau,
-                    max_push=candidate["max_push"], late_denoised=candidate["late_denoised"])
+                    max_push=candidate["max_push"], late_denoised=candidate["late_denoised"],
+                    late_classifier=candidate["late_classifier"])
     return {}
 
 
@@ -189,8 +200,8 @@ def cost_warnings(chosen: dict, plain: dict) -> list[str]:
 
 
 def narrowed_grid_flags(candidates: list[dict]) -> str:
-    """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales and
-    push caps)."""
+    """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales,
+    push caps and other late classifiers)."""
     def values(rows, key):
         return ",".join(f"{v:g}" for v in sorted({r[key] for r in rows}))
     one = [r for r in candidates if r["guard"] == "cpsample"]
@@ -203,6 +214,8 @@ def narrowed_grid_flags(candidates: list[dict]) -> str:
         flags.append(f"--early-scales {values(two, 'early_scale')} --staged-scales {values(on_x_t, 'scale') or 'none'} "
                      f"--denoised-late-scales {values(on_x0, 'scale') or 'none'} "
                      f"--push-caps {','.join(cap_text(cap) for cap in caps)}")
+        others = sorted({r["late_classifier"] for r in on_x_t if r.get("late_classifier") is not None})
+        flags.extend(f"--late-classifier {folder}" for folder in others)
     return " ".join(flags)
 
 
@@ -224,12 +237,18 @@ def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:
     """cpsample-staged's options for a chosen two-stage row (what calibration.json records as "two_stage"), else None."""
     if chosen.get("guard") != "cpsample-staged":
         return None
-    early = settings.early_classifier
-    early = early if early == "bundled" else str(Path(early).resolve())
     capped = {"max_push": chosen["max_push"]} if chosen.get("max_push") is not None else {}
     selective_late = {"late_denoised": True} if chosen.get("late_denoised") else {}
-    return {"early_classifier": early, "early_scale": chosen["early_scale"], "early_min_t": STAGED_EARLY_MIN_T,
-            "alpha": chosen["alpha"], "scale": chosen["scale"], "tau": settings.tau, **capped, **selective_late}
+    other_late = ({"late_classifier": _folder_record(chosen["late_classifier"])}
+                  if chosen.get("late_classifier") is not None else {})
+    return {"early_classifier": _folder_record(settings.early_classifier), "early_scale": chosen["early_scale"],
+            "early_min_t": STAGED_EARLY_MIN_T, "alpha": chosen["alpha"], "scale": chosen["scale"], "tau": settings.tau,
+            **capped, **selective_late, **other_late}
+
+
+def _folder_record(folder: str) -> str:
+    """A classifier folder as calibration.json records it: absolute, so commands run elsewhere find it ("bundled" as is)."""
+    return folder if folder == "bundled" else str(Path(folder).resolve())
 
 
 def last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
@@ -283,13 +302,17 @@ def setting_label(row: dict) -> str:
     if row["guard"] == "cpsample":
         return label
     cap = "" if row.get("max_push") is None else f", cap {row['max_push']:g}"
-    late = "late on x0_hat" if late_judges(row) == "x0_hat" else "late"
+    late = {"x0_hat": "late on x0_hat", "x_t": "late"}.get(late_judges(row), f"late {late_judges(row)}")
     return f"2 stages: early s={row['early_scale']:g}, {late} s={row['scale']:g}{cap}"
 
 
 def late_judges(row: dict) -> str:
-    """What a two-stage row's late stage judges: "x0_hat" (the selective classifier) or "x_t" (the main one)."""
-    return "x0_hat" if row.get("late_denoised") else "x_t"
+    """What a two-stage row's late stage judges: "x0_hat" (the selective classifier), "x_t" (the main one) or
+    "x_t by NAME" (another late classifier, by its folder's name)."""
+    if row.get("late_denoised"):
+        return "x0_hat"
+    other = row.get("late_classifier")
+    return "x_t" if other is None else f"x_t by {Path(other).name}"
 
 
 def cap_order(cap: float | None) -> float:

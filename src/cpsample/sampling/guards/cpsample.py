@@ -355,10 +355,12 @@ def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:
     staged = None if calibrated is None else calibrated.get("two_stage")
     if not staged:
         return None
-    early = staged.get("early_classifier", "bundled")
-    if early != "bundled" and not Path(early).is_dir():
-        raise ValueError(f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the early classifier {early}, "
-                         f"which is not there; put it back, rerun `cpsample calibrate`, or pass --option one_stage=true")
+    for role in ("early", "late"):  # the stages' own classifiers, recorded as folders
+        folder = staged.get(f"{role}_classifier", "bundled" if role == "early" else None)
+        if folder not in (None, "bundled") and not Path(folder).is_dir():
+            raise ValueError(f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the {role} classifier "
+                             f"{folder}, which is not there; put it back, rerun `cpsample calibrate`, or pass --option "
+                             "one_stage=true")
     return dict(staged)
 
 

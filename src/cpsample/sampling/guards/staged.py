@@ -14,6 +14,9 @@ With `late_denoised=True` the late stage is selective too: the early classifier 
 96% of the copies away at plain's FD in about 1.1x plain's time, where the paper's classifier on x_t pushes 57% of all
 samples at each late step (97%, the same FD, about 1.15-1.2x).
 
+`late_classifier` swaps the late stage's classifier for another of the same members (a narrower one; bench/README,
+Finding 18, has `calibrate --late-classifier` choosing between them).
+
 `max_push` caps each sample's push in both stages. The classifiers' gradients are heavy-tailed, and on a model whose
 every sample sits near a member (the fine-tuned model of Finding 12) the few huge uncapped pushes wreck their samples:
 capped, FD_sknet fell from 11.4 to 3.9 at a similar near-copy share, about AMG's frontier. On the bundled model the
@@ -26,7 +29,7 @@ records it in the classifier's calibration.json; `--guard cpsample` with no knob
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,6 +63,10 @@ class StagedCPSampleOptions(GuardOptions):
                                              "bench/README Finding 15.")
     late_denoised: bool = option(False, "Late stage: judge x0_hat with the early classifier too (a selective late "
                                         "stage) instead of x_t with the main classifier. bench/README Finding 13.")
+    late_classifier: str | None = option(None, "Late stage on x_t: this classifier folder instead of the main one, "
+                                               "e.g. a narrower one of the same members (--channels 16,32,32), whose "
+                                               "gentler push won on one model and lost on another (bench/README "
+                                               "Findings 16-18). None: the main classifier.")
     jacobian: bool = option(False, "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
                                    "exact gradient), paid only by fired samples. bench/README Finding 14.")
 
@@ -73,6 +80,9 @@ class StagedCPSampleOptions(GuardOptions):
                                **self.push_shaping())
 
     def check(self) -> None:
+        if self.late_denoised and self.late_classifier is not None:
+            raise ValueError("late_denoised=true judges x0_hat with the early classifier late too; it takes no "
+                             "late_classifier (that one judges x_t)")
         CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
                         min_t=self.early_min_t, **self.push_shaping())
         self.late_options()
@@ -84,10 +94,13 @@ class StagedCPSampleGuard(ChainGuard):
     name = "cpsample-staged"
     Options = StagedCPSampleOptions
 
-    def __init__(self, early: CPSampleGuard, late: CPSampleGuard):
+    def __init__(self, early: CPSampleGuard, late: CPSampleGuard, late_classifier: str | None = None):
+        """late_classifier: the folder the late stage's classifier came from, where it is not the main one (recorded
+        in settings, so a run's record says which classifier guarded it late)."""
         if not early.denoised:
             raise ValueError("the early stage judges the denoised estimate (denoised=True)")
         super().__init__([early, late])
+        self.late_classifier = late_classifier
 
     @classmethod
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
@@ -101,7 +114,10 @@ class StagedCPSampleGuard(ChainGuard):
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
             return cls(early, selective(options.alpha, options.scale, options.max_t, options.min_t))
-        return cls(early, CPSampleGuard.from_options(options.late_options(), context))
+        if options.late_classifier is None:
+            return cls(early, CPSampleGuard.from_options(options.late_options(), context))
+        late_context = replace(context, classifier=options.late_classifier)
+        return cls(early, CPSampleGuard.from_options(options.late_options(), late_context), str(options.late_classifier))
 
     @property
     def trace(self) -> dict[str, list[np.ndarray]]:
@@ -122,5 +138,6 @@ class StagedCPSampleGuard(ChainGuard):
 
     def settings(self) -> dict:
         early, late = self.guards
-        return {"guard": self.name, "early": early.settings(), "late": late.settings()}
+        other = {} if self.late_classifier is None else {"late_classifier": self.late_classifier}
+        return {"guard": self.name, "early": early.settings(), "late": late.settings(), **other}
 
