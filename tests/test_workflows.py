@@ -198,3 +198,27 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
     for name in ("alphas", "scales", "early_scales", "staged_scales", "denoised_late_scales"):  # parsed as the CLI does
         assert _floats(defaults[name], name, allow_none=True) == tuple(getattr(grid, name)), name
     assert parse_caps(defaults["push_caps"]) == tuple(grid.push_caps) == (None, 1.0, 1.25, 1.5, 2.0)
+
+
+def test_readme_protect_your_own_model_commands_use_only_options_the_cli_has():
+    """Every `cpsample ...` line of README's "Protect your own model" names a command that exists and only options it
+    takes, so the flow a new user copies cannot drift from the CLI."""
+    import shlex
+    from pathlib import Path
+
+    import typer
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    flow = readme.split("## Protect your own model", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for line in flow.splitlines() if line.strip().startswith("cpsample ")]
+    assert len(lines) >= 9
+    root = typer.main.get_command(app)
+    for line in lines:
+        words = shlex.split(line)[1:]
+        command = root
+        while hasattr(command, "commands"):  # a group (`attack`): the next word names its command
+            command = command.commands.get(words.pop(0))
+            assert command is not None, line
+        known = {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+        given = {word for word in words if word.startswith("-")}
+        assert given <= known, (line, given - known)
