@@ -100,7 +100,7 @@ def calibrate_command(
                             early_scales=_floats(early_scales, "--early-scales"),
                             staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
                             denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
-                            push_caps=parse_caps(push_caps), late_classifiers=_late_classifiers(late_classifier, early_classifier))
+                            push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()))
     rows = run_grid(settings)
     chosen = choose_setting(rows, target, reduction)
     # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
@@ -166,12 +166,6 @@ def _grid_table(rows: list[dict], n_samples: int) -> Table:
                       "-" if row["last_fired_t"] is None else str(row["last_fired_t"]),
                       "-" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}", f"{row['time_vs_plain']:.2f}x")
     return table
-
-
-def _late_classifiers(folders: list[str] | None, early_classifier: str | None) -> tuple[str, ...]:
-    if folders and early_classifier is None:
-        raise ValueError("--late-classifier is a late stage of the two-stage guard; give --early-classifier too")
-    return tuple(folders or ())
 
 
 def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:

@@ -63,6 +63,8 @@ class GridSettings:
 
     def __post_init__(self):
         self.threshold = resolve_threshold(self.threshold, self.features)
+        if self.late_classifiers and self.early_classifier is None:
+            raise ValueError("--late-classifier is a late stage of the two-stage guard; give --early-classifier too")
 
 
 def run_grid(settings: GridSettings, progress: bool = True) -> list[dict]:
@@ -302,7 +304,8 @@ def setting_label(row: dict) -> str:
     if row["guard"] == "cpsample":
         return label
     cap = "" if row.get("max_push") is None else f", cap {row['max_push']:g}"
-    late = {"x0_hat": "late on x0_hat", "x_t": "late"}.get(late_judges(row), f"late {late_judges(row)}")
+    judged = late_judges(row)
+    late = {"x0_hat": "late on x0_hat", "x_t": "late"}.get(judged, f"late {judged}")
     return f"2 stages: early s={row['early_scale']:g}, {late} s={row['scale']:g}{cap}"
 
 
