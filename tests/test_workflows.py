@@ -103,6 +103,52 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
     assert close_calls(rows, chosen, reduction=0.9, margin=0.05) == []
 
 
+def test_a_confirmation_round_overturns_a_screen_choice_that_misses_the_cut_on_more_images(monkeypatch):
+    """The second model's README-flow screen (bench/README.md, Finding 19): on 300 images the big classifier late at
+    s 10 had 12 copies against a limit of 13.2 and the best FD; more images showed it misses the cut."""
+    from cpsample.evaluation.replication import clopper_pearson
+    from cpsample.workflows import calibrate
+
+    def row(guard, scale, cap, copies, n, fd, late=None):
+        return {"guard": guard, "alpha": None if guard == "none" else 0.1, "scale": scale, "early_scale": 3.0,
+                "max_push": cap, "late_denoised": False, "late_classifier": late, "n": n, "near_copies": copies,
+                "near_copy_share": copies / n, "steps_guided": None if guard == "none" else 0.05,
+                "last_fired_t": None if guard == "none" else 180, "frechet_distance": fd, "seconds": 1.0}
+
+    plain = row("none", None, None, 132, 300, 3.84)
+    big = row("cpsample-staged", 10.0, None, 12, 300, 5.23)
+    small = row("cpsample-staged", 30.0, 1.25, 11, 300, 5.74, late="runs/clf_small")
+    big_capped = row("cpsample-staged", 30.0, 1.5, 13, 300, 6.14)
+    harsh = row("cpsample-staged", 30.0, None, 10, 300, 13.98)
+    infeasible = row("cpsample-staged", 10.0, 1.0, 20, 300, 4.60)
+    screen = [plain, big, small, big_capped, harsh, infeasible]
+    assert calibrate.choose_setting(screen, reduction=0.9) is big
+    assert calibrate.finalists(screen, reduction=0.9, count=3) == [big, small, big_capped]
+
+    second = {"none": (267, 2.65), 10.0: (39, 5.61), 1.25: (22, 3.70), 1.5: (16, 4.62)}
+    calls = []
+
+    def fake_grid(settings, progress=True, candidates=None):  # the sampler is tested elsewhere: this checks the wiring
+        calls.append((settings.n_samples, settings.seed, [calibrate.setting_of(c) for c in candidates]))
+        keys = ["none" if c["guard"] == "none" else c["max_push"] or c["scale"] for c in candidates]
+        return [{**calibrate.setting_of(c), **row(c["guard"], c["scale"], c["max_push"], *second[k][:1], 600, second[k][1],
+                                                  c["late_classifier"]), "time_vs_plain": 1.1} for c, k in zip(candidates, keys)]
+
+    monkeypatch.setattr(calibrate, "run_grid", fake_grid)
+    settings = calibrate.GridSettings(n_samples=300, seed=5)
+    confirmed = calibrate.confirm_finalists(screen, settings, reduction=0.9, count=3)
+    assert calls == [(600, 5 + calibrate.CONFIRM_SEED_OFFSET, [calibrate.setting_of(r) for r in (plain, big, small, big_capped)])]
+    assert [r["n"] for r in confirmed] == [900] * 4 and [r["near_copies"] for r in confirmed] == [399, 51, 33, 29]
+    assert (confirmed[2]["ci_low"], confirmed[2]["ci_high"]) == clopper_pearson(33, 900)
+    assert confirmed[2]["frechet_distance"] == 3.70 and confirmed[2]["screen_frechet_distance"] == 5.74
+    assert confirmed[2]["late_classifier"] == "runs/clf_small" and confirmed[2]["confirmation_n"] == 600
+    # limit 39.9 copies of 900: the screen's choice (51) is out, the small late classifier (33, FD 3.70) wins
+    assert calibrate.choose_confirmed(confirmed, reduction=0.9) == (confirmed[2], True)
+    # a goal no finalist keeps once pooled (a 95% cut: at most 19.95 copies): the most protective one, flagged
+    assert calibrate.choose_confirmed(confirmed, reduction=0.95) == (confirmed[3], False)
+    assert calibrate.confirm_finalists([plain, infeasible], settings, reduction=0.9) == [] and len(calls) == 1
+
+
 def test_push_caps_are_read_as_calibrate_writes_them():
     from cpsample.workflows.calibrate import cap_text, parse_caps
 
@@ -137,8 +183,18 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "calibration.json").read_text())
     assert [(r["alpha"], r["scale"]) for r in report["rows"]] == [(None, None), (0.2, 10.0), (0.2, 100.0)]
-    assert report["chosen"] in report["rows"][1:]
-    assert (out / "calibration.csv").exists()
+    # 4 images are a screen: plain and both settings again on 8 fresh images, near-copies pooled over 12
+    confirmation = report["confirmation"]
+    assert confirmation["n_samples"] == 8 and confirmation["seed"] == 2 + 1000 and len(confirmation["finalists"]) == 2
+    assert sorted((r["guard"], r["scale"], r["n"]) for r in confirmation["rows"][1:]) == [("cpsample", 10.0, 12), ("cpsample", 100.0, 12)]
+    assert report["chosen"] in confirmation["rows"][1:]
+    assert all((out / name).exists() for name in ("calibration.csv", "confirmation.csv", "confirmation.png"))
+    screen_only = CliRunner().invoke(app, ["calibrate", "--out", str(out / "screen"), "--n-samples", "4", "--steps", "3",
+                                           "--alphas", "0.2", "--scales", "10,100", "--target", "1.0", "--reduction", "0",
+                                           "--seed", "2", "--finalists", "0"])
+    assert screen_only.exit_code == 0, screen_only.output
+    report = json.loads((out / "screen" / "calibration.json").read_text())
+    assert "confirmation" not in report and report["chosen"] in report["rows"][1:]
     bad = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--alphas", "a,b"])
     assert bad.exit_code == 2 and "--alphas" in bad.output
 

@@ -77,6 +77,8 @@ def calibrate_command(
     denoised_late_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.3) with the early classifier judging x0_hat late too (a selective late stage); 'none': skip.")] = "10,15",
     push_caps: Annotated[str, typer.Option(help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's push).")] = "none,1,1.25,1.5,2",
     late_classifier: Annotated[Optional[list[str]], typer.Option(help="Two stages: another classifier of the same members (e.g. `train-classifier --channels 16,32,32`) tried as the late stage on x_t beside --classifier, with the same scales and caps; repeatable. The width that costs least depends on the model. When one wins, calibration.json (next to --classifier) records its folder.")] = None,
+    finalists: Annotated[int, typer.Option(min=0, help="Below 2,000 images the grid is a screen: its best feasible settings (this many, by FD) and plain are sampled again on fresh noise, and the choice is made on the pooled near-copies and that round's FD. 0: choose on the screen alone.")] = 4,
+    confirm_samples: Annotated[Optional[int], typer.Option(min=1, help="Images per setting in the confirmation round (default: twice --n-samples).")] = None,
     device: Device = "cpu",
     seed: Seed = 0,
 ):
@@ -86,9 +88,10 @@ def calibrate_command(
     from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
-    from cpsample.workflows.calibrate import (CLOSE_FD, RELIABLE_IMAGES, GridSettings, calibrated_settings, choose_setting,
-                                              close_calls, cost_warnings, narrowed_grid_flags, parse_caps, plot_grid, run_grid,
-                                              setting_label, two_stage_calibration)
+    from cpsample.workflows.calibrate import (CLOSE_FD, CONFIRM_SEED_OFFSET, RELIABLE_IMAGES, GridSettings,
+                                              calibrated_settings, choose_confirmed, choose_setting, close_calls,
+                                              confirm_finalists, cost_warnings, narrowed_grid_flags, parse_caps,
+                                              plot_grid, run_grid, setting_label, two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -102,41 +105,69 @@ def calibrate_command(
                             denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
                             push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()))
     rows = run_grid(settings)
-    chosen = choose_setting(rows, target, reduction)
+    screen_choice = choose_setting(rows, target, reduction)
     # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
-    one_stage = choose_setting([row for row in rows if row["guard"] != "cpsample-staged"], target, reduction) or chosen
+    one_stage = choose_setting([row for row in rows if row["guard"] != "cpsample-staged"], target, reduction) or screen_choice
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "calibration.csv", rows)
-    plot_grid(rows, out / "calibration.png", chosen)
     goal = {"reduction": reduction, "target": target}
-    (out / "calibration.json").write_text(json.dumps({**goal, "chosen": chosen, "rows": rows}, indent=2))
-    write_record(out, "calibrate", {**settings.__dict__, **goal}, {"chosen": chosen})
-    console.print(_grid_table(rows, n_samples))
+    console.print(_grid_table(rows, f"calibration on {n_samples} images per setting"))
     wanted = " and ".join(([f"cut >= {reduction:.0%} vs plain"] if reduction is not None else []) +
                           ([f"share <= {target:.1%}"] if target is not None else [])) or "any setting"
+    confirmed = []
+    if screen_choice is not None and finalists and n_samples < RELIABLE_IMAGES:
+        confirm_n = confirm_samples or 2 * n_samples
+        console.print(f"confirmation round: plain and the {finalists} best feasible settings again on {confirm_n} fresh "
+                      f"images (seed {seed + CONFIRM_SEED_OFFSET})")
+        confirmed = confirm_finalists(rows, settings, target, reduction, finalists, confirm_n)
+        _write_csv(out / "confirmation.csv", confirmed)
+        console.print(_grid_table(confirmed, f"confirmation: near-copies pooled over {n_samples} + {confirm_n} images, "
+                                             f"FD and time on the {confirm_n}"))
+    deciding = confirmed or rows
+    chosen, missed = choose_setting(rows, target, reduction), None
+    if confirmed:
+        chosen, kept_the_cut = choose_confirmed(confirmed, target, reduction)
+        plot_grid(confirmed, out / "confirmation.png", chosen)
+        if not kept_the_cut:
+            missed = (f"no finalist kept {wanted} over {chosen['n']} images; kept the most protective, "
+                      f"{setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
+                      f"{confirmed[0]['near_copy_share']:.1%}. Add larger --scales or --staged-scales, or more --finalists")
+    plot_grid(rows, out / "calibration.png", chosen)
+    confirmation = ({"n_samples": confirmed[0]["confirmation_n"], "seed": seed + CONFIRM_SEED_OFFSET,
+                     "finalists": [setting_label(row) for row in confirmed[1:]], "rows": confirmed} if confirmed else None)
+    (out / "calibration.json").write_text(json.dumps({**goal, "chosen": chosen, "rows": rows,
+                                                      **({"confirmation": confirmation} if confirmation else {})}, indent=2))
+    write_record(out, "calibrate", {**settings.__dict__, **goal, "finalists": finalists,
+                                    "confirm_samples": confirm_samples}, {"chosen": chosen})
     if chosen is None:
         console.print(f"[bold red]no setting met {wanted}[/]: try larger --alphas or --scales; nothing was saved "
                       "next to the classifier")
         raise typer.Exit(code=1)
+    plain = deciding[0]
     knobs = calibrated_settings(one_stage, tau)
     two_stage = two_stage_calibration(chosen, settings)
     details = {"model": str(resolve_model_dir(model, "denoiser").resolve()), "goal": goal, "measured": chosen,
-               "measured_one_stage": one_stage, "plain": rows[0], "n_samples": n_samples, "steps": steps, "seed": seed,
-               "threshold": settings.threshold, **({"two_stage": two_stage} if two_stage else {})}
+               "measured_one_stage": one_stage, "plain": plain, "n_samples": n_samples, "steps": steps, "seed": seed,
+               "threshold": settings.threshold, **({"two_stage": two_stage} if two_stage else {}),
+               **({"confirmation": {k: v for k, v in confirmation.items() if k != "rows"}} if confirmation else {})}
     fd = chosen["frechet_distance"]
     window = "" if two_stage else f" (checks at t <= {knobs['max_t']})"
-    quality = "" if fd is None else f", FD {fd:.2f} vs {rows[0]['frechet_distance']:.2f}"
+    quality = "" if fd is None else f", FD {fd:.2f} vs {plain['frechet_distance']:.2f}"
     console.print(f"chosen: {setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs plain "
-                  f"{rows[0]['near_copy_share']:.1%}{quality}")
-    details["cost_warnings"] = cost_warnings(chosen, rows[0])
+                  f"{plain['near_copy_share']:.1%} over {chosen['n']} images{quality}")
+    if missed:
+        details["missed"] = missed
+        console.print(f"[bold red]warning:[/] {missed}")
+    details["cost_warnings"] = cost_warnings(chosen, plain)
     for warning in details["cost_warnings"]:
         console.print(f"[yellow]cost:[/] {warning}")
-    close = close_calls(rows, chosen, target, reduction) if n_samples < RELIABLE_IMAGES else []
+    decided_on = chosen.get("confirmation_n", n_samples)
+    close = close_calls(deciding, chosen, target, reduction) if decided_on < RELIABLE_IMAGES else []
     if close:
         candidates = [chosen, *close] + ([one_stage] if all(r["guard"] != "cpsample" for r in [chosen, *close]) else [])
         details["close_calls"] = [setting_label(row) for row in close]
         console.print(f"[yellow]note:[/] {', '.join(details['close_calls'])} came within {CLOSE_FD:.0%} of the "
-                      f"chosen FD on {n_samples} images, closer than FD's seed-to-seed noise at this size. To choose "
+                      f"chosen FD on {decided_on} images, closer than FD's seed-to-seed noise at this size. To choose "
                       f"between them, rerun the same command with --n-samples {RELIABLE_IMAGES} "
                       f"{narrowed_grid_flags(candidates)}"
                       + (" and without --early-classifier" if early_classifier and not any(
@@ -149,10 +180,10 @@ def calibrate_command(
         console.print(f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it")
 
 
-def _grid_table(rows: list[dict], n_samples: int) -> Table:
+def _grid_table(rows: list[dict], title: str) -> Table:
     from cpsample.workflows.calibrate import late_judges
 
-    table = Table(title=f"calibration on {n_samples} images per setting")
+    table = Table(title=title)
     for column in ("guard", "late judges", "alpha", "s", "early s", "cap", "near-copies", "share (95% CI)", "steps guided", "last t guided", "FD", "time vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
