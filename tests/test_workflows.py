@@ -149,6 +149,30 @@ def test_a_confirmation_round_overturns_a_screen_choice_that_misses_the_cut_on_m
     assert calibrate.confirm_finalists([plain, infeasible], settings, reduction=0.9) == [] and len(calls) == 1
 
 
+def test_a_confirmed_one_stage_choice_is_the_one_stage_setting_saved():
+    """What --guard cpsample runs must be what was chosen: when the confirmation round picks a one-stage row other
+    than the screen's best one, the one-stage knobs saved are the confirmed row's, not the screen's."""
+    from cpsample.workflows import calibrate
+
+    def row(guard, scale, copies, n, fd):
+        return {"guard": guard, "alpha": None if guard == "none" else 0.1, "scale": scale, "early_scale": None,
+                "max_push": None, "late_denoised": False, "late_classifier": None, "n": n, "near_copies": copies,
+                "near_copy_share": copies / n, "steps_guided": 0.1, "last_fired_t": 300, "frechet_distance": fd}
+
+    screen = [row("none", None, 130, 300, 3.8), row("cpsample", 10.0, 12, 300, 4.0), row("cpsample", 30.0, 10, 300, 4.5),
+              {**row("cpsample-staged", 30.0, 11, 300, 4.2), "early_scale": 3.0}]
+    confirmed = [row("none", None, 390, 900, 2.5), row("cpsample", 10.0, 45, 900, 3.0), row("cpsample", 30.0, 30, 900, 3.4),
+                 {**row("cpsample-staged", 30.0, 33, 900, 3.6), "early_scale": 3.0}]
+    chosen, kept = calibrate.choose_confirmed(confirmed, reduction=0.9)
+    assert kept and chosen is confirmed[2]
+    assert calibrate.one_stage_setting(screen, chosen, reduction=0.9) is confirmed[2]
+    assert calibrate.calibrated_settings(chosen, 0.5)["scale"] == 30.0
+    # a two-stage choice keeps the screen's best one-stage row for the one-stage rule
+    assert calibrate.one_stage_setting(screen, confirmed[3], reduction=0.9) is screen[1]
+    # no feasible one-stage row: the chosen row stands in
+    assert calibrate.one_stage_setting(screen[:1] + screen[3:], screen[3], reduction=0.9) is screen[3]
+
+
 def test_push_caps_are_read_as_calibrate_writes_them():
     from cpsample.workflows.calibrate import cap_text, parse_caps
 

@@ -90,8 +90,9 @@ def calibrate_command(
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
     from cpsample.workflows.calibrate import (CLOSE_FD, CONFIRM_SEED_OFFSET, RELIABLE_IMAGES, GridSettings,
                                               calibrated_settings, choose_confirmed, choose_setting, close_calls,
-                                              confirm_finalists, cost_warnings, narrowed_grid_flags, parse_caps,
-                                              plot_grid, run_grid, setting_label, two_stage_calibration)
+                                              confirm_finalists, cost_warnings, narrowed_grid_flags,
+                                              one_stage_setting, parse_caps, plot_grid, run_grid, setting_label,
+                                              two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -106,8 +107,6 @@ def calibrate_command(
                             push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()))
     rows = run_grid(settings)
     screen_choice = choose_setting(rows, target, reduction)
-    # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
-    one_stage = choose_setting([row for row in rows if row["guard"] != "cpsample-staged"], target, reduction) or screen_choice
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "calibration.csv", rows)
     goal = {"reduction": reduction, "target": target}
@@ -133,6 +132,8 @@ def calibrate_command(
                       f"{setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
                       f"{confirmed[0]['near_copy_share']:.1%}. Add larger --scales or --staged-scales, or more --finalists")
     plot_grid(rows, out / "calibration.png", chosen)
+    # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
+    one_stage = one_stage_setting(rows, chosen, target, reduction)
     confirmation = ({"n_samples": confirmed[0]["confirmation_n"], "seed": seed + CONFIRM_SEED_OFFSET,
                      "finalists": [setting_label(row) for row in confirmed[1:]], "rows": confirmed} if confirmed else None)
     (out / "calibration.json").write_text(json.dumps({**goal, "chosen": chosen, "rows": rows,

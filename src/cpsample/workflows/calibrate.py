@@ -224,6 +224,16 @@ def choose_confirmed(confirmed: list[dict], target: float | None = None,
     return min(confirmed[1:], key=lambda row: (row["near_copy_share"], row["frechet_distance"] or 0.0)), False
 
 
+def one_stage_setting(rows: list[dict], chosen: dict | None, target: float | None = None,
+                      reduction: float | None = None) -> dict | None:
+    """The setting the paper's one-stage rule keeps (`--option one_stage=true`, or any knob given): the chosen row when
+    it is one-stage (after a confirmation round that can differ from the screen's best one-stage row, and the chosen
+    row is the one `--guard cpsample` must run), else the screen's best feasible one-stage row, else the chosen row."""
+    if chosen is not None and chosen["guard"] == "cpsample":
+        return chosen
+    return choose_setting([row for row in rows if row["guard"] != "cpsample-staged"], target, reduction) or chosen
+
+
 def pool_rounds(screen: dict, confirmation: dict) -> dict:
     """One setting's screen and confirmation rows as one row: near-copies and guided steps over both rounds; FD,
     time and the rest from the confirmation (FD is not additive; the screen's stays as screen_frechet_distance)."""
