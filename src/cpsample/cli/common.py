@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +16,11 @@ from rich.markup import escape
 from cpsample.data import DataError
 from cpsample.data.split import images_digest
 
-console = Console(stderr=True, soft_wrap=True)  # never break paths or messages mid-line
+# soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
+# would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
+LOG_WIDTH = 200
+console = Console(stderr=True, soft_wrap=True,
+                  width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH)
 
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
