@@ -92,7 +92,7 @@ def calibrate_command(
                                               calibrated_settings, choose_confirmed, choose_setting, close_calls,
                                               confirm_finalists, cost_warnings, narrowed_grid_flags,
                                               one_stage_setting, parse_caps, plot_grid, run_grid, setting_label,
-                                              two_stage_calibration)
+                                              share_limit, two_stage_calibration)
 
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -126,12 +126,12 @@ def calibrate_command(
     chosen, missed = choose_setting(rows, target, reduction), None
     if confirmed:
         chosen, kept_the_cut = choose_confirmed(confirmed, target, reduction)
-        plot_grid(confirmed, out / "confirmation.png", chosen)
+        plot_grid(confirmed, out / "confirmation.png", chosen, share_limit(confirmed, target, reduction))
         if not kept_the_cut:
             missed = (f"no finalist kept {wanted} over {chosen['n']} images; kept the most protective, "
                       f"{setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
                       f"{confirmed[0]['near_copy_share']:.1%}. Add larger --scales or --staged-scales, or more --finalists")
-    plot_grid(rows, out / "calibration.png", chosen)
+    plot_grid(rows, out / "calibration.png", chosen, share_limit(rows, target, reduction))
     # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
     one_stage = one_stage_setting(rows, chosen, target, reduction)
     confirmation = ({"n_samples": confirmed[0]["confirmation_n"], "seed": seed + CONFIRM_SEED_OFFSET,

@@ -158,11 +158,17 @@ def _knobs(settings: GridSettings, candidate: dict) -> dict:
     return {}
 
 
-def feasible_rows(rows: list[dict], target: float | None = None, reduction: float | None = None) -> list[dict]:
-    """Guarded rows with near-copy share <= target (absolute) and <= (1 - reduction) x plain's share, for those given."""
+def share_limit(rows: list[dict], target: float | None = None, reduction: float | None = None) -> float:
+    """The highest near-copy share that meets the goal: <= target (absolute) and <= (1 - reduction) x plain's share."""
     limit = 1.0 if target is None else target
     if reduction is not None:
         limit = min(limit, (1.0 - reduction) * next(r for r in rows if r["guard"] == "none")["near_copy_share"])
+    return limit
+
+
+def feasible_rows(rows: list[dict], target: float | None = None, reduction: float | None = None) -> list[dict]:
+    """Guarded rows that meet the goal (share_limit)."""
+    limit = share_limit(rows, target, reduction)
     return [r for r in rows if r["guard"] != "none" and r["near_copy_share"] <= limit]
 
 
@@ -351,28 +357,45 @@ def _quality_scorer(quality_net: str | None, reference: np.ndarray):
     return lambda images: float(frechet_distance_in(net, reference, images.numpy())["value"])
 
 
-def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None) -> Path:
-    """Near-copy share against Frechet distance, one point per setting (plain in red, the chosen one circled)."""
+def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: float | None = None) -> Path:
+    """Near-copy share (with its 95% interval) against Frechet distance, one numbered point per setting and a key
+    beside the plot (labels next to clustered points overlap), plain in red, the chosen one circled, and the share
+    that meets the goal as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in rows if r["frechet_distance"] is not None]
-    figure, axis = plt.subplots(figsize=(6, 4.5))
+    figure, axis = plt.subplots(figsize=(11, max(4.5, 1.2 + 0.16 * len(rows))))
     colours = {"none": "red", "cpsample": "tab:blue", "cpsample-staged": "tab:orange"}
-    for row in rows:
-        point = (row["frechet_distance"], 100 * row["near_copy_share"])
-        axis.scatter(*point, color=colours.get(row["guard"], "tab:blue"))
+    key = []
+    for number, row in enumerate(rows):
+        x, y = row["frechet_distance"], 100 * row["near_copy_share"]
+        if row.get("ci_low") is not None:
+            axis.errorbar(x, y, yerr=[[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]], fmt="none",
+                          ecolor=colours.get(row["guard"], "tab:blue"), alpha=0.35, capsize=2)
+        axis.scatter(x, y, color=colours.get(row["guard"], "tab:blue"), zorder=3)
         if chosen is not None and setting_of(row) == setting_of(chosen):
-            axis.scatter(*point, s=160, facecolors="none", edgecolors="green", linewidths=2, label="chosen")
-        axis.annotate(setting_label(row), point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.scatter(x, y, s=180, facecolors="none", edgecolors="green", linewidths=2, label="chosen", zorder=4)
+        axis.annotate(str(number), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        key.append(f"{number}: {setting_label(row)} ({row['near_copies']}/{row['n']}, FD {x:.2f})")
+    if limit is not None and limit < 1.0:
+        axis.axhline(100 * limit, color="grey", linestyle="--", linewidth=1, label=f"goal: <= {100 * limit:.1f}%")
+    fds = [r["frechet_distance"] for r in rows]
+    if fds and min(fds) > 0 and max(fds) > 5 * min(fds):
+        axis.set_xscale("log")  # one wrecked setting would squeeze every other point into a corner
+        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.set_xlabel("Frechet distance to held-out images (feature net; lower = better quality)")
-    axis.set_ylabel("near-copies (% of samples)")
-    axis.set_title("CPSample replication / quality trade-off (orange: two stages)")
-    if chosen is not None:
+    axis.set_ylabel("near-copies (% of samples, 95% interval)")
+    figure.suptitle("CPSample near-copies vs quality (red: plain, blue: one stage, orange: two stages)", x=0.02,
+                    ha="left")
+    if chosen is not None or limit is not None:
         axis.legend(loc="upper right")
-    figure.tight_layout()
+    figure.text(0.56, 0.5, "\n".join(key), fontsize=7, va="center", family="monospace")
+    figure.subplots_adjust(left=0.07, right=0.54, bottom=0.12, top=0.92)
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return Path(path)
