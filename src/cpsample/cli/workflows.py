@@ -123,7 +123,7 @@ def calibrate_command(
         console.print(_grid_table(confirmed, f"confirmation: near-copies pooled over {n_samples} + {confirm_n} images, "
                                              f"FD and time on the {confirm_n}"))
     deciding = confirmed or rows
-    chosen, missed = choose_setting(rows, target, reduction), None
+    chosen, missed = screen_choice, None
     if confirmed:
         chosen, kept_the_cut = choose_confirmed(confirmed, target, reduction)
         plot_grid(confirmed, out / "confirmation.png", chosen, share_limit(confirmed, target, reduction))

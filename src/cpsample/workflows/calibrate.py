@@ -372,11 +372,11 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
     colours = {"none": "red", "cpsample": "tab:blue", "cpsample-staged": "tab:orange"}
     key = []
     for number, row in enumerate(rows):
-        x, y = row["frechet_distance"], 100 * row["near_copy_share"]
+        x, y, colour = row["frechet_distance"], 100 * row["near_copy_share"], colours.get(row["guard"], "tab:blue")
         if row.get("ci_low") is not None:
             axis.errorbar(x, y, yerr=[[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]], fmt="none",
-                          ecolor=colours.get(row["guard"], "tab:blue"), alpha=0.35, capsize=2)
-        axis.scatter(x, y, color=colours.get(row["guard"], "tab:blue"), zorder=3)
+                          ecolor=colour, alpha=0.35, capsize=2)
+        axis.scatter(x, y, color=colour, zorder=3)
         if chosen is not None and setting_of(row) == setting_of(chosen):
             axis.scatter(x, y, s=180, facecolors="none", edgecolors="green", linewidths=2, label="chosen", zorder=4)
         axis.annotate(str(number), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
