@@ -108,3 +108,28 @@ def test_every_cli_near_copy_threshold_defaults_to_the_yardstick():
         assert f"pixels {PIXELS:g}" in parameter.help
     assert set(found) == {"evaluate", "demo", "calibrate", "attack side", "sample-conditional", "sample-sd"}, found
     assert set(found.values()) == {PIXELS}
+
+
+def test_numpy_search_finds_the_same_neighbours_as_faiss(mnist16):
+    """faiss is optional: the NumPy fallback is exact too, so both give the same rows, best first, on real digits."""
+    from cpsample.evaluation.neighbours import NumpyFlatIndex, has_faiss, nearest_by_cosine, nearest_by_l2
+
+    features = PixelFeatures()(mnist16.images[:1500])
+    queries, references = features[:300], features[300:]
+    numpy_cos = nearest_by_cosine(queries, references, k=5, batch_size=64, progress=False, backend="numpy")
+    numpy_l2 = nearest_by_l2(queries, references, k=5, batch_size=64, progress=False, backend="numpy")
+    unit = references / np.linalg.norm(references, axis=1, keepdims=True)
+    brute = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float64) @ unit.T.astype(np.float64)
+    assert np.array_equal(numpy_cos.indices, np.argsort(-brute, axis=1, kind="stable")[:, :5])
+    assert np.allclose(numpy_cos.scores, np.sort(brute, axis=1)[:, ::-1][:, :5], atol=1e-6)
+    index = NumpyFlatIndex(3, "ip")
+    index.add(np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=np.float32))
+    assert index.ntotal == 3 and index.search(np.array([[1, 0, 0]], dtype=np.float32), 3)[1].tolist() == [[0, 2, 1]]
+    if not has_faiss():
+        pytest.skip("faiss not installed: the NumPy path was checked against brute force only")
+    faiss_cos = nearest_by_cosine(queries, references, k=5, batch_size=64, progress=False, backend="faiss")
+    faiss_l2 = nearest_by_l2(queries, references, k=5, batch_size=64, progress=False, backend="faiss")
+    assert np.array_equal(faiss_cos.indices, numpy_cos.indices)
+    assert np.array_equal(faiss_l2.indices, numpy_l2.indices)
+    assert np.allclose(faiss_cos.scores, numpy_cos.scores, atol=1e-5)
+    assert np.allclose(faiss_l2.scores, numpy_l2.scores, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,7 @@ one mode and makes copies far more likely. SIDE builds that condition from the m
 4. sample again with classifier guidance towards each surrogate class, eps - lambda sqrt(1 - abar) grad log p(k | x_t).
    Against a defended sampler the attacker's guidance comes first and the defence's `adjust` last (ChainGuard).
 Extraction is counted with the evaluation's near-copy yardstick (`find_near_copies`): cosine similarity of
-pixel-centred features to the nearest training image above a threshold (exact faiss search). Reported: AMS (share
+pixel-centred features to the nearest training image above a threshold (exact search). Reported: AMS (share
 of generations that are near-copies) and UMS (distinct training images matched / training set size), for the guided attack, for the
 unguided pool it started from, and for as many pool images as the attack drew (the same sampling budget).
 

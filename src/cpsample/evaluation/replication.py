@@ -80,7 +80,7 @@ def relative_distance(samples: ImagesLike, training: ImagesLike, alpha: float = 
                       progress: bool = True) -> dict:
     """Carlini et al.'s calibrated distance: d(x, nn) / (alpha * mean d(x, y) over the n nearest y); <= 1 flags a copy.
 
-    Candidates are the `neighbours` nearest training images by l2 (exact faiss search). distance="l2" uses the RMS
+    Candidates are the `neighbours` nearest training images by l2 (exact search). distance="l2" uses the RMS
     l2 for both numerator and denominator (their CIFAR-10 rule); "tiled" uses tiled l2 over the same candidates.
     Returns per-sample arrays: ratio, nearest (index into training), l2 and tiled_l2 to that nearest image.
     """

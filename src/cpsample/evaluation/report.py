@@ -94,7 +94,7 @@ def _replication_table(methods, reference, settings) -> Table:
              _share(entry["replication"]), _num(entry["similarity"]["mean"]), _num(entry["similarity"]["p95"]),
              _num(entry["similarity"]["max"])] for name, entry in entries]
     note = (f"Cosine similarity of {settings.get('features', '?')} features to the nearest of "
-            f"{settings.get('members', '?')} training members (exact faiss search). Paper thresholds: "
+            f"{settings.get('members', '?')} training members (exact search). Paper thresholds: "
             + ", ".join(f"{k} {v}" for k, v in settings.get("paper_thresholds", {}).items())
             + ". Exact Clopper-Pearson intervals. The reference row shows held-out real images of the same distribution.")
     return ("Near-copies in feature space (paper Table 1)", headers, rows, note)

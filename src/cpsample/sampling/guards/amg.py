@@ -1,7 +1,7 @@
 """Anti-Memorization Guidance (AMG, Chen et al. 2024): detect a looming copy at every step and steer away from it.
 
 At each step the guard forms the predicted clean image x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), finds
-its nearest training image (cosine similarity of features, exact faiss search over an index built once) and,
+its nearest training image (cosine similarity of features, exact search over an index built once: faiss where installed) and,
 only for samples whose similarity sigma_t exceeds the threshold, changes eps:
 - dissimilarity guidance  G_sim = c3 * sqrt(1 - abar_t) * grad_{x_t} sigma_t   (pushes x0 away from the neighbour);
 - despecification (class-conditional models sampled with CFG) G_spe = -s1 * (eps_cond - eps_uncond) with
@@ -22,7 +22,7 @@ Features: pixels minus each image's mean by default (the same view as `cpsample 
 differentiable torch function (N, C, H, W) -> (N, D) can be passed instead.
 
 Cost, and why the CPSample paper calls AMG impractical outside research: the guard must hold the *training set*
-at sampling time -- its feature matrix (N_train x D floats, here as a faiss index and as a torch tensor) -- and
+at sampling time -- its feature matrix (N_train x D floats, here as a flat index and as a torch tensor) -- and
 runs a nearest-neighbour search over it for every sample at every step. CPSample needs only its classifier.
 """
 
@@ -31,11 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cpsample.evaluation.neighbours import flat_index
 from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model,
                                           move_network, option, unconditional_denoiser)
 
@@ -103,7 +103,7 @@ class AMGGuard(Guard):
         unet, denoiser = unconditional_denoiser(model) if options.exact_gradient else (None, None)
         return cls(model.members.images, denoiser=denoiser, unet=unet, **settings)
 
-    def _build_index(self, training_images) -> tuple[torch.Tensor, faiss.Index]:
+    def _build_index(self, training_images) -> tuple[torch.Tensor, object]:
         images = torch.as_tensor(np.asarray(training_images, dtype=np.float32))
         if images.ndim != 4 or len(images) == 0:
             raise ValueError(f"AMG needs the training images as a non-empty (N, C, H, W) array, got shape {tuple(images.shape)}")
@@ -111,7 +111,7 @@ class AMGGuard(Guard):
             reference = F.normalize(self.feature_fn(images).float(), dim=1)
         if reference.ndim != 2:
             raise ValueError(f"the feature function must return (N, D) features, got shape {tuple(reference.shape)}")
-        index = faiss.IndexFlatIP(reference.shape[1])  # exact: inner product of unit vectors = cosine
+        index = flat_index(reference.shape[1], "ip")  # exact: inner product of unit vectors = cosine (faiss if installed)
         index.add(np.ascontiguousarray(reference.numpy()))
         return reference, index
 
