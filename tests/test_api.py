@@ -1,4 +1,4 @@
-"""The README's Python API example runs as written, and the loaded-once model objects round-trip."""
+"""The README's quickstart (Python API) example runs as written, and the loaded-once model objects round-trip."""
 
 import json
 import re
@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def readme_example() -> str:
-    section = README.read_text().split("## Python API", 1)[1]
+    section = README.read_text().split("## Quickstart: protect a diffusers pipeline", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

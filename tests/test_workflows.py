@@ -284,18 +284,32 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
     assert parse_caps(defaults["push_caps"]) == tuple(grid.push_caps) == (None, 1.0, 1.25, 1.5, 2.0)
 
 
-def test_readme_protect_your_own_model_commands_use_only_options_the_cli_has():
-    """Every `cpsample ...` line of README's "Protect your own model" names a command that exists and only options it
-    takes, so the flow a new user copies cannot drift from the CLI."""
+def test_readme_commands_use_only_options_the_cli_has():
+    """Every `cpsample ...` line of the README (the "Protect your own model in 3 steps" flow, "Measure copying", the
+    fresh-machine demo) names a command that exists and only options it takes, so what a new user copies cannot
+    drift from the CLI."""
     import shlex
     from pathlib import Path
 
     import typer
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    flow = readme.split("## Protect your own model", 1)[1].split("\n## ", 1)[0]
-    lines = [line.strip() for line in flow.splitlines() if line.strip().startswith("cpsample ")]
-    assert len(lines) >= 9
+
+    def commands(text: str) -> list[str]:
+        found = []
+        for line in text.splitlines():
+            line = line.strip().split("&& ")[-1]
+            if line.startswith("cpsample "):
+                found.append(line)
+        return found
+
+    flow = readme.split("## Protect your own model in 3 steps", 1)[1].split("\n## ", 1)[0]
+    measure = readme.split("## Measure copying", 1)[1].split("\n## ", 1)[0]
+    assert len(commands(flow)) >= 7 and len(commands(measure)) >= 3
+    calibration = (Path(__file__).resolve().parent.parent / "docs" / "calibration.md").read_text()
+    assert len(commands(calibration)) >= 10  # the same flow, annotated step by step
+    lines = commands(readme) + commands(calibration)
+    assert any(line.startswith("cpsample demo ") for line in lines)
     root = typer.main.get_command(app)
     for line in lines:
         words = shlex.split(line)[1:]
@@ -306,3 +320,13 @@ def test_readme_protect_your_own_model_commands_use_only_options_the_cli_has():
         known = {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
         given = {word for word in words if word.startswith("-")}
         assert given <= known, (line, given - known)
+
+
+def test_readme_fresh_machine_keeps_the_two_commands_ci_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    fresh = readme.split("## Fresh machine", 1)[1].split("\n## ", 1)[0]
+    assert "    bash scripts/install.sh && cpsample demo --out demo_out\n" in fresh
+    assert "    bash scripts/install.sh && python -m pytest -q\n" in fresh
+    assert len(readme.splitlines()) <= 150, "the README is for new users; details go to docs/"

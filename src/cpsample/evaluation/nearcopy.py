@@ -20,7 +20,7 @@ from cpsample.evaluation.replication import PAPER_THRESHOLDS
 
 NEAR_COPY_THRESHOLDS = {
     # Measured on the bundled 16x16 MNIST model: 0.42% of 4,800 held-out real digits (look-alike 1s) and 1.5% of
-    # held-out sklearn digits score above 0.98, while memorised samples score above 0.99 (README, bench/README.md).
+    # held-out sklearn digits score above 0.98, while memorised samples score above 0.99 (docs/results.md, bench/README.md).
     "pixels": 0.98,
     # The CPSample paper's strictest "nearly identical" level with DINO features (CIFAR-10; CelebA 0.95, LSUN 0.90).
     "dino": PAPER_THRESHOLDS["cifar10"],
