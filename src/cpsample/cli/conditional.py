@@ -81,7 +81,7 @@ def sample_conditional_command(
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     steps: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: BatchSize = 250,
-    feature_net: Annotated[Optional[str], typer.Option(help="'bundled' (MNIST digitnet) or a folder: report how many samples keep their class.")] = None,
+    feature_net: Annotated[Optional[str], typer.Option(help="'bundled' (MNIST digitnet for grey images, Twemoji emojinet for RGB) or a folder: report how many samples keep their class.")] = None,
     copy_threshold: NearCopyThreshold = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
@@ -135,7 +135,7 @@ def member_similarity(model: str, images, threshold: float | None = None) -> dic
 def class_agreement_stats(feature_net: str, images, labels: np.ndarray, device: str) -> dict:
     from cpsample.evaluation import class_agreement, load_feature_net
 
-    return class_agreement(load_feature_net(feature_net, device=device), images, labels)
+    return class_agreement(load_feature_net(feature_net, device=device, channels=images.shape[1]), images, labels)
 
 
 # --- Stable Diffusion (latent space) -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def evaluate_command(
     model: Annotated[str, typer.Option(help="Denoiser folder (or 'bundled') whose training members / non-members to compare with.")] = "bundled",
     features: Annotated[str, typer.Option(help="pixels, dino:PATH (local DINO/DINOv2 ViT weights) or sscd:PATH (TorchScript).")] = "pixels",
     threshold: NearCopyThreshold = None,
-    quality_net: Annotated[str, typer.Option(help="Feature net for FD and class checks: 'bundled', a folder, or 'none'.")] = "bundled",
+    quality_net: Annotated[str, typer.Option(help="Feature net for FD and class checks: 'bundled' (the shipped net for the images' channels: digitnet for grey, emojinet for RGB), 'digitnet', 'emojinet', a folder, or 'none'.")] = "bundled",
     inception: Annotated[Optional[Path], typer.Option(help="Local Inception-v3 FID weights: adds real FID (needs torchmetrics + torch-fidelity).")] = None,
     permutation_rounds: Annotated[int, typer.Option(min=1, help="Null draws for the App. E permutation test.")] = 1000,
     relative_metric: Annotated[str, typer.Option(help="Carlini ratio distance: l2 or tiled.")] = "l2",
@@ -65,13 +65,15 @@ def evaluate_command(
 
 def train_feature_net_command(
     out: Annotated[Path, typer.Option(help="Output folder: config.json, model.safetensors, cpsample.json.")],
-    data: Annotated[str, typer.Option(help="'mnist', 'digits', or an .npz with 'labels' (real class labels needed).")] = "mnist",
+    data: Annotated[str, typer.Option(help="'mnist', 'digits', 'twemoji' (six categories), or an .npz with 'labels' (real class labels needed).")] = "mnist",
     image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (match your samples).")] = 16,
     epochs: Annotated[int, typer.Option(min=1)] = 15,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: float = 3e-3,
     held_out: Annotated[float, typer.Option(help="Share of images kept aside to measure accuracy.")] = 0.2,
     name: Annotated[str, typer.Option(help="Name used in the metric, e.g. FD_digitnet.")] = "digitnet",
+    widths: Annotated[str, typer.Option(help="Channels of the conv stages, comma-separated (max-pool between).")] = "32,64,128",
+    flip: Annotated[bool, typer.Option(help="Also mirror half the training images left-right (for pictures; not digits).")] = False,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda ...")] = "cpu",
     seed: Seed = 0,
 ):
@@ -81,11 +83,14 @@ def train_feature_net_command(
 
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
-    training = FeatureNetTraining(epochs=epochs, batch_size=batch_size, lr=lr, held_out=held_out, seed=seed)
+    from cpsample.cli.common import parse_widths
+
+    training = FeatureNetTraining(epochs=epochs, batch_size=batch_size, lr=lr, held_out=held_out, seed=seed, flip=flip,
+                                  widths=tuple(parse_widths(widths)))
     net, summary = train_feature_net(dataset, training, name=name, device=device)
     net.save(out)
     settings = {"data": data, "image_size": image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "held_out": held_out, "name": name, "device": device, "seed": seed}
+                "held_out": held_out, "name": name, "widths": widths, "flip": flip, "device": device, "seed": seed}
     summary["command_line"] = command_line("train-feature-net", {"out": out, **settings})
     write_record(out, "train-feature-net", settings, summary)
     accuracy = summary["held_out_accuracy"]

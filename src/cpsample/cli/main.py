@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @run_safely
 def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/).")],
-    data: Annotated[str, typer.Option(help="'mnist', 'digits', a folder of PNG/JPG, or an .npz file.")] = "mnist",
+    data: Annotated[str, typer.Option(help="'mnist', 'digits', 'twemoji' (32x32 RGB), a folder of PNG/JPG, or an .npz file.")] = "mnist",
     image_size: ImageSize = 16,
     subset: Subset = None,
     steps: Steps = 10000,

@@ -70,7 +70,7 @@ def calibrate_command(
     threshold: NearCopyThreshold = None,
     model: str = "bundled",
     classifier: str = "bundled",
-    quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (MNIST digits) or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
+    quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (the shipped net for the model's channels: MNIST digitnet for grey, Twemoji emojinet for RGB), a shipped net's name, or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
     early_classifier: Annotated[Optional[str], typer.Option(help="A selective classifier of the same members (`train-classifier --negatives samples`): CPSample in two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins.")] = None,
     early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "3",
     staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip.")] = "10,30",

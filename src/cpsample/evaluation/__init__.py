@@ -7,10 +7,12 @@ writes report.json / report.md / report.html. The pieces are usable on their own
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.feature_net import (
     BUNDLED_FEATURE_NET,
+    BUNDLED_FEATURE_NETS,
     DigitNet,
     FeatureNet,
     FeatureNetConfig,
     FeatureNetTraining,
+    bundled_feature_net,
     load_feature_net,
     train_feature_net,
 )
@@ -57,9 +59,9 @@ from cpsample.evaluation.report import write_report
 from cpsample.evaluation.suite import evaluate, make_figures
 
 __all__ = [
-    "BUNDLED_FEATURE_NET", "NEAR_COPY_THRESHOLDS", "NearCopies", "NearCopyDetector", "CARLINI_ALPHA", "CARLINI_NEIGHBOURS", "DigitNet", "DinoFeatures",
+    "BUNDLED_FEATURE_NET", "BUNDLED_FEATURE_NETS", "NEAR_COPY_THRESHOLDS", "NearCopies", "NearCopyDetector", "CARLINI_ALPHA", "CARLINI_NEIGHBOURS", "DigitNet", "DinoFeatures",
     "FeatureExtractor", "FeatureNet", "FeatureNetConfig", "FeatureNetTraining", "Neighbours", "PAPER_THRESHOLDS",
-    "PixelFeatures", "SSCDFeatures", "class_agreement", "class_histogram", "clopper_pearson", "compare_shares", "default_threshold", "evaluate", "feature_space",
+    "PixelFeatures", "SSCDFeatures", "bundled_feature_net", "class_agreement", "class_histogram", "clopper_pearson", "compare_shares", "default_threshold", "evaluate", "feature_space",
     "find_near_copies",
     "frechet_distance", "frechet_distance_from_fits", "frechet_distance_in", "gaussian_fit", "inception_fid",
     "l2_normalise", "load_feature_net", "make_feature_extractor", "make_figures", "most_similar_pairs",

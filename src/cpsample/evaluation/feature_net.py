@@ -2,6 +2,9 @@
 
 Its penultimate activations give the feature space for a Frechet distance (reported as "FD_<name>", e.g.
 FD_digitnet, never "FID"), and its predictions check that class-conditional samples keep their class.
+Two ship with cpsample: `digitnet` (16x16 grey MNIST digits) and `emojinet` (32x32 RGB Twemoji pictures, six
+categories); 'bundled' picks the one whose channel count matches the images, and a net never runs on images with
+another channel count (a digit net's FD on colour pictures would be a number about nothing).
 Saved as config.json + model.safetensors (no pickle) beside a cpsample.json provenance record.
 """
 
@@ -22,7 +25,10 @@ from tqdm.auto import tqdm
 from cpsample.data import DataError, ImageSet, resize
 from cpsample.evaluation.inputs import ImagesLike, as_images
 
-BUNDLED_FEATURE_NET = Path(__file__).resolve().parent.parent / "assets" / "mnist16" / "digitnet"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_FEATURE_NETS = {"digitnet": ASSETS / "mnist16" / "digitnet", "emojinet": ASSETS / "twemoji32" / "emojinet"}
+BUNDLED_FEATURE_NET = BUNDLED_FEATURE_NETS["digitnet"]
+BUNDLED_BY_CHANNELS = {1: "digitnet", 3: "emojinet"}  # what 'bundled' means for grey and for RGB images
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
@@ -87,10 +93,13 @@ class FeatureNet:
         return self.predict_proba(images).argmax(axis=1).astype(np.int64)
 
     def prepare(self, images: ImagesLike) -> np.ndarray:
-        """Match the net's input: same size (resized) and channel count (grey <-> RGB by mean / repeat)."""
+        """Match the net's input size (resized); images with another channel count are refused, never converted."""
         array = as_images(images)
         if array.shape[1] != self.config.in_channels:
-            array = array.mean(axis=1, keepdims=True) if self.config.in_channels == 1 else np.repeat(array, 3, axis=1)
+            raise ValueError(f"feature net {self.name} takes {_channels(self.config.in_channels)} images, these have "
+                             f"{_channels(array.shape[1])}; use a net trained on images like these "
+                             "(`cpsample train-feature-net`), 'bundled' (picks the shipped net for their channels), "
+                             "or none")
         return resize(array, self.config.image_size)
 
     @torch.no_grad()
@@ -114,9 +123,23 @@ class FeatureNet:
         return folder
 
 
-def load_feature_net(spec: str | Path = "bundled", device: str = "cpu") -> FeatureNet:
-    """'bundled' (the shipped 16x16 MNIST digitnet) or a folder written by train_feature_net."""
-    folder = BUNDLED_FEATURE_NET if str(spec) == "bundled" else Path(spec)
+def _channels(count: int) -> str:
+    return {1: "1-channel (grey)", 3: "3-channel (RGB)"}.get(int(count), f"{count}-channel")
+
+
+def bundled_feature_net(channels: int = 1) -> str:
+    """The name of the shipped feature net for images with this many channels (1: digitnet, 3: emojinet)."""
+    if int(channels) not in BUNDLED_BY_CHANNELS:
+        raise ValueError(f"no bundled feature net for {channels}-channel images; train one with "
+                         "`cpsample train-feature-net`")
+    return BUNDLED_BY_CHANNELS[int(channels)]
+
+
+def load_feature_net(spec: str | Path = "bundled", device: str = "cpu", channels: int | None = None) -> FeatureNet:
+    """'bundled' (the shipped net for `channels`-channel images: 1, the default, 16x16 MNIST digitnet; 3, the
+    32x32 Twemoji emojinet), a shipped net's name ('digitnet', 'emojinet'), or a folder written by train_feature_net."""
+    name = bundled_feature_net(1 if channels is None else channels) if str(spec) == "bundled" else str(spec)
+    folder = BUNDLED_FEATURE_NETS[name] if name in BUNDLED_FEATURE_NETS else Path(spec)
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{folder}: no feature net here (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
                                 "train one with `cpsample train-feature-net --out DIR`")
@@ -136,6 +159,8 @@ class FeatureNetTraining:
     weight_decay: float = 1e-4
     held_out: float = 0.2  # share of images kept aside (stratified) to measure accuracy
     seed: int = 0
+    flip: bool = False  # also mirror half the images left-right (pictures keep their class mirrored; digits do not)
+    widths: tuple[int, ...] = FeatureNetConfig.widths  # channels of the conv stages (max-pool between)
 
 
 def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = None, name: str = "digitnet",
@@ -143,7 +168,7 @@ def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = N
     """Train a DigitNet on dataset's real labels; returns the net and a summary with held-out accuracy.
 
     Augmentation is a random shift of up to 1 pixel, so that slightly off-centre generated digits get the same
-    features as real ones.
+    features as real ones; with training.flip, also a left-right mirror of half the images.
     """
     training = training or FeatureNetTraining()
     if dataset.labels is None:
@@ -152,7 +177,7 @@ def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = N
     labels = np.asarray(dataset.labels, dtype=np.int64)
     train_idx, held_idx = stratified_split(labels, training.held_out, training.seed)
     config = FeatureNetConfig(name=name, in_channels=images.shape[1], image_size=images.shape[-1],
-                              num_classes=int(labels.max()) + 1)
+                              num_classes=int(labels.max()) + 1, widths=tuple(training.widths))
     torch.manual_seed(training.seed)
     net = DigitNet(config).to(device)
     optimiser = torch.optim.AdamW(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
@@ -168,7 +193,10 @@ def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = N
         order = torch.randperm(len(x_train), generator=generator).to(device)
         for start in range(0, len(order), training.batch_size):
             batch = order[start:start + training.batch_size]
-            _, logits = net(random_shift(x_train[batch], generator))
+            inputs = random_shift(x_train[batch], generator)
+            if training.flip:
+                inputs = random_flip(inputs, generator)
+            _, logits = net(inputs)
             loss = F.cross_entropy(logits, y_train[batch])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,9 +242,16 @@ def stratified_split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
+def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the images left-right."""
+    mirrored = torch.rand(len(batch), generator=generator) < 0.5
+    return torch.where(mirrored.view(-1, 1, 1, 1).to(batch.device), batch.flip(-1), batch)
+
+
 def random_shift(batch: torch.Tensor, generator: torch.Generator, pixels: int = 1) -> torch.Tensor:
-    """Shift each image by up to `pixels` in x and y, filling with the background value (-1)."""
-    padded = F.pad(batch, (pixels,) * 4, value=-1.0)
+    """Shift each image by up to `pixels` in x and y, filling with the edge pixels: the background, whatever its
+    colour (black for digits, white for the Twemoji pictures)."""
+    padded = F.pad(batch, (pixels,) * 4, mode="replicate")
     height, width = batch.shape[-2:]
     shifts = torch.randint(0, 2 * pixels + 1, (len(batch), 2), generator=generator)
     return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(shifts.tolist())])

@@ -92,7 +92,7 @@ def inception_fid(real: ImagesLike, generated: ImagesLike, weights: str | Path, 
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as error:
         raise MissingOptionalPackage("FID needs torchmetrics and torch-fidelity (pip install torchmetrics torch-fidelity); "
-                                     "without them use the offline FD_digitnet") from error
+                                     "without them use the offline FD_digitnet / FD_emojinet") from error
     metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
     for images, is_real in ((as_images(real, "real images"), True), (as_images(generated, "generated images"), False)):
         for start in range(0, len(images), batch_size):

@@ -155,7 +155,8 @@ def _add_quality(results: dict, quality_net, sample_sets, members, nonmembers, s
     """FD to the members in the feature net's space for each method, and for held-out real images as a floor."""
     from cpsample.evaluation.feature_net import FeatureNet, load_feature_net
 
-    net = quality_net if isinstance(quality_net, FeatureNet) else load_feature_net(quality_net)
+    net = (quality_net if isinstance(quality_net, FeatureNet)
+           else load_feature_net(quality_net, channels=as_images(members).shape[1]))
     metric = f"FD_{net.name}"
     member_fit = gaussian_fit(net(members))
     for name, images in sample_sets.items():

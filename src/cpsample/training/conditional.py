@@ -49,7 +49,7 @@ def class_labels_of(members: ImageSet, num_classes: int | None = None) -> tuple[
     """The members' class labels and the class count (largest label + 1 unless given)."""
     if members.labels is None:
         raise DataError(f"{members.source}: these images carry no class labels; a class-conditional model needs them "
-                        "('mnist', 'digits', or an .npz file with a 'labels' array)")
+                        "('mnist', 'digits', 'twemoji', or an .npz file with a 'labels' array)")
     labels = np.asarray(members.labels, dtype=np.int64)
     if labels.min() < 0:
         raise DataError(f"{members.source}: class labels must be non-negative, found {labels.min()}")

@@ -353,7 +353,7 @@ def _quality_scorer(quality_net: str | None, reference: np.ndarray):
         return lambda images: None
     from cpsample.evaluation import frechet_distance_in, load_feature_net
 
-    net = load_feature_net(quality_net)
+    net = load_feature_net(quality_net, channels=reference.shape[1])
     return lambda images: float(frechet_distance_in(net, reference, images.numpy())["value"])
 
 

@@ -1,0 +1,201 @@
+"""Issue 33: RGB at 32x32 through every command, on the bundled Twemoji pictures (1,026 images, 32x32 RGB, six
+categories) and tiny models trained here in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cpsample.cli.main import app
+
+SHAPE = (3, 32, 32)
+TRAIN = ["train-denoiser", "--data", "twemoji", "--image-size", "32", "--subset", "16", "--steps", "4",
+         "--batch-size", "4", "--channels", "8,16"]
+CLASSIFIER = ["--steps", "2", "--relabel-after", "1", "--batch-size", "8", "--channels", "8,16"]
+SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "4"]
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def images(folder):
+    with np.load(folder / "samples.npz") as data:
+        return data["images"]
+
+
+@pytest.fixture(scope="module")
+def rgb(tmp_path_factory):
+    """A tiny RGB denoiser and its classifiers: (folder of everything, denoiser, classifier, selective, early)."""
+    root = tmp_path_factory.mktemp("rgb")
+    denoiser, classifier = root / "denoiser", root / "clf"
+    cli(*TRAIN, "--out", denoiser)
+    cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--out", classifier)
+    return root, denoiser, classifier
+
+
+def test_train_denoiser_and_classifiers_take_rgb_32(rgb):
+    from cpsample.models.classifier import load_classifier
+    from cpsample.models.denoiser import load_denoiser
+
+    root, denoiser, classifier = rgb
+    unet, _ = load_denoiser(denoiser)
+    assert (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size) == (3, 3, 32)
+    clf = load_classifier(classifier)
+    assert (clf.config.in_channels, clf.config.sample_size) == (3, 32)
+    # the selective classifier (negatives: the denoiser's own samples) and the early one (t <= 100)
+    cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--negatives", "samples", "--negatives-count", "4",
+        "--max-t", "100", "--out", root / "selective")
+    selective = load_classifier(root / "selective")
+    assert (selective.config.in_channels, selective.config.sample_size) == (3, 32)
+    cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--negatives", "twemoji", "--negatives-count", "4",
+        "--out", root / "selective-data")
+
+
+@pytest.mark.parametrize("guard", ["none", "cpsample", "amg"])
+def test_sample_writes_rgb_images_and_an_rgb_grid(rgb, guard):
+    root, denoiser, classifier = rgb
+    out = root / f"samples-{guard}"
+    extra = {"none": [], "cpsample": ["--classifier", classifier, "--alpha", "0.5", "--scale", "10"],
+             "amg": ["--amg-threshold", "0.5"]}[guard]
+    cli(*SAMPLE, "--model", denoiser, "--guard", guard, *extra, "--out", out)
+    samples = images(out)
+    assert samples.shape == (4, *SHAPE) and samples.min() >= -1 and samples.max() <= 1
+    with Image.open(out / "grid.png") as grid:
+        assert grid.mode == "RGB"
+        pixels = np.asarray(grid).astype(int)
+    assert np.abs(pixels[..., 0] - pixels[..., 1]).max() > 0, "the grid keeps the colours"
+
+
+def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rgb):
+    from cpsample.data import Split, load_dataset
+
+    root, denoiser, _ = rgb
+    members = load_dataset("twemoji").take(Split.load(denoiser / "split.json").members).images
+    copies = np.concatenate([members[:3], images(_plain(rgb))])  # three exact member copies, four samples
+    np.savez(root / "copies.npz", images=copies)
+    out = root / "eval"
+    cli("evaluate", "--samples", f"plain={root / 'samples-none' / 'samples.npz'}", "--samples",
+        f"copies={root / 'copies.npz'}", "--model", denoiser, "--permutation-rounds", "20", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    copied = report["methods"]["copies"]
+    assert copied["replication"]["count"] >= 3 and copied["similarity"]["max"] > 0.999
+    assert copied["quality"]["metric"] == "FD_emojinet", "RGB emoji are scored by the emoji net, never the digit net"
+    assert report["settings"]["threshold"] == pytest.approx(_threshold_for_rgb())
+    for figure in report["figures"].values():
+        if figure.endswith(".png"):
+            with Image.open(out / figure) as picture:
+                assert picture.mode in ("RGB", "RGBA")
+
+
+def test_calibrate_on_rgb(rgb):
+    root, denoiser, classifier = rgb
+    out = root / "calib"
+    cli("calibrate", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4", "--steps", "3",
+        "--alphas", "0.5", "--scales", "10", "--target", "1.0", "--reduction", "0", "--finalists", "0")
+    report = json.loads((out / "calibration.json").read_text())
+    assert [r["guard"] for r in report["rows"]] == ["none", "cpsample"]
+    assert all(r["frechet_distance"] is not None for r in report["rows"])
+    assert (classifier / "calibration.json").exists()
+
+
+def test_attack_mia_on_rgb(rgb):
+    root, denoiser, _ = rgb
+    out = root / "mia"
+    cli("attack", "mia", "--model", denoiser, "--members", "8", "--nonmembers", "8", "--t", "100", "--draws", "1",
+        "--out", out)
+    result = json.loads((out / "result.json").read_text())
+    assert set(result) == {"loss", "pia"}
+    assert result["loss"]["n_members"] == 8
+
+
+def test_attack_side_on_rgb(rgb):
+    root, denoiser, _ = rgb
+    out = root / "side"
+    cli("attack", "side", "--model", denoiser, "--samples", "8", "--clusters", "2", "--min-cohesion", "-1",
+        "--attack-steps", "3", "--per-class", "2", "--train-steps", "3", "--batch-size", "8", "--out", out)
+    result = json.loads((out / "result.json").read_text())
+    assert result["attack"]["n"] == 4
+    for name in ("pool.png", "attack.png"):
+        with Image.open(out / name) as grid:
+            assert grid.mode == "RGB"
+
+
+def test_demo_on_an_rgb_model(rgb):
+    root, denoiser, classifier = rgb
+    out = root / "demo"
+    cli("demo", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4", "--steps", "3",
+        "--mia-members", "8", "--alpha", "0.5", "--scale", "10")
+    report = json.loads((out / "report.json").read_text())
+    assert {"plain", "cpsample", "rejection"} <= set(report["methods"])
+    assert report["methods"]["plain"]["quality"]["metric"] == "FD_emojinet"
+
+
+def _plain(rgb):
+    out = rgb[0] / "samples-none"
+    if not (out / "samples.npz").exists():
+        cli(*SAMPLE, "--model", rgb[1], "--out", out)
+    return out
+
+
+def _threshold_for_rgb():
+    from cpsample.evaluation.nearcopy import default_threshold
+
+    return default_threshold("pixels")
+
+
+def test_the_pixel_yardstick_finds_noisy_rgb_copies_and_spares_distinct_pictures():
+    """Centred pixels at 0.98 on 32x32 RGB (the measurement in nearcopy.NEAR_COPY_THRESHOLDS): near-exact copies are
+    found, distinct pictures rarely are."""
+    from cpsample.data import load_dataset
+    from cpsample.evaluation.nearcopy import find_near_copies
+
+    pictures = load_dataset("twemoji").images
+    order = np.random.default_rng(0).permutation(len(pictures))
+    members, others = pictures[order[:200]], pictures[order[200:]]
+    noisy = np.clip(members + np.random.default_rng(1).normal(0, 0.05, members.shape), -1, 1).astype(np.float32)
+    found = find_near_copies(noisy, members)
+    assert found.copies.mean() > 0.95 and (found.nearest[found.copies] == np.flatnonzero(found.copies)).all()
+    assert find_near_copies(others, members).copies.mean() < 0.02
+
+
+def test_bundled_feature_net_follows_the_channels_and_never_runs_the_digit_net_on_rgb():
+    from cpsample.data import load_dataset
+    from cpsample.evaluation.feature_net import load_feature_net
+
+    emoji = load_feature_net("bundled", channels=3)
+    assert emoji.name == "emojinet" and (emoji.config.in_channels, emoji.config.image_size) == SHAPE[:2]
+    assert load_feature_net("bundled").name == load_feature_net("bundled", channels=1).name == "digitnet"
+    pictures = load_dataset("twemoji")
+    assert emoji(pictures.images[:8]).shape == (8, emoji.config.feature_dim)
+    with pytest.raises(ValueError, match="3-channel"):
+        load_feature_net("digitnet")(pictures.images[:2])
+    with pytest.raises(ValueError, match="1-channel"):
+        emoji(np.zeros((2, 1, 32, 32), np.float32))
+    # the shipped net tells the six categories apart on the pictures it was not trained on
+    record = json.loads((emoji_folder() / "cpsample.json").read_text())["results"]
+    held = np.asarray(record["held_out_indices"])
+    accuracy = (emoji.predict(pictures.images[held]) == pictures.labels[held]).mean()
+    assert accuracy == pytest.approx(record["held_out_accuracy"], abs=0.01) and accuracy > 0.5  # majority class: 26%
+
+
+def test_train_feature_net_on_rgb(tmp_path):
+    from cpsample.evaluation.feature_net import load_feature_net
+
+    cli("train-feature-net", "--data", "twemoji", "--image-size", "32", "--epochs", "1", "--batch-size", "256",
+        "--widths", "8,16", "--flip", "--name", "tiny", "--out", tmp_path / "net")
+    net = load_feature_net(tmp_path / "net")
+    assert (net.name, net.config.in_channels, net.config.image_size, net.num_classes) == ("tiny", 3, 32, 6)
+    assert net.config.widths == (8, 16)
+
+
+def emoji_folder():
+    from cpsample.evaluation.feature_net import BUNDLED_FEATURE_NETS
+
+    return BUNDLED_FEATURE_NETS["emojinet"]
