@@ -13,7 +13,8 @@ from rich.table import Table
 from cpsample.cli.common import Alpha, Device, NearCopyThreshold, Scale, Seed, Tau, console, run_safely
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                         help="Attack a model: how well can an adversary tell its training images from unseen ones?")
+                         help="Attack a model: how well can an adversary tell its training images from unseen ones? "
+                              "mia: with the weights (white box); sample-nn: from its samples alone (black box).")
 
 
 @attack_app.command("mia")
@@ -38,7 +39,9 @@ def mia_command(
     device: Device = "cpu",
     seed: Seed = 0,
 ):
-    """Membership inference: do members get lower reconstruction errors than non-members? (AUC, TPR@1%FPR, Z-test)"""
+    """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR, Z-test)
+
+    For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.mia import run_mia
     from cpsample.attacks.plots import plot_attacks
     from cpsample.provenance import seed_everything, write_record
@@ -91,8 +94,10 @@ def sample_nn_command(
     trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
     seed: Seed = 0,
 ):
-    """Sample-only membership inference (black box: sees only generated images): are members closer to their
-    nearest sample than non-members? (AUC, TPR@1%FPR, one-sided Mann-Whitney U)"""
+    """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR, Mann-Whitney U)
+
+    Score: cosine distance of each member / held-out image to its nearest generated sample, in the near-copy
+    yardstick's feature space. Reads only samples.npz files, so it scores any defence's output without sampling again."""
     from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
     from cpsample.provenance import seed_everything, write_record
 
