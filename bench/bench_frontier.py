@@ -3,8 +3,10 @@
 For each method (CPSample with each classifier given, AMG, rejection sampling) and each knob setting: near-copy
 share (pixel cosine > threshold to the nearest member, exact CI) against FD_digitnet to held-out images, share of
 denoising steps guided, and seconds per image. Each method's chosen setting is its best-quality one that cuts
-near-copies by >= --reduction relative to plain; there it also reports membership inference (loss attack and PIA
-AUC) and, for CPSample, the time against plain with the calibrated check window (max_t).
+near-copies by >= --reduction relative to plain; there it also reports white-box membership inference (loss attack
+and PIA AUC: the adversary holds the weights) and, for CPSample, the time against plain with the calibrated check
+window (max_t). Every setting, rejection sampling included, also gets the black-box sample-only attack's AUC and TPR at
+1% FPR (mia_sample_nn_*: members vs as many held-out images by distance to the nearest sample; --mia-members of them).
 
     python bench/bench_frontier.py --out bench_out/frontier                      # the bundled model
     python bench/bench_frontier.py --model runs/ft --classifier paper=runs/clf --out bench_out/frontier_ft
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_methods import Judge
+from bench_methods import Judge, sample_attack
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
@@ -59,7 +61,8 @@ def main() -> None:
     classifiers = dict(spec.split("=", 1) for spec in (args.classifier or ["paper=bundled"]))
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net(args.quality_net), heldout)
+    attack = sample_attack(dataset, split, args.threshold, args.seed, args.mia_members) if args.mia_members > 0 else None
+    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net(args.quality_net), heldout, attack)
     common = dict(model=args.model, n=args.n_samples, steps=args.steps, seed=args.seed, batch_size=200, progress=False)
 
     rows = [measure(judge, args, "plain", "-", {"guard": "none"}, common)]
@@ -162,7 +165,7 @@ def timed(options: dict, common: dict, repeats: int = 2) -> float:
 
 
 def mia_aucs(args, options: dict) -> dict:
-    """Loss-attack and PIA AUC against the denoiser as the method deploys it (CPSample with its check window)."""
+    """White box: loss-attack and PIA AUC against the denoiser as the method deploys it (CPSample with its check window)."""
     from cpsample.attacks import run_mia
     from cpsample.sampling.guards import GuardContext, build_guard
 

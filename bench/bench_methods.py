@@ -2,7 +2,9 @@
 
 plain DDIM, CPSample, rejection sampling and AMG on the unconditional model: near-copy share (pixel cosine > 0.98,
 exact CI), FD_digitnet to held-out digits, seconds per accepted image, and how many distinct training digits the
-SIDE extraction attack recovers from the plain and the CPSample-protected sampler. With --conditional-model (a
+SIDE extraction attack recovers from the plain and the CPSample-protected sampler, and the sample-only membership attack
+(black box: members vs held-out digits by distance to the nearest sample, AUC and TPR at 1% FPR) on every method's
+samples. With --conditional-model (a
 folder from `cpsample train-conditional` on the same 200 members), plain CFG, delayed CFG, opposite guidance and
 CPSample on top of CFG, with the share of samples the digit net reads as their requested class.
 
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsample.attacks import SampleNNAttack
+from cpsample.attacks.mia import pick_images
 from cpsample.evaluation import NearCopyDetector, clopper_pearson, frechet_distance_in, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
@@ -44,7 +48,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir("bundled", "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net("bundled"), heldout)
+    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net("bundled"), heldout,
+                  sample_attack(dataset, split, args.threshold, args.seed))
     rows = [] if args.skip_unconditional else unconditional_rows(args, judge)
     if args.conditional_model is not None:
         rows += conditional_rows(args, judge)
@@ -57,10 +62,11 @@ def main() -> None:
 
 
 class Judge:
-    """One yardstick for every method: near-copies, quality, class agreement."""
+    """One yardstick for every method: near-copies, quality, class agreement and, with `attack`, the sample-only
+    membership attack (black box: it reads only the samples, so every defence gets the same column)."""
 
-    def __init__(self, detector: NearCopyDetector, net, heldout: np.ndarray):
-        self.detector, self.net, self.heldout = detector, net, heldout
+    def __init__(self, detector: NearCopyDetector, net, heldout: np.ndarray, attack: SampleNNAttack | None = None):
+        self.detector, self.net, self.heldout, self.attack = detector, net, heldout, attack
 
     def row(self, model: str, method: str, images, seconds: float, labels=None, **extra) -> dict:
         images = images.numpy() if hasattr(images, "numpy") else images
@@ -71,7 +77,22 @@ class Judge:
                 "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
                 "fd_digitnet": float(frechet_distance_in(self.net, self.heldout, images)["value"]),
                 "seconds_per_image": seconds / len(images), "class_agreement": agreement,
-                "denoiser_calls_per_image": None, "side_distinct_extracted": None, "side_unguided_same_budget": None, **extra}
+                "denoiser_calls_per_image": None, "side_distinct_extracted": None, "side_unguided_same_budget": None,
+                **self.sample_columns(images), **extra}
+
+    def sample_columns(self, images) -> dict:
+        if self.attack is None:
+            return {}
+        result = self.attack(images)
+        return {"mia_sample_nn_auc": round(result.auc, 4),
+                "mia_sample_nn_tpr_at_1pct_fpr": round(result.stats.tpr_at_1pct_fpr, 4),
+                "mia_sample_nn_mann_whitney_p": result.mann_whitney_p}
+
+
+def sample_attack(dataset, split, threshold: float | None, seed: int, n_members: int | None = None) -> SampleNNAttack:
+    """The sample-only attack on the model's members vs as many random held-out images, picked as `run_mia` picks them."""
+    member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, None, seed)
+    return SampleNNAttack(dataset.images[member_idx], dataset.images[nonmember_idx], threshold=threshold)
 
 
 def unconditional_rows(args, judge: Judge) -> list[dict]:
@@ -124,12 +145,16 @@ def markdown_table(rows: list[dict]) -> str:
             return "-"
         return {"pct": f"{100 * value:.1f}%", "f1": f"{value:.1f}", "f3": f"{value:.3f}"}.get(kind, str(value))
 
-    lines = ["| model | method | near-copies | share (95% CI) | FD_digitnet | s/image | class kept | SIDE distinct |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | near-copies | share (95% CI) | FD_digitnet | s/image | class kept | SIDE distinct | "
+             "sample-only MIA AUC (TPR@1%FPR) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         share = f"{cell(r['near_copy_share'], 'pct')} ({cell(r['ci_low'], 'pct')}-{cell(r['ci_high'], 'pct')})"
+        mia = "-" if r.get("mia_sample_nn_auc") is None else \
+            f"{cell(r['mia_sample_nn_auc'], 'f3')} ({cell(r['mia_sample_nn_tpr_at_1pct_fpr'], 'pct')})"
         lines.append(f"| {r['model']} | {r['method']} | {r['near_copies']}/{r['n']} | {share} | {cell(r['fd_digitnet'], 'f1')} | "
-                     f"{cell(r['seconds_per_image'], 'f3')} | {cell(r['class_agreement'], 'pct')} | {cell(r['side_distinct_extracted'], '')} |")
+                     f"{cell(r['seconds_per_image'], 'f3')} | {cell(r['class_agreement'], 'pct')} | "
+                     f"{cell(r['side_distinct_extracted'], '')} | {mia} |")
     return "\n".join(lines)
 
 

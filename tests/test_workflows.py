@@ -198,7 +198,14 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
     html = (out / "report.html").read_text()
     for figure in report["figures"].values():
         assert (out / figure).exists() and figure in html
-    assert report["membership_inference"]["rows"]
+    rows = report["membership_inference"]["rows"]
+    white = {(r["defence"], r["attack"]) for r in rows if r["threat model"].startswith("white box")}
+    black = {r["defence"]: r for r in rows if r["threat model"].startswith("black box")}
+    assert white == {(d, a) for d in ("plain", "cpsample") for a in ("loss", "pia")}
+    assert set(black) == set(report["methods"]) and all(r["attack"] == "sample-nn" for r in black.values())
+    assert all(0.0 <= r["AUC"] <= 1.0 and 0.0 <= r["p (Mann-Whitney, one-sided)"] <= 1.0 for r in black.values())
+    assert report["figures"]["mia_sample_nn_roc"] == "mia_sample_nn_roc.png"
+    assert "sample-nn" in " ".join(result.output.split())
 
 
 def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):

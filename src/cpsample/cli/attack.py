@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Alpha, Device, Scale, Seed, Tau, console, run_safely
+from cpsample.cli.common import Alpha, Device, NearCopyThreshold, Scale, Seed, Tau, console, run_safely
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                         help="Attack a model: how well can an adversary tell its training images from unseen ones?")
+                         help="Attack a model: how well can an adversary tell its training images from unseen ones? "
+                              "mia: with the weights (white box); sample-nn: from its samples alone (black box).")
 
 
 @attack_app.command("mia")
@@ -37,7 +39,9 @@ def mia_command(
     device: Device = "cpu",
     seed: Seed = 0,
 ):
-    """Membership inference: do members get lower reconstruction errors than non-members? (AUC, TPR@1%FPR, Z-test)"""
+    """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR, Z-test)
+
+    For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.mia import run_mia
     from cpsample.attacks.plots import plot_attacks
     from cpsample.provenance import seed_everything, write_record
@@ -73,6 +77,96 @@ def results_table(results: dict, guard: str) -> Table:
             table.add_row(name, str(t), f"{stats.auc:.3f}", f"{stats.tpr_at_1pct_fpr:.1%}", f"{stats.z:.2f}",
                           f"{stats.p_value:.2g}", f"{stats.member_mean:.4g}", f"{stats.nonmember_mean:.4g}", style=style)
     return table
+
+
+@attack_app.command("sample-nn")
+@run_safely
+def sample_nn_command(
+    samples: Annotated[list[str], typer.Option(help="[NAME=]PATH to a samples.npz, any defence's; repeat for several. "
+                                                    "A .npz holding several image arrays (the demo's samples.npz) "
+                                                    "gives one set per array.")],
+    out: Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")],
+    model: Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled': whose members to look for.")] = "bundled",
+    members: Annotated[Optional[int], typer.Option("--members", help="At most this many members, picked at random (default: all).")] = None,
+    nonmembers: Annotated[Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")] = None,
+    features: Annotated[str, typer.Option(help="Feature space of the near-copy yardstick: pixels, dino:PATH or sscd:PATH.")] = "pixels",
+    threshold: NearCopyThreshold = None,
+    trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
+    seed: Seed = 0,
+):
+    """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR, Mann-Whitney U)
+
+    Score: cosine distance of each member / held-out image to its nearest generated sample, in the near-copy
+    yardstick's feature space. Reads only samples.npz files, so it scores any defence's output without sampling again."""
+    from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
+    from cpsample.provenance import seed_everything, write_record
+
+    seed_everything(seed)
+    sets = read_sample_sets(samples)
+    results = run_sample_attack(sets, model=model, n_members=members, n_nonmembers=nonmembers, features=features,
+                                threshold=threshold, seed=seed, trust_torchscript=trust_torchscript)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps({name: r.to_dict(with_scores=True) for name, r in results.items()},
+                                                indent=2, default=str))
+    plot_sample_attacks(results, out / "roc.png", title=f"sample-only membership inference on {model}'s members")
+    settings = {"samples": samples, "model": model, "members": members, "nonmembers": nonmembers, "features": features,
+                "threshold": threshold, "seed": seed}
+    headline = {name: {"auc": r.auc, "tpr_at_1pct_fpr": r.stats.tpr_at_1pct_fpr, "mann_whitney_p": r.mann_whitney_p,
+                       "n_samples": r.n_samples} for name, r in results.items()}
+    write_record(out, "attack sample-nn", settings, {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")})
+    console.print(sample_table(results))
+
+
+def sample_table(results: dict) -> Table:
+    first = next(iter(results.values()))
+    table = Table(title=f"sample-only membership inference ({first.n_members} members vs {first.n_nonmembers} "
+                        f"non-members; {first.settings['features']} cosine to the nearest sample)")
+    for column in ("samples", "n", "AUC", "TPR@1%FPR", "p (Mann-Whitney)", "members copied", "non-members copied",
+                   "member mean dist", "non-member mean dist"):
+        table.add_column(column, justify="right")
+    for name, r in results.items():
+        table.add_row(name, str(r.n_samples), f"{r.auc:.3f}", f"{r.stats.tpr_at_1pct_fpr:.1%}", f"{r.mann_whitney_p:.2g}",
+                      f"{r.member_copied_share:.1%}", f"{r.nonmember_copied_share:.1%}", f"{r.stats.member_mean:.4g}",
+                      f"{r.stats.nonmember_mean:.4g}")
+    return table
+
+
+def read_sample_sets(specs: list[str]) -> dict:
+    """['plain=a/samples.npz', 'b/samples.npz', ...] -> {name: images}. A file's name defaults to its folder's name; an
+    .npz without an 'images' array but with several image arrays (the demo's samples.npz) gives one set per array."""
+    from cpsample.cli.evaluate import load_samples
+
+    sets = {}
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator:
+            name, path = "", spec
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--samples {spec}: {path} does not exist")
+        found = _named_arrays(path) or {"": load_samples(path).images}
+        for key, images in found.items():
+            label = "/".join(part for part in (name, key) if part) or (path.parent.name if path.stem == "samples" else path.stem)
+            if label in sets:
+                raise ValueError(f"--samples: two sets are named {label!r}; name them with NAME=PATH")
+            sets[label] = images
+    return sets
+
+
+def _named_arrays(path: Path) -> dict:
+    """The image arrays of an .npz with no 'images' key and several (N, C, H, W) float arrays in [-1, 1], by name."""
+    if path.suffix != ".npz":
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "images" in archive or len(archive.files) < 2:
+                return {}
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError):
+        return {}  # load_samples says what is wrong with the file
+    images = {key: a.astype(np.float32) for key, a in arrays.items() if a.ndim == 4 and a.shape[1] in (1, 3)
+              and np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() and a.min() >= -1.0 and a.max() <= 1.0}
+    return images if len(images) == len(arrays) else {}
 
 
 def register(app: typer.Typer) -> None:

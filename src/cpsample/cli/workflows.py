@@ -36,7 +36,7 @@ def demo_command(
     seed: Seed = 0,
 ):
     """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
-    near-copies, quality, MIA, cost, figures."""
+    near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
@@ -54,6 +54,14 @@ def demo_command(
     console.print(table)
     for comparison in results.get("comparisons", []):
         console.print(f"chi-square {comparison['baseline']} vs {comparison['method']}: p = {comparison['p_value']:.3g}")
+    membership = results.get("membership_inference")
+    if membership:
+        mia = Table(title="membership inference per threat model (AUC 0.5 = no leak)")
+        for column in ("threat model", "defence", "attack", "AUC", "TPR@1%FPR"):
+            mia.add_column(column, justify="right")
+        for row in membership["rows"]:
+            mia.add_row(row["threat model"], row["defence"], row["attack"], f"{row['AUC']:.3f}", f"{row['TPR@1%FPR']:.1%}")
+        console.print(mia)
     console.print(f"report: {Path(out) / 'report.html'}  ({results['seconds_total']:.0f}s)")
 
 

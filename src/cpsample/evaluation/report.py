@@ -20,6 +20,8 @@ FIGURE_CAPTIONS = {
                             "Right of the dashed line counts as a near-copy.",
     "top_pairs": "The most similar generated / training pairs per method (paper Fig. 1 and 3).",
     "trace": "CPSample's classifier probability p(y=1 | x_t) per denoising step, and how often guidance fired.",
+    "mia_sample_nn_roc": "Sample-only membership inference (black box: only the generated samples are seen): ROC of "
+                         "each candidate's distance to its nearest sample, members vs held-out non-members, per method.",
 }
 # Keys of `evaluate`'s results that have their own section; any other top-level entry (e.g. sampling costs added
 # by a caller) is shown as a generic table, so callers can extend the report without touching this module.

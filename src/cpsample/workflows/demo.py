@@ -111,9 +111,20 @@ def _sample_figures(out: Path, images: dict, protected, alpha: float) -> dict:
     return figures
 
 
-def membership_rows(settings: DemoSettings, model: DiffusionModel, progress: bool = True) -> dict:
-    """Loss attack and PIA against the plain and the CPSample-guarded denoiser (same images, same noise)."""
-    from cpsample.attacks import run_mia
+WHITE_BOX = "white box (holds the weights)"
+BLACK_BOX = "black box (sees only samples)"
+
+
+def membership_rows(settings: DemoSettings, model: DiffusionModel, images: dict | None = None, out: Path | None = None,
+                    progress: bool = True) -> dict:
+    """Membership inference per threat model, on the same members and non-members.
+
+    White box: loss attack and PIA against the plain and the CPSample-guarded denoiser (same images, same noise).
+    Black box: the sample-only attack (each candidate's distance to its nearest generated sample) on every method's
+    samples in `images`; with `out`, its ROC goes to out/mia_sample_nn_roc.png (returned under "figures").
+    """
+    from cpsample.attacks import run_mia, run_sample_attack
+    from cpsample.attacks.sample_nn import plot_sample_attacks
 
     rows = []
     knobs = {"none": {}, "cpsample": {"alpha": settings.alpha, "scale": settings.scale, "tau": settings.tau}}
@@ -123,10 +134,33 @@ def membership_rows(settings: DemoSettings, model: DiffusionModel, progress: boo
                           device=settings.device, progress=progress)
         for name, result in attacks.items():
             best = result.best
-            rows.append({"denoiser": "plain" if guard == "none" else "cpsample", "attack": name, "best t": result.best_t,
-                         "AUC": round(best.auc, 4), "TPR@1%FPR": round(best.tpr_at_1pct_fpr, 4),
-                         "Z": round(best.z, 3), "p (one-sided)": best.p_value})
-    return {"rows": rows, "note": f"{settings.mia_members} members vs as many random non-members; AUC 0.5 = no leak"}
+            rows.append({"threat model": WHITE_BOX, "defence": "plain" if guard == "none" else "cpsample",
+                         "attack": name, "best t": result.best_t, "AUC": round(best.auc, 4),
+                         "TPR@1%FPR": round(best.tpr_at_1pct_fpr, 4), "Z": round(best.z, 3), "p (one-sided)": best.p_value})
+    figures, sample_only = {}, {}
+    if images:
+        # The same candidates as run_mia's (same counts, same seed), in the near-copy yardstick's feature space.
+        sample_only = run_sample_attack({name: np.asarray(batch) for name, batch in images.items()}, model=model,
+                                        n_members=settings.mia_members, features=settings.features,
+                                        threshold=settings.threshold, seed=settings.seed)
+        for name, result in sample_only.items():
+            rows.append({"threat model": BLACK_BOX, "defence": name, "attack": result.attack, "best t": "-",
+                         **result.row(), "members copied": round(result.member_copied_share, 4)})
+        if out is not None:
+            plot_sample_attacks(sample_only, Path(out) / "mia_sample_nn_roc.png",
+                                title=f"sample-only attack: {settings.n_samples} samples per method")
+            figures["mia_sample_nn_roc"] = "mia_sample_nn_roc.png"
+    first = next(iter(sample_only.values()), None)
+    note = (f"{settings.mia_members} members vs as many random non-members (the same images for every attack); "
+            "AUC 0.5 = no leak, TPR@1%FPR = share of members found while flagging 1% of non-members. "
+            "White box: loss attack (paper Alg. 1) and PIA query the denoiser (as CPSample guards it), so they model "
+            "whoever holds the weights. Black box: sample-nn scores each candidate by the cosine distance of its "
+            f"{settings.features} features to its nearest generated sample"
+            + (f" ({first.n_samples} samples per method)" if first else "")
+            + ", so it models anyone who sees the shared outputs and applies to every defence, rejection sampling "
+            "included; its p is a one-sided Mann-Whitney U test (members closer), 'members copied' the share of "
+            f"members with a near-copy (> {settings.threshold}) among the samples.")
+    return {"rows": rows, "note": note, "figures": figures}
 
 
 def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
@@ -141,13 +175,14 @@ def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
     model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
     members, nonmembers = model.members.images, model.nonmembers.images
     images, sampled = sample_three_ways(settings, out, model, progress)
-    membership = membership_rows(settings, model, progress) if settings.mia_members > 0 else None
+    membership = membership_rows(settings, model, images, out, progress) if settings.mia_members > 0 else None
+    membership_figures = membership.pop("figures") if membership else {}
     results = evaluate({name: batch.numpy() for name, batch in images.items()}, members, nonmembers,
                        features=settings.features, threshold=settings.threshold, figures_dir=out, membership=membership,
                        seed=settings.seed, progress=progress)
     results["costs"] = sampled["costs"]
     results["cpsample_settings"] = sampled["cpsample_settings"]  # as used: calibrated knobs resolved
-    results["figures"] = {**results.get("figures", {}), **sampled["figures"]}
+    results["figures"] = {**results.get("figures", {}), **sampled["figures"], **membership_figures}
     results["seconds_total"] = round(time.time() - started, 1)
     paths = write_report(out, results, title="cpsample demo: plain vs CPSample vs rejection sampling")
     np.savez_compressed(out / "samples.npz", **{name: batch.numpy() for name, batch in images.items()})
