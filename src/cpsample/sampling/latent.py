@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
+from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
 from cpsample.sampling.guards.base import CFGPrediction
 from cpsample.sampling.pipeline import check_same_schedule
@@ -33,7 +34,6 @@ from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
 DEFAULT_SD_CFG_SCALE = 7.5
-PIPELINE_INDEX = "model_index.json"
 
 
 # --- the tiny local pipeline ---------------------------------------------------------------------------------
@@ -116,6 +116,10 @@ def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str
     if not (folder / PIPELINE_INDEX).is_file():
         raise FileNotFoundError(f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
                                 "save_pretrained or `cpsample make-tiny-sd`)")
+    if not is_sd_pipeline(folder):
+        raise ValueError(f"{folder}: {PIPELINE_INDEX} names a {pipeline_class(folder)}, not a Stable Diffusion pipeline"
+                         + ("; it is a pixel-space denoiser: sample it with `cpsample sample --model`"
+                            if pipeline_class(folder) == DDPM_PIPELINE else ""))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     from diffusers import StableDiffusionPipeline
