@@ -223,3 +223,47 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
     assert "CPSample: alpha 0.4, scale 50, tau 0.01, checks at every step" in output  # (a calibrated max_t is alpha's)
     assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.4, 50.0, 0.01, None)
     assert np.array_equal(latents, direct(alpha=0.4, scale=50.0, tau=0.01))
+
+
+def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
+    """`cpsample calibrate --classifier LATENT` finds the pipeline, samples it with the classifier's captions, counts
+    near-copies of the private images as sample-sd does, and saves calibration.json, which sample-sd then runs."""
+    import shutil
+
+    from cpsample.cli.main import app
+    from cpsample.workflows.calibrate import GridSettings
+
+    classifier = tmp_path / "clf"
+    shutil.copytree(setup["classifier"], classifier)
+    runner = CliRunner()
+    out = tmp_path / "cal"
+    result = runner.invoke(app, ["calibrate", "--classifier", str(classifier), "--out", str(out), "--n-samples", "4",
+                                 "--steps", "3", "--alphas", "0.5", "--scales", "10,100", "--reduction", "0",
+                                 "--finalists", "0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((classifier / "calibration.json").read_text())
+    chosen = saved["measured"]
+    assert saved["settings"]["alpha"] == chosen["alpha"] == 0.5 and saved["settings"]["scale"] == chosen["scale"]
+    assert saved["model"] == str(setup["pipeline"].resolve()) and saved["scheduler"] == "default"
+    assert saved["prompts"] == [f"block number {i}" for i in range(6)]  # the classifier's captions
+    rows = json.loads((out / "calibration.json").read_text())["rows"]
+    assert [row["guard"] for row in rows] == ["none", "cpsample", "cpsample"] and all(row["n"] == 6 for row in rows)
+    assert rows[1]["steps_guided"] == 1.0 and rows[0]["frechet_distance"] is None  # alpha 0.5 guides every step
+    assert (out / "calibration.png").is_file()
+    sampled = runner.invoke(app, ["sample-sd", "--pipeline", str(setup["pipeline"]), "--prompt", PROMPTS[0],
+                                  "--classifier", str(classifier), "-n", "1", "--steps", "2", "--out", str(tmp_path / "sd")])
+    assert sampled.exit_code == 0, sampled.output
+    record = json.loads((tmp_path / "sd" / "cpsample.json").read_text())["settings"]
+    assert (record["alpha"], record["scale"], record["max_t"]) == (0.5, chosen["scale"], saved["settings"]["max_t"])
+    assert record["knobs_from"] == str(classifier / "calibration.json")
+
+    settings = GridSettings(model=str(setup["pipeline"]), classifier=str(classifier), prompts=("x",))
+    assert settings.latent and settings.quality_net is None and settings.scheduler == "default"
+    with pytest.raises(ValueError, match="two-stage guard"):
+        GridSettings(model=str(setup["pipeline"]), classifier=str(classifier), early_classifier="bundled")
+    no_captions = tmp_path / "bare"
+    shutil.copytree(setup["classifier"], no_captions)
+    (no_captions / "captions.json").unlink()
+    with pytest.raises(ValueError, match="give the prompts"):
+        GridSettings(model=str(setup["pipeline"]), classifier=str(no_captions))
+    assert not GridSettings(model="bundled").latent

@@ -233,6 +233,29 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
                               timesteps=pipe.scheduler.timesteps.cpu().numpy(), seconds=time.time() - started)
 
 
+# Chunk k of a run drawn in chunks (sample_sd_batches) starts from the noise of seed + k * CHUNK_SEED_STRIDE: chunk 0
+# is sample_sd's own noise for `seed`, and no chunk meets another run's (calibrate's confirmation round: seed + 1000).
+CHUNK_SEED_STRIDE = 100_003
+
+
+def sample_sd_batches(pipe, prompts: list[str], guard: Guard | None, images_per_prompt: int, batch_size: int,
+                      steps: int = 50, guidance_scale: float = DEFAULT_SD_CFG_SCALE, seed: int = 0,
+                      progress: bool = False) -> LatentSampleResult:
+    """`sample_sd` with at most batch_size images of a prompt per UNet batch: images_per_prompt images of each prompt,
+    drawn in chunks (see CHUNK_SEED_STRIDE) and returned as one result (trace: steps x all images)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    results = [sample_sd(pipe, prompts, guard, min(batch_size, images_per_prompt - start), steps, guidance_scale,
+                         seed=seed + chunk * CHUNK_SEED_STRIDE, progress=progress)
+               for chunk, start in enumerate(range(0, images_per_prompt, batch_size))]
+    if len(results) == 1:
+        return results[0]
+    return LatentSampleResult(images=torch.cat([r.images for r in results]), latents=torch.cat([r.latents for r in results]),
+                              prompts=list(prompts), prompt_index=np.concatenate([r.prompt_index for r in results]),
+                              trace={key: np.concatenate([r.trace[key] for r in results], axis=1) for key in results[0].trace},
+                              timesteps=results[0].timesteps, seconds=sum(r.seconds for r in results))
+
+
 def denoise_latents(pipe, cond: torch.Tensor, uncond: torch.Tensor, guard: Guard, steps: int, guidance_scale: float,
                     shape: tuple, seed: int) -> tuple[torch.Tensor, dict]:
     """The shared denoising loop (`sample_batch`) on the pipeline's latents, its UNet called as the pipeline does."""
