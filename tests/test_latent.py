@@ -59,6 +59,12 @@ def test_tiny_pipeline_saves_safetensors_and_reloads_locally(setup):
     assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size == LATENT
     with pytest.raises(FileNotFoundError, match="no diffusers pipeline"):
         load_sd_pipeline(setup["root"] / "missing")
+    from cpsample.models.bundle import resolve_model_dir
+    from cpsample.models.denoiser import is_sd_pipeline
+
+    assert is_sd_pipeline(folder) and not is_sd_pipeline(resolve_model_dir("bundled", "denoiser"))
+    with pytest.raises(ValueError, match="names a DDPMPipeline, not a Stable Diffusion pipeline"):
+        load_sd_pipeline(resolve_model_dir("bundled", "denoiser"))
 
 
 def test_classifier_trains_on_scaled_vae_latents(setup):
@@ -170,3 +176,94 @@ def test_cli_table2_workflow(setup, tmp_path):
     missing = runner.invoke(app, ["sample-sd", "--pipeline", str(tmp_path / "nowhere"), "--prompt", "x", "--guard", "none",
                                   "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "no diffusers pipeline" in " ".join(missing.output.split())
+
+
+def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
+    """Uncalibrated: the paper's latent setting (alpha 0.5, s 2000); calibrated: calibration.json; given: as given.
+    Whatever sample-sd prints and records is what the samples were drawn with."""
+    import shutil
+
+    from cpsample.cli.conditional import register
+    from cpsample.sampling.guards.cpsample import write_calibration
+
+    app = typer.Typer()
+    register(app)
+    classifier = tmp_path / "clf"
+    shutil.copytree(setup["classifier"], classifier)
+
+    def run(name, *extra):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["sample-sd", "--pipeline", str(setup["pipeline"]), "--prompt", PROMPTS[0],
+                                          "--classifier", str(classifier), "-n", "2", "--steps", "3", "--seed", "2",
+                                          "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "cpsample.json").read_text())["settings"]
+        return " ".join(result.output.split()), record, np.load(out / "samples.npz")["latents"]
+
+    def direct(**knobs):
+        guard = build_latent_guard(classifier, setup["pipe"], **knobs)
+        return sample_sd(setup["pipe"], PROMPTS[:1], guard, images_per_prompt=2, steps=3, seed=2, progress=False).latents.numpy()
+
+    output, record, latents = run("uncalibrated")
+    assert "CPSample: alpha 0.5, scale 2000, tau 0.001, checks at every step (knobs: uncalibrated defaults)" in output
+    assert "alpha 0.1" not in output and "scale 10," not in output
+    assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.5, 2000.0, 0.001, None)
+    assert record["guard_settings"] == {"guard": "cpsample", "alpha": 0.5, "scale": 2000.0, "tau": 0.001, "max_t": None}
+    assert np.array_equal(latents, direct(alpha=0.5, scale=2000.0, tau=0.001))
+
+    write_calibration(classifier, {"alpha": 0.2, "scale": 300.0, "tau": 0.01, "max_t": 700}, {})
+    output, record, latents = run("calibrated")
+    assert f"CPSample: alpha 0.2, scale 300, tau 0.01, checks at t <= 700 (knobs: {classifier / 'calibration.json'})" in output
+    assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.2, 300.0, 0.01, 700)
+    guard = build_latent_guard(classifier, setup["pipe"])
+    assert (guard.alpha, guard.scale, guard.tau, guard.max_t) == (0.2, 300.0, 0.01, 700)
+    assert np.array_equal(latents, direct())
+
+    output, record, latents = run("given", "--alpha", "0.4", "--scale", "50")
+    assert "CPSample: alpha 0.4, scale 50, tau 0.01, checks at every step" in output  # (a calibrated max_t is alpha's)
+    assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.4, 50.0, 0.01, None)
+    assert np.array_equal(latents, direct(alpha=0.4, scale=50.0, tau=0.01))
+
+
+def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
+    """`cpsample calibrate --classifier LATENT` finds the pipeline, samples it with the classifier's captions, counts
+    near-copies of the private images as sample-sd does, and saves calibration.json, which sample-sd then runs."""
+    import shutil
+
+    from cpsample.cli.main import app
+    from cpsample.workflows.calibrate import GridSettings
+
+    classifier = tmp_path / "clf"
+    shutil.copytree(setup["classifier"], classifier)
+    runner = CliRunner()
+    out = tmp_path / "cal"
+    result = runner.invoke(app, ["calibrate", "--classifier", str(classifier), "--out", str(out), "--n-samples", "4",
+                                 "--steps", "3", "--alphas", "0.5", "--scales", "10,100", "--reduction", "0",
+                                 "--finalists", "0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((classifier / "calibration.json").read_text())
+    chosen = saved["measured"]
+    assert saved["settings"]["alpha"] == chosen["alpha"] == 0.5 and saved["settings"]["scale"] == chosen["scale"]
+    assert saved["model"] == str(setup["pipeline"].resolve()) and saved["scheduler"] == "default"
+    assert saved["prompts"] == [f"block number {i}" for i in range(6)]  # the classifier's captions
+    rows = json.loads((out / "calibration.json").read_text())["rows"]
+    assert [row["guard"] for row in rows] == ["none", "cpsample", "cpsample"] and all(row["n"] == 6 for row in rows)
+    assert rows[1]["steps_guided"] == 1.0 and rows[0]["frechet_distance"] is None  # alpha 0.5 guides every step
+    assert (out / "calibration.png").is_file()
+    sampled = runner.invoke(app, ["sample-sd", "--pipeline", str(setup["pipeline"]), "--prompt", PROMPTS[0],
+                                  "--classifier", str(classifier), "-n", "1", "--steps", "2", "--out", str(tmp_path / "sd")])
+    assert sampled.exit_code == 0, sampled.output
+    record = json.loads((tmp_path / "sd" / "cpsample.json").read_text())["settings"]
+    assert (record["alpha"], record["scale"], record["max_t"]) == (0.5, chosen["scale"], saved["settings"]["max_t"])
+    assert record["knobs_from"] == str(classifier / "calibration.json")
+
+    settings = GridSettings(model=str(setup["pipeline"]), classifier=str(classifier), prompts=("x",))
+    assert settings.latent and settings.quality_net is None and settings.scheduler == "default"
+    with pytest.raises(ValueError, match="two-stage guard"):
+        GridSettings(model=str(setup["pipeline"]), classifier=str(classifier), early_classifier="bundled")
+    no_captions = tmp_path / "bare"
+    shutil.copytree(setup["classifier"], no_captions)
+    (no_captions / "captions.json").unlink()
+    with pytest.raises(ValueError, match="give the prompts"):
+        GridSettings(model=str(setup["pipeline"]), classifier=str(no_captions))
+    assert not GridSettings(model="bundled").latent

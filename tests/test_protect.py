@@ -60,3 +60,46 @@ def test_protect_refuses_options_that_call_the_denoiser_itself(bundled):
     with pytest.raises(ValueError, match="cannot call; drop that option"):
         protect(pipe, "bundled", denoised=True, jacobian=True)
     assert protection_of(pipe) is None
+
+
+def test_protection_says_which_guard_and_classifier_it_runs(bundled):
+    from cpsample.models import TimeClassifier
+    from cpsample.models.bundle import resolve_model_dir
+
+    unet, schedule = bundled
+    pipe = DDIMPipeline(unet=unet, scheduler=make_scheduler("ddim", schedule.config, STEPS))
+    folder = resolve_model_dir("bundled", "classifier")
+    try:
+        text = repr(protection_of(protect(pipe, "bundled", alpha=0.05)))
+        assert text.startswith("Protection(CPSampleGuard('cpsample', alpha=0.05, scale=") and "DDIMPipeline" in text
+        assert f"classifier='{folder}'" in text and f"calibration='{folder / 'calibration.json'} (alpha given)'" in text
+        staged = repr(protection_of(protect(pipe, "bundled")))  # the bundled calibration chose two stages
+        assert "StagedCPSampleGuard('cpsample-staged', early=CPSampleGuard(" in staged
+        assert f"calibration='{folder / 'calibration.json'}')" in staged
+        classifier = TimeClassifier(sample_size=16, in_channels=1, block_out_channels=(8, 16), norm_num_groups=8)
+        in_memory = repr(protection_of(protect(pipe, classifier, alpha=0.1, scale=3.0, tau=0.01)))
+        assert "classifier='in-memory', calibration='given'" in in_memory and "active=True" in in_memory
+    finally:
+        unprotect(pipe)
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_protect_refuses_a_non_eps_scheduler_swapped_in_later(bundled, prediction):
+    from diffusers import DDIMScheduler
+
+    unet, schedule = bundled
+    pipe = DDIMPipeline(unet=unet, scheduler=make_scheduler("ddim", schedule.config, STEPS))
+    other = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction)
+    with pytest.raises(ValueError, match=f"scheduler predicts '{prediction}'"):
+        protect(DDIMPipeline(unet=unet, scheduler=other), "bundled")
+    protect(pipe, "bundled", alpha=0.1, scale=10.0)
+    try:
+        pipe.scheduler = other
+        with pytest.raises(ValueError, match=f"swapped into this pipeline after protect\\(\\) predicts '{prediction}'"):
+            pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+        pipe.scheduler = DDIMScheduler.from_config(other.config, prediction_type="epsilon")  # an eps one is fine
+        images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
+    finally:
+        unprotect(pipe)
+    assert protection_of(pipe) is None

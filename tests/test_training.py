@@ -38,6 +38,25 @@ def test_denoiser_export_is_safetensors_and_reloads(tmp_path, mnist16):
         _train(mnist16, tmp_path / "run", steps=6)
 
 
+@pytest.mark.parametrize("which", ["trained", "bundled"])
+def test_denoiser_folders_load_as_diffusers_ddpm_pipelines(tmp_path, mnist16, bundled_dirs, which):
+    """model_index.json makes a denoiser folder a DDPMPipeline, and says it is not a Stable Diffusion pipeline."""
+    from diffusers import DDPMPipeline
+
+    from cpsample.models.denoiser import is_sd_pipeline, pipeline_class
+
+    if which == "trained":
+        _train(mnist16, tmp_path / "run", steps=2)
+        folder = tmp_path / "run"
+    else:
+        folder = bundled_dirs[0]
+    assert pipeline_class(folder) == "DDPMPipeline" and not is_sd_pipeline(folder)
+    pipe = DDPMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 16, 16, 1) and images.min() >= 0 and images.max() <= 1 and images.std() > 0
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, mnist16):
     _train(mnist16, tmp_path / "straight", steps=10)
     _train(mnist16, tmp_path / "killed", steps=5)  # stands in for a run killed after its step-5 checkpoint

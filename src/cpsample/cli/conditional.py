@@ -205,8 +205,8 @@ def sample_sd_command(
     scheduler: Annotated[str, typer.Option(help="default (the pipeline's own), ddim, pndm, ddpm or dpm++.")] = "default",
     guard: Annotated[str, typer.Option(help="none or cpsample.")] = "cpsample",
     classifier: Annotated[Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")] = None,
-    alpha: Annotated[float, typer.Option(help="CPSample threshold (paper Table 2: 0.3-0.5).")] = 0.5,
-    scale: Annotated[float, typer.Option(help="CPSample scale s (paper Table 2: 100-2000).")] = 2000.0,
+    alpha: Annotated[Optional[float], typer.Option(help="CPSample threshold (default: the classifier's calibration.json from `cpsample calibrate`, else 0.5, paper Table 2: 0.3-0.5).")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="CPSample scale s (default: the classifier's calibration.json, else 2000, paper Table 2: 100-2000).")] = None,
     tau: Tau = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
@@ -222,6 +222,7 @@ def sample_sd_command(
     require_transformers()
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
+    from cpsample.sampling.guards.cpsample import LATENT_UNCALIBRATED
     from cpsample.sampling.latent import (PromptEntry, build_latent_guard, latent_shape, load_private_images,
                                           load_sd_pipeline, read_prompts)
 
@@ -237,19 +238,31 @@ def sample_sd_command(
     _, h, w = latent_shape(pipe, height, width)
     size = (h * pipe.vae_scale_factor, w * pipe.vae_scale_factor)
     protect = build_latent_guard(classifier, pipe, alpha, scale, tau, height, width) if guard == "cpsample" else None
-    # alpha = 0 never guides but still records p(y=1 | x_t) per step (the paper's Fig. 7 comparison).
-    monitor = build_latent_guard(classifier, pipe, 0.0, scale, tau, height, width) if classifier else None
+    # alpha = 0 never guides (its scale is never used) but still records p(y=1 | x_t) per step (the paper's Fig. 7
+    # comparison).
+    monitor_tau = protect.tau if protect is not None else (tau or LATENT_UNCALIBRATED["tau"])
+    monitor = build_latent_guard(classifier, pipe, 0.0, 0.0, monitor_tau, height, width) if classifier else None
     private_set = _private_set(private, classifier, size, load_private_images)
+    # The knobs as run (given, else the classifier's calibration, else the latent default), printed and recorded.
+    ran = protect.settings() if protect is not None else {}
     settings = {"pipeline": str(pipeline), "prompts": [e.text for e in entries], "n_per_prompt": n, "steps": steps,
-                "cfg_scale": cfg_scale, "scheduler": scheduler, "guard": guard, "classifier": classifier, "alpha": alpha,
-                "scale": scale, "tau": tau, "height": size[0], "width": size[1], "private": private_set.source if private_set else None,
+                "cfg_scale": cfg_scale, "scheduler": scheduler, "guard": guard, "classifier": classifier,
+                "alpha": ran.get("alpha"), "scale": ran.get("scale"), "tau": ran.get("tau"), "max_t": ran.get("max_t"),
+                "knobs_from": protect.calibration if protect is not None else None,
+                "guard_settings": ran or None, "height": size[0], "width": size[1],
+                "private": private_set.source if private_set else None,
                 "copy_threshold": copy_threshold, "compare_plain": compare_plain, "dtype": dtype, "device": device, "seed": seed}
+    if protect is not None:
+        window = "every step" if protect.max_t is None else f"t <= {protect.max_t}"
+        console.print(f"CPSample: alpha {protect.alpha:g}, scale {protect.scale:g}, tau {protect.tau:g}, checks at "
+                      f"{window} (knobs: {protect.calibration})")
     runs = {}
     if compare_plain and guard != "none":
         runs["plain"] = _run_sd(pipe, entries, monitor, n, steps, cfg_scale, size, seed, Path(out) / "plain", private_set,
                                 copy_threshold, 0.0, trace)
     main_guard = protect if guard == "cpsample" else monitor
-    runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold, alpha, trace)
+    runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold,
+                          ran.get("alpha"), trace)
     write_record(out, "sample-sd", settings, runs)
     _print_prompt_table(entries, runs)
 

@@ -76,9 +76,14 @@ def calibrate_command(
     tau: Tau = None,
     steps: int = 50,
     threshold: NearCopyThreshold = None,
-    model: str = "bundled",
+    model: Annotated[Optional[str], typer.Option(help="Denoiser folder, 'bundled', or a Stable Diffusion pipeline folder (then --classifier is a `train-latent-classifier` folder). Default: the pipeline a latent --classifier was trained for, else 'bundled'.")] = None,
     classifier: str = "bundled",
-    quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (the shipped net for the model's channels: MNIST digitnet for grey, Twemoji emojinet for RGB), a shipped net's name, or a `cpsample train-feature-net` folder trained on images like yours.")] = "bundled",
+    quality_net: Annotated[str, typer.Option(help="Feature net for the quality (FD) column: 'bundled' (the shipped net for the model's channels: MNIST digitnet for grey, Twemoji emojinet for RGB), a shipped net's name, or a `cpsample train-feature-net` folder trained on images like yours. Not used for a Stable Diffusion pipeline (no held-out images there).")] = "bundled",
+    prompt: Annotated[Optional[list[str]], typer.Option(help="Stable Diffusion: a prompt to sample (repeatable). Default: the latent classifier's captions.")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="Stable Diffusion: one prompt per line (as sample-sd reads it; both captions of a pair are sampled).")] = None,
+    cfg_scale: Annotated[float, typer.Option(help="Stable Diffusion: classifier-free guidance scale.")] = 7.5,
+    private: Annotated[Optional[Path], typer.Option(help="Stable Diffusion: private images near-copies are counted against (default: the classifier's).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch (Stable Diffusion: per prompt).")] = 250,
     early_classifier: Annotated[Optional[str], typer.Option(help="A selective classifier of the same members (`train-classifier --negatives samples`): CPSample in two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins.")] = None,
     early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "3",
     staged_scales: Annotated[str, typer.Option(help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip.")] = "10,30",
@@ -96,6 +101,8 @@ def calibrate_command(
     from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
+    from cpsample.sampling.latent import read_prompts
+    from cpsample.training.latent_classifier import pipeline_of
     from cpsample.workflows.calibrate import (CLOSE_FD, CONFIRM_SEED_OFFSET, RELIABLE_IMAGES, GridSettings,
                                               calibrated_settings, choose_confirmed, choose_setting, close_calls,
                                               confirm_finalists, cost_warnings, narrowed_grid_flags,
@@ -106,7 +113,10 @@ def calibrate_command(
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} is a share in [0, 1], got {value}")
     tau = UNCALIBRATED["tau"] if tau is None else tau
-    settings = GridSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alphas=_floats(alphas, "--alphas"),
+    model = model or pipeline_of(resolve_model_dir(classifier, "classifier")) or BUNDLED
+    prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
+    settings = GridSettings(model=model, classifier=classifier, prompts=tuple(prompts), cfg_scale=cfg_scale,
+                            private=None if private is None else str(private), batch_size=batch_size, n_samples=n_samples, steps=steps, alphas=_floats(alphas, "--alphas"),
                             scales=_floats(scales, "--scales"), tau=tau, threshold=threshold, quality_net=quality_net,
                             device=device, seed=seed, early_classifier=early_classifier,
                             early_scales=_floats(early_scales, "--early-scales"),
@@ -158,9 +168,12 @@ def calibrate_command(
     details = {"model": str(resolve_model_dir(model, "denoiser").resolve()), "goal": goal, "measured": chosen,
                "measured_one_stage": one_stage, "plain": plain, "n_samples": n_samples, "steps": steps, "seed": seed,
                "threshold": settings.threshold, **({"two_stage": two_stage} if two_stage else {}),
+               **({"prompts": list(settings.prompts), "cfg_scale": cfg_scale, "scheduler": settings.scheduler}
+                  if settings.latent else {}),
                **({"confirmation": {k: v for k, v in confirmation.items() if k != "rows"}} if confirmation else {})}
     fd = chosen["frechet_distance"]
-    window = "" if two_stage else f" (checks at t <= {knobs['max_t']})"
+    window = "" if two_stage else (" (checks at every step)" if knobs["max_t"] is None else
+                                   f" (checks at t <= {knobs['max_t']})")
     quality = "" if fd is None else f", FD {fd:.2f} vs {plain['frechet_distance']:.2f}"
     console.print(f"chosen: {setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs plain "
                   f"{plain['near_copy_share']:.1%} over {chosen['n']} images{quality}")
@@ -186,7 +199,8 @@ def calibrate_command(
                       f"{out / 'calibration.json'}")
     else:
         path = write_calibration(resolve_model_dir(classifier, "classifier"), knobs, details)
-        console.print(f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it")
+        command = "sample-sd" if settings.latent else "sample --guard cpsample"
+        console.print(f"saved to {path}: `cpsample {command} --classifier {classifier}` now uses it")
 
 
 def _grid_table(rows: list[dict], title: str) -> Table:

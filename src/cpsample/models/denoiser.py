@@ -37,11 +37,47 @@ def build_noise_schedule(num_train_timesteps: int = 1000) -> DDPMScheduler:
                          clip_sample=False)
 
 
+# A diffusers pipeline folder's index: which pipeline class, and which class each component folder holds.
+PIPELINE_INDEX = "model_index.json"
+DDPM_PIPELINE = "DDPMPipeline"
+
+
 def save_denoiser(folder: Path, unet: UNet2DModel, schedule: DDPMScheduler) -> None:
-    """Write unet/ (safetensors + config) and scheduler/ in the diffusers layout, loadable by DDPMPipeline too."""
+    """Write unet/ (safetensors + config) and scheduler/ in the diffusers layout; an unconditional denoiser also gets
+    model_index.json, so `diffusers.DDPMPipeline.from_pretrained(folder)` loads it as a pipeline."""
     folder = Path(folder)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     schedule.save_pretrained(folder / "scheduler")
+    if unet.config.num_class_embeds is None:  # DDPMPipeline calls the UNet without class labels
+        write_pipeline_index(folder, schedule)
+
+
+def write_pipeline_index(folder: Path, schedule: DDPMScheduler | None = None) -> Path:
+    """model_index.json naming DDPMPipeline with unet/ (UNet2DModel) and scheduler/ (the schedule's class)."""
+    import diffusers
+
+    scheduler_class = type(schedule).__name__ if schedule is not None else "DDPMScheduler"
+    index = {"_class_name": DDPM_PIPELINE, "_diffusers_version": diffusers.__version__,
+             "scheduler": ["diffusers", scheduler_class], "unet": ["diffusers", "UNet2DModel"]}
+    path = Path(folder) / PIPELINE_INDEX
+    path.write_text(json.dumps(index, indent=2) + "\n")
+    return path
+
+
+def pipeline_class(folder: str | Path) -> str | None:
+    """The pipeline class a diffusers folder's model_index.json names ("DDPMPipeline", "StableDiffusionPipeline"),
+    or None where there is no readable index."""
+    path = Path(folder) / PIPELINE_INDEX
+    try:
+        return str(json.loads(path.read_text()).get("_class_name")) if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_sd_pipeline(folder: str | Path) -> bool:
+    """A text-to-image Stable Diffusion pipeline folder (not a DDPM pipeline that also carries model_index.json)."""
+    name = pipeline_class(folder)
+    return name is not None and name.startswith("StableDiffusion")
 
 
 def load_noise_schedule(folder: Path) -> DDPMScheduler:

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
+from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
 from cpsample.sampling.guards.base import CFGPrediction
 from cpsample.sampling.pipeline import check_same_schedule
@@ -33,7 +34,6 @@ from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
 DEFAULT_SD_CFG_SCALE = 7.5
-PIPELINE_INDEX = "model_index.json"
 
 
 # --- the tiny local pipeline ---------------------------------------------------------------------------------
@@ -116,6 +116,10 @@ def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str
     if not (folder / PIPELINE_INDEX).is_file():
         raise FileNotFoundError(f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
                                 "save_pretrained or `cpsample make-tiny-sd`)")
+    if not is_sd_pipeline(folder):
+        raise ValueError(f"{folder}: {PIPELINE_INDEX} names a {pipeline_class(folder)}, not a Stable Diffusion pipeline"
+                         + ("; it is a pixel-space denoiser: sample it with `cpsample sample --model`"
+                            if pipeline_class(folder) == DDPM_PIPELINE else ""))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     from diffusers import StableDiffusionPipeline
@@ -227,6 +231,29 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
     return LatentSampleResult(images=torch.cat(images), latents=torch.cat(latents), prompts=list(prompts),
                               prompt_index=np.repeat(np.arange(len(prompts)), images_per_prompt), trace=merged,
                               timesteps=pipe.scheduler.timesteps.cpu().numpy(), seconds=time.time() - started)
+
+
+# Chunk k of a run drawn in chunks (sample_sd_batches) starts from the noise of seed + k * CHUNK_SEED_STRIDE: chunk 0
+# is sample_sd's own noise for `seed`, and no chunk meets another run's (calibrate's confirmation round: seed + 1000).
+CHUNK_SEED_STRIDE = 100_003
+
+
+def sample_sd_batches(pipe, prompts: list[str], guard: Guard | None, images_per_prompt: int, batch_size: int,
+                      steps: int = 50, guidance_scale: float = DEFAULT_SD_CFG_SCALE, seed: int = 0,
+                      progress: bool = False) -> LatentSampleResult:
+    """`sample_sd` with at most batch_size images of a prompt per UNet batch: images_per_prompt images of each prompt,
+    drawn in chunks (see CHUNK_SEED_STRIDE) and returned as one result (trace: steps x all images)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    results = [sample_sd(pipe, prompts, guard, min(batch_size, images_per_prompt - start), steps, guidance_scale,
+                         seed=seed + chunk * CHUNK_SEED_STRIDE, progress=progress)
+               for chunk, start in enumerate(range(0, images_per_prompt, batch_size))]
+    if len(results) == 1:
+        return results[0]
+    return LatentSampleResult(images=torch.cat([r.images for r in results]), latents=torch.cat([r.latents for r in results]),
+                              prompts=list(prompts), prompt_index=np.concatenate([r.prompt_index for r in results]),
+                              trace={key: np.concatenate([r.trace[key] for r in results], axis=1) for key in results[0].trace},
+                              timesteps=results[0].timesteps, seconds=sum(r.seconds for r in results))
 
 
 def denoise_latents(pipe, cond: torch.Tensor, uncond: torch.Tensor, guard: Guard, steps: int, guidance_scale: float,

@@ -36,8 +36,17 @@ class Protection:
         self.handle = None
         self._last_t: int | None = None
         self._step = -1
+        self._checked_scheduler = pipe.scheduler  # protect() checked this one; a swapped-in one is checked at call time
+
+    def __repr__(self) -> str:
+        return (f"Protection({self.guard!r}, pipeline={type(self.pipe).__name__}, "
+                f"scheduler={type(self.pipe.scheduler).__name__}, active={self.handle is not None})")
 
     def __call__(self, module, args, kwargs, output):
+        if self.pipe.scheduler is not self._checked_scheduler:
+            check_scheduler(self.pipe.scheduler, "the scheduler swapped into this pipeline after protect() predicts")
+            check_guard_fits(self.guard, self.pipe.unet, self.pipe.scheduler, None)
+            self._checked_scheduler = self.pipe.scheduler
         x_t = args[0] if args else kwargs["sample"]
         t = single_timestep(args[1] if len(args) > 1 else kwargs["timestep"])
         if self._last_t is None or t > self._last_t:  # timesteps never rise within a run (PNDM repeats one): a new run
@@ -79,9 +88,7 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
     or two stages). options: CPSample's (alpha, scale, tau, max_t, one_stage, ...; `cpsample guards`); with none
     given, the classifier folder's calibration.json decides (one or two stages), as for `cpsample sample --guard cpsample`."""
     unet = pipe.unet
-    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise ValueError(f"CPSample corrects an eps prediction; this pipeline's scheduler predicts {prediction!r}")
+    check_scheduler(pipe.scheduler, "this pipeline's scheduler predicts")
     if isinstance(classifier, READY_GUARDS) and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
     guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
@@ -94,11 +101,22 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
     return pipe
 
 
+def check_scheduler(scheduler, says: str) -> None:
+    """CPSample pushes eps: a scheduler that reads the UNet's output as v or as x0 would take the push for something
+    else (schedulers without a prediction_type, such as PNDM, step with eps)."""
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"CPSample corrects an eps prediction; {says} {prediction!r}. Use an eps-predicting scheduler "
+                         "(e.g. type(scheduler).from_config(scheduler.config, prediction_type=\"epsilon\")) for an "
+                         "eps-predicting model, or cpsample.unprotect(pipe)")
+
+
 def unprotect(pipe):
     """Remove the guard `protect` put on the pipeline's UNet (nothing happens if there is none)."""
     protection = getattr(pipe.unet, HOOK_ATTRIBUTE, None)
     if protection is not None:
         protection.handle.remove()
+        protection.handle = None
         delattr(pipe.unet, HOOK_ATTRIBUTE)
     return pipe
 

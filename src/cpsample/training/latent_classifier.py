@@ -87,7 +87,7 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
     latents = encode_latents(pipe, private, progress=progress)
     members = ImageSet(images=latents.numpy(), names=private.names, source=f"{images_dir} (VAE latents)")
     split = Split(source=str(images_dir), seed=label_seed, members=list(range(len(private))), nonmembers=[])
-    recorded = {"pipeline": str(pipeline_dir), "images": str(images_dir), "image_size": image_size,
+    recorded = {"pipeline": str(Path(pipeline_dir).resolve()), "images": str(images_dir), "image_size": image_size,
                 "latent_shape": [channels, height, width], "scaling_factor": pipe.vae.config.scaling_factor,
                 "captions": str(captions_file) if captions_file else None, "image_names": private.names}
     summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
@@ -107,6 +107,27 @@ def private_images_of(classifier_dir: str | Path) -> str:
     if "images" not in settings:
         raise FileNotFoundError(f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER")
     return settings["images"]
+
+
+def pipeline_of(classifier_dir: str | Path) -> str | None:
+    """The Stable Diffusion pipeline folder a latent classifier was trained for (its cpsample.json), else None."""
+    record = Path(classifier_dir) / "cpsample.json"
+    try:
+        content = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("command") != "train-latent-classifier":
+        return None
+    return content.get("settings", {}).get("pipeline")
+
+
+def captions_of(classifier_dir: str | Path) -> list[str]:
+    """The captions kept with a latent classifier (train-latent-classifier --captions), in image-name order."""
+    path = Path(classifier_dir) / CAPTIONS_FILE
+    if not path.is_file():
+        return []
+    captions = json.loads(path.read_text())
+    return [captions[name] for name in sorted(captions)]
 
 
 def member_latents(classifier_dir: str | Path) -> np.ndarray:

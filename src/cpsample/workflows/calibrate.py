@@ -10,6 +10,11 @@ from the knobs alone. The same grid runner feeds the benchmark's trade-off table
 
 A small batch is a screen, not a verdict: its few best settings are measured again on fresh noise (a confirmation
 round) and the choice is made on the pooled near-copies and the confirmation's Frechet distance.
+
+The model may also be a Stable Diffusion pipeline folder with a latent classifier (`train-latent-classifier`): the
+grid then samples the pipeline with prompts (`sample_sd`, the classifier's captions by default), counts near-copies
+of the private images in pixels as `sample-sd` does, and measures no FD (there are no held-out images), so the
+least aggressive feasible setting is the one guiding the fewest steps. Two stages are not offered there.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from tqdm.auto import tqdm
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.evaluation.replication import clopper_pearson
+from cpsample.models.bundle import resolve_model_dir
+from cpsample.models.denoiser import is_sd_pipeline
 from cpsample.models.pretrained import Classifier, DiffusionModel
+from cpsample.sampling.guards import GuardContext, build_guard
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.guards.staged import StagedCPSampleOptions
-from cpsample.sampling.pipeline import check_classifier_fits, generate
+from cpsample.sampling.pipeline import check_classifier_fits, check_same_schedule, generate
 
 
 @dataclass
@@ -40,7 +48,7 @@ class GridSettings:
     classifier: str = "bundled"
     n_samples: int = 300
     steps: int = 50
-    scheduler: str = "ddim"
+    scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
     alphas: Sequence[float] = (0.001, 0.01, 0.1)
     scales: Sequence[float] = (3.0, 10.0, 30.0, 100.0)
     tau: float = 0.001
@@ -63,33 +71,58 @@ class GridSettings:
     # Other x_t classifiers of the same members (other widths) tried as the late stage beside `classifier`: the width
     # whose push costs least depends on the model (bench/README Findings 16-18). Empty: the main classifier only.
     late_classifiers: Sequence[str] = ()
+    # A Stable Diffusion pipeline (`model`) with a latent classifier: the prompts sampled (empty: the classifier's
+    # captions), their CFG scale, and the private images near-copies are counted against (None: the classifier's).
+    prompts: Sequence[str] = ()
+    cfg_scale: float = 7.5
+    private: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.threshold = resolve_threshold(self.threshold, self.features)
         if self.late_classifiers and self.early_classifier is None:
             raise ValueError("--late-classifier is a late stage of the two-stage guard; give --early-classifier too")
+        if self.scheduler is None:
+            self.scheduler = "default" if self.latent else "ddim"
+        if self.latent:
+            self._check_latent()
+
+    @property
+    def latent(self) -> bool:
+        """Whether `model` is a Stable Diffusion pipeline folder (sampled with prompts, guarded in latent space)."""
+        return is_sd_pipeline(resolve_model_dir(self.model, "denoiser"))
+
+    def _check_latent(self) -> None:
+        from cpsample.training.latent_classifier import captions_of
+
+        if self.early_classifier is not None or self.late_classifiers:
+            raise ValueError("the two-stage guard (--early-classifier, --late-classifier) is not available for a Stable "
+                             "Diffusion pipeline; calibrate the one-stage guard (leave them out)")
+        if self.quality_net == "bundled":
+            self.quality_net = None  # the bundled feature net knows MNIST digits, and there are no held-out images
+        elif self.quality_net is not None:
+            raise ValueError("a Stable Diffusion pipeline has no held-out images to measure FD against; leave "
+                             "--quality-net out (the least aggressive setting is then the one guiding fewest steps)")
+        if self.features != "pixels":
+            raise ValueError("near-copies of the private images are counted in pixels on the Stable Diffusion path "
+                             "(as sample-sd counts them)")
+        self.prompts = tuple(self.prompts) or tuple(captions_of(resolve_model_dir(self.classifier, "classifier")))
+        if not self.prompts or any(not str(prompt).strip() for prompt in self.prompts):
+            raise ValueError(f"{self.model} is a Stable Diffusion pipeline: give the prompts to calibrate with (--prompt, "
+                             "--prompts-file), or train the classifier with --captions (its captions are then used)")
 
 
 def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dict] | None = None) -> list[dict]:
     """Plain sampling plus every (alpha, s) in the grid (or the given candidates, plain first) on the same seeds; one
     row of measurements each."""
-    model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
-    classifier = Classifier.from_pretrained(settings.classifier, settings.device)
-    for folder in settings.late_classifiers:  # refused before the grid starts, not half-way through it
-        other = Classifier.from_pretrained(folder, settings.device)
-        check_classifier_fits(other.model, other.folder, model.unet, model.schedule, model.folder)
-    detector = NearCopyDetector(model.members.images, settings.threshold, settings.features)
-    quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
-    common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
-                  batch_size=settings.batch_size, device=settings.device, seed=settings.seed, progress=False)
-    rows = []
     candidates = grid_candidates(settings) if candidates is None else [setting_of(row) for row in candidates]
     if candidates[0]["guard"] != "none":
         raise ValueError("the first candidate must be plain sampling: every row's time is measured against it")
+    run, detector, quality = (_latent_runner if settings.latent else _pixel_runner)(settings)
+    rows = []
     for candidate in tqdm(candidates, desc="settings", disable=not progress):
         started = time.time()
-        result = generate(guard=candidate["guard"], classifier=classifier, **_knobs(settings, candidate), **common)
+        result = run(candidate)
         seconds = time.time() - started
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))
@@ -104,6 +137,58 @@ def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dic
     for row in rows:
         row["time_vs_plain"] = row["seconds"] / max(plain_seconds, 1e-9)
     return rows
+
+
+def _pixel_runner(settings: GridSettings):
+    """(sample a candidate, count its near-copies, score its quality) for a pixel-space denoiser."""
+    model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
+    classifier = Classifier.from_pretrained(settings.classifier, settings.device)
+    for folder in settings.late_classifiers:  # refused before the grid starts, not half-way through it
+        other = Classifier.from_pretrained(folder, settings.device)
+        check_classifier_fits(other.model, other.folder, model.unet, model.schedule, model.folder)
+    detector = NearCopyDetector(model.members.images, settings.threshold, settings.features)
+    quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
+    common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
+                  batch_size=settings.batch_size, device=settings.device, seed=settings.seed, progress=False)
+
+    def run(candidate: dict):
+        return generate(guard=candidate["guard"], classifier=classifier, **_knobs(settings, candidate), **common)
+
+    return run, detector, quality
+
+
+def _latent_runner(settings: GridSettings):
+    """(sample a candidate, count its near-copies, no quality score) for a Stable Diffusion pipeline: each prompt gets
+    ceil(n_samples / prompts) images, every setting the same noise; near-copies of the private images in pixels, as
+    `sample-sd` counts them."""
+    from cpsample.sampling.latent import (check_latent_classifier, latent_shape, load_private_images, load_sd_pipeline,
+                                          nearest_private, sample_sd_batches)
+    from cpsample.training.latent_classifier import private_images_of
+
+    pipe = load_sd_pipeline(resolve_model_dir(settings.model, "denoiser"), scheduler=settings.scheduler,
+                            device=settings.device)
+    classifier = Classifier.from_pretrained(settings.classifier, settings.device)
+    check_latent_classifier(classifier.model, pipe)  # as sample-sd's build_latent_guard checks it
+    check_same_schedule(classifier.folder, pipe.scheduler, "train it with `cpsample train-latent-classifier "
+                        "--pipeline` on this pipeline", "this pipeline's")
+    _, height, width = latent_shape(pipe)
+    if height != width:
+        raise ValueError(f"near-copies are counted on square images; this pipeline makes {height}x{width} latents")
+    private = load_private_images(settings.private or private_images_of(classifier.folder),
+                                  height * pipe.vae_scale_factor)
+    per_prompt = math.ceil(settings.n_samples / len(settings.prompts))
+    context = GuardContext(model=None, classifier=classifier, device=settings.device)
+
+    def run(candidate: dict):
+        guard = (None if candidate["guard"] == "none" else
+                 build_guard(candidate["guard"], context, **_knobs(settings, candidate)))
+        return sample_sd_batches(pipe, list(settings.prompts), guard, per_prompt, settings.batch_size, settings.steps,
+                                 settings.cfg_scale, settings.seed)
+
+    def detector(images):
+        return nearest_private(images, private, settings.threshold).copies
+
+    return run, detector, lambda images: None
 
 
 SETTING_KEYS = ("guard", "alpha", "scale", "early_scale", "max_push", "late_denoised", "late_classifier")
@@ -367,12 +452,15 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    rows = [r for r in rows if r["frechet_distance"] is not None]
+    # Without a quality score (a Stable Diffusion pipeline: no held-out images), the share of guided steps stands in.
+    by_fd = any(r["frechet_distance"] is not None for r in rows)
+    x_of = ((lambda r: r["frechet_distance"]) if by_fd else (lambda r: 100 * (r["steps_guided"] or 0.0)))
+    rows = [r for r in rows if x_of(r) is not None]
     figure, axis = plt.subplots(figsize=(11, max(4.5, 1.2 + 0.16 * len(rows))))
     colours = {"none": "red", "cpsample": "tab:blue", "cpsample-staged": "tab:orange"}
     key = []
     for number, row in enumerate(rows):
-        x, y, colour = row["frechet_distance"], 100 * row["near_copy_share"], colours.get(row["guard"], "tab:blue")
+        x, y, colour = x_of(row), 100 * row["near_copy_share"], colours.get(row["guard"], "tab:blue")
         if row.get("ci_low") is not None:
             axis.errorbar(x, y, yerr=[[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]], fmt="none",
                           ecolor=colour, alpha=0.35, capsize=2)
@@ -380,15 +468,17 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
         if chosen is not None and setting_of(row) == setting_of(chosen):
             axis.scatter(x, y, s=180, facecolors="none", edgecolors="green", linewidths=2, label="chosen", zorder=4)
         axis.annotate(str(number), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        key.append(f"{number}: {setting_label(row)} ({row['near_copies']}/{row['n']}, FD {x:.2f})")
+        key.append(f"{number}: {setting_label(row)} ({row['near_copies']}/{row['n']}, "
+                   + (f"FD {x:.2f})" if by_fd else f"{x:.0f}% steps guided)"))
     if limit is not None and limit < 1.0:
         axis.axhline(100 * limit, color="grey", linestyle="--", linewidth=1, label=f"goal: <= {100 * limit:.1f}%")
-    fds = [r["frechet_distance"] for r in rows]
+    fds = [r["frechet_distance"] for r in rows] if by_fd else []
     if fds and min(fds) > 0 and max(fds) > 5 * min(fds):
         axis.set_xscale("log")  # one wrecked setting would squeeze every other point into a corner
         axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axis.set_xlabel("Frechet distance to held-out images (feature net; lower = better quality)")
+    axis.set_xlabel("Frechet distance to held-out images (feature net; lower = better quality)" if by_fd else
+                    "steps guided (% of sample-steps; no quality score without held-out images)")
     axis.set_ylabel("near-copies (% of samples, 95% interval)")
     figure.suptitle("CPSample near-copies vs quality (red: plain, blue: one stage, orange: two stages)", x=0.02,
                     ha="left")

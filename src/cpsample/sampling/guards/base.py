@@ -148,6 +148,16 @@ class Guard:
     def to(self, device: torch.device, dtype: torch.dtype) -> "Guard":
         return self
 
+    def __repr__(self) -> str:
+        """The guard's name and every knob it runs with (its `settings()`), plus what `describe()` adds."""
+        knobs = {key: value for key, value in self.settings().items() if key != "guard"}
+        parts = [repr(self.name)] + [f"{key}={value!r}" for key, value in {**knobs, **self.describe()}.items()]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def describe(self) -> dict:
+        """What a repr tells besides the knobs (where a classifier and its calibration came from); none here."""
+        return {}
+
 
 class NoGuard(Guard):
     """Plain sampling."""

@@ -51,6 +51,9 @@ class ChainGuard(Guard):
         if value:
             raise AttributeError("a ChainGuard's trace is its members' traces; it cannot be set")
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {', '.join(repr(guard) for guard in self.guards)})"
+
     def reset(self) -> None:
         for guard in self.guards:
             guard.reset()

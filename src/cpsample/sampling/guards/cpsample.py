@@ -38,7 +38,10 @@ from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOp
 CALIBRATION_FILE = "calibration.json"
 # For a classifier nobody calibrated: the paper's LSUN Church setting (said once per classifier when used).
 UNCALIBRATED = {"alpha": 0.1, "scale": 10.0, "tau": 0.001, "max_t": None}
-_told_uncalibrated: set[str] = set()
+# For a latent (Stable Diffusion) classifier nobody calibrated: the paper's Table 2 setting (section 4.2), whose scale
+# is measured in the VAE latents' units; the pixel setting above barely moves a latent.
+LATENT_UNCALIBRATED = {"alpha": 0.5, "scale": 2000.0, "tau": 0.001, "max_t": None}
+_told_uncalibrated: set[tuple] = set()
 CHECK_EVERY_STEP = 10**9  # a max_t above every timestep: the paper's rule, whatever a calibration says
 # The bfloat16 screen clears a sample when its smaller label probability is at least SCREEN_MARGIN * alpha. Its log p
 # stays within 0.27 of float32's while sampling the bundled model (log 2 = 0.69 of room), so the float32 check that follows
@@ -130,6 +133,7 @@ class CPSampleGuard(Guard):
         self.screen, self.denoiser = screen, denoiser
         self.unet = unet
         self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
+        self.calibration: str | None = None  # where the knobs came from (from_options says; None: given to __init__)
 
     @classmethod
     def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "Guard":
@@ -142,12 +146,23 @@ class CPSampleGuard(Guard):
             from cpsample.sampling.guards.staged import StagedCPSampleGuard  # (it builds on this module)
 
             loaded = replace(context, classifier=Classifier(model, folder))
-            return StagedCPSampleGuard.from_options(StagedCPSampleGuard.Options(**staged), loaded)
+            guard = StagedCPSampleGuard.from_options(StagedCPSampleGuard.Options(**staged), loaded)
+            guard.calibration = str(Path(folder) / CALIBRATION_FILE)
+            for stage in guard.guards:  # their knobs are the calibration's "two_stage" entry
+                stage.calibration = f"{guard.calibration} (two_stage)"
+            return guard
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
-        return cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                   min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
-                   max_push=options.max_push, denoiser=denoiser, unet=unet, cap_x0=options.cap_x0,
-                   smooth_push=options.smooth_push)
+        guard = cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
+                    min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
+                    max_push=options.max_push, denoiser=denoiser, unet=unet, cap_x0=options.cap_x0,
+                    smooth_push=options.smooth_push)
+        guard.calibration = calibration_source(folder, {name: getattr(options, name)
+                                                        for name in ("alpha", "scale", "tau", "max_t")})
+        return guard
+
+    def describe(self) -> dict:
+        return {"classifier": "in-memory" if self.folder is None else str(self.folder),
+                "calibration": self.calibration or "given"}
 
     def to(self, device, dtype):
         for network in (self.unet, self.classifier):
@@ -336,17 +351,48 @@ def cpsample_settings(classifier_dir: str | Path | None, alpha: float | None = N
     A calibrated max_t belongs to its alpha: with another alpha given, every step is checked (unless max_t is given).
     """
     calibrated = read_calibration(classifier_dir)
-    base = UNCALIBRATED if calibrated is None else {**UNCALIBRATED, **calibrated["settings"]}
-    if calibrated is None and None in (alpha, scale, tau) and str(classifier_dir) not in _told_uncalibrated:
-        _told_uncalibrated.add(str(classifier_dir))
-        print(f"note: {classifier_dir} has no {CALIBRATION_FILE}; CPSample uses alpha {base['alpha']:g}, scale "
-              f"{base['scale']:g}, tau {base['tau']:g} where not given. Run `cpsample calibrate --classifier "
-              f"{classifier_dir}` to choose them for this model.", file=sys.stderr)
+    defaults = uncalibrated_settings(classifier_dir)
+    base = defaults if calibrated is None else {**defaults, **calibrated["settings"]}
+    missing = tuple(name for name, value in (("alpha", alpha), ("scale", scale), ("tau", tau)) if value is None)
+    if calibrated is None and missing and (str(classifier_dir), missing) not in _told_uncalibrated:
+        _told_uncalibrated.add((str(classifier_dir), missing))
+        kind = "the paper's latent-space setting" if defaults is LATENT_UNCALIBRATED else "the paper's default"
+        used = ", ".join(f"{name} {base[name]:g}" for name in missing)
+        print(f"note: {classifier_dir} has no {CALIBRATION_FILE}; CPSample uses {used} ({kind}; not given). Run "
+              f"`cpsample calibrate --classifier {classifier_dir}` to choose them for this model.", file=sys.stderr)
     chosen = {"alpha": base["alpha"] if alpha is None else alpha, "scale": base["scale"] if scale is None else scale,
               "tau": base["tau"] if tau is None else tau}
     same_alpha = alpha is None or alpha == base["alpha"]
     chosen["max_t"] = max_t if max_t is not None else (base.get("max_t") if same_alpha else None)
     return chosen
+
+
+def is_latent_classifier(classifier_dir: str | Path | None) -> bool:
+    """Trained by `train-latent-classifier` on a Stable Diffusion pipeline's VAE latents (its cpsample.json says so)."""
+    if classifier_dir is None:
+        return False
+    record = Path(classifier_dir) / "cpsample.json"
+    try:
+        return json.loads(record.read_text()).get("command") == "train-latent-classifier"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def uncalibrated_settings(classifier_dir: str | Path | None) -> dict:
+    """The knobs a classifier without calibration.json gets: the paper's latent-space setting for a latent classifier,
+    else its pixel-space default."""
+    return LATENT_UNCALIBRATED if is_latent_classifier(classifier_dir) else UNCALIBRATED
+
+
+def calibration_source(classifier_dir: str | Path | None, given: dict) -> str:
+    """Where a one-stage guard's knobs came from, in words: the calibration file, the uncalibrated defaults, or the
+    caller (given: knob -> value or None for "not given")."""
+    named = [name for name in ("alpha", "scale", "tau", "max_t") if given.get(name) is not None]
+    if all(given.get(name) is not None for name in ("alpha", "scale", "tau")):
+        return "given"
+    path = None if classifier_dir is None else Path(classifier_dir) / CALIBRATION_FILE
+    source = str(path) if path is not None and path.exists() else "uncalibrated defaults"
+    return source + (f" ({', '.join(named)} given)" if named else "")
 
 
 def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:

@@ -101,6 +101,7 @@ class StagedCPSampleGuard(ChainGuard):
             raise ValueError("the early stage judges the denoised estimate (denoised=True)")
         super().__init__([early, late])
         self.late_classifier = late_classifier
+        self.calibration: str | None = None  # the calibration.json that chose two stages, when one did
 
     @classmethod
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
@@ -135,6 +136,12 @@ class StagedCPSampleGuard(ChainGuard):
     @trace.setter
     def trace(self, value) -> None:
         ChainGuard.trace.fset(self, value)
+
+    def __repr__(self) -> str:
+        early, late = self.guards
+        other = "" if self.late_classifier is None else f", late_classifier={self.late_classifier!r}"
+        return (f"{type(self).__name__}({self.name!r}, early={early!r}, late={late!r}{other}, "
+                f"calibration={self.calibration or 'given'!r})")
 
     def settings(self) -> dict:
         early, late = self.guards
