@@ -62,7 +62,7 @@ def main() -> None:
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
     attack = sample_attack(dataset, split, args.threshold, args.seed, args.mia_members) if args.mia_members > 0 else None
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net(args.quality_net), heldout, attack)
+    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net(args.quality_net, channels=members.shape[1]), heldout, attack)
     common = dict(model=args.model, n=args.n_samples, steps=args.steps, seed=args.seed, batch_size=200, progress=False)
 
     rows = [measure(judge, args, "plain", "-", {"guard": "none"}, common)]

@@ -48,7 +48,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir("bundled", "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net("bundled"), heldout,
+    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net("bundled", channels=members.shape[1]), heldout,
                   sample_attack(dataset, split, args.threshold, args.seed))
     rows = [] if args.skip_unconditional else unconditional_rows(args, judge)
     if args.conditional_model is not None:

@@ -42,14 +42,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--n-samples", type=int, default=600)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--quality-net", default="bundled", help="feature net for FD: 'bundled' (MNIST) or a "
+    parser.add_argument("--quality-net", default="bundled", help="feature net for FD: 'bundled' (MNIST digitnet for grey, emojinet for RGB) or a "
                                                                   "`cpsample train-feature-net` folder")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     methods = dict(parse_method(spec) for spec in (args.method or DEFAULT_METHODS))
     seeds = [int(part) for part in args.seeds.split(",") if part]
     model = DiffusionModel.from_pretrained(args.model)
-    judge = Judge(NearCopyDetector(model.members.images), load_feature_net(args.quality_net), model.nonmembers.images)
+    net = load_feature_net(args.quality_net, channels=model.members.images.shape[1])  # 'bundled': digitnet or emojinet
+    judge = Judge(NearCopyDetector(model.members.images), net, model.nonmembers.images)
     images = {(name, seed): samples(model, args, name, options, seed) for seed in seeds for name, options in methods.items()}
     rows = per_seed_rows(judge, images)
     pooled = pooled_rows(judge, images, methods, seeds)

@@ -98,7 +98,7 @@ def calibrate_command(
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
-    from cpsample.models.bundle import BUNDLED, resolve_model_dir
+    from cpsample.models.bundle import BUNDLED, is_bundled, resolve_model_dir
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
     from cpsample.sampling.latent import read_prompts
@@ -194,7 +194,7 @@ def calibrate_command(
                       f"{narrowed_grid_flags(candidates)}"
                       + (" and without --early-classifier" if early_classifier and not any(
                           r["guard"] == "cpsample-staged" for r in candidates) else ""))
-    if classifier == BUNDLED:
+    if is_bundled(classifier):
         console.print(f"the bundled classifier ships its own calibration, which stays as it is; this one is in "
                       f"{out / 'calibration.json'}")
     else:

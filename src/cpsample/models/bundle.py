@@ -9,16 +9,23 @@ from cpsample.data import DataError, ImageSet, Split, load_dataset
 from cpsample.data.sources import resize_set
 from cpsample.data.split import images_digest
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mnist16"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_DIR = ASSETS_DIR / "mnist16"
 BUNDLED = "bundled"
+# Shipped models by name: the 16x16 grey MNIST model (the default) and the 32x32 RGB Twemoji model.
+BUNDLED_MODELS = {BUNDLED: BUNDLED_DIR, "bundled-rgb": ASSETS_DIR / "twemoji32"}
+
+
+def is_bundled(spec: str | Path) -> bool:
+    return str(spec) in BUNDLED_MODELS
 
 
 def resolve_model_dir(spec: str | Path, part: str) -> Path:
-    """'bundled' -> the shipped denoiser/classifier folder; anything else is a path."""
-    if str(spec) == BUNDLED:
-        folder = BUNDLED_DIR / part
+    """'bundled' / 'bundled-rgb' -> the shipped denoiser/classifier folder; anything else is a path."""
+    if is_bundled(spec):
+        folder = BUNDLED_MODELS[str(spec)] / part
         if not folder.exists():
-            raise FileNotFoundError(f"the bundled {part} is missing from {BUNDLED_DIR}; reinstall cpsample")
+            raise FileNotFoundError(f"the bundled {part} is missing from {folder.parent}; reinstall cpsample")
         return folder
     return Path(spec)
 

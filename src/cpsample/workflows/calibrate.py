@@ -422,7 +422,9 @@ def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:
 
 def _folder_record(folder: str) -> str:
     """A classifier folder as calibration.json records it: absolute, so commands run elsewhere find it ("bundled" as is)."""
-    return folder if folder == "bundled" else str(Path(folder).resolve())
+    from cpsample.models.bundle import is_bundled
+
+    return folder if is_bundled(folder) else str(Path(folder).resolve())
 
 
 def last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
