@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Alpha, Device, Scale, Seed, Tau, console, run_safely
+from cpsample.cli.common import Alpha, Device, Overwrite, Scale, Seed, Tau, check_device_option, console, prepare_out, run_safely
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Attack a model: how well can an adversary tell its training images from unseen ones?")
@@ -35,6 +35,7 @@ def mia_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Membership inference: do members get lower reconstruction errors than non-members? (AUC, TPR@1%FPR, Z-test)"""
@@ -43,6 +44,8 @@ def mia_command(
     from cpsample.provenance import seed_everything, write_record
     from cpsample.sampling.guards import describe_settings
 
+    prepare_out(out, "attack mia", overwrite)
+    check_device_option(device)
     seed_everything(seed)
     settings = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
                 "attack": attack, "t": t, "members": members, "nonmembers": nonmembers, "draws": draws,

@@ -13,7 +13,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import NearCopyThreshold, Seed, console, run_safely
+from cpsample.cli.common import NearCopyThreshold, Overwrite, Seed, check_device_option, console, prepare_out, run_safely
 from cpsample.data import DataError, ImageSet, load_dataset
 
 
@@ -34,6 +34,7 @@ def evaluate_command(
     relative_metric: Annotated[str, typer.Option(help="Carlini ratio distance: l2 or tiled.")] = "l2",
     top_k: Annotated[int, typer.Option(min=1, help="Most similar pairs shown per method.")] = 4,
     trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Measure how much each sample set copies the training images; write an HTML/Markdown/JSON report."""
@@ -41,6 +42,7 @@ def evaluate_command(
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything, write_record
 
+    prepare_out(out, "evaluate", overwrite)
     seed_everything(seed)
     named = parse_named_paths(samples)
     sets = {name: load_samples(path) for name, path in named.items()}
@@ -73,12 +75,17 @@ def train_feature_net_command(
     held_out: Annotated[float, typer.Option(help="Share of images kept aside to measure accuracy.")] = 0.2,
     name: Annotated[str, typer.Option(help="Name used in the metric, e.g. FD_digitnet.")] = "digitnet",
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda ...")] = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Train the small classifier whose features give the offline Frechet distance (FD_<name>, not FID)."""
     from cpsample.evaluation.feature_net import FeatureNetTraining, train_feature_net
     from cpsample.provenance import seed_everything, write_record
 
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image-size must be at least 1, got {image_size}")
+    check_device_option(device)
+    prepare_out(out, "train-feature-net", overwrite)
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
     training = FeatureNetTraining(epochs=epochs, batch_size=batch_size, lr=lr, held_out=held_out, seed=seed)

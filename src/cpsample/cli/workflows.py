@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, console, Device, NearCopyThreshold, run_safely,
-                                 Scale, Seed, Tau)
+from cpsample.cli.common import (Alpha, BatchSize, check_device_option, console, Device, NearCopyThreshold,
+                                 Overwrite, prepare_out, run_safely, Scale, Seed, Tau)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,14 +31,17 @@ def demo_command(
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     classifier: Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")] = "bundled",
     one_stage_row: Annotated[bool, typer.Option(help="Where the classifier's calibration chose two stages, also sample the paper's one-stage rule.")] = True,
-    batch_size: int = 250,
+    batch_size: BatchSize = 250,
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
     near-copies, quality, MIA, cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
+    prepare_out(out, "demo", overwrite)
+    check_device_option(device)
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
                             tau=tau, threshold=threshold, mia_members=mia_members, batch_size=batch_size, device=device,
                             seed=seed, one_stage_row=one_stage_row)
@@ -66,7 +69,7 @@ def calibrate_command(
     alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
     scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
     tau: Tau = None,
-    steps: int = 50,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
     threshold: NearCopyThreshold = None,
     model: str = "bundled",
     classifier: str = "bundled",
@@ -80,6 +83,7 @@ def calibrate_command(
     finalists: Annotated[int, typer.Option(min=0, help="Below 2,000 images the grid is a screen: its best feasible settings (this many, by FD) and plain are sampled again on fresh noise, and the choice is made on the pooled near-copies and that round's FD. 0: choose on the screen alone.")] = 4,
     confirm_samples: Annotated[Optional[int], typer.Option(min=1, help="Images per setting in the confirmation round (default: twice --n-samples).")] = None,
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
@@ -94,6 +98,8 @@ def calibrate_command(
                                               one_stage_setting, parse_caps, plot_grid, run_grid, setting_label,
                                               share_limit, two_stage_calibration)
 
+    prepare_out(out, "calibrate", overwrite)
+    check_device_option(device)
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} is a share in [0, 1], got {value}")

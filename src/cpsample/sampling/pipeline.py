@@ -20,8 +20,15 @@ def check_device(device: str) -> None:
         parsed = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:1 ...") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: a {parsed.type} device holds no data to sample or train with; use cpu, "
+                         "cuda or cuda:1 ...")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: torch sees no MPS device on this machine; use --device cpu")
 
 
 def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> None:
