@@ -99,8 +99,11 @@ def sample_conditional_command(
     prepare_out(out, "sample-conditional", overwrite)
     check_device_option(device)
     copy_threshold = resolve_threshold(copy_threshold, "pixels")
-    _, _, info = load_conditional(model)
+    from cpsample.sampling.sampler import check_sample_count
+
+    unet, _, info = load_conditional(model)
     wanted = parse_classes(classes, info)
+    check_sample_count(n * len(wanted), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
     labels = np.repeat(wanted, n)
     guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau)
     settings = {"model": model, "classes": wanted, "n_per_class": n, "cfg_scale": cfg_scale, "guard": guard,
@@ -249,6 +252,9 @@ def sample_sd_command(
     pipe = load_sd_pipeline(pipeline, scheduler=scheduler, device=device, dtype=dtype)
     _, h, w = latent_shape(pipe, height, width)
     size = (h * pipe.vae_scale_factor, w * pipe.vae_scale_factor)
+    from cpsample.sampling.sampler import check_sample_count
+
+    check_sample_count(n * len(entries) * (2 if compare_plain else 1), (3, *size))
     protect = build_latent_guard(classifier, pipe, alpha, scale, tau, height, width) if guard == "cpsample" else None
     # alpha = 0 never guides but still records p(y=1 | x_t) per step (the paper's Fig. 7 comparison).
     monitor = build_latent_guard(classifier, pipe, 0.0, scale, tau, height, width) if classifier else None

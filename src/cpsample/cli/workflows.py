@@ -98,8 +98,6 @@ def calibrate_command(
                                               one_stage_setting, parse_caps, plot_grid, run_grid, setting_label,
                                               share_limit, two_stage_calibration)
 
-    prepare_out(out, "calibrate", overwrite)
-    check_device_option(device)
     for name, value in (("--target", target), ("--reduction", reduction)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} is a share in [0, 1], got {value}")
@@ -111,6 +109,8 @@ def calibrate_command(
                             staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
                             denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
                             push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()))
+    prepare_out(out, "calibrate", overwrite)  # after the options are read (a typo fails first), before any writing
+    check_device_option(device)
     rows = run_grid(settings)
     screen_choice = choose_setting(rows, target, reduction)
     out.mkdir(parents=True, exist_ok=True)
