@@ -3,11 +3,16 @@ run on the bundled model or a tiny denoiser trained here in seconds."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -311,3 +316,304 @@ def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
     assert cli(*command)[0] == 0
     code, output = cli(*command, "--steps", "3", "--resume", "--label-seed", "5")
     assert code == 2 and "label_seed: 0 then, 5 now" in output
+
+
+# --- issue 32: never destroy a user's work --------------------------------------------------------------------------
+
+
+
+
+def checksums(*folders):
+    """sha256 of every file under each folder (and the file list): equal before and after means untouched."""
+    sums = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                sums[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                sums[str(path)] = "folder"
+    return sums
+
+
+
+CLASSIFIER = ["train-classifier", "--steps", "2", "--relabel-after", "1", "--batch-size", "4", "--channels", "8,16"]
+
+
+@pytest.fixture(scope="module")
+def works(trained, tmp_path_factory):
+    """A user's trained work: the tiny denoiser, a classifier of it (with a calibration), a tiny SD pipeline."""
+    root = tmp_path_factory.mktemp("works")
+    classifier = root / "clf"
+    code, output = cli(*CLASSIFIER, "--denoiser", trained, "--out", classifier)
+    assert code == 0, output
+    (classifier / "calibration.json").write_text(json.dumps({"alpha": 0.1, "scale": 10.0}))
+    folders = {"denoiser": trained, "classifier": classifier}
+    if _has_transformers():
+        from cpsample.sampling.latent import build_tiny_sd_pipeline
+
+        folders["pipeline"] = build_tiny_sd_pipeline(root / "pipe")
+    return folders
+
+
+def _has_transformers():
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
+def refused_commands(out, dummy):
+    """Every command that takes --out, with just enough options to reach its --out check."""
+    return {
+        "sample": [*SAMPLE, "--out", out],
+        "sample-conditional": ["sample-conditional", "--model", "bundled", "--out", out],
+        "evaluate": ["evaluate", "--samples", f"a={dummy}", "--out", out],
+        "attack mia": ["attack", "mia", "--out", out],
+        "attack side": ["attack", "side", "--out", out],
+        "calibrate": ["calibrate", "--steps", "3", "--out", out],
+        "demo": ["demo", "--out", out],
+        "make-tiny-sd": ["make-tiny-sd", "--out", out],
+        "sample-sd": ["sample-sd", "--pipeline", dummy, "--prompt", "x", "--guard", "none", "--out", out],
+        "train-feature-net": ["train-feature-net", "--data", "digits", "--epochs", "1", "--out", out],
+        "train-latent-classifier": ["train-latent-classifier", "--pipeline", dummy, "--images", dummy, "--out", out],
+        "train-denoiser": [*TRAIN, "--out", out],
+        "train-classifier": [*CLASSIFIER, "--out", out],
+        "train-conditional": ["train-conditional", "--subset", "16", "--steps", "2", "--out", out],
+    }
+
+
+NEEDS_TRANSFORMERS = ("make-tiny-sd", "sample-sd", "train-latent-classifier")
+
+
+@pytest.mark.parametrize("target", ["denoiser", "classifier", "pipeline", "inside denoiser", "inside pipeline"])
+def test_no_command_writes_into_a_model_classifier_or_pipeline_folder(works, tmp_path, target):
+    """make-tiny-sd overwrote unet/, train-feature-net replaced cpsample.json, calibrate replaced calibration.json,
+    sample-sd wrote into the pipeline; evaluate, attack mia/side wrote before refusing. Now each is refused up
+    front, with or without --overwrite, and the folders' checksums are unchanged."""
+    kind = target.split()[-1]
+    if kind not in works:
+        pytest.skip("needs transformers")
+    folder = works[kind]
+    out = folder / "unet" / "mine" if target.startswith("inside") else folder
+    before = checksums(*works.values())
+    for name, command in refused_commands(out, tmp_path / "none").items():
+        own_model = (name, kind) in (("train-denoiser", "denoiser"), ("train-classifier", "classifier"),
+                                     ("make-tiny-sd", "pipeline"))
+        if (own_model and out == folder) or (name in NEEDS_TRANSFORMERS and not _has_transformers()):
+            continue
+        for extra in ([], ["--overwrite"]):
+            code, output = cli(*command, *extra)
+            assert code == 2 and "never writes into a model folder" in output, (name, extra, output)
+            assert "Traceback" not in output
+    assert checksums(*works.values()) == before
+
+
+def test_a_training_command_replaces_only_its_own_kind_of_model(works, tmp_path):
+    """train-classifier --overwrite may replace a classifier it trained, never a denoiser (nor the reverse)."""
+    before = checksums(*works.values())
+    code, output = cli(*CLASSIFIER, "--denoiser", works["denoiser"], "--out", works["denoiser"], "--overwrite")
+    assert code == 2 and "holds a denoiser" in output
+    code, output = cli(*TRAIN, "--out", works["classifier"], "--overwrite")
+    assert code == 2 and "holds a classifier" in output
+    assert checksums(*works.values()) == before
+
+
+@pytest.mark.parametrize("name", ["evaluate", "attack mia", "attack side", "calibrate", "demo", "make-tiny-sd",
+                                  "sample-sd", "train-feature-net", "train-latent-classifier"])
+def test_every_command_refuses_a_non_empty_out_without_overwrite(works, tmp_path, name):
+    if name in NEEDS_TRANSFORMERS and not _has_transformers():
+        pytest.skip("needs transformers")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = checksums(out, *works.values())
+    code, output = cli(*refused_commands(out, tmp_path / "none")[name])
+    assert code == 2 and "notes.txt" in output and "--overwrite" in output, output
+    assert checksums(out, *works.values()) == before
+    help_text = cli(*refused_commands(out, tmp_path / "none")[name][:2 if name.startswith("attack") else 1], "--help")[1]
+    assert "--overwrite" in help_text, f"{name} advises an --overwrite it lacks"
+
+
+def test_overwrite_removes_an_earlier_demo_s_stale_grids(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "cpsample.json").write_text(json.dumps({"command": "demo", "settings": {}}))
+    (out / "grid_cpsample-one-stage.png").write_bytes(b"old grid")
+    (out / "mine.txt").write_text("not the demo's")
+    code, output = cli("demo", "--out", out, "--n-samples", "4", "--steps", "2", "--mia-members", "0",
+                       "--batch-size", "4", "--no-one-stage-row", "--overwrite")
+    assert code == 0, output
+    assert not (out / "grid_cpsample-one-stage.png").exists() and (out / "mine.txt").read_text() == "not the demo's"
+    assert (out / "report.html").exists()
+
+
+def test_sample_overwrite_into_an_evaluate_folder_removes_its_private_report(tmp_path):
+    samples = tmp_path / "s"
+    assert cli(*SAMPLE, "--out", samples)[0] == 0
+    report = tmp_path / "report"
+    code, output = cli("evaluate", "--samples", f"plain={samples / 'samples.npz'}", "--quality-net", "none",
+                       "--permutation-rounds", "10", "--out", report)
+    assert code == 0, output
+    assert (report / "report.html").exists()
+    code, output = cli(*SAMPLE, "--out", report)
+    assert code == 2 and "--overwrite" in output
+    assert cli(*SAMPLE, "--out", report, "--overwrite")[0] == 0
+    assert not any((report / name).exists() for name in ("report.html", "report.md", "report.json"))
+    assert json.loads((report / "cpsample.json").read_text())["command"] == "sample"
+
+
+def test_train_classifier_overwrite_drops_the_old_calibration(works, tmp_path):
+    folder = tmp_path / "clf"
+    shutil.copytree(works["classifier"], folder)
+    assert (folder / "calibration.json").exists()
+    code, output = cli(*CLASSIFIER, "--denoiser", works["denoiser"], "--out", folder, "--overwrite")
+    assert code == 0, output
+    assert not (folder / "calibration.json").exists(), "the old model's calibration would be used with the new one"
+
+
+def test_a_running_sample_locks_its_out(tmp_path):
+    out = tmp_path / "s"
+    assert cli(*SAMPLE, "--out", out)[0] == 0
+    assert not (out / ".cpsample.lock").exists(), "the lock is dropped when the run ends"
+    first = images(out)
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (out / ".cpsample.lock").write_text(json.dumps({"pid": runner.pid, "host": socket.gethostname(),
+                                                        "command": "sample"}))
+        code, output = cli(*SAMPLE, "--seed", "1", "--out", out, "--overwrite")
+        assert code == 2 and "in use by another run" in output and str(runner.pid) in output
+        assert np.array_equal(images(out), first), "the running run's files are left alone"
+    finally:
+        runner.kill()
+        runner.wait()
+    code, output = cli(*SAMPLE, "--seed", "1", "--out", out, "--overwrite")  # a killed run's lock does not block
+    assert code == 0, output
+    assert not (out / ".cpsample.lock").exists()
+
+
+# silent wrong results
+
+def test_16_bit_grey_pngs_load_as_one_grey_channel(tmp_path):
+    from cpsample.data import load_dataset
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, value in enumerate((0, 32768, 65535)):
+        Image.fromarray(np.full((8, 8), value, dtype=np.uint16)).save(folder / f"{i}.png")
+    assert Image.open(folder / "1.png").mode.startswith("I")
+    loaded = load_dataset(str(folder))
+    assert loaded.images.shape == (3, 1, 8, 8)
+    np.testing.assert_allclose(loaded.images[:, 0, 0, 0], [-1.0, 0.0, 1.0], atol=1e-4)
+
+
+def test_a_cached_batch_holding_nan_is_refused(tmp_path):
+    out = tmp_path / "s"
+    assert cli(*SAMPLE, "--out", out)[0] == 0
+    batch = out / "batches" / "batch_00000.npz"
+    with np.load(batch) as data:
+        arrays = dict(data)
+    arrays["images"][0, 0, 0, 0] = np.nan
+    np.savez(batch, **arrays)
+    (out / "samples.npz").unlink()
+    code, output = cli(*SAMPLE, "--out", out)
+    assert code == 2 and "batch_00000.npz" in output and "NaN" in output
+    assert not (out / "samples.npz").exists()
+
+
+def test_a_classifier_without_split_json_is_refused(tmp_path, classifier_copy):
+    (classifier_copy / "split.json").unlink()
+    code, output = cli(*GUARDED, "--classifier", classifier_copy, "--out", tmp_path / "s")
+    assert code == 2 and "no split.json" in output
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", ["5", "1", "-1.5"])
+def test_an_amg_threshold_that_is_no_cosine_is_refused(tmp_path, value):
+    code, output = cli(*SAMPLE, "--guard", "amg", "--amg-threshold", value, "--out", tmp_path / "s")
+    assert code == 2 and "cosine similarity" in output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_unet_whose_sample_size_was_edited_is_refused(trained, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["sample_size"] = 32
+    config_path.write_text(json.dumps(config))
+    code, output = cli(*SAMPLE, "--model", folder, "--out", tmp_path / "s")
+    assert code == 2 and "sample_size 32" in output and "16x16" in output
+
+
+def test_an_absurd_sample_count_is_refused_up_front(tmp_path):
+    code, output = cli("sample", "-n", str(10**12), "--out", tmp_path / "s")
+    assert code == 2 and "GiB" in output
+    assert not (tmp_path / "s").exists()
+
+
+# tracebacks instead of one line
+
+@pytest.mark.parametrize("command", [SAMPLE, ["train-feature-net", "--data", "digits", "--epochs", "1"],
+                                     ["attack", "mia"]])
+def test_device_meta_gives_one_line(tmp_path, command):
+    code, output = cli(*command, "--device", "meta", "--out", tmp_path / "o")
+    assert code == 2 and "meta" in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["pickled unet", "truncated unet", "bad model_index.json"])
+def test_a_damaged_pipeline_gives_one_line(works, tmp_path, damage):
+    if "pipeline" not in works:
+        pytest.skip("needs transformers")
+    folder = tmp_path / "pipe"
+    shutil.copytree(works["pipeline"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if damage == "pickled unet":
+        import torch
+
+        torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+        weights.unlink()
+    elif damage == "truncated unet":
+        weights.write_bytes(weights.read_bytes()[:200])
+    else:
+        (folder / "model_index.json").write_text("{ not json")
+    code, output = cli("sample-sd", "--pipeline", folder, "--prompt", "x", "--guard", "none", "-n", "1", "--steps", "2",
+                       "--out", tmp_path / "s")
+    assert code == 2 and "cannot load the Stable Diffusion pipeline" in output, output
+
+
+@pytest.mark.parametrize("command, option", [
+    (["calibrate", "--steps", "0"], "--steps"),
+    (["train-feature-net", "--data", "digits", "--image-size", "0"], "--image-size"),
+    (["demo", "--batch-size", "0"], "--batch-size"),
+    ([*SAMPLE, "--seed", str(2**40)], "--seed"),
+    ([*SAMPLE, "--seed", str(2**70)], "--seed"),
+    ([*SAMPLE, "--seed", "-1"], "--seed"),
+])
+def test_bad_numbers_give_one_line(tmp_path, command, option):
+    code, output = cli(*command, "--out", tmp_path / "o")
+    assert code == 2 and option in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("empty file", "the file is empty"),
+    ("no arrays", "holds no arrays"),
+    ("no images", "holds no images"),
+    ("pickled", "pickled Python objects"),
+])
+def test_bad_npz_files_give_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "bad.npz"
+    if content == "empty file":
+        path.write_bytes(b"")
+    elif content == "no arrays":
+        np.savez(path)
+    elif content == "no images":
+        np.savez(path, images=np.zeros((0, 1, 8, 8), dtype=np.float32))
+    else:
+        np.savez(path, images=np.array([np.zeros((8, 8)), 1], dtype=object))
+    for command in ([*TRAIN, "--data", path], ["evaluate", "--samples", f"a={path}"]):
+        code, output = cli(*command, "--out", tmp_path / "o")
+        assert code == 2 and "bad.npz" in output and message in output, output
+        assert not (tmp_path / "o").exists()

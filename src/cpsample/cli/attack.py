@@ -10,7 +10,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import Alpha, Device, NearCopyThreshold, Scale, Seed, Tau, console, run_safely
+from cpsample.cli.common import (Alpha, Device, NearCopyThreshold, Overwrite, Scale, Seed, Tau, check_device_option,
+                                  console, prepare_out, run_safely)
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Attack a model: how well can an adversary tell its training images from unseen ones? "
@@ -37,6 +38,7 @@ def mia_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR, Z-test)
@@ -47,6 +49,8 @@ def mia_command(
     from cpsample.provenance import seed_everything, write_record
     from cpsample.sampling.guards import describe_settings
 
+    prepare_out(out, "attack mia", overwrite)
+    check_device_option(device)
     seed_everything(seed)
     settings = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
                 "attack": attack, "t": t, "members": members, "nonmembers": nonmembers, "draws": draws,
@@ -92,6 +96,7 @@ def sample_nn_command(
     features: Annotated[str, typer.Option(help="Feature space of the near-copy yardstick: pixels, dino:PATH or sscd:PATH.")] = "pixels",
     threshold: NearCopyThreshold = None,
     trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR, Mann-Whitney U)
@@ -101,6 +106,7 @@ def sample_nn_command(
     from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
     from cpsample.provenance import seed_everything, write_record
 
+    prepare_out(out, "attack sample-nn", overwrite)
     seed_everything(seed)
     sets = read_sample_sets(samples)
     results = run_sample_attack(sets, model=model, n_members=members, n_nonmembers=nonmembers, features=features,

@@ -22,7 +22,8 @@ LOG_WIDTH = 200
 console = Console(stderr=True, soft_wrap=True,
                   width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH)
 
-Seed = Annotated[int, typer.Option(help="Random seed: same seed, same result.")]
+MAX_SEED = 2**32 - 1  # numpy's limit; torch's is higher, and seeds derived from --seed add small offsets to it
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED - 1000, help="Random seed: same seed, same result.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
 
 # Options every training command shares (defaults stay with each command).
@@ -99,6 +100,13 @@ def _typed(name: str, text: str, declared):
         raise ValueError(f"--option {name}={text}: expected {kind.__name__}") from None
 
 
+def check_device_option(device: str) -> None:
+    """--device checked before anything is written: a torch device that can hold a model (not 'meta')."""
+    from cpsample.sampling.pipeline import check_device
+
+    check_device(device)
+
+
 def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}")  # a path like data.npz[images] is not markup
     raise typer.Exit(code=2)
@@ -112,6 +120,8 @@ def run_safely(function):
             return function(*args, **kwargs)
         except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
             fail(str(error))
+        finally:
+            release_locks()
 
     return wrapper
 
@@ -185,26 +195,207 @@ def absolute_data_spec(data: str) -> str:
 
 
 SAMPLE_OUTPUTS = ("batches", "grid.png", "samples.npz", "trace.npz", "trace.png", "cpsample.json")
-MODEL_MARKERS = ("unet/config.json", "classifier/config.json", "model_index.json", "model.safetensors", "train_state",
-                 "split.json")
+# What each command writes into its --out (glob patterns): --overwrite clears these, and those of the command that
+# made what the folder holds, before the run starts, so no stale file of an older run survives next to the new ones.
+OUTPUTS = {
+    "sample": SAMPLE_OUTPUTS,
+    "sample-conditional": SAMPLE_OUTPUTS,
+    "sample-sd": (*SAMPLE_OUTPUTS, "plain"),
+    "evaluate": ("report.html", "report.md", "report.json", "similarity_histogram.png", "top_pairs.png", "cpsample.json"),
+    "attack mia": ("result.json", "roc.png", "cpsample.json"),
+    "attack sample-nn": ("result.json", "roc.png", "cpsample.json"),
+    "attack side": ("result.json", "pool.png", "attack.png", "pairs.png", "surrogate_classifier", "cpsample.json"),
+    "calibrate": ("calibration.json", "calibration.csv", "calibration.png", "confirmation.csv", "confirmation.png",
+                  "cpsample.json"),
+    "demo": ("report.html", "report.md", "report.json", "grid_*.png", "trace.png", "similarity_histogram.png",
+             "top_pairs.png", "samples.npz", "samples", "cpsample.json"),
+    "make-tiny-sd": ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "cpsample.json"),
+    "train-feature-net": ("config.json", "model.safetensors", "cpsample.json"),
+}
+# Training commands replace their exported files at the end (their train_state is dropped by the run itself); these
+# files of an older run would otherwise survive --overwrite and be used with the new model.
+TRAINING_STALE = ("calibration.json", "captions.json", "latents.safetensors")
+TRAINING_COMMANDS = ("train-denoiser", "train-conditional", "train-classifier", "train-latent-classifier")
+MODEL_COMMANDS = (*TRAINING_COMMANDS, "train-feature-net", "make-tiny-sd")
+LOCK_FILE = ".cpsample.lock"
+NEVER = "writes into a model folder (denoiser, classifier or pipeline): pick another --out"
 
 
-def check_sample_out(out: Path, command: str, overwrite: bool) -> None:
-    """Refuse an --out that holds anything but this command's own resumable run (its batches/, whose settings the
-    sampler then checks), unless overwrite; never sample into a model folder, overwrite or not."""
+def folder_kind(folder: Path) -> str | None:
+    """What a model, classifier or pipeline folder is, recognised by its files; None for anything else."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    command = _record_command(folder)
+    if (folder / "model_index.json").exists():
+        return "a Stable Diffusion pipeline (model_index.json)"
+    if (folder / "unet").is_dir():
+        return "a denoiser (unet/)"
+    if (folder / "classifier").is_dir():
+        return "a classifier (classifier/)"
+    if (folder / "scheduler").is_dir():
+        return "a model (scheduler/)"
+    if (folder / "calibration.json").exists() and command != "calibrate":
+        return "a classifier's calibration (calibration.json)"
+    if (folder / "train_state").is_dir() or any(folder.glob("train_state.*")):
+        return "a training run (train_state/)"
+    if command in MODEL_COMMANDS:
+        return f"a model made by `cpsample {command}`"
+    if (folder / "split.json").exists():
+        return "a model (split.json)"
+    if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
+        return "a model (model.safetensors)"
+    return None
+
+
+def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool = False) -> Path:
+    """The one check every command makes on --out before it writes anything (then it locks the folder for the run).
+
+    Refused: a file; a folder inside a model, classifier or pipeline folder; such a folder itself (except the same
+    training command's own model, replaced with --overwrite or continued with --resume); a folder holding anything
+    but this command's own resumable run, unless --overwrite. With --overwrite the outputs of the run the folder holds
+    are cleared once the lock is held. Sampling commands resume their own unfinished run (batches/) without it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a folder")
-    if not out.exists() or not any(out.iterdir()):
+    resolved = out.resolve()
+    for parent in resolved.parents:
+        kind = folder_kind(parent)
+        if kind:
+            raise FileExistsError(f"--out {out} is inside {parent}, which holds {kind}; `cpsample {command}` never "
+                                  f"{NEVER}")
+    contents = _contents(out)
+    training = command in MODEL_COMMANDS
+    if contents:
+        kind = folder_kind(out)
+        own_model = training and (_record_command(out) == command or (command in TRAINING_COMMANDS and
+                                                                      _record_command(out) is None and "train_state" in (kind or "")))
+        if kind and not own_model:
+            raise FileExistsError(f"--out {out} holds {kind}; `cpsample {command}` never {NEVER}")
+        if not overwrite and not resume and not _resumable(out, command, contents):
+            what = ", ".join(contents[:3]) + (" ..." if len(contents) > 3 else "")
+            advice = "--resume to continue its run, --overwrite to replace it" if command in TRAINING_COMMANDS else \
+                "--overwrite to replace it"
+            raise FileExistsError(f"--out {out} already holds {what}; pass {advice}, or pick a new --out")
+    _lock(out, command)
+    if contents and overwrite and not resume:
+        _clear_outputs(out, command)
+    return out
+
+
+def _contents(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir() if path.name != LOCK_FILE)
+
+
+def _resumable(out: Path, command: str, contents: list[str]) -> bool:
+    """A sampling command's own unfinished or finished run with its batches (the sampler checks their settings)."""
+    if command not in ("sample", "sample-conditional"):
+        return False
+    foreign = [name for name in contents if name not in SAMPLE_OUTPUTS and ".tmp" not in name]
+    return not foreign and (out / "batches" / "settings.json").exists() and _record_command(out) in (None, command)
+
+
+def _clear_outputs(out: Path, command: str) -> None:
+    import shutil
+
+    previous = _record_command(out)
+    patterns = set(OUTPUTS.get(command, ()) + OUTPUTS.get(previous, ()))
+    if command in TRAINING_COMMANDS:
+        patterns |= set(TRAINING_STALE)
+    for pattern in sorted(patterns):
+        for path in out.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+_held_locks: list[tuple[Path, bool]] = []
+
+
+def _lock(out: Path, command: str) -> None:
+    """One run at a time per --out: a lock file naming the process that holds it. A lock left by a process that
+    is gone (killed) is taken over; one held by a live process is refused with one line."""
+    import socket
+    import time
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
+    for _ in range(3):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _live_holder(path)
+            if holder is None:
+                path.unlink(missing_ok=True)
+                continue
+            if created:
+                out.rmdir()
+            raise FileExistsError(f"--out {out} is in use by another run ({holder}); wait for it to finish or pick "
+                                  f"another --out (if no run is going on, delete {path})") from None
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(me))
+        _held_locks.append((path, created))
         return
-    if any((out / marker).exists() for marker in MODEL_MARKERS):
-        raise FileExistsError(f"--out {out} holds a model; sampling never writes into a model folder: pick a new --out")
-    if overwrite:
-        return
-    foreign = sorted(path.name for path in out.iterdir() if path.name not in SAMPLE_OUTPUTS and ".tmp" not in path.name)
-    if foreign or not (out / "batches" / "settings.json").exists() or _record_command(out) not in (None, command):
-        what = ", ".join(foreign[:3]) if foreign else "a result this command cannot verify"
-        raise FileExistsError(f"--out {out} already holds {what}; pass --overwrite to replace it, or pick a new --out")
+    raise FileExistsError(f"--out {out}: cannot take the lock {path}; delete it if no run is going on")
+
+
+def _live_holder(path: Path) -> str | None:
+    """Who holds a lock, or None when its process is gone (or is this one)."""
+    import socket
+    import time
+
+    try:
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), holder.get("host")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # being written by a run that is starting right now, or garbage: garbage older than a minute is stale
+        try:
+            return None if time.time() - path.stat().st_mtime > 60 else "a run that is starting"
+        except FileNotFoundError:
+            return None
+    description = f"`cpsample {holder.get('command', '?')}`, pid {pid}" + (f" on {host}" if host else "")
+    if host != socket.gethostname():
+        return description  # cannot see another machine's processes: assume it runs
+    if pid == os.getpid():
+        return None  # this process runs one command at a time: a lock of its own is left over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return description
+    return description if not _is_zombie(pid) else None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def release_locks() -> None:
+    """Drop the locks this process took (at the end of each command, whatever its outcome)."""
+    while _held_locks:
+        path, created = _held_locks.pop()
+        path.unlink(missing_ok=True)
+        if created:
+            try:
+                path.parent.rmdir()  # a run refused after taking the lock leaves no empty folder behind
+            except OSError:
+                pass
+
+
+def check_sample_out(out: Path, command: str, overwrite: bool) -> None:
+    """Kept for callers of the old name: the shared --out check."""
+    prepare_out(out, command, overwrite)
 
 
 def _record_command(folder: Path) -> str | None:

@@ -22,7 +22,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, BatchSize, Channels, check_sample_out,
+from cpsample.cli.common import (Alpha, BatchSize, Channels, check_device_option, prepare_out,
                                  console, Device, fail, guard_stats, GuardOption, ImageSize, MixedPrecision,
                                  NearCopyThreshold, Overwrite, parse_guard_options, parse_widths, prepare_training,
                                  Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
@@ -58,6 +58,7 @@ def train_conditional_command(
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
     from cpsample.training.conditional import train_conditional
 
+    prepare_out(out, "train-conditional", overwrite, resume)
     members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
                                               ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
     summary = train_conditional(members, split, out, config, label_dropout=label_dropout, resume=resume, overwrite=overwrite,
@@ -95,10 +96,14 @@ def sample_conditional_command(
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
     from cpsample.sampling.outputs import save_samples, save_trace
 
-    check_sample_out(out, "sample-conditional", overwrite)
+    prepare_out(out, "sample-conditional", overwrite)
+    check_device_option(device)
     copy_threshold = resolve_threshold(copy_threshold, "pixels")
-    _, _, info = load_conditional(model)
+    from cpsample.sampling.sampler import check_sample_count
+
+    unet, _, info = load_conditional(model)
     wanted = parse_classes(classes, info)
+    check_sample_count(n * len(wanted), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
     labels = np.repeat(wanted, n)
     guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau)
     settings = {"model": model, "classes": wanted, "n_per_class": n, "cfg_scale": cfg_scale, "guard": guard,
@@ -144,10 +149,14 @@ def make_tiny_sd_command(
     out: Annotated[Path, typer.Option(help="Folder for the pipeline (model_index.json, unet/, vae/, text_encoder/, ...).")],
     image_size: Annotated[int, typer.Option(help="Image resolution; latents are half of it.")] = 32,
     scheduler: Annotated[str, typer.Option(help="pndm (as Stable Diffusion v1) or ddim.")] = "pndm",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Write a tiny random-weight Stable Diffusion pipeline, to try the latent workflow offline."""
     require_transformers()
+    if image_size < 4 or image_size % 4:
+        raise ValueError(f"--image-size must be a positive multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}")
+    prepare_out(out, "make-tiny-sd", overwrite)
     from cpsample.provenance import write_record
     from cpsample.sampling.latent import build_tiny_sd_pipeline
 
@@ -163,18 +172,21 @@ def train_latent_classifier_command(
     captions: Annotated[Optional[Path], typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier.")] = None,
     steps: Steps = 6000,
     relabel_after: Annotated[int, typer.Option(help="Step at which latents still not fitted get a common label.")] = 4000,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     channels: Channels = "32,64,64",
     label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
     save_every: int = 500,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     device: Device = "cpu",
     seed: Seed = 0,
 ):
     """Train CPSample's random-label classifier on the VAE latents of a private image set."""
     require_transformers()
+    prepare_out(out, "train-latent-classifier", overwrite, resume)
+    check_device_option(device)
     from cpsample.provenance import seed_everything
     from cpsample.training.latent_classifier import train_latent_classifier
     from cpsample.training.loop import TrainConfig
@@ -183,7 +195,8 @@ def train_latent_classifier_command(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
     summary = train_latent_classifier(pipeline, images, out, config, label_seed=seed if label_seed is None else label_seed,
                                       relabel_after=relabel_after, captions_file=captions,
-                                      block_out_channels=parse_widths(channels), resume=resume, device=device)
+                                      block_out_channels=parse_widths(channels), resume=resume, device=device,
+                                      overwrite=overwrite)
     table = Table(title="latent classifier on the private latents (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")
@@ -216,10 +229,13 @@ def sample_sd_command(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
     trace: Trace = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private images."""
     require_transformers()
+    prepare_out(out, "sample-sd", overwrite)
+    check_device_option(device)
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import LATENT_UNCALIBRATED
@@ -237,6 +253,9 @@ def sample_sd_command(
     pipe = load_sd_pipeline(pipeline, scheduler=scheduler, device=device, dtype=dtype)
     _, h, w = latent_shape(pipe, height, width)
     size = (h * pipe.vae_scale_factor, w * pipe.vae_scale_factor)
+    from cpsample.sampling.sampler import check_sample_count
+
+    check_sample_count(n * len(entries) * (2 if compare_plain else 1), (3, *size))
     protect = build_latent_guard(classifier, pipe, alpha, scale, tau, height, width) if guard == "cpsample" else None
     # alpha = 0 never guides (its scale is never used) but still records p(y=1 | x_t) per step (the paper's Fig. 7
     # comparison).

@@ -6,6 +6,7 @@ main.py calls `register(app)` to add them.
 from __future__ import annotations
 
 import shlex
+import zipfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +14,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import NearCopyThreshold, Seed, console, run_safely
+from cpsample.cli.common import NearCopyThreshold, Overwrite, Seed, check_device_option, console, prepare_out, run_safely
 from cpsample.data import DataError, ImageSet, load_dataset
 
 
@@ -34,6 +35,7 @@ def evaluate_command(
     relative_metric: Annotated[str, typer.Option(help="Carlini ratio distance: l2 or tiled.")] = "l2",
     top_k: Annotated[int, typer.Option(min=1, help="Most similar pairs shown per method.")] = 4,
     trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Measure how much each sample set copies the training images; write an HTML/Markdown/JSON report."""
@@ -41,6 +43,7 @@ def evaluate_command(
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything, write_record
 
+    prepare_out(out, "evaluate", overwrite)
     seed_everything(seed)
     named = parse_named_paths(samples)
     sets = {name: load_samples(path) for name, path in named.items()}
@@ -75,12 +78,17 @@ def train_feature_net_command(
     widths: Annotated[str, typer.Option(help="Channels of the conv stages, comma-separated (max-pool between).")] = "32,64,128",
     flip: Annotated[bool, typer.Option(help="Also mirror half the training images left-right (for pictures; not digits).")] = False,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda ...")] = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Train the small classifier whose features give the offline Frechet distance (FD_<name>, not FID)."""
     from cpsample.evaluation.feature_net import FeatureNetTraining, train_feature_net
     from cpsample.provenance import seed_everything, write_record
 
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image-size must be at least 1, got {image_size}")
+    check_device_option(device)
+    prepare_out(out, "train-feature-net", overwrite)
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
     from cpsample.cli.common import parse_widths
@@ -127,8 +135,8 @@ def load_samples(path: Path) -> ImageSet:
                     labels = next((archive[k].astype(np.int64).reshape(-1) for k in ("labels", "y") if k in archive), None)
                     return ImageSet(images=images, names=[f"{path.name}:{i}" for i in range(len(images))], labels=labels,
                                     source=str(path))
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read .npz file ({error})") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # the generic loader names what is wrong (empty file, pickled objects, no images ...)
     return load_dataset(str(path))
 
 

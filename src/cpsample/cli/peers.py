@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, console, Device, NearCopyThreshold, run_safely,
-                                 Scale, Seed, Tau)
+from cpsample.cli.common import (Alpha, check_device_option, console, Device, NearCopyThreshold, Overwrite,
+                                 prepare_out, run_safely, Scale, Seed, Tau)
 
 
 def side_command(
@@ -34,12 +34,15 @@ def side_command(
     threshold: NearCopyThreshold = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 250,
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training images."""
     from cpsample.attacks.side import SideConfig, run_side
     from cpsample.provenance import seed_everything, write_record
 
+    prepare_out(out, "attack side", overwrite)
+    check_device_option(device)
     seed_everything(seed)
     config = SideConfig(samples=samples, clusters=clusters, min_cohesion=min_cohesion, attack_steps=attack_steps,
                         attack_scale=attack_scale, per_class=per_class, train_steps=train_steps, threshold=threshold,

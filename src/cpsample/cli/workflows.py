@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, console, Device, NearCopyThreshold, run_safely,
-                                 Scale, Seed, Tau)
+from cpsample.cli.common import (Alpha, BatchSize, check_device_option, console, Device, NearCopyThreshold,
+                                 Overwrite, prepare_out, run_safely, Scale, Seed, Tau)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,14 +31,17 @@ def demo_command(
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     classifier: Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")] = "bundled",
     one_stage_row: Annotated[bool, typer.Option(help="Where the classifier's calibration chose two stages, also sample the paper's one-stage rule.")] = True,
-    batch_size: int = 250,
+    batch_size: BatchSize = 250,
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
     near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
+    prepare_out(out, "demo", overwrite)
+    check_device_option(device)
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
                             tau=tau, threshold=threshold, mia_members=mia_members, batch_size=batch_size, device=device,
                             seed=seed, one_stage_row=one_stage_row)
@@ -74,7 +77,7 @@ def calibrate_command(
     alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
     scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
     tau: Tau = None,
-    steps: int = 50,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
     threshold: NearCopyThreshold = None,
     model: Annotated[Optional[str], typer.Option(help="Denoiser folder, 'bundled', or a Stable Diffusion pipeline folder (then --classifier is a `train-latent-classifier` folder). Default: the pipeline a latent --classifier was trained for, else 'bundled'.")] = None,
     classifier: str = "bundled",
@@ -93,6 +96,7 @@ def calibrate_command(
     finalists: Annotated[int, typer.Option(min=0, help="Below 2,000 images the grid is a screen: its best feasible settings (this many, by FD) and plain are sampled again on fresh noise, and the choice is made on the pooled near-copies and that round's FD. 0: choose on the screen alone.")] = 4,
     confirm_samples: Annotated[Optional[int], typer.Option(min=1, help="Images per setting in the confirmation round (default: twice --n-samples).")] = None,
     device: Device = "cpu",
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
@@ -123,6 +127,8 @@ def calibrate_command(
                             staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
                             denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
                             push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()))
+    prepare_out(out, "calibrate", overwrite)  # after the options are read (a typo fails first), before any writing
+    check_device_option(device)
     rows = run_grid(settings)
     screen_choice = choose_setting(rows, target, reduction)
     out.mkdir(parents=True, exist_ok=True)

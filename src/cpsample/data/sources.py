@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +83,17 @@ def load_folder(folder: Path) -> ImageSet:
     return ImageSet(images=images, names=names, source=str(folder))
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _read_image(path: Path) -> np.ndarray:
+    """(H, W, C) pixels on the 0-255 scale: uint8, or float32 for 16-bit grey (scaled by 65535, one channel)."""
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode in SIXTEEN_BIT_MODES:  # convert("RGB") would clip 16-bit values to 255: all white
+                array = np.asarray(image, dtype=np.float64)
+                return (np.clip(array, 0, 65535) / 65535.0 * 255.0).astype(np.float32)[:, :, None]
             if image.mode not in ("L", "RGB"):
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")
                 if image.mode == "RGBA":
@@ -108,15 +116,27 @@ def load_npz(path: Path, name_prefix: str | None = None) -> ImageSet:
     """
     try:
         archive = np.load(path, allow_pickle=False)
+    except EOFError:
+        raise DataError(f"{path}: the file is empty; expected an .npz archive of images") from None
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read .npz file ({error})") from error
+    if not hasattr(archive, "keys"):  # np.load of a plain .npy file gives one array
+        raise DataError(f"{path}: not an .npz archive (a single .npy array?); save images with np.savez")
     with archive:
         keys = list(archive.keys())
         if not keys:
             raise DataError(f"{path}: the .npz file holds no arrays")
         key = "images" if "images" in keys else keys[0]
-        raw = archive[key]
-        labels = next((archive[k] for k in ("labels", "y") if k in keys and k != key), None)
+        try:
+            raw = archive[key]
+            labels = next((archive[k] for k in ("labels", "y") if k in keys and k != key), None)
+        except ValueError as error:
+            if "allow_pickle" in str(error):
+                raise DataError(f"{path}[{key}]: holds pickled Python objects, which cpsample never loads (they can "
+                                "run code); save plain numeric arrays with np.savez") from None
+            raise DataError(f"{path}[{key}]: cannot read ({error})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            raise DataError(f"{path}[{key}]: damaged .npz file ({type(error).__name__})") from None
         source = str(path) if name_prefix is None else name_prefix
     images = _to_nchw(raw, f"{path}[{key}]")
     if len(images) == 0:
@@ -135,6 +155,8 @@ def _to_nchw(raw: np.ndarray, where: str) -> np.ndarray:
         raw = raw.transpose(0, 3, 1, 2)
     if raw.ndim != 4 or raw.shape[1] not in (1, 3):
         raise DataError(f"{where}: expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3, got {raw.shape}")
+    if raw.shape[0] == 0 or raw.size == 0:
+        raise DataError(f"{where}: holds no images (shape {raw.shape})")
     if raw.shape[2] != raw.shape[3]:
         raise DataError(f"{where}: images must be square, got {raw.shape[2]}x{raw.shape[3]}")
     if raw.dtype == np.uint8:

@@ -99,7 +99,22 @@ def load_denoiser(folder: Path, device: str | torch.device = "cpu") -> tuple[UNe
     if not (folder / "unet" / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no denoiser here (expected unet/config.json, as written by train-denoiser)")
     unet = from_pretrained_safely(UNet2DModel, folder / "unet").to(device).eval()
+    check_trained_size(folder, unet.config.sample_size, unet.config.in_channels)
     return unet, load_noise_schedule(folder)
+
+
+def check_trained_size(folder: Path, sample_size, in_channels=None) -> None:
+    """unet/config.json's sample_size sets the size of every sample; it must be the size the model was trained at
+    (its cpsample.json), or sampling silently makes images at a size the model never saw."""
+    import json
+
+    try:
+        trained = json.loads((Path(folder) / "cpsample.json").read_text())["settings"].get("image_size")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no record (any diffusers UNet2DModel folder): nothing to compare with
+    if trained is not None and trained != sample_size:
+        raise ValueError(f"{folder}: unet/config.json says sample_size {sample_size} but the model was trained on "
+                         f"{trained}x{trained} images (cpsample.json); restore sample_size {trained}")
 
 
 def from_pretrained_safely(model_class, path: Path):

@@ -124,8 +124,15 @@ def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False,
+                                                       use_safetensors=True)
+    except Exception as error:  # bad model_index.json, pickled .bin only, truncated weights: a damaged pipeline
+        detail = " ".join(str(error).split())[:160]
+        raise ValueError(f"{folder}: cannot load the Stable Diffusion pipeline ({type(error).__name__}: {detail}); it "
+                         f"needs a valid {PIPELINE_INDEX} and .safetensors weights in each part (pickled .bin weights "
+                         "are never loaded)") from None
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise ValueError(f"{folder}: CPSample adjusts an eps prediction; this pipeline predicts {prediction!r}")

@@ -11,7 +11,8 @@ from cpsample.models import load_noise_schedule
 from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
 from cpsample.sampling.guards.base import move_network
-from cpsample.sampling.sampler import DTYPES, SampleResult, batch_settings_file, make_scheduler, sample, sampling_key, unet_denoiser
+from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, check_sample_count, make_scheduler, sample,
+                                      sampling_key, unet_denoiser)
 
 
 def check_device(device: str) -> None:
@@ -20,8 +21,15 @@ def check_device(device: str) -> None:
         parsed = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:1 ...") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: a {parsed.type} device holds no data to sample or train with; use cpu, "
+                         "cuda or cuda:1 ...")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: torch sees no MPS device on this machine; use --device cpu")
 
 
 def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> None:
@@ -45,6 +53,10 @@ def check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedul
     if classifier_dir is None:
         return
     check_same_schedule(classifier_dir, schedule, fix, model_dir or "this model")
+    if model_dir is not None and (Path(model_dir) / "split.json").exists() and not (Path(classifier_dir) / "split.json").exists():
+        raise ValueError(f"{classifier_dir}: the classifier folder has no split.json, so nothing shows it was trained on "
+                         f"{model_dir}'s members (a classifier of other images guides at nearly every step); {fix}, or "
+                         "restore its split.json")
     splits = [Path(folder) / "split.json" for folder in (model_dir, classifier_dir) if folder is not None]
     if len(splits) == 2 and all(path.exists() for path in splits):
         model_split, classifier_split = (Split.load(path) for path in splits)
@@ -81,6 +93,7 @@ def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 
     unet, schedule, model_dir = loaded.unet, loaded.schedule, loaded.folder
     if loaded.conditional:
         raise ValueError(f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`")
+    check_sample_count(n, (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
     guard = resolve_guard(guard, GuardContext(model=loaded, classifier=classifier, device=device), **guard_options)
     check_guard_fits(guard, unet, schedule, model_dir)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name

@@ -181,6 +181,25 @@ def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: 
     return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started, guard.settings())
 
 
+def check_sample_count(n: int, image_shape: tuple) -> None:
+    """Refuse, before any sampling, a count whose images could never be held: the result is kept in memory (float32,
+    plus its uint8 copy and the saved archive), so n images need about n * C * H * W * 9 bytes."""
+    import os
+
+    pixels = 1
+    for size in image_shape:
+        pixels *= int(size)
+    needed = int(n) * pixels * 9
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 2**40
+    if needed > memory:
+        shape = "x".join(str(size) for size in image_shape)
+        raise ValueError(f"-n {n}: {n:,} images of {shape} need about {needed / 2**30:,.0f} GiB, more than this machine's "
+                         f"{memory / 2**30:,.0f} GiB of memory; sample fewer (or several runs with other --seed)")
+
+
 def _batch_path(work_dir: Path, index: int) -> Path:
     return Path(work_dir) / "batches" / f"batch_{index:05d}.npz"
 
@@ -204,9 +223,13 @@ def _load_batch(work_dir, index, size):
             if len(data["images"]) != size:
                 return None
             trace = {k[len("trace_"):]: data[k] for k in data.files if k.startswith("trace_")}
-            return torch.from_numpy(data["images"]), trace
+            batch = data["images"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: cached batch is damaged ({type(error).__name__}); delete it and rerun to sample it again") from None
+    if not np.issubdtype(batch.dtype, np.floating) or not np.isfinite(batch).all():
+        raise ValueError(f"{path}: cached batch holds NaN, infinite or non-float values; delete it (or rerun with "
+                         "--overwrite) to sample it again")
+    return torch.from_numpy(batch), trace
 
 
 def weights_digest(module: torch.nn.Module) -> str:

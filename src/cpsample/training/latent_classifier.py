@@ -70,7 +70,7 @@ def read_captions(path: str | Path, names: list[str]) -> dict[str, str]:
 def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, out_dir: Path, config: TrainConfig,
                             label_seed: int, relabel_after: int, captions_file: str | Path | None = None,
                             block_out_channels=(32, 64, 64), resume: bool = False, device: str = "cpu",
-                            progress: bool = True) -> dict:
+                            progress: bool = True, overwrite: bool = False) -> dict:
     """Encode the private images with the pipeline's VAE and train the latent classifier; returns a summary.
 
     out_dir gets classifier/, scheduler/ (the pipeline's schedule), labels.json, split.json, latents.safetensors,
@@ -92,7 +92,7 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
                 "captions": str(captions_file) if captions_file else None, "image_names": private.names}
     summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
                                relabel_after=relabel_after, block_out_channels=block_out_channels, resume=resume,
-                               denoiser_path=str(pipeline_dir), command="train-latent-classifier", recorded=recorded)
+                               overwrite=overwrite, denoiser_path=str(pipeline_dir), command="train-latent-classifier", recorded=recorded)
     save_file({"latents": latents.contiguous()}, str(out_dir / LATENTS_FILE))
     if captions:
         (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2))

@@ -256,7 +256,7 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> 
     if overwrite:
         shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
         return
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(path.name != ".cpsample.lock" for path in out_dir.iterdir()):
         what = "a training run" if has_state else "other files"
         raise FileExistsError(f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
                               "replace it, or pick a new --out")

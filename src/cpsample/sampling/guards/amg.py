@@ -69,10 +69,17 @@ class AMGOptions(GuardOptions):
     features: str = option("pixels", f"Feature space of the similarity: {', '.join(FEATURES)}.")
 
     def check(self) -> None:
+        check_threshold(self.threshold)
         if self.sim_scale < 0 or self.spec_scale < 0:
             raise ValueError(f"guidance scales must be non-negative, got sim_scale={self.sim_scale}, spec_scale={self.spec_scale}")
         if self.features not in FEATURES:
             raise ValueError(f"unknown AMG features {self.features!r}; choose one of {', '.join(FEATURES)}")
+
+
+def check_threshold(threshold: float) -> None:
+    """The threshold is a cosine similarity: at 1 or above the guard never acts, at -1 or below it always does."""
+    if not -1.0 < float(threshold) < 1.0:
+        raise ValueError(f"--amg-threshold (--option threshold=) is a cosine similarity and must lie in (-1, 1), got {threshold}")
 
 
 class AMGGuard(Guard):
@@ -85,6 +92,7 @@ class AMGGuard(Guard):
                  denoiser: Denoise | None = None, unet: torch.nn.Module | None = None):
         """unet: the network behind `denoiser`, moved along with the guard by `to`."""
         super().__init__()
+        check_threshold(threshold)
         if sim_scale < 0 or spec_scale < 0:
             raise ValueError(f"guidance scales must be non-negative, got sim_scale={sim_scale}, spec_scale={spec_scale}")
         self.threshold, self.sim_scale, self.spec_scale = float(threshold), float(sim_scale), float(spec_scale)
