@@ -208,7 +208,7 @@ OUTPUTS = {
     "calibrate": ("calibration.json", "calibration.csv", "calibration.png", "confirmation.csv", "confirmation.png",
                   "cpsample.json"),
     "demo": ("report.html", "report.md", "report.json", "grid_*.png", "trace.png", "similarity_histogram.png",
-             "top_pairs.png", "samples.npz", "samples", "cpsample.json"),
+             "top_pairs.png", "mia_*.png", "samples.npz", "samples", "cpsample.json"),
     "make-tiny-sd": ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "cpsample.json"),
     "train-feature-net": ("config.json", "model.safetensors", "cpsample.json"),
 }
