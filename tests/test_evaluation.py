@@ -363,7 +363,7 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
     record = json.loads((out / "cpsample.json").read_text())
     assert record["results"]["headline"]["plain"]["near_copy_share"] == 1.0
     assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # the yardstick's default, recorded
-    bad = runner.invoke(app, ["evaluate", "--samples", "no-equals-sign", "--out", str(out)])
+    bad = runner.invoke(app, ["evaluate", "--samples", "no-equals-sign", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "name=path" in bad.output
     trained = runner.invoke(app, ["train-feature-net", "--data", "digits", "--image-size", "8", "--epochs", "1",
                                   "--out", str(tmp_path / "net")])

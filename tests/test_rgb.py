@@ -199,3 +199,34 @@ def emoji_folder():
     from cpsample.evaluation.feature_net import BUNDLED_FEATURE_NETS
 
     return BUNDLED_FEATURE_NETS["emojinet"]
+
+
+def test_the_bundled_rgb_model_ships_with_a_classifier_that_memorised_its_members():
+    """'bundled-rgb': the 32x32 Twemoji denoiser (200 members) and its random-label classifier, which must tell each
+    member's label at low noise (what CPSample's guard relies on) and fall to chance on held-out pictures."""
+    import json
+
+    import torch
+
+    from cpsample.models.bundle import resolve_model_dir
+    from cpsample.models.pretrained import Classifier, DiffusionModel
+
+    model = DiffusionModel.from_pretrained("bundled-rgb")
+    classifier = Classifier.from_pretrained("bundled-rgb")
+    members = torch.as_tensor(model.members.images)
+    assert members.shape == (200, 3, 32, 32) and model.unet.config.in_channels == 3
+    record = json.loads((resolve_model_dir("bundled-rgb", "classifier") / "labels.json").read_text())
+    assert record["member_indices"] == sorted(record["member_indices"]) and len(record["labels"]) == 200
+    noise = torch.Generator().manual_seed(0)
+    abar = model.schedule.alphas_cumprod[10]
+
+    def predicted(images):
+        noisy = abar.sqrt() * images + (1 - abar).sqrt() * torch.randn(images.shape, generator=noise)
+        with torch.no_grad():
+            return classifier.model(noisy, torch.full((len(images),), 10)).argmax(dim=1).numpy()
+
+    member_accuracy = (predicted(members) == np.asarray(record["labels"])).mean()
+    heldout = torch.as_tensor(model.nonmembers.images[:200])
+    heldout_share_of_label_one = predicted(heldout).mean()
+    assert member_accuracy > 0.95
+    assert 0.1 < heldout_share_of_label_one < 0.9  # no label memorised for pictures it never saw
