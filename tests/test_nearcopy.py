@@ -106,7 +106,7 @@ def test_every_cli_near_copy_threshold_defaults_to_the_yardstick():
         assert parameter.default is None, (path, parameter.name, parameter.default)
         found[path] = resolve_threshold(parameter.default, features)
         assert f"pixels {PIXELS:g}" in parameter.help
-    assert set(found) == {"evaluate", "demo", "calibrate", "attack side", "sample-conditional", "sample-sd"}, found
+    assert set(found) == {"evaluate", "demo", "calibrate", "attack side", "attack sample-nn", "sample-conditional", "sample-sd"}, found
     assert set(found.values()) == {PIXELS}
 
 

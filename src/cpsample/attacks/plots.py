@@ -22,14 +22,7 @@ def plot_attacks(results: dict, path: Path, title: str = "") -> Path:
     for row, (name, result) in enumerate(results.items()):
         _plot_roc(axes[row][0], name, result)
         _plot_histograms(axes[row][1], name, result)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)
 
 
 def _plot_roc(ax, name: str, result) -> None:
@@ -64,3 +57,17 @@ def _plot_histograms(ax, name: str, result) -> None:
     ax.set(xlabel="score (lower = looks like a member)", ylabel="share of the set",
            title=f"{name} scores at t={t}: Z = {stats.z:.2f}, one-sided p = {stats.p_value:.2g}")
     ax.legend(fontsize=8)
+
+
+def save_figure(figure, path: str | Path, title: str | None = None) -> Path:
+    """Title, tight layout, write (making the folder), close: the last step of every attack figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

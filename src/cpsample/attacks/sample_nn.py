@@ -181,11 +181,6 @@ def plot_sample_attacks(results: Mapping[str, SampleAttackResult], path: Path, t
     axes[1].axvline(0.01, color="grey", linestyle=":", linewidth=0.8)
     axes[1].set(xscale="log", xlim=(1e-3, 1), ylim=(0, 1.01), xlabel="false positive rate (log)",
                 ylabel="true positive rate", title="low-FPR end (dotted: 1% FPR)")
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    from cpsample.attacks.plots import save_figure
+
+    return save_figure(figure, path, title)

@@ -223,11 +223,14 @@ NEVER = "writes into a model folder (denoiser, classifier or pipeline): pick ano
 
 def folder_kind(folder: Path) -> str | None:
     """What a model, classifier or pipeline folder is, recognised by its files; None for anything else."""
+    from cpsample.models.denoiser import DDPM_PIPELINE, pipeline_class
+
     folder = Path(folder)
     if not folder.is_dir():
         return None
     command = _record_command(folder)
-    if (folder / "model_index.json").exists():
+    # Denoiser folders carry a DDPMPipeline model_index.json too: only another (or unreadable) index is a pipeline.
+    if (folder / "model_index.json").exists() and pipeline_class(folder) != DDPM_PIPELINE:
         return "a Stable Diffusion pipeline (model_index.json)"
     if (folder / "unet").is_dir():
         return "a denoiser (unet/)"

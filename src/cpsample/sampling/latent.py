@@ -117,7 +117,8 @@ def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str
         raise FileNotFoundError(f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
                                 "save_pretrained or `cpsample make-tiny-sd`)")
     if not is_sd_pipeline(folder):
-        raise ValueError(f"{folder}: {PIPELINE_INDEX} names a {pipeline_class(folder)}, not a Stable Diffusion pipeline"
+        raise ValueError(f"{folder}: cannot load the Stable Diffusion pipeline: {PIPELINE_INDEX} names a "
+                         f"{pipeline_class(folder)}, not a Stable Diffusion pipeline"
                          + ("; it is a pixel-space denoiser: sample it with `cpsample sample --model`"
                             if pipeline_class(folder) == DDPM_PIPELINE else ""))
     if dtype not in DTYPES:
