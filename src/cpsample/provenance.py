@@ -26,6 +26,16 @@ def versions() -> dict:
     return found
 
 
+def recorded_command(folder: str | Path, name: str = "cpsample.json") -> str | None:
+    """The command that wrote a folder's provenance record: None without one, "unreadable" for a damaged one."""
+    try:
+        return json.loads((Path(folder) / name).read_text()).get("command")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -396,15 +396,7 @@ def release_locks() -> None:
                 pass
 
 
-def check_sample_out(out: Path, command: str, overwrite: bool) -> None:
-    """Kept for callers of the old name: the shared --out check."""
-    prepare_out(out, command, overwrite)
-
-
 def _record_command(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "cpsample.json").read_text()).get("command")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError):
-        return "unreadable"
+    from cpsample.provenance import recorded_command
+
+    return recorded_command(folder)

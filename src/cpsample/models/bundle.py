@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 from cpsample.data import DataError, ImageSet, Split, load_dataset
-from cpsample.data.sources import resize_set
+from cpsample.data.sources import ASSETS_DIR, resize_set
 from cpsample.data.split import images_digest
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_DIR = ASSETS_DIR / "mnist16"
 BUNDLED = "bundled"
 # Shipped models by name: the 16x16 grey MNIST model (the default) and the 32x32 RGB Twemoji model.

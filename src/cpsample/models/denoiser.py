@@ -106,8 +106,6 @@ def load_denoiser(folder: Path, device: str | torch.device = "cpu") -> tuple[UNe
 def check_trained_size(folder: Path, sample_size, in_channels=None) -> None:
     """unet/config.json's sample_size sets the size of every sample; it must be the size the model was trained at
     (its cpsample.json), or sampling silently makes images at a size the model never saw."""
-    import json
-
     try:
         trained = json.loads((Path(folder) / "cpsample.json").read_text())["settings"].get("image_size")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -28,7 +28,7 @@ from cpsample.data import ImageSet, load_dataset
 from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
 from cpsample.sampling.guards.base import CFGPrediction
-from cpsample.sampling.pipeline import check_same_schedule
+from cpsample.sampling.pipeline import check_same_schedule, check_scheduler
 from cpsample.sampling.protect import protection_of
 from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
 
@@ -134,9 +134,7 @@ def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str
         raise ValueError(f"{folder}: cannot load the Stable Diffusion pipeline ({type(error).__name__}: {detail}); it "
                          f"needs a valid {PIPELINE_INDEX} and .safetensors weights in each part (pickled .bin weights "
                          "are never loaded)") from None
-    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise ValueError(f"{folder}: CPSample adjusts an eps prediction; this pipeline predicts {prediction!r}")
+    check_scheduler(pipe.scheduler, f"{folder}'s scheduler predicts")
     pipe.scheduler = swap_scheduler(pipe.scheduler, scheduler)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)

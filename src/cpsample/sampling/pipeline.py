@@ -32,6 +32,16 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device}: torch sees no MPS device on this machine; use --device cpu")
 
 
+def check_scheduler(scheduler, says: str) -> None:
+    """CPSample pushes eps: a scheduler that reads the UNet's output as v or as x0 would take the push for something
+    else (schedulers without a prediction_type, such as PNDM, step with eps)."""
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"CPSample corrects an eps prediction; {says} {prediction!r}. Use an eps-predicting scheduler "
+                         "(e.g. type(scheduler).from_config(scheduler.config, prediction_type=\"epsilon\")) for an "
+                         "eps-predicting model, or cpsample.unprotect(pipe)")
+
+
 def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> None:
     """A classifier made for other images protects nothing (or crashes): each classifier the guard holds (both stages
     of a chain) must take this model's image size and channels and, when its folder is known, share the model's noise

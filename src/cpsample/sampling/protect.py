@@ -22,7 +22,7 @@ from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import Classifier
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, StagedCPSampleGuard, build_guard
 from cpsample.sampling.guards.base import run_noise_levels
-from cpsample.sampling.pipeline import check_guard_fits
+from cpsample.sampling.pipeline import check_guard_fits, check_scheduler
 
 HOOK_ATTRIBUTE = "_cpsample_protection"
 READY_GUARDS = (CPSampleGuard, StagedCPSampleGuard)  # what protect() takes in place of a classifier
@@ -100,15 +100,6 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
     setattr(unet, HOOK_ATTRIBUTE, protection)
     return pipe
 
-
-def check_scheduler(scheduler, says: str) -> None:
-    """CPSample pushes eps: a scheduler that reads the UNet's output as v or as x0 would take the push for something
-    else (schedulers without a prediction_type, such as PNDM, step with eps)."""
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise ValueError(f"CPSample corrects an eps prediction; {says} {prediction!r}. Use an eps-predicting scheduler "
-                         "(e.g. type(scheduler).from_config(scheduler.config, prediction_type=\"epsilon\")) for an "
-                         "eps-predicting model, or cpsample.unprotect(pipe)")
 
 
 def unprotect(pipe):

@@ -369,13 +369,9 @@ def cpsample_settings(classifier_dir: str | Path | None, alpha: float | None = N
 
 def is_latent_classifier(classifier_dir: str | Path | None) -> bool:
     """Trained by `train-latent-classifier` on a Stable Diffusion pipeline's VAE latents (its cpsample.json says so)."""
-    if classifier_dir is None:
-        return False
-    record = Path(classifier_dir) / "cpsample.json"
-    try:
-        return json.loads(record.read_text()).get("command") == "train-latent-classifier"
-    except (OSError, ValueError, AttributeError):
-        return False
+    from cpsample.provenance import recorded_command
+
+    return classifier_dir is not None and recorded_command(classifier_dir) == "train-latent-classifier"
 
 
 def uncalibrated_settings(classifier_dir: str | Path | None) -> dict:
