@@ -23,3 +23,20 @@ def bundled_dirs():
     from cpsample.models.bundle import resolve_model_dir
 
     return resolve_model_dir("bundled", "denoiser"), resolve_model_dir("bundled", "classifier")
+
+
+@pytest.fixture
+def attack_app():
+    """A scratch Typer app holding only the `attack` commands, standing in for cpsample's main app."""
+    import typer
+
+    from cpsample.cli.attack import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main():
+        """Scratch app standing in for cpsample's main app."""
+
+    register(app)
+    return app

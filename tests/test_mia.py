@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from cpsample.attacks import loss_attack, pia_attack, plot_attacks, separation, tpr_at_fpr, z_test
 from cpsample.attacks.metrics import roc
 from cpsample.attacks.mia import pick_images, row_noise
-from cpsample.cli.attack import register
 from cpsample.data import make_split
 from cpsample.models import TimeClassifier, build_noise_schedule, load_denoiser
 from cpsample.sampling.guards import CPSampleGuard, Guard
@@ -218,20 +217,9 @@ def test_roc_figure_is_written(tmp_path, overfit):
 # --- CLI -------------------------------------------------------------------------------------------------------------
 
 
-def scratch_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main():
-        """Scratch app standing in for cpsample's main app."""
-
-    register(app)
-    return app
-
-
-def test_mia_cli_writes_result_roc_and_record(tmp_path, overfit):
+def test_mia_cli_writes_result_roc_and_record(tmp_path, overfit, attack_app):
     out = tmp_path / "mia"
-    result = CliRunner().invoke(scratch_app(), ["attack", "mia", "--model", str(overfit.folder), "--out", str(out),
+    result = CliRunner().invoke(attack_app, ["attack", "mia", "--model", str(overfit.folder), "--out", str(out),
                                                 "--members", "6", "--nonmembers", "12", "--t", "100", "--t", "200",
                                                 "--draws", "1", "--seed", "3"])
     assert result.exit_code == 0, result.output
@@ -246,23 +234,23 @@ def test_mia_cli_writes_result_roc_and_record(tmp_path, overfit):
     assert "membership inference" in result.output
 
 
-def test_mia_cli_rejects_bad_input_clearly(tmp_path, overfit):
+def test_mia_cli_rejects_bad_input_clearly(tmp_path, overfit, attack_app):
     base = ["attack", "mia", "--model", str(overfit.folder), "--out", str(tmp_path)]
     for arguments, message in ((base + ["--attack", "magic"], "unknown attack"),
                                (base + ["--members", "99"], "split has only 8"),
                                (base + ["--t", "1000"], "timesteps must lie in"),
                                (["attack", "mia", "--out", str(tmp_path), "--model", str(tmp_path / "nope")], "no denoiser here")):
-        result = CliRunner().invoke(scratch_app(), arguments)
+        result = CliRunner().invoke(attack_app, arguments)
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split())  # rich wraps long lines
         assert "Traceback" not in result.output
 
 
-def test_mia_cli_attacks_the_calibrated_two_stage_default(tmp_path):
+def test_mia_cli_attacks_the_calibrated_two_stage_default(tmp_path, attack_app):
     """The bundled classifier's calibration chose two stages: `--guard cpsample` with no knob attacks that guard
     (the title says so) instead of failing on knobs a two-stage guard does not have at its top level."""
     out = tmp_path / "mia"
-    result = CliRunner().invoke(scratch_app(), ["attack", "mia", "--guard", "cpsample", "--out", str(out),
+    result = CliRunner().invoke(attack_app, ["attack", "mia", "--guard", "cpsample", "--out", str(out),
                                                 "--members", "6", "--nonmembers", "6", "--t", "100", "--draws", "1"])
     assert result.exit_code == 0, result.output
     assert "two stages" in " ".join(result.output.split())

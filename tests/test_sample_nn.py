@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cpsample.attacks import SampleNNAttack, plot_sample_attacks, run_sample_attack
 from cpsample.attacks.mia import pick_images
-from cpsample.cli.attack import read_sample_sets, register
+from cpsample.cli.attack import read_sample_sets
 from cpsample.data import DataError
 from cpsample.evaluation.nearcopy import find_near_copies
 from cpsample.models.bundle import resolve_model_dir, training_data
@@ -122,24 +122,13 @@ def test_roc_figure_is_written(tmp_path, bundled):
 # --- CLI -------------------------------------------------------------------------------------------------------------
 
 
-def scratch_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main():
-        """Scratch app standing in for cpsample's main app."""
-
-    register(app)
-    return app
-
-
-def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bundled, plain_samples):
+def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bundled, plain_samples, attack_app):
     dataset, split, members, (_, unseen, _) = bundled
     np.savez(tmp_path / "demo_samples.npz", plain=plain_samples, copies=members[:40])  # as the demo writes it
     (tmp_path / "other").mkdir()
     np.savez(tmp_path / "other" / "samples.npz", images=unseen[:30])  # as `cpsample sample` writes it
     out = tmp_path / "attack"
-    result = CliRunner().invoke(scratch_app(), ["attack", "sample-nn", "--samples", str(tmp_path / "demo_samples.npz"),
+    result = CliRunner().invoke(attack_app, ["attack", "sample-nn", "--samples", str(tmp_path / "demo_samples.npz"),
                                                 "--samples", str(tmp_path / "other" / "samples.npz"),
                                                 "--samples", f"unseen={tmp_path / 'other' / 'samples.npz'}",
                                                 "--out", str(out), "--members", "100", "--seed", "2"])
@@ -160,7 +149,7 @@ def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bun
     assert "sample-only membership inference" in " ".join(result.output.split())
 
 
-def test_cli_rejects_bad_input_clearly(tmp_path, bundled):
+def test_cli_rejects_bad_input_clearly(tmp_path, bundled, attack_app):
     _, _, members, _ = bundled
     np.savez(tmp_path / "small.npz", images=np.zeros((3, 1, 8, 8), dtype=np.float32))
     np.savez(tmp_path / "samples.npz", images=members[:5])
@@ -170,7 +159,7 @@ def test_cli_rejects_bad_input_clearly(tmp_path, bundled):
                                (base + ["--samples", str(tmp_path / "samples.npz"), "--samples", str(tmp_path / "samples.npz")],
                                 "two sets are named"),
                                (base + ["--samples", str(tmp_path / "samples.npz"), "--members", "999"], "split has only 200")):
-        result = CliRunner().invoke(scratch_app(), arguments)
+        result = CliRunner().invoke(attack_app, arguments)
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split())
         assert "Traceback" not in result.output
