@@ -185,22 +185,23 @@ def plot_frontier(rows: list[dict], chosen: list[dict], path: Path, title: str) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fd = next(key for key in rows[0] if key.startswith("fd_"))  # fd_digitnet, fd_emojinet, ...
     figure, axis = plt.subplots(figsize=(7, 5))
     markers = {"plain": "*", "amg": "s", "rejection": "^"}
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((float(r["fd_digitnet"]), 100 * float(r["near_copy_share"])) for r in rows if r["method"] == method)
+        points = sorted((float(r[fd]), 100 * float(r["near_copy_share"])) for r in rows if r["method"] == method)
         front = [p for i, p in enumerate(points) if all(p[1] < q[1] for q in points[:i])]
         line, = axis.plot(*zip(*front), marker=markers.get(method, "o"), markersize=10 if method == "plain" else 5,
                           lw=1.2, label=method)
         axis.scatter(*zip(*points), marker=markers.get(method, "o"), s=14, color=line.get_color(), alpha=0.4)
     for row in chosen[1:]:
-        axis.scatter(float(row["fd_digitnet"]), 100 * float(row["near_copy_share"]), s=150, facecolors="none",
+        axis.scatter(float(row[fd]), 100 * float(row["near_copy_share"]), s=150, facecolors="none",
                      edgecolors="black")
     axis.set_xscale("log")
-    axis.set_xlabel("FD_digitnet to held-out images (log scale; lower = better quality)")
+    axis.set_xlabel(f"{fd.removesuffix('_pooled').replace('fd_', 'FD_')} to held-out images (log scale; lower = better quality)")
     axis.set_ylabel("near-copies (% of samples)")
-    axis.set_title(title + "\n(lines: each method's Pareto front; circled: its setting that cuts near-copies by 90%)",
-                   fontsize=9)
+    axis.set_title(title + ("\n(lines: each method's Pareto front; circled: its setting that cuts near-copies by 90%)"
+                            if chosen[1:] else "\n(lines: each method's Pareto front)"), fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
