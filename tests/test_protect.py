@@ -42,6 +42,34 @@ def test_protected_pipeline_matches_the_own_sampler_bit_for_bit(bundled, name, p
     assert torch.equal(pipeline_images(pipe, SEED), plain), "unprotect restores plain sampling"
 
 
+@pytest.mark.parametrize("name, pipeline_class", [("ddim", DDIMPipeline), ("ddpm", DDPMPipeline)])
+def test_protected_pipeline_matches_the_sample_command_bit_for_bit(bundled, tmp_path, name, pipeline_class):
+    """README's promise: protect(pipe, "bundled") gives exactly what `cpsample sample --guard cpsample` writes to
+    samples.npz from the same noise (the calibrated default, no knob given on either side)."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from cpsample.cli.main import app
+
+    unet, schedule = bundled
+    out = tmp_path / "cli"
+    command = ["sample", "--guard", "cpsample", "-n", N, "--steps", STEPS, "--scheduler", name, "--seed", SEED,
+               "--batch-size", N, "--out", out]
+    result = CliRunner().invoke(app, [str(part) for part in command])
+    assert result.exit_code == 0, result.output
+    with np.load(out / "samples.npz") as saved:
+        cli_images = torch.from_numpy(saved["images"])
+    pipe = pipeline_class(unet=unet, scheduler=make_scheduler(name, schedule.config, STEPS))
+    plain = pipeline_images(pipe, SEED)
+    protect(pipe, "bundled")
+    try:
+        protected = pipeline_images(pipe, SEED)
+    finally:
+        unprotect(pipe)
+    assert torch.equal(protected, (cli_images / 2 + 0.5).clamp(0, 1))
+    assert (protected - plain).abs().max() > 0.1, "the guard must have changed the images"
+
+
 def test_protect_refuses_a_classifier_for_other_images(bundled, tmp_path):
     from cpsample.models import TimeClassifier
 
