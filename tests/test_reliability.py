@@ -65,13 +65,25 @@ def test_rerun_with_another_classifier_never_reuses_the_cached_batches(tmp_path,
     assert json.loads((out / "cpsample.json").read_text())["settings"]["classifier"] == str(classifier_copy)
 
 
-def test_same_command_rerun_resumes_a_killed_sampling_run(tmp_path):
+def test_same_command_rerun_resumes_a_killed_sampling_run(tmp_path, monkeypatch):
+    """The rerun samples only the lost batch: the UNet sees 2 images x 3 steps, not 4 x 3 (a full resample would give
+    the same images, so only counting the denoiser's work tells a resume from a redo)."""
+    from diffusers import UNet2DModel
+
     out = tmp_path / "s"
     assert cli(*GUARDED, "--out", out)[0] == 0
     first = images(out)
     (out / "batches" / "batch_00001.npz").unlink()  # killed while sampling the second batch
+    seen, forward = [], UNet2DModel.forward
+    counted = lambda self, x, *args, **kwargs: seen.append(len(x)) or forward(self, x, *args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(UNet2DModel, "forward", counted)
     assert cli(*GUARDED, "--out", out)[0] == 0
     np.testing.assert_allclose(images(out), first, atol=1e-6)
+    assert seen == [2, 2, 2], seen
+    assert json.loads((out / "cpsample.json").read_text())["results"]["denoiser_calls"] == 2 * 3
+    seen.clear()
+    assert cli(*GUARDED, "--out", out)[0] == 0  # finished: a rerun samples nothing
+    assert seen == [] and np.array_equal(images(out), first)
 
 
 @pytest.mark.parametrize("change, message", [

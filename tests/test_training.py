@@ -67,6 +67,19 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, mnist16):
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
+    # bit for bit: the EMA (what is exported and sampled), its step count, the optimizer and the exported UNet
+    runs = [tmp_path / "straight", tmp_path / "killed"]
+    for part in ("model", "ema", "optimizer"):
+        expected, got = (load_file(run / "train_state" / f"{part}.safetensors") for run in runs)
+        assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected), part
+    states = [json.loads((run / "train_state" / "state.json").read_text()) for run in runs]
+    assert states[0]["ema_step"] == states[1]["ema_step"] == 10
+    exported = [load_file(run / "unet" / "diffusion_pytorch_model.safetensors") for run in runs]
+    assert exported[0].keys() == exported[1].keys()
+    assert all(torch.equal(exported[1][k], exported[0][k]) for k in exported[0])
+    ema = load_file(tmp_path / "killed" / "train_state" / "ema.safetensors")
+    assert all(torch.equal(exported[1][name], ema[name]) for name in ema), "the exported UNet carries the EMA weights"
+    assert any(not torch.equal(ema[name], resumed[name]) for name in ema), "EMA and raw weights differ after 10 steps"
 
 
 @pytest.mark.parametrize("killed_at", [4, 8])  # before and after the relabelling at step 6
