@@ -220,6 +220,9 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     assert confirmation["n_samples"] == 8 and confirmation["seed"] == 2 + 1000 and len(confirmation["finalists"]) == 2
     assert sorted((r["guard"], r["scale"], r["n"]) for r in confirmation["rows"][1:]) == [("cpsample", 10.0, 12), ("cpsample", 100.0, 12)]
     assert report["chosen"] in confirmation["rows"][1:]
+    # --reduction 0: both settings are feasible, so the choice is the one with the better confirmed FD
+    best = min(confirmation["rows"][1:], key=lambda row: row["frechet_distance"])
+    assert report["chosen"] == best
     assert all((out / name).exists() for name in ("calibration.csv", "confirmation.csv", "confirmation.png"))
     # not a terminal (a background run's log): the tables keep whole cells instead of rich's 80-column "nea…"
     if "COLUMNS" not in os.environ:
@@ -232,6 +235,47 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     assert "confirmation" not in report and report["chosen"] in report["rows"][1:]
     bad = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--alphas", "a,b"])
     assert bad.exit_code == 2 and "--alphas" in bad.output
+
+
+def test_calibrate_with_a_real_goal_saves_the_best_feasible_setting_and_it_holds_on_fresh_images(tmp_path):
+    """A 90% cut, as users ask for: of the settings that keep the cut after the confirmation round, calibrate saves the
+    one with the best FD (here s 30 beats s 100, whose push wrecks the digits, and s 10 misses the cut), and the
+    saved setting, run by `sample --guard cpsample` with no knobs, cuts near-copies by 90% on images it never saw."""
+    import shutil
+
+    from cpsample.models import DiffusionModel
+    from cpsample.models.bundle import resolve_model_dir
+    from cpsample.workflows.calibrate import share_limit
+
+    classifier = tmp_path / "clf"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
+    (classifier / "calibration.json").unlink()
+    runner, steps = CliRunner(), ["--steps", "20"]
+    calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
+                                     "--n-samples", "60", *steps, "--alphas", "0.1", "--scales", "10,30,100",
+                                     "--reduction", "0.9", "--finalists", "3", "--seed", "5"])
+    assert calibrated.exit_code == 0, calibrated.output
+    record = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    confirmed = record["confirmation"]["rows"]
+    limit = share_limit(confirmed, reduction=0.9)
+    feasible = [row for row in confirmed[1:] if row["near_copy_share"] <= limit]
+    assert len(feasible) >= 2, "the check needs a choice between feasible settings"
+    best = min(feasible, key=lambda row: row["frechet_distance"])
+    assert all(best["frechet_distance"] < row["frechet_distance"] for row in feasible if row is not best)
+    saved = json.loads((classifier / "calibration.json").read_text())
+    assert (saved["settings"]["alpha"], saved["settings"]["scale"]) == (best["alpha"], best["scale"]) == (0.1, 30.0)
+    assert saved["measured"]["frechet_distance"] == best["frechet_distance"]
+    # re-measured: plain and the saved default from the same fresh noise (seed 77: neither round saw it)
+    for name, guard in (("plain", []), ("guarded", ["--guard", "cpsample", "--classifier", str(classifier)])):
+        result = runner.invoke(app, ["sample", "-n", "200", *steps, "--seed", "77", *guard, "--out",
+                                     str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    key = json.loads((tmp_path / "guarded" / "batches" / "settings.json").read_text())
+    assert key["guard_settings"] == {"guard": "cpsample", **saved["settings"]}
+    detector = NearCopyDetector(DiffusionModel.from_pretrained("bundled").members.images)
+    plain, guarded = (detector.share(np.load(tmp_path / name / "samples.npz")["images"])
+                      for name in ("plain", "guarded"))
+    assert plain > 0.15 and guarded <= 0.1 * plain, (plain, guarded)
 
 
 def test_calibration_travels_with_the_classifier(tmp_path):
