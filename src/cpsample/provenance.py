@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The CLI's run lock and --out marker (cli/common.py): bookkeeping in a run's folder, not its files.
+RUN_BOOKKEEPING = (".cpsample.lock", ".cpsample-out")
 PACKAGES = ("cpsample", "torch", "diffusers", "accelerate", "safetensors", "faiss-cpu", "numpy", "scipy", "scikit-learn")
 
 

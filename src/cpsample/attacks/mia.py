@@ -240,7 +240,7 @@ def run_mia(model: str | Path | DiffusionModel = "bundled", guard: str | Guard =
     random with `seed`. timesteps: used by every chosen attack; by default loss uses (100, 200, 300) and PIA 200.
     Returns {attack name: AttackResult}; e.g. run_mia(guard="cpsample")["loss"].auc.
     """
-    from cpsample.sampling.guards import GuardContext, resolve_guard
+    from cpsample.sampling.pipeline import guard_for_model
 
     attacks = chosen_attacks(attack)
     model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
@@ -251,7 +251,7 @@ def run_mia(model: str | Path | DiffusionModel = "bundled", guard: str | Guard =
         raise ValueError(f"draws must be at least 1 and pia_norm positive, got draws={draws}, pia_norm={pia_norm}")
     dataset, split = model.dataset, model.split
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, n_nonmembers, seed)
-    guard = resolve_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **guard_options)
+    guard = guard_for_model(model, guard, classifier, device, **guard_options)
     members, nonmembers = dataset.take(member_idx), dataset.take(nonmember_idx)
     common = dict(guard=guard, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     results = {}

@@ -262,7 +262,7 @@ def run_side(model: str | DiffusionModel = "bundled", defence: str = "none", cla
              scale: float | None = None, tau: float | None = None, config: SideConfig | None = None, work_dir: Path | None = None,
              device: str = "cpu", progress: bool = True) -> SideResult:
     """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), plain or CPSample-defended."""
-    from cpsample.sampling.guards import GuardContext, build_guard
+    from cpsample.sampling.pipeline import guard_for_model
     from cpsample.sampling.sampler import unet_denoiser
 
     if defence not in ("none", "cpsample"):
@@ -273,8 +273,8 @@ def run_side(model: str | DiffusionModel = "bundled", defence: str = "none", cla
         raise ValueError(f"{model.folder}: SIDE attacks unconditional models; this one is class-conditional")
     dataset, split = model.dataset, model.split
     members = model.members.images
-    context = GuardContext(model=model, classifier=classifier, device=device)
-    guard = None if defence == "none" else build_guard("cpsample", context, alpha=alpha, scale=scale, tau=tau)
+    guard = None if defence == "none" else guard_for_model(model, "cpsample", classifier, device, alpha=alpha,
+                                                           scale=scale, tau=tau)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     result = side_attack(unet_denoiser(unet), schedule, shape, members, config, guard, work_dir, device, progress=progress)
     for summary in (result.pool, result.attack):  # rows into the members -> dataset names a person can look up

@@ -49,7 +49,7 @@ def mia_command(
     from cpsample.provenance import seed_everything, write_record
     from cpsample.sampling.guards import describe_settings
 
-    prepare_out(out, "attack mia", overwrite)
+    prepare_out(out, "attack mia", overwrite, inputs=(model, classifier))
     check_device_option(device)
     seed_everything(seed)
     settings = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
@@ -106,7 +106,7 @@ def sample_nn_command(
     from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "attack sample-nn", overwrite)
+    prepare_out(out, "attack sample-nn", overwrite, inputs=(*(samples or []), model, features))
     seed_everything(seed)
     sets = read_sample_sets(samples)
     results = run_sample_attack(sets, model=model, n_members=members, n_nonmembers=nonmembers, features=features,

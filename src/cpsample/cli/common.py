@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from cpsample.data import DataError
 from cpsample.data.split import images_digest
+from cpsample.provenance import RUN_BOOKKEEPING
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
@@ -217,7 +218,9 @@ OUTPUTS = {
 TRAINING_STALE = ("calibration.json", "captions.json", "latents.safetensors")
 TRAINING_COMMANDS = ("train-denoiser", "train-conditional", "train-classifier", "train-latent-classifier")
 MODEL_COMMANDS = (*TRAINING_COMMANDS, "train-feature-net", "make-tiny-sd")
-LOCK_FILE = ".cpsample.lock"
+# The run lock, and the marker written into every --out a command accepts (and kept): the folder is cpsample's, so
+# --overwrite may clear its outputs later even when the run that made it died before its cpsample.json.
+LOCK_FILE, OUT_MARKER = RUN_BOOKKEEPING
 NEVER = "writes into a model folder (denoiser, classifier or pipeline): pick another --out"
 
 
@@ -251,13 +254,16 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
-def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool = False) -> Path:
+def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool = False, inputs=()) -> Path:
     """The one check every command makes on --out before it writes anything (then it locks the folder for the run).
 
     Refused: a file; a folder inside a model, classifier or pipeline folder; such a folder itself (except the same
     training command's own model, replaced with --overwrite or continued with --resume); a folder holding anything
-    but this command's own resumable run, unless --overwrite. With --overwrite the outputs of the run the folder holds
-    are cleared once the lock is held. Sampling commands resume their own unfinished run (batches/) without it."""
+    but this command's own resumable run, unless --overwrite; a folder holding one of the command's `inputs` (paths;
+    names such as 'bundled' are skipped); with --overwrite, a folder cpsample did not make holding files of the
+    command's output names. With
+    --overwrite the outputs of the run the folder holds are cleared once the lock is held. Sampling commands resume
+    their own unfinished run (batches/) without it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a folder")
@@ -275,21 +281,51 @@ def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool =
                                                                       _record_command(out) is None and "train_state" in (kind or "")))
         if kind and not own_model:
             raise FileExistsError(f"--out {out} holds {kind}; `cpsample {command}` never {NEVER}")
+        what = ", ".join(contents[:3]) + (" ..." if len(contents) > 3 else "")
         if not overwrite and not resume and not _resumable(out, command, contents):
-            what = ", ".join(contents[:3]) + (" ..." if len(contents) > 3 else "")
             advice = "--resume to continue its run, --overwrite to replace it" if command in TRAINING_COMMANDS else \
                 "--overwrite to replace it"
             raise FileExistsError(f"--out {out} already holds {what}; pass {advice}, or pick a new --out")
+        if overwrite and not resume and not made_by_cpsample(out):
+            taken = sorted({path.name for pattern in OUTPUTS.get(command, ()) for path in out.glob(pattern)})
+            if taken:  # a folder cpsample never wrote into: its files are the user's, whatever their names
+                raise FileExistsError(f"--out {out} holds {', '.join(taken)}, which cpsample did not write and "
+                                      f"`cpsample {command}` would replace; pick a new --out")
+    check_inputs_outside(out, inputs)
     _lock(out, command)
+    (out / OUT_MARKER).write_text(json.dumps({"command": command}))
     if contents and overwrite and not resume:
         _clear_outputs(out, command)
     return out
 
 
+def check_inputs_outside(out: Path, inputs) -> None:
+    """An input inside --out would be overwritten or cleared by the run that reads it: refused before anything."""
+    resolved = Path(out).resolve()
+    for value in inputs:
+        if value is None:
+            continue
+        path = Path(str(value).partition("=")[2] if "=" in str(value) and not Path(str(value)).exists() else value)
+        if not path.exists():
+            continue  # a bundled name, or a path the command itself will report as missing
+        where = path.resolve()
+        if where == resolved or resolved in where.parents:
+            raise FileExistsError(f"--out {out} holds {value}, an input of this command; the run would overwrite or "
+                                  "clear it: pick another --out")
+
+
+def made_by_cpsample(folder: Path) -> bool:
+    """A folder a cpsample command wrote into: its marker or record, a sampling run's batches, a training state, or
+    the lock of a run that was killed."""
+    folder = Path(folder)
+    return (any((folder / name).exists() for name in (OUT_MARKER, LOCK_FILE, "batches/settings.json", "train_state"))
+            or _record_command(folder) is not None or any(folder.glob("train_state.*")))
+
+
 def _contents(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return sorted(path.name for path in folder.iterdir() if path.name != LOCK_FILE)
+    return sorted(path.name for path in folder.iterdir() if path.name not in (LOCK_FILE, OUT_MARKER))
 
 
 def _resumable(out: Path, command: str, contents: list[str]) -> bool:
@@ -389,7 +425,8 @@ def release_locks() -> None:
     while _held_locks:
         path, created = _held_locks.pop()
         path.unlink(missing_ok=True)
-        if created:
+        if created and not _contents(path.parent):
+            (path.parent / OUT_MARKER).unlink(missing_ok=True)
             try:
                 path.parent.rmdir()  # a run refused after taking the lock leaves no empty folder behind
             except OSError:

@@ -58,7 +58,7 @@ def train_conditional_command(
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
     from cpsample.training.conditional import train_conditional
 
-    prepare_out(out, "train-conditional", overwrite, resume)
+    prepare_out(out, "train-conditional", overwrite, resume, inputs=(data,))
     members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
                                               ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
     summary = train_conditional(members, split, out, config, label_dropout=label_dropout, resume=resume, overwrite=overwrite,
@@ -96,7 +96,7 @@ def sample_conditional_command(
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
     from cpsample.sampling.outputs import save_samples, save_trace
 
-    prepare_out(out, "sample-conditional", overwrite)
+    prepare_out(out, "sample-conditional", overwrite, inputs=(model, classifier, feature_net))
     check_device_option(device)
     copy_threshold = resolve_threshold(copy_threshold, "pixels")
     from cpsample.sampling.sampler import check_sample_count
@@ -185,7 +185,7 @@ def train_latent_classifier_command(
 ):
     """Train CPSample's random-label classifier on the VAE latents of a private image set."""
     require_transformers()
-    prepare_out(out, "train-latent-classifier", overwrite, resume)
+    prepare_out(out, "train-latent-classifier", overwrite, resume, inputs=(pipeline, images, captions))
     check_device_option(device)
     from cpsample.provenance import seed_everything
     from cpsample.training.latent_classifier import train_latent_classifier
@@ -234,7 +234,7 @@ def sample_sd_command(
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private images."""
     require_transformers()
-    prepare_out(out, "sample-sd", overwrite)
+    prepare_out(out, "sample-sd", overwrite, inputs=(pipeline, classifier, prompts_file, private))
     check_device_option(device)
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record

@@ -44,7 +44,7 @@ def evaluate_command(
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "evaluate", overwrite)
+    prepare_out(out, "evaluate", overwrite, inputs=(*(samples or []), model, features, quality_net, inception))
     seed_everything(seed)
     named = parse_named_paths(samples)
     sets = {name: load_samples(path) for name, path in named.items()}
@@ -89,7 +89,7 @@ def train_feature_net_command(
     if image_size is not None and image_size < 1:
         raise ValueError(f"--image-size must be at least 1, got {image_size}")
     check_device_option(device)
-    prepare_out(out, "train-feature-net", overwrite)
+    prepare_out(out, "train-feature-net", overwrite, inputs=(data,))
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
     training = FeatureNetTraining(epochs=epochs, batch_size=batch_size, lr=lr, held_out=held_out, seed=seed, flip=flip,

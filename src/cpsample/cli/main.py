@@ -40,7 +40,7 @@ def train_denoiser_command(
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
 
-    prepare_out(out, "train-denoiser", overwrite, resume)
+    prepare_out(out, "train-denoiser", overwrite, resume, inputs=(data, init))
     members, split, config = prepare_training(data, image_size, subset, seed, init=None if init is None else str(init),
                                               steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                                               save_every=save_every, mixed_precision=mixed_precision)
@@ -77,7 +77,7 @@ def train_classifier_command(
     from cpsample.training.classifier import PAPER_LOSS, train_classifier
     from cpsample.training.loop import TrainConfig
 
-    prepare_out(out, "train-classifier", overwrite, resume)
+    prepare_out(out, "train-classifier", overwrite, resume, inputs=(denoiser,))
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
     seed_everything(seed)
     folder = resolve_model_dir(denoiser, "denoiser").resolve()  # absolute: found again from any directory
@@ -133,7 +133,7 @@ def sample_command(
     from cpsample.sampling.outputs import save_samples, save_trace
     from cpsample.sampling.pipeline import generate
 
-    prepare_out(out, "sample", overwrite)
+    prepare_out(out, "sample", overwrite, inputs=(model, classifier))
     check_device_option(device)
 
     guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau, threshold=amg_threshold,

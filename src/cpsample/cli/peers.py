@@ -41,7 +41,7 @@ def side_command(
     from cpsample.attacks.side import SideConfig, run_side
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "attack side", overwrite)
+    prepare_out(out, "attack side", overwrite, inputs=(model, classifier))
     check_device_option(device)
     seed_everything(seed)
     config = SideConfig(samples=samples, clusters=clusters, min_cohesion=min_cohesion, attack_steps=attack_steps,

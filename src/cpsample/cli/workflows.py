@@ -40,7 +40,7 @@ def demo_command(
     near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
-    prepare_out(out, "demo", overwrite)
+    prepare_out(out, "demo", overwrite, inputs=(model, classifier))
     check_device_option(device)
     settings = DemoSettings(model=model, classifier=classifier, n_samples=n_samples, steps=steps, alpha=alpha, scale=scale,
                             tau=tau, threshold=threshold, mia_members=mia_members, batch_size=batch_size, device=device,
@@ -127,7 +127,9 @@ def calibrate_command(
                             staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
                             denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
                             push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()))
-    prepare_out(out, "calibrate", overwrite)  # after the options are read (a typo fails first), before any writing
+    # after the options are read (a typo fails first), before any writing
+    prepare_out(out, "calibrate", overwrite, inputs=(model, classifier, quality_net, prompts_file, private,
+                                                     early_classifier, *(late_classifier or ())))
     check_device_option(device)
     rows = run_grid(settings)
     screen_choice = choose_setting(rows, target, reduction)

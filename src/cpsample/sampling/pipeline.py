@@ -42,6 +42,24 @@ def check_scheduler(scheduler, says: str) -> None:
                          "eps-predicting model, or cpsample.unprotect(pipe)")
 
 
+def guard_for_model(model: DiffusionModel, guard: str | Guard, classifier, device: str = "cpu", **options) -> Guard:
+    """The guard a command samples or attacks `model` with (a name built with its options, or a ready Guard), checked
+    to fit the model (check_guard_fits): the one compatibility check of every entry point that holds a model."""
+    built = resolve_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **options)
+    check_guard_fits(built, model.unet, model.schedule, model.folder)
+    return built
+
+
+def model_folder_of(unet) -> Path | None:
+    """The cpsample model folder a diffusers UNet was loaded from (its config's _name_or_path is <folder>/unet), when
+    that folder records a member split; None for a UNet built in memory or loaded from elsewhere."""
+    loaded_from = unet.config.get("_name_or_path") if hasattr(unet, "config") else None
+    if not loaded_from:
+        return None
+    folder = Path(loaded_from).parent
+    return folder if (folder / "split.json").exists() else None
+
+
 def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> None:
     """A classifier made for other images protects nothing (or crashes): each classifier the guard holds (both stages
     of a chain) must take this model's image size and channels and, when its folder is known, share the model's noise
@@ -104,8 +122,7 @@ def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 
     if loaded.conditional:
         raise ValueError(f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`")
     check_sample_count(n, (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
-    guard = resolve_guard(guard, GuardContext(model=loaded, classifier=classifier, device=device), **guard_options)
-    check_guard_fits(guard, unet, schedule, model_dir)
+    guard = guard_for_model(loaded, guard, classifier, device, **guard_options)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     if work_dir is not None:  # the key hashes the weights before any dtype cast
         batch_settings_file(work_dir, sampling_key(unet, guard, first_scheduler, n=n, steps=steps, scheduler=scheduler,

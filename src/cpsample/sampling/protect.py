@@ -22,7 +22,7 @@ from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import Classifier
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, StagedCPSampleGuard, build_guard
 from cpsample.sampling.guards.base import run_noise_levels
-from cpsample.sampling.pipeline import check_guard_fits, check_scheduler
+from cpsample.sampling.pipeline import check_guard_fits, check_scheduler, model_folder_of
 
 HOOK_ATTRIBUTE = "_cpsample_protection"
 READY_GUARDS = (CPSampleGuard, StagedCPSampleGuard)  # what protect() takes in place of a classifier
@@ -87,12 +87,18 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
     classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSample guard (one
     or two stages). options: CPSample's (alpha, scale, tau, max_t, one_stage, ...; `cpsample guards`); with none
     given, the classifier folder's calibration.json decides (one or two stages), as for `cpsample sample --guard cpsample`."""
+    if not (hasattr(pipe, "unet") and hasattr(pipe, "scheduler")):
+        raise ValueError(f"protect() takes a diffusers pipeline (with .unet and .scheduler), got {type(pipe).__name__}; "
+                         "wrap the UNet in one, e.g. DDIMPipeline(unet=unet, scheduler=scheduler)")
+    if classifier is None:
+        raise ValueError("protect() needs a classifier of this model's members (a folder, a Classifier, or 'bundled' "
+                         "for the bundled demo model); train one with `cpsample train-classifier --denoiser MODEL`")
     unet = pipe.unet
     check_scheduler(pipe.scheduler, "this pipeline's scheduler predicts")
     if isinstance(classifier, READY_GUARDS) and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
     guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
-    check_guard_fits(guard, unet, pipe.scheduler, None)
+    check_guard_fits(guard, unet, pipe.scheduler, model_folder_of(unet))
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)
     protection = Protection(pipe, guard)

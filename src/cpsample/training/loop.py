@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cpsample.data import Split
-from cpsample.provenance import write_record
+from cpsample.provenance import RUN_BOOKKEEPING, write_record
 
 # loss_fn(model, x0 batch, target batch or None, generator) -> (loss, {name: float})
 LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], "tuple[torch.Tensor, dict]"]
@@ -256,7 +256,7 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> 
     if overwrite:
         shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
         return
-    if out_dir.exists() and any(path.name != ".cpsample.lock" for path in out_dir.iterdir()):
+    if out_dir.exists() and any(path.name not in RUN_BOOKKEEPING for path in out_dir.iterdir()):
         what = "a training run" if has_state else "other files"
         raise FileExistsError(f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
                               "replace it, or pick a new --out")
