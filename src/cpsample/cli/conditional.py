@@ -239,8 +239,8 @@ def sample_sd_command(
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import LATENT_UNCALIBRATED
-    from cpsample.sampling.latent import (PromptEntry, build_latent_guard, latent_shape, load_private_images,
-                                          load_sd_pipeline, read_prompts)
+    from cpsample.sampling.latent import (PromptEntry, build_latent_guard, check_latent_pairing, latent_shape,
+                                          load_private_images, load_sd_pipeline, read_prompts)
 
     entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (read_prompts(prompts_file) if prompts_file else [])
     if not entries:
@@ -262,6 +262,8 @@ def sample_sd_command(
     monitor_tau = protect.tau if protect is not None else (tau or LATENT_UNCALIBRATED["tau"])
     monitor = build_latent_guard(classifier, pipe, 0.0, 0.0, monitor_tau, height, width) if classifier else None
     private_set = _private_set(private, classifier, size, load_private_images)
+    if classifier is not None:
+        check_latent_pairing(classifier, pipe, private_set)  # its VAE, and its own private images to measure against
     # The knobs as run (given, else the classifier's calibration, else the latent default), printed and recorded.
     ran = protect.settings() if protect is not None else {}
     settings = {"pipeline": str(pipeline), "prompts": [e.text for e in entries], "n_per_prompt": n, "steps": steps,
