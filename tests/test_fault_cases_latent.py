@@ -301,3 +301,29 @@ def test_sample_conditional_keeps_member_similarity_out_of_cpsample_json(tmp_pat
     again = runner.invoke(app, command)
     assert again.exit_code == 0, again.output
     assert (out / "private.json").exists()
+
+
+def test_a_corrupt_classifier_record_is_named_in_one_line(setup, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["classifier"], broken)
+    (broken / "cpsample.json").write_text("{not json")
+    _refused(_sample_sd(setup, tmp_path / "sd", classifier=broken), str(broken / "cpsample.json"),
+             "not a readable cpsample record", "--private")
+
+
+def test_resuming_a_latent_classifier_on_another_vae_or_other_images_is_refused(setup, tmp_path):
+    def train(out, steps, *extra, pipeline=None, images=None):
+        return CliRunner().invoke(_app(), [
+            "train-latent-classifier", "--pipeline", str(pipeline or setup["pipeline"]), "--images",
+            str(images or setup["images"]), "--relabel-after", "2", "--batch-size", "4", "--channels", "8,16",
+            "--save-every", "2", "--steps", str(steps), "--out", str(out), *extra])
+
+    assert train(tmp_path / "clf", 2).exit_code == 0
+    _refused(train(tmp_path / "clf", 4, "--resume", pipeline=setup["other"]), "--resume with other settings",
+             "vae_sha256")
+    changed = tmp_path / "changed"
+    shutil.copytree(setup["images"], changed)
+    (changed / "private_0.png").unlink()
+    shutil.copy(setup["images"] / "private_1.png", changed / "private_0.png")
+    _refused(train(tmp_path / "clf", 4, "--resume", images=changed), "images_sha256")
+    assert train(tmp_path / "clf", 4, "--resume").exit_code == 0

@@ -98,7 +98,9 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
                 "image_names": private.names}
     summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
                                relabel_after=relabel_after, block_out_channels=block_out_channels, resume=resume,
-                               overwrite=overwrite, denoiser_path=str(pipeline_dir), command="train-latent-classifier", recorded=recorded)
+                               overwrite=overwrite, denoiser_path=str(pipeline_dir), command="train-latent-classifier",
+                               recorded=recorded, run_extra={"vae_sha256": recorded["vae_digest"]["float32"],
+                                                             "images_sha256": digest})
     save_file({"latents": latents.contiguous()}, str(out_dir / LATENTS_FILE))
     if captions:
         (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2))
@@ -109,8 +111,12 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
 def private_images_of(classifier_dir: str | Path) -> str:
     """The private image folder a latent classifier was trained on (from its cpsample.json)."""
     record = Path(classifier_dir) / "cpsample.json"
-    settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
-    if "images" not in settings:
+    try:
+        settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{record}: not a readable cpsample record ({type(error).__name__}: {error}); restore it, "
+                         "or pass --private FOLDER") from None
+    if not isinstance(settings, dict) or "images" not in settings:
         raise FileNotFoundError(f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER")
     return settings["images"]
 
