@@ -211,8 +211,9 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
         assert saved["labels"].tolist() == [0, 0, 2, 2] and trace["p1"].shape == (3, 4)
         assert "trace_p1" not in saved.files
     record = json.loads((out / "cpsample.json").read_text())
-    assert record["command"] == "sample-conditional" and "near_copies" in record["results"]
+    private = json.loads((out / "private.json").read_text())  # member similarity: not in the shareable record
+    assert record["command"] == "sample-conditional" and "near_copies" in private["results"]
     pixels = NEAR_COPY_THRESHOLDS["pixels"]  # left out, the threshold is the yardstick's, and recorded as such
-    assert record["settings"]["copy_threshold"] == record["results"]["near_copies"]["threshold"] == pixels
+    assert record["settings"]["copy_threshold"] == private["results"]["near_copies"]["threshold"] == pixels
     bad = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown class 5" in " ".join(bad.output.split())

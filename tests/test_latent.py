@@ -170,7 +170,8 @@ def test_cli_table2_workflow(setup, tmp_path):
     for folder in (out, out / "plain"):
         assert {"grid.png", "samples.npz", "trace.npz", "trace.png"} <= {p.name for p in folder.iterdir()}
     record = json.loads((out / "cpsample.json").read_text())
-    rows = record["results"]["cpsample"]["per_prompt"]
+    private = json.loads((out / "private.json").read_text())  # per-prompt similarity: not in the shareable record
+    rows = private["results"]["cpsample"]["per_prompt"]
     assert [row["role"] for row in rows] == ["original", "modified", "prompt"]
     assert record["results"]["plain"]["share_of_steps_guided"] == 0.0
     missing = runner.invoke(app, ["sample-sd", "--pipeline", str(tmp_path / "nowhere"), "--prompt", "x", "--guard", "none",

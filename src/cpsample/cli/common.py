@@ -200,8 +200,8 @@ SAMPLE_OUTPUTS = ("batches", "grid.png", "samples.npz", "trace.npz", "trace.png"
 # made what the folder holds, before the run starts, so no stale file of an older run survives next to the new ones.
 OUTPUTS = {
     "sample": SAMPLE_OUTPUTS,
-    "sample-conditional": SAMPLE_OUTPUTS,
-    "sample-sd": (*SAMPLE_OUTPUTS, "plain"),
+    "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),
+    "sample-sd": (*SAMPLE_OUTPUTS, "plain", "private.json"),
     "evaluate": ("report.html", "report.md", "report.json", "similarity_histogram.png", "top_pairs.png", "cpsample.json"),
     "attack mia": ("result.json", "roc.png", "cpsample.json"),
     "attack sample-nn": ("result.json", "roc.png", "cpsample.json"),
@@ -332,7 +332,7 @@ def _resumable(out: Path, command: str, contents: list[str]) -> bool:
     """A sampling command's own unfinished or finished run with its batches (the sampler checks their settings)."""
     if command not in ("sample", "sample-conditional"):
         return False
-    foreign = [name for name in contents if name not in SAMPLE_OUTPUTS and ".tmp" not in name]
+    foreign = [name for name in contents if name not in OUTPUTS[command] and ".tmp" not in name]
     return not foreign and (out / "batches" / "settings.json").exists() and _record_command(out) in (None, command)
 
 

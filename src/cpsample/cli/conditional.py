@@ -69,7 +69,9 @@ def train_conditional_command(
 
 def sample_conditional_command(
     model: Annotated[str, typer.Option(help="Class-conditional model folder (from train-conditional).")],
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per class), samples.npz, cpsample.json (+ trace files with --trace).")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per class), samples.npz, cpsample.json, "
+                                      "private.json (similarity to the members: do not share), batches/ (+ trace "
+                                      "files with --trace).")],
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, or 'all' (default).")] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per class.")] = 8,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
@@ -94,7 +96,7 @@ def sample_conditional_command(
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
-    from cpsample.sampling.outputs import save_samples, save_trace
+    from cpsample.sampling.outputs import save_private, save_samples, save_trace
 
     prepare_out(out, "sample-conditional", overwrite, inputs=(model, classifier, feature_net))
     check_device_option(device)
@@ -114,12 +116,14 @@ def sample_conditional_command(
                                   overwrite=overwrite, **guard_options)
     paths = {**save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
              **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
-    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace),
-             **member_similarity(model, result.images, copy_threshold)}
+    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace)}
     if feature_net:
         stats["class_agreement"] = class_agreement_stats(feature_net, result.images, labels, device)
+    # Similarity to the members is theirs: private.json, never the shareable cpsample.json.
+    measured = member_similarity(model, result.images, copy_threshold)
+    paths.update(save_private(out, "sample-conditional", settings, measured))
     write_record(out, "sample-conditional", settings, {**stats, **paths})
-    console.print(json.dumps(stats, indent=2))
+    console.print(json.dumps({**stats, **measured}, indent=2))
 
 
 def member_similarity(model: str, images, threshold: float | None = None) -> dict:
@@ -209,7 +213,9 @@ def train_latent_classifier_command(
 
 def sample_sd_command(
     pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per prompt), samples.npz, cpsample.json (+ trace files with --trace).")],
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per prompt), samples.npz, cpsample.json, "
+                                      "private.json (per-prompt similarity to the private images: do not share), "
+                                      "plain/ with --compare-plain (+ trace files with --trace).")],
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 4,
@@ -239,8 +245,9 @@ def sample_sd_command(
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import LATENT_UNCALIBRATED
-    from cpsample.sampling.latent import (PromptEntry, build_latent_guard, latent_shape, load_private_images,
-                                          load_sd_pipeline, read_prompts)
+    from cpsample.sampling.latent import (PromptEntry, build_latent_guard, check_latent_pairing, latent_shape,
+                                          load_private_images, load_sd_pipeline, read_prompts)
+    from cpsample.sampling.outputs import save_private
 
     entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (read_prompts(prompts_file) if prompts_file else [])
     if not entries:
@@ -262,6 +269,8 @@ def sample_sd_command(
     monitor_tau = protect.tau if protect is not None else (tau or LATENT_UNCALIBRATED["tau"])
     monitor = build_latent_guard(classifier, pipe, 0.0, 0.0, monitor_tau, height, width) if classifier else None
     private_set = _private_set(private, classifier, size, load_private_images)
+    if classifier is not None:
+        check_latent_pairing(classifier, pipe, private_set)  # its VAE, and its own private images to measure against
     # The knobs as run (given, else the classifier's calibration, else the latent default), printed and recorded.
     ran = protect.settings() if protect is not None else {}
     settings = {"pipeline": str(pipeline), "prompts": [e.text for e in entries], "n_per_prompt": n, "steps": steps,
@@ -282,8 +291,11 @@ def sample_sd_command(
     main_guard = protect if guard == "cpsample" else monitor
     runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold,
                           ran.get("alpha"), trace)
+    # Per-prompt similarity to the private images (and their file names) go to private.json, not cpsample.json.
+    measured = {name: {"per_prompt": run.pop("per_prompt")} for name, run in runs.items() if "per_prompt" in run}
+    runs[guard].update(save_private(out, "sample-sd", settings, measured))
     write_record(out, "sample-sd", settings, runs)
-    _print_prompt_table(entries, runs)
+    _print_prompt_table(entries, {name: {**run, **measured.get(name, {})} for name, run in runs.items()})
 
 
 def _private_set(private, classifier, size, loader):

@@ -47,6 +47,23 @@ def save_samples(folder: Path, images: torch.Tensor, grid_count: int | None = 10
 
 
 TRACE_FILES = ("trace.npz", "trace.png")
+PRIVATE_RECORD = "private.json"
+PRIVATE_NOTE = ("private: measured against the private (member) images - keep it with them, do not share it; "
+                "cpsample.json beside it holds no such measurement")
+
+
+def save_private(folder: Path, command: str, settings: dict, results: dict) -> dict:
+    """Write private.json: what a run measured against the private images (nearest-member similarity, near-copy
+    counts, private file names), kept out of the shareable cpsample.json. Nothing measured: no file (an older one
+    goes). Returns the path written, for cpsample.json to point at."""
+    from cpsample.provenance import write_record
+
+    path = Path(folder) / PRIVATE_RECORD
+    if not results:
+        path.unlink(missing_ok=True)
+        return {}
+    write_record(folder, command, settings, {"note": PRIVATE_NOTE, **results}, name=PRIVATE_RECORD)
+    return {"private_record": str(path)}
 
 
 def save_trace(folder: Path, trace: dict, timesteps: np.ndarray | None, alpha: float | None = None,

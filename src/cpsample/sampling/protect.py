@@ -99,6 +99,12 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
     guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
     check_guard_fits(guard, unet, pipe.scheduler, model_folder_of(unet))
+    if getattr(pipe, "vae", None) is not None:  # a latent pipeline: its VAE must be the one the classifier knows
+        from cpsample.sampling.latent import check_latent_pairing
+
+        for stage in getattr(guard, "guards", [guard]):
+            if getattr(stage, "folder", None) is not None:
+                check_latent_pairing(stage.folder, pipe)
     unprotect(pipe)
     guard.to(unet.device, unet.dtype)
     protection = Protection(pipe, guard)

@@ -232,11 +232,16 @@ def _load_batch(work_dir, index, size):
     return torch.from_numpy(batch), trace
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a model's weights (names, dtypes, shapes, values): equal digests mean the same model."""
+def weights_digest(module: torch.nn.Module, dtype: torch.dtype | None = None) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes, values): equal digests mean the same model.
+
+    dtype: the digest of the model as `module.to(dtype)` would hold it (floating tensors cast), without moving it."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensor = tensor.contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

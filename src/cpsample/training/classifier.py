@@ -93,12 +93,14 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
                      relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
                      block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "",
                      overwrite: bool = False, negatives: np.ndarray | None = None, negatives_source: str = "none",
-                     command: str = "train-classifier", recorded: dict | None = None, max_t: int | None = None) -> dict:
+                     command: str = "train-classifier", recorded: dict | None = None, max_t: int | None = None,
+                     run_extra: dict | None = None) -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
     negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring).
     max_t: train at noise levels t <= max_t only (None: all of them, as the paper does).
-    command and recorded: the provenance record's command and settings beyond the classifier's own."""
+    command and recorded: the provenance record's command and settings beyond the classifier's own.
+    run_extra: more of what the run trains on (e.g. the latents' VAE), which a --resume must match."""
     if max_t is not None and not relabel_max_t <= max_t < schedule.config.num_train_timesteps:
         raise ValueError(f"max_t must lie between relabel_max_t ({relabel_max_t}) and "
                          f"{schedule.config.num_train_timesteps - 1}, got {max_t}")
@@ -113,7 +115,8 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
                  "relabel_threshold": relabel_threshold, **({"max_t": max_t} if max_t is not None else {})}
     run_settings = {"split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
                     "block_out_channels": list(block_out_channels), **labelling, "negatives": negatives_source,
-                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives_count": negatives_count}
+                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives_count": negatives_count,
+                    **(run_extra or {})}
     relabelled: list[int] = []
 
     def relabel_midway(trainer: Trainer) -> None:

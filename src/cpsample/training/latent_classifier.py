@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, Split
-from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
+from cpsample.data.split import images_digest
+from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline, vae_digests
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
 
@@ -82,17 +83,24 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
     if height != width:
         raise ValueError(f"{pipeline_dir}: the classifier needs square latents, this pipeline makes {height}x{width}")
     image_size = height * pipe.vae_scale_factor
+    images_dir = Path(images_dir).resolve()  # recorded absolute: sample-sd run from elsewhere measures against it
     private = load_private_images(images_dir, image_size)
     captions = read_captions(captions_file, private.names) if captions_file else {}
     latents = encode_latents(pipe, private, progress=progress)
     members = ImageSet(images=latents.numpy(), names=private.names, source=f"{images_dir} (VAE latents)")
+    digest = images_digest(private.images)
     split = Split(source=str(images_dir), seed=label_seed, members=list(range(len(private))), nonmembers=[])
-    recorded = {"pipeline": str(Path(pipeline_dir).resolve()), "images": str(images_dir), "image_size": image_size,
+    # The digests let every later pairing with a pipeline (check_latent_pairing) refuse another VAE or image set.
+    recorded = {"pipeline": str(Path(pipeline_dir).resolve()), "images": str(images_dir), "images_digest": digest,
+                "vae_digest": vae_digests(pipe.vae), "image_size": image_size,
                 "latent_shape": [channels, height, width], "scaling_factor": pipe.vae.config.scaling_factor,
-                "captions": str(captions_file) if captions_file else None, "image_names": private.names}
+                "captions": str(Path(captions_file).resolve()) if captions_file else None,
+                "image_names": private.names}
     summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
                                relabel_after=relabel_after, block_out_channels=block_out_channels, resume=resume,
-                               overwrite=overwrite, denoiser_path=str(pipeline_dir), command="train-latent-classifier", recorded=recorded)
+                               overwrite=overwrite, denoiser_path=str(pipeline_dir), command="train-latent-classifier",
+                               recorded=recorded, run_extra={"vae_sha256": recorded["vae_digest"]["float32"],
+                                                             "images_sha256": digest})
     save_file({"latents": latents.contiguous()}, str(out_dir / LATENTS_FILE))
     if captions:
         (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2))
@@ -103,8 +111,12 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
 def private_images_of(classifier_dir: str | Path) -> str:
     """The private image folder a latent classifier was trained on (from its cpsample.json)."""
     record = Path(classifier_dir) / "cpsample.json"
-    settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
-    if "images" not in settings:
+    try:
+        settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{record}: not a readable cpsample record ({type(error).__name__}: {error}); restore it, "
+                         "or pass --private FOLDER") from None
+    if not isinstance(settings, dict) or "images" not in settings:
         raise FileNotFoundError(f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER")
     return settings["images"]
 

@@ -161,8 +161,8 @@ def _latent_runner(settings: GridSettings):
     """(sample a candidate, count its near-copies, no quality score) for a Stable Diffusion pipeline: each prompt gets
     ceil(n_samples / prompts) images, every setting the same noise; near-copies of the private images in pixels, as
     `sample-sd` counts them."""
-    from cpsample.sampling.latent import (check_latent_classifier, latent_shape, load_private_images, load_sd_pipeline,
-                                          nearest_private, sample_sd_batches)
+    from cpsample.sampling.latent import (check_latent_classifier, check_latent_pairing, latent_shape,
+                                          load_private_images, load_sd_pipeline, nearest_private, sample_sd_batches)
     from cpsample.training.latent_classifier import private_images_of
 
     pipe = load_sd_pipeline(resolve_model_dir(settings.model, "denoiser"), scheduler=settings.scheduler,
@@ -176,6 +176,7 @@ def _latent_runner(settings: GridSettings):
         raise ValueError(f"near-copies are counted on square images; this pipeline makes {height}x{width} latents")
     private = load_private_images(settings.private or private_images_of(classifier.folder),
                                   height * pipe.vae_scale_factor)
+    check_latent_pairing(classifier.folder, pipe, private)  # its VAE and its private images, as sample-sd checks
     per_prompt = math.ceil(settings.n_samples / len(settings.prompts))
     context = GuardContext(model=None, classifier=classifier, device=settings.device)
 
