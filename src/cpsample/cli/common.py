@@ -293,7 +293,7 @@ def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool =
                                       f"`cpsample {command}` would replace; pick a new --out")
     check_inputs_outside(out, inputs)
     _lock(out, command)
-    (out / OUT_MARKER).write_text(json.dumps({"command": command}))
+    (out / OUT_MARKER).touch()
     if contents and overwrite and not resume:
         _clear_outputs(out, command)
     return out
