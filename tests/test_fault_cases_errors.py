@@ -385,3 +385,33 @@ def test_init_with_other_channels_names_channels_not_the_size(tmp_path):
     one_line_error(code, output, "takes RGB images (3 channels) but the data are grey (1 channel)",
                    "--image-size cannot change that")
     assert "pass --image-size" not in output and not (tmp_path / "m").exists()
+
+
+# --- more cases on these paths ------------------------------------------------------------------------------------
+
+def test_rgb_samples_against_a_grey_model_name_channels_not_the_size(tmp_path):
+    path = tmp_path / "rgb.npz"
+    np.savez(path, images=np.zeros((3, 3, 32, 32), np.float32))
+    for command in ([*EVALUATE, "--samples", f"a={path}"], [*SAMPLE_NN, "--samples", path]):
+        code, output = cli(*command, "--out", tmp_path / "o")
+        one_line_error(code, output, "are RGB (3 channels) but", "are grey (1 channel)")
+        assert "resize" not in output
+
+
+def test_a_dangling_symlink_as_out_or_a_link_loop_as_samples_gives_one_line(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    one_line_error(*cli(*SAMPLE, "--out", tmp_path / "dangling"), "dangling: File exists", "symbolic link to nothing")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for command in ([*EVALUATE, "--samples", f"x={tmp_path / 'a'}"], [*SAMPLE_NN, "--samples", tmp_path / "a"]):
+        one_line_error(*cli(*command, "--out", tmp_path / "o"), "is a symbolic link to nothing (or a loop of links)")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "Expecting value"), ("[1, 2]", "not a cpsample calibration"), ('{"settings": null}', "not a cpsample"),
+    ('{"settings": {"alpha": 0.1}}', "alpha, scale and tau"),
+])
+def test_a_calibration_that_is_no_record_names_the_file(tmp_path, classifier_copy, text, message):
+    (classifier_copy / "calibration.json").write_text(text)
+    code, output = cli(*SAMPLE, "--guard", "cpsample", "--classifier", classifier_copy, "--out", tmp_path / "o")
+    one_line_error(code, output, str(classifier_copy / "calibration.json"), message)

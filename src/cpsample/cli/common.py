@@ -120,7 +120,7 @@ def run_safely(function):
         try:
             return function(*args, **kwargs)
         except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
-            fail(str(error))
+            fail(os_error_line(error) if getattr(error, "errno", None) else str(error))  # (the system's own: errno)
         except OSError as error:  # full disk, no permission, read-only, a path through a file ...: said in one line
             fail(os_error_line(error))
         except RuntimeError as error:
@@ -154,6 +154,7 @@ _OS_ADVICE = {
     errno.EISDIR: "that is a folder where a file was expected",
     errno.ELOOP: "a symbolic link leads back to itself; fix the link or pick another path",
     errno.ENAMETOOLONG: "pick a shorter path",
+    errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another path",
 }
 
 

@@ -127,6 +127,8 @@ def check_samples_path(path: Path, what: str) -> Path:
         inside = path / "samples.npz"
         hint = f"pass {inside}" if inside.is_file() else "pass the samples.npz that `cpsample sample` wrote into it"
         raise DataError(f"{what}: {path} is a folder; expected a samples file (.npz, or an .npy array of images): {hint}")
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{what}: {path} is a symbolic link to nothing (or a loop of links); fix the link")
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} does not exist")
     return path
