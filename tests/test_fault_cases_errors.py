@@ -340,8 +340,8 @@ def test_a_calibrated_alpha_of_5_blames_the_file_not_a_flag(tmp_path, classifier
 def test_staged_guard_on_bundled_rgb_says_it_ships_no_selective_classifier(tmp_path):
     code, output = cli(*SAMPLE, "--model", "bundled-rgb", "--classifier", "bundled-rgb", "--guard", "cpsample-staged",
                        "--out", tmp_path / "o")
-    one_line_error(code, output, "bundled-rgb ships no selective classifier", "train-classifier --denoiser bundled-rgb",
-                   "--negatives samples", "early_classifier=FOLDER")
+    one_line_error(code, output, "bundled-rgb ships no selective classifier",
+                   "train-classifier --denoiser bundled-rgb", "--negatives samples", "early_classifier=FOLDER")
     assert "reinstall" not in output and "1-channel" not in output
 
 

@@ -154,7 +154,8 @@ _OS_ADVICE = {
     errno.EISDIR: "that is a folder where a file was expected",
     errno.ELOOP: "a symbolic link leads back to itself; fix the link or pick another path",
     errno.ENAMETOOLONG: "pick a shorter path",
-    errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another path",
+    errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another "
+                  "path",
 }
 
 

@@ -126,7 +126,8 @@ def check_samples_path(path: Path, what: str) -> Path:
     if path.is_dir():
         inside = path / "samples.npz"
         hint = f"pass {inside}" if inside.is_file() else "pass the samples.npz that `cpsample sample` wrote into it"
-        raise DataError(f"{what}: {path} is a folder; expected a samples file (.npz, or an .npy array of images): {hint}")
+        raise DataError(f"{what}: {path} is a folder; expected a samples file (.npz, or an .npy array of images): "
+                        f"{hint}")
     if path.is_symlink() and not path.exists():
         raise FileNotFoundError(f"{what}: {path} is a symbolic link to nothing (or a loop of links); fix the link")
     if not path.is_file():
@@ -162,8 +163,10 @@ def _load_npy_samples(path: Path) -> ImageSet:
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as error:
-        reason = "it holds pickled Python objects, which cpsample never loads" if "allow_pickle" in str(error) else error
-        raise DataError(f"{path}: cannot read the .npy array ({reason}); save plain numeric images with np.save") from None
+        pickled = "allow_pickle" in str(error)
+        reason = "it holds pickled Python objects, which cpsample never loads" if pickled else error
+        raise DataError(f"{path}: cannot read the .npy array ({reason}); save plain numeric images with "
+                        "np.save") from None
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: damaged .npy file ({type(error).__name__}: {error})") from None
     as_is = (array.ndim == 4 and np.issubdtype(array.dtype, np.floating) and len(array) and array.shape[1] in (1, 3)

@@ -25,10 +25,10 @@ def resolve_model_dir(spec: str | Path, part: str) -> Path:
     if is_bundled(spec):
         folder = BUNDLED_MODELS[str(spec)] / part
         if not folder.exists() and part == SELECTIVE and str(spec) != BUNDLED:
-            raise FileNotFoundError(f"{spec} ships no selective classifier (the one cpsample-staged's early stage needs, "
-                                    f"trained with --negatives samples); train one on its members with `cpsample "
-                                    f"train-classifier --denoiser {spec} --negatives samples --max-t 100 --out FOLDER` "
-                                    "and pass --option early_classifier=FOLDER, or use --guard cpsample")
+            raise FileNotFoundError(f"{spec} ships no selective classifier (the one cpsample-staged's early stage "
+                                    f"needs, trained with --negatives samples); train one on its members with "
+                                    f"`cpsample train-classifier --denoiser {spec} --negatives samples --max-t 100 "
+                                    "--out FOLDER` and pass --option early_classifier=FOLDER, or use --guard cpsample")
         if not folder.exists():
             raise FileNotFoundError(f"the bundled {part} is missing from {folder.parent}; reinstall cpsample")
         return folder

@@ -108,7 +108,7 @@ class StagedCPSampleGuard(ChainGuard):
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
         early_classifier = options.early_classifier
         if early_classifier == "bundled" and isinstance(context.classifier, str) and is_bundled(context.classifier):
-            early_classifier = context.classifier  # the selective classifier of the bundled model guarded, if it has one
+            early_classifier = context.classifier  # the guarded bundled model's selective classifier, if it has one
         classifier, folder = load_guard_classifier(early_classifier, context.device, SELECTIVE_PART)
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
 
