@@ -140,16 +140,14 @@ def sample_table(results: dict) -> Table:
 def read_sample_sets(specs: list[str]) -> dict:
     """['plain=a/samples.npz', 'b/samples.npz', ...] -> {name: images}. A file's name defaults to its folder's name; an
     .npz without an 'images' array but with several image arrays (the demo's samples.npz) gives one set per array."""
-    from cpsample.cli.evaluate import load_samples
+    from cpsample.cli.evaluate import check_samples_path, load_samples
 
     sets = {}
     for spec in specs:
         name, separator, path = spec.partition("=")
         if not separator:
             name, path = "", spec
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--samples {spec}: {path} does not exist")
+        path = check_samples_path(Path(path), f"--samples {spec}")
         found = _named_arrays(path) or {"": load_samples(path).images}
         for key, images in found.items():
             label = "/".join(part for part in (name, key) if part) or (path.parent.name if path.stem == "samples" else path.stem)
@@ -161,7 +159,9 @@ def read_sample_sets(specs: list[str]) -> dict:
 
 def _named_arrays(path: Path) -> dict:
     """The image arrays of an .npz with no 'images' key and several (N, C, H, W) float arrays in [-1, 1], by name."""
-    if path.suffix != ".npz":
+    from cpsample.data.sources import array_file_kind
+
+    if path.suffix != ".npz" or array_file_kind(path) != "npz":
         return {}
     try:
         with np.load(path, allow_pickle=False) as archive:

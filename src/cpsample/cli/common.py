@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -120,11 +121,52 @@ def run_safely(function):
         try:
             return function(*args, **kwargs)
         except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
-            fail(str(error))
+            fail(os_error_line(error) if getattr(error, "errno", None) else str(error))  # (the system's own: errno)
+        except OSError as error:  # full disk, no permission, read-only, a path through a file ...: said in one line
+            fail(os_error_line(error))
+        except RuntimeError as error:
+            if not str(error).startswith("Symlink loop"):  # pathlib's resolve() of a link cycle
+                raise
+            fail(f"{error}: a symbolic link leads back to itself; fix the link or pick another path")
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # safetensors' writer says "os error 28" in its own type
+                raise
+            from cpsample.training.loop import as_os_error
+
+            fail(os_error_line(as_os_error(error)))
         finally:
             release_locks()
 
     return wrapper
+
+
+# What to do about an OSError, by errno; the rest are said as the system says them.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space or pick an --out on another disk, then rerun the same command (a training run "
+                  "continues from its last saved state with --resume)",
+    errno.EDQUOT: "your disk quota is full; free some space, then rerun the same command (a training run continues "
+                  "from its last saved state with --resume)",
+    errno.EFBIG: "a file size limit (ulimit -f) or the file system stops it; raise the limit or pick an --out on "
+                 "another disk, then rerun the same command (a training run continues with --resume)",
+    errno.EACCES: "no permission to write there; pick an --out you can write to",
+    errno.EPERM: "not permitted there; pick an --out you can write to",
+    errno.EROFS: "that file system is read-only; pick an --out on a writable disk",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; pick another path",
+    errno.EISDIR: "that is a folder where a file was expected",
+    errno.ELOOP: "a symbolic link leads back to itself; fix the link or pick another path",
+    errno.ENAMETOOLONG: "pick a shorter path",
+    errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another "
+                  "path",
+}
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and what to do."""
+    what = error.strerror or str(error)
+    where = f"{error.filename}: " if error.filename else ""
+    advice = _OS_ADVICE.get(error.errno)
+    return f"{where}{what}" + (f"; {advice}" if advice else "")
+
 
 
 

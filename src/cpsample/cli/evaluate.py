@@ -117,15 +117,32 @@ def parse_named_paths(values: list[str]) -> dict[str, Path]:
             raise ValueError(f"--samples expects name=path, got {value!r}")
         if name in named:
             raise ValueError(f"--samples name {name!r} given twice")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--samples {name}: {path} does not exist")
-        named[name] = Path(path)
+        named[name] = check_samples_path(Path(path), f"--samples {name}")
     return named
+
+
+def check_samples_path(path: Path, what: str) -> Path:
+    """A --samples path must be a file: a folder or a missing path is refused with what is expected instead."""
+    if path.is_dir():
+        inside = path / "samples.npz"
+        hint = f"pass {inside}" if inside.is_file() else "pass the samples.npz that `cpsample sample` wrote into it"
+        raise DataError(f"{what}: {path} is a folder; expected a samples file (.npz, or an .npy array of images): "
+                        f"{hint}")
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{what}: {path} is a symbolic link to nothing (or a loop of links); fix the link")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    return path
 
 
 def load_samples(path: Path) -> ImageSet:
     """samples.npz from `cpsample sample` holds float images in [-1, 1] under 'images': take them as they are
-    (the generic loader would read an all-non-negative float set as [0, 1]); other files go through load_dataset."""
+    (the generic loader would read an all-non-negative float set as [0, 1]); other files go through load_dataset.
+    A plain .npy array of images (np.save) is read the same way."""
+    from cpsample.data.sources import array_file_kind
+
+    if array_file_kind(path) == "npy":
+        return _load_npy_samples(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "images" in archive and np.issubdtype(archive["images"].dtype, np.floating):
@@ -137,6 +154,25 @@ def load_samples(path: Path) -> ImageSet:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         pass  # the generic loader names what is wrong (empty file, pickled objects, no images ...)
     return load_dataset(str(path))
+
+
+def _load_npy_samples(path: Path) -> ImageSet:
+    """An .npy file holding one array of images: float in [-1, 1] as it is, anything else as load_dataset reads it."""
+    from cpsample.data.sources import _to_nchw
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        pickled = "allow_pickle" in str(error)
+        reason = "it holds pickled Python objects, which cpsample never loads" if pickled else error
+        raise DataError(f"{path}: cannot read the .npy array ({reason}); save plain numeric images with "
+                        "np.save") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: damaged .npy file ({type(error).__name__}: {error})") from None
+    as_is = (array.ndim == 4 and np.issubdtype(array.dtype, np.floating) and len(array) and array.shape[1] in (1, 3)
+             and np.isfinite(array).all() and array.min() >= -1.0 and array.max() <= 1.0)
+    images = array.astype(np.float32) if as_is else _to_nchw(array, str(path))
+    return ImageSet(images=images, names=[f"{path.name}:{i}" for i in range(len(images))], source=str(path))
 
 
 def headline(results: dict) -> dict:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import codecs
 import zipfile
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def load_npz(path: Path, name_prefix: str | None = None) -> ImageSet:
 
     Accepts (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}; uint8 0-255 or float in [0, 1] / [-1, 1].
     """
+    kind = array_file_kind(path)
+    if kind == "npy":
+        raise DataError(f"{path}: not an .npz archive (a single .npy array?); save images with np.savez")
+    if kind not in ("npz", "empty"):
+        raise DataError(f"{path}: not an .npz archive (it holds {kind}); save images with np.savez")
     try:
         archive = np.load(path, allow_pickle=False)
     except EOFError:
@@ -145,6 +151,29 @@ def load_npz(path: Path, name_prefix: str | None = None) -> ImageSet:
     names = [f"{name_prefix or Path(path).name}:{i}" for i in range(len(images))]
     labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
     return ImageSet(images=images, names=names, labels=labels, source=source)
+
+
+def array_file_kind(path: Path) -> str:
+    """What a file holds by its first bytes: "npz" (a zip archive), "npy" (one numpy array), "empty", "text" or
+    "data of another kind" (numpy would take it for a pickle and say so in words about allow_pickle)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except IsADirectoryError:
+        return "a folder"
+    if not head:
+        return "empty"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "npz"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    try:  # (an incremental decoder: a character cut at byte 512 is no reason to call a text file binary)
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(char.isprintable() or char.isspace() for char in text):
+        return "text"
+    return "data of another kind"
 
 
 def _to_nchw(raw: np.ndarray, where: str) -> np.ndarray:

@@ -13,6 +13,7 @@ BUNDLED_DIR = ASSETS_DIR / "mnist16"
 BUNDLED = "bundled"
 # Shipped models by name: the 16x16 grey MNIST model (the default) and the 32x32 RGB Twemoji model.
 BUNDLED_MODELS = {BUNDLED: BUNDLED_DIR, "bundled-rgb": ASSETS_DIR / "twemoji32"}
+SELECTIVE = "classifier-selective"  # the bundled model's classifier trained with --negatives samples (cpsample-staged)
 
 
 def is_bundled(spec: str | Path) -> bool:
@@ -23,6 +24,11 @@ def resolve_model_dir(spec: str | Path, part: str) -> Path:
     """'bundled' / 'bundled-rgb' -> the shipped denoiser/classifier folder; anything else is a path."""
     if is_bundled(spec):
         folder = BUNDLED_MODELS[str(spec)] / part
+        if not folder.exists() and part == SELECTIVE and str(spec) != BUNDLED:
+            raise FileNotFoundError(f"{spec} ships no selective classifier (the one cpsample-staged's early stage "
+                                    f"needs, trained with --negatives samples); train one on its members with "
+                                    f"`cpsample train-classifier --denoiser {spec} --negatives samples --max-t 100 "
+                                    "--out FOLDER` and pass --option early_classifier=FOLDER, or use --guard cpsample")
         if not folder.exists():
             raise FileNotFoundError(f"the bundled {part} is missing from {folder.parent}; reinstall cpsample")
         return folder

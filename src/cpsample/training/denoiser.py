@@ -58,6 +58,13 @@ def load_pretrained(folder: Path, members: ImageSet):
     unet, schedule = load_denoiser(folder)
     if unet.config.num_class_embeds is not None:
         raise ValueError(f"{folder} is a class-conditional model; fine-tune it with `cpsample train-conditional`")
+    if unet.config.in_channels != members.channels:
+        kinds = {1: "grey", 3: "RGB"}
+        model_kind, data_kind = (kinds.get(n, f"{n}-channel") for n in (unet.config.in_channels, members.channels))
+        count = {n: f"{n} channel{'s' if n != 1 else ''}" for n in (unet.config.in_channels, members.channels)}
+        raise ValueError(f"{folder} takes {model_kind} images ({count[unet.config.in_channels]}) but the data are "
+                         f"{data_kind} ({count[members.channels]}); --image-size cannot change that: fine-tune a "
+                         f"{data_kind} model, or train on {model_kind} data")
     if (unet.config.in_channels, unet.config.sample_size) != (members.channels, members.size):
         raise ValueError(f"{folder} takes {unet.config.in_channels}-channel {unet.config.sample_size}x{unet.config.sample_size} "
                          f"images but the data are {members.channels}-channel {members.size}x{members.size}; "

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -95,32 +96,34 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=last_step, initial=self.step, desc=description, disable=not self.accelerator.is_local_main_process,
                    dynamic_ncols=True)
-        while self.step < last_step:
-            step_started = time.perf_counter()
-            generator = self.generator(self.step)
-            index = torch.randint(0, len(self.data), (self.config.batch_size,), generator=generator)
-            x0 = self.data[index].to(device)
-            target = None if self.targets is None else self.targets[index].to(device)
-            loss, metrics = self.loss_fn(self.model, x0, target, generator)
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients and self.config.grad_clip:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step(self.unwrapped.parameters())
-            self.step += 1
-            self.train_seconds += time.perf_counter() - step_started
-            bar.update(1)
-            logging = self.step % self.config.log_every == 0 or self.step == last_step
-            if logging or self.step % self.config.save_every == 0:
-                _check_finite(float(loss.detach()), self.step, self.config.lr)  # before a NaN model can be saved
-            if logging:
-                record = {"step": self.step, "loss": float(loss.detach()), **metrics}
-                self.history.append(record)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
-            if self.step % self.config.save_every == 0 or self.step == last_step:
-                self.save_state()
-        bar.close()
+        try:
+            while self.step < last_step:
+                step_started = time.perf_counter()
+                generator = self.generator(self.step)
+                index = torch.randint(0, len(self.data), (self.config.batch_size,), generator=generator)
+                x0 = self.data[index].to(device)
+                target = None if self.targets is None else self.targets[index].to(device)
+                loss, metrics = self.loss_fn(self.model, x0, target, generator)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients and self.config.grad_clip:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.ema.step(self.unwrapped.parameters())
+                self.step += 1
+                self.train_seconds += time.perf_counter() - step_started
+                bar.update(1)
+                logging = self.step % self.config.log_every == 0 or self.step == last_step
+                if logging or self.step % self.config.save_every == 0:
+                    _check_finite(float(loss.detach()), self.step, self.config.lr)  # before a NaN model can be saved
+                if logging:
+                    record = {"step": self.step, "loss": float(loss.detach()), **metrics}
+                    self.history.append(record)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+                if self.step % self.config.save_every == 0 or self.step == last_step:
+                    self.save_state()
+        finally:
+            bar.close()  # (an error then starts on a line of its own)
 
     def ema_model(self) -> torch.nn.Module:
         """A copy of the model carrying the EMA weights (what gets exported and sampled from)."""
@@ -135,6 +138,20 @@ class Trainer:
             return
         tmp = self.out_dir / (STATE_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write_state(tmp, extra)
+        except BaseException as error:  # a full disk, a kill: the last complete state stays; half a new one only
+            shutil.rmtree(tmp, ignore_errors=True)  # takes space
+            raise as_os_error(error, tmp)
+        final = self.out_dir / STATE_DIR
+        old = self.out_dir / (STATE_DIR + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _write_state(self, tmp: Path, extra: dict | None) -> None:
         tmp.mkdir(parents=True)
         names = [name for name, _ in self.unwrapped.named_parameters()]
         save_file({k: v.detach().cpu().contiguous() for k, v in self.unwrapped.state_dict().items()}, tmp / "model.safetensors")
@@ -147,13 +164,6 @@ class Trainer:
                 "config": asdict(self.config), "run_settings": self.run_settings, "history": self.history,
                 **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(meta))
-        final = self.out_dir / STATE_DIR
-        old = self.out_dir / (STATE_DIR + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
 
     def load_state(self) -> dict | None:
         """Restore from train_state/ if present; returns its JSON (None when starting fresh).
@@ -202,6 +212,9 @@ class TrainingRun:
     def __init__(self, out_dir: Path, config: TrainConfig, resume: bool = False, overwrite: bool = False):
         self.out_dir, self.config, self.resume = Path(out_dir), config, resume
         prepare_run_folder(self.out_dir, resume, overwrite)
+        # A run into an empty folder that fails before its first saved state leaves the folder empty again: its
+        # split.json alone would make the folder look like a finished model, refused even with --overwrite.
+        self.fresh_folder = not _entries(self.out_dir)
         torch.manual_seed(config.seed)  # before the caller builds its model: one seed, one set of initial weights
         self.state: dict = {}
         self.seconds = 0.0
@@ -216,10 +229,16 @@ class TrainingRun:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             split.save(self.out_dir / "split.json")
         started = time.time()
-        if phases is None:
-            trainer.run_until(self.config.steps, description=description)
-        else:
-            phases(trainer)
+        try:
+            if phases is None:
+                trainer.run_until(self.config.steps, description=description)
+            else:
+                phases(trainer)
+        except BaseException:
+            if self.fresh_folder and not (self.out_dir / STATE_DIR / "state.json").exists():
+                (self.out_dir / "split.json").unlink(missing_ok=True)
+                shutil.rmtree(self.out_dir / (STATE_DIR + ".tmp"), ignore_errors=True)
+            raise
         self.seconds = time.time() - started
         return trainer
 
@@ -230,8 +249,16 @@ class TrainingRun:
                    "parameters": sum(p.numel() for p in trainer.unwrapped.parameters()),
                    "final_loss": trainer.history[-1]["loss"] if trainer.history else None, **results}
         if trainer.accelerator.is_main_process:
-            save(self.out_dir)
-            write_record(self.out_dir, command, {**asdict(self.config), **settings}, {**summary, "history": trainer.history})
+            before = set(_entries(self.out_dir))
+            try:
+                save(self.out_dir)
+                write_record(self.out_dir, command, {**asdict(self.config), **settings},
+                             {**summary, "history": trainer.history})
+            except BaseException as error:  # (a full disk): half an export would make the folder look like a
+                for name in set(_entries(self.out_dir)) - before:  # model; the saved state lets --resume export it
+                    path = self.out_dir / name  # again
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+                raise as_os_error(error, self.out_dir)
         return summary
 
 
@@ -260,6 +287,24 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> 
         what = "a training run" if has_state else "other files"
         raise FileExistsError(f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
                               "replace it, or pick a new --out")
+
+
+def as_os_error(error: BaseException, filename=None) -> BaseException:
+    """safetensors' SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)") as
+    the OSError it carries, naming `filename`; any other error as it is."""
+    if type(error).__name__ != "SafetensorError":
+        return error
+    found = re.search(r"os error (\d+)", str(error))
+    if found is None:
+        return OSError(0, f"cannot write a safetensors file ({error})", None if filename is None else str(filename))
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), None if filename is None else str(filename))
+
+
+def _entries(folder: Path) -> list[str]:
+    """What a folder holds, its lock file aside ([] for a folder that is not there)."""
+    folder = Path(folder)
+    return [path.name for path in folder.iterdir() if path.name != ".cpsample.lock"] if folder.is_dir() else []
 
 
 def recover_state(out_dir: Path) -> None:

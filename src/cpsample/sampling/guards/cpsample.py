@@ -397,12 +397,28 @@ def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:
     staged = None if calibrated is None else calibrated.get("two_stage")
     if not staged:
         return None
+    path = Path(classifier_dir) / CALIBRATION_FILE
+    fix = _FIX_CALIBRATION.format(folder=classifier_dir) + ", or pass --option one_stage=true"
+    if not isinstance(staged, dict):
+        raise ValueError(f"{path}: its two_stage entry is not a set of options; {fix}")
+    for name, value in staged.items():
+        problem = knob_problem(name, value)
+        if name.endswith("_classifier") and not isinstance(value, (str, type(None))):
+            problem = "it must be a classifier folder"
+        if problem:
+            raise ValueError(f"{path}: two_stage {name} is {json.dumps(value)}, but {problem}; {fix}")
     for role in ("early", "late"):  # the stages' own classifiers, recorded as folders
         folder = staged.get(f"{role}_classifier", "bundled" if role == "early" else None)
         if folder not in (None, "bundled") and not Path(folder).is_dir():
             raise ValueError(f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the {role} classifier "
                              f"{folder}, which is not there; put it back, rerun `cpsample calibrate`, or pass --option "
                              "one_stage=true")
+    from cpsample.sampling.guards.staged import StagedCPSampleOptions  # (it builds on this module)
+
+    try:
+        StagedCPSampleOptions(**staged)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: its two_stage entry makes no two-stage guard ({error}); {fix}") from None
     return dict(staged)
 
 
@@ -420,7 +436,39 @@ def read_calibration(classifier_dir: str | Path | None) -> dict | None:
             raise KeyError("alpha, scale and tau")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a cpsample calibration ({error}); rerun `cpsample calibrate` or delete it") from None
+    for name in ("alpha", "scale", "tau", "max_t"):
+        problem = knob_problem(name, settings.get(name))
+        if problem:
+            raise ValueError(f"{path}: {name} is {json.dumps(settings.get(name))}, but {problem}; "
+                             f"{_FIX_CALIBRATION.format(folder=classifier_dir)}")
     return record
+
+
+_FIX_CALIBRATION = ("correct it in that file, rerun `cpsample calibrate --classifier {folder}`, or delete the file "
+                    "(the defaults then apply)")
+# What each knob a calibration.json may hold must be (its one-stage "settings" and its "two_stage" entry), keyed by
+# the knob's name without its stage prefix: (kind, lowest, highest, lowest allowed itself, None allowed).
+_KNOB_RULES = {"alpha": ("number", 0.0, 0.5, True, False), "scale": ("number", 0.0, None, True, False),
+               "tau": ("number", 0.0, None, False, False), "max_t": ("integer", 0, None, True, True),
+               "min_t": ("integer", 0, None, True, False), "max_push": ("number", 0.0, None, False, True),
+               "smooth_push": ("number", 0.0, None, False, True)}
+
+
+def knob_problem(name: str, value) -> str | None:
+    """What is wrong with a calibrated knob's value, in words (None: nothing, or a knob without a rule here)."""
+    rule = _KNOB_RULES.get(name.removeprefix("early_"))
+    if rule is None:
+        return None
+    kind, low, high, low_allowed, none_allowed = rule
+    if value is None:
+        return None if none_allowed else "it must be a number"
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind == "integer" and not float(value).is_integer()) or not math.isfinite(value):
+        return "it must be a whole timestep" if kind == "integer" else "it must be a finite number"
+    if value < low or (value == low and not low_allowed) or (high is not None and value > high):
+        bounds = f"[{low:g}, {high:g}]" if high is not None else (f">= {low:g}" if low_allowed else f"> {low:g}")
+        return f"CPSample's {name.removeprefix('early_')} must be {bounds if high is None else 'in ' + bounds}"
+    return None
 
 
 def write_calibration(classifier_dir: str | Path, settings: dict, details: dict) -> Path:

@@ -33,12 +33,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cpsample.models.bundle import SELECTIVE, is_bundled
 from cpsample.sampling.guards.base import GuardContext, GuardOptions, context_model, option, unconditional_denoiser
 from cpsample.sampling.guards.chain import ChainGuard
 from cpsample.sampling.guards.cpsample import CPSampleGuard, CPSampleOptions, load_guard_classifier
 
 # The bundled selective classifier lives next to the bundled classifier, under this folder name.
-SELECTIVE_PART = "classifier-selective"
+SELECTIVE_PART = SELECTIVE
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,10 @@ class StagedCPSampleGuard(ChainGuard):
 
     @classmethod
     def from_options(cls, options: StagedCPSampleOptions, context: GuardContext) -> "StagedCPSampleGuard":
-        classifier, folder = load_guard_classifier(options.early_classifier, context.device, SELECTIVE_PART)
+        early_classifier = options.early_classifier
+        if early_classifier == "bundled" and isinstance(context.classifier, str) and is_bundled(context.classifier):
+            early_classifier = context.classifier  # the guarded bundled model's selective classifier, if it has one
+        classifier, folder = load_guard_classifier(early_classifier, context.device, SELECTIVE_PART)
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
 
         def selective(alpha, scale, max_t, min_t):  # the selective classifier judging x0_hat
