@@ -82,10 +82,27 @@ def test_sample_writes_rgb_images_and_an_rgb_grid(rgb, guard):
     cli(*SAMPLE, "--model", denoiser, "--guard", guard, *extra, "--out", out)
     samples = images(out)
     assert samples.shape == (4, *SHAPE) and samples.min() >= -1 and samples.max() <= 1
+    assert samples.min() < -0.5 and samples.max() > 0.5 and samples.std() > 0.3, "pictures, not a flat field"
+    assert all(np.abs(a - b).max() > 0.1 for i, a in enumerate(samples) for b in samples[i + 1:]), "four distinct"
     with Image.open(out / "grid.png") as grid:
         assert grid.mode == "RGB"
         pixels = np.asarray(grid).astype(int)
     assert np.abs(pixels[..., 0] - pixels[..., 1]).max() > 0, "the grid keeps the colours"
+    # the grid shows these samples: 2 x 2 tiles, 1-pixel padding, upscaled 2x; the first tile is samples[0]
+    first = np.round((samples[0].transpose(1, 2, 0) + 1) * 127.5)
+    assert pixels.shape == ((2 * 33 + 1) * 2, (2 * 33 + 1) * 2, 3)
+    assert np.abs(pixels[2:66:2, 2:66:2] - first).max() <= 1
+    # same seed as plain sampling: the cpsample guard (alpha 0.5) pushes at every step and moves every sample; AMG at
+    # threshold 0.5 never finds a member that close to the untrained model's samples, so it leaves them bit for bit
+    results = json.loads((out / "cpsample.json").read_text())["results"]
+    plain = images(_plain(rgb))
+    if guard == "none":
+        assert "share_of_steps_guided" not in results
+    elif guard == "cpsample":
+        assert results["share_of_steps_guided"] == 1.0
+        assert (np.abs(samples - plain).reshape(4, -1).max(axis=1) > 1e-3).all()
+    else:
+        assert results["share_of_steps_guided"] == 0.0 and np.array_equal(samples, plain)
 
 
 def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rgb):
