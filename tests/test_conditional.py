@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cpsample.data import ImageSet, load_dataset, make_split
 from cpsample.evaluation import NEAR_COPY_THRESHOLDS
+from cpsample.evaluation.nearcopy import find_near_copies
 from cpsample.models import load_noise_schedule
 from cpsample.models.bundle import training_data
 from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler
@@ -104,8 +105,13 @@ def test_cfg_sampling_runs_plain_and_protected(trained):
                                      alpha=0.5, scale=10.0, steps=5, progress=False)
     for result in (plain, protected):
         assert result.images.shape == (4, 1, SIZE, SIZE) and torch.isfinite(result.images).all()
+        assert result.images.min() < -0.5 and result.images.max() > 0.5, "pictures, not a flat field"
     assert protected.trace["p1"].shape == (5, 4) and not plain.trace
     assert plain.denoiser_calls == 2 * 4 * 5
+    # alpha 0.5: the guard pushes every sample at every step, so from the same seed every sample ends elsewhere
+    assert protected.trace["fired"].all()
+    assert ((protected.trace["p1"] > 0) & (protected.trace["p1"] < 1)).all()
+    assert ((plain.images - protected.images).flatten(1).abs().amax(1) > 0.01).all()
 
 
 def test_alpha_zero_gives_exactly_plain_cfg_samples(trained):
@@ -215,5 +221,16 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
     assert record["command"] == "sample-conditional" and "near_copies" in private["results"]
     pixels = NEAR_COPY_THRESHOLDS["pixels"]  # left out, the threshold is the yardstick's, and recorded as such
     assert record["settings"]["copy_threshold"] == private["results"]["near_copies"]["threshold"] == pixels
+    # the near-copy numbers recorded (privately) are those of the saved samples against the model's 16 members
+    dataset, split = training_data(model)
+    with np.load(out / "samples.npz") as saved:
+        found = find_near_copies(saved["images"], dataset.images[split.members])
+    counted = private["results"]["near_copies"]
+    assert (counted["count"], counted["n"]) == (int(found.copies.sum()), 4)
+    nearest = private["results"]["nearest_member_cosine"]
+    assert nearest["max"] == pytest.approx(found.similarity.max(), abs=1e-5)
+    assert record["results"]["share_of_steps_guided"] == 1.0  # alpha 0.5 pushes at every step
+    with np.load(out / "trace.npz") as trace:
+        assert trace["fired"].all() and ((trace["p1"] > 0) & (trace["p1"] < 1)).all()
     bad = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown class 5" in " ".join(bad.output.split())

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("transformers")
 
+from cpsample.evaluation.nearcopy import find_near_copies  # noqa: E402
 from cpsample.models.classifier import TimeClassifier  # noqa: E402
 from cpsample.sampling.latent import (build_latent_guard, build_tiny_sd_pipeline, check_latent_classifier,  # noqa: E402
                                       load_private_images, load_sd_pipeline, per_prompt_similarity, read_prompts, sample_sd)
@@ -120,8 +121,19 @@ def test_sampling_with_and_without_cpsample(setup):
     assert ((guarded.trace["p1"] >= 0) & (guarded.trace["p1"] <= 1)).all()
     assert guarded.trace["fired"].all(), "alpha = 0.5 guides at every step (the paper's timing setting)"
     assert not torch.equal(plain.images, guarded.images)
-    rows = per_prompt_similarity(guarded, load_private_images(setup["images"], IMAGE), threshold=0.95)
+    private = load_private_images(setup["images"], IMAGE)
+    rows = per_prompt_similarity(guarded, private, threshold=0.95)
     assert [row["prompt"] for row in rows] == PROMPTS and all(-1 <= row["max_similarity"] <= 1 for row in rows)
+    # each prompt's row is its own two images' nearest-private similarity and near-copy count, recomputed here
+    found = find_near_copies(guarded.images.numpy(), private.images, threshold=0.95)
+    for index, row in enumerate(rows):
+        mine = slice(2 * index, 2 * index + 2)
+        assert row["max_similarity"] == pytest.approx(found.similarity[mine].max(), abs=1e-5)
+        assert row["mean_similarity"] == pytest.approx(found.similarity[mine].mean(), abs=1e-5)
+        assert row["near_copies"] == int(found.copies[mine].sum()) and row["images"] == 2
+        assert row["share_of_steps_guided"] == 1.0
+        best = 2 * index + int(np.argmax(found.similarity[mine]))
+        assert row["nearest_private"] == private.names[int(found.nearest[best])]
 
 
 def test_alpha_zero_is_identical_to_plain_and_records_the_trace(setup):
@@ -174,6 +186,17 @@ def test_cli_table2_workflow(setup, tmp_path):
     rows = private["results"]["cpsample"]["per_prompt"]
     assert [row["role"] for row in rows] == ["original", "modified", "prompt"]
     assert record["results"]["plain"]["share_of_steps_guided"] == 0.0
+    # alpha 0.5 guides every step of every image, and moves the guarded images off the plain ones of the same seed
+    assert record["results"]["cpsample"]["share_of_steps_guided"] == 1.0
+    with np.load(out / "samples.npz") as guarded, np.load(out / "plain" / "samples.npz") as plain:
+        assert guarded["images"].shape == plain["images"].shape == (6, 3, IMAGE, IMAGE)
+        assert guarded["prompt_index"].tolist() == [0, 0, 1, 1, 2, 2]
+        assert (np.abs(guarded["latents"] - plain["latents"]).reshape(6, -1).max(axis=1) > 1e-3).all()
+        # the per-prompt similarities recorded are those of the saved images to the private ones
+        private = load_private_images(setup["images"], IMAGE)
+        found = find_near_copies(guarded["images"], private.images)
+    for index, row in enumerate(rows):
+        assert row["max_similarity"] == pytest.approx(found.similarity[2 * index:2 * index + 2].max(), abs=1e-5)
     missing = runner.invoke(app, ["sample-sd", "--pipeline", str(tmp_path / "nowhere"), "--prompt", "x", "--guard", "none",
                                   "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "no diffusers pipeline" in " ".join(missing.output.split())

@@ -11,6 +11,7 @@ import pytest
 import torch
 import typer
 from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cpsample.attacks import loss_attack, pia_attack, plot_attacks, separation, tpr_at_fpr, z_test
@@ -212,6 +213,17 @@ def test_roc_figure_is_written(tmp_path, overfit):
     result = loss_attack(overfit.unet, overfit.schedule, overfit.members, overfit.nonmembers, **FAST)
     path = plot_attacks({"loss": result}, tmp_path / "roc.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_drawn_figure(path)
+
+
+def _assert_drawn_figure(path):
+    """A real picture: a PNG that opens, of a plot's size, with lines on it (not one flat colour)."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        assert picture.format == "PNG" and min(picture.size) > 100
+        grey = np.asarray(picture.convert("L")).astype(int)
+    assert grey.std() > 5 and (grey < 128).mean() > 0.001
 
 
 # --- CLI -------------------------------------------------------------------------------------------------------------
@@ -232,6 +244,20 @@ def test_mia_cli_writes_result_roc_and_record(tmp_path, overfit, attack_app):
     assert 0.0 <= record["results"]["loss"]["auc"] <= 1.0
     assert (out / "roc.png").stat().st_size > 0
     assert "membership inference" in result.output
+    # every AUC recorded is that of the saved scores (a lower score flags a member), and the best t is the best one
+    for attack in ("loss", "pia"):
+        per_t = {}
+        for t in ("100", "200"):
+            members, nonmembers = summary[attack]["member_scores"][t], summary[attack]["nonmember_scores"][t]
+            assert (len(members), len(nonmembers)) == (6, 12)
+            per_t[t] = roc_auc_score([1] * 6 + [0] * 12, -np.r_[members, nonmembers])
+            assert summary[attack]["per_t"][t]["auc"] == pytest.approx(per_t[t]), (attack, t)
+        best = str(summary[attack]["best_t"])
+        assert per_t[best] == max(per_t.values()) and record["results"][attack]["auc"] == pytest.approx(per_t[best])
+    # the model memorised its 8 members: the loss attack finds them (measured AUC 1.0 on 6 vs 12)
+    assert record["results"]["loss"]["auc"] > 0.85 and record["results"]["loss"]["p_value"] < 0.01
+    assert f"{record['results']['loss']['auc']:.3f}" in result.output  # the table printed says the same
+    _assert_drawn_figure(out / "roc.png")
 
 
 def test_mia_cli_rejects_bad_input_clearly(tmp_path, overfit, attack_app):

@@ -384,5 +384,22 @@ def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
     assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # left out: the yardstick's default
     assert {"pool", "attack", "clusters", "classifier"} <= set(json.loads((out / "result.json").read_text()))
     assert all((out / name).exists() for name in ("pool.png", "attack.png", "pairs.png"))
+    # 8 pool samples in 2 clusters, both kept (min cohesion -1), 2 attack images each; the random-init model's samples
+    # are nowhere near the 10 MNIST members, and each count agrees with its similarities and per-class rows
+    result = json.loads((out / "result.json").read_text())
+    clusters = result["clusters"]
+    assert (clusters["k"], clusters["kept"], sum(clusters["sizes"]), result["pool"]["n"]) == (2, 2, 8, 8)
+    assert result["attack"]["n"] == 2 * clusters["kept"] and len(result["per_class"]) == clusters["kept"]
+    for part in ("pool", "attack"):
+        summary = result[part]
+        assert summary["similarity_max"] < summary["threshold"] and summary["near_copies"] == 0, part
+        assert summary["distinct_extracted"] == len(summary["extracted"]) == 0, part
+    assert sum(row["near_copies"] for row in result["per_class"]) == result["attack"]["near_copies"]
+    assert result["classifier"]["steps"] == 3 and result["classifier"]["num_labels"] == clusters["kept"]
+    from PIL import Image
+
+    for name in ("pool.png", "attack.png", "pairs.png"):
+        with Image.open(out / name) as picture:
+            assert picture.format == "PNG" and np.asarray(picture.convert("L")).std() > 5, name
     bad = runner.invoke(app, [*common, "--defence", "ambient", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown defence" in bad.output

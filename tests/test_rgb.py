@@ -56,6 +56,21 @@ def test_train_denoiser_and_classifiers_take_rgb_32(rgb):
     assert (selective.config.in_channels, selective.config.sample_size) == (3, 32)
     cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--negatives", "twemoji", "--negatives-count", "4",
         "--out", root / "selective-data")
+    # every classifier learnt the denoiser's 16 members (random labels of both classes), the selective ones
+    # next to 4 negatives each, the early one only at t <= 100
+    members = json.loads((denoiser / "split.json").read_text())["members"]
+    assert len(members) == 16
+    for name, negatives in (("clf", "none"), ("selective", "samples"), ("selective-data", "twemoji")):
+        assert json.loads((root / name / "split.json").read_text())["members"] == members, name
+        labels = json.loads((root / name / "labels.json").read_text())
+        assert labels["member_indices"] == members and sorted(set(labels["initial_labels"])) == [0, 1], name
+        kept = sorted(set(range(16)) - set(labels["relabelled_positions"]))  # only unfit members are relabelled
+        assert [labels["labels"][i] for i in kept] == [labels["initial_labels"][i] for i in kept], name
+        record = json.loads((root / name / "cpsample.json").read_text())
+        assert record["results"]["negatives_source"] == negatives and record["results"]["members"] == 16, name
+        assert record["results"]["negatives"] == (0 if negatives == "none" else 4), name
+        assert all(np.isfinite(row["loss"]) for row in record["results"]["history"]), name
+        assert record["settings"].get("max_t") == (100 if name == "selective" else None), name
 
 
 @pytest.mark.parametrize("guard", ["none", "cpsample", "amg"])
@@ -67,14 +82,32 @@ def test_sample_writes_rgb_images_and_an_rgb_grid(rgb, guard):
     cli(*SAMPLE, "--model", denoiser, "--guard", guard, *extra, "--out", out)
     samples = images(out)
     assert samples.shape == (4, *SHAPE) and samples.min() >= -1 and samples.max() <= 1
+    assert samples.min() < -0.5 and samples.max() > 0.5 and samples.std() > 0.3, "pictures, not a flat field"
+    assert all(np.abs(a - b).max() > 0.1 for i, a in enumerate(samples) for b in samples[i + 1:]), "four distinct"
     with Image.open(out / "grid.png") as grid:
         assert grid.mode == "RGB"
         pixels = np.asarray(grid).astype(int)
     assert np.abs(pixels[..., 0] - pixels[..., 1]).max() > 0, "the grid keeps the colours"
+    # the grid shows these samples: 2 x 2 tiles, 1-pixel padding, upscaled 2x; the first tile is samples[0]
+    first = np.round((samples[0].transpose(1, 2, 0) + 1) * 127.5)
+    assert pixels.shape == ((2 * 33 + 1) * 2, (2 * 33 + 1) * 2, 3)
+    assert np.abs(pixels[2:66:2, 2:66:2] - first).max() <= 1
+    # same seed as plain sampling: the cpsample guard (alpha 0.5) pushes at every step and moves every sample; AMG at
+    # threshold 0.5 never finds a member that close to the untrained model's samples, so it leaves them bit for bit
+    results = json.loads((out / "cpsample.json").read_text())["results"]
+    plain = images(_plain(rgb))
+    if guard == "none":
+        assert "share_of_steps_guided" not in results
+    elif guard == "cpsample":
+        assert results["share_of_steps_guided"] == 1.0
+        assert (np.abs(samples - plain).reshape(4, -1).max(axis=1) > 1e-3).all()
+    else:
+        assert results["share_of_steps_guided"] == 0.0 and np.array_equal(samples, plain)
 
 
 def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rgb):
     from cpsample.data import Split, load_dataset
+    from cpsample.evaluation.nearcopy import find_near_copies
 
     root, denoiser, _ = rgb
     members = load_dataset("twemoji").take(Split.load(denoiser / "split.json").members).images
@@ -86,6 +119,14 @@ def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rg
     report = json.loads((out / "report.json").read_text())
     copied = report["methods"]["copies"]
     assert copied["replication"]["count"] >= 3 and copied["similarity"]["max"] > 0.999
+    # the three planted copies sit at similarity 1 on the members they copy; the counts are what the yardstick finds
+    nearest = report["per_sample"]["copies"]
+    assert np.allclose(nearest["nn_similarity"][:3], 1.0, atol=1e-4) and nearest["nn_index"][:3] == [0, 1, 2]
+    for name, batch in (("copies", copies), ("plain", images(_plain(rgb)))):
+        found = find_near_copies(batch, members)
+        assert report["methods"][name]["replication"]["count"] == int(found.copies.sum()), name
+        assert report["methods"][name]["similarity"]["max"] == pytest.approx(found.similarity.max(), abs=1e-5), name
+    assert copied["replication"]["count"] == 3 and report["methods"]["plain"]["replication"]["count"] == 0
     assert copied["quality"]["metric"] == "FD_emojinet", "RGB emoji are scored by the emoji net, never the digit net"
     assert report["settings"]["threshold"] == pytest.approx(_threshold_for_rgb())
     for figure in report["figures"].values():
@@ -97,15 +138,27 @@ def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rg
 def test_calibrate_on_rgb(rgb):
     root, denoiser, classifier = rgb
     out = root / "calib"
-    cli("calibrate", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4", "--steps", "3",
-        "--alphas", "0.5", "--scales", "10", "--target", "1.0", "--reduction", "0", "--finalists", "0")
+    output = cli("calibrate", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4",
+                 "--steps", "3", "--alphas", "0.5", "--scales", "10", "--target", "1.0", "--reduction", "0",
+                 "--finalists", "0")
     report = json.loads((out / "calibration.json").read_text())
     assert [r["guard"] for r in report["rows"]] == ["none", "cpsample"]
     assert all(r["frechet_distance"] is not None for r in report["rows"])
     assert (classifier / "calibration.json").exists()
+    # the one setting of the grid was measured on 4 images, guided at every step (alpha 0.5), and is what was chosen
+    plain, guarded = report["rows"]
+    assert (guarded["alpha"], guarded["scale"], guarded["steps_guided"]) == (0.5, 10.0, 1.0)
+    assert [r["n"] for r in report["rows"]] == [4, 4] and all(r["near_copies"] == 0 for r in report["rows"])
+    assert report["chosen"] == guarded
+    saved = json.loads((classifier / "calibration.json").read_text())
+    assert (saved["settings"]["alpha"], saved["settings"]["scale"]) == (0.5, 10.0)
+    assert saved["measured"] == guarded and saved["plain"] == plain and saved["model"] == str(denoiser)
+    assert "chosen: a=0.5, s=10" in output
 
 
 def test_attack_mia_on_rgb(rgb):
+    from sklearn.metrics import roc_auc_score
+
     root, denoiser, _ = rgb
     out = root / "mia"
     cli("attack", "mia", "--model", denoiser, "--members", "8", "--nonmembers", "8", "--t", "100", "--draws", "1",
@@ -113,6 +166,20 @@ def test_attack_mia_on_rgb(rgb):
     result = json.loads((out / "result.json").read_text())
     assert set(result) == {"loss", "pia"}
     assert result["loss"]["n_members"] == 8
+    # the AUCs recorded and printed are those of the saved scores (a lower score flags a member)
+    record = json.loads((out / "cpsample.json").read_text())["results"]
+    for attack in ("loss", "pia"):
+        members, nonmembers = result[attack]["member_scores"]["100"], result[attack]["nonmember_scores"]["100"]
+        assert (len(members), len(nonmembers)) == (8, 8)
+        auc = roc_auc_score([1] * 8 + [0] * 8, -np.r_[members, nonmembers])
+        assert result[attack]["best"]["auc"] == pytest.approx(auc) == record[attack]["auc"], attack
+    with Image.open(out / "roc.png") as roc:
+        assert roc.format == "PNG" and min(roc.size) > 100 and np.asarray(roc.convert("L")).std() > 5
+    # the bundled RGB model memorised its 200 members: at t = 300 the same command tells them apart
+    cli("attack", "mia", "--model", "bundled-rgb", "--attack", "loss", "--members", "8", "--nonmembers", "8", "--t",
+        "300", "--draws", "1", "--out", root / "mia-bundled")
+    memorised = json.loads((root / "mia-bundled" / "result.json").read_text())["loss"]
+    assert memorised["best"]["auc"] > 0.9 and memorised["best"]["member_mean"] < memorised["best"]["nonmember_mean"]
 
 
 def test_attack_side_on_rgb(rgb):
@@ -125,9 +192,24 @@ def test_attack_side_on_rgb(rgb):
     for name in ("pool.png", "attack.png"):
         with Image.open(out / name) as grid:
             assert grid.mode == "RGB"
+            pixels = np.asarray(grid).astype(int)
+        assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 0 and pixels.std() > 5, name
+    # 8 pool samples in the 2 clusters (min cohesion -1 keeps both), 2 attack images per kept cluster; the untrained
+    # model's noise comes nowhere near a member, and each count agrees with its similarities and its per-class rows
+    clusters = result["clusters"]
+    assert (clusters["k"], clusters["kept"], sum(clusters["sizes"]), result["pool"]["n"]) == (2, 2, 8, 8)
+    assert result["attack"]["n"] == 2 * clusters["kept"] and len(result["per_class"]) == clusters["kept"]
+    for part in ("pool", "attack"):
+        summary = result[part]
+        assert summary["similarity_max"] < summary["threshold"] and summary["near_copies"] == 0, part
+        assert summary["distinct_extracted"] == len(summary["extracted"]) == 0, part
+    assert sum(row["near_copies"] for row in result["per_class"]) == result["attack"]["near_copies"]
 
 
 def test_demo_on_an_rgb_model(rgb):
+    from cpsample.data import Split, load_dataset
+    from cpsample.evaluation.detector import NearCopyDetector
+
     root, denoiser, classifier = rgb
     out = root / "demo"
     cli("demo", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4", "--steps", "3",
@@ -135,6 +217,22 @@ def test_demo_on_an_rgb_model(rgb):
     report = json.loads((out / "report.json").read_text())
     assert {"plain", "cpsample", "rejection"} <= set(report["methods"])
     assert report["methods"]["plain"]["quality"]["metric"] == "FD_emojinet"
+    # the counts are those of the saved samples against the model's 16 members; the untrained model copies none
+    members = load_dataset("twemoji").take(Split.load(denoiser / "split.json").members).images
+    detector = NearCopyDetector(members, report["settings"]["threshold"])
+    with np.load(out / "samples.npz") as saved:
+        samples = {name: saved[name] for name in saved.files}
+    assert set(samples) == set(report["methods"]) and all(batch.shape == (4, *SHAPE) for batch in samples.values())
+    for name, batch in samples.items():
+        assert report["methods"][name]["replication"]["count"] == int(detector(batch).sum()) == 0, name
+        nearest = detector.similarity(batch).max()
+        assert report["methods"][name]["similarity"]["max"] == pytest.approx(nearest, abs=1e-5), name
+    # no plain copy to reject: rejection sampling keeps the plain round as it is; CPSample (alpha 0.5) guides every
+    # step from the same seed and so moves every sample
+    assert report["costs"]["rejection"]["rejected"] == 0 and np.array_equal(samples["rejection"], samples["plain"])
+    assert report["costs"]["cpsample"]["share_of_steps_guided"] == 1.0
+    assert (np.abs(samples["cpsample"] - samples["plain"]).reshape(4, -1).max(axis=1) > 1e-3).all()
+    assert np.array_equal(samples["plain"], images(_plain(rgb)))  # the same draw as `cpsample sample`, seed 0
 
 
 def _plain(rgb):

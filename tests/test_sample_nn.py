@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import typer
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cpsample.attacks import SampleNNAttack, plot_sample_attacks, run_sample_attack
@@ -117,6 +118,17 @@ def test_roc_figure_is_written(tmp_path, bundled):
     attack = SampleNNAttack(members[:50], nonmembers[:50])
     path = plot_sample_attacks({"copies": attack(members[:50]), "unseen": attack(unseen)}, tmp_path / "roc.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_drawn_figure(path)
+
+
+def _assert_drawn_figure(path):
+    """A real picture: a PNG that opens, of a plot's size, with lines on it (not one flat colour)."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        assert picture.format == "PNG" and min(picture.size) > 100
+        grey = np.asarray(picture.convert("L")).astype(int)
+    assert grey.std() > 5 and (grey < 128).mean() > 0.001
 
 
 # --- CLI -------------------------------------------------------------------------------------------------------------
@@ -146,6 +158,20 @@ def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bun
     record = json.loads((out / "cpsample.json").read_text())
     assert record["command"] == "attack sample-nn" and record["settings"]["seed"] == 2
     assert (out / "roc.png").stat().st_size > 0
+    _assert_drawn_figure(out / "roc.png")
+    # each AUC is that of its saved scores (a smaller distance flags a member); the scores are the candidates'
+    # distances to the nearest image of the set, recomputed here from the files the command read
+    for name, images in (("plain", plain_samples), ("copies", members[:40]), ("other", unseen[:30])):
+        result_of = summary[name]
+        scores = np.r_[result_of["member_scores"], result_of["nonmember_scores"]]
+        auc = roc_auc_score([1] * 100 + [0] * 100, -scores)
+        assert result_of["stats"]["auc"] == pytest.approx(auc), name
+        drawn = result_of["settings"]
+        candidates = dataset.images[drawn["member_indices"] + drawn["nonmember_indices"]]
+        np.testing.assert_allclose(scores, 1.0 - find_near_copies(candidates, images).similarity, atol=1e-5)
+    # plain samples of the memorising model leak membership (measured 0.71); held-out images as samples do not
+    assert summary["plain"]["stats"]["auc"] > 0.6 and 0.3 < summary["other"]["stats"]["auc"] < 0.7, (
+        summary["plain"]["stats"]["auc"], summary["other"]["stats"]["auc"])
     assert "sample-only membership inference" in " ".join(result.output.split())
 
 

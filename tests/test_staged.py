@@ -279,19 +279,32 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
         ("cpsample-staged", 1.0, 10.0, 0.5, False), ("cpsample-staged", 1.0, 5.0, 0.5, True)]
     saved = json.loads((classifier / "calibration.json").read_text())
     assert ("two_stage" in saved) == (report["chosen"]["guard"] == "cpsample-staged")
-    if "two_stage" in saved:
-        assert saved["two_stage"].get("max_push") == report["chosen"]["max_push"]
-        assert saved["two_stage"].get("late_denoised", False) == report["chosen"]["late_denoised"]
+    # two stages win here: on the screen one stage at s 5 costs FD 173 against 147 for each two-stage row (measured),
+    # so only two-stage rows go on to the confirmation round, and the one it keeps is saved with its cap and judge
+    chosen = report["chosen"]
+    one_stage, *two_stage_rows = report["rows"][1:]
+    assert one_stage["frechet_distance"] > max(row["frechet_distance"] for row in two_stage_rows)
+    assert [row["guard"] for row in report["confirmation"]["rows"]] == ["none"] + ["cpsample-staged"] * 4
+    assert chosen["guard"] == "cpsample-staged" and chosen in report["confirmation"]["rows"]
+    cap = {} if chosen["max_push"] is None else {"max_push": chosen["max_push"]}
+    judge = {"late_denoised": True} if chosen["late_denoised"] else {}
+    assert saved["two_stage"] == {"early_classifier": str(resolve_model_dir("bundled", SELECTIVE_PART)),
+                                  "early_scale": 1.0, "early_min_t": 201, "alpha": 0.3, "scale": chosen["scale"],
+                                  "tau": 0.001, **cap, **judge}
+    assert saved["two_stage"].get("max_push") == report["chosen"]["max_push"]
+    assert saved["two_stage"].get("late_denoised", False) == report["chosen"]["late_denoised"]
     assert saved["settings"]["alpha"] == 0.3  # the one-stage rule keeps its own calibrated setting
     after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
                                 "--out", str(tmp_path / "after")])
     assert after.exit_code == 0, after.output
     recorded = json.loads((tmp_path / "after" / "cpsample.json").read_text())["settings"]["guard_settings"]
-    assert recorded["guard"] == report["chosen"]["guard"]
-    if recorded["guard"] == "cpsample-staged":  # what was measured is what runs, windows included
-        assert recorded["early"]["min_t"] == 201 and recorded["late"]["max_t"] == 200
-        assert recorded["late"].get("max_push") == recorded["early"].get("max_push") == report["chosen"]["max_push"]
-        assert recorded["late"].get("denoised", False) == report["chosen"]["late_denoised"]
+    assert recorded["guard"] == report["chosen"]["guard"] == "cpsample-staged"
+    # what was measured is what runs, windows included
+    assert recorded["early"]["min_t"] == 201 and recorded["late"]["max_t"] == 200
+    assert recorded["late"].get("max_push") == recorded["early"].get("max_push") == report["chosen"]["max_push"]
+    assert recorded["late"].get("denoised", False) == report["chosen"]["late_denoised"]
+    assert (recorded["early"]["scale"], recorded["late"]["scale"], recorded["late"]["alpha"]) == (
+        1.0, chosen["scale"], 0.3)
 
 
 def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_late_stage(tmp_path):
@@ -319,6 +332,11 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
         ("none", None), ("cpsample", None), ("cpsample-staged", None), ("cpsample-staged", str(other))]
     main_late, other_late = report["rows"][2:]
     assert main_late["near_copies"] != other_late["near_copies"] or main_late["frechet_distance"] != other_late["frechet_distance"]
+    # the narrow classifier, trained two steps, is never sure enough to fire: its row draws plain's samples exactly,
+    # while the main late classifier guides some steps and moves them (measured: 25% of steps)
+    plain = report["rows"][0]
+    assert other_late["steps_guided"] == 0.0 and other_late["frechet_distance"] == plain["frechet_distance"]
+    assert main_late["steps_guided"] > 0.0 and main_late["frechet_distance"] != plain["frechet_distance"]
     saved = json.loads((classifier / "calibration.json").read_text())
     chosen_other = report["chosen"].get("late_classifier")
     assert saved.get("two_stage", {}).get("late_classifier") == (None if chosen_other is None else str(other.resolve()))
