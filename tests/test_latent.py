@@ -17,7 +17,8 @@ from cpsample.evaluation.nearcopy import find_near_copies  # noqa: E402
 from cpsample.models.classifier import TimeClassifier  # noqa: E402
 from cpsample.sampling.latent import (build_latent_guard, build_tiny_sd_pipeline, check_latent_classifier,  # noqa: E402
                                       load_private_images, load_sd_pipeline, per_prompt_similarity, read_prompts, sample_sd)
-from cpsample.training.latent_classifier import member_latents, train_latent_classifier  # noqa: E402
+from cpsample.sampling.latent import member_latents  # noqa: E402
+from cpsample.training.latent_classifier import train_latent_classifier  # noqa: E402
 from cpsample.training.loop import TrainConfig  # noqa: E402
 
 IMAGE, LATENT, PROMPTS = 32, 16, ["a red square", "Classic cars for sale"]

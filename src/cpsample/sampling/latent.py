@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
@@ -252,10 +253,28 @@ def check_latent_pairing(classifier_dir: str | Path, pipe, private: ImageSet | N
             check_stored_latent(classifier_dir, pipe, private, f"{retrain}, or restore the image")
 
 
+# The members' VAE latents a latent classifier was trained on, saved beside it (train-latent-classifier).
+LATENTS_FILE = "latents.safetensors"
+
+
+@torch.no_grad()
+def encode_latents(pipe, images: ImageSet, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Scaled VAE latents (N, 4, h, w) of images in [-1, 1]; the posterior mean, so the targets are fixed."""
+    vae, device = pipe.vae, pipe.device
+    pixels = images.tensor()
+    chunks = []
+    for start in tqdm(range(0, len(pixels), batch_size), desc="encoding private images", disable=not progress, leave=False):
+        batch = pixels[start:start + batch_size].to(device=device, dtype=vae.dtype)
+        chunks.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+    return torch.cat(chunks)
+
+
+def member_latents(classifier_dir: str | Path) -> np.ndarray:
+    return load_file(str(Path(classifier_dir) / LATENTS_FILE))["latents"].numpy()
+
+
 def check_stored_latent(classifier_dir: str | Path, pipe, private: ImageSet, fix: str) -> None:
     """The latent the classifier was trained on for the first private image must be what this VAE encodes it to."""
-    from cpsample.training.latent_classifier import LATENTS_FILE, encode_latents, member_latents
-
     if not len(private) or not (Path(classifier_dir) / LATENTS_FILE).is_file():
         return
     stored = torch.from_numpy(member_latents(classifier_dir)[:1])

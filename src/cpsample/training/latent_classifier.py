@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from safetensors.torch import save_file
 
 from cpsample.data import ImageSet, Split
 from cpsample.data.split import images_digest
-from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline, vae_digests
+from cpsample.sampling.latent import (LATENTS_FILE, encode_latents, latent_shape, load_private_images,
+                                      load_sd_pipeline, vae_digests)
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
 
-LATENTS_FILE = "latents.safetensors"
 CAPTIONS_FILE = "captions.json"
 
 
@@ -31,18 +28,6 @@ def pipeline_noise_schedule(pipe):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
-
-
-@torch.no_grad()
-def encode_latents(pipe, images: ImageSet, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
-    """Scaled VAE latents (N, 4, h, w) of images in [-1, 1]; the posterior mean, so the targets are fixed."""
-    vae, device = pipe.vae, pipe.device
-    pixels = images.tensor()
-    chunks = []
-    for start in tqdm(range(0, len(pixels), batch_size), desc="encoding private images", disable=not progress, leave=False):
-        batch = pixels[start:start + batch_size].to(device=device, dtype=vae.dtype)
-        chunks.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
-    return torch.cat(chunks)
 
 
 def read_captions(path: str | Path, names: list[str]) -> dict[str, str]:
@@ -142,5 +127,3 @@ def captions_of(classifier_dir: str | Path) -> list[str]:
     return [captions[name] for name in sorted(captions)]
 
 
-def member_latents(classifier_dir: str | Path) -> np.ndarray:
-    return load_file(str(Path(classifier_dir) / LATENTS_FILE))["latents"].numpy()

@@ -302,9 +302,9 @@ def as_os_error(error: BaseException, filename=None) -> BaseException:
 
 
 def _entries(folder: Path) -> list[str]:
-    """What a folder holds, its lock file aside ([] for a folder that is not there)."""
+    """What a folder holds, the CLI's lock and marker aside ([] for a folder that is not there)."""
     folder = Path(folder)
-    return [path.name for path in folder.iterdir() if path.name != ".cpsample.lock"] if folder.is_dir() else []
+    return [path.name for path in folder.iterdir() if path.name not in RUN_BOOKKEEPING] if folder.is_dir() else []
 
 
 def recover_state(out_dir: Path) -> None:
