@@ -87,6 +87,8 @@ def test_the_default_keeps_sample_only_membership_below_plain_sampling(bundled_r
 
     results = run_sample_attack({"plain": bundled_run["plain"].images, "guarded": bundled_run["guarded"].images})
     plain, guarded = results["plain"], results["guarded"]
+    print(f"sample-only AUC plain {plain.auc:.3f} (TPR@1%FPR {plain.stats.tpr_at_1pct_fpr:.3f}), default "
+          f"{guarded.auc:.3f} ({guarded.stats.tpr_at_1pct_fpr:.3f})")
     assert plain.auc > 0.85 and plain.mann_whitney_p < 1e-10, plain.auc
     assert guarded.auc < plain.auc - 0.03, (plain.auc, guarded.auc)
     assert guarded.auc > 0.7 and guarded.mann_whitney_p < 1e-4, "the README says membership still leaks"
@@ -102,5 +104,6 @@ def test_the_weights_still_give_membership_away_under_the_default():
     kwargs = dict(attack="loss", n_members=100, timesteps=(100, 200, 300), draws=1, progress=False)
     plain = run_mia(**kwargs)["loss"]
     guarded = run_mia(guard="cpsample", **kwargs)["loss"]
+    print(f"loss-attack AUC plain {plain.auc:.3f}, default {guarded.auc:.3f}")
     assert plain.auc > 0.98 and guarded.auc > 0.8, (plain.auc, guarded.auc)
     assert guarded.auc < plain.auc
