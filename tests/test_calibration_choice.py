@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from cpsample.evaluation.replication import clopper_pearson
-from cpsample.workflows.calibrate import (choose_confirmed, choose_setting, feasible_rows, finalists, one_stage_setting,
-                                          pool_rounds, share_limit)
+from cpsample.workflows.calibrate import (choose_confirmed, choose_setting, feasible_rows, finalists,
+                                          one_stage_setting, pool_rounds, share_limit)
 
 
 def _row(guard="cpsample", share=0.01, fd=5.0, guided=0.1, alpha=0.1, scale=10.0, **extra):

@@ -92,7 +92,8 @@ def test_correct_subtracts_the_push_from_every_prediction_on_fired_rows_only():
 
 
 def test_judged_on_x0_hat_the_cfg_halves_share_one_estimate_from_their_mean_eps():
-    """denoised=True under CFG: x0_hat comes from the mean of the two halves' eps, and both halves get the same push."""
+    """denoised=True under CFG: x0_hat comes from the mean of the two halves' eps, and both halves get the same
+    push."""
     classifier = LinearClassifier()
     guard = CPSampleGuard(classifier, alpha=0.05, scale=5.0, tau=0.01, denoised=True, screen=False)
     x_t, t, abar = 0.8 * _images_with_logits([-1.0, 0.5, 2.0]), torch.full((3,), 100), torch.tensor(0.64)
@@ -149,8 +150,8 @@ def test_the_check_window_includes_its_ends():
 
 
 def test_the_classifier_sees_the_timestep_on_x_t_and_zero_on_the_denoised_estimate():
-    """With c t in the logit, the same x_t fires or not by t; judged on x0_hat the classifier is asked at t = 0, and the
-    push is its gradient carried back to x_t: grad_x0 / sqrt(abar) with eps held fixed."""
+    """With c t in the logit, the same x_t fires or not by t; judged on x0_hat the classifier is asked at t = 0, and
+    the push is its gradient carried back to x_t: grad_x0 / sqrt(abar) with eps held fixed."""
     classifier = LinearClassifier(c=0.004)
     x, t, abar = _images_with_logits([-2.0]), torch.full((1,), 500), torch.tensor(0.36)
     assert CPSampleGuard(classifier, alpha=0.2, screen=False).push(x, t, abar, torch.float32) is None  # z = 0
