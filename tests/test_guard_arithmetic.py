@@ -254,10 +254,13 @@ def test_options_refuse_knobs_outside_their_ranges_and_accept_the_ends():
                          (dict(scale=-1.0), "scale must be non-negative"), (dict(tau=0.0), "tau must be positive"),
                          (dict(max_t=-1), "max-t must be"), (dict(min_t=-1), "min-t must be"),
                          (dict(min_t=6, max_t=5), "min-t must be"), (dict(max_push=0.0), "max-push must be"),
-                         (dict(smooth_push=0.0), "smooth-push must be"), (dict(cap_x0=True), "give max_push"),
-                         (dict(adaptive=True, denoised=True), "cannot be combined"),
-                         (dict(jacobian=True), "needs denoised=true")]:
-        with pytest.raises(ValueError, match=message):
+                         (dict(smooth_push=0.0), "smooth-push must be"),
+                         (dict(cap_x0=True), "cap_x0=true says where max_push is measured; give max_push too$"),
+                         (dict(adaptive=True, denoised=True), "adaptive pushes are computed for x_t; they cannot be "
+                                                              "combined with denoised=true$"),
+                         (dict(jacobian=True), "jacobian=true follows x0_hat's gradient through the UNet; it needs "
+                                               "denoised=true$")]:
+        with pytest.raises(ValueError, match="^(--)?" + message):  # the message as the user reads it
             CPSampleOptions(**bad)
 
 
