@@ -37,10 +37,18 @@ def main() -> None:
     floats = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
     base = dict(n_samples=args.n_samples, steps=args.steps, device=args.device, seed=args.seed)
     parts = set(args.parts.split(","))
-    timing = run_grid(GridSettings(alphas=floats(args.timing_alphas), scales=(args.timing_scale,), quality_net=None, **base)) \
-        if "timing" in parts else []
-    grid = run_grid(GridSettings(alphas=floats(args.grid_alphas), scales=floats(args.grid_scales), **base)) \
-        if "tradeoff" in parts else []
+    timing = (
+        run_grid(
+            GridSettings(alphas=floats(args.timing_alphas), scales=(args.timing_scale,), quality_net=None, **base)
+        )
+        if "timing" in parts
+        else []
+    )
+    grid = (
+        run_grid(GridSettings(alphas=floats(args.grid_alphas), scales=floats(args.grid_scales), **base))
+        if "tradeoff" in parts
+        else []
+    )
     rows = [{"part": "timing", **row} for row in timing] + [{"part": "tradeoff", **row} for row in grid]
     with open(args.out / "bench.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -51,8 +59,10 @@ def main() -> None:
     write_record(args.out, "bench", vars(args) | {"out": str(args.out)}, {"rows": rows})
     for row in timing:
         label = "plain" if row["alpha"] is None else f"alpha={row['alpha']:g}"
-        print(f"{label:>14}: {row['seconds']:.1f}s for {row['n']} images, {row['time_vs_plain']:.2f}x plain, "
-              f"steps guided {row['steps_guided'] if row['steps_guided'] is not None else '-'}")
+        print(
+            f"{label:>14}: {row['seconds']:.1f}s for {row['n']} images, {row['time_vs_plain']:.2f}x plain, "
+            f"steps guided {row['steps_guided'] if row['steps_guided'] is not None else '-'}"
+        )
     for row in grid:
         label = "plain" if row["alpha"] is None else f"alpha={row['alpha']:g} s={row['scale']:g}"
         print(f"{label:>22}: near-copies {row['near_copy_share']:.1%}, FD {row['frechet_distance']:.2f}")

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_methods import Judge, sample_attack
+
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
@@ -37,19 +37,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_out/frontier"))
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--classifier", action="append", default=None,
-                        help="NAME=FOLDER (repeatable); default: paper=bundled")
+    parser.add_argument(
+        "--classifier", action="append", default=None, help="NAME=FOLDER (repeatable); default: paper=bundled"
+    )
     parser.add_argument("--n-samples", type=int, default=600)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="near-copy cosine threshold (default: the yardstick's for pixels, 0.98)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="near-copy cosine threshold (default: the yardstick's for pixels, 0.98)",
+    )
     parser.add_argument("--alphas", default="0.001,0.01,0.1")
     parser.add_argument("--scales", default="3,10,30,100")
     parser.add_argument("--amg-scales", default="100,300,1000")
     parser.add_argument("--rejection-thresholds", default="0.99,0.985,0.98")
     parser.add_argument("--reduction", type=float, default=0.9)
-    parser.add_argument("--quality-net", default="bundled",
-                        help="feature net for the FD column and class shares ('bundled' digit net, or a train-feature-net folder)")
+    parser.add_argument(
+        "--quality-net",
+        default="bundled",
+        help="feature net for the FD column and class shares ('bundled' digit net, or a train-feature-net folder)",
+    )
     parser.add_argument("--mia-members", type=int, default=150, help="0 skips membership inference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replot", action="store_true", help="only redraw frontier.png from --out's CSVs")
@@ -61,16 +69,29 @@ def main() -> None:
     classifiers = dict(spec.split("=", 1) for spec in (args.classifier or ["paper=bundled"]))
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    attack = sample_attack(dataset, split, args.threshold, args.seed, args.mia_members) if args.mia_members > 0 else None
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net(args.quality_net, channels=members.shape[1]), heldout, attack)
+    attack = (
+        sample_attack(dataset, split, args.threshold, args.seed, args.mia_members) if args.mia_members > 0 else None
+    )
+    judge = Judge(
+        NearCopyDetector(members, args.threshold),
+        load_feature_net(args.quality_net, channels=members.shape[1]),
+        heldout,
+        attack,
+    )
     common = dict(model=args.model, n=args.n_samples, steps=args.steps, seed=args.seed, batch_size=200, progress=False)
 
     rows = [measure(judge, args, "plain", "-", {"guard": "none"}, common)]
     for name, folder in classifiers.items():
         for alpha in floats(args.alphas):
             for scale in floats(args.scales):
-                options = {"guard": "cpsample", "classifier": folder, "alpha": alpha, "scale": scale, "tau": 0.001,
-                           "max_t": CHECK_EVERY_STEP}
+                options = {
+                    "guard": "cpsample",
+                    "classifier": folder,
+                    "alpha": alpha,
+                    "scale": scale,
+                    "tau": 0.001,
+                    "max_t": CHECK_EVERY_STEP,
+                }
                 rows.append(measure(judge, args, f"cpsample ({name})", f"a={alpha:g} s={scale:g}", options, common))
     for amg_scale in floats(args.amg_scales):
         options = {"guard": "amg", "sim_scale": amg_scale}
@@ -82,33 +103,57 @@ def main() -> None:
     chosen = choose_per_method(rows, args.reduction)
     for row in chosen:
         row.update(chosen_extras(row, args, common))
-        print(f"chosen {row['method']} {row['setting']}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}",
-              flush=True)
+        print(
+            f"chosen {row['method']} {row['setting']}: {row['near_copy_share']:.1%} near-copies, FD "
+            f"{row['fd_digitnet']:.2f}",
+            flush=True,
+        )
     write_csv(args.out / "chosen.csv", chosen)
     plot_frontier(rows, chosen, args.out / "frontier.png", title=f"{args.model}: {args.n_samples} images per setting")
-    write_record(args.out, "bench-frontier", {k: str(v) for k, v in vars(args).items()}, {"rows": rows, "chosen": chosen})
+    write_record(
+        args.out, "bench-frontier", {k: str(v) for k, v in vars(args).items()}, {"rows": rows, "chosen": chosen}
+    )
 
 
 def measure(judge: Judge, args, method: str, setting: str, options: dict, common: dict) -> dict:
     started = time.time()
     result = generate(**common, **options)
     fired = result.trace.get("fired")
-    row = judge.row(args.model, method, result.images, time.time() - started, setting=setting,
-                    steps_guided=None if fired is None else float(fired.mean()),
-                    last_fired_t=last_fired_t(fired, result.timesteps), options=options,
-                    **class_balance(judge, result.images))
+    row = judge.row(
+        args.model,
+        method,
+        result.images,
+        time.time() - started,
+        setting=setting,
+        steps_guided=None if fired is None else float(fired.mean()),
+        last_fired_t=last_fired_t(fired, result.timesteps),
+        options=options,
+        **class_balance(judge, result.images),
+    )
     print(f"{method} {setting}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True)
     return row
 
 
 def rejection_row(judge: Judge, args, members: np.ndarray, threshold: float, common: dict) -> dict:
     started = time.time()
-    result = rejection_sample(lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
-                              args.n_samples, NearCopyDetector(members, threshold))
-    row = judge.row(args.model, "rejection", result.images, time.time() - started, setting=f"thr={threshold:g}",
-                    denoiser_calls_per_image=result.calls_per_image, options={"guard": "none", "rejection": threshold},
-                    **class_balance(judge, result.images))
-    print(f"rejection {threshold:g}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True)
+    result = rejection_sample(
+        lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
+        args.n_samples,
+        NearCopyDetector(members, threshold),
+    )
+    row = judge.row(
+        args.model,
+        "rejection",
+        result.images,
+        time.time() - started,
+        setting=f"thr={threshold:g}",
+        denoiser_calls_per_image=result.calls_per_image,
+        options={"guard": "none", "rejection": threshold},
+        **class_balance(judge, result.images),
+    )
+    print(
+        f"rejection {threshold:g}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True
+    )
     return row
 
 
@@ -120,7 +165,10 @@ def class_balance(judge: Judge, images) -> dict:
 
 def add_class_ratios(rows: list[dict]) -> None:
     """max_class_ratio: the largest factor by which a class's share grew against plain sampling (rows[0])."""
-    smooth = lambda row: (np.asarray(row["class_shares"]) * row["n"] + 1) / (row["n"] + len(row["class_shares"]))
+
+    def smooth(row):
+        return (np.asarray(row["class_shares"]) * row["n"] + 1) / (row["n"] + len(row["class_shares"]))
+
     plain = smooth(rows[0])  # add-one smoothing: a class plain sampling never drew does not divide by zero
     for row in rows:
         row["largest_class_share"] = float(np.max(row["class_shares"]))
@@ -134,7 +182,11 @@ def choose_per_method(rows: list[dict], reduction: float) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in rows[1:]):
         candidates = [r for r in rows if r["method"] == method]
         feasible = [r for r in candidates if r["near_copy_share"] <= (1 - reduction) * plain["near_copy_share"]]
-        best = min(feasible, key=lambda r: r["fd_digitnet"]) if feasible else min(candidates, key=lambda r: r["near_copy_share"])
+        best = (
+            min(feasible, key=lambda r: r["fd_digitnet"])
+            if feasible
+            else min(candidates, key=lambda r: r["near_copy_share"])
+        )
         chosen.append({**best, "meets_reduction": bool(feasible)})
     return chosen
 
@@ -144,8 +196,9 @@ def chosen_extras(row: dict, args, common: dict) -> dict:
     extras = {}
     options = dict(row["options"])
     if row["method"].startswith("cpsample"):
-        knobs = calibrated_settings({"alpha": options["alpha"], "scale": options["scale"],
-                                     "last_fired_t": row["last_fired_t"]}, tau=0.001)
+        knobs = calibrated_settings(
+            {"alpha": options["alpha"], "scale": options["scale"], "last_fired_t": row["last_fired_t"]}, tau=0.001
+        )
         options["max_t"] = knobs["max_t"]
         extras["max_t"] = knobs["max_t"]
         extras["time_vs_plain_with_max_t"] = timed(options, common) / timed({"guard": "none"}, common)
@@ -165,7 +218,8 @@ def timed(options: dict, common: dict, repeats: int = 2) -> float:
 
 
 def mia_aucs(args, options: dict) -> dict:
-    """White box: loss-attack and PIA AUC against the denoiser as the method deploys it (CPSample with its check window)."""
+    """White box: loss-attack and PIA AUC against the denoiser as the method deploys it (CPSample with its check
+    window)."""
     from cpsample.attacks import run_mia
     from cpsample.sampling.guards import GuardContext, build_guard
 
@@ -191,17 +245,30 @@ def plot_frontier(rows: list[dict], chosen: list[dict], path: Path, title: str) 
     for method in dict.fromkeys(r["method"] for r in rows):
         points = sorted((float(r[fd]), 100 * float(r["near_copy_share"])) for r in rows if r["method"] == method)
         front = [p for i, p in enumerate(points) if all(p[1] < q[1] for q in points[:i])]
-        line, = axis.plot(*zip(*front), marker=markers.get(method, "o"), markersize=10 if method == "plain" else 5,
-                          lw=1.2, label=method)
+        (line,) = axis.plot(
+            *zip(*front),
+            marker=markers.get(method, "o"),
+            markersize=10 if method == "plain" else 5,
+            lw=1.2,
+            label=method,
+        )
         axis.scatter(*zip(*points), marker=markers.get(method, "o"), s=14, color=line.get_color(), alpha=0.4)
     for row in chosen[1:]:
-        axis.scatter(float(row[fd]), 100 * float(row["near_copy_share"]), s=150, facecolors="none",
-                     edgecolors="black")
+        axis.scatter(float(row[fd]), 100 * float(row["near_copy_share"]), s=150, facecolors="none", edgecolors="black")
     axis.set_xscale("log")
-    axis.set_xlabel(f"{fd.removesuffix('_pooled').replace('fd_', 'FD_')} to held-out images (log scale; lower = better quality)")
+    axis.set_xlabel(
+        f"{fd.removesuffix('_pooled').replace('fd_', 'FD_')} to held-out images (log scale; lower = better quality)"
+    )
     axis.set_ylabel("near-copies (% of samples)")
-    axis.set_title(title + ("\n(lines: each method's Pareto front; circled: its setting that cuts near-copies by 90%)"
-                            if chosen[1:] else "\n(lines: each method's Pareto front)"), fontsize=9)
+    axis.set_title(
+        title
+        + (
+            "\n(lines: each method's Pareto front; circled: its setting that cuts near-copies by 90%)"
+            if chosen[1:]
+            else "\n(lines: each method's Pareto front)"
+        ),
+        fontsize=9,
+    )
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -210,7 +277,10 @@ def plot_frontier(rows: list[dict], chosen: list[dict], path: Path, title: str) 
 
 def replot(out: Path, title: str) -> None:
     """Redraw frontier.png from the CSVs a finished run wrote."""
-    read = lambda name: list(csv.DictReader(open(out / name)))
+
+    def read(name):
+        return list(csv.DictReader(open(out / name)))
+
     plot_frontier(read("frontier.csv"), read("chosen.csv"), out / "frontier.png", title)
 
 

@@ -2,7 +2,8 @@
 
 plain DDIM, CPSample, rejection sampling and AMG on the unconditional model: near-copy share (pixel cosine > 0.98,
 exact CI), FD_digitnet to held-out digits, seconds per accepted image, and how many distinct training digits the
-SIDE extraction attack recovers from the plain and the CPSample-protected sampler, and the sample-only membership attack
+SIDE extraction attack recovers from the plain and the CPSample-protected sampler, and the sample-only membership
+attack
 (black box: members vs held-out digits by distance to the nearest sample, AUC and TPR at 1% FPR) on every method's
 samples. With --conditional-model (a
 folder from `cpsample train-conditional` on the same 200 members), plain CFG, delayed CFG, opposite guidance and
@@ -36,8 +37,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--n-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="near-copy cosine threshold (default: the yardstick's for pixels, 0.98)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="near-copy cosine threshold (default: the yardstick's for pixels, 0.98)",
+    )
     parser.add_argument("--side-pool", type=int, default=200)
     parser.add_argument("--conditional-model", type=Path, default=None)
     parser.add_argument("--cfg-scale", type=float, default=3.0)
@@ -48,8 +53,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir("bundled", "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    judge = Judge(NearCopyDetector(members, args.threshold), load_feature_net("bundled", channels=members.shape[1]), heldout,
-                  sample_attack(dataset, split, args.threshold, args.seed))
+    judge = Judge(
+        NearCopyDetector(members, args.threshold),
+        load_feature_net("bundled", channels=members.shape[1]),
+        heldout,
+        sample_attack(dataset, split, args.threshold, args.seed),
+    )
     rows = [] if args.skip_unconditional else unconditional_rows(args, judge)
     if args.conditional_model is not None:
         rows += conditional_rows(args, judge)
@@ -73,24 +82,38 @@ class Judge:
         copies = self.detector(images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))
         agreement = None if labels is None else float((self.net.predict(images) == labels).mean())
-        return {"model": model, "method": method, "n": len(images), "near_copies": int(copies.sum()),
-                "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
-                "fd_digitnet": float(frechet_distance_in(self.net, self.heldout, images)["value"]),
-                "seconds_per_image": seconds / len(images), "class_agreement": agreement,
-                "denoiser_calls_per_image": None, "side_distinct_extracted": None, "side_unguided_same_budget": None,
-                **self.sample_columns(images), **extra}
+        return {
+            "model": model,
+            "method": method,
+            "n": len(images),
+            "near_copies": int(copies.sum()),
+            "near_copy_share": float(copies.mean()),
+            "ci_low": low,
+            "ci_high": high,
+            "fd_digitnet": float(frechet_distance_in(self.net, self.heldout, images)["value"]),
+            "seconds_per_image": seconds / len(images),
+            "class_agreement": agreement,
+            "denoiser_calls_per_image": None,
+            "side_distinct_extracted": None,
+            "side_unguided_same_budget": None,
+            **self.sample_columns(images),
+            **extra,
+        }
 
     def sample_columns(self, images) -> dict:
         if self.attack is None:
             return {}
         result = self.attack(images)
-        return {"mia_sample_nn_auc": round(result.auc, 4),
-                "mia_sample_nn_tpr_at_1pct_fpr": round(result.stats.tpr_at_1pct_fpr, 4),
-                "mia_sample_nn_mann_whitney_p": result.mann_whitney_p}
+        return {
+            "mia_sample_nn_auc": round(result.auc, 4),
+            "mia_sample_nn_tpr_at_1pct_fpr": round(result.stats.tpr_at_1pct_fpr, 4),
+            "mia_sample_nn_mann_whitney_p": result.mann_whitney_p,
+        }
 
 
 def sample_attack(dataset, split, threshold: float | None, seed: int, n_members: int | None = None) -> SampleNNAttack:
-    """The sample-only attack on the model's members vs as many random held-out images, picked as `run_mia` picks them."""
+    """The sample-only attack on the model's members vs as many random held-out images, picked as `run_mia` picks
+    them."""
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, None, seed)
     return SampleNNAttack(dataset.images[member_idx], dataset.images[nonmember_idx], threshold=threshold)
 
@@ -100,17 +123,30 @@ def unconditional_rows(args, judge: Judge) -> list[dict]:
 
     common = dict(n=args.n_samples, steps=args.steps, seed=args.seed, progress=False)
     rows = []
-    for method, options in (("plain", {"guard": "none"}), ("cpsample", {"guard": "cpsample", "alpha": ALPHA, "scale": SCALE}),
-                            ("amg", {"guard": "amg"})):
+    for method, options in (
+        ("plain", {"guard": "none"}),
+        ("cpsample", {"guard": "cpsample", "alpha": ALPHA, "scale": SCALE}),
+        ("amg", {"guard": "amg"}),
+    ):
         started = time.time()
         result = generate(**common, **options)
         rows.append(judge.row("bundled", method, result.images, time.time() - started))
         print(f"{method}: done", flush=True)
     started = time.time()
-    rejected = rejection_sample(lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
-                                args.n_samples, judge.detector)
-    rows.append(judge.row("bundled", "rejection", rejected.images, time.time() - started,
-                          denoiser_calls_per_image=rejected.calls_per_image))
+    rejected = rejection_sample(
+        lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
+        args.n_samples,
+        judge.detector,
+    )
+    rows.append(
+        judge.row(
+            "bundled",
+            "rejection",
+            rejected.images,
+            time.time() - started,
+            denoiser_calls_per_image=rejected.calls_per_image,
+        )
+    )
     side = SideConfig(samples=args.side_pool, attack_steps=25, seed=args.seed, threshold=args.threshold)
     for method, defence in (("plain", "none"), ("cpsample", "cpsample")):
         result = run_side(defence=defence, alpha=ALPHA, scale=SCALE, config=side, progress=False)
@@ -129,11 +165,16 @@ def conditional_rows(args, judge: Judge) -> list[dict]:
     classifier = str(resolve_model_dir("bundled", "classifier"))  # trained on the same 200 members
     common = dict(guidance_scale=args.cfg_scale, steps=args.steps, seed=args.seed, progress=False)
     rows = []
-    for method, guard in (("plain CFG", "none"), ("delayed CFG", DelayedCFGGuard()), ("opposite guidance", OppositeGuidanceGuard()),
-                          ("cpsample + CFG", "cpsample")):
+    for method, guard in (
+        ("plain CFG", "none"),
+        ("delayed CFG", DelayedCFGGuard()),
+        ("opposite guidance", OppositeGuidanceGuard()),
+        ("cpsample + CFG", "cpsample"),
+    ):
         started = time.time()
-        result = generate_conditional(args.conditional_model, labels, guard=guard, classifier=classifier, alpha=ALPHA,
-                                      scale=SCALE, **common)
+        result = generate_conditional(
+            args.conditional_model, labels, guard=guard, classifier=classifier, alpha=ALPHA, scale=SCALE, **common
+        )
         rows.append(judge.row("conditional", method, result.images, time.time() - started, labels=labels))
         print(f"{method}: done", flush=True)
     return rows
@@ -145,16 +186,24 @@ def markdown_table(rows: list[dict]) -> str:
             return "-"
         return {"pct": f"{100 * value:.1f}%", "f1": f"{value:.1f}", "f3": f"{value:.3f}"}.get(kind, str(value))
 
-    lines = ["| model | method | near-copies | share (95% CI) | FD_digitnet | s/image | class kept | SIDE distinct | "
-             "sample-only MIA AUC (TPR@1%FPR) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | method | near-copies | share (95% CI) | FD_digitnet | s/image | class kept | SIDE distinct | "
+        "sample-only MIA AUC (TPR@1%FPR) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         share = f"{cell(r['near_copy_share'], 'pct')} ({cell(r['ci_low'], 'pct')}-{cell(r['ci_high'], 'pct')})"
-        mia = "-" if r.get("mia_sample_nn_auc") is None else \
-            f"{cell(r['mia_sample_nn_auc'], 'f3')} ({cell(r['mia_sample_nn_tpr_at_1pct_fpr'], 'pct')})"
-        lines.append(f"| {r['model']} | {r['method']} | {r['near_copies']}/{r['n']} | {share} | {cell(r['fd_digitnet'], 'f1')} | "
-                     f"{cell(r['seconds_per_image'], 'f3')} | {cell(r['class_agreement'], 'pct')} | "
-                     f"{cell(r['side_distinct_extracted'], '')} | {mia} |")
+        mia = (
+            "-"
+            if r.get("mia_sample_nn_auc") is None
+            else f"{cell(r['mia_sample_nn_auc'], 'f3')} ({cell(r['mia_sample_nn_tpr_at_1pct_fpr'], 'pct')})"
+        )
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['near_copies']}/{r['n']} | {share} | {cell(r['fd_digitnet'], 'f1')} "
+            "| "
+            f"{cell(r['seconds_per_image'], 'f3')} | {cell(r['class_agreement'], 'pct')} | "
+            f"{cell(r['side_distinct_extracted'], '')} | {mia} |"
+        )
     return "\n".join(lines)
 
 

@@ -21,17 +21,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_frontier import write_csv
 from bench_methods import Judge
+
 from cpsample.evaluation import NearCopyDetector, clopper_pearson, frechet_distance_in, load_feature_net
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.provenance import write_record
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
 
-DEFAULT_METHODS = ("plain:guard=none", "cpsample:guard=cpsample", "amg:guard=amg,sim_scale=1000",
-                   "rejection:guard=none,rejection=0.98")
+DEFAULT_METHODS = (
+    "plain:guard=none",
+    "cpsample:guard=cpsample",
+    "amg:guard=amg,sim_scale=1000",
+    "rejection:guard=none,rejection=0.98",
+)
 
 
 def main() -> None:
@@ -42,8 +46,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--n-samples", type=int, default=600)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--quality-net", default="bundled", help="feature net for FD: 'bundled' (MNIST digitnet for grey, emojinet for RGB) or a "
-                                                                  "`cpsample train-feature-net` folder")
+    parser.add_argument(
+        "--quality-net",
+        default="bundled",
+        help="feature net for FD: 'bundled' (MNIST digitnet for grey, emojinet for RGB) or a "
+        "`cpsample train-feature-net` folder",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     methods = dict(parse_method(spec) for spec in (args.method or DEFAULT_METHODS))
@@ -51,7 +59,9 @@ def main() -> None:
     model = DiffusionModel.from_pretrained(args.model)
     net = load_feature_net(args.quality_net, channels=model.members.images.shape[1])  # 'bundled': digitnet or emojinet
     judge = Judge(NearCopyDetector(model.members.images), net, model.nonmembers.images)
-    images = {(name, seed): samples(model, args, name, options, seed) for seed in seeds for name, options in methods.items()}
+    images = {
+        (name, seed): samples(model, args, name, options, seed) for seed in seeds for name, options in methods.items()
+    }
     rows = per_seed_rows(judge, images)
     pooled = pooled_rows(judge, images, methods, seeds)
     add_times(pooled, args.out, seeds)
@@ -59,8 +69,12 @@ def main() -> None:
     for name, rows_ in (("per_seed.csv", rows), ("pooled.csv", pooled), ("paired_fd.csv", paired)):
         write_csv(args.out / name, rows_)
     print_summary(pooled, paired, fd_column(judge))
-    write_record(args.out, "bench-seeds", {k: str(v) for k, v in vars(args).items()},
-                 {"methods": methods, "pooled": pooled, "paired": paired})
+    write_record(
+        args.out,
+        "bench-seeds",
+        {k: str(v) for k, v in vars(args).items()},
+        {"methods": methods, "pooled": pooled, "paired": paired},
+    )
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -91,7 +105,10 @@ def samples(model, args, name: str, options: dict, seed: int) -> np.ndarray:
     if threshold is None:
         images = generate(model, **common, **options).images.numpy()
     else:
-        draw = lambda count, round_: generate(model, **{**common, "n": count, "seed": seed + 1000 * round_}, **options)
+
+        def draw(count, round_):
+            return generate(model, **{**common, "n": count, "seed": seed + 1000 * round_}, **options)
+
         images = rejection_sample(draw, args.n_samples, NearCopyDetector(model.members.images, threshold)).images
         images = np.asarray(images)
     np.savez_compressed(path, images=images, seconds=time.time() - started)
@@ -108,8 +125,15 @@ def per_seed_rows(judge: Judge, images: dict) -> list[dict]:
     rows = []
     for (name, seed), batch in images.items():
         copies = judge.detector(batch)
-        rows.append({"method": name, "seed": seed, "n": len(batch), "near_copy_share": float(copies.mean()),
-                     fd_column(judge): float(frechet_distance_in(judge.net, judge.heldout, batch)["value"])})
+        rows.append(
+            {
+                "method": name,
+                "seed": seed,
+                "n": len(batch),
+                "near_copy_share": float(copies.mean()),
+                fd_column(judge): float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
+            }
+        )
     return rows
 
 
@@ -121,19 +145,29 @@ def pooled_rows(judge: Judge, images: dict, methods: dict, seeds: list[int]) -> 
         low, high = clopper_pearson(int(copies.sum()), len(copies))
         shares = np.bincount(judge.net.predict(batch), minlength=judge.net.num_classes) / len(batch)
         reference = shares if reference is None else reference
-        rows.append({"method": name, "n": len(batch), "near_copy_share": float(copies.mean()), "ci_low": low,
-                     "ci_high": high, f"{fd_column(judge)}_pooled": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
-                     "largest_class_share": float(shares.max()),
-                     # the issue's balance test: no digit class above 1.5x its share under the first method (plain)
-                     "largest_class_ratio_vs_first": float(np.max(shares / np.maximum(reference, 1e-12))),
-                     "options": json.dumps(methods[name])})
+        rows.append(
+            {
+                "method": name,
+                "n": len(batch),
+                "near_copy_share": float(copies.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                f"{fd_column(judge)}_pooled": float(frechet_distance_in(judge.net, judge.heldout, batch)["value"]),
+                "largest_class_share": float(shares.max()),
+                # the issue's balance test: no digit class above 1.5x its share under the first method (plain)
+                "largest_class_ratio_vs_first": float(np.max(shares / np.maximum(reference, 1e-12))),
+                "options": json.dumps(methods[name]),
+            }
+        )
     return rows
 
 
 def add_times(pooled: list[dict], out: Path, seeds: list[int]) -> None:
     """Seconds per method over all seeds (as each run measured them), and the ratio to the first method's."""
     for row in pooled:
-        row["seconds"] = round(sum(float(np.load(out / f"{row['method']}_seed{seed}.npz")["seconds"]) for seed in seeds), 1)
+        row["seconds"] = round(
+            sum(float(np.load(out / f"{row['method']}_seed{seed}.npz")["seconds"]) for seed in seeds), 1
+        )
     for row in pooled:
         row["time_vs_first"] = round(row["seconds"] / max(pooled[0]["seconds"], 1e-9), 3)
 
@@ -146,19 +180,32 @@ def paired_rows(rows: list[dict], names: list[str], column: str) -> list[dict]:
     for a, b in itertools.combinations(names, 2):
         diffs = np.array([fd[(a, seed)] - fd[(b, seed)] for seed in seeds])
         stderr = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
-        paired.append({"a": a, "b": b, "mean_fd_difference": float(diffs.mean()), "stderr": stderr,
-                       "per_seed": json.dumps(diffs.round(2).tolist())})
+        paired.append(
+            {
+                "a": a,
+                "b": b,
+                "mean_fd_difference": float(diffs.mean()),
+                "stderr": stderr,
+                "per_seed": json.dumps(diffs.round(2).tolist()),
+            }
+        )
     return paired
 
 
 def print_summary(pooled: list[dict], paired: list[dict], column: str) -> None:
     for row in pooled:
-        print(f"{row['method']:>12}: {row['near_copy_share']:.1%} near-copies [{row['ci_low']:.1%}, {row['ci_high']:.1%}], "
-              f"FD pooled {row[column + '_pooled']:.2f}, largest class {row['largest_class_share']:.1%} "
-              f"({row['largest_class_ratio_vs_first']:.2f}x its share under {pooled[0]['method']}), "
-              f"time {row['time_vs_first']:.2f}x")
+        print(
+            f"{row['method']:>12}: {row['near_copy_share']:.1%} near-copies [{row['ci_low']:.1%}, "
+            f"{row['ci_high']:.1%}], "
+            f"FD pooled {row[column + '_pooled']:.2f}, largest class {row['largest_class_share']:.1%} "
+            f"({row['largest_class_ratio_vs_first']:.2f}x its share under {pooled[0]['method']}), "
+            f"time {row['time_vs_first']:.2f}x"
+        )
     for row in paired:
-        print(f"FD {row['a']} - {row['b']}: {row['mean_fd_difference']:+.2f} +- {row['stderr']:.2f} (per seed {row['per_seed']})")
+        print(
+            f"FD {row['a']} - {row['b']}: {row['mean_fd_difference']:+.2f} +- {row['stderr']:.2f} (per seed "
+            f"{row['per_seed']})"
+        )
 
 
 if __name__ == "__main__":

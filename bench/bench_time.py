@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_seeds import parse_method
+
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.pipeline import generate
 
@@ -31,45 +31,68 @@ METHODS = {
     "cpsample (calibrated default)": dict(guard="cpsample"),
     "cpsample, one stage": dict(guard="cpsample", one_stage=True),
     "two stages, overlapping (early_min_t 0)": dict(guard="cpsample-staged", scale=30.0, early_min_t=0),
-    "two stages, late on x_t (alpha 0.1, s 30; the default before)": dict(guard="cpsample-staged", scale=30.0,
-                                                                           early_min_t=201),
+    "two stages, late on x_t (alpha 0.1, s 30; the default before)": dict(
+        guard="cpsample-staged", scale=30.0, early_min_t=201
+    ),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--classifier", default="bundled", help="the CPSample classifier folder (its calibration "
-                                                               "decides what the default runs)")
+    parser.add_argument(
+        "--classifier",
+        default="bundled",
+        help="the CPSample classifier folder (its calibration decides what the default runs)",
+    )
     parser.add_argument("--n", type=int, default=200, help="images per draw (one batch)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_out/time.csv"))
-    parser.add_argument("--method", action="append", default=None, help="NAME:KEY=VALUE,... (repeatable): time these "
-                                                                         "settings against plain")
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="NAME:KEY=VALUE,... (repeatable): time these settings against plain",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = DiffusionModel.from_pretrained(args.model)
     generate(model, n=8, steps=3, seed=0, progress=False)  # warm-up: first-call costs are not sampling time
     # the overlapping variant names the bundled early classifier; other models run what their calibration chose
-    methods = METHODS if args.classifier == "bundled" else {
-        name: options for name, options in METHODS.items() if options["guard"] in ("none", "cpsample")}
+    methods = (
+        METHODS
+        if args.classifier == "bundled"
+        else {name: options for name, options in METHODS.items() if options["guard"] in ("none", "cpsample")}
+    )
     if args.method:
         methods = {"plain": METHODS["plain"], **dict(parse_method(spec) for spec in args.method)}
     seconds = {name: [] for name in methods}
     for repeat in range(args.repeats):
         for name, options in methods.items():
             started = time.perf_counter()
-            generate(model, n=args.n, steps=args.steps, seed=repeat, batch_size=args.n, progress=False,
-                     **{"classifier": args.classifier, **options})
+            generate(
+                model,
+                n=args.n,
+                steps=args.steps,
+                seed=repeat,
+                batch_size=args.n,
+                progress=False,
+                **{"classifier": args.classifier, **options},
+            )
             seconds[name].append(time.perf_counter() - started)
     # Each repeat runs every method back to back, so a ratio within one repeat shares that moment's machine speed;
     # the median of those paired ratios moves less than a ratio of medians when the machine's speed drifts.
-    rows = [{"method": name, "median_seconds": round(statistics.median(times), 2),
-             "vs_plain": round(statistics.median(t / p for t, p in zip(times, seconds["plain"])), 3),
-             "all_seconds": [round(t, 2) for t in times]}
-            for name, times in seconds.items()]
+    rows = [
+        {
+            "method": name,
+            "median_seconds": round(statistics.median(times), 2),
+            "vs_plain": round(statistics.median(t / p for t, p in zip(times, seconds["plain"])), 3),
+            "all_seconds": [round(t, 2) for t in times],
+        }
+        for name, times in seconds.items()
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_frontier import write_csv
 from bench_methods import Judge
+
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import write_record
-from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP, CPSampleGuard
 from cpsample.sampling.guards import GuardContext, build_guard
+from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP, CPSampleGuard
 from cpsample.sampling.pipeline import generate
 
 WINDOWS = ((0, 1000), (0, 100), (100, 200), (200, 300), (300, 1000))
@@ -55,25 +55,43 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
-    judge = Judge(NearCopyDetector(dataset.images[split.members]), load_feature_net("bundled"),
-                  dataset.images[split.nonmembers])
-    base = build_guard("cpsample", GuardContext(model=args.model, classifier=args.classifier), alpha=args.alpha, scale=args.scale)
+    judge = Judge(
+        NearCopyDetector(dataset.images[split.members]), load_feature_net("bundled"), dataset.images[split.nonmembers]
+    )
+    base = build_guard(
+        "cpsample", GuardContext(model=args.model, classifier=args.classifier), alpha=args.alpha, scale=args.scale
+    )
     common = dict(model=args.model, n=args.n_samples, seed=args.seed, batch_size=200, progress=False)
     rows = [judge.row(args.model, "plain", generate(**common).images, 0.0, window="-")]
     per_step = None
     for low, high in WINDOWS:
         result = generate(guard=WindowedGuard(base, low, high), **common)
         fired = result.trace["fired"].astype(bool) & _inside(result.timesteps, low, high)[:, None]
-        rows.append(judge.row(args.model, "cpsample", result.images, 0.0, window=f"[{low}, {high})",
-                              steps_guided=float(fired.mean()), samples_guided=float(fired.any(axis=0).mean())))
+        rows.append(
+            judge.row(
+                args.model,
+                "cpsample",
+                result.images,
+                0.0,
+                window=f"[{low}, {high})",
+                steps_guided=float(fired.mean()),
+                samples_guided=float(fired.any(axis=0).mean()),
+            )
+        )
         if (low, high) == WINDOWS[0]:
             per_step = _per_step(result)
-        print(f"window [{low}, {high}): {rows[-1]['near_copy_share']:.1%} near-copies, FD {rows[-1]['fd_digitnet']:.2f}",
-              flush=True)
+        print(
+            f"window [{low}, {high}): {rows[-1]['near_copy_share']:.1%} near-copies, FD {rows[-1]['fd_digitnet']:.2f}",
+            flush=True,
+        )
     write_csv(args.out / "windows.csv", rows)
     write_csv(args.out / "per_step.csv", per_step)
-    write_record(args.out, "bench-diagnose", {k: str(v) for k, v in vars(args).items()} | {"guard": base.settings()},
-                 {"windows": rows, "per_step": per_step})
+    write_record(
+        args.out,
+        "bench-diagnose",
+        {k: str(v) for k, v in vars(args).items()} | {"guard": base.settings()},
+        {"windows": rows, "per_step": per_step},
+    )
 
 
 def _inside(timesteps: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -85,8 +103,14 @@ def _per_step(result) -> list[dict]:
     rows = []
     for index, t in enumerate(result.timesteps):
         guided = fired[index]
-        rows.append({"step": index, "t": int(t), "share_guided": float(guided.mean()),
-                     "mean_relative_change_when_guided": float(change[index][guided].mean()) if guided.any() else 0.0})
+        rows.append(
+            {
+                "step": index,
+                "t": int(t),
+                "share_guided": float(guided.mean()),
+                "mean_relative_change_when_guided": float(change[index][guided].mean()) if guided.any() else 0.0,
+            }
+        )
     return rows
 
 

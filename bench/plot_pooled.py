@@ -36,8 +36,14 @@ def gathered(runs: list[Path]) -> list[dict]:
     for run in runs:
         with open(run / "pooled.csv") as handle:
             for row in csv.DictReader(handle):
-                rows.setdefault(row["method"], {"method": defence(json.loads(row["options"])), "setting": row["method"],
-                                                **{k: v for k, v in row.items() if k != "method"}})
+                rows.setdefault(
+                    row["method"],
+                    {
+                        "method": defence(json.loads(row["options"])),
+                        "setting": row["method"],
+                        **{k: v for k, v in row.items() if k != "method"},
+                    },
+                )
     return list(rows.values())
 
 

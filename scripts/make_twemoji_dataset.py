@@ -25,8 +25,9 @@ OUT = Path(__file__).resolve().parent.parent / "src" / "cpsample" / "assets" / "
 
 def load_emoji(package: Path, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
     records = json.loads((package / "emoji.json").read_text())
-    chosen = sorted((r for r in records if r["category"] in CATEGORIES and r.get("has_img_twitter")),
-                    key=lambda r: r["sort_order"])
+    chosen = sorted(
+        (r for r in records if r["category"] in CATEGORIES and r.get("has_img_twitter")), key=lambda r: r["sort_order"]
+    )
     images, labels, names = [], [], []
     for record in chosen:
         with Image.open(package / "img" / "twitter" / "64" / record["image"]) as picture:
@@ -43,8 +44,14 @@ def main(package: str) -> None:
     images, labels, names = load_emoji(Path(package))
     version = json.loads((Path(package) / "package.json").read_text())["version"]
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, images=images, labels=labels, names=np.asarray(names),
-                        categories=np.asarray(CATEGORIES), source=np.asarray(f"emoji-datasource-twitter {version}"))
+    np.savez_compressed(
+        OUT,
+        images=images,
+        labels=labels,
+        names=np.asarray(names),
+        categories=np.asarray(CATEGORIES),
+        source=np.asarray(f"emoji-datasource-twitter {version}"),
+    )
     print(f"{OUT}: {len(images)} images {images.shape[1:]}, {OUT.stat().st_size / 1e6:.2f} MB")
 
 

@@ -19,7 +19,8 @@ def mnist16():
 
 @pytest.fixture(scope="session")
 def bundled_dirs():
-    """The shipped denoiser and classifier folders (real checkpoints, trained by the commands in their cpsample.json)."""
+    """The shipped denoiser and classifier folders (real checkpoints, trained by the commands in their
+    cpsample.json)."""
     from cpsample.models.bundle import resolve_model_dir
 
     return resolve_model_dir("bundled", "denoiser"), resolve_model_dir("bundled", "classifier")

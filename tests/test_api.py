@@ -37,7 +37,9 @@ def test_model_objects_save_and_load_back(tmp_path):
     classifier.save_pretrained(tmp_path / "clf")
     loaded = cpsample.Classifier.from_pretrained(tmp_path / "clf")
     assert (tmp_path / "clf" / "calibration.json").is_file(), "the calibration travels with the classifier"
-    guard = cpsample.build_guard("cpsample", cpsample.GuardContext(classifier=loaded))  # the calibration chose two stages
+    guard = cpsample.build_guard(
+        "cpsample", cpsample.GuardContext(classifier=loaded)
+    )  # the calibration chose two stages
     calibration = json.loads((tmp_path / "clf" / "calibration.json").read_text())
     # the late stage judges x0_hat with the selective classifier (Finding 13) or x_t with the loaded one
     late_judge = guard.guards[0].classifier if calibration["two_stage"].get("late_denoised") else loaded.model

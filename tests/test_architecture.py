@@ -19,8 +19,13 @@ def cpsample_imports(path: Path) -> set[str]:
     """The top-level cpsample subpackages a file imports (at module level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-            [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        names = (
+            [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
         found |= {name.split(".")[1] for name in names if name.startswith("cpsample.") and name.count(".") >= 1}
     return found
 

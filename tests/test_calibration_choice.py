@@ -7,14 +7,27 @@ from __future__ import annotations
 import pytest
 
 from cpsample.evaluation.replication import clopper_pearson
-from cpsample.workflows.calibrate import (choose_confirmed, choose_setting, feasible_rows, finalists,
-                                          one_stage_setting, pool_rounds, share_limit)
+from cpsample.workflows.calibrate import (
+    choose_confirmed,
+    choose_setting,
+    feasible_rows,
+    finalists,
+    one_stage_setting,
+    pool_rounds,
+    share_limit,
+)
 
 
 def _row(guard="cpsample", share=0.01, fd=5.0, guided=0.1, alpha=0.1, scale=10.0, **extra):
-    return {"guard": guard, "alpha": None if guard == "none" else alpha, "scale": None if guard == "none" else scale,
-            "near_copy_share": share, "frechet_distance": fd, "steps_guided": None if guard == "none" else guided,
-            **extra}
+    return {
+        "guard": guard,
+        "alpha": None if guard == "none" else alpha,
+        "scale": None if guard == "none" else scale,
+        "near_copy_share": share,
+        "frechet_distance": fd,
+        "steps_guided": None if guard == "none" else guided,
+        **extra,
+    }
 
 
 def _plain(share=0.4, fd=3.0):
@@ -61,8 +74,17 @@ def test_the_quality_order_ranks_fd_then_guided_steps_then_the_gentlest_knobs():
     one_stage = _row()  # no early push at all: gentler than any early scale
     assert choose_setting([_plain(), _row(early_scale=0.5, **staged), one_stage]) is one_stage
     tight_cap = _row(early_scale=3.0, **{**staged, "max_push": 1.0})
-    assert choose_setting([_plain(), _row(early_scale=3.0, **{**staged, "max_push": 2.0}),
-                           _row(early_scale=3.0, **staged), tight_cap]) is tight_cap
+    assert (
+        choose_setting(
+            [
+                _plain(),
+                _row(early_scale=3.0, **{**staged, "max_push": 2.0}),
+                _row(early_scale=3.0, **staged),
+                tight_cap,
+            ]
+        )
+        is tight_cap
+    )
 
 
 def test_missing_measurements_rank_as_zero():
@@ -110,8 +132,15 @@ def test_the_one_stage_setting_ignores_two_stage_rows():
 
 
 def _measured(copies, n, guided, last_t, fd, **extra):
-    return {**_row(fd=fd, guided=guided), "n": n, "near_copies": copies, "near_copy_share": copies / n,
-            "last_fired_t": last_t, "seconds": 2.0, **extra}
+    return {
+        **_row(fd=fd, guided=guided),
+        "n": n,
+        "near_copies": copies,
+        "near_copy_share": copies / n,
+        "last_fired_t": last_t,
+        "seconds": 2.0,
+        **extra,
+    }
 
 
 def test_pooled_rounds_count_copies_over_both_and_take_the_rest_from_the_confirmation():

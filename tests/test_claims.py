@@ -7,7 +7,6 @@ and 200 + 200 of the 32x32 RGB model (~2.5 min)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from scipy.stats import fisher_exact
 
@@ -29,8 +28,13 @@ def _run(name: str, n: int) -> dict:
     plain = generate(model, **run)
     guarded = generate(model, guard="cpsample", classifier=name, **run)
     detector = NearCopyDetector(model.members.images, threshold=calibration["threshold"])
-    return {"model": model, "calibration": calibration, "plain": plain, "guarded": guarded,
-            "copies": {key: detector(result.images) for key, result in (("plain", plain), ("guarded", guarded))}}
+    return {
+        "model": model,
+        "calibration": calibration,
+        "plain": plain,
+        "guarded": guarded,
+        "copies": {key: detector(result.images) for key, result in (("plain", plain), ("guarded", guarded))},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,10 @@ def _check_the_shipped_cut(run: dict) -> None:
     n = len(copies["plain"])
     plain, guarded = int(copies["plain"].sum()), int(copies["guarded"].sum())
     plain_ci, guarded_ci = clopper_pearson(plain, n), clopper_pearson(guarded, n)
-    said = (f"fresh images: plain {plain}/{n} {plain_ci}, guarded {guarded}/{n} {guarded_ci}; recorded "
-            f"{calibration['measured']['near_copy_share']:.4f} vs plain {calibration['plain']['near_copy_share']:.4f}")
+    said = (
+        f"fresh images: plain {plain}/{n} {plain_ci}, guarded {guarded}/{n} {guarded_ci}; recorded "
+        f"{calibration['measured']['near_copy_share']:.4f} vs plain {calibration['plain']['near_copy_share']:.4f}"
+    )
     print(said)  # (pytest -rP shows it)
     # the same model as calibrated: plain copies as often as the record says
     assert plain_ci[0] <= calibration["plain"]["near_copy_share"] <= plain_ci[1], said
@@ -87,8 +93,10 @@ def test_the_default_keeps_sample_only_membership_below_plain_sampling(bundled_r
 
     results = run_sample_attack({"plain": bundled_run["plain"].images, "guarded": bundled_run["guarded"].images})
     plain, guarded = results["plain"], results["guarded"]
-    print(f"sample-only AUC plain {plain.auc:.3f} (TPR@1%FPR {plain.stats.tpr_at_1pct_fpr:.3f}), default "
-          f"{guarded.auc:.3f} ({guarded.stats.tpr_at_1pct_fpr:.3f})")
+    print(
+        f"sample-only AUC plain {plain.auc:.3f} (TPR@1%FPR {plain.stats.tpr_at_1pct_fpr:.3f}), default "
+        f"{guarded.auc:.3f} ({guarded.stats.tpr_at_1pct_fpr:.3f})"
+    )
     assert plain.auc > 0.85 and plain.mann_whitney_p < 1e-10, plain.auc
     assert guarded.auc < plain.auc - 0.03, (plain.auc, guarded.auc)
     assert guarded.auc > 0.7 and guarded.mann_whitney_p < 1e-4, "the README says membership still leaks"

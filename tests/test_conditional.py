@@ -16,16 +16,14 @@ from cpsample.evaluation import NEAR_COPY_THRESHOLDS
 from cpsample.evaluation.nearcopy import find_near_copies
 from cpsample.models import load_noise_schedule
 from cpsample.models.bundle import training_data
+from cpsample.models.classifier import load_classifier
 from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler
 from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes, sample_labels
-from cpsample.models.classifier import load_classifier
 from cpsample.training.classifier import train_classifier
 from cpsample.training.conditional import conditional_eps_loss, drop_labels, train_conditional
 from cpsample.training.loop import TrainConfig
 
 SIZE, CLASSES, WIDTHS = 8, 3, (8, 16)
-
-
 
 
 def _toy_npz(path, count=24, seed=0):
@@ -42,18 +40,28 @@ def _toy_npz(path, count=24, seed=0):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny conditional model (few steps) and a random-label classifier trained on its members by train_classifier."""
+    """A tiny conditional model (few steps) and a random-label classifier trained on its members by
+    train_classifier."""
     root = tmp_path_factory.mktemp("conditional")
     data = str(_toy_npz(root / "toy.npz"))
     dataset = load_dataset(data)
     split = make_split(len(dataset), 16, 0, data)
     config = TrainConfig(steps=4, batch_size=8, save_every=100, log_every=1, seed=0)
-    summary = train_conditional(dataset.take(split.members), split, root / "model", config, block_out_channels=WIDTHS,
-                                data_spec=data)
+    summary = train_conditional(
+        dataset.take(split.members), split, root / "model", config, block_out_channels=WIDTHS, data_spec=data
+    )
     members, member_split = training_data(root / "model")  # what train-classifier reads from a model folder
-    train_classifier(members.take(member_split.members), member_split, load_noise_schedule(root / "model"), root / "clf",
-                     TrainConfig(steps=4, batch_size=8, save_every=100, seed=0), label_seed=0, relabel_after=2,
-                     block_out_channels=WIDTHS, denoiser_path=str(root / "model"))
+    train_classifier(
+        members.take(member_split.members),
+        member_split,
+        load_noise_schedule(root / "model"),
+        root / "clf",
+        TrainConfig(steps=4, batch_size=8, save_every=100, seed=0),
+        label_seed=0,
+        relabel_after=2,
+        block_out_channels=WIDTHS,
+        denoiser_path=str(root / "model"),
+    )
     return {"root": root, "data": data, "model": root / "model", "classifier": root / "clf", "summary": summary}
 
 
@@ -101,8 +109,17 @@ def test_training_exports_class_info_and_records_dropout(trained):
 def test_cfg_sampling_runs_plain_and_protected(trained):
     labels = [0, 1, 2, 0]
     plain = generate_conditional(trained["model"], labels, 2.0, steps=5, progress=False)
-    protected = generate_conditional(trained["model"], labels, 2.0, guard="cpsample", classifier=str(trained["classifier"]),
-                                     alpha=0.5, scale=10.0, steps=5, progress=False)
+    protected = generate_conditional(
+        trained["model"],
+        labels,
+        2.0,
+        guard="cpsample",
+        classifier=str(trained["classifier"]),
+        alpha=0.5,
+        scale=10.0,
+        steps=5,
+        progress=False,
+    )
     for result in (plain, protected):
         assert result.images.shape == (4, 1, SIZE, SIZE) and torch.isfinite(result.images).all()
         assert result.images.min() < -0.5 and result.images.max() > 0.5, "pictures, not a flat field"
@@ -117,24 +134,45 @@ def test_cfg_sampling_runs_plain_and_protected(trained):
 def test_alpha_zero_gives_exactly_plain_cfg_samples(trained):
     labels = [2, 1, 0, 1, 2]
     plain = generate_conditional(trained["model"], labels, 3.0, steps=6, seed=3, progress=False)
-    guarded = generate_conditional(trained["model"], labels, 3.0, guard=CPSampleGuard(load_classifier(trained["classifier"]), alpha=0.0),
-                                   steps=6, seed=3, progress=False)
+    guarded = generate_conditional(
+        trained["model"],
+        labels,
+        3.0,
+        guard=CPSampleGuard(load_classifier(trained["classifier"]), alpha=0.0),
+        steps=6,
+        seed=3,
+        progress=False,
+    )
     assert torch.equal(plain.images, guarded.images)
     assert guarded.trace["fired"].sum() == 0
 
 
 def test_killed_conditional_sampling_resumes_from_finished_batches(trained, tmp_path):
     labels = [0, 1, 2, 0, 1, 2]
-    first = generate_conditional(trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False)
+    first = generate_conditional(
+        trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False
+    )
     (tmp_path / "batches" / "batch_00001.npz").unlink()  # as if killed while sampling the second batch
-    again = generate_conditional(trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False)
+    again = generate_conditional(
+        trained["model"], labels, 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False
+    )
     assert again.denoiser_calls == 2 * 2 * 4  # only the lost batch (2 images, CFG) was redone
     assert torch.allclose(first.images, again.images, atol=1e-6)
     with pytest.raises(FileExistsError, match="changed: labels.*--overwrite"):  # other labels: refused, nothing reused
-        generate_conditional(trained["model"], [2, 2, 2, 2, 2, 2], 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path,
-                             progress=False)
-    changed = generate_conditional(trained["model"], [2, 2, 2, 2, 2, 2], 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path,
-                                   progress=False, overwrite=True)
+        generate_conditional(
+            trained["model"], [2, 2, 2, 2, 2, 2], 2.0, steps=4, seed=1, batch_size=2, work_dir=tmp_path, progress=False
+        )
+    changed = generate_conditional(
+        trained["model"],
+        [2, 2, 2, 2, 2, 2],
+        2.0,
+        steps=4,
+        seed=1,
+        batch_size=2,
+        work_dir=tmp_path,
+        progress=False,
+        overwrite=True,
+    )
     assert changed.denoiser_calls == 2 * 6 * 4  # the stale batches were cleared and redrawn
 
 
@@ -155,8 +193,18 @@ def test_guard_changes_only_the_samples_it_fired_on(trained):
     labels = [0, 1, 2] * 4
 
     def run(guard):
-        return sample_labels(unet, labels, info.null_label, lambda: make_scheduler("ddim", schedule.config, 6), (1, SIZE, SIZE),
-                             2.0, guard, batch_size=len(labels), seed=0, progress=False)
+        return sample_labels(
+            unet,
+            labels,
+            info.null_label,
+            lambda: make_scheduler("ddim", schedule.config, 6),
+            (1, SIZE, SIZE),
+            2.0,
+            guard,
+            batch_size=len(labels),
+            seed=0,
+            progress=False,
+        )
 
     # This 4-step model's unclipped x_t reach mean pixels of 2 to 9: the guard trips where |mean| > 4.9. Such x_t
     # saturate both the [-1, 1] output and p, so "moved" is read off the trajectory itself (the mean of each x_t).
@@ -192,8 +240,13 @@ def test_bad_input_gives_clear_errors(trained, tmp_path):
     with pytest.raises(ValueError, match="not class-conditional"):
         load_conditional(tmp_path / "plain")
     with pytest.raises(ValueError, match="no class labels|carry no class labels"):
-        train_conditional(ImageSet(np.zeros((4, 1, SIZE, SIZE), np.float32), list("abcd")), make_split(4, None, 0, "x"),
-                          tmp_path / "nolabels", TrainConfig(steps=1), block_out_channels=WIDTHS)
+        train_conditional(
+            ImageSet(np.zeros((4, 1, SIZE, SIZE), np.float32), list("abcd")),
+            make_split(4, None, 0, "x"),
+            tmp_path / "nolabels",
+            TrainConfig(steps=1),
+            block_out_channels=WIDTHS,
+        )
 
 
 def test_cli_train_and_sample_conditional(trained, tmp_path):
@@ -204,13 +257,53 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
     runner = CliRunner()
     model = tmp_path / "model"
     # The same 16 members as the fixture's classifier (seed 0), so that classifier may protect this model.
-    result = runner.invoke(app, ["train-conditional", "--data", trained["data"], "--image-size", str(SIZE), "--steps", "2",
-                                 "--subset", "16", "--seed", "0", "--batch-size", "4", "--channels", "8,16", "--out", str(model)])
+    result = runner.invoke(
+        app,
+        [
+            "train-conditional",
+            "--data",
+            trained["data"],
+            "--image-size",
+            str(SIZE),
+            "--steps",
+            "2",
+            "--subset",
+            "16",
+            "--seed",
+            "0",
+            "--batch-size",
+            "4",
+            "--channels",
+            "8,16",
+            "--out",
+            str(model),
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "samples"
-    result = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "0,2", "-n", "2", "--steps", "3",
-                                 "--guard", "cpsample", "--classifier", str(trained["classifier"]), "--alpha", "0.5",
-                                 "--trace", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "sample-conditional",
+            "--model",
+            str(model),
+            "--classes",
+            "0,2",
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--guard",
+            "cpsample",
+            "--classifier",
+            str(trained["classifier"]),
+            "--alpha",
+            "0.5",
+            "--trace",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert {"grid.png", "samples.npz", "trace.npz", "trace.png", "cpsample.json"} <= {p.name for p in out.iterdir()}
     with np.load(out / "samples.npz") as saved, np.load(out / "trace.npz") as trace:
@@ -232,5 +325,7 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
     assert record["results"]["share_of_steps_guided"] == 1.0  # alpha 0.5 pushes at every step
     with np.load(out / "trace.npz") as trace:
         assert trace["fired"].all() and ((trace["p1"] > 0) & (trace["p1"] < 1)).all()
-    bad = runner.invoke(app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")])
+    bad = runner.invoke(
+        app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")]
+    )
     assert bad.exit_code == 2 and "unknown class 5" in " ".join(bad.output.split())

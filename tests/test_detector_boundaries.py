@@ -95,8 +95,11 @@ def test_images_and_features_mix_and_a_single_member_is_a_reference_set():
     members, blends, _ = _members_and_blends()
     both_images = find_near_copies(blends, members, threshold=0.6)
     member_features = PixelFeatures()(members)
-    for samples, training in [(blends, member_features), (PixelFeatures()(blends), members),
-                              (ImageSet(blends, [f"b{i}" for i in range(len(blends))]), members)]:
+    for samples, training in [
+        (blends, member_features),
+        (PixelFeatures()(blends), members),
+        (ImageSet(blends, [f"b{i}" for i in range(len(blends))]), members),
+    ]:
         mixed = find_near_copies(samples, training, threshold=0.6)
         assert np.allclose(mixed.similarity, both_images.similarity, atol=1e-6)
         assert np.array_equal(mixed.copies, both_images.copies)

@@ -91,9 +91,9 @@ def test_l2_search_returns_true_distances(split):
 def test_clopper_pearson_known_values():
     # k = 0 and k = n have closed forms: upper = 1 - (alpha/2)^(1/n), lower = (alpha/2)^(1/n).
     low, high = clopper_pearson(0, 10)
-    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** 0.1, abs=1e-9)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025**0.1, abs=1e-9)
     low, high = clopper_pearson(10, 10)
-    assert low == pytest.approx(0.025 ** 0.1, abs=1e-9) and high == 1.0
+    assert low == pytest.approx(0.025**0.1, abs=1e-9) and high == 1.0
     # k = 5 of 10: the textbook exact interval (0.1871, 0.8129).
     low, high = clopper_pearson(5, 10)
     assert low == pytest.approx(0.187086, abs=1e-5) and high == pytest.approx(0.812914, abs=1e-5)
@@ -150,7 +150,9 @@ def test_relative_distance_flags_copies_not_new_digits(split):
 
 def test_frechet_distance_of_gaussians_by_hand():
     # 1-D: FD = (mu_a - mu_b)^2 + (sigma_a - sigma_b)^2 = 3^2 + (1 - 2)^2 = 10.
-    assert frechet_distance_from_fits(np.array([0.0]), np.array([[1.0]]), np.array([3.0]), np.array([[4.0]])) == pytest.approx(10.0)
+    assert frechet_distance_from_fits(
+        np.array([0.0]), np.array([[1.0]]), np.array([3.0]), np.array([[4.0]])
+    ) == pytest.approx(10.0)
     # Diagonal covariances add up per dimension.
     fd = frechet_distance_from_fits(np.zeros(2), np.diag([1.0, 9.0]), np.ones(2), np.diag([4.0, 1.0]))
     assert fd == pytest.approx(2 + 1 + 4)
@@ -161,8 +163,10 @@ def test_frechet_distance_zero_to_itself_and_growing_with_noise(mnist):
     clean = mnist.images[:600]
     assert frechet_distance(net(clean), net(clean)) == pytest.approx(0.0, abs=1e-6)
     rng = np.random.default_rng(0)
-    distances = [frechet_distance(net(clean), net(np.clip(clean + rng.normal(0, sigma, clean.shape), -1, 1)))
-                 for sigma in (0.1, 0.4, 0.8)]
+    distances = [
+        frechet_distance(net(clean), net(np.clip(clean + rng.normal(0, sigma, clean.shape), -1, 1)))
+        for sigma in (0.1, 0.4, 0.8)
+    ]
     assert 0 < distances[0] < distances[1] < distances[2]
     few = net(clean[:10])  # 10 points in 64 dimensions: singular covariance, still a finite answer
     assert math.isfinite(frechet_distance(few, net(clean[10:20])))
@@ -239,7 +243,9 @@ def test_pixel_features_ignore_brightness_and_survive_constant_images():
 
 def _tiny_vit_state(layer_scale: bool, registers: int) -> tuple[ViTBackbone, dict]:
     torch.manual_seed(0)
-    vit = ViTBackbone(dim=64, depth=2, heads=1, patch=4, grid=4, hidden=128, layer_scale=layer_scale, registers=registers)
+    vit = ViTBackbone(
+        dim=64, depth=2, heads=1, patch=4, grid=4, hidden=128, layer_scale=layer_scale, registers=registers
+    )
     for parameter in vit.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     return vit.eval(), {key: value.clone() for key, value in vit.state_dict().items()}
@@ -310,9 +316,17 @@ def test_evaluate_and_report(split, tmp_path):
     plain = np.concatenate([copies, nonmembers[:45]]).astype(np.float32)
     protected = nonmembers[45:105]
     labels = load_feature_net("bundled").predict(protected)
-    results = evaluate({"plain": plain, "cpsample": protected}, members, nonmembers[200:900], threshold=0.995,
-                       permutation_rounds=100, sample_labels={"cpsample": labels}, figures_dir=tmp_path,
-                       membership=[{"attack": "loss", "auc": 0.73}], progress=False)
+    results = evaluate(
+        {"plain": plain, "cpsample": protected},
+        members,
+        nonmembers[200:900],
+        threshold=0.995,
+        permutation_rounds=100,
+        sample_labels={"cpsample": labels},
+        figures_dir=tmp_path,
+        membership=[{"attack": "loss", "auc": 0.73}],
+        progress=False,
+    )
     plain_result, protected_result = results["methods"]["plain"], results["methods"]["cpsample"]
     assert plain_result["replication"]["count"] >= 15 and protected_result["replication"]["count"] == 0
     assert results["comparisons"][0]["p_value"] < 0.01
@@ -350,16 +364,32 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
     np.savez(tmp_path / "data.npz", images=data, labels=np.zeros(len(data), np.int64))
     model = tmp_path / "model"
     model.mkdir()
-    (model / "cpsample.json").write_text(json.dumps({"settings": {"data": str(tmp_path / "data.npz"), "image_size": 16}}))
-    (model / "split.json").write_text(json.dumps({"source": "test", "seed": 0, "members": list(range(80)),
-                                                  "nonmembers": list(range(80, 200))}))
+    (model / "cpsample.json").write_text(
+        json.dumps({"settings": {"data": str(tmp_path / "data.npz"), "image_size": 16}})
+    )
+    (model / "split.json").write_text(
+        json.dumps({"source": "test", "seed": 0, "members": list(range(80)), "nonmembers": list(range(80, 200))})
+    )
     np.savez(tmp_path / "plain.npz", images=members[:30])
     np.savez(tmp_path / "guarded.npz", images=nonmembers[300:330])
     runner = CliRunner()
     out = tmp_path / "report"
-    result = runner.invoke(app, ["evaluate", "--samples", f"plain={tmp_path / 'plain.npz'}", "--samples",
-                                 f"guarded={tmp_path / 'guarded.npz'}", "--model", str(model), "--out", str(out),
-                                 "--permutation-rounds", "50"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--samples",
+            f"plain={tmp_path / 'plain.npz'}",
+            "--samples",
+            f"guarded={tmp_path / 'guarded.npz'}",
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--permutation-rounds",
+            "50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (out / "report.html").is_file() and (out / "cpsample.json").is_file()
     record = json.loads((out / "cpsample.json").read_text())
@@ -379,8 +409,20 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
     assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # the yardstick's default, recorded
     bad = runner.invoke(app, ["evaluate", "--samples", "no-equals-sign", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "name=path" in bad.output
-    trained = runner.invoke(app, ["train-feature-net", "--data", "digits", "--image-size", "8", "--epochs", "1",
-                                  "--out", str(tmp_path / "net")])
+    trained = runner.invoke(
+        app,
+        [
+            "train-feature-net",
+            "--data",
+            "digits",
+            "--image-size",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "net"),
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert load_feature_net(tmp_path / "net").config.image_size == 8
     trained_record = json.loads((tmp_path / "net" / "cpsample.json").read_text())["results"]

@@ -1,5 +1,6 @@
 """Fault cases of the issue "No input lost, no secret in a shareable file, no traceback" (items 1-3): inputs inside
---out, user files in a folder cpsample did not make, and one compatibility check for every entry point (CLI and API)."""
+--out, user files in a folder cpsample did not make, and one compatibility check for every entry point (CLI and
+API)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ def cli(*args):
 
 
 def checksums(folder: Path) -> dict:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +37,13 @@ def sampled(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("command", [
-    ["evaluate", "--samples", "plain={samples}"],
-    ["attack", "sample-nn", "--samples", "{samples}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--samples", "plain={samples}"],
+        ["attack", "sample-nn", "--samples", "{samples}"],
+    ],
+)
 @pytest.mark.parametrize("where", ["same folder", "parent folder"])
 def test_an_input_inside_out_is_refused_and_kept(sampled, command, where):
     """`evaluate --samples plain=s/samples.npz --out s --overwrite` used to delete its own input and then fail."""
@@ -101,18 +108,34 @@ def other_members(tmp_path_factory):
 
 
 MIA = ["attack", "mia", "--guard", "cpsample", "--members", "4", "--nonmembers", "4", "--t", "100", "--draws", "1"]
-SIDE = ["attack", "side", "--defence", "cpsample", "--clusters", "2", "--samples", "8", "--attack-steps", "2",
-        "--train-steps", "2"]
+SIDE = [
+    "attack",
+    "side",
+    "--defence",
+    "cpsample",
+    "--clusters",
+    "2",
+    "--samples",
+    "8",
+    "--attack-steps",
+    "2",
+    "--train-steps",
+    "2",
+]
 
 
 @pytest.mark.parametrize("command", [MIA, SIDE], ids=["mia", "side"])
-@pytest.mark.parametrize("model, classifier, message", [
-    ("bundled-rgb", "bundled", "takes 1-channel 16x16 inputs but this model makes 3-channel 32x32 images"),
-    ("bundled", "bundled-rgb", "takes 3-channel 32x32 inputs but this model makes 1-channel 16x16 images"),
-    ("bundled", "OTHER", "trained on other member images"),
-])
-def test_attacks_refuse_a_classifier_made_for_other_images(tmp_path, other_members, command, model, classifier,
-                                                             message):
+@pytest.mark.parametrize(
+    "model, classifier, message",
+    [
+        ("bundled-rgb", "bundled", "takes 1-channel 16x16 inputs but this model makes 3-channel 32x32 images"),
+        ("bundled", "bundled-rgb", "takes 3-channel 32x32 inputs but this model makes 1-channel 16x16 images"),
+        ("bundled", "OTHER", "trained on other member images"),
+    ],
+)
+def test_attacks_refuse_a_classifier_made_for_other_images(
+    tmp_path, other_members, command, model, classifier, message
+):
     """attack mia / side used to end in a RuntimeError traceback on a channel mismatch, and ran (rc 0) with a
     classifier of other members, though `sample` refuses both."""
     classifier = other_members if classifier == "OTHER" else classifier
@@ -155,8 +178,10 @@ def test_the_library_entry_points_share_the_cli_check(other_members):
     from cpsample.attacks.side import run_side
     from cpsample.sampling.pipeline import generate
 
-    for call in (lambda: generate(n=2, steps=2, guard="cpsample", classifier=str(other_members), progress=False),
-                 lambda: run_mia(guard="cpsample", classifier=str(other_members), n_members=2, progress=False),
-                 lambda: run_side(defence="cpsample", classifier=str(other_members), progress=False)):
+    for call in (
+        lambda: generate(n=2, steps=2, guard="cpsample", classifier=str(other_members), progress=False),
+        lambda: run_mia(guard="cpsample", classifier=str(other_members), n_members=2, progress=False),
+        lambda: run_side(defence="cpsample", classifier=str(other_members), progress=False),
+    ):
         with pytest.raises(ValueError, match="trained on other member images"):
             call()

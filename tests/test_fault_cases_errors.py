@@ -19,8 +19,21 @@ from typer.testing import CliRunner
 from cpsample.cli.main import app
 
 SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
-TRAIN = ["train-denoiser", "--data", "mnist", "--subset", "16", "--steps", "4", "--batch-size", "4",
-         "--channels", "8,16", "--save-every", "2"]
+TRAIN = [
+    "train-denoiser",
+    "--data",
+    "mnist",
+    "--subset",
+    "16",
+    "--steps",
+    "4",
+    "--batch-size",
+    "4",
+    "--channels",
+    "8,16",
+    "--save-every",
+    "2",
+]
 EVALUATE = ["evaluate", "--permutation-rounds", "10", "--quality-net", "none"]
 SAMPLE_NN = ["attack", "sample-nn", "--members", "8"]
 MIA = ["attack", "mia", "--guard", "cpsample", "--attack", "loss", "--t", "100", "--members", "4", "--draws", "1"]
@@ -67,6 +80,7 @@ def set_calibration(folder, change=None, drop=None, two_stage=None):
 
 # --- 6. tracebacks ----------------------------------------------------------------------------------------------
 
+
 def test_a_plain_npy_array_of_images_is_read_as_samples(tmp_path):
     """np.save(images) is read like a samples.npz (TypeError before): same set, same result."""
     from cpsample.cli.evaluate import load_samples
@@ -84,34 +98,42 @@ def test_a_plain_npy_array_of_images_is_read_as_samples(tmp_path):
     assert result[0]["member_scores"] == result[1]["member_scores"] and result[0]["n_samples"] == 6
 
 
-@pytest.mark.parametrize("content, message", [
-    ("pickled", "pickled Python objects"),
-    ("zero images", "holds no images"),
-    ("strings", "expected uint8 or float"),
-    ("huge values", "values span"),
-    ("one image, no batch axis", "expected (N, H, W)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("pickled", "pickled Python objects"),
+        ("zero images", "holds no images"),
+        ("strings", "expected uint8 or float"),
+        ("huge values", "values span"),
+        ("one image, no batch axis", "expected (N, H, W)"),
+    ],
+)
 def test_a_bad_npy_samples_file_gives_one_line(tmp_path, content, message):
     path = tmp_path / "s.npy"
-    array = {"pickled": np.array([np.zeros((4, 4)), 1], dtype=object),
-             "zero images": np.zeros((0, 1, 16, 16), np.float32),
-             "strings": np.array([["a"] * 16] * 16),
-             "huge values": np.full((2, 1, 16, 16), 1e30, np.float32),
-             "one image, no batch axis": np.zeros((16, 16), np.float32)}[content]
+    array = {
+        "pickled": np.array([np.zeros((4, 4)), 1], dtype=object),
+        "zero images": np.zeros((0, 1, 16, 16), np.float32),
+        "strings": np.array([["a"] * 16] * 16),
+        "huge values": np.full((2, 1, 16, 16), 1e30, np.float32),
+        "one image, no batch axis": np.zeros((16, 16), np.float32),
+    }[content]
     np.save(path, array, allow_pickle=True)
     for command in (EVALUATE, SAMPLE_NN):
         one_line_error(*cli(*command, "--samples", f"a={path}", "--out", tmp_path / "o"), "s.npy", message)
         assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("value, message", [
-    ("x", "alpha is \"x\", but it must be a finite number"),
-    (None, "alpha is null, but it must be a number"),
-    (True, "alpha is true, but it must be a finite number"),
-    ([0.1], "alpha is [0.1], but it must be a finite number"),
-    (float("nan"), "alpha is NaN, but it must be a finite number"),
-    (-0.1, "alpha is -0.1, but CPSample's alpha must be in [0, 0.5]"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("x", 'alpha is "x", but it must be a finite number'),
+        (None, "alpha is null, but it must be a number"),
+        (True, "alpha is true, but it must be a finite number"),
+        ([0.1], "alpha is [0.1], but it must be a finite number"),
+        (float("nan"), "alpha is NaN, but it must be a finite number"),
+        (-0.1, "alpha is -0.1, but CPSample's alpha must be in [0, 0.5]"),
+    ],
+)
 def test_a_calibration_with_a_bad_alpha_names_the_file(tmp_path, classifier_copy, value, message):
     """TypeError before in `sample --guard cpsample`, `attack mia --guard cpsample` and protect()."""
     from diffusers import DDPMPipeline
@@ -129,15 +151,18 @@ def test_a_calibration_with_a_bad_alpha_names_the_file(tmp_path, classifier_copy
         protect(pipe, classifier_copy)
 
 
-@pytest.mark.parametrize("change, drop, message", [
-    ({"scale": -1}, (), "scale is -1, but CPSample's scale must be >= 0"),
-    ({"scale": "10"}, (), "scale is \"10\", but it must be a finite number"),
-    ({"tau": 0}, (), "tau is 0, but CPSample's tau must be > 0"),
-    ({"tau": float("inf")}, (), "tau is Infinity, but it must be a finite number"),
-    ({"max_t": 2.5}, (), "max_t is 2.5, but it must be a whole timestep"),
-    ({"max_t": -3}, (), "max_t is -3, but CPSample's max_t must be >= 0"),
-    ({}, ("tau",), "not a cpsample calibration"),
-])
+@pytest.mark.parametrize(
+    "change, drop, message",
+    [
+        ({"scale": -1}, (), "scale is -1, but CPSample's scale must be >= 0"),
+        ({"scale": "10"}, (), 'scale is "10", but it must be a finite number'),
+        ({"tau": 0}, (), "tau is 0, but CPSample's tau must be > 0"),
+        ({"tau": float("inf")}, (), "tau is Infinity, but it must be a finite number"),
+        ({"max_t": 2.5}, (), "max_t is 2.5, but it must be a whole timestep"),
+        ({"max_t": -3}, (), "max_t is -3, but CPSample's max_t must be >= 0"),
+        ({}, ("tau",), "not a cpsample calibration"),
+    ],
+)
 def test_other_bad_knobs_in_a_calibration_name_the_file(tmp_path, classifier_copy, change, drop, message):
     path = set_calibration(classifier_copy, change, drop)
     code, output = cli(*SAMPLE, "--guard", "cpsample", "--classifier", classifier_copy, "--out", tmp_path / "o")
@@ -150,14 +175,20 @@ def test_a_calibration_s_max_t_null_means_every_step(tmp_path, classifier_copy):
     assert code == 0, output
 
 
-@pytest.mark.parametrize("two_stage, message", [
-    ({"early_classifier": "bundled", "early_scale": "3"}, "two_stage early_scale is \"3\", but it must be a finite"),
-    ({"early_classifier": "bundled", "alpha": 5}, "two_stage alpha is 5, but CPSample's alpha must be in [0, 0.5]"),
-    ({"early_classifier": 7}, "two_stage early_classifier is 7, but it must be a classifier folder"),
-    ({"early_classifier": "bundled", "colour": 1}, "its two_stage entry makes no two-stage guard"),
-    ({"early_classifier": "bundled", "max_t": 10, "min_t": 50}, "its two_stage entry makes no two-stage guard"),
-    ([1, 2], "its two_stage entry is not a set of options"),
-])
+@pytest.mark.parametrize(
+    "two_stage, message",
+    [
+        ({"early_classifier": "bundled", "early_scale": "3"}, 'two_stage early_scale is "3", but it must be a finite'),
+        (
+            {"early_classifier": "bundled", "alpha": 5},
+            "two_stage alpha is 5, but CPSample's alpha must be in [0, 0.5]",
+        ),
+        ({"early_classifier": 7}, "two_stage early_classifier is 7, but it must be a classifier folder"),
+        ({"early_classifier": "bundled", "colour": 1}, "its two_stage entry makes no two-stage guard"),
+        ({"early_classifier": "bundled", "max_t": 10, "min_t": 50}, "its two_stage entry makes no two-stage guard"),
+        ([1, 2], "its two_stage entry is not a set of options"),
+    ],
+)
 def test_a_bad_two_stage_entry_names_the_file(tmp_path, classifier_copy, two_stage, message):
     path = set_calibration(classifier_copy, two_stage=two_stage)
     code, output = cli(*SAMPLE, "--guard", "cpsample", "--classifier", classifier_copy, "--out", tmp_path / "o")
@@ -170,10 +201,13 @@ def test_an_out_under_a_file_gives_one_line(tmp_path):
     one_line_error(code, output, "Not a directory", "a part of that path is a file")
 
 
-@pytest.mark.parametrize("error, message", [
-    (PermissionError(errno.EACCES, "Permission denied"), "no permission to write there"),
-    (OSError(errno.EROFS, "Read-only file system"), "that file system is read-only"),
-])
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), "no permission to write there"),
+        (OSError(errno.EROFS, "Read-only file system"), "that file system is read-only"),
+    ],
+)
 def test_an_unwritable_out_gives_one_line(tmp_path, monkeypatch, error, message):
     """Root may write anywhere, so the refusal the file system would give is played by mkdir."""
     real = Path.mkdir
@@ -223,8 +257,9 @@ def failing_save_file(monkeypatch, fail_on: int):
         calls.append(path)
         if len(calls) >= fail_on:
             Path(path).write_bytes(b"half")
-            raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device "
-                                              "(os error 28)")
+            raise safetensors.SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
         return real(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(loop, "save_file", save_file)
@@ -297,8 +332,19 @@ def test_a_full_disk_while_exporting_leaves_no_half_model_and_resume_exports_it(
 def test_a_full_disk_while_training_a_classifier_resumes(tmp_path, monkeypatch):
     import cpsample.training.loop as loop
 
-    command = ["train-classifier", "--steps", "4", "--batch-size", "4", "--save-every", "2", "--channels", "8,16",
-               "--out", tmp_path / "c"]
+    command = [
+        "train-classifier",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--save-every",
+        "2",
+        "--channels",
+        "8,16",
+        "--out",
+        tmp_path / "c",
+    ]
     real = failing_save_file(monkeypatch, fail_on=4)  # model, ema, optimizer, (targets fails) at step 2
     one_line_error(*cli(*command), "No space left on device")
     assert not (tmp_path / "c").exists()
@@ -318,8 +364,13 @@ def test_a_file_size_limit_in_a_real_process_gives_one_line(tmp_path):
     code = "import sys; from cpsample.cli.main import app; sys.argv[0] = 'cpsample'; app()"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     arguments = " ".join(f"'{arg}'" for arg in [*TRAIN, "--out", str(tmp_path / "m")])
-    result = subprocess.run(["bash", "-c", f"ulimit -f 60; exec {sys.executable} -c \"{code}\" {arguments}"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        ["bash", "-c", f'ulimit -f 60; exec {sys.executable} -c "{code}" {arguments}'],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "File too large" in result.stderr
     assert not (tmp_path / "m").exists()
@@ -327,21 +378,41 @@ def test_a_file_size_limit_in_a_real_process_gives_one_line(tmp_path):
 
 # --- 7. messages that blame the wrong cause -----------------------------------------------------------------------
 
+
 def test_a_calibrated_alpha_of_5_blames_the_file_not_a_flag(tmp_path, classifier_copy):
     path = set_calibration(classifier_copy, {"alpha": 5})
     code, output = cli(*SAMPLE, "--guard", "cpsample", "--classifier", classifier_copy, "--out", tmp_path / "o")
-    one_line_error(code, output, f"{path}: alpha is 5, but CPSample's alpha must be in [0, 0.5]",
-                   f"rerun `cpsample calibrate --classifier {classifier_copy}`")
+    one_line_error(
+        code,
+        output,
+        f"{path}: alpha is 5, but CPSample's alpha must be in [0, 0.5]",
+        f"rerun `cpsample calibrate --classifier {classifier_copy}`",
+    )
     assert "--alpha" not in output
     code, output = cli(*SAMPLE, "--guard", "cpsample", "--alpha", "5", "--out", tmp_path / "o")
     one_line_error(code, output, "--alpha must lie in [0, 0.5]")  # a flag given is still named as the flag
 
 
 def test_staged_guard_on_bundled_rgb_says_it_ships_no_selective_classifier(tmp_path):
-    code, output = cli(*SAMPLE, "--model", "bundled-rgb", "--classifier", "bundled-rgb", "--guard", "cpsample-staged",
-                       "--out", tmp_path / "o")
-    one_line_error(code, output, "bundled-rgb ships no selective classifier",
-                   "train-classifier --denoiser bundled-rgb", "--negatives samples", "early_classifier=FOLDER")
+    code, output = cli(
+        *SAMPLE,
+        "--model",
+        "bundled-rgb",
+        "--classifier",
+        "bundled-rgb",
+        "--guard",
+        "cpsample-staged",
+        "--out",
+        tmp_path / "o",
+    )
+    one_line_error(
+        code,
+        output,
+        "bundled-rgb ships no selective classifier",
+        "train-classifier --denoiser bundled-rgb",
+        "--negatives samples",
+        "early_classifier=FOLDER",
+    )
     assert "reinstall" not in output and "1-channel" not in output
 
 
@@ -358,8 +429,9 @@ def test_a_folder_as_samples_is_called_a_folder(tmp_path, holds_samples):
         assert (f"pass {folder / 'samples.npz'}" in output) == holds_samples
 
 
-@pytest.mark.parametrize("content, kind", [(b"images = [1, 2, 3]\n", "it holds text"),
-                                           (bytes(range(256)), "it holds data of another kind")])
+@pytest.mark.parametrize(
+    "content, kind", [(b"images = [1, 2, 3]\n", "it holds text"), (bytes(range(256)), "it holds data of another kind")]
+)
 def test_a_file_named_npz_that_is_no_archive_says_so(tmp_path, content, kind):
     path = tmp_path / "x.npz"
     path.write_bytes(content)
@@ -382,12 +454,17 @@ def test_init_with_other_channels_names_channels_not_the_size(tmp_path):
 
     rgb = resolve_model_dir("bundled-rgb", "denoiser")
     code, output = cli(*TRAIN, "--init", rgb, "--out", tmp_path / "m")
-    one_line_error(code, output, "takes RGB images (3 channels) but the data are grey (1 channel)",
-                   "--image-size cannot change that")
+    one_line_error(
+        code,
+        output,
+        "takes RGB images (3 channels) but the data are grey (1 channel)",
+        "--image-size cannot change that",
+    )
     assert "pass --image-size" not in output and not (tmp_path / "m").exists()
 
 
 # --- more cases on these paths ------------------------------------------------------------------------------------
+
 
 def test_rgb_samples_against_a_grey_model_name_channels_not_the_size(tmp_path):
     path = tmp_path / "rgb.npz"
@@ -407,10 +484,15 @@ def test_a_dangling_symlink_as_out_or_a_link_loop_as_samples_gives_one_line(tmp_
         one_line_error(*cli(*command, "--out", tmp_path / "o"), "is a symbolic link to nothing (or a loop of links)")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "Expecting value"), ("[1, 2]", "not a cpsample calibration"), ('{"settings": null}', "not a cpsample"),
-    ('{"settings": {"alpha": 0.1}}', "alpha, scale and tau"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "Expecting value"),
+        ("[1, 2]", "not a cpsample calibration"),
+        ('{"settings": null}', "not a cpsample"),
+        ('{"settings": {"alpha": 0.1}}', "alpha, scale and tau"),
+    ],
+)
 def test_a_calibration_that_is_no_record_names_the_file(tmp_path, classifier_copy, text, message):
     (classifier_copy / "calibration.json").write_text(text)
     code, output = cli(*SAMPLE, "--guard", "cpsample", "--classifier", classifier_copy, "--out", tmp_path / "o")

@@ -22,13 +22,23 @@ pytest.importorskip("transformers")
 
 from cpsample.cli.main import app as main_app  # noqa: E402
 from cpsample.data.split import images_digest  # noqa: E402
-from cpsample.sampling.latent import (build_tiny_sd_pipeline, check_latent_pairing, load_private_images,  # noqa: E402
-                                      load_sd_pipeline)
+from cpsample.sampling.latent import (
+    build_tiny_sd_pipeline,
+    check_latent_pairing,
+    load_private_images,  # noqa: E402
+    load_sd_pipeline,
+)
 
 IMAGE = 32
 README = Path(__file__).resolve().parents[1] / "README.md"
-SIMILARITY_KEYS = ("per_prompt", "nearest_private", "max_similarity", "mean_similarity", "near_copies",
-                   "nearest_member_cosine")
+SIMILARITY_KEYS = (
+    "per_prompt",
+    "nearest_private",
+    "max_similarity",
+    "mean_similarity",
+    "near_copies",
+    "nearest_member_cosine",
+)
 
 
 def _images(folder: Path, count: int = 4, seed: int = 0, prefix: str = "private") -> Path:
@@ -37,7 +47,7 @@ def _images(folder: Path, count: int = 4, seed: int = 0, prefix: str = "private"
     for i in range(count):
         pixels = rng.integers(0, 60, size=(IMAGE, IMAGE, 3), dtype=np.uint8)
         top, left = rng.integers(0, IMAGE - 12, size=2)
-        pixels[top:top + 12, left:left + 12] = rng.integers(120, 255, size=3, dtype=np.uint8)
+        pixels[top : top + 12, left : left + 12] = rng.integers(120, 255, size=3, dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{prefix}_{i}.png")
     return folder
 
@@ -59,7 +69,7 @@ def _refused(result, *needles: str) -> str:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.output.count("error:") == 1, result.output
     text = _line(result)
-    text = text[text.index("error:"):]
+    text = text[text.index("error:") :]
     for needle in needles:
         assert needle in text, (needle, text)
     return text
@@ -76,10 +86,28 @@ def setup(tmp_path_factory):
     here = os.getcwd()
     os.chdir(root / "work")
     try:
-        result = CliRunner().invoke(_app(), [
-            "train-latent-classifier", "--pipeline", str(pipeline), "--images", "private", "--captions",
-            str(root / "captions.txt"), "--steps", "4", "--relabel-after", "2", "--batch-size", "4",
-            "--channels", "8,16", "--out", str(root / "clf")])
+        result = CliRunner().invoke(
+            _app(),
+            [
+                "train-latent-classifier",
+                "--pipeline",
+                str(pipeline),
+                "--images",
+                "private",
+                "--captions",
+                str(root / "captions.txt"),
+                "--steps",
+                "4",
+                "--relabel-after",
+                "2",
+                "--batch-size",
+                "4",
+                "--channels",
+                "8,16",
+                "--out",
+                str(root / "clf"),
+            ],
+        )
     finally:
         os.chdir(here)
     assert result.exit_code == 0, result.output
@@ -87,10 +115,29 @@ def setup(tmp_path_factory):
 
 
 def _sample_sd(setup, out: Path, *extra: str, pipeline: Path | None = None, classifier: Path | None = None):
-    return CliRunner().invoke(_app(), [
-        "sample-sd", "--pipeline", str(pipeline or setup["pipeline"]), "--prompt", "a red square", "-n", "1",
-        "--steps", "2", "--alpha", "0.5", "--scale", "10", "--classifier", str(classifier or setup["classifier"]),
-        "--out", str(out), *extra])
+    return CliRunner().invoke(
+        _app(),
+        [
+            "sample-sd",
+            "--pipeline",
+            str(pipeline or setup["pipeline"]),
+            "--prompt",
+            "a red square",
+            "-n",
+            "1",
+            "--steps",
+            "2",
+            "--alpha",
+            "0.5",
+            "--scale",
+            "10",
+            "--classifier",
+            str(classifier or setup["classifier"]),
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def _record(folder: Path) -> dict:
@@ -112,6 +159,7 @@ def _copy_classifier(setup, folder: Path, **changes) -> Path:
 
 # --- 4. a latent classifier belongs to one VAE and one private image set --------------------------------------
 
+
 def test_train_latent_classifier_records_absolute_paths_and_content_digests(setup):
     settings = _record(setup["classifier"])["settings"]
     assert settings["images"] == str(setup["images"].resolve()) and Path(settings["captions"]).is_absolute()
@@ -124,18 +172,43 @@ def test_sample_sd_refuses_a_classifier_trained_on_another_vae(setup, tmp_path):
     for guard in ("cpsample", "none"):  # --guard none still pairs them: the classifier monitors every step
         out = tmp_path / guard
         result = _sample_sd(setup, out, "--guard", guard, pipeline=setup["other"])
-        _refused(result, "was trained on the latents of another VAE", str(setup["classifier"]), str(setup["other"]),
-                 "train-latent-classifier --pipeline")
+        _refused(
+            result,
+            "was trained on the latents of another VAE",
+            str(setup["classifier"]),
+            str(setup["other"]),
+            "train-latent-classifier --pipeline",
+        )
         assert not (out / "samples.npz").exists() and not (out / "cpsample.json").exists()
 
 
 def test_calibrate_refuses_a_classifier_trained_on_another_vae(setup, tmp_path):
     classifier = tmp_path / "clf"
     shutil.copytree(setup["classifier"], classifier)
-    result = CliRunner().invoke(main_app, [
-        "calibrate", "--model", str(setup["other"]), "--classifier", str(classifier), "--out", str(tmp_path / "cal"),
-        "--n-samples", "2", "--steps", "2", "--alphas", "0.5", "--scales", "10", "--reduction", "0",
-        "--finalists", "0"])
+    result = CliRunner().invoke(
+        main_app,
+        [
+            "calibrate",
+            "--model",
+            str(setup["other"]),
+            "--classifier",
+            str(classifier),
+            "--out",
+            str(tmp_path / "cal"),
+            "--n-samples",
+            "2",
+            "--steps",
+            "2",
+            "--alphas",
+            "0.5",
+            "--scales",
+            "10",
+            "--reduction",
+            "0",
+            "--finalists",
+            "0",
+        ],
+    )
     _refused(result, "another VAE", str(classifier))
     assert not (classifier / "calibration.json").exists()
 
@@ -170,8 +243,12 @@ def test_sample_sd_from_another_directory_measures_against_the_trained_images(se
     rows = json.loads((tmp_path / "sd" / "private.json").read_text())["results"]["cpsample"]["per_prompt"]
     assert rows[0]["nearest_private"].startswith("private_")
     # Given as --private, the other folder is refused: it is not what the classifier protects.
-    _refused(_sample_sd(setup, tmp_path / "decoy", "--private", "private"), "are not those",
-             str(setup["classifier"]), "--private")
+    _refused(
+        _sample_sd(setup, tmp_path / "decoy", "--private", "private"),
+        "are not those",
+        str(setup["classifier"]),
+        "--private",
+    )
 
 
 def test_a_changed_missing_or_emptied_image_set_is_refused(setup, tmp_path):
@@ -182,11 +259,31 @@ def test_a_changed_missing_or_emptied_image_set_is_refused(setup, tmp_path):
     pixels = np.array(Image.open(images / "private_2.png"))
     pixels[:4, :4] = 255 - pixels[:4, :4]  # one changed corner
     Image.fromarray(pixels).save(images / "private_2.png")
-    _refused(_sample_sd(setup, tmp_path / "changed", classifier=classifier), "are not those", str(classifier),
-             str(images))
-    calibrated = CliRunner().invoke(main_app, [
-        "calibrate", "--classifier", str(classifier), "--out", str(tmp_path / "cal"), "--n-samples", "2", "--steps",
-        "2", "--alphas", "0.5", "--scales", "10", "--reduction", "0", "--finalists", "0"])
+    _refused(
+        _sample_sd(setup, tmp_path / "changed", classifier=classifier), "are not those", str(classifier), str(images)
+    )
+    calibrated = CliRunner().invoke(
+        main_app,
+        [
+            "calibrate",
+            "--classifier",
+            str(classifier),
+            "--out",
+            str(tmp_path / "cal"),
+            "--n-samples",
+            "2",
+            "--steps",
+            "2",
+            "--alphas",
+            "0.5",
+            "--scales",
+            "10",
+            "--reduction",
+            "0",
+            "--finalists",
+            "0",
+        ],
+    )
     _refused(calibrated, "are not those")
     assert not (classifier / "calibration.json").exists()
     (images / "private_3.png").unlink()  # one image gone
@@ -198,14 +295,18 @@ def test_a_changed_missing_or_emptied_image_set_is_refused(setup, tmp_path):
     _refused(_sample_sd(setup, tmp_path / "gone", classifier=classifier), str(images))
 
 
-def test_classifier_folders_without_digests_keep_working_and_are_checked_on_what_they_record(setup, tmp_path,
-                                                                                             monkeypatch):
+def test_classifier_folders_without_digests_keep_working_and_are_checked_on_what_they_record(
+    setup, tmp_path, monkeypatch
+):
     """Made before the digests: the names, the scaling factor and the stored latent of the first image are checked."""
     legacy = _copy_classifier(setup, tmp_path / "legacy", images_digest=None, vae_digest=None)
     result = _sample_sd(setup, tmp_path / "ok", classifier=legacy)
     assert result.exit_code == 0, result.output
-    _refused(_sample_sd(setup, tmp_path / "vae", classifier=legacy, pipeline=setup["other"]),
-             "other latents of private_0.png", "another VAE")
+    _refused(
+        _sample_sd(setup, tmp_path / "vae", classifier=legacy, pipeline=setup["other"]),
+        "other latents of private_0.png",
+        "another VAE",
+    )
     # A relative --images (as recorded then) read from another working directory, where other images share the names.
     relative = _copy_classifier(setup, tmp_path / "relative", images_digest=None, vae_digest=None, images="private")
     _images(tmp_path / "elsewhere" / "private", seed=7)
@@ -233,10 +334,11 @@ def test_a_classifier_folder_without_its_record_is_refused_with_one_line(setup, 
 
 # --- 5. no private measurement in a shareable record ------------------------------------------------------------
 
+
 def _shareable_section() -> str:
     text = README.read_text()
     start = text.index("## What is safe to share")
-    return text[start:text.index("\n## ", start + 1)]
+    return text[start : text.index("\n## ", start + 1)]
 
 
 def _assert_shareable(record_text: str, names: list[str]) -> None:
@@ -252,8 +354,9 @@ def test_sample_sd_keeps_private_measurements_out_of_cpsample_json(setup, tmp_pa
     assert result.exit_code == 0, result.output
     names = load_private_images(setup["images"], IMAGE).names
     _assert_shareable((out / "cpsample.json").read_text(), names)
-    _assert_shareable((out / "plain" / "cpsample.json").read_text() if (out / "plain" / "cpsample.json").exists()
-                      else "", names)
+    _assert_shareable(
+        (out / "plain" / "cpsample.json").read_text() if (out / "plain" / "cpsample.json").exists() else "", names
+    )
     private = json.loads((out / "private.json").read_text())
     assert private["results"]["note"].startswith("private:")
     for run in ("cpsample", "plain"):
@@ -266,8 +369,25 @@ def test_sample_sd_keeps_private_measurements_out_of_cpsample_json(setup, tmp_pa
     assert all(f"`{name}`" in section for name in written), written
     assert "`private.json`" in section.split("**Not safe to share:**")[1]
     # --overwrite clears it: a run that measures nothing leaves no stale private.json behind.
-    again = CliRunner().invoke(_app(), ["sample-sd", "--pipeline", str(setup["pipeline"]), "--prompt", "x", "-n", "1",
-                                        "--steps", "2", "--guard", "none", "--out", str(out), "--overwrite"])
+    again = CliRunner().invoke(
+        _app(),
+        [
+            "sample-sd",
+            "--pipeline",
+            str(setup["pipeline"]),
+            "--prompt",
+            "x",
+            "-n",
+            "1",
+            "--steps",
+            "2",
+            "--guard",
+            "none",
+            "--out",
+            str(out),
+            "--overwrite",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert not (out / "private.json").exists() and not (out / "plain").exists()
 
@@ -279,13 +399,41 @@ def test_sample_conditional_keeps_member_similarity_out_of_cpsample_json(tmp_pat
     np.savez(tmp_path / "toy.npz", images=images, labels=labels)
     app, runner = _app(), CliRunner()
     model = tmp_path / "model"
-    result = runner.invoke(app, ["train-conditional", "--data", str(tmp_path / "toy.npz"), "--image-size", "8",
-                                 "--steps", "2", "--subset", "16", "--batch-size", "4", "--channels", "8,16",
-                                 "--out", str(model)])
+    result = runner.invoke(
+        app,
+        [
+            "train-conditional",
+            "--data",
+            str(tmp_path / "toy.npz"),
+            "--image-size",
+            "8",
+            "--steps",
+            "2",
+            "--subset",
+            "16",
+            "--batch-size",
+            "4",
+            "--channels",
+            "8,16",
+            "--out",
+            str(model),
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "samples"
-    command = ["sample-conditional", "--model", str(model), "--classes", "0,2", "-n", "2", "--steps", "2",
-               "--out", str(out)]
+    command = [
+        "sample-conditional",
+        "--model",
+        str(model),
+        "--classes",
+        "0,2",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     from cpsample.models.bundle import training_data
@@ -307,20 +455,44 @@ def test_a_corrupt_classifier_record_is_named_in_one_line(setup, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(setup["classifier"], broken)
     (broken / "cpsample.json").write_text("{not json")
-    _refused(_sample_sd(setup, tmp_path / "sd", classifier=broken), str(broken / "cpsample.json"),
-             "not a readable cpsample record", "--private")
+    _refused(
+        _sample_sd(setup, tmp_path / "sd", classifier=broken),
+        str(broken / "cpsample.json"),
+        "not a readable cpsample record",
+        "--private",
+    )
 
 
 def test_resuming_a_latent_classifier_on_another_vae_or_other_images_is_refused(setup, tmp_path):
     def train(out, steps, *extra, pipeline=None, images=None):
-        return CliRunner().invoke(_app(), [
-            "train-latent-classifier", "--pipeline", str(pipeline or setup["pipeline"]), "--images",
-            str(images or setup["images"]), "--relabel-after", "2", "--batch-size", "4", "--channels", "8,16",
-            "--save-every", "2", "--steps", str(steps), "--out", str(out), *extra])
+        return CliRunner().invoke(
+            _app(),
+            [
+                "train-latent-classifier",
+                "--pipeline",
+                str(pipeline or setup["pipeline"]),
+                "--images",
+                str(images or setup["images"]),
+                "--relabel-after",
+                "2",
+                "--batch-size",
+                "4",
+                "--channels",
+                "8,16",
+                "--save-every",
+                "2",
+                "--steps",
+                str(steps),
+                "--out",
+                str(out),
+                *extra,
+            ],
+        )
 
     assert train(tmp_path / "clf", 2).exit_code == 0
-    _refused(train(tmp_path / "clf", 4, "--resume", pipeline=setup["other"]), "--resume with other settings",
-             "vae_sha256")
+    _refused(
+        train(tmp_path / "clf", 4, "--resume", pipeline=setup["other"]), "--resume with other settings", "vae_sha256"
+    )
     changed = tmp_path / "changed"
     shutil.copytree(setup["images"], changed)
     (changed / "private_0.png").unlink()

@@ -67,10 +67,16 @@ def test_a_probability_exactly_at_alpha_does_not_fire():
     at = float(torch.sigmoid(torch.tensor(-2.0)))  # p(y=1) of the image below, in float32
     x = _images_with_logits([-2.0])
     p1 = float(torch.softmax(classifier(x, torch.zeros(1)).detach(), dim=-1)[0, 1])
-    assert CPSampleGuard(classifier, alpha=p1, screen=False).push(x, torch.zeros(1), torch.tensor(0.5),
-                                                                 torch.float32) is None
-    assert CPSampleGuard(classifier, alpha=at + 1e-4, screen=False).push(x, torch.zeros(1), torch.tensor(0.5),
-                                                                        torch.float32) is not None
+    assert (
+        CPSampleGuard(classifier, alpha=p1, screen=False).push(x, torch.zeros(1), torch.tensor(0.5), torch.float32)
+        is None
+    )
+    assert (
+        CPSampleGuard(classifier, alpha=at + 1e-4, screen=False).push(
+            x, torch.zeros(1), torch.tensor(0.5), torch.float32
+        )
+        is not None
+    )
 
 
 def test_correct_subtracts_the_push_from_every_prediction_on_fired_rows_only():
@@ -121,14 +127,22 @@ def test_the_jacobian_push_carries_x0_hats_gradient_through_the_denoiser():
     x0 = _images_with_logits([-4.0, 1.0])
     x_t = x0 * 0.8 / (1 - sigma * a)  # x0_hat(x_t) = x0
     t = torch.full((2,), 50)
-    guard = CPSampleGuard(classifier, alpha=0.05, scale=5.0, tau=0.01, denoised=True, denoiser=denoiser,
-                          screen=False)
+    guard = CPSampleGuard(classifier, alpha=0.05, scale=5.0, tau=0.01, denoised=True, denoiser=denoiser, screen=False)
     rows, change = guard.push(x_t, t, torch.tensor(abar), torch.float32, a * x_t)
     assert rows.tolist() == [0]
     expected = _expected_change([-4.0], 5.0, 0.01, abar, classifier.w.detach()) * (1 - sigma * a) / 0.8
     assert torch.allclose(change, expected, rtol=1e-4)
-    capped = CPSampleGuard(classifier, alpha=0.05, scale=5.0, tau=0.01, denoised=True, denoiser=denoiser,
-                           max_push=0.01, cap_x0=True, screen=False)
+    capped = CPSampleGuard(
+        classifier,
+        alpha=0.05,
+        scale=5.0,
+        tau=0.01,
+        denoised=True,
+        denoiser=denoiser,
+        max_push=0.01,
+        cap_x0=True,
+        screen=False,
+    )
     _, small = capped.push(x_t, t, torch.tensor(abar), torch.float32, a * x_t)
     assert float(small.pow(2).mean().sqrt()) == pytest.approx(0.01 * 0.8 / 0.6, rel=1e-4)
 
@@ -137,8 +151,13 @@ def test_the_check_window_includes_its_ends():
     """min_t <= t <= max_t is checked; outside, nothing fires and the trace says so (p1 NaN, not fired)."""
     classifier = LinearClassifier()
     x, abar = _images_with_logits([-6.0, 0.0]), torch.tensor(0.5)
-    for min_t, max_t, t, fires in [(0, 300, 300, True), (0, 299, 300, False), (300, None, 300, True),
-                                   (301, None, 300, False), (0, None, 999, True)]:
+    for min_t, max_t, t, fires in [
+        (0, 300, 300, True),
+        (0, 299, 300, False),
+        (300, None, 300, True),
+        (301, None, 300, False),
+        (0, None, 999, True),
+    ]:
         guard = CPSampleGuard(classifier, alpha=0.05, min_t=min_t, max_t=max_t, screen=False)
         push = guard.push(x, torch.full((2,), t), abar, torch.float32)
         assert (push is not None) == fires, (min_t, max_t, t)
@@ -219,8 +238,9 @@ def test_the_adaptive_scale_brings_the_confidence_back_to_alpha_to_first_order()
             expected = min(cap, deficit / (sigma * k * float(g.pow(2).sum())))
             expected_change = _expected_change([z], expected, tau, levels[index], classifier.w.detach())
             assert torch.allclose(change[row], expected_change[0], rtol=1e-4, atol=1e-8), (index, z)
-        _, unscheduled = CPSampleGuard(classifier, alpha=alpha, scale=cap, tau=tau, adaptive=True,
-                                       screen=False).push(x, t, torch.tensor(0.5), torch.float32)
+        _, unscheduled = CPSampleGuard(classifier, alpha=alpha, scale=cap, tau=tau, adaptive=True, screen=False).push(
+            x, t, torch.tensor(0.5), torch.float32
+        )
         assert torch.equal(unscheduled, fixed_change)  # no run schedule: the fixed scale
     past = CPSampleGuard(classifier, alpha=alpha, scale=cap, tau=tau, adaptive=True, screen=False)
     past.begin_run(levels)
@@ -246,20 +266,36 @@ def test_the_bfloat16_screen_keeps_exact_probabilities_for_samples_that_can_fire
 
 
 def test_options_refuse_knobs_outside_their_ranges_and_accept_the_ends():
-    for good in (dict(alpha=0.0), dict(alpha=0.5), dict(scale=0.0), dict(max_t=0), dict(min_t=5, max_t=5),
-                 dict(max_push=1e-6, cap_x0=True), dict(smooth_push=0.1), dict(jacobian=True, denoised=True),
-                 dict(adaptive=True), dict(denoised=True)):
+    for good in (
+        dict(alpha=0.0),
+        dict(alpha=0.5),
+        dict(scale=0.0),
+        dict(max_t=0),
+        dict(min_t=5, max_t=5),
+        dict(max_push=1e-6, cap_x0=True),
+        dict(smooth_push=0.1),
+        dict(jacobian=True, denoised=True),
+        dict(adaptive=True),
+        dict(denoised=True),
+    ):
         CPSampleOptions(**good)
-    for bad, message in [(dict(alpha=-0.01), "alpha must lie"), (dict(alpha=0.51), "alpha must lie"),
-                         (dict(scale=-1.0), "scale must be non-negative"), (dict(tau=0.0), "tau must be positive"),
-                         (dict(max_t=-1), "max-t must be"), (dict(min_t=-1), "min-t must be"),
-                         (dict(min_t=6, max_t=5), "min-t must be"), (dict(max_push=0.0), "max-push must be"),
-                         (dict(smooth_push=0.0), "smooth-push must be"),
-                         (dict(cap_x0=True), "cap_x0=true says where max_push is measured; give max_push too$"),
-                         (dict(adaptive=True, denoised=True), "adaptive pushes are computed for x_t; they cannot be "
-                                                              "combined with denoised=true$"),
-                         (dict(jacobian=True), "jacobian=true follows x0_hat's gradient through the UNet; it needs "
-                                               "denoised=true$")]:
+    for bad, message in [
+        (dict(alpha=-0.01), "alpha must lie"),
+        (dict(alpha=0.51), "alpha must lie"),
+        (dict(scale=-1.0), "scale must be non-negative"),
+        (dict(tau=0.0), "tau must be positive"),
+        (dict(max_t=-1), "max-t must be"),
+        (dict(min_t=-1), "min-t must be"),
+        (dict(min_t=6, max_t=5), "min-t must be"),
+        (dict(max_push=0.0), "max-push must be"),
+        (dict(smooth_push=0.0), "smooth-push must be"),
+        (dict(cap_x0=True), "cap_x0=true says where max_push is measured; give max_push too$"),
+        (
+            dict(adaptive=True, denoised=True),
+            "adaptive pushes are computed for x_t; they cannot be combined with denoised=true$",
+        ),
+        (dict(jacobian=True), "jacobian=true follows x0_hat's gradient through the UNet; it needs denoised=true$"),
+    ]:
         with pytest.raises(ValueError, match="^(--)?" + message):  # the message as the user reads it
             CPSampleOptions(**bad)
 
@@ -279,7 +315,8 @@ def test_an_uncalibrated_classifier_says_once_which_defaults_it_uses(tmp_path, c
     note = capsys.readouterr()
     assert note.out == "" and note.err == (
         f"note: {pixel} has no calibration.json; CPSample uses alpha 0.1, tau 0.001 (the paper's default; not given). "
-        f"Run `cpsample calibrate --classifier {pixel}` to choose them for this model.\n")
+        f"Run `cpsample calibrate --classifier {pixel}` to choose them for this model.\n"
+    )
     cpsample_settings(pixel, scale=3.0)
     assert capsys.readouterr().err == ""  # said once
     cpsample_settings(pixel, alpha=0.2)  # other knobs missing: said again, naming them
@@ -303,5 +340,9 @@ def test_settings_given_win_and_a_calibrated_window_belongs_to_its_alpha(tmp_pat
     empty = tmp_path / "uncalibrated"
     empty.mkdir()
     assert cpsample_settings(empty) == UNCALIBRATED
-    assert cpsample_settings(empty, alpha=0.3, scale=1.0, tau=0.2, max_t=7) == {"alpha": 0.3, "scale": 1.0,
-                                                                                 "tau": 0.2, "max_t": 7}
+    assert cpsample_settings(empty, alpha=0.3, scale=1.0, tau=0.2, max_t=7) == {
+        "alpha": 0.3,
+        "scale": 1.0,
+        "tau": 0.2,
+        "max_t": 7,
+    }

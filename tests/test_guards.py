@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from cpsample.cli.main import app
+from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import GUARDS, Guard, GuardContext, GuardOptions, build_guard, guard_options
 from cpsample.sampling.guards.base import option
 from cpsample.sampling.guards.cpsample import _screens_fast, read_calibration
-from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.pipeline import generate
 
 GUARD_FLAGS = ("alpha", "scale", "tau", "amg_threshold", "amg_scale", "option")
@@ -59,11 +59,14 @@ def test_library_and_cli_use_the_same_defaults(tmp_path):
     calibrated = read_calibration(resolve_model_dir("bundled", "classifier"))
     library = generate(n=2, steps=2, guard="cpsample", progress=False).guard_settings  # two stages, as calibrated
     two_stage = calibrated["two_stage"]
-    assert {key: library["late"][key] for key in ("alpha", "scale", "tau")} == {key: two_stage[key] for key in ("alpha", "scale", "tau")}
+    assert {key: library["late"][key] for key in ("alpha", "scale", "tau")} == {
+        key: two_stage[key] for key in ("alpha", "scale", "tau")
+    }
     assert library["early"]["scale"] == two_stage["early_scale"]
     one_stage = generate(n=2, steps=2, guard="cpsample", one_stage=True, progress=False).guard_settings
-    assert {key: one_stage[key] for key in ("alpha", "scale", "tau", "max_t")} == \
-        {key: calibrated["settings"][key] for key in ("alpha", "scale", "tau", "max_t")}
+    assert {key: one_stage[key] for key in ("alpha", "scale", "tau", "max_t")} == {
+        key: calibrated["settings"][key] for key in ("alpha", "scale", "tau", "max_t")
+    }
     for guard in ("cpsample", "amg"):
         out = tmp_path / guard
         result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--guard", guard])
@@ -77,14 +80,32 @@ def test_library_and_cli_use_the_same_defaults(tmp_path):
 
 def test_cli_option_sets_any_declared_option_and_refuses_others(tmp_path):
     out = tmp_path / "amg"
-    result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--guard", "amg",
-                                      "--option", "threshold=0.9", "--option", "despecify=false"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--out",
+            str(out),
+            "-n",
+            "2",
+            "--steps",
+            "2",
+            "--guard",
+            "amg",
+            "--option",
+            "threshold=0.9",
+            "--option",
+            "despecify=false",
+        ],
+    )
     assert result.exit_code == 0, result.output
     recorded = _recorded_guard_settings(out)
     assert recorded["threshold"] == 0.9 and recorded["despecify"] is False
     result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "amg", "--alpha", "0.1"])
     assert result.exit_code != 0 and "has no option alpha" in result.output
-    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "cpsample", "-o", "alpha=x"])
+    result = CliRunner().invoke(
+        app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "cpsample", "-o", "alpha=x"]
+    )
     assert result.exit_code != 0 and "expected float" in result.output
 
 
@@ -113,13 +134,17 @@ class DampGuard(Guard):
 def test_a_new_guard_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     monkeypatch.setitem(GUARDS, "damp", DampGuard)
     out = tmp_path / "damp"
-    result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "3", "--guard", "damp", "-o", "factor=0.0"])
+    result = CliRunner().invoke(
+        app, ["sample", "--out", str(out), "-n", "2", "--steps", "3", "--guard", "damp", "-o", "factor=0.0"]
+    )
     assert result.exit_code == 0, result.output
     assert _recorded_guard_settings(out) == {"guard": "damp", "factor": 0.0}
     damped = generate(n=2, steps=3, guard="damp", factor=0.0, progress=False).images
     plain = generate(n=2, steps=3, progress=False).images
     assert not torch.equal(damped, plain)
-    assert torch.equal(damped, generate(n=2, steps=3, guard=build_guard("damp", GuardContext(), factor=0.0), progress=False).images)
+    assert torch.equal(
+        damped, generate(n=2, steps=3, guard=build_guard("damp", GuardContext(), factor=0.0), progress=False).images
+    )
     listing = CliRunner().invoke(app, ["guards"])
     assert "damp" in listing.output and "factor" in listing.output
 
@@ -161,7 +186,8 @@ def test_max_push_caps_each_samples_push_and_keeps_its_direction():
 
 
 def test_push_shaping_smooths_and_caps_on_the_denoised_estimate():
-    """smooth_push low-passes each push (a blur keeps flat images flat and a central dot's mass); cap_x0 caps the push's
+    """smooth_push low-passes each push (a blur keeps flat images flat and a central dot's mass); cap_x0 caps the
+    push's
     change to x0_hat, so at t = 200 the cap on eps is max_push sqrt(abar) / sqrt(1 - abar)."""
     from cpsample.sampling.guards.cpsample import CPSampleGuard, gaussian_blur
 
@@ -177,12 +203,19 @@ def test_push_shaping_smooths_and_caps_on_the_denoised_estimate():
     same_rows, smoothed = smooth.push(x_t, t, abar, torch.float32)
     assert torch.equal(rows, same_rows)
     assert torch.allclose(smoothed, gaussian_blur(change, 1.0))
-    rough = lambda images: (images[..., 1:, :] - images[..., :-1, :]).abs().mean()  # neighbouring pixels' difference
+
+    def rough(images):
+        return (images[..., 1:, :] - images[..., :-1, :]).abs().mean()  # neighbouring pixels' difference
+
     assert rough(smoothed) < 0.8 * rough(change)
-    rms = lambda images: images.flatten(1).pow(2).mean(1).sqrt()
+
+    def rms(images):
+        return images.flatten(1).pow(2).mean(1).sqrt()
+
     eps_cap = 0.5 * float((abar / (1 - abar)).sqrt())
     _, capped = CPSampleGuard(classifier.model, alpha=0.1, scale=30.0, max_push=0.5, cap_x0=True).push(
-        x_t, t, abar, torch.float32)
+        x_t, t, abar, torch.float32
+    )
     assert float(rms(capped).max()) == pytest.approx(eps_cap, rel=1e-4) and eps_cap > 0.5
     assert smooth.settings()["smooth_push"] == 1.0
     with pytest.raises(ValueError, match="give max_push too"):
@@ -212,7 +245,9 @@ def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
     assert adaptive.settings()["adaptive"] is True and "adaptive" not in fixed.settings()
 
 
-@pytest.mark.skipif(not _screens_fast(torch.device("cpu")), reason="this CPU runs bfloat16 emulated, so the guard does not screen")
+@pytest.mark.skipif(
+    not _screens_fast(torch.device("cpu")), reason="this CPU runs bfloat16 emulated, so the guard does not screen"
+)
 def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
     """The bfloat16 screen only decides which samples get the exact float32 check: the same samples fire at every
     step as without it, the images are the same, and the float32 check saw fewer samples than were checked."""

@@ -15,15 +15,21 @@ pytest.importorskip("transformers")
 
 from cpsample.evaluation.nearcopy import find_near_copies  # noqa: E402
 from cpsample.models.classifier import TimeClassifier  # noqa: E402
-from cpsample.sampling.latent import (build_latent_guard, build_tiny_sd_pipeline, check_latent_classifier,  # noqa: E402
-                                      load_private_images, load_sd_pipeline, per_prompt_similarity, read_prompts, sample_sd)
-from cpsample.sampling.latent import member_latents  # noqa: E402
+from cpsample.sampling.latent import (
+    build_latent_guard,
+    build_tiny_sd_pipeline,
+    check_latent_classifier,  # noqa: E402
+    load_private_images,
+    load_sd_pipeline,
+    member_latents,  # noqa: E402
+    per_prompt_similarity,
+    read_prompts,
+    sample_sd,
+)
 from cpsample.training.latent_classifier import train_latent_classifier  # noqa: E402
 from cpsample.training.loop import TrainConfig  # noqa: E402
 
 IMAGE, LATENT, PROMPTS = 32, 16, ["a red square", "Classic cars for sale"]
-
-
 
 
 def _private_images(folder, count=6, seed=0):
@@ -34,7 +40,7 @@ def _private_images(folder, count=6, seed=0):
     for i in range(count):
         pixels = rng.integers(0, 60, size=(IMAGE, IMAGE, 3), dtype=np.uint8)
         top, left = rng.integers(0, IMAGE - 12, size=2)
-        pixels[top:top + 12, left:left + 12] = rng.integers(120, 255, size=3, dtype=np.uint8)
+        pixels[top : top + 12, left : left + 12] = rng.integers(120, 255, size=3, dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"private_{i}.png")
         lines.append(f"private_{i}.png\tblock number {i}")
     captions = folder.parent / "captions.txt"
@@ -47,11 +53,26 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
     pipeline = build_tiny_sd_pipeline(root / "pipe")
     images, captions = _private_images(root / "private")
-    summary = train_latent_classifier(pipeline, images, root / "clf", TrainConfig(steps=8, batch_size=6, save_every=100, seed=0),
-                                      label_seed=0, relabel_after=4, captions_file=captions, block_out_channels=(8, 16),
-                                      progress=False)
-    return {"root": root, "pipeline": pipeline, "images": images, "captions": captions, "classifier": root / "clf",
-            "summary": summary, "pipe": load_sd_pipeline(pipeline)}
+    summary = train_latent_classifier(
+        pipeline,
+        images,
+        root / "clf",
+        TrainConfig(steps=8, batch_size=6, save_every=100, seed=0),
+        label_seed=0,
+        relabel_after=4,
+        captions_file=captions,
+        block_out_channels=(8, 16),
+        progress=False,
+    )
+    return {
+        "root": root,
+        "pipeline": pipeline,
+        "images": images,
+        "captions": captions,
+        "classifier": root / "clf",
+        "summary": summary,
+        "pipe": load_sd_pipeline(pipeline),
+    }
 
 
 def test_tiny_pipeline_saves_safetensors_and_reloads_locally(setup):
@@ -74,7 +95,11 @@ def test_classifier_trains_on_scaled_vae_latents(setup):
     assert latents.shape == (6, 4, LATENT, LATENT) and np.isfinite(latents).all()
     record = json.loads((setup["classifier"] / "cpsample.json").read_text())
     assert record["command"] == "train-latent-classifier"
-    assert record["settings"]["images"] == str(setup["images"]) and record["settings"]["latent_shape"] == [4, LATENT, LATENT]
+    assert record["settings"]["images"] == str(setup["images"]) and record["settings"]["latent_shape"] == [
+        4,
+        LATENT,
+        LATENT,
+    ]
     assert json.loads((setup["classifier"] / "captions.json").read_text())["private_3.png"] == "block number 3"
     guard = build_latent_guard(setup["classifier"], setup["pipe"])  # channels, size and noise schedule all fit
     assert guard.classifier.config.in_channels == 4
@@ -84,8 +109,14 @@ def test_classifier_trains_on_scaled_vae_latents(setup):
 def test_plain_loop_reproduces_the_diffusers_pipeline(setup):
     pipe = setup["pipe"]
     ours = sample_sd(pipe, PROMPTS[:1], None, images_per_prompt=2, steps=4, seed=5, progress=False)
-    theirs = pipe(PROMPTS[0], num_images_per_prompt=2, num_inference_steps=4, guidance_scale=7.5,
-                  generator=torch.Generator().manual_seed(5), output_type="pt").images
+    theirs = pipe(
+        PROMPTS[0],
+        num_images_per_prompt=2,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(5),
+        output_type="pt",
+    ).images
     assert torch.allclose(ours.images * 0.5 + 0.5, theirs, atol=1e-5)
 
 
@@ -94,14 +125,27 @@ def test_protected_stable_diffusion_pipeline_matches_the_own_loop_bit_for_bit(se
     from cpsample.sampling.protect import protect, protection_of, unprotect
 
     pipe = setup["pipe"]
-    ours = sample_sd(pipe, PROMPTS[:1], build_latent_guard(setup["classifier"], pipe, alpha=0.5, scale=100.0),
-                     images_per_prompt=2, steps=5, seed=1, progress=False)
+    ours = sample_sd(
+        pipe,
+        PROMPTS[:1],
+        build_latent_guard(setup["classifier"], pipe, alpha=0.5, scale=100.0),
+        images_per_prompt=2,
+        steps=5,
+        seed=1,
+        progress=False,
+    )
     protect(pipe, setup["classifier"], alpha=0.5, scale=100.0)
     try:
         with pytest.raises(ValueError, match="unprotect"):  # the own loop would push twice
             sample_sd(pipe, PROMPTS[:1], None, progress=False)
-        theirs = pipe(PROMPTS[0], num_images_per_prompt=2, num_inference_steps=5, guidance_scale=7.5,
-                      generator=torch.Generator().manual_seed(1), output_type="latent").images
+        theirs = pipe(
+            PROMPTS[0],
+            num_images_per_prompt=2,
+            num_inference_steps=5,
+            guidance_scale=7.5,
+            generator=torch.Generator().manual_seed(1),
+            output_type="latent",
+        ).images
         fired = np.stack(protection_of(pipe).guard.trace["fired"])
     finally:
         unprotect(pipe)
@@ -112,8 +156,14 @@ def test_protected_stable_diffusion_pipeline_matches_the_own_loop_bit_for_bit(se
 def test_sampling_with_and_without_cpsample(setup):
     pipe = setup["pipe"]
     plain = sample_sd(pipe, PROMPTS, None, images_per_prompt=2, steps=5, progress=False)
-    guarded = sample_sd(pipe, PROMPTS, build_latent_guard(setup["classifier"], pipe, alpha=0.5, scale=100.0),
-                        images_per_prompt=2, steps=5, progress=False)
+    guarded = sample_sd(
+        pipe,
+        PROMPTS,
+        build_latent_guard(setup["classifier"], pipe, alpha=0.5, scale=100.0),
+        images_per_prompt=2,
+        steps=5,
+        progress=False,
+    )
     for result in (plain, guarded):
         assert result.images.shape == (4, 3, IMAGE, IMAGE) and torch.isfinite(result.images).all()
         assert result.prompt_index.tolist() == [0, 0, 1, 1]
@@ -140,8 +190,15 @@ def test_sampling_with_and_without_cpsample(setup):
 def test_alpha_zero_is_identical_to_plain_and_records_the_trace(setup):
     pipe = setup["pipe"]
     plain = sample_sd(pipe, PROMPTS, None, images_per_prompt=2, steps=5, seed=1, progress=False)
-    watched = sample_sd(pipe, PROMPTS, build_latent_guard(setup["classifier"], pipe, alpha=0.0), images_per_prompt=2, steps=5,
-                        seed=1, progress=False)
+    watched = sample_sd(
+        pipe,
+        PROMPTS,
+        build_latent_guard(setup["classifier"], pipe, alpha=0.0),
+        images_per_prompt=2,
+        steps=5,
+        seed=1,
+        progress=False,
+    )
     assert torch.equal(plain.images, watched.images)
     assert watched.trace["fired"].sum() == 0 and watched.trace["p1"].shape[1] == 4
 
@@ -168,17 +225,59 @@ def test_cli_table2_workflow(setup, tmp_path):
     pipeline = tmp_path / "pipe"
     assert runner.invoke(app, ["make-tiny-sd", "--out", str(pipeline)]).exit_code == 0
     classifier = tmp_path / "clf"
-    result = runner.invoke(app, ["train-latent-classifier", "--pipeline", str(pipeline), "--images", str(setup["images"]),
-                                 "--captions", str(setup["captions"]), "--steps", "4", "--relabel-after", "2",
-                                 "--batch-size", "6", "--channels", "8,16", "--out", str(classifier)])
+    result = runner.invoke(
+        app,
+        [
+            "train-latent-classifier",
+            "--pipeline",
+            str(pipeline),
+            "--images",
+            str(setup["images"]),
+            "--captions",
+            str(setup["captions"]),
+            "--steps",
+            "4",
+            "--relabel-after",
+            "2",
+            "--batch-size",
+            "6",
+            "--channels",
+            "8,16",
+            "--out",
+            str(classifier),
+        ],
+    )
     assert result.exit_code == 0, result.output
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("# Table 2 style: original caption<TAB>modified caption\n"
-                       "Classic cars for sale\tClassic car for sale\na red square\n")
+    prompts.write_text(
+        "# Table 2 style: original caption<TAB>modified caption\n"
+        "Classic cars for sale\tClassic car for sale\na red square\n"
+    )
     out = tmp_path / "sd"
-    result = runner.invoke(app, ["sample-sd", "--pipeline", str(pipeline), "--prompts-file", str(prompts), "--classifier",
-                                 str(classifier), "--alpha", "0.5", "--scale", "100", "-n", "2", "--steps", "3",
-                                 "--compare-plain", "--trace", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "sample-sd",
+            "--pipeline",
+            str(pipeline),
+            "--prompts-file",
+            str(prompts),
+            "--classifier",
+            str(classifier),
+            "--alpha",
+            "0.5",
+            "--scale",
+            "100",
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--compare-plain",
+            "--trace",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for folder in (out, out / "plain"):
         assert {"grid.png", "samples.npz", "trace.npz", "trace.png"} <= {p.name for p in folder.iterdir()}
@@ -197,9 +296,21 @@ def test_cli_table2_workflow(setup, tmp_path):
         private = load_private_images(setup["images"], IMAGE)
         found = find_near_copies(guarded["images"], private.images)
     for index, row in enumerate(rows):
-        assert row["max_similarity"] == pytest.approx(found.similarity[2 * index:2 * index + 2].max(), abs=1e-5)
-    missing = runner.invoke(app, ["sample-sd", "--pipeline", str(tmp_path / "nowhere"), "--prompt", "x", "--guard", "none",
-                                  "--out", str(tmp_path / "x")])
+        assert row["max_similarity"] == pytest.approx(found.similarity[2 * index : 2 * index + 2].max(), abs=1e-5)
+    missing = runner.invoke(
+        app,
+        [
+            "sample-sd",
+            "--pipeline",
+            str(tmp_path / "nowhere"),
+            "--prompt",
+            "x",
+            "--guard",
+            "none",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert missing.exit_code == 2 and "no diffusers pipeline" in " ".join(missing.output.split())
 
 
@@ -218,27 +329,56 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
 
     def run(name, *extra):
         out = tmp_path / name
-        result = CliRunner().invoke(app, ["sample-sd", "--pipeline", str(setup["pipeline"]), "--prompt", PROMPTS[0],
-                                          "--classifier", str(classifier), "-n", "2", "--steps", "3", "--seed", "2",
-                                          "--out", str(out), *extra])
+        result = CliRunner().invoke(
+            app,
+            [
+                "sample-sd",
+                "--pipeline",
+                str(setup["pipeline"]),
+                "--prompt",
+                PROMPTS[0],
+                "--classifier",
+                str(classifier),
+                "-n",
+                "2",
+                "--steps",
+                "3",
+                "--seed",
+                "2",
+                "--out",
+                str(out),
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         record = json.loads((out / "cpsample.json").read_text())["settings"]
         return " ".join(result.output.split()), record, np.load(out / "samples.npz")["latents"]
 
     def direct(**knobs):
         guard = build_latent_guard(classifier, setup["pipe"], **knobs)
-        return sample_sd(setup["pipe"], PROMPTS[:1], guard, images_per_prompt=2, steps=3, seed=2, progress=False).latents.numpy()
+        return sample_sd(
+            setup["pipe"], PROMPTS[:1], guard, images_per_prompt=2, steps=3, seed=2, progress=False
+        ).latents.numpy()
 
     output, record, latents = run("uncalibrated")
     assert "CPSample: alpha 0.5, scale 2000, tau 0.001, checks at every step (knobs: uncalibrated defaults)" in output
     assert "alpha 0.1" not in output and "scale 10," not in output
     assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.5, 2000.0, 0.001, None)
-    assert record["guard_settings"] == {"guard": "cpsample", "alpha": 0.5, "scale": 2000.0, "tau": 0.001, "max_t": None}
+    assert record["guard_settings"] == {
+        "guard": "cpsample",
+        "alpha": 0.5,
+        "scale": 2000.0,
+        "tau": 0.001,
+        "max_t": None,
+    }
     assert np.array_equal(latents, direct(alpha=0.5, scale=2000.0, tau=0.001))
 
     write_calibration(classifier, {"alpha": 0.2, "scale": 300.0, "tau": 0.01, "max_t": 700}, {})
     output, record, latents = run("calibrated")
-    assert f"CPSample: alpha 0.2, scale 300, tau 0.01, checks at t <= 700 (knobs: {classifier / 'calibration.json'})" in output
+    assert (
+        f"CPSample: alpha 0.2, scale 300, tau 0.01, checks at t <= 700 (knobs: {classifier / 'calibration.json'})"
+        in output
+    )
     assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.2, 300.0, 0.01, 700)
     guard = build_latent_guard(classifier, setup["pipe"])
     assert (guard.alpha, guard.scale, guard.tau, guard.max_t) == (0.2, 300.0, 0.01, 700)
@@ -262,9 +402,28 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     shutil.copytree(setup["classifier"], classifier)
     runner = CliRunner()
     out = tmp_path / "cal"
-    result = runner.invoke(app, ["calibrate", "--classifier", str(classifier), "--out", str(out), "--n-samples", "4",
-                                 "--steps", "3", "--alphas", "0.5", "--scales", "10,100", "--reduction", "0",
-                                 "--finalists", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--classifier",
+            str(classifier),
+            "--out",
+            str(out),
+            "--n-samples",
+            "4",
+            "--steps",
+            "3",
+            "--alphas",
+            "0.5",
+            "--scales",
+            "10,100",
+            "--reduction",
+            "0",
+            "--finalists",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((classifier / "calibration.json").read_text())
     chosen = saved["measured"]
@@ -275,8 +434,24 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     assert [row["guard"] for row in rows] == ["none", "cpsample", "cpsample"] and all(row["n"] == 6 for row in rows)
     assert rows[1]["steps_guided"] == 1.0 and rows[0]["frechet_distance"] is None  # alpha 0.5 guides every step
     assert (out / "calibration.png").is_file()
-    sampled = runner.invoke(app, ["sample-sd", "--pipeline", str(setup["pipeline"]), "--prompt", PROMPTS[0],
-                                  "--classifier", str(classifier), "-n", "1", "--steps", "2", "--out", str(tmp_path / "sd")])
+    sampled = runner.invoke(
+        app,
+        [
+            "sample-sd",
+            "--pipeline",
+            str(setup["pipeline"]),
+            "--prompt",
+            PROMPTS[0],
+            "--classifier",
+            str(classifier),
+            "-n",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "sd"),
+        ],
+    )
     assert sampled.exit_code == 0, sampled.output
     record = json.loads((tmp_path / "sd" / "cpsample.json").read_text())["settings"]
     assert (record["alpha"], record["scale"], record["max_t"]) == (0.5, chosen["scale"], saved["settings"]["max_t"])

@@ -1,4 +1,5 @@
-"""Membership inference on real MNIST: an overfit denoiser gives its members away, unseen sets do not, guards are honoured."""
+"""Membership inference on real MNIST: an overfit denoiser gives its members away, unseen sets do not, guards are
+honoured."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import typer
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
@@ -27,20 +27,27 @@ MEMBERS, HELD_OUT = 8, 48
 FAST = dict(timesteps=(100, 200), draws=2, progress=False)
 
 
-
-
 @pytest.fixture(scope="module")
 def overfit(tmp_path_factory, mnist16):
-    """A tiny denoiser trained 400 steps on 8 real MNIST digits (about 20 s on 2 idle cores), plus two unseen digit sets."""
+    """A tiny denoiser trained 400 steps on 8 real MNIST digits (about 20 s on 2 idle cores), plus two unseen digit
+    sets."""
     split = make_split(len(mnist16), MEMBERS, 0, "mnist")
     folder = tmp_path_factory.mktemp("overfit")
     config = TrainConfig(steps=400, batch_size=8, lr=2e-3, save_every=10_000, log_every=100)
-    train_denoiser(mnist16.take(split.members), split, folder, config, block_out_channels=(16, 32, 32), data_spec="mnist")
+    train_denoiser(
+        mnist16.take(split.members), split, folder, config, block_out_channels=(16, 32, 32), data_spec="mnist"
+    )
     unet, schedule = load_denoiser(folder)
     # The bundled MNIST is sorted by digit: draw held-out images at random, never as a slice.
     held_out = np.random.default_rng(0).choice(split.nonmembers, 2 * HELD_OUT, replace=False)
-    return SimpleNamespace(folder=folder, unet=unet, schedule=schedule, members=mnist16.take(split.members),
-                           nonmembers=mnist16.take(held_out[:HELD_OUT]), other_nonmembers=mnist16.take(held_out[HELD_OUT:]))
+    return SimpleNamespace(
+        folder=folder,
+        unet=unet,
+        schedule=schedule,
+        members=mnist16.take(split.members),
+        nonmembers=mnist16.take(held_out[:HELD_OUT]),
+        other_nonmembers=mnist16.take(held_out[HELD_OUT:]),
+    )
 
 
 class IdentityGuard(Guard):
@@ -117,8 +124,12 @@ class EmpiricalDenoiser:
 
 
 def test_scores_do_not_depend_on_batch_size(overfit):
-    small = loss_attack(overfit.unet, overfit.schedule, overfit.members, overfit.nonmembers.take(range(10)), batch_size=5, **FAST)
-    large = loss_attack(overfit.unet, overfit.schedule, overfit.members, overfit.nonmembers.take(range(10)), batch_size=64, **FAST)
+    small = loss_attack(
+        overfit.unet, overfit.schedule, overfit.members, overfit.nonmembers.take(range(10)), batch_size=5, **FAST
+    )
+    large = loss_attack(
+        overfit.unet, overfit.schedule, overfit.members, overfit.nonmembers.take(range(10)), batch_size=64, **FAST
+    )
     for t in small.per_t:
         np.testing.assert_allclose(small.member_scores[t], large.member_scores[t], rtol=1e-5)
     assert torch.equal(row_noise(3, 1, [7], (1, 4, 4)), row_noise(3, 1, range(5, 9), (1, 4, 4))[2:3])
@@ -141,7 +152,9 @@ def test_a_guard_that_changes_nothing_gives_the_plain_scores(overfit):
 def test_the_guard_adjustment_reaches_the_scores(overfit):
     args = (overfit.unet, overfit.schedule, overfit.members, overfit.nonmembers.take(range(16)))
     plain, shifted = loss_attack(*args, **FAST), loss_attack(*args, guard=ShiftGuard(), **FAST)
-    assert shifted.best.member_mean > plain.best.member_mean + 0.1  # eps + 0.5 adds about 0.25 to the mean squared error
+    assert (
+        shifted.best.member_mean > plain.best.member_mean + 0.1
+    )  # eps + 0.5 adds about 0.25 to the mean squared error
 
 
 def test_cpsample_guard_runs_with_classifier_gradients(overfit):
@@ -187,7 +200,9 @@ def test_clear_errors(overfit):
     with pytest.raises(ValueError, match="per image but non-members"):
         loss_attack(unet, schedule, members, np.zeros((4, 1, 8, 8), np.float32), progress=False)
     with pytest.raises(ValueError, match="denoiser expects"):
-        loss_attack(unet, schedule, np.zeros((4, 3, 16, 16), np.float32), np.zeros((4, 3, 16, 16), np.float32), progress=False)
+        loss_attack(
+            unet, schedule, np.zeros((4, 3, 16, 16), np.float32), np.zeros((4, 3, 16, 16), np.float32), progress=False
+        )
     with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 999\]"):
         loss_attack(unet, schedule, members, overfit.nonmembers, timesteps=(1000,), progress=False)
     with pytest.raises(ValueError, match=r"\[1, 999\]"):
@@ -231,16 +246,38 @@ def _assert_drawn_figure(path):
 
 def test_mia_cli_writes_result_roc_and_record(tmp_path, overfit, attack_app):
     out = tmp_path / "mia"
-    result = CliRunner().invoke(attack_app, ["attack", "mia", "--model", str(overfit.folder), "--out", str(out),
-                                                "--members", "6", "--nonmembers", "12", "--t", "100", "--t", "200",
-                                                "--draws", "1", "--seed", "3"])
+    result = CliRunner().invoke(
+        attack_app,
+        [
+            "attack",
+            "mia",
+            "--model",
+            str(overfit.folder),
+            "--out",
+            str(out),
+            "--members",
+            "6",
+            "--nonmembers",
+            "12",
+            "--t",
+            "100",
+            "--t",
+            "200",
+            "--draws",
+            "1",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "result.json").read_text())
     assert set(summary) == {"loss", "pia"}
     assert summary["loss"]["n_members"] == 6 and summary["loss"]["n_nonmembers"] == 12
     assert set(summary["loss"]["per_t"]) == {"100", "200"} and len(summary["pia"]["member_scores"]["100"]) == 6
     record = json.loads((out / "cpsample.json").read_text())
-    assert record["command"] == "attack mia" and record["settings"]["seed"] == 3 and record["settings"]["t"] == [100, 200]
+    assert (
+        record["command"] == "attack mia" and record["settings"]["seed"] == 3 and record["settings"]["t"] == [100, 200]
+    )
     assert 0.0 <= record["results"]["loss"]["auc"] <= 1.0
     assert (out / "roc.png").stat().st_size > 0
     assert "membership inference" in result.output
@@ -262,10 +299,12 @@ def test_mia_cli_writes_result_roc_and_record(tmp_path, overfit, attack_app):
 
 def test_mia_cli_rejects_bad_input_clearly(tmp_path, overfit, attack_app):
     base = ["attack", "mia", "--model", str(overfit.folder), "--out", str(tmp_path)]
-    for arguments, message in ((base + ["--attack", "magic"], "unknown attack"),
-                               (base + ["--members", "99"], "split has only 8"),
-                               (base + ["--t", "1000"], "timesteps must lie in"),
-                               (["attack", "mia", "--out", str(tmp_path), "--model", str(tmp_path / "nope")], "no denoiser here")):
+    for arguments, message in (
+        (base + ["--attack", "magic"], "unknown attack"),
+        (base + ["--members", "99"], "split has only 8"),
+        (base + ["--t", "1000"], "timesteps must lie in"),
+        (["attack", "mia", "--out", str(tmp_path), "--model", str(tmp_path / "nope")], "no denoiser here"),
+    ):
         result = CliRunner().invoke(attack_app, arguments)
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split())  # rich wraps long lines
@@ -276,8 +315,25 @@ def test_mia_cli_attacks_the_calibrated_two_stage_default(tmp_path, attack_app):
     """The bundled classifier's calibration chose two stages: `--guard cpsample` with no knob attacks that guard
     (the title says so) instead of failing on knobs a two-stage guard does not have at its top level."""
     out = tmp_path / "mia"
-    result = CliRunner().invoke(attack_app, ["attack", "mia", "--guard", "cpsample", "--out", str(out),
-                                                "--members", "6", "--nonmembers", "6", "--t", "100", "--draws", "1"])
+    result = CliRunner().invoke(
+        attack_app,
+        [
+            "attack",
+            "mia",
+            "--guard",
+            "cpsample",
+            "--out",
+            str(out),
+            "--members",
+            "6",
+            "--nonmembers",
+            "6",
+            "--t",
+            "100",
+            "--draws",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "two stages" in " ".join(result.output.split())
     summary = json.loads((out / "result.json").read_text())

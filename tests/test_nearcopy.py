@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import typer
 
-from cpsample.evaluation import (NEAR_COPY_THRESHOLDS, NearCopyDetector, PixelFeatures, default_threshold, evaluate,
-                                 feature_space, find_near_copies, resolve_threshold)
+from cpsample.evaluation import (
+    NEAR_COPY_THRESHOLDS,
+    NearCopyDetector,
+    PixelFeatures,
+    default_threshold,
+    evaluate,
+    feature_space,
+    find_near_copies,
+    resolve_threshold,
+)
 
 PIXELS = NEAR_COPY_THRESHOLDS["pixels"]
 
@@ -23,6 +31,7 @@ def digits(mnist16):
 
 def _brute_force(samples: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of mean-centred pixels, every pair, in float64."""
+
     def unit(images):
         flat = images.reshape(len(images), -1).astype(np.float64)
         flat -= flat.mean(axis=1, keepdims=True)
@@ -106,7 +115,15 @@ def test_every_cli_near_copy_threshold_defaults_to_the_yardstick():
         assert parameter.default is None, (path, parameter.name, parameter.default)
         found[path] = resolve_threshold(parameter.default, features)
         assert f"pixels {PIXELS:g}" in parameter.help
-    assert set(found) == {"evaluate", "demo", "calibrate", "attack side", "attack sample-nn", "sample-conditional", "sample-sd"}, found
+    assert set(found) == {
+        "evaluate",
+        "demo",
+        "calibrate",
+        "attack side",
+        "attack sample-nn",
+        "sample-conditional",
+        "sample-sd",
+    }, found
     assert set(found.values()) == {PIXELS}
 
 

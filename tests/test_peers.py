@@ -19,8 +19,16 @@ from typer.testing import CliRunner
 from cpsample.attacks.side import SideConfig, count_extractions, side_attack
 from cpsample.evaluation import NEAR_COPY_THRESHOLDS, PixelFeatures, nearest_by_cosine, replication_share
 from cpsample.models import TimeClassifier, build_denoiser, build_noise_schedule, save_denoiser
-from cpsample.sampling.guards import (AMGGuard, ChainGuard, ClassifierGuidanceGuard, CPSampleGuard, DelayedCFGGuard,
-                                      Guard, NoGuard, OppositeGuidanceGuard)
+from cpsample.sampling.guards import (
+    AMGGuard,
+    ChainGuard,
+    ClassifierGuidanceGuard,
+    CPSampleGuard,
+    DelayedCFGGuard,
+    Guard,
+    NoGuard,
+    OppositeGuidanceGuard,
+)
 from cpsample.sampling.guards.delayed_cfg import transition_steps
 from cpsample.sampling.sampler import cfg_denoiser, make_scheduler, sample_batch, unet_denoiser
 
@@ -33,8 +41,6 @@ ABAR = SCHEDULE.alphas_cumprod.float()
 def _sample(denoise, guard, n=N, seed=0, steps=STEPS):
     scheduler = make_scheduler("ddim", SCHEDULE.config, steps)
     return sample_batch(denoise, scheduler, (n, 1, SIZE, SIZE), guard, torch.Generator().manual_seed(seed), CPU)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def gaussian_target_denoiser(target: torch.Tensor, spread: float = 0.2):
 
     def denoise(x, t):
         abar = ABAR[t].view(-1, 1, 1, 1)
-        gain = abar.sqrt() * spread ** 2 / (abar * spread ** 2 + 1 - abar)
+        gain = abar.sqrt() * spread**2 / (abar * spread**2 + 1 - abar)
         x0 = target + gain * (x - abar.sqrt() * target)  # posterior mean E[x0 | x_t]
         return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
 
@@ -129,7 +135,10 @@ def test_amg_despecifies_cfg_only_for_samples_near_a_training_image(training):
     t = torch.full((2,), 300)
     abar = ABAR[300]
     generator = torch.Generator().manual_seed(0)
-    eps_cond, eps_uncond = torch.randn(2, 1, SIZE, SIZE, generator=generator), torch.randn(2, 1, SIZE, SIZE, generator=generator)
+    eps_cond, eps_uncond = (
+        torch.randn(2, 1, SIZE, SIZE, generator=generator),
+        torch.randn(2, 1, SIZE, SIZE, generator=generator),
+    )
     guard.begin_step(0, 1)
     eps = guard.combine(eps_cond, eps_uncond, 5.0, t)
     # Sample 0's predicted x0 is training image 3; sample 1's is pure noise, like no training image.
@@ -155,8 +164,14 @@ def _cfg(unet, labels=(0, 1, 2, 0), scale=3.0):
     return cfg_denoiser(unet, torch.tensor(labels), scale, null_label=3)
 
 
-@pytest.mark.parametrize("guard", [DelayedCFGGuard(transition_fraction=0.0), DelayedCFGGuard(transition_t=1000),
-                                   OppositeGuidanceGuard(transition_fraction=0.0)])
+@pytest.mark.parametrize(
+    "guard",
+    [
+        DelayedCFGGuard(transition_fraction=0.0),
+        DelayedCFGGuard(transition_t=1000),
+        OppositeGuidanceGuard(transition_fraction=0.0),
+    ],
+)
 def test_delayed_cfg_with_transition_at_step_zero_is_plain_cfg(tiny_conditional_unet, guard):
     plain, _ = _sample(_cfg(tiny_conditional_unet), NoGuard())
     delayed, trace = _sample(_cfg(tiny_conditional_unet), guard)
@@ -167,7 +182,10 @@ def test_delayed_cfg_with_transition_at_step_zero_is_plain_cfg(tiny_conditional_
 def test_delayed_cfg_changes_eps_only_before_the_transition():
     """Same inputs at every step: the mix is unconditional for the first 4 of 10 steps, then exactly plain CFG."""
     generator = torch.Generator().manual_seed(0)
-    eps_cond, eps_uncond = torch.randn(3, 1, SIZE, SIZE, generator=generator), torch.randn(3, 1, SIZE, SIZE, generator=generator)
+    eps_cond, eps_uncond = (
+        torch.randn(3, 1, SIZE, SIZE, generator=generator),
+        torch.randn(3, 1, SIZE, SIZE, generator=generator),
+    )
     plain = NoGuard().combine(eps_cond, eps_uncond, 3.0, None)
     guard = DelayedCFGGuard(transition_fraction=0.4)
     timesteps = make_scheduler("ddim", SCHEDULE.config, STEPS).timesteps
@@ -185,7 +203,9 @@ def test_delayed_cfg_schedules_by_noise_level_and_never_switches_back(tiny_condi
     assert (trace["early"].all(axis=1) == (timesteps > 500)).all()
     assert np.all(np.diff(trace["early"].astype(int), axis=0) <= 0), "once switched to CFG, a sample stays there"
     assert not torch.equal(plain, delayed)
-    assert np.array_equal(trace["scale"][~trace["early"].astype(bool)], np.full((~trace["early"].astype(bool)).sum(), 3.0))
+    assert np.array_equal(
+        trace["scale"][~trace["early"].astype(bool)], np.full((~trace["early"].astype(bool)).sum(), 3.0)
+    )
 
 
 def test_opposite_guidance_reverses_the_condition_early():
@@ -200,7 +220,9 @@ def test_opposite_guidance_reverses_the_condition_early():
 
 
 def test_dynamic_transition_follows_the_first_local_minimum_of_the_cfg_gap():
-    gaps = np.array([[5.0, 5.0], [4.0, 6.0], [3.0, 7.0], [3.5, 6.0], [2.0, 5.0], [1.0, 6.0]])  # sample 0: minimum at step 2
+    gaps = np.array(
+        [[5.0, 5.0], [4.0, 6.0], [3.0, 7.0], [3.5, 6.0], [2.0, 5.0], [1.0, 6.0]]
+    )  # sample 0: minimum at step 2
     guard = DelayedCFGGuard(dynamic=True)
     for index, gap in enumerate(gaps):
         guard.begin_step(index, len(gaps))
@@ -225,7 +247,9 @@ def test_delayed_cfg_refuses_a_model_without_cfg(tiny_unet):
 def test_classifier_guidance_with_scale_zero_is_plain(tiny_unet, tiny_classifier):
     plain, _ = _sample(unet_denoiser(tiny_unet), NoGuard())
     zero, trace = _sample(unet_denoiser(tiny_unet), ClassifierGuidanceGuard(tiny_classifier, target=1, scale=0.0))
-    guided, _ = _sample(unet_denoiser(tiny_unet), ClassifierGuidanceGuard(tiny_classifier, target=[0, 1, 2, 0], scale=50.0))
+    guided, _ = _sample(
+        unet_denoiser(tiny_unet), ClassifierGuidanceGuard(tiny_classifier, target=[0, 1, 2, 0], scale=50.0)
+    )
     assert torch.equal(plain, zero)
     assert trace["p_target"].shape == (STEPS, N)
     assert not torch.equal(plain, guided)
@@ -304,15 +328,33 @@ def test_defence_adjusts_after_the_attacker_in_a_chain(tiny_unet, tiny_classifie
 
 
 def _side_config(**overrides):
-    settings = dict(samples=24, clusters=3, min_cohesion=0.5, attack_steps=8, train_steps=30, train_batch_size=16,
-                    classifier_channels=(16, 16, 16), attack_scale=5.0, per_class=3, batch_size=32, seed=0)
+    settings = dict(
+        samples=24,
+        clusters=3,
+        min_cohesion=0.5,
+        attack_steps=8,
+        train_steps=30,
+        train_batch_size=16,
+        classifier_channels=(16, 16, 16),
+        attack_scale=5.0,
+        per_class=3,
+        batch_size=32,
+        seed=0,
+    )
     return SideConfig(**{**settings, **overrides})
 
 
 def test_side_extracts_from_an_overfit_model_and_counts_like_evaluation(training, tmp_path):
     members = training[:5]
-    result = side_attack(memoriser_denoiser(members), SCHEDULE, (1, SIZE, SIZE), members.numpy(), _side_config(),
-                         work_dir=tmp_path, progress=False)
+    result = side_attack(
+        memoriser_denoiser(members),
+        SCHEDULE,
+        (1, SIZE, SIZE),
+        members.numpy(),
+        _side_config(),
+        work_dir=tmp_path,
+        progress=False,
+    )
     attack = result.attack
     assert attack["n"] == 3 * result.clusters["kept"] and result.clusters["kept"] >= 1
     assert attack["distinct_extracted"] >= 1, "a model that only reproduces its training images must give some away"
@@ -338,8 +380,15 @@ def test_side_applies_the_defence_to_pool_and_attack(training):
             return eps
 
     config = _side_config(samples=12, clusters=2, min_cohesion=-1.0, train_steps=5, per_class=2, attack_steps=4)
-    result = side_attack(memoriser_denoiser(members), SCHEDULE, (1, SIZE, SIZE), members.numpy(), config,
-                         defence=CountingDefence(), progress=False)
+    result = side_attack(
+        memoriser_denoiser(members),
+        SCHEDULE,
+        (1, SIZE, SIZE),
+        members.numpy(),
+        config,
+        defence=CountingDefence(),
+        progress=False,
+    )
     assert CountingDefence.calls == (12 + 2 * result.clusters["kept"]) * 4
     assert result.defence == {"guard": "counting"}
 
@@ -348,9 +397,12 @@ def test_side_against_cpsample_that_never_fires_matches_the_plain_attack(trainin
     members = training[:5]
     config = _side_config(samples=12, clusters=2, min_cohesion=-1.0, train_steps=5, per_class=2, attack_steps=4)
     never = CPSampleGuard(TimeClassifier(sample_size=SIZE, block_out_channels=(16, 16, 16)), alpha=0.0)
-    plain = side_attack(memoriser_denoiser(members), SCHEDULE, (1, SIZE, SIZE), members.numpy(), config, progress=False)
-    defended = side_attack(memoriser_denoiser(members), SCHEDULE, (1, SIZE, SIZE), members.numpy(), config,
-                           defence=never, progress=False)
+    plain = side_attack(
+        memoriser_denoiser(members), SCHEDULE, (1, SIZE, SIZE), members.numpy(), config, progress=False
+    )
+    defended = side_attack(
+        memoriser_denoiser(members), SCHEDULE, (1, SIZE, SIZE), members.numpy(), config, defence=never, progress=False
+    )
     assert torch.equal(plain.attack_images, defended.attack_images)
     assert plain.attack == defended.attack and defended.defence["guard"] == "cpsample"
 
@@ -375,8 +427,25 @@ def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
     register_side(app)
     runner = CliRunner()
     out = tmp_path / "side"
-    common = ["side", "--model", str(model_dir), "--out", str(out), "--samples", "8", "--clusters", "2", "--min-cohesion",
-              "-1", "--train-steps", "3", "--attack-steps", "3", "--per-class", "2"]
+    common = [
+        "side",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--samples",
+        "8",
+        "--clusters",
+        "2",
+        "--min-cohesion",
+        "-1",
+        "--train-steps",
+        "3",
+        "--attack-steps",
+        "3",
+        "--per-class",
+        "2",
+    ]
     result = runner.invoke(app, common)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "cpsample.json").read_text())

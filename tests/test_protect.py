@@ -23,8 +23,14 @@ def pipeline_images(pipe, seed: int) -> torch.Tensor:
     return pipe(batch_size=N, num_inference_steps=STEPS, generator=generator, output_type="pt").images
 
 
-@pytest.mark.parametrize("name, pipeline_class, options", [("ddim", DDIMPipeline, {}), ("ddpm", DDPMPipeline, {}),
-                                                           ("ddim", DDIMPipeline, {"adaptive": True, "scale": 100.0})])
+@pytest.mark.parametrize(
+    "name, pipeline_class, options",
+    [
+        ("ddim", DDIMPipeline, {}),
+        ("ddpm", DDPMPipeline, {}),
+        ("ddim", DDIMPipeline, {"adaptive": True, "scale": 100.0}),
+    ],
+)
 def test_protected_pipeline_matches_the_own_sampler_bit_for_bit(bundled, name, pipeline_class, options):
     unet, schedule = bundled
     pipe = pipeline_class(unet=unet, scheduler=make_scheduler(name, schedule.config, STEPS))
@@ -35,8 +41,17 @@ def test_protected_pipeline_matches_the_own_sampler_bit_for_bit(bundled, name, p
         fired = protection_of(pipe).guard.trace["fired"]
     finally:
         unprotect(pipe)
-    ours = generate("bundled", n=N, steps=STEPS, scheduler=name, guard="cpsample", seed=SEED, batch_size=N, progress=False,
-                    **options)
+    ours = generate(
+        "bundled",
+        n=N,
+        steps=STEPS,
+        scheduler=name,
+        guard="cpsample",
+        seed=SEED,
+        batch_size=N,
+        progress=False,
+        **options,
+    )
     assert torch.equal(protected, (ours.images / 2 + 0.5).clamp(0, 1))
     assert sum(f.sum() for f in fired) > 0 and not torch.equal(plain, protected), "the guard must have acted"
     assert torch.equal(pipeline_images(pipe, SEED), plain), "unprotect restores plain sampling"
@@ -53,8 +68,23 @@ def test_protected_pipeline_matches_the_sample_command_bit_for_bit(bundled, tmp_
 
     unet, schedule = bundled
     out = tmp_path / "cli"
-    command = ["sample", "--guard", "cpsample", "-n", N, "--steps", STEPS, "--scheduler", name, "--seed", SEED,
-               "--batch-size", N, "--out", out]
+    command = [
+        "sample",
+        "--guard",
+        "cpsample",
+        "-n",
+        N,
+        "--steps",
+        STEPS,
+        "--scheduler",
+        name,
+        "--seed",
+        SEED,
+        "--batch-size",
+        N,
+        "--out",
+        out,
+    ]
     result = CliRunner().invoke(app, [str(part) for part in command])
     assert result.exit_code == 0, result.output
     with np.load(out / "samples.npz") as saved:
@@ -100,7 +130,9 @@ def test_protection_says_which_guard_and_classifier_it_runs(bundled):
     try:
         text = repr(protection_of(protect(pipe, "bundled", alpha=0.05)))
         assert text.startswith("Protection(CPSampleGuard('cpsample', alpha=0.05, scale=") and "DDIMPipeline" in text
-        assert f"classifier='{folder}'" in text and f"calibration='{folder / 'calibration.json'} (alpha given)'" in text
+        assert (
+            f"classifier='{folder}'" in text and f"calibration='{folder / 'calibration.json'} (alpha given)'" in text
+        )
         staged = repr(protection_of(protect(pipe, "bundled")))  # the bundled calibration chose two stages
         assert "StagedCPSampleGuard('cpsample-staged', early=CPSampleGuard(" in staged
         assert f"calibration='{folder / 'calibration.json'}')" in staged
@@ -123,10 +155,14 @@ def test_protect_refuses_a_non_eps_scheduler_swapped_in_later(bundled, predictio
     protect(pipe, "bundled", alpha=0.1, scale=10.0)
     try:
         pipe.scheduler = other
-        with pytest.raises(ValueError, match=f"swapped into this pipeline after protect\\(\\) predicts '{prediction}'"):
+        with pytest.raises(
+            ValueError, match=f"swapped into this pipeline after protect\\(\\) predicts '{prediction}'"
+        ):
             pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
         pipe.scheduler = DDIMScheduler.from_config(other.config, prediction_type="epsilon")  # an eps one is fine
-        images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        images = pipe(
+            batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt"
+        ).images
         assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
     finally:
         unprotect(pipe)

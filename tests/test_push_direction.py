@@ -128,8 +128,9 @@ def _mean_similarity(detector, result) -> float:
 
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpm++"])
 @pytest.mark.parametrize("one_stage", [False, True], ids=["calibrated", "paper-x_t-rule"])
-def test_the_guard_moves_whole_runs_away_from_the_members_under_every_scheduler(bundled, detector, scheduler,
-                                                                                one_stage):
+def test_the_guard_moves_whole_runs_away_from_the_members_under_every_scheduler(
+    bundled, detector, scheduler, one_stage
+):
     """From the same noise, guarded samples sit further from their nearest member than plain ones and copy less: the
     calibrated default (two stages on x0_hat) and the paper's rule on x_t with the calibrated one-stage knobs."""
     model, _ = bundled

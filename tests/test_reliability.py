@@ -20,8 +20,21 @@ from cpsample.cli.main import app
 
 SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
 GUARDED = [*SAMPLE, "--guard", "cpsample", "--alpha", "0.5"]  # alpha 0.5: the guard acts at every step
-TRAIN = ["train-denoiser", "--data", "mnist", "--subset", "16", "--steps", "4", "--batch-size", "4",
-         "--channels", "8,16", "--save-every", "2"]
+TRAIN = [
+    "train-denoiser",
+    "--data",
+    "mnist",
+    "--subset",
+    "16",
+    "--steps",
+    "4",
+    "--batch-size",
+    "4",
+    "--channels",
+    "8,16",
+    "--save-every",
+    "2",
+]
 
 
 def cli(*args):
@@ -51,6 +64,7 @@ def flip_head(folder):
 
 
 # --- silent wrong results ---------------------------------------------------------------------------------------
+
 
 def test_rerun_with_another_classifier_never_reuses_the_cached_batches(tmp_path, classifier_copy):
     out = tmp_path / "s"
@@ -86,17 +100,21 @@ def test_same_command_rerun_resumes_a_killed_sampling_run(tmp_path, monkeypatch)
     assert seen == [] and np.array_equal(images(out), first)
 
 
-@pytest.mark.parametrize("change, message", [
-    ("size", "takes 1-channel 8x8 inputs but this model makes 1-channel 16x16"),
-    ("split", "other member images"),
-    ("schedule", "another noise schedule"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("size", "takes 1-channel 8x8 inputs but this model makes 1-channel 16x16"),
+        ("split", "other member images"),
+        ("schedule", "another noise schedule"),
+    ],
+)
 def test_a_classifier_made_for_other_images_is_refused(tmp_path, classifier_copy, change, message):
     if change == "size":
         from cpsample.models import TimeClassifier
 
         TimeClassifier(sample_size=8, block_out_channels=(8, 16), norm_num_groups=8).save_pretrained(
-            classifier_copy / "classifier", safe_serialization=True)
+            classifier_copy / "classifier", safe_serialization=True
+        )
     elif change == "split":
         split = json.loads((classifier_copy / "split.json").read_text())
         split["members"] = split["members"][1:]
@@ -112,12 +130,15 @@ def test_a_classifier_made_for_other_images_is_refused(tmp_path, classifier_copy
     assert not (out / "samples.npz").exists()
 
 
-@pytest.mark.parametrize("knob, message", [
-    (["--scale", "nan"], "--scale must be a finite number"),
-    (["--scale", "inf"], "--scale must be a finite number"),
-    (["--alpha", "nan"], "--alpha must be a finite number"),
-    (["--tau", "0"], "--tau must be positive"),
-])
+@pytest.mark.parametrize(
+    "knob, message",
+    [
+        (["--scale", "nan"], "--scale must be a finite number"),
+        (["--scale", "inf"], "--scale must be a finite number"),
+        (["--alpha", "nan"], "--alpha must be a finite number"),
+        (["--tau", "0"], "--tau must be positive"),
+    ],
+)
 def test_non_finite_guard_knobs_are_refused_up_front(tmp_path, knob, message):
     code, output = cli(*GUARDED, *knob, "--out", tmp_path / "s")
     assert code == 2 and message in output
@@ -136,8 +157,17 @@ def test_training_that_diverges_stops_without_a_model(tmp_path):
     assert not (tmp_path / "m" / "unet").exists() and not (tmp_path / "m" / "cpsample.json").exists()
 
 
-@pytest.mark.parametrize("option", [["--lr", "nan"], ["--lr", "inf"], ["--ema-decay", "nan"], ["--save-every", "0"],
-                                    ["--image-size", "0"], ["--batch-size", "0"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--ema-decay", "nan"],
+        ["--save-every", "0"],
+        ["--image-size", "0"],
+        ["--batch-size", "0"],
+    ],
+)
 def test_bad_training_numbers_are_refused(tmp_path, option):
     code, output = cli(*TRAIN, *option, "--out", tmp_path / "m")
     assert code == 2 and option[0] in output
@@ -153,8 +183,9 @@ def trained(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("change", [["--lr", "0.01"], ["--seed", "1"], ["--subset", "12"], ["--data", "digits"],
-                                    ["--channels", "8,8"]])
+@pytest.mark.parametrize(
+    "change", [["--lr", "0.01"], ["--seed", "1"], ["--subset", "12"], ["--data", "digits"], ["--channels", "8,8"]]
+)
 def test_resume_with_other_settings_is_refused_and_keeps_the_split(trained, tmp_path, change):
     folder = tmp_path / "m"
     shutil.copytree(trained, folder)
@@ -165,6 +196,7 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_split(trained, tmp_
 
 
 # --- lost or overwritten work -------------------------------------------------------------------------------------
+
 
 def test_sample_never_writes_into_a_model_folder(trained):
     record = (trained / "cpsample.json").read_text()
@@ -235,12 +267,39 @@ def test_relative_data_is_recorded_absolute_and_checked_by_content(tmp_path, mon
     data.mkdir()
     np.savez(data / "toy.npz", images=rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32))
     monkeypatch.chdir(data)
-    assert cli("train-denoiser", "--data", "toy.npz", "--image-size", "8", "--steps", "2", "--batch-size", "4",
-               "--channels", "8,16", "--out", tmp_path / "den")[0] == 0
+    assert (
+        cli(
+            "train-denoiser",
+            "--data",
+            "toy.npz",
+            "--image-size",
+            "8",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--channels",
+            "8,16",
+            "--out",
+            tmp_path / "den",
+        )[0]
+        == 0
+    )
     assert json.loads((tmp_path / "den" / "cpsample.json").read_text())["settings"]["data"] == str(data / "toy.npz")
     monkeypatch.chdir(tmp_path)  # elsewhere: the classifier still finds the data
-    classifier = ["train-classifier", "--denoiser", tmp_path / "den", "--steps", "2", "--relabel-after", "1",
-                  "--batch-size", "4", "--channels", "8,16"]
+    classifier = [
+        "train-classifier",
+        "--denoiser",
+        tmp_path / "den",
+        "--steps",
+        "2",
+        "--relabel-after",
+        "1",
+        "--batch-size",
+        "4",
+        "--channels",
+        "8,16",
+    ]
     code, output = cli(*classifier, "--out", tmp_path / "clf")
     assert code == 0, output
     np.savez(data / "toy.npz", images=rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32))  # the data changed since
@@ -249,6 +308,7 @@ def test_relative_data_is_recorded_absolute_and_checked_by_content(tmp_path, mon
 
 
 # --- privacy of the protection ------------------------------------------------------------------------------------
+
 
 def test_samples_carry_no_trace_unless_asked(tmp_path):
     out = tmp_path / "s"
@@ -259,6 +319,7 @@ def test_samples_carry_no_trace_unless_asked(tmp_path):
 
 
 # --- clear errors instead of tracebacks ---------------------------------------------------------------------------
+
 
 def test_no_cuda_gives_one_line(tmp_path):
     import torch
@@ -304,8 +365,9 @@ def test_a_damaged_model_folder_gives_one_line(trained, tmp_path, damage):
     assert code == 2 and "cannot load the model" in output and str(folder / "unet") in output
 
 
-@pytest.mark.parametrize("array", [np.zeros((4, 1, 8, 8), dtype=bool), np.zeros((4, 1, 8, 8), dtype=complex),
-                                   np.full((4, 1, 8, 8), "a")])
+@pytest.mark.parametrize(
+    "array", [np.zeros((4, 1, 8, 8), dtype=bool), np.zeros((4, 1, 8, 8), dtype=complex), np.full((4, 1, 8, 8), "a")]
+)
 def test_npz_of_non_pixel_values_is_refused(tmp_path, array):
     path = tmp_path / "bad.npz"
     np.savez(path, images=array)
@@ -323,16 +385,27 @@ def test_no_other_command_replaces_a_model_record(trained):
 
 
 def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
-    command = ["train-classifier", "--denoiser", trained, "--steps", "2", "--relabel-after", "1", "--batch-size", "4",
-               "--channels", "8,16", "--out", tmp_path / "clf"]
+    command = [
+        "train-classifier",
+        "--denoiser",
+        trained,
+        "--steps",
+        "2",
+        "--relabel-after",
+        "1",
+        "--batch-size",
+        "4",
+        "--channels",
+        "8,16",
+        "--out",
+        tmp_path / "clf",
+    ]
     assert cli(*command)[0] == 0
     code, output = cli(*command, "--steps", "3", "--resume", "--label-seed", "5")
     assert code == 2 and "label_seed: 0 then, 5 now" in output
 
 
 # --- issue 32: never destroy a user's work --------------------------------------------------------------------------
-
-
 
 
 def checksums(*folders):
@@ -345,7 +418,6 @@ def checksums(*folders):
             else:
                 sums[str(path)] = "folder"
     return sums
-
 
 
 CLASSIFIER = ["train-classifier", "--steps", "2", "--relabel-after", "1", "--batch-size", "4", "--channels", "8,16"]
@@ -408,8 +480,11 @@ def test_no_command_writes_into_a_model_classifier_or_pipeline_folder(works, tmp
     out = folder / "unet" / "mine" if target.startswith("inside") else folder
     before = checksums(*works.values())
     for name, command in refused_commands(out, tmp_path / "none").items():
-        own_model = (name, kind) in (("train-denoiser", "denoiser"), ("train-classifier", "classifier"),
-                                     ("make-tiny-sd", "pipeline"))
+        own_model = (name, kind) in (
+            ("train-denoiser", "denoiser"),
+            ("train-classifier", "classifier"),
+            ("make-tiny-sd", "pipeline"),
+        )
         if (own_model and out == folder) or (name in NEEDS_TRANSFORMERS and not _has_transformers()):
             continue
         for extra in ([], ["--overwrite"]):
@@ -429,8 +504,20 @@ def test_a_training_command_replaces_only_its_own_kind_of_model(works, tmp_path)
     assert checksums(*works.values()) == before
 
 
-@pytest.mark.parametrize("name", ["evaluate", "attack mia", "attack side", "calibrate", "demo", "make-tiny-sd",
-                                  "sample-sd", "train-feature-net", "train-latent-classifier"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "evaluate",
+        "attack mia",
+        "attack side",
+        "calibrate",
+        "demo",
+        "make-tiny-sd",
+        "sample-sd",
+        "train-feature-net",
+        "train-latent-classifier",
+    ],
+)
 def test_every_command_refuses_a_non_empty_out_without_overwrite(works, tmp_path, name):
     if name in NEEDS_TRANSFORMERS and not _has_transformers():
         pytest.skip("needs transformers")
@@ -441,7 +528,9 @@ def test_every_command_refuses_a_non_empty_out_without_overwrite(works, tmp_path
     code, output = cli(*refused_commands(out, tmp_path / "none")[name])
     assert code == 2 and "notes.txt" in output and "--overwrite" in output, output
     assert checksums(out, *works.values()) == before
-    help_text = cli(*refused_commands(out, tmp_path / "none")[name][:2 if name.startswith("attack") else 1], "--help")[1]
+    help_text = cli(
+        *refused_commands(out, tmp_path / "none")[name][: 2 if name.startswith("attack") else 1], "--help"
+    )[1]
     assert "--overwrite" in help_text, f"{name} advises an --overwrite it lacks"
 
 
@@ -451,8 +540,21 @@ def test_overwrite_removes_an_earlier_demo_s_stale_grids(tmp_path):
     (out / "cpsample.json").write_text(json.dumps({"command": "demo", "settings": {}}))
     (out / "grid_cpsample-one-stage.png").write_bytes(b"old grid")
     (out / "mine.txt").write_text("not the demo's")
-    code, output = cli("demo", "--out", out, "--n-samples", "4", "--steps", "2", "--mia-members", "0",
-                       "--batch-size", "4", "--no-one-stage-row", "--overwrite")
+    code, output = cli(
+        "demo",
+        "--out",
+        out,
+        "--n-samples",
+        "4",
+        "--steps",
+        "2",
+        "--mia-members",
+        "0",
+        "--batch-size",
+        "4",
+        "--no-one-stage-row",
+        "--overwrite",
+    )
     assert code == 0, output
     assert not (out / "grid_cpsample-one-stage.png").exists() and (out / "mine.txt").read_text() == "not the demo's"
     assert (out / "report.html").exists()
@@ -462,8 +564,17 @@ def test_sample_overwrite_into_an_evaluate_folder_removes_its_private_report(tmp
     samples = tmp_path / "s"
     assert cli(*SAMPLE, "--out", samples)[0] == 0
     report = tmp_path / "report"
-    code, output = cli("evaluate", "--samples", f"plain={samples / 'samples.npz'}", "--quality-net", "none",
-                       "--permutation-rounds", "10", "--out", report)
+    code, output = cli(
+        "evaluate",
+        "--samples",
+        f"plain={samples / 'samples.npz'}",
+        "--quality-net",
+        "none",
+        "--permutation-rounds",
+        "10",
+        "--out",
+        report,
+    )
     assert code == 0, output
     assert (report / "report.html").exists()
     code, output = cli(*SAMPLE, "--out", report)
@@ -491,8 +602,9 @@ def test_a_running_sample_locks_its_out(tmp_path):
     try:
         import socket
 
-        (out / ".cpsample.lock").write_text(json.dumps({"pid": runner.pid, "host": socket.gethostname(),
-                                                        "command": "sample"}))
+        (out / ".cpsample.lock").write_text(
+            json.dumps({"pid": runner.pid, "host": socket.gethostname(), "command": "sample"})
+        )
         code, output = cli(*SAMPLE, "--seed", "1", "--out", out, "--overwrite")
         assert code == 2 and "in use by another run" in output and str(runner.pid) in output
         assert np.array_equal(images(out), first), "the running run's files are left alone"
@@ -505,6 +617,7 @@ def test_a_running_sample_locks_its_out(tmp_path):
 
 
 # silent wrong results
+
 
 def test_16_bit_grey_pngs_load_as_one_grey_channel(tmp_path):
     from cpsample.data import load_dataset
@@ -566,8 +679,10 @@ def test_an_absurd_sample_count_is_refused_up_front(tmp_path):
 
 # tracebacks instead of one line
 
-@pytest.mark.parametrize("command", [SAMPLE, ["train-feature-net", "--data", "digits", "--epochs", "1"],
-                                     ["attack", "mia"]])
+
+@pytest.mark.parametrize(
+    "command", [SAMPLE, ["train-feature-net", "--data", "digits", "--epochs", "1"], ["attack", "mia"]]
+)
 def test_device_meta_gives_one_line(tmp_path, command):
     code, output = cli(*command, "--device", "meta", "--out", tmp_path / "o")
     assert code == 2 and "meta" in output and "Traceback" not in output
@@ -590,31 +705,50 @@ def test_a_damaged_pipeline_gives_one_line(works, tmp_path, damage):
         weights.write_bytes(weights.read_bytes()[:200])
     else:
         (folder / "model_index.json").write_text("{ not json")
-    code, output = cli("sample-sd", "--pipeline", folder, "--prompt", "x", "--guard", "none", "-n", "1", "--steps", "2",
-                       "--out", tmp_path / "s")
+    code, output = cli(
+        "sample-sd",
+        "--pipeline",
+        folder,
+        "--prompt",
+        "x",
+        "--guard",
+        "none",
+        "-n",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 2 and "cannot load the Stable Diffusion pipeline" in output, output
 
 
-@pytest.mark.parametrize("command, option", [
-    (["calibrate", "--steps", "0"], "--steps"),
-    (["train-feature-net", "--data", "digits", "--image-size", "0"], "--image-size"),
-    (["demo", "--batch-size", "0"], "--batch-size"),
-    ([*SAMPLE, "--seed", str(2**40)], "--seed"),
-    ([*SAMPLE, "--seed", str(2**70)], "--seed"),
-    ([*SAMPLE, "--seed", "-1"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "command, option",
+    [
+        (["calibrate", "--steps", "0"], "--steps"),
+        (["train-feature-net", "--data", "digits", "--image-size", "0"], "--image-size"),
+        (["demo", "--batch-size", "0"], "--batch-size"),
+        ([*SAMPLE, "--seed", str(2**40)], "--seed"),
+        ([*SAMPLE, "--seed", str(2**70)], "--seed"),
+        ([*SAMPLE, "--seed", "-1"], "--seed"),
+    ],
+)
 def test_bad_numbers_give_one_line(tmp_path, command, option):
     code, output = cli(*command, "--out", tmp_path / "o")
     assert code == 2 and option in output and "Traceback" not in output
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("empty file", "the file is empty"),
-    ("no arrays", "holds no arrays"),
-    ("no images", "holds no images"),
-    ("pickled", "pickled Python objects"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("empty file", "the file is empty"),
+        ("no arrays", "holds no arrays"),
+        ("no images", "holds no images"),
+        ("pickled", "pickled Python objects"),
+    ],
+)
 def test_bad_npz_files_give_one_clear_line(tmp_path, content, message):
     path = tmp_path / "bad.npz"
     if content == "empty file":

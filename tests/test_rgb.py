@@ -13,8 +13,21 @@ from typer.testing import CliRunner
 from cpsample.cli.main import app
 
 SHAPE = (3, 32, 32)
-TRAIN = ["train-denoiser", "--data", "twemoji", "--image-size", "32", "--subset", "16", "--steps", "4",
-         "--batch-size", "4", "--channels", "8,16"]
+TRAIN = [
+    "train-denoiser",
+    "--data",
+    "twemoji",
+    "--image-size",
+    "32",
+    "--subset",
+    "16",
+    "--steps",
+    "4",
+    "--batch-size",
+    "4",
+    "--channels",
+    "8,16",
+]
 CLASSIFIER = ["--steps", "2", "--relabel-after", "1", "--batch-size", "8", "--channels", "8,16"]
 SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "4"]
 
@@ -50,12 +63,34 @@ def test_train_denoiser_and_classifiers_take_rgb_32(rgb):
     clf = load_classifier(classifier)
     assert (clf.config.in_channels, clf.config.sample_size) == (3, 32)
     # the selective classifier (negatives: the denoiser's own samples) and the early one (t <= 100)
-    cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--negatives", "samples", "--negatives-count", "4",
-        "--max-t", "100", "--out", root / "selective")
+    cli(
+        "train-classifier",
+        "--denoiser",
+        denoiser,
+        *CLASSIFIER,
+        "--negatives",
+        "samples",
+        "--negatives-count",
+        "4",
+        "--max-t",
+        "100",
+        "--out",
+        root / "selective",
+    )
     selective = load_classifier(root / "selective")
     assert (selective.config.in_channels, selective.config.sample_size) == (3, 32)
-    cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--negatives", "twemoji", "--negatives-count", "4",
-        "--out", root / "selective-data")
+    cli(
+        "train-classifier",
+        "--denoiser",
+        denoiser,
+        *CLASSIFIER,
+        "--negatives",
+        "twemoji",
+        "--negatives-count",
+        "4",
+        "--out",
+        root / "selective-data",
+    )
     # every classifier learnt the denoiser's 16 members (random labels of both classes), the selective ones
     # next to 4 negatives each, the early one only at t <= 100
     members = json.loads((denoiser / "split.json").read_text())["members"]
@@ -77,13 +112,16 @@ def test_train_denoiser_and_classifiers_take_rgb_32(rgb):
 def test_sample_writes_rgb_images_and_an_rgb_grid(rgb, guard):
     root, denoiser, classifier = rgb
     out = root / f"samples-{guard}"
-    extra = {"none": [], "cpsample": ["--classifier", classifier, "--alpha", "0.5", "--scale", "10"],
-             "amg": ["--amg-threshold", "0.5"]}[guard]
+    extra = {
+        "none": [],
+        "cpsample": ["--classifier", classifier, "--alpha", "0.5", "--scale", "10"],
+        "amg": ["--amg-threshold", "0.5"],
+    }[guard]
     cli(*SAMPLE, "--model", denoiser, "--guard", guard, *extra, "--out", out)
     samples = images(out)
     assert samples.shape == (4, *SHAPE) and samples.min() >= -1 and samples.max() <= 1
     assert samples.min() < -0.5 and samples.max() > 0.5 and samples.std() > 0.3, "pictures, not a flat field"
-    assert all(np.abs(a - b).max() > 0.1 for i, a in enumerate(samples) for b in samples[i + 1:]), "four distinct"
+    assert all(np.abs(a - b).max() > 0.1 for i, a in enumerate(samples) for b in samples[i + 1 :]), "four distinct"
     with Image.open(out / "grid.png") as grid:
         assert grid.mode == "RGB"
         pixels = np.asarray(grid).astype(int)
@@ -114,8 +152,19 @@ def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rg
     copies = np.concatenate([members[:3], images(_plain(rgb))])  # three exact member copies, four samples
     np.savez(root / "copies.npz", images=copies)
     out = root / "eval"
-    cli("evaluate", "--samples", f"plain={root / 'samples-none' / 'samples.npz'}", "--samples",
-        f"copies={root / 'copies.npz'}", "--model", denoiser, "--permutation-rounds", "20", "--out", out)
+    cli(
+        "evaluate",
+        "--samples",
+        f"plain={root / 'samples-none' / 'samples.npz'}",
+        "--samples",
+        f"copies={root / 'copies.npz'}",
+        "--model",
+        denoiser,
+        "--permutation-rounds",
+        "20",
+        "--out",
+        out,
+    )
     report = json.loads((out / "report.json").read_text())
     copied = report["methods"]["copies"]
     assert copied["replication"]["count"] >= 3 and copied["similarity"]["max"] > 0.999
@@ -138,9 +187,29 @@ def test_evaluate_finds_a_member_copied_in_rgb_and_uses_the_emoji_feature_net(rg
 def test_calibrate_on_rgb(rgb):
     root, denoiser, classifier = rgb
     out = root / "calib"
-    output = cli("calibrate", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4",
-                 "--steps", "3", "--alphas", "0.5", "--scales", "10", "--target", "1.0", "--reduction", "0",
-                 "--finalists", "0")
+    output = cli(
+        "calibrate",
+        "--out",
+        out,
+        "--model",
+        denoiser,
+        "--classifier",
+        classifier,
+        "--n-samples",
+        "4",
+        "--steps",
+        "3",
+        "--alphas",
+        "0.5",
+        "--scales",
+        "10",
+        "--target",
+        "1.0",
+        "--reduction",
+        "0",
+        "--finalists",
+        "0",
+    )
     report = json.loads((out / "calibration.json").read_text())
     assert [r["guard"] for r in report["rows"]] == ["none", "cpsample"]
     assert all(r["frechet_distance"] is not None for r in report["rows"])
@@ -161,8 +230,22 @@ def test_attack_mia_on_rgb(rgb):
 
     root, denoiser, _ = rgb
     out = root / "mia"
-    cli("attack", "mia", "--model", denoiser, "--members", "8", "--nonmembers", "8", "--t", "100", "--draws", "1",
-        "--out", out)
+    cli(
+        "attack",
+        "mia",
+        "--model",
+        denoiser,
+        "--members",
+        "8",
+        "--nonmembers",
+        "8",
+        "--t",
+        "100",
+        "--draws",
+        "1",
+        "--out",
+        out,
+    )
     result = json.loads((out / "result.json").read_text())
     assert set(result) == {"loss", "pia"}
     assert result["loss"]["n_members"] == 8
@@ -176,8 +259,24 @@ def test_attack_mia_on_rgb(rgb):
     with Image.open(out / "roc.png") as roc:
         assert roc.format == "PNG" and min(roc.size) > 100 and np.asarray(roc.convert("L")).std() > 5
     # the bundled RGB model memorised its 200 members: at t = 300 the same command tells them apart
-    cli("attack", "mia", "--model", "bundled-rgb", "--attack", "loss", "--members", "8", "--nonmembers", "8", "--t",
-        "300", "--draws", "1", "--out", root / "mia-bundled")
+    cli(
+        "attack",
+        "mia",
+        "--model",
+        "bundled-rgb",
+        "--attack",
+        "loss",
+        "--members",
+        "8",
+        "--nonmembers",
+        "8",
+        "--t",
+        "300",
+        "--draws",
+        "1",
+        "--out",
+        root / "mia-bundled",
+    )
     memorised = json.loads((root / "mia-bundled" / "result.json").read_text())["loss"]
     assert memorised["best"]["auc"] > 0.9 and memorised["best"]["member_mean"] < memorised["best"]["nonmember_mean"]
 
@@ -185,8 +284,28 @@ def test_attack_mia_on_rgb(rgb):
 def test_attack_side_on_rgb(rgb):
     root, denoiser, _ = rgb
     out = root / "side"
-    cli("attack", "side", "--model", denoiser, "--samples", "8", "--clusters", "2", "--min-cohesion", "-1",
-        "--attack-steps", "3", "--per-class", "2", "--train-steps", "3", "--batch-size", "8", "--out", out)
+    cli(
+        "attack",
+        "side",
+        "--model",
+        denoiser,
+        "--samples",
+        "8",
+        "--clusters",
+        "2",
+        "--min-cohesion",
+        "-1",
+        "--attack-steps",
+        "3",
+        "--per-class",
+        "2",
+        "--train-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--out",
+        out,
+    )
     result = json.loads((out / "result.json").read_text())
     assert result["attack"]["n"] == 4
     for name in ("pool.png", "attack.png"):
@@ -212,8 +331,25 @@ def test_demo_on_an_rgb_model(rgb):
 
     root, denoiser, classifier = rgb
     out = root / "demo"
-    cli("demo", "--out", out, "--model", denoiser, "--classifier", classifier, "--n-samples", "4", "--steps", "3",
-        "--mia-members", "8", "--alpha", "0.5", "--scale", "10")
+    cli(
+        "demo",
+        "--out",
+        out,
+        "--model",
+        denoiser,
+        "--classifier",
+        classifier,
+        "--n-samples",
+        "4",
+        "--steps",
+        "3",
+        "--mia-members",
+        "8",
+        "--alpha",
+        "0.5",
+        "--scale",
+        "10",
+    )
     report = json.loads((out / "report.json").read_text())
     assert {"plain", "cpsample", "rejection"} <= set(report["methods"])
     assert report["methods"]["plain"]["quality"]["metric"] == "FD_emojinet"
@@ -286,8 +422,24 @@ def test_bundled_feature_net_follows_the_channels_and_never_runs_the_digit_net_o
 def test_train_feature_net_on_rgb(tmp_path):
     from cpsample.evaluation.feature_net import load_feature_net
 
-    cli("train-feature-net", "--data", "twemoji", "--image-size", "32", "--epochs", "1", "--batch-size", "256",
-        "--widths", "8,16", "--flip", "--name", "tiny", "--out", tmp_path / "net")
+    cli(
+        "train-feature-net",
+        "--data",
+        "twemoji",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--widths",
+        "8,16",
+        "--flip",
+        "--name",
+        "tiny",
+        "--out",
+        tmp_path / "net",
+    )
     net = load_feature_net(tmp_path / "net")
     assert (net.name, net.config.in_channels, net.config.image_size, net.num_classes) == ("tiny", 3, 32, 6)
     assert net.config.widths == (8, 16)

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import typer
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -25,7 +24,7 @@ def bundled():
     """The bundled model's 200 members and three disjoint random sets of 200 held-out digits."""
     dataset, split = training_data(resolve_model_dir("bundled", "denoiser"))
     held_out = np.random.default_rng(7).choice(split.nonmembers, 600, replace=False)
-    sets = [dataset.images[held_out[i * 200:(i + 1) * 200]] for i in range(3)]
+    sets = [dataset.images[held_out[i * 200 : (i + 1) * 200]] for i in range(3)]
     return dataset, split, dataset.images[split.members], sets
 
 
@@ -90,11 +89,14 @@ def test_scores_are_the_near_copy_yardsticks_distances_and_auc_matches_u(bundled
 
 def test_run_sample_attack_takes_the_same_candidates_as_run_mia(bundled, plain_samples):
     dataset, split, _, _ = bundled
-    results = run_sample_attack({"plain": plain_samples, "copies": dataset.images[split.members[:50]]},
-                                n_members=60, n_nonmembers=90, seed=5)
+    results = run_sample_attack(
+        {"plain": plain_samples, "copies": dataset.images[split.members[:50]]}, n_members=60, n_nonmembers=90, seed=5
+    )
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, 60, 90, 5)  # what run_mia attacks
     for result in results.values():
-        assert result.settings["member_indices"] == member_idx and result.settings["nonmember_indices"] == nonmember_idx
+        assert (
+            result.settings["member_indices"] == member_idx and result.settings["nonmember_indices"] == nonmember_idx
+        )
         assert (result.n_members, result.n_nonmembers) == (60, 90)
     # the 50 copied members that were drawn as candidates sit at distance 0
     copied = np.isin(member_idx, split.members[:50])
@@ -140,10 +142,25 @@ def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bun
     (tmp_path / "other").mkdir()
     np.savez(tmp_path / "other" / "samples.npz", images=unseen[:30])  # as `cpsample sample` writes it
     out = tmp_path / "attack"
-    result = CliRunner().invoke(attack_app, ["attack", "sample-nn", "--samples", str(tmp_path / "demo_samples.npz"),
-                                                "--samples", str(tmp_path / "other" / "samples.npz"),
-                                                "--samples", f"unseen={tmp_path / 'other' / 'samples.npz'}",
-                                                "--out", str(out), "--members", "100", "--seed", "2"])
+    result = CliRunner().invoke(
+        attack_app,
+        [
+            "attack",
+            "sample-nn",
+            "--samples",
+            str(tmp_path / "demo_samples.npz"),
+            "--samples",
+            str(tmp_path / "other" / "samples.npz"),
+            "--samples",
+            f"unseen={tmp_path / 'other' / 'samples.npz'}",
+            "--out",
+            str(out),
+            "--members",
+            "100",
+            "--seed",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "result.json").read_text())
     assert set(summary) == {"plain", "copies", "other", "unseen"}
@@ -171,7 +188,9 @@ def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bun
         np.testing.assert_allclose(scores, 1.0 - find_near_copies(candidates, images).similarity, atol=1e-5)
     # plain samples of the memorising model leak membership (measured 0.71); held-out images as samples do not
     assert summary["plain"]["stats"]["auc"] > 0.6 and 0.3 < summary["other"]["stats"]["auc"] < 0.7, (
-        summary["plain"]["stats"]["auc"], summary["other"]["stats"]["auc"])
+        summary["plain"]["stats"]["auc"],
+        summary["other"]["stats"]["auc"],
+    )
     assert "sample-only membership inference" in " ".join(result.output.split())
 
 
@@ -180,11 +199,15 @@ def test_cli_rejects_bad_input_clearly(tmp_path, bundled, attack_app):
     np.savez(tmp_path / "small.npz", images=np.zeros((3, 1, 8, 8), dtype=np.float32))
     np.savez(tmp_path / "samples.npz", images=members[:5])
     base = ["attack", "sample-nn", "--out", str(tmp_path / "out")]
-    for arguments, message in ((base + ["--samples", str(tmp_path / "nope.npz")], "does not exist"),
-                               (base + ["--samples", str(tmp_path / "small.npz")], "samples have shape"),
-                               (base + ["--samples", str(tmp_path / "samples.npz"), "--samples", str(tmp_path / "samples.npz")],
-                                "two sets are named"),
-                               (base + ["--samples", str(tmp_path / "samples.npz"), "--members", "999"], "split has only 200")):
+    for arguments, message in (
+        (base + ["--samples", str(tmp_path / "nope.npz")], "does not exist"),
+        (base + ["--samples", str(tmp_path / "small.npz")], "samples have shape"),
+        (
+            base + ["--samples", str(tmp_path / "samples.npz"), "--samples", str(tmp_path / "samples.npz")],
+            "two sets are named",
+        ),
+        (base + ["--samples", str(tmp_path / "samples.npz"), "--members", "999"], "split has only 200"),
+    ):
         result = CliRunner().invoke(attack_app, arguments)
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split())
@@ -197,4 +220,8 @@ def test_read_sample_sets_names_files_by_folder(tmp_path, bundled):
     np.savez(tmp_path / "cpsample" / "samples.npz", images=members[:3])
     np.savez(tmp_path / "mixed.npz", plain=members[:2], rejection=members[2:5])
     sets = read_sample_sets([str(tmp_path / "cpsample" / "samples.npz"), f"demo={tmp_path / 'mixed.npz'}"])
-    assert {name: len(images) for name, images in sets.items()} == {"cpsample": 3, "demo/plain": 2, "demo/rejection": 3}
+    assert {name: len(images) for name, images in sets.items()} == {
+        "cpsample": 3,
+        "demo/plain": 2,
+        "demo/rejection": 3,
+    }

@@ -1,4 +1,5 @@
-"""Sampling on the bundled model: CPSample leaves confident-free trajectories alone, alpha=0 is plain, any scheduler works."""
+"""Sampling on the bundled model: CPSample leaves confident-free trajectories alone, alpha=0 is plain, any scheduler
+works."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typer.testing import CliRunner
 
 from cpsample.cli.main import app
 from cpsample.models import load_denoiser
-from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler, sample, unet_denoiser
 from cpsample.models.classifier import load_classifier
+from cpsample.sampling import CPSampleGuard, NoGuard, make_scheduler, sample, unet_denoiser
 
 N, STEPS = 12, 10
 
@@ -29,8 +30,17 @@ def _run(bundled, guard, scheduler="ddim", dtype=torch.float32, steps=STEPS, n=N
     unet = unet.to(dtype=dtype)
     guard.to(torch.device("cpu"), dtype)
     try:
-        return sample(unet_denoiser(unet), lambda: make_scheduler(scheduler, schedule.config, steps), n, (1, 16, 16),
-                      guard=guard, batch_size=n, seed=seed, dtype=dtype, progress=False)
+        return sample(
+            unet_denoiser(unet),
+            lambda: make_scheduler(scheduler, schedule.config, steps),
+            n,
+            (1, 16, 16),
+            guard=guard,
+            batch_size=n,
+            seed=seed,
+            dtype=dtype,
+            progress=False,
+        )
     finally:
         unet.to(dtype=torch.float32)
         guard.to(torch.device("cpu"), torch.float32)
@@ -75,17 +85,38 @@ def test_half_precision_gives_finite_non_black_images(bundled, dtype):
 def test_killed_sampling_resumes_from_finished_batches(tmp_path, bundled):
     unet, schedule, _ = bundled
     factory = lambda: make_scheduler("ddim", schedule.config, 5)  # noqa: E731
-    first = sample(unet_denoiser(unet), factory, 6, (1, 16, 16), batch_size=3, seed=2, work_dir=tmp_path, progress=False)
+    first = sample(
+        unet_denoiser(unet), factory, 6, (1, 16, 16), batch_size=3, seed=2, work_dir=tmp_path, progress=False
+    )
     (tmp_path / "batches" / "batch_00001.npz").unlink()  # as if killed while sampling the second batch
-    again = sample(unet_denoiser(unet), factory, 6, (1, 16, 16), batch_size=3, seed=2, work_dir=tmp_path, progress=False)
+    again = sample(
+        unet_denoiser(unet), factory, 6, (1, 16, 16), batch_size=3, seed=2, work_dir=tmp_path, progress=False
+    )
     assert again.denoiser_calls == 3 * 5  # only the lost batch was redone
     assert torch.allclose(first.images, again.images, atol=1e-6)
 
 
 def test_sample_cli_writes_grid_npz_trace_and_record(tmp_path):
     out = tmp_path / "s"
-    result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "6", "--steps", "5", "--guard", "cpsample",
-                                      "--alpha", "0.2", "--seed", "3", "--trace"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--out",
+            str(out),
+            "-n",
+            "6",
+            "--steps",
+            "5",
+            "--guard",
+            "cpsample",
+            "--alpha",
+            "0.2",
+            "--seed",
+            "3",
+            "--trace",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in ("grid.png", "samples.npz", "trace.png", "cpsample.json"):
         assert (out / name).exists(), name
@@ -134,5 +165,7 @@ def test_check_window_skips_only_steps_where_the_guard_never_fires(bundled):
     windowed = _run(bundled, CPSampleGuard(classifier, alpha=0.1, scale=10.0, max_t=last_fired), steps=20, n=16)
     assert torch.equal(windowed.images, everywhere.images)
     skipped = timesteps > last_fired
-    assert skipped.any() and np.isnan(windowed.trace["p1"][skipped]).all() and not windowed.trace["fired"][skipped].any()
+    assert (
+        skipped.any() and np.isnan(windowed.trace["p1"][skipped]).all() and not windowed.trace["fired"][skipped].any()
+    )
     assert np.array_equal(windowed.trace["p1"][~skipped], everywhere.trace["p1"][~skipped])

@@ -77,13 +77,16 @@ def test_jacobian_push_follows_x0_hat_through_the_unet(bundled, selective):
     with torch.no_grad():
         eps = unet(x_t, t).sample
     fixed = CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, denoised=True)
-    through = CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, denoised=True,
-                            denoiser=lambda x, steps: unet(x, steps).sample)
+    through = CPSampleGuard(
+        selective, alpha=0.01, scale=3.0, tau=0.001, denoised=True, denoiser=lambda x, steps: unet(x, steps).sample
+    )
     rows, fixed_change = fixed.push(x_t, t, abar, torch.float32, eps=eps)
     same_rows, change = through.push(x_t, t, abar, torch.float32, eps=eps)
     assert torch.equal(rows, same_rows) and len(rows) >= 6
 
-    x0_of = lambda x: (x - (1 - abar).sqrt() * unet(x, t[rows]).sample) / abar.sqrt()
+    def x0_of(x):
+        return (x - (1 - abar).sqrt() * unet(x, t[rows]).sample) / abar.sqrt()
+
     x0_hat = x0_of(x_t[rows]).detach().requires_grad_(True)
     p = selective(x0_hat, torch.zeros(len(rows), dtype=torch.long)).softmax(-1)
     target = (p[:, 1] < p[:, 0]).long()
@@ -137,16 +140,28 @@ def test_staged_guard_is_the_early_then_the_late_stage(bundled, selective):
 def test_a_selective_late_stage_is_the_early_classifier_judging_x0_hat_late(bundled, selective):
     """late_denoised: the late stage (t <= 200) is the early classifier on x0_hat with the late knobs; the main
     classifier is not used at all."""
-    staged = build_guard("cpsample-staged", GuardContext(classifier="bundled"), late_denoised=True, alpha=0.1, scale=10.0)
+    staged = build_guard(
+        "cpsample-staged", GuardContext(classifier="bundled"), late_denoised=True, alpha=0.1, scale=10.0
+    )
     early, late = staged.guards
-    assert late.denoised and late.classifier is early.classifier and (late.alpha, late.scale, late.max_t) == (0.1, 10.0, 200)
+    assert (
+        late.denoised
+        and late.classifier is early.classifier
+        and (late.alpha, late.scale, late.max_t) == (0.1, 10.0, 200)
+    )
     x0 = torch.from_numpy(bundled.members.images[:16])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     t, abar = torch.full((16,), 180), bundled.schedule.alphas_cumprod[180]
     x_t = bundled.schedule.add_noise(x0, noise, t)
     solo = CPSampleGuard(selective, alpha=0.1, scale=10.0, tau=0.001, max_t=200, denoised=True)
-    (expected,) = solo.correct(CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, max_t=500, denoised=True)
-                               .correct((noise,), x_t, t, abar), x_t, t, abar)
+    (expected,) = solo.correct(
+        CPSampleGuard(selective, alpha=0.01, scale=3.0, tau=0.001, max_t=500, denoised=True).correct(
+            (noise,), x_t, t, abar
+        ),
+        x_t,
+        t,
+        abar,
+    )
     (staged_eps,) = staged.correct((noise,), x_t, t, abar)
     assert torch.equal(staged_eps, expected) and solo.trace["fired"][0].any()
     assert staged.settings()["late"]["denoised"] is True
@@ -154,8 +169,24 @@ def test_a_selective_late_stage_is_the_early_classifier_judging_x0_hat_late(bund
 
 def test_sample_command_runs_the_staged_guard_and_records_both_stages(tmp_path):
     out = tmp_path / "staged"
-    result = CliRunner().invoke(app, ["sample", "--guard", "cpsample-staged", "-n", "8", "--steps", "10", "--seed", "0",
-                                      "-o", "early_scale=2", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--guard",
+            "cpsample-staged",
+            "-n",
+            "8",
+            "--steps",
+            "10",
+            "--seed",
+            "0",
+            "-o",
+            "early_scale=2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "cpsample.json").read_text())
     settings = record["settings"]["guard_settings"]
@@ -219,8 +250,10 @@ def test_a_two_stage_calibration_makes_cpsample_two_stage_unless_one_stage_or_a_
 
 
 def test_a_two_stage_calibration_whose_early_classifier_is_gone_says_what_to_do(tmp_path):
-    folder, _ = _classifier_with_calibration(tmp_path, {"early_classifier": str(tmp_path / "gone"), "early_scale": 3.0,
-                                                         "alpha": 0.1, "scale": 10.0, "tau": 0.001})
+    folder, _ = _classifier_with_calibration(
+        tmp_path,
+        {"early_classifier": str(tmp_path / "gone"), "early_scale": 3.0, "alpha": 0.1, "scale": 10.0, "tau": 0.001},
+    )
     with pytest.raises(ValueError, match="one_stage=true"):
         build_guard("cpsample", GuardContext(classifier=str(folder)))
     assert type(build_guard("cpsample", GuardContext(classifier=str(folder)), one_stage=True)) is CPSampleGuard
@@ -245,18 +278,47 @@ def test_stages_can_be_kept_apart_with_early_min_t_and_the_late_stage_can_stop_e
 
 
 def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(tmp_path):
-    from cpsample.workflows.calibrate import choose_setting, two_stage_calibration, GridSettings
+    from cpsample.workflows.calibrate import GridSettings, choose_setting, two_stage_calibration
 
-    rows = [{"guard": "none", "alpha": None, "scale": None, "near_copy_share": 0.3, "frechet_distance": 5.0, "steps_guided": None},
-            {"guard": "cpsample", "alpha": 0.1, "scale": 10, "near_copy_share": 0.03, "frechet_distance": 9.0, "steps_guided": 0.1},
-            {"guard": "cpsample-staged", "alpha": 0.1, "scale": 10, "early_scale": 3.0, "near_copy_share": 0.02,
-             "frechet_distance": 7.0, "steps_guided": 0.1}]
+    rows = [
+        {
+            "guard": "none",
+            "alpha": None,
+            "scale": None,
+            "near_copy_share": 0.3,
+            "frechet_distance": 5.0,
+            "steps_guided": None,
+        },
+        {
+            "guard": "cpsample",
+            "alpha": 0.1,
+            "scale": 10,
+            "near_copy_share": 0.03,
+            "frechet_distance": 9.0,
+            "steps_guided": 0.1,
+        },
+        {
+            "guard": "cpsample-staged",
+            "alpha": 0.1,
+            "scale": 10,
+            "early_scale": 3.0,
+            "near_copy_share": 0.02,
+            "frechet_distance": 7.0,
+            "steps_guided": 0.1,
+        },
+    ]
     chosen = choose_setting(rows, reduction=0.9)
     assert chosen["guard"] == "cpsample-staged"
     saved = two_stage_calibration(chosen, GridSettings(early_classifier="bundled"))
     # the stages take turns: the early stage stops where the late one (t <= 200) starts
-    assert saved == {"early_classifier": "bundled", "early_scale": 3.0, "early_min_t": 201, "alpha": 0.1, "scale": 10,
-                     "tau": 0.001}
+    assert saved == {
+        "early_classifier": "bundled",
+        "early_scale": 3.0,
+        "early_min_t": 201,
+        "alpha": 0.1,
+        "scale": 10,
+        "tau": 0.001,
+    }
     assert two_stage_calibration(rows[1], GridSettings(early_classifier="bundled")) is None
 
     # end to end: the two-stage rows are measured, and what `sample --guard cpsample` then runs is what won
@@ -265,18 +327,48 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     classifier = tmp_path / "clf"
     shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
     runner = CliRunner()
-    calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
-                                     "--n-samples", "6", "--steps", "4", "--alphas", "0.3", "--scales", "5",
-                                     "--early-classifier", str(resolve_model_dir("bundled", SELECTIVE_PART)),
-                                     "--early-scales", "1", "--staged-scales", "10", "--denoised-late-scales", "5",
-                                     "--push-caps", "none,0.5",
-                                     "--target", "1.0", "--reduction", "0"])
+    calibrated = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--out",
+            str(tmp_path / "calib"),
+            "--classifier",
+            str(classifier),
+            "--n-samples",
+            "6",
+            "--steps",
+            "4",
+            "--alphas",
+            "0.3",
+            "--scales",
+            "5",
+            "--early-classifier",
+            str(resolve_model_dir("bundled", SELECTIVE_PART)),
+            "--early-scales",
+            "1",
+            "--staged-scales",
+            "10",
+            "--denoised-late-scales",
+            "5",
+            "--push-caps",
+            "none,0.5",
+            "--target",
+            "1.0",
+            "--reduction",
+            "0",
+        ],
+    )
     assert calibrated.exit_code == 0, calibrated.output
     report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
     assert [(r["guard"], r["early_scale"], r["scale"], r["max_push"], r["late_denoised"]) for r in report["rows"]] == [
-        ("none", None, None, None, False), ("cpsample", None, 5.0, None, False),
-        ("cpsample-staged", 1.0, 10.0, None, False), ("cpsample-staged", 1.0, 5.0, None, True),
-        ("cpsample-staged", 1.0, 10.0, 0.5, False), ("cpsample-staged", 1.0, 5.0, 0.5, True)]
+        ("none", None, None, None, False),
+        ("cpsample", None, 5.0, None, False),
+        ("cpsample-staged", 1.0, 10.0, None, False),
+        ("cpsample-staged", 1.0, 5.0, None, True),
+        ("cpsample-staged", 1.0, 10.0, 0.5, False),
+        ("cpsample-staged", 1.0, 5.0, 0.5, True),
+    ]
     saved = json.loads((classifier / "calibration.json").read_text())
     assert ("two_stage" in saved) == (report["chosen"]["guard"] == "cpsample-staged")
     # two stages win here: on the screen one stage at s 5 costs FD 173 against 147 for each two-stage row (measured),
@@ -288,14 +380,35 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     assert chosen["guard"] == "cpsample-staged" and chosen in report["confirmation"]["rows"]
     cap = {} if chosen["max_push"] is None else {"max_push": chosen["max_push"]}
     judge = {"late_denoised": True} if chosen["late_denoised"] else {}
-    assert saved["two_stage"] == {"early_classifier": str(resolve_model_dir("bundled", SELECTIVE_PART)),
-                                  "early_scale": 1.0, "early_min_t": 201, "alpha": 0.3, "scale": chosen["scale"],
-                                  "tau": 0.001, **cap, **judge}
+    assert saved["two_stage"] == {
+        "early_classifier": str(resolve_model_dir("bundled", SELECTIVE_PART)),
+        "early_scale": 1.0,
+        "early_min_t": 201,
+        "alpha": 0.3,
+        "scale": chosen["scale"],
+        "tau": 0.001,
+        **cap,
+        **judge,
+    }
     assert saved["two_stage"].get("max_push") == report["chosen"]["max_push"]
     assert saved["two_stage"].get("late_denoised", False) == report["chosen"]["late_denoised"]
     assert saved["settings"]["alpha"] == 0.3  # the one-stage rule keeps its own calibrated setting
-    after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
-                                "--out", str(tmp_path / "after")])
+    after = runner.invoke(
+        app,
+        [
+            "sample",
+            "--guard",
+            "cpsample",
+            "--classifier",
+            str(classifier),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "after"),
+        ],
+    )
     assert after.exit_code == 0, after.output
     recorded = json.loads((tmp_path / "after" / "cpsample.json").read_text())["settings"]["guard_settings"]
     assert recorded["guard"] == report["chosen"]["guard"] == "cpsample-staged"
@@ -304,7 +417,10 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
     assert recorded["late"].get("max_push") == recorded["early"].get("max_push") == report["chosen"]["max_push"]
     assert recorded["late"].get("denoised", False) == report["chosen"]["late_denoised"]
     assert (recorded["early"]["scale"], recorded["late"]["scale"], recorded["late"]["alpha"]) == (
-        1.0, chosen["scale"], 0.3)
+        1.0,
+        chosen["scale"],
+        0.3,
+    )
 
 
 def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_late_stage(tmp_path):
@@ -315,23 +431,72 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
 
     runner = CliRunner()
     other = tmp_path / "clf_narrow"
-    trained = runner.invoke(app, ["train-classifier", "--denoiser", "bundled", "--channels", "8,16,16", "--steps", "2",
-                                  "--relabel-after", "1", "--batch-size", "8", "--out", str(other), "--seed", "0"])
+    trained = runner.invoke(
+        app,
+        [
+            "train-classifier",
+            "--denoiser",
+            "bundled",
+            "--channels",
+            "8,16,16",
+            "--steps",
+            "2",
+            "--relabel-after",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(other),
+            "--seed",
+            "0",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     classifier = tmp_path / "clf"
     shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
     early = str(resolve_model_dir("bundled", SELECTIVE_PART))
-    grid = ["calibrate", "--classifier", str(classifier), "--n-samples", "6", "--steps", "4", "--alphas", "0.3",
-            "--scales", "5", "--early-classifier", early, "--early-scales", "1", "--staged-scales", "10",
-            "--denoised-late-scales", "none", "--push-caps", "none", "--target", "1.0", "--reduction", "0"]
+    grid = [
+        "calibrate",
+        "--classifier",
+        str(classifier),
+        "--n-samples",
+        "6",
+        "--steps",
+        "4",
+        "--alphas",
+        "0.3",
+        "--scales",
+        "5",
+        "--early-classifier",
+        early,
+        "--early-scales",
+        "1",
+        "--staged-scales",
+        "10",
+        "--denoised-late-scales",
+        "none",
+        "--push-caps",
+        "none",
+        "--target",
+        "1.0",
+        "--reduction",
+        "0",
+    ]
 
     calibrated = runner.invoke(app, [*grid, "--out", str(tmp_path / "calib"), "--late-classifier", str(other)])
     assert calibrated.exit_code == 0, calibrated.output
     report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
     assert [(r["guard"], r["late_classifier"]) for r in report["rows"]] == [
-        ("none", None), ("cpsample", None), ("cpsample-staged", None), ("cpsample-staged", str(other))]
+        ("none", None),
+        ("cpsample", None),
+        ("cpsample-staged", None),
+        ("cpsample-staged", str(other)),
+    ]
     main_late, other_late = report["rows"][2:]
-    assert main_late["near_copies"] != other_late["near_copies"] or main_late["frechet_distance"] != other_late["frechet_distance"]
+    assert (
+        main_late["near_copies"] != other_late["near_copies"]
+        or main_late["frechet_distance"] != other_late["frechet_distance"]
+    )
     # the narrow classifier, trained two steps, is never sure enough to fire: its row draws plain's samples exactly,
     # while the main late classifier guides some steps and moves them (measured: 25% of steps)
     plain = report["rows"][0]
@@ -339,21 +504,46 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
     assert main_late["steps_guided"] > 0.0 and main_late["frechet_distance"] != plain["frechet_distance"]
     saved = json.loads((classifier / "calibration.json").read_text())
     chosen_other = report["chosen"].get("late_classifier")
-    assert saved.get("two_stage", {}).get("late_classifier") == (None if chosen_other is None else str(other.resolve()))
+    assert saved.get("two_stage", {}).get("late_classifier") == (
+        None if chosen_other is None else str(other.resolve())
+    )
 
     # whichever won on 6 images: a calibration naming the narrow classifier puts it on the late stage, and only there
-    saved["two_stage"] = {"early_classifier": early, "early_scale": 1.0, "early_min_t": 201, "alpha": 0.1, "scale": 10.0,
-                          "tau": 0.001, "late_classifier": str(other.resolve())}
+    saved["two_stage"] = {
+        "early_classifier": early,
+        "early_scale": 1.0,
+        "early_min_t": 201,
+        "alpha": 0.1,
+        "scale": 10.0,
+        "tau": 0.001,
+        "late_classifier": str(other.resolve()),
+    }
     (classifier / "calibration.json").write_text(json.dumps(saved))
     guard = build_guard("cpsample", GuardContext(classifier=str(classifier)))
     assert isinstance(guard, StagedCPSampleGuard)
     assert guard.guards[0].folder == resolve_model_dir("bundled", SELECTIVE_PART)
     assert guard.guards[1].folder == other.resolve() and not guard.guards[1].denoised
     narrow = load_classifier(other, "cpu")
-    assert all(torch.equal(a, b) for a, b in zip(guard.guards[1].classifier.state_dict().values(),
-                                                 narrow.state_dict().values()))
-    after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps",
-                                "3", "--out", str(tmp_path / "after")])
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(guard.guards[1].classifier.state_dict().values(), narrow.state_dict().values())
+    )
+    after = runner.invoke(
+        app,
+        [
+            "sample",
+            "--guard",
+            "cpsample",
+            "--classifier",
+            str(classifier),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "after"),
+        ],
+    )
     assert after.exit_code == 0, after.output
     recorded = json.loads((tmp_path / "after" / "cpsample.json").read_text())["settings"]["guard_settings"]
     assert recorded["late_classifier"] == str(other.resolve())
@@ -366,8 +556,10 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
 
     # refused up front: a late classifier without the two-stage guard, a folder that is not a classifier, and a late
     # classifier on x0_hat (where the early classifier judges)
-    alone = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "c2"), "--classifier", str(classifier),
-                                "--late-classifier", str(other)])
+    alone = runner.invoke(
+        app,
+        ["calibrate", "--out", str(tmp_path / "c2"), "--classifier", str(classifier), "--late-classifier", str(other)],
+    )
     assert alone.exit_code != 0 and "--early-classifier" in alone.output
     missing = runner.invoke(app, [*grid, "--out", str(tmp_path / "c3"), "--late-classifier", str(tmp_path / "gone")])
     assert missing.exit_code != 0 and not (tmp_path / "c3" / "calibration.csv").exists()

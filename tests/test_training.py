@@ -1,4 +1,5 @@
-"""Training: the exported checkpoints are safetensors, a killed run resumes exactly, the classifier learns random labels."""
+"""Training: the exported checkpoints are safetensors, a killed run resumes exactly, the classifier learns random
+labels."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ TINY = (16, 32, 32)
 def _train(mnist16, out, steps, resume=False, count=16):
     split = make_split(len(mnist16), count, seed=0, source="mnist")
     config = TrainConfig(steps=steps, batch_size=8, seed=0, save_every=5)
-    return train_denoiser(mnist16.take(split.members), split, out, config, resume=resume, block_out_channels=TINY, data_spec="mnist")
+    return train_denoiser(
+        mnist16.take(split.members), split, out, config, resume=resume, block_out_channels=TINY, data_spec="mnist"
+    )
 
 
 def test_denoiser_export_is_safetensors_and_reloads(tmp_path, mnist16):
@@ -53,7 +56,9 @@ def test_denoiser_folders_load_as_diffusers_ddpm_pipelines(tmp_path, mnist16, bu
     assert pipeline_class(folder) == "DDPMPipeline" and not is_sd_pipeline(folder)
     pipe = DDPMPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, 16, 16, 1) and images.min() >= 0 and images.max() <= 1 and images.std() > 0
 
 
@@ -91,15 +96,26 @@ def test_killed_classifier_resumes_to_the_same_weights_and_labels(tmp_path, mnis
 
     def train(name, steps, resume=False):
         config = TrainConfig(steps=steps, batch_size=8, seed=0, save_every=100)
-        return train_classifier(mnist16.take(split.members), split, build_noise_schedule(), tmp_path / name, config,
-                                label_seed=5, relabel_after=6, block_out_channels=(8, 16), resume=resume)
+        return train_classifier(
+            mnist16.take(split.members),
+            split,
+            build_noise_schedule(),
+            tmp_path / name,
+            config,
+            label_seed=5,
+            relabel_after=6,
+            block_out_channels=(8, 16),
+            resume=resume,
+        )
 
     straight = train("straight", 10)
     train("killed", killed_at)  # stands in for a run killed after its last checkpoint
     resumed = train("killed", 10, resume=True)
     assert resumed["resumed_from"] == killed_at and resumed["relabelled"] == straight["relabelled"] > 0
     for part in ("model", "ema", "optimizer", "targets"):
-        expected, got = (load_file(tmp_path / run / "train_state" / f"{part}.safetensors") for run in ("straight", "killed"))
+        expected, got = (
+            load_file(tmp_path / run / "train_state" / f"{part}.safetensors") for run in ("straight", "killed")
+        )
         assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected), part
     assert (tmp_path / "killed" / "labels.json").read_text() == (tmp_path / "straight" / "labels.json").read_text()
 
@@ -110,12 +126,22 @@ def test_classifier_memorises_random_labels(tmp_path, mnist16):
     split = make_split(len(mnist16), 8, seed=1, source="mnist")
     members = mnist16.take(split.members)
     config = TrainConfig(steps=120, batch_size=16, lr=2e-3, ema_decay=0.9, seed=0, save_every=1000)
-    summary = train_classifier(members, split, build_noise_schedule(), tmp_path / "clf", config, label_seed=5,
-                               relabel_after=80, block_out_channels=TINY)
+    summary = train_classifier(
+        members,
+        split,
+        build_noise_schedule(),
+        tmp_path / "clf",
+        config,
+        label_seed=5,
+        relabel_after=80,
+        block_out_channels=TINY,
+    )
     labels = json.loads((tmp_path / "clf" / "labels.json").read_text())
     assert len(labels["initial_labels"]) == 8 and set(labels["initial_labels"]) <= {0, 1}
     model = load_classifier(tmp_path / "clf")
-    report = per_timestep_report(model, members.tensor(), torch.tensor(labels["labels"]), build_noise_schedule(), timesteps=(0, 999))
+    report = per_timestep_report(
+        model, members.tensor(), torch.tensor(labels["labels"]), build_noise_schedule(), timesteps=(0, 999)
+    )
     # At t=0 the labels are learnable (accuracy 1); at t=999 the image is gone, so no better than the label balance.
     assert report[0]["accuracy"] == 1.0
     assert report[0]["loss"] < report[1]["loss"]
@@ -130,14 +156,31 @@ def test_fine_tune_from_init_leaves_pretraining_images_out_of_the_split(tmp_path
 
     runner = CliRunner()
     common = ["--data", "mnist", "--image-size", "16", "--batch-size", "8", "--channels", "16,32,32", "--seed", "0"]
-    pre = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "pre"), "--subset", "300", "--steps", "3", *common])
+    pre = runner.invoke(
+        app, ["train-denoiser", "--out", str(tmp_path / "pre"), "--subset", "300", "--steps", "3", *common]
+    )
     assert pre.exit_code == 0, pre.output
-    tuned = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "ft"), "--subset", "20", "--steps", "2",
-                                "--init", str(tmp_path / "pre"), *common])
+    tuned = runner.invoke(
+        app,
+        [
+            "train-denoiser",
+            "--out",
+            str(tmp_path / "ft"),
+            "--subset",
+            "20",
+            "--steps",
+            "2",
+            "--init",
+            str(tmp_path / "pre"),
+            *common,
+        ],
+    )
     assert tuned.exit_code == 0, tuned.output
     pretrained_on = set(Split.load(tmp_path / "pre" / "split.json").members)
     split = Split.load(tmp_path / "ft" / "split.json")
-    assert split.pretraining["indices"] == sorted(pretrained_on) and split.pretraining["model"] == str((tmp_path / "pre").resolve())
+    assert split.pretraining["indices"] == sorted(pretrained_on) and split.pretraining["model"] == str(
+        (tmp_path / "pre").resolve()
+    )
     assert not pretrained_on & set(split.members) and not pretrained_on & set(split.nonmembers)
     assert len(split.members) == 20 and len(split.members) + len(split.nonmembers) == 5000 - 300
     # It starts from the pretrained weights (two steps move them only a little), not from a fresh initialisation.
@@ -145,8 +188,23 @@ def test_fine_tune_from_init_leaves_pretraining_images_out_of_the_split(tmp_path
     tuned_unet, _ = load_denoiser(tmp_path / "ft")
     drift = max((a - b).abs().max().item() for a, b in zip(start.parameters(), tuned_unet.parameters()))
     assert drift < 0.05
-    wrong_size = runner.invoke(app, ["train-denoiser", "--out", str(tmp_path / "bad"), "--subset", "20", "--steps", "2",
-                                     "--init", str(tmp_path / "pre"), *common[:2], "--image-size", "8"])
+    wrong_size = runner.invoke(
+        app,
+        [
+            "train-denoiser",
+            "--out",
+            str(tmp_path / "bad"),
+            "--subset",
+            "20",
+            "--steps",
+            "2",
+            "--init",
+            str(tmp_path / "pre"),
+            *common[:2],
+            "--image-size",
+            "8",
+        ],
+    )
     assert wrong_size.exit_code == 2 and "--image-size 16" in wrong_size.output
 
 
@@ -163,13 +221,29 @@ def test_negatives_make_the_classifier_unsure_away_from_members(tmp_path, mnist1
     config = TrainConfig(steps=300, batch_size=16, lr=2e-3, ema_decay=0.9, seed=0, save_every=1000)
     confidence = {}
     for name, extra in (("paper", {}), ("selective", {"negatives": negatives, "negatives_source": "mnist"})):
-        summary = train_classifier(members, split, build_noise_schedule(), tmp_path / name, config, label_seed=5,
-                                   relabel_after=200, block_out_channels=TINY, **extra)
+        summary = train_classifier(
+            members,
+            split,
+            build_noise_schedule(),
+            tmp_path / name,
+            config,
+            label_seed=5,
+            relabel_after=200,
+            block_out_channels=TINY,
+            **extra,
+        )
         assert summary["negatives"] == (8 if extra else 0) and summary["per_timestep"][0]["accuracy"] == 1.0
         model = load_classifier(tmp_path / name)
         with torch.no_grad():
-            sure = lambda images: float(model(torch.as_tensor(images), torch.zeros(len(images), dtype=torch.long))
-                                        .softmax(-1).max(-1).values.mean())
+
+            def sure(images):
+                return float(
+                    model(torch.as_tensor(images), torch.zeros(len(images), dtype=torch.long))
+                    .softmax(-1)
+                    .max(-1)
+                    .values.mean()
+                )
+
             confidence[name] = (sure(members.images), sure(negatives))
     # Same members, same labels and steps: the negatives leave the members' labels known, the non-members unsure.
     assert confidence["selective"][0] > 0.8
@@ -199,5 +273,14 @@ def test_classifier_trained_at_low_noise_only_sees_low_noise(tmp_path, mnist16):
     split = make_split(len(mnist16), 8, seed=1, source="mnist")
     config = TrainConfig(steps=2, batch_size=8, seed=0, save_every=1000)
     with pytest.raises(ValueError, match="max_t must lie between"):
-        train_classifier(mnist16.take(split.members), split, build_noise_schedule(), tmp_path / "c", config,
-                         label_seed=0, relabel_after=1, max_t=50, block_out_channels=TINY)
+        train_classifier(
+            mnist16.take(split.members),
+            split,
+            build_noise_schedule(),
+            tmp_path / "c",
+            config,
+            label_seed=0,
+            relabel_after=1,
+            max_t=50,
+            block_out_channels=TINY,
+        )

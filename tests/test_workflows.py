@@ -40,22 +40,56 @@ def test_rejection_sampling_redraws_copies_and_counts_the_cost(members_and_fresh
     def draw(count, round_index):
         rounds.append(count)
         # round 0 returns 4 copies and 4 fresh digits; later rounds only fresh ones
-        images = np.concatenate([members[:4], fresh[:4]]) if round_index == 0 else fresh[10:10 + count]
+        images = np.concatenate([members[:4], fresh[:4]]) if round_index == 0 else fresh[10 : 10 + count]
         return SampleResult(torch.from_numpy(images), denoiser_calls=count * 10)
 
     result = rejection_sample(draw, 8, NearCopyDetector(members, threshold=0.98))
     assert rounds == [8, 4] and result.rejected == 4 and result.drawn == 12
     assert len(result.images) == 8 and result.calls_per_image == pytest.approx(120 / 8)
     with pytest.raises(RuntimeError, match="accepted only"):
-        rejection_sample(lambda count, _: SampleResult(torch.from_numpy(members[:count])), 3,
-                         NearCopyDetector(members), max_rounds=2)
+        rejection_sample(
+            lambda count, _: SampleResult(torch.from_numpy(members[:count])),
+            3,
+            NearCopyDetector(members),
+            max_rounds=2,
+        )
 
 
 def test_calibration_picks_the_best_quality_setting_meeting_the_target():
-    rows = [{"guard": "none", "alpha": None, "scale": None, "near_copy_share": 0.10, "frechet_distance": 1.0, "steps_guided": None},
-            {"guard": "cpsample", "alpha": 0.001, "scale": 10, "near_copy_share": 0.05, "frechet_distance": 1.1, "steps_guided": 0.01},
-            {"guard": "cpsample", "alpha": 0.01, "scale": 100, "near_copy_share": 0.01, "frechet_distance": 1.5, "steps_guided": 0.05},
-            {"guard": "cpsample", "alpha": 0.1, "scale": 1000, "near_copy_share": 0.0, "frechet_distance": 3.0, "steps_guided": 0.30}]
+    rows = [
+        {
+            "guard": "none",
+            "alpha": None,
+            "scale": None,
+            "near_copy_share": 0.10,
+            "frechet_distance": 1.0,
+            "steps_guided": None,
+        },
+        {
+            "guard": "cpsample",
+            "alpha": 0.001,
+            "scale": 10,
+            "near_copy_share": 0.05,
+            "frechet_distance": 1.1,
+            "steps_guided": 0.01,
+        },
+        {
+            "guard": "cpsample",
+            "alpha": 0.01,
+            "scale": 100,
+            "near_copy_share": 0.01,
+            "frechet_distance": 1.5,
+            "steps_guided": 0.05,
+        },
+        {
+            "guard": "cpsample",
+            "alpha": 0.1,
+            "scale": 1000,
+            "near_copy_share": 0.0,
+            "frechet_distance": 3.0,
+            "steps_guided": 0.30,
+        },
+    ]
     assert choose_setting(rows, target=0.02)["alpha"] == 0.01
     assert choose_setting(rows, target=0.05)["alpha"] == 0.001
     assert choose_setting(rows, target=-1) is None
@@ -80,12 +114,30 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
     plain = {"guard": "none", "alpha": None, "scale": None, "near_copy_share": 0.338, "frechet_distance": 6.15}
     one_s10 = {"guard": "cpsample", "alpha": 0.1, "scale": 10.0, "near_copy_share": 0.032, "frechet_distance": 9.93}
     one_s30 = {"guard": "cpsample", "alpha": 0.1, "scale": 30.0, "near_copy_share": 0.010, "frechet_distance": 13.88}
-    two_s10 = {"guard": "cpsample-staged", "alpha": 0.1, "scale": 10.0, "early_scale": 3.0, "near_copy_share": 0.023,
-               "frechet_distance": 8.93}
-    two_s30 = {"guard": "cpsample-staged", "alpha": 0.1, "scale": 30.0, "early_scale": 3.0, "near_copy_share": 0.010,
-               "frechet_distance": 10.01}
-    too_many_copies = {"guard": "cpsample-staged", "alpha": 0.1, "scale": 10.0, "early_scale": 1.0,
-                       "near_copy_share": 0.042, "frechet_distance": 8.02}
+    two_s10 = {
+        "guard": "cpsample-staged",
+        "alpha": 0.1,
+        "scale": 10.0,
+        "early_scale": 3.0,
+        "near_copy_share": 0.023,
+        "frechet_distance": 8.93,
+    }
+    two_s30 = {
+        "guard": "cpsample-staged",
+        "alpha": 0.1,
+        "scale": 30.0,
+        "early_scale": 3.0,
+        "near_copy_share": 0.010,
+        "frechet_distance": 10.01,
+    }
+    too_many_copies = {
+        "guard": "cpsample-staged",
+        "alpha": 0.1,
+        "scale": 10.0,
+        "early_scale": 1.0,
+        "near_copy_share": 0.042,
+        "frechet_distance": 8.02,
+    }
     rows = [plain, one_s10, one_s30, two_s10, two_s30, too_many_copies]
     for row in rows:
         row["steps_guided"] = None if row is plain else 0.13
@@ -93,15 +145,21 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
     assert chosen is two_s10
     close = close_calls(rows, chosen, reduction=0.9)
     assert close == [one_s10, two_s30]  # not the infeasible row with a better FD, nor one stage s 30 (+55%)
-    assert narrowed_grid_flags([chosen, *close]) == ("--alphas 0.1 --scales 10 --early-scales 3 --staged-scales 10,30 "
-                                                     "--denoised-late-scales none --push-caps none")
+    assert narrowed_grid_flags([chosen, *close]) == (
+        "--alphas 0.1 --scales 10 --early-scales 3 --staged-scales 10,30 --denoised-late-scales none --push-caps none"
+    )
     capped = {**two_s30, "max_push": 1.0}
-    assert narrowed_grid_flags([two_s10, capped]).endswith("--staged-scales 10,30 --denoised-late-scales none --push-caps 1,none")
+    assert narrowed_grid_flags([two_s10, capped]).endswith(
+        "--staged-scales 10,30 --denoised-late-scales none --push-caps 1,none"
+    )
     selective = {**two_s30, "alpha": 0.3, "scale": 15.0, "late_denoised": True}
-    assert narrowed_grid_flags([two_s10, selective]).endswith("--staged-scales 10 --denoised-late-scales 15 --push-caps none")
+    assert narrowed_grid_flags([two_s10, selective]).endswith(
+        "--staged-scales 10 --denoised-late-scales 15 --push-caps none"
+    )
     narrow = {**two_s10, "scale": 30.0, "late_classifier": "runs/clf_small"}
-    assert narrowed_grid_flags([two_s10, narrow]).endswith("--staged-scales 10,30 --denoised-late-scales none "
-                                                           "--push-caps none --late-classifier runs/clf_small")
+    assert narrowed_grid_flags([two_s10, narrow]).endswith(
+        "--staged-scales 10,30 --denoised-late-scales none --push-caps none --late-classifier runs/clf_small"
+    )
     assert close_calls(rows, chosen, reduction=0.9, margin=0.05) == []
 
 
@@ -112,10 +170,22 @@ def test_a_confirmation_round_overturns_a_screen_choice_that_misses_the_cut_on_m
     from cpsample.workflows import calibrate
 
     def row(guard, scale, cap, copies, n, fd, late=None):
-        return {"guard": guard, "alpha": None if guard == "none" else 0.1, "scale": scale, "early_scale": 3.0,
-                "max_push": cap, "late_denoised": False, "late_classifier": late, "n": n, "near_copies": copies,
-                "near_copy_share": copies / n, "steps_guided": None if guard == "none" else 0.05,
-                "last_fired_t": None if guard == "none" else 180, "frechet_distance": fd, "seconds": 1.0}
+        return {
+            "guard": guard,
+            "alpha": None if guard == "none" else 0.1,
+            "scale": scale,
+            "early_scale": 3.0,
+            "max_push": cap,
+            "late_denoised": False,
+            "late_classifier": late,
+            "n": n,
+            "near_copies": copies,
+            "near_copy_share": copies / n,
+            "steps_guided": None if guard == "none" else 0.05,
+            "last_fired_t": None if guard == "none" else 180,
+            "frechet_distance": fd,
+            "seconds": 1.0,
+        }
 
     plain = row("none", None, None, 132, 300, 3.84)
     big = row("cpsample-staged", 10.0, None, 12, 300, 5.23)
@@ -133,13 +203,21 @@ def test_a_confirmation_round_overturns_a_screen_choice_that_misses_the_cut_on_m
     def fake_grid(settings, progress=True, candidates=None):  # the sampler is tested elsewhere: this checks the wiring
         calls.append((settings.n_samples, settings.seed, [calibrate.setting_of(c) for c in candidates]))
         keys = ["none" if c["guard"] == "none" else c["max_push"] or c["scale"] for c in candidates]
-        return [{**calibrate.setting_of(c), **row(c["guard"], c["scale"], c["max_push"], *second[k][:1], 600, second[k][1],
-                                                  c["late_classifier"]), "time_vs_plain": 1.1} for c, k in zip(candidates, keys)]
+        return [
+            {
+                **calibrate.setting_of(c),
+                **row(c["guard"], c["scale"], c["max_push"], *second[k][:1], 600, second[k][1], c["late_classifier"]),
+                "time_vs_plain": 1.1,
+            }
+            for c, k in zip(candidates, keys)
+        ]
 
     monkeypatch.setattr(calibrate, "run_grid", fake_grid)
     settings = calibrate.GridSettings(n_samples=300, seed=5)
     confirmed = calibrate.confirm_finalists(screen, settings, reduction=0.9, count=3)
-    assert calls == [(600, 5 + calibrate.CONFIRM_SEED_OFFSET, [calibrate.setting_of(r) for r in (plain, big, small, big_capped)])]
+    assert calls == [
+        (600, 5 + calibrate.CONFIRM_SEED_OFFSET, [calibrate.setting_of(r) for r in (plain, big, small, big_capped)])
+    ]
     assert [r["n"] for r in confirmed] == [900] * 4 and [r["near_copies"] for r in confirmed] == [399, 51, 33, 29]
     assert (confirmed[2]["ci_low"], confirmed[2]["ci_high"]) == clopper_pearson(33, 900)
     assert confirmed[2]["frechet_distance"] == 3.70 and confirmed[2]["screen_frechet_distance"] == 5.74
@@ -157,14 +235,34 @@ def test_a_confirmed_one_stage_choice_is_the_one_stage_setting_saved():
     from cpsample.workflows import calibrate
 
     def row(guard, scale, copies, n, fd):
-        return {"guard": guard, "alpha": None if guard == "none" else 0.1, "scale": scale, "early_scale": None,
-                "max_push": None, "late_denoised": False, "late_classifier": None, "n": n, "near_copies": copies,
-                "near_copy_share": copies / n, "steps_guided": 0.1, "last_fired_t": 300, "frechet_distance": fd}
+        return {
+            "guard": guard,
+            "alpha": None if guard == "none" else 0.1,
+            "scale": scale,
+            "early_scale": None,
+            "max_push": None,
+            "late_denoised": False,
+            "late_classifier": None,
+            "n": n,
+            "near_copies": copies,
+            "near_copy_share": copies / n,
+            "steps_guided": 0.1,
+            "last_fired_t": 300,
+            "frechet_distance": fd,
+        }
 
-    screen = [row("none", None, 130, 300, 3.8), row("cpsample", 10.0, 12, 300, 4.0), row("cpsample", 30.0, 10, 300, 4.5),
-              {**row("cpsample-staged", 30.0, 11, 300, 4.2), "early_scale": 3.0}]
-    confirmed = [row("none", None, 390, 900, 2.5), row("cpsample", 10.0, 45, 900, 3.0), row("cpsample", 30.0, 30, 900, 3.4),
-                 {**row("cpsample-staged", 30.0, 33, 900, 3.6), "early_scale": 3.0}]
+    screen = [
+        row("none", None, 130, 300, 3.8),
+        row("cpsample", 10.0, 12, 300, 4.0),
+        row("cpsample", 30.0, 10, 300, 4.5),
+        {**row("cpsample-staged", 30.0, 11, 300, 4.2), "early_scale": 3.0},
+    ]
+    confirmed = [
+        row("none", None, 390, 900, 2.5),
+        row("cpsample", 10.0, 45, 900, 3.0),
+        row("cpsample", 30.0, 30, 900, 3.4),
+        {**row("cpsample-staged", 30.0, 33, 900, 3.6), "early_scale": 3.0},
+    ]
     chosen, kept = calibrate.choose_confirmed(confirmed, reduction=0.9)
     assert kept and chosen is confirmed[2]
     assert calibrate.one_stage_setting(screen, chosen, reduction=0.9) is confirmed[2]
@@ -196,8 +294,9 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
     from cpsample.models.pretrained import DiffusionModel
 
     out, n = tmp_path / "demo", 16
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-samples", str(n), "--steps", "10",
-                                      "--mia-members", "16", "--seed", "1"])
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--n-samples", str(n), "--steps", "10", "--mia-members", "16", "--seed", "1"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     # the bundled classifier's calibration chose two stages; the paper's one-stage rule is shown next to it
@@ -232,7 +331,7 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
     # rejection keeps the plain round's non-copies (in order) and redraws exactly as many images as it threw away
     rejection = costs["rejection"]
     assert rejection["rejected"] >= counts["plain"] and rejection["drawn"] - rejection["rejected"] == n
-    assert np.array_equal(samples["rejection"][:n - counts["plain"]], samples["plain"][~copies["plain"]])
+    assert np.array_equal(samples["rejection"][: n - counts["plain"]], samples["plain"][~copies["plain"]])
     assert rejection["denoiser_calls_per_image"] > costs["plain"]["denoiser_calls_per_image"]
 
     rows = report["membership_inference"]["rows"]
@@ -258,15 +357,38 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
 
 def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     out = tmp_path / "calib"
-    result = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--n-samples", "4", "--steps", "3", "--alphas", "0.2",
-                                      "--scales", "10,100", "--target", "1.0", "--reduction", "0", "--seed", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "--out",
+            str(out),
+            "--n-samples",
+            "4",
+            "--steps",
+            "3",
+            "--alphas",
+            "0.2",
+            "--scales",
+            "10,100",
+            "--target",
+            "1.0",
+            "--reduction",
+            "0",
+            "--seed",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "calibration.json").read_text())
     assert [(r["alpha"], r["scale"]) for r in report["rows"]] == [(None, None), (0.2, 10.0), (0.2, 100.0)]
     # 4 images are a screen: plain and both settings again on 8 fresh images, near-copies pooled over 12
     confirmation = report["confirmation"]
     assert confirmation["n_samples"] == 8 and confirmation["seed"] == 2 + 1000 and len(confirmation["finalists"]) == 2
-    assert sorted((r["guard"], r["scale"], r["n"]) for r in confirmation["rows"][1:]) == [("cpsample", 10.0, 12), ("cpsample", 100.0, 12)]
+    assert sorted((r["guard"], r["scale"], r["n"]) for r in confirmation["rows"][1:]) == [
+        ("cpsample", 10.0, 12),
+        ("cpsample", 100.0, 12),
+    ]
     assert report["chosen"] in confirmation["rows"][1:]
     # --reduction 0: both settings are feasible, so the choice is the one with the better confirmed FD
     best = min(confirmation["rows"][1:], key=lambda row: row["frechet_distance"])
@@ -275,9 +397,30 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     # not a terminal (a background run's log): the tables keep whole cells instead of rich's 80-column "nea…"
     if "COLUMNS" not in os.environ:
         assert "near-copies" in result.output and "share (95% CI)" in result.output and "…" not in result.output
-    screen_only = CliRunner().invoke(app, ["calibrate", "--out", str(out / "screen"), "--n-samples", "4", "--steps", "3",
-                                           "--alphas", "0.2", "--scales", "10,100", "--target", "1.0", "--reduction", "0",
-                                           "--seed", "2", "--finalists", "0"])
+    screen_only = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "--out",
+            str(out / "screen"),
+            "--n-samples",
+            "4",
+            "--steps",
+            "3",
+            "--alphas",
+            "0.2",
+            "--scales",
+            "10,100",
+            "--target",
+            "1.0",
+            "--reduction",
+            "0",
+            "--seed",
+            "2",
+            "--finalists",
+            "0",
+        ],
+    )
     assert screen_only.exit_code == 0, screen_only.output
     report = json.loads((out / "screen" / "calibration.json").read_text())
     assert "confirmation" not in report and report["chosen"] in report["rows"][1:]
@@ -299,9 +442,29 @@ def test_calibrate_with_a_real_goal_saves_the_best_feasible_setting_and_it_holds
     shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
     (classifier / "calibration.json").unlink()
     runner, steps = CliRunner(), ["--steps", "20"]
-    calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
-                                     "--n-samples", "60", *steps, "--alphas", "0.1", "--scales", "10,30,100",
-                                     "--reduction", "0.9", "--finalists", "3", "--seed", "5"])
+    calibrated = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--out",
+            str(tmp_path / "calib"),
+            "--classifier",
+            str(classifier),
+            "--n-samples",
+            "60",
+            *steps,
+            "--alphas",
+            "0.1",
+            "--scales",
+            "10,30,100",
+            "--reduction",
+            "0.9",
+            "--finalists",
+            "3",
+            "--seed",
+            "5",
+        ],
+    )
     assert calibrated.exit_code == 0, calibrated.output
     record = json.loads((tmp_path / "calib" / "calibration.json").read_text())
     confirmed = record["confirmation"]["rows"]
@@ -315,14 +478,16 @@ def test_calibrate_with_a_real_goal_saves_the_best_feasible_setting_and_it_holds
     assert saved["measured"]["frechet_distance"] == best["frechet_distance"]
     # re-measured: plain and the saved default from the same fresh noise (seed 77: neither round saw it)
     for name, guard in (("plain", []), ("guarded", ["--guard", "cpsample", "--classifier", str(classifier)])):
-        result = runner.invoke(app, ["sample", "-n", "200", *steps, "--seed", "77", *guard, "--out",
-                                     str(tmp_path / name)])
+        result = runner.invoke(
+            app, ["sample", "-n", "200", *steps, "--seed", "77", *guard, "--out", str(tmp_path / name)]
+        )
         assert result.exit_code == 0, result.output
     key = json.loads((tmp_path / "guarded" / "batches" / "settings.json").read_text())
     assert key["guard_settings"] == {"guard": "cpsample", **saved["settings"]}
     detector = NearCopyDetector(DiffusionModel.from_pretrained("bundled").members.images)
-    plain, guarded = (detector.share(np.load(tmp_path / name / "samples.npz")["images"])
-                      for name in ("plain", "guarded"))
+    plain, guarded = (
+        detector.share(np.load(tmp_path / name / "samples.npz")["images"]) for name in ("plain", "guarded")
+    )
     assert plain > 0.15 and guarded <= 0.1 * plain, (plain, guarded)
 
 
@@ -335,23 +500,86 @@ def test_calibration_travels_with_the_classifier(tmp_path):
     shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
     (classifier / "calibration.json").unlink(missing_ok=True)
     runner = CliRunner()
-    uncalibrated = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2",
-                                       "--steps", "3", "--out", str(tmp_path / "before")])
+    uncalibrated = runner.invoke(
+        app,
+        [
+            "sample",
+            "--guard",
+            "cpsample",
+            "--classifier",
+            str(classifier),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "before"),
+        ],
+    )
     assert uncalibrated.exit_code == 0, uncalibrated.output
     assert "no calibration.json" in uncalibrated.output and "cpsample calibrate" in uncalibrated.output
-    calibrated = runner.invoke(app, ["calibrate", "--out", str(tmp_path / "calib"), "--classifier", str(classifier),
-                                     "--n-samples", "6", "--steps", "4", "--alphas", "0.3", "--scales", "5,20",
-                                     "--target", "1.0", "--reduction", "0"])
+    calibrated = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--out",
+            str(tmp_path / "calib"),
+            "--classifier",
+            str(classifier),
+            "--n-samples",
+            "6",
+            "--steps",
+            "4",
+            "--alphas",
+            "0.3",
+            "--scales",
+            "5,20",
+            "--target",
+            "1.0",
+            "--reduction",
+            "0",
+        ],
+    )
     assert calibrated.exit_code == 0, calibrated.output
     saved = json.loads((classifier / "calibration.json").read_text())["settings"]
     assert saved["alpha"] == 0.3 and saved["scale"] in (5.0, 20.0) and saved["tau"] == 0.001
-    after = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
-                                "--out", str(tmp_path / "after")])
+    after = runner.invoke(
+        app,
+        [
+            "sample",
+            "--guard",
+            "cpsample",
+            "--classifier",
+            str(classifier),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "after"),
+        ],
+    )
     assert after.exit_code == 0 and "no calibration.json" not in after.output
     key = json.loads((tmp_path / "after" / "batches" / "settings.json").read_text())
     assert key["guard_settings"] == {"guard": "cpsample", **saved}
-    explicit = runner.invoke(app, ["sample", "--guard", "cpsample", "--classifier", str(classifier), "-n", "2", "--steps", "3",
-                                   "--alpha", "0.1", "--out", str(tmp_path / "explicit")])
+    explicit = runner.invoke(
+        app,
+        [
+            "sample",
+            "--guard",
+            "cpsample",
+            "--classifier",
+            str(classifier),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--alpha",
+            "0.1",
+            "--out",
+            str(tmp_path / "explicit"),
+        ],
+    )
     key = json.loads((tmp_path / "explicit" / "batches" / "settings.json").read_text())
     assert explicit.exit_code == 0 and key["guard_settings"]["alpha"] == 0.1 and key["guard_settings"]["max_t"] is None
 
@@ -361,7 +589,10 @@ def test_the_bundled_classifier_ships_its_calibration(bundled_dirs, capsys):
 
     _, classifier_dir = bundled_dirs
     shipped = read_calibration(classifier_dir)
-    assert shipped["goal"]["reduction"] == 0.9 and shipped["measured"]["near_copy_share"] <= 0.1 * shipped["plain"]["near_copy_share"]
+    assert (
+        shipped["goal"]["reduction"] == 0.9
+        and shipped["measured"]["near_copy_share"] <= 0.1 * shipped["plain"]["near_copy_share"]
+    )
     assert cpsample_settings(classifier_dir) == shipped["settings"]
     assert "no calibration.json" not in capsys.readouterr().err
     # A different alpha does not inherit a check window measured for another one.
@@ -378,7 +609,13 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
 
     defaults = {name: p.default for name, p in inspect.signature(calibrate_command).parameters.items()}
     grid = GridSettings()
-    for name in ("alphas", "scales", "early_scales", "staged_scales", "denoised_late_scales"):  # parsed as the CLI does
+    for name in (
+        "alphas",
+        "scales",
+        "early_scales",
+        "staged_scales",
+        "denoised_late_scales",
+    ):  # parsed as the CLI does
         assert _floats(defaults[name], name, allow_none=True) == tuple(getattr(grid, name)), name
     assert parse_caps(defaults["push_caps"]) == tuple(grid.push_caps) == (None, 1.0, 1.25, 1.5, 2.0)
 

@@ -14,8 +14,19 @@ from pathlib import Path
 SCOPE = Path(__file__).with_name("scope.txt")
 # Survivors judged equivalent (no observable change): a mutant's name, then the reason on an indented line.
 EQUIVALENT = Path(__file__).with_name("equivalent.txt")
-STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout",
-          255: "timeout", 5: "no tests", 33: "no tests", None: "not checked"}
+STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+    5: "no tests",
+    33: "no tests",
+    None: "not checked",
+}
 COLUMNS = ("killed", "survived", "timeout", "no tests", "other", "not checked")
 
 
@@ -78,9 +89,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--seconds", type=float, default=None, help="wall time of the run, to record")
-    parser.add_argument("--base", type=Path, default=None,
-                        help="an earlier run's NAME.json: this run tried only its survivors, so its killed mutants "
-                             "count as killed (valid while the source is unchanged and tests were only added)")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="an earlier run's NAME.json: this run tried only its survivors, so its killed mutants "
+        "count as killed (valid while the source is unchanged and tests were only added)",
+    )
     parser.add_argument("--not-killed", type=Path, default=None, help="print the base's survivors' names and exit")
     args = parser.parse_args()
     if args.not_killed is not None:
@@ -103,20 +118,26 @@ def main() -> None:
         by_file[str(source)][status] += 1
         by_function[re.sub(r"__mutmut_\d+$", "", name)][status] += 1
     by_file = {**dict(sorted(by_file.items())), "all": sum(by_file.values(), collections.Counter())}
-    lines = ["Mutation testing of cpsample's core logic: bash bench/mutation/run.sh (mutmut; scope: "
-             "bench/mutation/scope.txt, tests: [tool.mutmut] in pyproject.toml).",
-             "score = killed / (mutants that some selected test runs)."]
+    lines = [
+        "Mutation testing of cpsample's core logic: bash bench/mutation/run.sh (mutmut; scope: "
+        "bench/mutation/scope.txt, tests: [tool.mutmut] in pyproject.toml).",
+        "score = killed / (mutants that some selected test runs).",
+    ]
     if args.seconds is not None:
         lines.append(f"wall time of the run: {args.seconds:.0f} s")
     if args.base is not None:
-        lines.append(f"this run tried the {len(found) - carried} mutants {args.base} did not see killed; its "
-                     f"{carried} killed ones count as killed (same source, tests only added)")
+        lines.append(
+            f"this run tried the {len(found) - carried} mutants {args.base} did not see killed; its "
+            f"{carried} killed ones count as killed (same source, tests only added)"
+        )
     lines += ["", "Per file:", *table(by_file), "", "Per function:", *table(by_function), ""]
     survivors = [name for name, (_, status) in sorted(found.items()) if status not in ("killed", "not checked")]
     equivalent = equivalent_mutants()
     judged = [name for name in survivors if name in equivalent]
-    lines.append(f"Not killed: {len(survivors)}, of which judged equivalent (bench/mutation/equivalent.txt): "
-                 f"{len(judged)}; open: {len(survivors) - len(judged)}")
+    lines.append(
+        f"Not killed: {len(survivors)}, of which judged equivalent (bench/mutation/equivalent.txt): "
+        f"{len(judged)}; open: {len(survivors) - len(judged)}"
+    )
     for name in survivors:
         source, status = found[name]
         verdict = f"{status}, equivalent: {equivalent[name]}" if name in equivalent else status

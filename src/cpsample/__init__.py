@@ -1,6 +1,7 @@
 """cpsample: classifier-protected sampling for diffusion models, with the tools to measure how much a model copies.
 
-The Python API in one place (see README "Quickstart: protect a diffusers pipeline"); each name is imported on first use, so `import cpsample`
+The Python API in one place (see README "Quickstart: protect a diffusers pipeline"); each name is imported on first
+use, so `import cpsample`
 stays cheap for the command line:
 
     model = cpsample.DiffusionModel.from_pretrained("bundled")

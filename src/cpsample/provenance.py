@@ -15,7 +15,17 @@ import torch
 
 # The CLI's run lock and --out marker (cli/common.py): bookkeeping in a run's folder, not its files.
 RUN_BOOKKEEPING = (".cpsample.lock", ".cpsample-out")
-PACKAGES = ("cpsample", "torch", "diffusers", "accelerate", "safetensors", "faiss-cpu", "numpy", "scipy", "scikit-learn")
+PACKAGES = (
+    "cpsample",
+    "torch",
+    "diffusers",
+    "accelerate",
+    "safetensors",
+    "faiss-cpu",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+)
 
 
 def versions() -> dict:
@@ -44,13 +54,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def write_record(folder: Path, command: str, settings: dict, results: dict | None = None, name: str = "cpsample.json") -> Path:
+def write_record(
+    folder: Path, command: str, settings: dict, results: dict | None = None, name: str = "cpsample.json"
+) -> Path:
     """Write <folder>/<name> with the command, its settings, versions and (optionally) results."""
     folder = Path(folder)
     _refuse_to_replace_a_model_record(folder / name, command)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "settings": settings, "versions": versions(),
-              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results or {}}
+    record = {
+        "command": command,
+        "settings": settings,
+        "versions": versions(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": results or {},
+    }
     path = folder / name
     tmp = path.with_name(path.name + ".tmp")  # whole or not at all: a kill never leaves half a record
     tmp.write_text(json.dumps(record, indent=2, default=_jsonable))
@@ -68,8 +85,10 @@ def _refuse_to_replace_a_model_record(path: Path, command: str) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if existing.startswith("train-"):
-        raise FileExistsError(f"{path.parent} holds a model ({existing}); `{command}` never writes into a model folder: "
-                              "pick another --out")
+        raise FileExistsError(
+            f"{path.parent} holds a model ({existing}); `{command}` never writes into a model folder: "
+            "pick another --out"
+        )
 
 
 def _jsonable(value):

@@ -26,6 +26,25 @@ from cpsample.attacks.sample_nn import (
     run_sample_attack,
 )
 
-__all__ = ["ATTACKS", "DEFAULT_LOSS_TIMESTEPS", "DEFAULT_PIA_TIMESTEPS", "SAMPLE_ATTACK", "THREAT_MODELS", "AttackResult",
-           "EpsPredictor", "SampleAttackResult", "SampleNNAttack", "Separation", "auc", "loss_attack", "pia_attack",
-           "plot_attacks", "plot_sample_attacks", "run_mia", "run_sample_attack", "separation", "tpr_at_fpr", "z_test"]
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_LOSS_TIMESTEPS",
+    "DEFAULT_PIA_TIMESTEPS",
+    "SAMPLE_ATTACK",
+    "THREAT_MODELS",
+    "AttackResult",
+    "EpsPredictor",
+    "SampleAttackResult",
+    "SampleNNAttack",
+    "Separation",
+    "auc",
+    "loss_attack",
+    "pia_attack",
+    "plot_attacks",
+    "plot_sample_attacks",
+    "run_mia",
+    "run_sample_attack",
+    "separation",
+    "tpr_at_fpr",
+    "z_test",
+]

@@ -75,7 +75,8 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
 
 
 def z_test(member_scores, nonmember_scores) -> tuple[float, float]:
-    """The CPSample paper's two-sample one-sided Z-test (Sec. 4.3): Z = (mu_test - mu_train) / sqrt(V_test/m + V_train/n).
+    """The CPSample paper's two-sample one-sided Z-test (Sec. 4.3): Z = (mu_test - mu_train) / sqrt(V_test/m +
+    V_train/n).
 
     p = P(Z' >= Z) under the null "members do not score lower" (the paper states its null the other way round,
     but its statistic and reading only make sense this way): a small p means membership leaks.

@@ -1,10 +1,12 @@
-"""Membership inference against a diffusion denoiser, plain or guarded: does the model give itself away on its training images?
+"""Membership inference against a diffusion denoiser, plain or guarded: does the model give itself away on its training
+images?
 
 Two white-box attacks, both scoring each image by a reconstruction error (lower = more likely a member):
 
 - loss attack (Matsumoto et al. 2023; CPSample paper Alg. 1): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with fresh
   Gaussian eps, score = ||eps - eps_hat(x_t, t)||^2 / d, averaged over a few noise draws, at each chosen t.
-- PIA (Kong et al. 2024): eps0 = eps_hat(x0, 0) replaces the random noise, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps0,
+- PIA (Kong et al. 2024): eps0 = eps_hat(x0, 0) replaces the random noise, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
+eps0,
   score = ||eps0 - eps_hat(x_t, t)||_p / d^(1/p) with p = 4, t = 200: deterministic, two queries per image.
 
 "eps_hat" is the denoiser's eps, passed through `guard.adjust` when a guard is given, so the same attack measures how
@@ -54,7 +56,9 @@ class AttackResult:
     member_scores: dict[int, np.ndarray]
     nonmember_scores: dict[int, np.ndarray]
     settings: dict = field(default_factory=dict)
-    guard_fired: dict[int, dict[str, float]] = field(default_factory=dict)  # t -> share of members / non-members guided
+    guard_fired: dict[int, dict[str, float]] = field(
+        default_factory=dict
+    )  # t -> share of members / non-members guided
 
     @property
     def best_t(self) -> int:
@@ -109,8 +113,10 @@ class EpsPredictor:
             output = self.denoiser(x_t, t_batch)
         eps = getattr(output, "sample", output)  # diffusers models wrap the tensor, plain callables may not
         if eps.shape != x_t.shape:
-            raise ValueError(f"the denoiser returned shape {tuple(eps.shape)} for input {tuple(x_t.shape)}; "
-                             "an eps-predicting model must return its input's shape")
+            raise ValueError(
+                f"the denoiser returned shape {tuple(eps.shape)} for input {tuple(x_t.shape)}; "
+                "an eps-predicting model must return its input's shape"
+            )
         if self.guard is not None:
             eps = self._guarded(eps, x_t, t_batch, t)
         return eps.detach().float()
@@ -133,10 +139,21 @@ class EpsPredictor:
 # --- attacks ----------------------------------------------------------------------------------------------------
 
 
-def loss_attack(denoiser, schedule, members: Images, nonmembers: Images, *, guard: Guard | None = None,
-                timesteps: Sequence[int] = DEFAULT_LOSS_TIMESTEPS, draws: int = DEFAULT_DRAWS, batch_size: int = 128,
-                seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
-                progress: bool = True) -> AttackResult:
+def loss_attack(
+    denoiser,
+    schedule,
+    members: Images,
+    nonmembers: Images,
+    *,
+    guard: Guard | None = None,
+    timesteps: Sequence[int] = DEFAULT_LOSS_TIMESTEPS,
+    draws: int = DEFAULT_DRAWS,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    progress: bool = True,
+) -> AttackResult:
     """Loss attack (paper Alg. 1): per-image mean of ||eps - eps_hat(x_t, t)||^2 / d over `draws` noise draws.
 
     Row i of the member set and row i of the non-member set get the same noise (seeded by seed, draw, i), so the
@@ -155,16 +172,44 @@ def loss_attack(denoiser, schedule, members: Images, nonmembers: Images, *, guar
             scores[t] = torch.stack(errors).mean(dim=0)
         return scores
 
-    settings = {"timesteps": list(timesteps), "draws": draws, "seed": seed, "score": "mean over draws of ||eps - eps_hat(x_t, t)||^2 / d"}
-    return _run_attack("loss", score_batch, denoiser, schedule, members, nonmembers, guard, batch_size, device, dtype,
-                       progress, settings)
+    settings = {
+        "timesteps": list(timesteps),
+        "draws": draws,
+        "seed": seed,
+        "score": "mean over draws of ||eps - eps_hat(x_t, t)||^2 / d",
+    }
+    return _run_attack(
+        "loss",
+        score_batch,
+        denoiser,
+        schedule,
+        members,
+        nonmembers,
+        guard,
+        batch_size,
+        device,
+        dtype,
+        progress,
+        settings,
+    )
 
 
-def pia_attack(denoiser, schedule, members: Images, nonmembers: Images, *, guard: Guard | None = None,
-               timesteps: Sequence[int] = DEFAULT_PIA_TIMESTEPS, norm: float = PIA_NORM, batch_size: int = 128,
-               device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
-               progress: bool = True) -> AttackResult:
-    """PIA (Kong et al. 2024): eps0 = eps_hat(x0, 0) is the 'proximal initial' noise; score = ||eps0 - eps_hat(x_t, t)||_p / d^(1/p).
+def pia_attack(
+    denoiser,
+    schedule,
+    members: Images,
+    nonmembers: Images,
+    *,
+    guard: Guard | None = None,
+    timesteps: Sequence[int] = DEFAULT_PIA_TIMESTEPS,
+    norm: float = PIA_NORM,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    progress: bool = True,
+) -> AttackResult:
+    """PIA (Kong et al. 2024): eps0 = eps_hat(x0, 0) is the 'proximal initial' noise; score = ||eps0 - eps_hat(x_t,
+    t)||_p / d^(1/p).
 
     Deterministic: no random noise is drawn, so it needs no seed.
     """
@@ -182,12 +227,36 @@ def pia_attack(denoiser, schedule, members: Images, nonmembers: Images, *, guard
         return scores
 
     settings = {"timesteps": list(timesteps), "norm": norm, "score": "||eps_hat(x0,0) - eps_hat(x_t, t)||_p / d^(1/p)"}
-    return _run_attack("pia", score_batch, denoiser, schedule, members, nonmembers, guard, batch_size, device, dtype,
-                       progress, settings)
+    return _run_attack(
+        "pia",
+        score_batch,
+        denoiser,
+        schedule,
+        members,
+        nonmembers,
+        guard,
+        batch_size,
+        device,
+        dtype,
+        progress,
+        settings,
+    )
 
 
-def _run_attack(name: str, score_batch, denoiser, schedule, members, nonmembers, guard, batch_size, device, dtype,
-                progress, settings) -> AttackResult:
+def _run_attack(
+    name: str,
+    score_batch,
+    denoiser,
+    schedule,
+    members,
+    nonmembers,
+    guard,
+    batch_size,
+    device,
+    dtype,
+    progress,
+    settings,
+) -> AttackResult:
     """Shared frame of both attacks: checks, placement, batching over both sets, and the statistics."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -198,16 +267,31 @@ def _run_attack(name: str, score_batch, denoiser, schedule, members, nonmembers,
     if guard is not None:
         guard.to(device, dtype)
     eps_hat = EpsPredictor(denoiser, schedule.alphas_cumprod.float(), guard)
-    bar = tqdm(total=len(member_images) + len(nonmember_images), desc=f"{name} attack ({_guard_name(guard)})",
-               disable=not progress, unit="img", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(member_images) + len(nonmember_images),
+        desc=f"{name} attack ({_guard_name(guard)})",
+        disable=not progress,
+        unit="img",
+        dynamic_ncols=True,
+    )
     member_scores, member_fired = _score_set(score_batch, eps_hat, member_images, batch_size, device, dtype, bar)
     eps_hat.fired.clear()
-    nonmember_scores, nonmember_fired = _score_set(score_batch, eps_hat, nonmember_images, batch_size, device, dtype, bar)
+    nonmember_scores, nonmember_fired = _score_set(
+        score_batch, eps_hat, nonmember_images, batch_size, device, dtype, bar
+    )
     bar.close()
     per_t = {t: separation(member_scores[t], nonmember_scores[t]) for t in member_scores}
-    fired = {t: {"members": member_fired[t], "nonmembers": nonmember_fired[t]} for t in member_fired if t in nonmember_fired}
-    settings = {**settings, "guard": guard.settings() if guard is not None else {"guard": "none"}, "dtype": str(dtype).replace("torch.", "")}
-    return AttackResult(name, len(member_images), len(nonmember_images), per_t, member_scores, nonmember_scores, settings, fired)
+    fired = {
+        t: {"members": member_fired[t], "nonmembers": nonmember_fired[t]} for t in member_fired if t in nonmember_fired
+    }
+    settings = {
+        **settings,
+        "guard": guard.settings() if guard is not None else {"guard": "none"},
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return AttackResult(
+        name, len(member_images), len(nonmember_images), per_t, member_scores, nonmember_scores, settings, fired
+    )
 
 
 def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_size: int, device, dtype, bar):
@@ -215,7 +299,7 @@ def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_s
     collected: dict[int, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         rows = range(start, min(start + batch_size, len(images)))
-        x0 = images[rows.start:rows.stop].to(device=device, dtype=dtype)
+        x0 = images[rows.start : rows.stop].to(device=device, dtype=dtype)
         for t, scores in score_batch(eps_hat, x0, rows).items():
             collected.setdefault(t, []).append(scores.cpu())
         bar.update(len(rows))
@@ -227,12 +311,23 @@ def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_s
 # --- one call: load a model, pick the images, run the attacks ---------------------------------------------------
 
 
-def run_mia(model: str | Path | DiffusionModel = "bundled", guard: str | Guard = "none", classifier: str | Path = "bundled",
-            attack: str = "both",
-            timesteps: Sequence[int] | None = None, n_members: int | None = None, n_nonmembers: int | None = None,
-            draws: int = DEFAULT_DRAWS, pia_norm: float = PIA_NORM, batch_size: int = 128, seed: int = 0,
-            device: str = "cpu", dtype: str | torch.dtype = "float32", progress: bool = True,
-            **guard_options) -> dict[str, AttackResult]:
+def run_mia(
+    model: str | Path | DiffusionModel = "bundled",
+    guard: str | Guard = "none",
+    classifier: str | Path = "bundled",
+    attack: str = "both",
+    timesteps: Sequence[int] | None = None,
+    n_members: int | None = None,
+    n_nonmembers: int | None = None,
+    draws: int = DEFAULT_DRAWS,
+    pia_norm: float = PIA_NORM,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    progress: bool = True,
+    **guard_options,
+) -> dict[str, AttackResult]:
     """Attack a trained denoiser ('bundled', a folder or a loaded DiffusionModel) on its own member / non-member split.
 
     guard: a ready Guard, or a name built with `classifier` and guard_options (e.g. alpha=0.1; see `cpsample guards`).
@@ -256,11 +351,20 @@ def run_mia(model: str | Path | DiffusionModel = "bundled", guard: str | Guard =
     common = dict(guard=guard, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     results = {}
     if "loss" in attacks:
-        results["loss"] = loss_attack(unet, schedule, members, nonmembers, timesteps=timesteps or DEFAULT_LOSS_TIMESTEPS,
-                                      draws=draws, seed=seed, **common)
+        results["loss"] = loss_attack(
+            unet,
+            schedule,
+            members,
+            nonmembers,
+            timesteps=timesteps or DEFAULT_LOSS_TIMESTEPS,
+            draws=draws,
+            seed=seed,
+            **common,
+        )
     if "pia" in attacks:
-        results["pia"] = pia_attack(unet, schedule, members, nonmembers, timesteps=timesteps or DEFAULT_PIA_TIMESTEPS,
-                                    norm=pia_norm, **common)
+        results["pia"] = pia_attack(
+            unet, schedule, members, nonmembers, timesteps=timesteps or DEFAULT_PIA_TIMESTEPS, norm=pia_norm, **common
+        )
     for result in results.values():
         result.settings.update(model=str(model), member_indices=member_idx, nonmember_indices=nonmember_idx)
     return results
@@ -274,13 +378,16 @@ def chosen_attacks(attack: str) -> tuple[str, ...]:
     return (attack,)
 
 
-def pick_images(members: Sequence[int], nonmembers: Sequence[int], n_members: int | None, n_nonmembers: int | None,
-                seed: int) -> tuple[list[int], list[int]]:
+def pick_images(
+    members: Sequence[int], nonmembers: Sequence[int], n_members: int | None, n_nonmembers: int | None, seed: int
+) -> tuple[list[int], list[int]]:
     """Member and non-member indices to attack: all members (or a random n_members), and as many random non-members."""
     if not members:
         raise ValueError("the model's split lists no members: nothing to attack")
     if not nonmembers:
-        raise ValueError("the model's split lists no non-members (it was trained on every image): nothing to compare against")
+        raise ValueError(
+            "the model's split lists no non-members (it was trained on every image): nothing to compare against"
+        )
     rng = np.random.default_rng(seed)
     chosen_members = _random_subset(members, n_members, "members", rng)
     wanted = len(chosen_members) if n_nonmembers is None else n_nonmembers
@@ -326,8 +433,10 @@ def as_image_tensor(images: Images, what: str) -> torch.Tensor:
 def check_image_sets(members: Images, nonmembers: Images, denoiser=None) -> tuple[torch.Tensor, torch.Tensor]:
     member_images, nonmember_images = as_image_tensor(members, "members"), as_image_tensor(nonmembers, "non-members")
     if member_images.shape[1:] != nonmember_images.shape[1:]:
-        raise ValueError(f"members have shape {tuple(member_images.shape[1:])} per image but non-members "
-                         f"{tuple(nonmember_images.shape[1:])}")
+        raise ValueError(
+            f"members have shape {tuple(member_images.shape[1:])} per image but non-members "
+            f"{tuple(nonmember_images.shape[1:])}"
+        )
     config = getattr(denoiser, "config", None)
     if config is not None and hasattr(config, "in_channels") and hasattr(config, "sample_size"):
         size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
@@ -366,7 +475,7 @@ def place_module(module: torch.nn.Module, device: torch.device, dtype: torch.dty
 
 def _signal_noise(eps_hat: EpsPredictor, t: int) -> tuple[float, float]:
     abar = float(eps_hat.alphas_cumprod[t])
-    return abar ** 0.5, (1.0 - abar) ** 0.5
+    return abar**0.5, (1.0 - abar) ** 0.5
 
 
 def _mean_power(difference: torch.Tensor, power: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""One figure for a membership-inference run: per attack, the ROC curves (one per t) and the score histograms at the best t."""
+"""One figure for a membership-inference run: per attack, the ROC curves (one per t) and the score histograms at the
+best t."""
 
 from __future__ import annotations
 
@@ -31,9 +32,13 @@ def _plot_roc(ax, name: str, result) -> None:
         ax.plot(fpr, tpr, label=f"t={t}: AUC {stats.auc:.3f}, TPR@1% {stats.tpr_at_1pct_fpr:.1%}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.axvline(0.01, color="grey", linestyle=":", linewidth=0.8)
-    ax.set(xlabel="false positive rate (non-members flagged)", ylabel="true positive rate (members found)",
-           title=f"{name} attack: ROC ({result.n_members} members vs {result.n_nonmembers} non-members)",
-           xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate (non-members flagged)",
+        ylabel="true positive rate (members found)",
+        title=f"{name} attack: ROC ({result.n_members} members vs {result.n_nonmembers} non-members)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(fontsize=8, loc="lower right")
 
 
@@ -48,14 +53,28 @@ def _plot_histograms(ax, name: str, result) -> None:
         ax.set_xscale("log")
     else:
         edges = np.histogram_bin_edges(everything, bins=40)
-    # Share of each set per bin (not density, which log-spaced bins would distort; not counts, the sets differ in size).
-    ax.hist(nonmembers, bins=edges, alpha=0.55, weights=np.full(len(nonmembers), 1 / len(nonmembers)),
-            label=f"non-members (mean {nonmembers.mean():.4g})")
-    ax.hist(members, bins=edges, alpha=0.55, weights=np.full(len(members), 1 / len(members)),
-            label=f"members (mean {members.mean():.4g})")
+    # Share of each set per bin (not density, which log-spaced bins would distort; not counts, the sets differ in
+    # size).
+    ax.hist(
+        nonmembers,
+        bins=edges,
+        alpha=0.55,
+        weights=np.full(len(nonmembers), 1 / len(nonmembers)),
+        label=f"non-members (mean {nonmembers.mean():.4g})",
+    )
+    ax.hist(
+        members,
+        bins=edges,
+        alpha=0.55,
+        weights=np.full(len(members), 1 / len(members)),
+        label=f"members (mean {members.mean():.4g})",
+    )
     stats = result.best
-    ax.set(xlabel="score (lower = looks like a member)", ylabel="share of the set",
-           title=f"{name} scores at t={t}: Z = {stats.z:.2f}, one-sided p = {stats.p_value:.2g}")
+    ax.set(
+        xlabel="score (lower = looks like a member)",
+        ylabel="share of the set",
+        title=f"{name} scores at t={t}: Z = {stats.z:.2f}, one-sided p = {stats.p_value:.2g}",
+    )
     ax.legend(fontsize=8)
 
 

@@ -9,7 +9,8 @@ one mode and makes copies far more likely. SIDE builds that condition from the m
    Against a defended sampler the attacker's guidance comes first and the defence's `adjust` last (ChainGuard).
 Extraction is counted with the evaluation's near-copy yardstick (`find_near_copies`): cosine similarity of
 pixel-centred features to the nearest training image above a threshold (exact search). Reported: AMS (share
-of generations that are near-copies) and UMS (distinct training images matched / training set size), for the guided attack, for the
+of generations that are near-copies) and UMS (distinct training images matched / training set size), for the guided
+attack, for the
 unguided pool it started from, and for as many pool images as the attack drew (the same sampling budget).
 
 Cohesion of a cluster here is the mean cosine similarity of its members to their (normalised) centroid.
@@ -21,7 +22,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -63,9 +63,16 @@ class SideConfig:
         self.threshold = resolve_threshold(self.threshold, "pixels")
 
     def check(self) -> None:
-        positive = {"samples": self.samples, "clusters": self.clusters, "attack_steps": self.attack_steps,
-                    "train_steps": self.train_steps, "train_batch_size": self.train_batch_size, "per_class": self.per_class,
-                    "batch_size": self.batch_size, "min_cluster_size": self.min_cluster_size}
+        positive = {
+            "samples": self.samples,
+            "clusters": self.clusters,
+            "attack_steps": self.attack_steps,
+            "train_steps": self.train_steps,
+            "train_batch_size": self.train_batch_size,
+            "per_class": self.per_class,
+            "batch_size": self.batch_size,
+            "min_cluster_size": self.min_cluster_size,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"SIDE: {name} must be at least 1, got {value}")
@@ -90,10 +97,17 @@ class Extraction(NearCopies):
 
     def summary(self) -> dict:
         n = len(self.similarity)
-        return {"n": n, "near_copies": int(self.copies.sum()), "ams": float(self.copies.mean()) if n else 0.0,
-                "distinct_extracted": len(self.extracted), "ums": len(self.extracted) / self.training_size,
-                "extracted": self.extracted, "similarity_max": float(self.similarity.max()) if n else None,
-                "similarity_median": float(np.median(self.similarity)) if n else None, "threshold": self.threshold}
+        return {
+            "n": n,
+            "near_copies": int(self.copies.sum()),
+            "ams": float(self.copies.mean()) if n else 0.0,
+            "distinct_extracted": len(self.extracted),
+            "ums": len(self.extracted) / self.training_size,
+            "extracted": self.extracted,
+            "similarity_max": float(self.similarity.max()) if n else None,
+            "similarity_median": float(np.median(self.similarity)) if n else None,
+            "threshold": self.threshold,
+        }
 
 
 @dataclass
@@ -128,9 +142,17 @@ class SideResult:
     training_images: np.ndarray = field(repr=False)  # what extraction was judged against
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "defence": self.defence, "clusters": self.clusters, "classifier": self.classifier,
-                "pool": self.pool, "pool_same_budget": self.pool_same_budget, "attack": self.attack,
-                "per_class": self.per_class, "seconds": round(self.seconds, 1)}
+        return {
+            "config": self.config,
+            "defence": self.defence,
+            "clusters": self.clusters,
+            "classifier": self.classifier,
+            "pool": self.pool,
+            "pool_same_budget": self.pool_same_budget,
+            "attack": self.attack,
+            "per_class": self.per_class,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def count_extractions(images, training_images, threshold: float | None = None, progress: bool = False) -> Extraction:
@@ -139,8 +161,9 @@ def count_extractions(images, training_images, threshold: float | None = None, p
     return Extraction(found.similarity, found.nearest, found.threshold, training_size=len(training_images))
 
 
-def cluster_pool(images: torch.Tensor, clusters: int, min_cohesion: float = PAPER_COHESION, min_size: int = 2,
-                 seed: int = 0) -> Clusters:
+def cluster_pool(
+    images: torch.Tensor, clusters: int, min_cohesion: float = PAPER_COHESION, min_size: int = 2, seed: int = 0
+) -> Clusters:
     """k-means on unit-normalised pixel-centred features (spherical k-means in effect); keep cohesive clusters."""
     from sklearn.cluster import KMeans
 
@@ -156,33 +179,64 @@ def cluster_pool(images: torch.Tensor, clusters: int, min_cohesion: float = PAPE
     return Clusters(labels=labels, cohesion=cohesion, sizes=sizes, kept=kept)
 
 
-def train_surrogate_classifier(images: torch.Tensor, labels: np.ndarray, schedule, config: SideConfig,
-                               work_dir: Path, device: str = "cpu") -> tuple[TimeClassifier, dict]:
-    """A TimeClassifier with one label per surrogate class, trained on noised images with CPSample's classifier loss."""
+def train_surrogate_classifier(
+    images: torch.Tensor, labels: np.ndarray, schedule, config: SideConfig, work_dir: Path, device: str = "cpu"
+) -> tuple[TimeClassifier, dict]:
+    """A TimeClassifier with one label per surrogate class, trained on noised images with CPSample's classifier
+    loss."""
     from cpsample.training.classifier import noisy_ce_loss, per_timestep_report
     from cpsample.training.loop import TrainConfig, Trainer, make_accelerator
 
     channels = tuple(config.classifier_channels)
     num_labels = int(labels.max()) + 1
     torch.manual_seed(config.seed)
-    model = TimeClassifier(sample_size=images.shape[-1], in_channels=images.shape[1], block_out_channels=channels,
-                           num_labels=num_labels, norm_num_groups=min(16, min(channels)))
-    train = TrainConfig(steps=config.train_steps, batch_size=config.train_batch_size, lr=config.lr, ema_decay=0.99,
-                        seed=config.seed, save_every=config.train_steps, log_every=max(1, config.train_steps // 10))
+    model = TimeClassifier(
+        sample_size=images.shape[-1],
+        in_channels=images.shape[1],
+        block_out_channels=channels,
+        num_labels=num_labels,
+        norm_num_groups=min(16, min(channels)),
+    )
+    train = TrainConfig(
+        steps=config.train_steps,
+        batch_size=config.train_batch_size,
+        lr=config.lr,
+        ema_decay=0.99,
+        seed=config.seed,
+        save_every=config.train_steps,
+        log_every=max(1, config.train_steps // 10),
+    )
     targets = torch.from_numpy(labels.astype(np.int64))
     accelerator = make_accelerator(cpu=torch.device(device).type == "cpu")
-    trainer = Trainer(model, images.float(), noisy_ce_loss(schedule), train, work_dir, targets=targets,
-                      accelerator=accelerator)
+    trainer = Trainer(
+        model, images.float(), noisy_ce_loss(schedule), train, work_dir, targets=targets, accelerator=accelerator
+    )
     trainer.run_until(config.train_steps, description="SIDE surrogate classifier")
     classifier = trainer.ema_model().to(device)
-    report = per_timestep_report(classifier, images.float(), targets, schedule, timesteps=(0, 250, 500, 750), seed=config.seed)
-    return classifier, {"num_labels": num_labels, "steps": config.train_steps, "channels": list(channels),
-                        "final_loss": trainer.history[-1]["loss"] if trainer.history else None, "per_timestep": report}
+    report = per_timestep_report(
+        classifier, images.float(), targets, schedule, timesteps=(0, 250, 500, 750), seed=config.seed
+    )
+    return classifier, {
+        "num_labels": num_labels,
+        "steps": config.train_steps,
+        "channels": list(channels),
+        "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
+        "per_timestep": report,
+    }
 
 
-def guided_samples(denoise: Denoise, schedule, image_shape: tuple, classifier: TimeClassifier, classes: int,
-                   config: SideConfig, defence: Guard | None, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                   progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+def guided_samples(
+    denoise: Denoise,
+    schedule,
+    image_shape: tuple,
+    classifier: TimeClassifier,
+    classes: int,
+    config: SideConfig,
+    defence: Guard | None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> tuple[torch.Tensor, np.ndarray]:
     """per_class samples guided towards each surrogate class, batched across classes; defence applied last."""
     targets = np.repeat(np.arange(classes), config.per_class)
     attacker = ClassifierGuidanceGuard(classifier, target=0, scale=config.attack_scale)
@@ -191,18 +245,29 @@ def guided_samples(denoise: Denoise, schedule, image_shape: tuple, classifier: T
     images = []
     starts = range(0, len(targets), config.batch_size)
     for batch, start in enumerate(tqdm(starts, desc="SIDE guided sampling", disable=not progress, unit="batch")):
-        chunk = targets[start:start + config.batch_size]
+        chunk = targets[start : start + config.batch_size]
         attacker.set_target(torch.from_numpy(chunk))
         generator = batch_generator(config.seed, batch, stream=GUIDED_NOISE_STREAM)  # not the pool's noise
         scheduler = make_scheduler(config.scheduler, schedule.config, config.attack_steps)
-        out, _ = sample_batch(denoise, scheduler, (len(chunk), *image_shape), guard, generator, torch.device(device), dtype)
+        out, _ = sample_batch(
+            denoise, scheduler, (len(chunk), *image_shape), guard, generator, torch.device(device), dtype
+        )
         images.append(out)
     return torch.cat(images), targets
 
 
-def side_attack(denoise: Denoise, schedule, image_shape: tuple, training_images, config: SideConfig | None = None,
-                defence: Guard | None = None, work_dir: Path | None = None, device: str = "cpu",
-                dtype: torch.dtype = torch.float32, progress: bool = True) -> SideResult:
+def side_attack(
+    denoise: Denoise,
+    schedule,
+    image_shape: tuple,
+    training_images,
+    config: SideConfig | None = None,
+    defence: Guard | None = None,
+    work_dir: Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> SideResult:
     """Run SIDE against `denoise` (optionally defended) and count extracted training images.
 
     denoise: the unconditional eps model as a callable (x_t, t) -> eps (e.g. `unet_denoiser(unet)`); schedule: its
@@ -214,37 +279,67 @@ def side_attack(denoise: Denoise, schedule, image_shape: tuple, training_images,
     started = time.time()
     defence_guard = defence or NoGuard()
     defence_guard.to(torch.device(device), dtype)
-    factory: Callable[[], object] = lambda: make_scheduler(config.scheduler, schedule.config, config.attack_steps)
-    pool = sample(denoise, factory, config.samples, image_shape, guard=defence_guard, batch_size=config.batch_size,
-                  seed=config.seed, device=device, dtype=dtype, progress=progress).images
+
+    def factory() -> object:
+        return make_scheduler(config.scheduler, schedule.config, config.attack_steps)
+
+    pool = sample(
+        denoise,
+        factory,
+        config.samples,
+        image_shape,
+        guard=defence_guard,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    ).images
     clusters = cluster_pool(pool, config.clusters, config.min_cohesion, config.min_cluster_size, config.seed)
     if not clusters.kept:
-        raise ValueError(f"SIDE: no cluster has cohesion >= {config.min_cohesion} and at least {config.min_cluster_size} "
-                         f"images (best cohesion {clusters.cohesion.max():.3f}); lower --min-cohesion or draw more --samples")
+        raise ValueError(
+            f"SIDE: no cluster has cohesion >= {config.min_cohesion} and at least {config.min_cluster_size} "
+            f"images (best cohesion {clusters.cohesion.max():.3f}); lower --min-cohesion or draw more --samples"
+        )
     labels = clusters.surrogate_labels()
     keep = labels >= 0
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(work_dir) / "surrogate_classifier" if work_dir is not None else Path(scratch)
-        classifier, classifier_info = train_surrogate_classifier(pool[torch.from_numpy(keep)], labels[keep], schedule,
-                                                                 config, folder, device)
+        classifier, classifier_info = train_surrogate_classifier(
+            pool[torch.from_numpy(keep)], labels[keep], schedule, config, folder, device
+        )
         if work_dir is not None:  # keep the attacker's classifier for inspection or reuse
             classifier.save_pretrained(folder / "classifier", safe_serialization=True)
-    attack_images, targets = guided_samples(denoise, schedule, image_shape, classifier, len(clusters.kept), config,
-                                            defence, device, dtype, progress)
+    attack_images, targets = guided_samples(
+        denoise, schedule, image_shape, classifier, len(clusters.kept), config, defence, device, dtype, progress
+    )
     pool_extraction = count_extractions(pool, training_images, config.threshold)
     attack_extraction = count_extractions(attack_images, training_images, config.threshold)
     # The fair baseline: as many unguided samples as the attack drew (when the pool is large enough).
-    same_budget = count_extractions(pool[:len(attack_images)], training_images, config.threshold).summary()
+    same_budget = count_extractions(pool[: len(attack_images)], training_images, config.threshold).summary()
     return SideResult(
-        config=asdict(config), defence=defence_guard.settings(),
-        clusters={"k": config.clusters, "kept": len(clusters.kept), "kept_clusters": clusters.kept,
-                  "cohesion": np.round(clusters.cohesion, 4).tolist(), "sizes": clusters.sizes.tolist(),
-                  "pool_images_used": int(keep.sum())},
-        classifier=classifier_info, pool=pool_extraction.summary(), attack=attack_extraction.summary(),
+        config=asdict(config),
+        defence=defence_guard.settings(),
+        clusters={
+            "k": config.clusters,
+            "kept": len(clusters.kept),
+            "kept_clusters": clusters.kept,
+            "cohesion": np.round(clusters.cohesion, 4).tolist(),
+            "sizes": clusters.sizes.tolist(),
+            "pool_images_used": int(keep.sum()),
+        },
+        classifier=classifier_info,
+        pool=pool_extraction.summary(),
+        attack=attack_extraction.summary(),
         pool_same_budget=same_budget if len(pool) >= len(attack_images) else None,
-        per_class=_per_class(attack_extraction, targets, clusters), seconds=time.time() - started,
-        pool_images=pool, attack_images=attack_images, attack_targets=targets, attack_extraction=attack_extraction,
-        training_images=np.asarray(training_images, dtype=np.float32))
+        per_class=_per_class(attack_extraction, targets, clusters),
+        seconds=time.time() - started,
+        pool_images=pool,
+        attack_images=attack_images,
+        attack_targets=targets,
+        attack_extraction=attack_extraction,
+        training_images=np.asarray(training_images, dtype=np.float32),
+    )
 
 
 def _per_class(extraction: Extraction, targets: np.ndarray, clusters: Clusters) -> list[dict]:
@@ -252,16 +347,33 @@ def _per_class(extraction: Extraction, targets: np.ndarray, clusters: Clusters) 
     for surrogate, cluster in enumerate(clusters.kept):
         mine = targets == surrogate
         copies = extraction.copies & mine
-        rows.append({"class": surrogate, "cluster": cluster, "cohesion": round(float(clusters.cohesion[cluster]), 4),
-                     "cluster_size": int(clusters.sizes[cluster]), "near_copies": int(copies.sum()),
-                     "extracted": sorted(set(extraction.nearest[copies].tolist()))})
+        rows.append(
+            {
+                "class": surrogate,
+                "cluster": cluster,
+                "cohesion": round(float(clusters.cohesion[cluster]), 4),
+                "cluster_size": int(clusters.sizes[cluster]),
+                "near_copies": int(copies.sum()),
+                "extracted": sorted(set(extraction.nearest[copies].tolist())),
+            }
+        )
     return rows
 
 
-def run_side(model: str | DiffusionModel = "bundled", defence: str = "none", classifier: str = "bundled", alpha: float | None = None,
-             scale: float | None = None, tau: float | None = None, config: SideConfig | None = None, work_dir: Path | None = None,
-             device: str = "cpu", progress: bool = True) -> SideResult:
-    """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), plain or CPSample-defended."""
+def run_side(
+    model: str | DiffusionModel = "bundled",
+    defence: str = "none",
+    classifier: str = "bundled",
+    alpha: float | None = None,
+    scale: float | None = None,
+    tau: float | None = None,
+    config: SideConfig | None = None,
+    work_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> SideResult:
+    """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), plain or
+    CPSample-defended."""
     from cpsample.sampling.pipeline import guard_for_model
     from cpsample.sampling.sampler import unet_denoiser
 
@@ -273,10 +385,15 @@ def run_side(model: str | DiffusionModel = "bundled", defence: str = "none", cla
         raise ValueError(f"{model.folder}: SIDE attacks unconditional models; this one is class-conditional")
     dataset, split = model.dataset, model.split
     members = model.members.images
-    guard = None if defence == "none" else guard_for_model(model, "cpsample", classifier, device, alpha=alpha,
-                                                           scale=scale, tau=tau)
+    guard = (
+        None
+        if defence == "none"
+        else guard_for_model(model, "cpsample", classifier, device, alpha=alpha, scale=scale, tau=tau)
+    )
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    result = side_attack(unet_denoiser(unet), schedule, shape, members, config, guard, work_dir, device, progress=progress)
+    result = side_attack(
+        unet_denoiser(unet), schedule, shape, members, config, guard, work_dir, device, progress=progress
+    )
     for summary in (result.pool, result.attack):  # rows into the members -> dataset names a person can look up
         summary["extracted_names"] = [dataset.names[split.members[row]] for row in summary["extracted"]]
     return result

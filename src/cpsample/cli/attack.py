@@ -10,12 +10,27 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, Device, NearCopyThreshold, Overwrite, Scale, Seed, Tau, check_device_option,
-                                  console, prepare_out, run_safely)
+from cpsample.cli.common import (
+    Alpha,
+    Device,
+    NearCopyThreshold,
+    Overwrite,
+    Scale,
+    Seed,
+    Tau,
+    check_device_option,
+    console,
+    prepare_out,
+    run_safely,
+)
 
-attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                         help="Attack a model: how well can an adversary tell its training images from unseen ones? "
-                              "mia: with the weights (white box); sample-nn: from its samples alone (black box).")
+attack_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Attack a model: how well can an adversary tell its training images from unseen ones? "
+    "mia: with the weights (white box); sample-nn: from its samples alone (black box).",
+)
 
 
 @attack_app.command("mia")
@@ -23,16 +38,29 @@ attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exce
 def mia_command(
     out: Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")],
     model: Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")] = "bundled",
-    guard: Annotated[str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")] = "none",
+    guard: Annotated[
+        str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")
+    ] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
-    attack: Annotated[str, typer.Option(help="loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")] = "both",
-    t: Annotated[Optional[list[int]], typer.Option("--t", help="Diffusion step(s) to attack at; repeat for several "
-                                                         "(default: loss 100, 200, 300; pia 200).")] = None,
-    members: Annotated[Optional[int], typer.Option("--members", help="Attack at most this many members, picked at random (default: all).")] = None,
-    nonmembers: Annotated[Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")] = None,
+    attack: Annotated[
+        str, typer.Option(help="loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")
+    ] = "both",
+    t: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            "--t", help="Diffusion step(s) to attack at; repeat for several (default: loss 100, 200, 300; pia 200)."
+        ),
+    ] = None,
+    members: Annotated[
+        Optional[int],
+        typer.Option("--members", help="Attack at most this many members, picked at random (default: all)."),
+    ] = None,
+    nonmembers: Annotated[
+        Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")
+    ] = None,
     draws: Annotated[int, typer.Option(min=1, help="Loss attack: noise draws averaged per image.")] = 4,
     pia_norm: Annotated[float, typer.Option(help="PIA: the p of the l_p norm.")] = 4.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -41,7 +69,8 @@ def mia_command(
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
-    """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR, Z-test)
+    """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR,
+    Z-test)
 
     For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.mia import run_mia
@@ -52,88 +81,203 @@ def mia_command(
     prepare_out(out, "attack mia", overwrite, inputs=(model, classifier))
     check_device_option(device)
     seed_everything(seed)
-    settings = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
-                "attack": attack, "t": t, "members": members, "nonmembers": nonmembers, "draws": draws,
-                "pia_norm": pia_norm, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
-    results = run_mia(model=model, guard=guard, classifier=classifier, alpha=alpha, scale=scale, tau=tau, attack=attack,
-                      timesteps=t, n_members=members, n_nonmembers=nonmembers, draws=draws, pia_norm=pia_norm,
-                      batch_size=batch_size, seed=seed, device=device, dtype=dtype)
+    settings = {
+        "model": model,
+        "guard": guard,
+        "classifier": classifier,
+        "alpha": alpha,
+        "scale": scale,
+        "tau": tau,
+        "attack": attack,
+        "t": t,
+        "members": members,
+        "nonmembers": nonmembers,
+        "draws": draws,
+        "pia_norm": pia_norm,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
+    }
+    results = run_mia(
+        model=model,
+        guard=guard,
+        classifier=classifier,
+        alpha=alpha,
+        scale=scale,
+        tau=tau,
+        attack=attack,
+        timesteps=t,
+        n_members=members,
+        n_nonmembers=nonmembers,
+        draws=draws,
+        pia_norm=pia_norm,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
     out.mkdir(parents=True, exist_ok=True)
     summary = {name: result.to_dict(with_scores=True) for name, result in results.items()}
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     used = next(iter(results.values())).settings["guard"]  # the knobs as used (calibrated ones resolved)
     guard_text = describe_settings(used)
     plot_attacks(results, out / "roc.png", title=f"membership inference on {model} (guard: {guard_text})")
-    headline = {name: {"auc": r.auc, "best_t": r.best_t, "tpr_at_1pct_fpr": r.best.tpr_at_1pct_fpr,
-                       "z": r.best.z, "p_value": r.best.p_value} for name, r in results.items()}
-    write_record(out, "attack mia", settings, {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")})
+    headline = {
+        name: {
+            "auc": r.auc,
+            "best_t": r.best_t,
+            "tpr_at_1pct_fpr": r.best.tpr_at_1pct_fpr,
+            "z": r.best.z,
+            "p_value": r.best.p_value,
+        }
+        for name, r in results.items()
+    }
+    write_record(
+        out, "attack mia", settings, {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")}
+    )
     console.print(results_table(results, guard_text))
 
 
 def results_table(results: dict, guard: str) -> Table:
     first = next(iter(results.values()))
-    table = Table(title=f"membership inference (guard: {guard}; {first.n_members} members vs {first.n_nonmembers} non-members)")
+    table = Table(
+        title=f"membership inference (guard: {guard}; {first.n_members} members vs {first.n_nonmembers} non-members)"
+    )
     for column in ("attack", "t", "AUC", "TPR@1%FPR", "Z", "p (one-sided)", "member mean", "non-member mean"):
         table.add_column(column, justify="right")
     for name, result in results.items():
         for t, stats in result.per_t.items():
             style = "bold" if t == result.best_t and len(result.per_t) > 1 else None
-            table.add_row(name, str(t), f"{stats.auc:.3f}", f"{stats.tpr_at_1pct_fpr:.1%}", f"{stats.z:.2f}",
-                          f"{stats.p_value:.2g}", f"{stats.member_mean:.4g}", f"{stats.nonmember_mean:.4g}", style=style)
+            table.add_row(
+                name,
+                str(t),
+                f"{stats.auc:.3f}",
+                f"{stats.tpr_at_1pct_fpr:.1%}",
+                f"{stats.z:.2f}",
+                f"{stats.p_value:.2g}",
+                f"{stats.member_mean:.4g}",
+                f"{stats.nonmember_mean:.4g}",
+                style=style,
+            )
     return table
 
 
 @attack_app.command("sample-nn")
 @run_safely
 def sample_nn_command(
-    samples: Annotated[list[str], typer.Option(help="[NAME=]PATH to a samples.npz, any defence's; repeat for several. "
-                                                    "A .npz holding several image arrays (the demo's samples.npz) "
-                                                    "gives one set per array.")],
+    samples: Annotated[
+        list[str],
+        typer.Option(
+            help="[NAME=]PATH to a samples.npz, any defence's; repeat for several. "
+            "A .npz holding several image arrays (the demo's samples.npz) "
+            "gives one set per array."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")],
-    model: Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled': whose members to look for.")] = "bundled",
-    members: Annotated[Optional[int], typer.Option("--members", help="At most this many members, picked at random (default: all).")] = None,
-    nonmembers: Annotated[Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")] = None,
-    features: Annotated[str, typer.Option(help="Feature space of the near-copy yardstick: pixels, dino:PATH or sscd:PATH.")] = "pixels",
+    model: Annotated[
+        str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled': whose members to look for.")
+    ] = "bundled",
+    members: Annotated[
+        Optional[int], typer.Option("--members", help="At most this many members, picked at random (default: all).")
+    ] = None,
+    nonmembers: Annotated[
+        Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")
+    ] = None,
+    features: Annotated[
+        str, typer.Option(help="Feature space of the near-copy yardstick: pixels, dino:PATH or sscd:PATH.")
+    ] = "pixels",
     threshold: NearCopyThreshold = None,
-    trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
+    trust_torchscript: Annotated[
+        bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")
+    ] = False,
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
-    """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR, Mann-Whitney U)
+    """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR,
+    Mann-Whitney U)
 
     Score: cosine distance of each member / held-out image to its nearest generated sample, in the near-copy
-    yardstick's feature space. Reads only samples.npz files, so it scores any defence's output without sampling again."""
+    yardstick's feature space. Reads only samples.npz files, so it scores any defence's output without sampling
+    again."""
     from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
     from cpsample.provenance import seed_everything, write_record
 
     prepare_out(out, "attack sample-nn", overwrite, inputs=(*(samples or []), model, features))
     seed_everything(seed)
     sets = read_sample_sets(samples)
-    results = run_sample_attack(sets, model=model, n_members=members, n_nonmembers=nonmembers, features=features,
-                                threshold=threshold, seed=seed, trust_torchscript=trust_torchscript)
+    results = run_sample_attack(
+        sets,
+        model=model,
+        n_members=members,
+        n_nonmembers=nonmembers,
+        features=features,
+        threshold=threshold,
+        seed=seed,
+        trust_torchscript=trust_torchscript,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps({name: r.to_dict(with_scores=True) for name, r in results.items()},
-                                                indent=2, default=str))
+    (out / "result.json").write_text(
+        json.dumps({name: r.to_dict(with_scores=True) for name, r in results.items()}, indent=2, default=str)
+    )
     plot_sample_attacks(results, out / "roc.png", title=f"sample-only membership inference on {model}'s members")
-    settings = {"samples": samples, "model": model, "members": members, "nonmembers": nonmembers, "features": features,
-                "threshold": threshold, "seed": seed}
-    headline = {name: {"auc": r.auc, "tpr_at_1pct_fpr": r.stats.tpr_at_1pct_fpr, "mann_whitney_p": r.mann_whitney_p,
-                       "n_samples": r.n_samples} for name, r in results.items()}
-    write_record(out, "attack sample-nn", settings, {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")})
+    settings = {
+        "samples": samples,
+        "model": model,
+        "members": members,
+        "nonmembers": nonmembers,
+        "features": features,
+        "threshold": threshold,
+        "seed": seed,
+    }
+    headline = {
+        name: {
+            "auc": r.auc,
+            "tpr_at_1pct_fpr": r.stats.tpr_at_1pct_fpr,
+            "mann_whitney_p": r.mann_whitney_p,
+            "n_samples": r.n_samples,
+        }
+        for name, r in results.items()
+    }
+    write_record(
+        out,
+        "attack sample-nn",
+        settings,
+        {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")},
+    )
     console.print(sample_table(results))
 
 
 def sample_table(results: dict) -> Table:
     first = next(iter(results.values()))
-    table = Table(title=f"sample-only membership inference ({first.n_members} members vs {first.n_nonmembers} "
-                        f"non-members; {first.settings['features']} cosine to the nearest sample)")
-    for column in ("samples", "n", "AUC", "TPR@1%FPR", "p (Mann-Whitney)", "members copied", "non-members copied",
-                   "member mean dist", "non-member mean dist"):
+    table = Table(
+        title=f"sample-only membership inference ({first.n_members} members vs {first.n_nonmembers} "
+        f"non-members; {first.settings['features']} cosine to the nearest sample)"
+    )
+    for column in (
+        "samples",
+        "n",
+        "AUC",
+        "TPR@1%FPR",
+        "p (Mann-Whitney)",
+        "members copied",
+        "non-members copied",
+        "member mean dist",
+        "non-member mean dist",
+    ):
         table.add_column(column, justify="right")
     for name, r in results.items():
-        table.add_row(name, str(r.n_samples), f"{r.auc:.3f}", f"{r.stats.tpr_at_1pct_fpr:.1%}", f"{r.mann_whitney_p:.2g}",
-                      f"{r.member_copied_share:.1%}", f"{r.nonmember_copied_share:.1%}", f"{r.stats.member_mean:.4g}",
-                      f"{r.stats.nonmember_mean:.4g}")
+        table.add_row(
+            name,
+            str(r.n_samples),
+            f"{r.auc:.3f}",
+            f"{r.stats.tpr_at_1pct_fpr:.1%}",
+            f"{r.mann_whitney_p:.2g}",
+            f"{r.member_copied_share:.1%}",
+            f"{r.nonmember_copied_share:.1%}",
+            f"{r.stats.member_mean:.4g}",
+            f"{r.stats.nonmember_mean:.4g}",
+        )
     return table
 
 
@@ -150,7 +294,9 @@ def read_sample_sets(specs: list[str]) -> dict:
         path = check_samples_path(Path(path), f"--samples {spec}")
         found = _named_arrays(path) or {"": load_samples(path).images}
         for key, images in found.items():
-            label = "/".join(part for part in (name, key) if part) or (path.parent.name if path.stem == "samples" else path.stem)
+            label = "/".join(part for part in (name, key) if part) or (
+                path.parent.name if path.stem == "samples" else path.stem
+            )
             if label in sets:
                 raise ValueError(f"--samples: two sets are named {label!r}; name them with NAME=PATH")
             sets[label] = images
@@ -170,8 +316,16 @@ def _named_arrays(path: Path) -> dict:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError):
         return {}  # load_samples says what is wrong with the file
-    images = {key: a.astype(np.float32) for key, a in arrays.items() if a.ndim == 4 and a.shape[1] in (1, 3)
-              and np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() and a.min() >= -1.0 and a.max() <= 1.0}
+    images = {
+        key: a.astype(np.float32)
+        for key, a in arrays.items()
+        if a.ndim == 4
+        and a.shape[1] in (1, 3)
+        and np.issubdtype(a.dtype, np.floating)
+        and np.isfinite(a).all()
+        and a.min() >= -1.0
+        and a.max() <= 1.0
+    }
     return images if len(images) == len(arrays) else {}
 
 

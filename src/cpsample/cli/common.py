@@ -21,8 +21,9 @@ from cpsample.provenance import RUN_BOOKKEEPING
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
 LOG_WIDTH = 200
-console = Console(stderr=True, soft_wrap=True,
-                  width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH)
+console = Console(
+    stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
+)
 
 MAX_SEED = 2**32 - 1  # numpy's limit; torch's is higher, and seeds derived from --seed add small offsets to it
 Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED - 1000, help="Random seed: same seed, same result.")]
@@ -30,30 +31,56 @@ Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")
 
 # Options every training command shares (defaults stay with each command).
 ImageSize = Annotated[Optional[int], typer.Option(help="Resize images to this square size.")]
-Subset = Annotated[Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")]
+Subset = Annotated[
+    Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")
+]
 Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps in all (with --resume: the step to train up to).")]
 BatchSize = Annotated[int, typer.Option(min=1)]
 Channels = Annotated[str, typer.Option(help="Block widths, comma-separated.")]
 MixedPrecision = Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")]
-Trace = Annotated[bool, typer.Option(help="Also write trace.npz / trace.png: the classifier's verdict on every sample. Private: never share it.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")]
+Trace = Annotated[
+    bool,
+    typer.Option(
+        help="Also write trace.npz / trace.png: the classifier's verdict on every sample. Private: never share it."
+    ),
+]
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")
+]
 
 # CPSample's three knobs, shared by every command that samples or attacks with the guard. Left out, they come from
 # the classifier's calibration.json (written by `cpsample calibrate`), else 0.1 / 10 / 0.001 with a note.
 _CALIBRATED = " Default: the classifier's calibration (cpsample calibrate)."
-Alpha = Annotated[Optional[float], typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label." + _CALIBRATED)]
+Alpha = Annotated[
+    Optional[float], typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label." + _CALIBRATED)
+]
 Scale = Annotated[Optional[float], typer.Option(help="CPSample guidance scale s." + _CALIBRATED)]
-Tau = Annotated[Optional[float], typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001)." + _CALIBRATED)]
+Tau = Annotated[
+    Optional[float],
+    typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001)." + _CALIBRATED),
+]
 
 # Left out, a near-copy threshold resolves through the one yardstick, so CLI and library defaults agree.
-NearCopyThreshold = Annotated[Optional[float], typer.Option(help=(
-    "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
-    "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98)."))]
+NearCopyThreshold = Annotated[
+    Optional[float],
+    typer.Option(
+        help=(
+            "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
+            "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98)."
+        )
+    ),
+]
 
 
-GuardOption = Annotated[Optional[list[str]], typer.Option(
-    "--option", "-o", help="Any option of the chosen guard as NAME=VALUE (repeatable); `cpsample guards` lists them all.")]
+GuardOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--option",
+        "-o",
+        help="Any option of the chosen guard as NAME=VALUE (repeatable); `cpsample guards` lists them all.",
+    ),
+]
 
 
 def parse_guard_options(guard: str, items: list[str] | None, **flags) -> dict:
@@ -88,7 +115,11 @@ def _typed(name: str, text: str, declared):
     import types
     import typing
 
-    choices = typing.get_args(declared) if isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union else (declared,)
+    choices = (
+        typing.get_args(declared)
+        if isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union
+        else (declared,)
+    )
     if text.lower() == "none" and type(None) in choices:
         return None
     kind = next(choice for choice in choices if choice is not type(None))
@@ -116,6 +147,7 @@ def fail(message: str) -> None:
 
 def run_safely(function):
     """Turn expected user errors into one clear line and exit code 2 instead of a traceback."""
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
@@ -143,11 +175,11 @@ def run_safely(function):
 # What to do about an OSError, by errno; the rest are said as the system says them.
 _OS_ADVICE = {
     errno.ENOSPC: "free some space or pick an --out on another disk, then rerun the same command (a training run "
-                  "continues from its last saved state with --resume)",
+    "continues from its last saved state with --resume)",
     errno.EDQUOT: "your disk quota is full; free some space, then rerun the same command (a training run continues "
-                  "from its last saved state with --resume)",
+    "from its last saved state with --resume)",
     errno.EFBIG: "a file size limit (ulimit -f) or the file system stops it; raise the limit or pick an --out on "
-                 "another disk, then rerun the same command (a training run continues with --resume)",
+    "another disk, then rerun the same command (a training run continues with --resume)",
     errno.EACCES: "no permission to write there; pick an --out you can write to",
     errno.EPERM: "not permitted there; pick an --out you can write to",
     errno.EROFS: "that file system is read-only; pick an --out on a writable disk",
@@ -156,7 +188,7 @@ _OS_ADVICE = {
     errno.ELOOP: "a symbolic link leads back to itself; fix the link or pick another path",
     errno.ENAMETOOLONG: "pick a shorter path",
     errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another "
-                  "path",
+    "path",
 }
 
 
@@ -168,15 +200,15 @@ def os_error_line(error: OSError) -> str:
     return f"{where}{what}" + (f"; {advice}" if advice else "")
 
 
-
-
-
 def guard_stats(trace: dict) -> dict:
     """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once."""
     if "fired" not in trace:
         return {}
     fired = trace["fired"]
-    return {"share_of_steps_guided": float(fired.mean()), "share_of_samples_ever_guided": float(fired.any(axis=0).mean())}
+    return {
+        "share_of_steps_guided": float(fired.mean()),
+        "share_of_samples_ever_guided": float(fired.any(axis=0).mean()),
+    }
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -190,8 +222,9 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def prepare_training(data: str, image_size: int | None, subset: int | None, seed: int, init: str | None = None,
-                     **loop_settings):
+def prepare_training(
+    data: str, image_size: int | None, subset: int | None, seed: int, init: str | None = None, **loop_settings
+):
     """The start of every denoiser training command: seed, load the data, fix the member split, loop settings.
 
     With `init` (a model to fine-tune), the images that model was pretrained on are kept out of the split."""
@@ -244,14 +277,38 @@ OUTPUTS = {
     "sample": SAMPLE_OUTPUTS,
     "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),
     "sample-sd": (*SAMPLE_OUTPUTS, "plain", "private.json"),
-    "evaluate": ("report.html", "report.md", "report.json", "similarity_histogram.png", "top_pairs.png", "cpsample.json"),
+    "evaluate": (
+        "report.html",
+        "report.md",
+        "report.json",
+        "similarity_histogram.png",
+        "top_pairs.png",
+        "cpsample.json",
+    ),
     "attack mia": ("result.json", "roc.png", "cpsample.json"),
     "attack sample-nn": ("result.json", "roc.png", "cpsample.json"),
     "attack side": ("result.json", "pool.png", "attack.png", "pairs.png", "surrogate_classifier", "cpsample.json"),
-    "calibrate": ("calibration.json", "calibration.csv", "calibration.png", "confirmation.csv", "confirmation.png",
-                  "cpsample.json"),
-    "demo": ("report.html", "report.md", "report.json", "grid_*.png", "trace.png", "similarity_histogram.png",
-             "top_pairs.png", "mia_*.png", "samples.npz", "samples", "cpsample.json"),
+    "calibrate": (
+        "calibration.json",
+        "calibration.csv",
+        "calibration.png",
+        "confirmation.csv",
+        "confirmation.png",
+        "cpsample.json",
+    ),
+    "demo": (
+        "report.html",
+        "report.md",
+        "report.json",
+        "grid_*.png",
+        "trace.png",
+        "similarity_histogram.png",
+        "top_pairs.png",
+        "mia_*.png",
+        "samples.npz",
+        "samples",
+        "cpsample.json",
+    ),
     "make-tiny-sd": ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "cpsample.json"),
     "train-feature-net": ("config.json", "model.safetensors", "cpsample.json"),
 }
@@ -313,26 +370,34 @@ def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool =
     for parent in resolved.parents:
         kind = folder_kind(parent)
         if kind:
-            raise FileExistsError(f"--out {out} is inside {parent}, which holds {kind}; `cpsample {command}` never "
-                                  f"{NEVER}")
+            raise FileExistsError(
+                f"--out {out} is inside {parent}, which holds {kind}; `cpsample {command}` never {NEVER}"
+            )
     contents = _contents(out)
     training = command in MODEL_COMMANDS
     if contents:
         kind = folder_kind(out)
-        own_model = training and (_record_command(out) == command or (command in TRAINING_COMMANDS and
-                                                                      _record_command(out) is None and "train_state" in (kind or "")))
+        own_model = training and (
+            _record_command(out) == command
+            or (command in TRAINING_COMMANDS and _record_command(out) is None and "train_state" in (kind or ""))
+        )
         if kind and not own_model:
             raise FileExistsError(f"--out {out} holds {kind}; `cpsample {command}` never {NEVER}")
         what = ", ".join(contents[:3]) + (" ..." if len(contents) > 3 else "")
         if not overwrite and not resume and not _resumable(out, command, contents):
-            advice = "--resume to continue its run, --overwrite to replace it" if command in TRAINING_COMMANDS else \
-                "--overwrite to replace it"
+            advice = (
+                "--resume to continue its run, --overwrite to replace it"
+                if command in TRAINING_COMMANDS
+                else "--overwrite to replace it"
+            )
             raise FileExistsError(f"--out {out} already holds {what}; pass {advice}, or pick a new --out")
         if overwrite and not resume and not made_by_cpsample(out):
             taken = sorted({path.name for pattern in OUTPUTS.get(command, ()) for path in out.glob(pattern)})
             if taken:  # a folder cpsample never wrote into: its files are the user's, whatever their names
-                raise FileExistsError(f"--out {out} holds {', '.join(taken)}, which cpsample did not write and "
-                                      f"`cpsample {command}` would replace; pick a new --out")
+                raise FileExistsError(
+                    f"--out {out} holds {', '.join(taken)}, which cpsample did not write and "
+                    f"`cpsample {command}` would replace; pick a new --out"
+                )
     check_inputs_outside(out, inputs)
     _lock(out, command)
     (out / OUT_MARKER).touch()
@@ -352,16 +417,21 @@ def check_inputs_outside(out: Path, inputs) -> None:
             continue  # a bundled name, or a path the command itself will report as missing
         where = path.resolve()
         if where == resolved or resolved in where.parents:
-            raise FileExistsError(f"--out {out} holds {value}, an input of this command; the run would overwrite or "
-                                  "clear it: pick another --out")
+            raise FileExistsError(
+                f"--out {out} holds {value}, an input of this command; the run would overwrite or "
+                "clear it: pick another --out"
+            )
 
 
 def made_by_cpsample(folder: Path) -> bool:
     """A folder a cpsample command wrote into: its marker or record, a sampling run's batches, a training state, or
     the lock of a run that was killed."""
     folder = Path(folder)
-    return (any((folder / name).exists() for name in (OUT_MARKER, LOCK_FILE, "batches/settings.json", "train_state"))
-            or _record_command(folder) is not None or any(folder.glob("train_state.*")))
+    return (
+        any((folder / name).exists() for name in (OUT_MARKER, LOCK_FILE, "batches/settings.json", "train_state"))
+        or _record_command(folder) is not None
+        or any(folder.glob("train_state.*"))
+    )
 
 
 def _contents(folder: Path) -> list[str]:
@@ -416,8 +486,10 @@ def _lock(out: Path, command: str) -> None:
                 continue
             if created:
                 out.rmdir()
-            raise FileExistsError(f"--out {out} is in use by another run ({holder}); wait for it to finish or pick "
-                                  f"another --out (if no run is going on, delete {path})") from None
+            raise FileExistsError(
+                f"--out {out} is in use by another run ({holder}); wait for it to finish or pick "
+                f"another --out (if no run is going on, delete {path})"
+            ) from None
         with os.fdopen(handle, "w") as file:
             file.write(json.dumps(me))
         _held_locks.append((path, created))

@@ -3,11 +3,14 @@ Stable Diffusion pipelines protected in latent space (paper section 4.2, Table 2
 
     cpsample train-conditional --data mnist --subset 200 --steps 4000 --out runs/cond
     cpsample train-classifier --denoiser runs/cond --out runs/cond-clf
-    cpsample sample-conditional --model runs/cond --classes 0,1,2 -n 8 --guard cpsample --classifier runs/cond-clf --out runs/s
+    cpsample sample-conditional --model runs/cond --classes 0,1,2 -n 8 --guard cpsample --classifier runs/cond-clf
+    --out runs/s
 
     cpsample make-tiny-sd --out runs/tiny-sd
-    cpsample train-latent-classifier --pipeline runs/tiny-sd --images private/ --captions captions.txt --out runs/latent-clf
-    cpsample sample-sd --pipeline runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf \
+    cpsample train-latent-classifier --pipeline runs/tiny-sd --images private/ --captions captions.txt --out
+    runs/latent-clf
+    cpsample sample-sd --pipeline runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf
+    \
         --compare-plain --out runs/sd
 """
 
@@ -22,10 +25,34 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, BatchSize, Channels, check_device_option, prepare_out,
-                                 console, Device, fail, guard_stats, GuardOption, ImageSize, MixedPrecision,
-                                 NearCopyThreshold, Overwrite, parse_guard_options, parse_widths, prepare_training,
-                                 Resume, run_safely, Scale, Seed, Steps, Subset, Tau, Trace)
+from cpsample.cli.common import (
+    Alpha,
+    BatchSize,
+    Channels,
+    Device,
+    GuardOption,
+    ImageSize,
+    MixedPrecision,
+    NearCopyThreshold,
+    Overwrite,
+    Resume,
+    Scale,
+    Seed,
+    Steps,
+    Subset,
+    Tau,
+    Trace,
+    check_device_option,
+    console,
+    fail,
+    guard_stats,
+    parse_guard_options,
+    parse_widths,
+    prepare_out,
+    prepare_training,
+    run_safely,
+)
+
 
 def register(app: typer.Typer) -> None:
     """Add the conditional and latent (Stable Diffusion) commands to the app."""
@@ -38,16 +65,23 @@ def register(app: typer.Typer) -> None:
 
 # --- class-conditional ---------------------------------------------------------------------------------------
 
+
 def train_conditional_command(
-    out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/, split.json, cpsample.json).")],
-    data: Annotated[str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")] = "mnist",
+    out: Annotated[
+        Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/, split.json, cpsample.json).")
+    ],
+    data: Annotated[
+        str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")
+    ] = "mnist",
     image_size: ImageSize = 16,
     subset: Subset = None,
     steps: Steps = 10000,
     batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    label_dropout: Annotated[float, typer.Option(help="Probability of training a step with the null label (CFG).")] = 0.1,
+    label_dropout: Annotated[
+        float, typer.Option(help="Probability of training a step with the null label (CFG).")
+    ] = 0.1,
     channels: Channels = "32,64,64",
     save_every: int = 500,
     mixed_precision: MixedPrecision = "no",
@@ -59,24 +93,55 @@ def train_conditional_command(
     from cpsample.training.conditional import train_conditional
 
     prepare_out(out, "train-conditional", overwrite, resume, inputs=(data,))
-    members, split, config = prepare_training(data, image_size, subset, seed, steps=steps, batch_size=batch_size, lr=lr,
-                                              ema_decay=ema_decay, save_every=save_every, mixed_precision=mixed_precision)
-    summary = train_conditional(members, split, out, config, label_dropout=label_dropout, resume=resume, overwrite=overwrite,
-                                block_out_channels=parse_widths(channels), data_spec=split.source)
-    console.print(f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
-                  f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
+    members, split, config = prepare_training(
+        data,
+        image_size,
+        subset,
+        seed,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        save_every=save_every,
+        mixed_precision=mixed_precision,
+    )
+    summary = train_conditional(
+        members,
+        split,
+        out,
+        config,
+        label_dropout=label_dropout,
+        resume=resume,
+        overwrite=overwrite,
+        block_out_channels=parse_widths(channels),
+        data_spec=split.source,
+    )
+    console.print(
+        f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
+        f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
+    )
 
 
 def sample_conditional_command(
     model: Annotated[str, typer.Option(help="Class-conditional model folder (from train-conditional).")],
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per class), samples.npz, cpsample.json, "
-                                      "private.json (similarity to the members: do not share), batches/ (+ trace "
-                                      "files with --trace).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder: grid.png (one row per class), samples.npz, cpsample.json, "
+            "private.json (similarity to the members: do not share), batches/ (+ trace "
+            "files with --trace)."
+        ),
+    ],
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, or 'all' (default).")] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per class.")] = 8,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
-    guard: Annotated[str, typer.Option(help="none, cpsample, amg, delayed-cfg or opposite-cfg; `cpsample guards` lists their options.")] = "none",
-    classifier: Annotated[Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")] = None,
+    guard: Annotated[
+        str,
+        typer.Option(help="none, cpsample, amg, delayed-cfg or opposite-cfg; `cpsample guards` lists their options."),
+    ] = "none",
+    classifier: Annotated[
+        Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")
+    ] = None,
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
@@ -84,7 +149,13 @@ def sample_conditional_command(
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
     steps: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: BatchSize = 250,
-    feature_net: Annotated[Optional[str], typer.Option(help="'bundled' (MNIST digitnet for grey images, Twemoji emojinet for RGB) or a folder: report how many samples keep their class.")] = None,
+    feature_net: Annotated[
+        Optional[str],
+        typer.Option(
+            help="'bundled' (MNIST digitnet for grey images, Twemoji emojinet for RGB) or a folder: report how many "
+            "samples keep their class."
+        ),
+    ] = None,
     copy_threshold: NearCopyThreshold = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
@@ -108,14 +179,42 @@ def sample_conditional_command(
     check_sample_count(n * len(wanted), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
     labels = np.repeat(wanted, n)
     guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau)
-    settings = {"model": model, "classes": wanted, "n_per_class": n, "cfg_scale": cfg_scale, "guard": guard,
-                "classifier": classifier, **guard_options, "scheduler": scheduler, "steps": steps,
-                "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "copy_threshold": copy_threshold}
-    result = generate_conditional(model, labels.tolist(), cfg_scale, guard=guard, scheduler=scheduler, steps=steps, seed=seed,
-                                  classifier=classifier, batch_size=batch_size, dtype=dtype, device=device, work_dir=out,
-                                  overwrite=overwrite, **guard_options)
-    paths = {**save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
-             **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
+    settings = {
+        "model": model,
+        "classes": wanted,
+        "n_per_class": n,
+        "cfg_scale": cfg_scale,
+        "guard": guard,
+        "classifier": classifier,
+        **guard_options,
+        "scheduler": scheduler,
+        "steps": steps,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
+        "copy_threshold": copy_threshold,
+    }
+    result = generate_conditional(
+        model,
+        labels.tolist(),
+        cfg_scale,
+        guard=guard,
+        scheduler=scheduler,
+        steps=steps,
+        seed=seed,
+        classifier=classifier,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        work_dir=out,
+        overwrite=overwrite,
+        **guard_options,
+    )
+    paths = {
+        **save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
+        **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace),
+    }
     stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace)}
     if feature_net:
         stats["class_agreement"] = class_agreement_stats(feature_net, result.images, labels, device)
@@ -137,8 +236,10 @@ def member_similarity(model: str, images, threshold: float | None = None) -> dic
         return {}
     members = dataset.take(split.members).images
     found = find_near_copies(images, members, "pixels", threshold)
-    return {"nearest_member_cosine": similarity_summary(found.similarity),
-            "near_copies": replication_share(found.similarity, found.threshold)}
+    return {
+        "nearest_member_cosine": similarity_summary(found.similarity),
+        "near_copies": replication_share(found.similarity, found.threshold),
+    }
 
 
 def class_agreement_stats(feature_net: str, images, labels: np.ndarray, device: str) -> dict:
@@ -149,8 +250,11 @@ def class_agreement_stats(feature_net: str, images, labels: np.ndarray, device: 
 
 # --- Stable Diffusion (latent space) -------------------------------------------------------------------------
 
+
 def make_tiny_sd_command(
-    out: Annotated[Path, typer.Option(help="Folder for the pipeline (model_index.json, unet/, vae/, text_encoder/, ...).")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the pipeline (model_index.json, unet/, vae/, text_encoder/, ...).")
+    ],
     image_size: Annotated[int, typer.Option(help="Image resolution; latents are half of it.")] = 32,
     scheduler: Annotated[str, typer.Option(help="pndm (as Stable Diffusion v1) or ddim.")] = "pndm",
     overwrite: Overwrite = False,
@@ -159,7 +263,10 @@ def make_tiny_sd_command(
     """Write a tiny random-weight Stable Diffusion pipeline, to try the latent workflow offline."""
     require_transformers()
     if image_size < 4 or image_size % 4:
-        raise ValueError(f"--image-size must be a positive multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}")
+        raise ValueError(
+            "--image-size must be a positive multiple of 4 (the VAE halves it, the UNet halves it again), got "
+            f"{image_size}"
+        )
     prepare_out(out, "make-tiny-sd", overwrite)
     from cpsample.provenance import write_record
     from cpsample.sampling.latent import build_tiny_sd_pipeline
@@ -171,11 +278,18 @@ def make_tiny_sd_command(
 
 def train_latent_classifier_command(
     pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    images: Annotated[Path, typer.Option(help="Folder of the private images to protect (resized to the pipeline's resolution).")],
+    images: Annotated[
+        Path, typer.Option(help="Folder of the private images to protect (resized to the pipeline's resolution).")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder for the latent classifier.")],
-    captions: Annotated[Optional[Path], typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier.")] = None,
+    captions: Annotated[
+        Optional[Path],
+        typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier."),
+    ] = None,
     steps: Steps = 6000,
-    relabel_after: Annotated[int, typer.Option(help="Step at which latents still not fitted get a common label.")] = 4000,
+    relabel_after: Annotated[
+        int, typer.Option(help="Step at which latents still not fitted get a common label.")
+    ] = 4000,
     batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
@@ -196,60 +310,109 @@ def train_latent_classifier_command(
     from cpsample.training.loop import TrainConfig
 
     seed_everything(seed)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
-    summary = train_latent_classifier(pipeline, images, out, config, label_seed=seed if label_seed is None else label_seed,
-                                      relabel_after=relabel_after, captions_file=captions,
-                                      block_out_channels=parse_widths(channels), resume=resume, device=device,
-                                      overwrite=overwrite)
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every
+    )
+    summary = train_latent_classifier(
+        pipeline,
+        images,
+        out,
+        config,
+        label_seed=seed if label_seed is None else label_seed,
+        relabel_after=relabel_after,
+        captions_file=captions,
+        block_out_channels=parse_widths(channels),
+        resume=resume,
+        device=device,
+        overwrite=overwrite,
+    )
     table = Table(title="latent classifier on the private latents (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")
     for row in summary["per_timestep"]:
         table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
     console.print(table)
-    console.print(f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
-                  f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}")
+    console.print(
+        f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
+        f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}"
+    )
 
 
 def sample_sd_command(
     pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png (one row per prompt), samples.npz, cpsample.json, "
-                                      "private.json (per-prompt similarity to the private images: do not share), "
-                                      "plain/ with --compare-plain (+ trace files with --trace).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder: grid.png (one row per prompt), samples.npz, cpsample.json, "
+            "private.json (per-prompt similarity to the private images: do not share), "
+            "plain/ with --compare-plain (+ trace files with --trace)."
+        ),
+    ],
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt (repeatable).")] = None,
-    prompts_file: Annotated[Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")] = None,
+    prompts_file: Annotated[
+        Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")
+    ] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 4,
     steps: Annotated[int, typer.Option(min=1)] = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
-    scheduler: Annotated[str, typer.Option(help="default (the pipeline's own), ddim, pndm, ddpm or dpm++.")] = "default",
+    scheduler: Annotated[
+        str, typer.Option(help="default (the pipeline's own), ddim, pndm, ddpm or dpm++.")
+    ] = "default",
     guard: Annotated[str, typer.Option(help="none or cpsample.")] = "cpsample",
-    classifier: Annotated[Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="CPSample threshold (default: the classifier's calibration.json from `cpsample calibrate`, else 0.5, paper Table 2: 0.3-0.5).")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="CPSample scale s (default: the classifier's calibration.json, else 2000, paper Table 2: 100-2000).")] = None,
+    classifier: Annotated[
+        Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")
+    ] = None,
+    alpha: Annotated[
+        Optional[float],
+        typer.Option(
+            help="CPSample threshold (default: the classifier's calibration.json from `cpsample calibrate`, else 0.5, "
+            "paper Table 2: 0.3-0.5)."
+        ),
+    ] = None,
+    scale: Annotated[
+        Optional[float],
+        typer.Option(
+            help="CPSample scale s (default: the classifier's calibration.json, else 2000, paper Table 2: 100-2000)."
+        ),
+    ] = None,
     tau: Tau = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
-    private: Annotated[Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")] = None,
+    private: Annotated[
+        Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")
+    ] = None,
     copy_threshold: NearCopyThreshold = None,
-    compare_plain: Annotated[bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")] = False,
+    compare_plain: Annotated[
+        bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")
+    ] = False,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
     trace: Trace = False,
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
-    """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private images."""
+    """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private
+    images."""
     require_transformers()
     prepare_out(out, "sample-sd", overwrite, inputs=(pipeline, classifier, prompts_file, private))
     check_device_option(device)
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import LATENT_UNCALIBRATED
-    from cpsample.sampling.latent import (PromptEntry, build_latent_guard, check_latent_pairing, latent_shape,
-                                          load_private_images, load_sd_pipeline, read_prompts)
+    from cpsample.sampling.latent import (
+        PromptEntry,
+        build_latent_guard,
+        check_latent_pairing,
+        latent_shape,
+        load_private_images,
+        load_sd_pipeline,
+        read_prompts,
+    )
     from cpsample.sampling.outputs import save_private
 
-    entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (read_prompts(prompts_file) if prompts_file else [])
+    entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (
+        read_prompts(prompts_file) if prompts_file else []
+    )
     if not entries:
         raise ValueError("give --prompt (repeatable) or --prompts-file")
     copy_threshold = resolve_threshold(copy_threshold, "pixels")
@@ -273,24 +436,69 @@ def sample_sd_command(
         check_latent_pairing(classifier, pipe, private_set)  # its VAE, and its own private images to measure against
     # The knobs as run (given, else the classifier's calibration, else the latent default), printed and recorded.
     ran = protect.settings() if protect is not None else {}
-    settings = {"pipeline": str(pipeline), "prompts": [e.text for e in entries], "n_per_prompt": n, "steps": steps,
-                "cfg_scale": cfg_scale, "scheduler": scheduler, "guard": guard, "classifier": classifier,
-                "alpha": ran.get("alpha"), "scale": ran.get("scale"), "tau": ran.get("tau"), "max_t": ran.get("max_t"),
-                "knobs_from": protect.calibration if protect is not None else None,
-                "guard_settings": ran or None, "height": size[0], "width": size[1],
-                "private": private_set.source if private_set else None,
-                "copy_threshold": copy_threshold, "compare_plain": compare_plain, "dtype": dtype, "device": device, "seed": seed}
+    settings = {
+        "pipeline": str(pipeline),
+        "prompts": [e.text for e in entries],
+        "n_per_prompt": n,
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "scheduler": scheduler,
+        "guard": guard,
+        "classifier": classifier,
+        "alpha": ran.get("alpha"),
+        "scale": ran.get("scale"),
+        "tau": ran.get("tau"),
+        "max_t": ran.get("max_t"),
+        "knobs_from": protect.calibration if protect is not None else None,
+        "guard_settings": ran or None,
+        "height": size[0],
+        "width": size[1],
+        "private": private_set.source if private_set else None,
+        "copy_threshold": copy_threshold,
+        "compare_plain": compare_plain,
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
+    }
     if protect is not None:
         window = "every step" if protect.max_t is None else f"t <= {protect.max_t}"
-        console.print(f"CPSample: alpha {protect.alpha:g}, scale {protect.scale:g}, tau {protect.tau:g}, checks at "
-                      f"{window} (knobs: {protect.calibration})")
+        console.print(
+            f"CPSample: alpha {protect.alpha:g}, scale {protect.scale:g}, tau {protect.tau:g}, checks at "
+            f"{window} (knobs: {protect.calibration})"
+        )
     runs = {}
     if compare_plain and guard != "none":
-        runs["plain"] = _run_sd(pipe, entries, monitor, n, steps, cfg_scale, size, seed, Path(out) / "plain", private_set,
-                                copy_threshold, 0.0, trace)
+        runs["plain"] = _run_sd(
+            pipe,
+            entries,
+            monitor,
+            n,
+            steps,
+            cfg_scale,
+            size,
+            seed,
+            Path(out) / "plain",
+            private_set,
+            copy_threshold,
+            0.0,
+            trace,
+        )
     main_guard = protect if guard == "cpsample" else monitor
-    runs[guard] = _run_sd(pipe, entries, main_guard, n, steps, cfg_scale, size, seed, Path(out), private_set, copy_threshold,
-                          ran.get("alpha"), trace)
+    runs[guard] = _run_sd(
+        pipe,
+        entries,
+        main_guard,
+        n,
+        steps,
+        cfg_scale,
+        size,
+        seed,
+        Path(out),
+        private_set,
+        copy_threshold,
+        ran.get("alpha"),
+        trace,
+    )
     # Per-prompt similarity to the private images (and their file names) go to private.json, not cpsample.json.
     measured = {name: {"per_prompt": run.pop("per_prompt")} for name, run in runs.items() if "per_prompt" in run}
     runs[guard].update(save_private(out, "sample-sd", settings, measured))
@@ -309,17 +517,42 @@ def _private_set(private, classifier, size, loader):
     return loader(folder, size[0])
 
 
-def _run_sd(pipe, entries, guard, n, steps, cfg_scale, size, seed, folder: Path, private_set, threshold, alpha,
-            trace: bool = False) -> dict:
+def _run_sd(
+    pipe,
+    entries,
+    guard,
+    n,
+    steps,
+    cfg_scale,
+    size,
+    seed,
+    folder: Path,
+    private_set,
+    threshold,
+    alpha,
+    trace: bool = False,
+) -> dict:
     from cpsample.sampling.latent import per_prompt_similarity, sample_sd
     from cpsample.sampling.outputs import save_samples, save_trace
 
     result = sample_sd(pipe, [e.text for e in entries], guard, n, steps, cfg_scale, size[0], size[1], seed)
-    paths = {**save_samples(folder, result.images, grid_count=None, columns=n, prompt_index=result.prompt_index,
-                            latents=result.latents.numpy()),
-             **save_trace(folder, result.trace, result.timesteps, alpha or None, keep=trace)}
-    summary = {"seconds": round(result.seconds, 2), "seconds_per_image": round(result.seconds / len(result.images), 3),
-               **guard_stats(result.trace), **paths}
+    paths = {
+        **save_samples(
+            folder,
+            result.images,
+            grid_count=None,
+            columns=n,
+            prompt_index=result.prompt_index,
+            latents=result.latents.numpy(),
+        ),
+        **save_trace(folder, result.trace, result.timesteps, alpha or None, keep=trace),
+    }
+    summary = {
+        "seconds": round(result.seconds, 2),
+        "seconds_per_image": round(result.seconds / len(result.images), 3),
+        **guard_stats(result.trace),
+        **paths,
+    }
     if private_set is not None:
         summary["per_prompt"] = per_prompt_similarity(result, private_set, threshold, entries)
     return summary
@@ -341,16 +574,18 @@ def _print_prompt_table(entries, runs: dict) -> None:
             cells += [f"{row['max_similarity']:.3f}" if row else "-", "-" if guided is None else f"{100 * guided:.0f}"]
         table.add_row(*cells)
     console.print(table)
-    console.print(json.dumps({name: {k: v for k, v in run.items() if k != "per_prompt"} for name, run in runs.items()}, indent=2))
+    console.print(
+        json.dumps({name: {k: v for k, v in run.items() if k != "per_prompt"} for name, run in runs.items()}, indent=2)
+    )
 
 
 # --- shared helpers ------------------------------------------------------------------------------------------
 
 
-
-
-
 def require_transformers() -> None:
     """Stable Diffusion's text encoder and tokenizer come from transformers, an optional dependency."""
     if importlib.util.find_spec("transformers") is None:
-        fail("the Stable Diffusion commands need transformers: pip install 'cpsample[latent]' (or pip install transformers)")
+        fail(
+            "the Stable Diffusion commands need transformers: pip install 'cpsample[latent]' (or pip install "
+            "transformers)"
+        )

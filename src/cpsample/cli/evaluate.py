@@ -14,8 +14,16 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (NearCopyThreshold, Overwrite, Seed, check_device_option, console, parse_widths, prepare_out,
-                                 run_safely)
+from cpsample.cli.common import (
+    NearCopyThreshold,
+    Overwrite,
+    Seed,
+    check_device_option,
+    console,
+    parse_widths,
+    prepare_out,
+    run_safely,
+)
 from cpsample.data import DataError, ImageSet, load_dataset
 
 
@@ -25,17 +33,36 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate_command(
-    samples: Annotated[list[str], typer.Option(help="name=path/samples.npz; repeat for each method. The first is the baseline.")],
-    out: Annotated[Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")],
-    model: Annotated[str, typer.Option(help="Denoiser folder (or 'bundled') whose training members / non-members to compare with.")] = "bundled",
-    features: Annotated[str, typer.Option(help="pixels, dino:PATH (local DINO/DINOv2 ViT weights) or sscd:PATH (TorchScript).")] = "pixels",
+    samples: Annotated[
+        list[str], typer.Option(help="name=path/samples.npz; repeat for each method. The first is the baseline.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")
+    ],
+    model: Annotated[
+        str, typer.Option(help="Denoiser folder (or 'bundled') whose training members / non-members to compare with.")
+    ] = "bundled",
+    features: Annotated[
+        str, typer.Option(help="pixels, dino:PATH (local DINO/DINOv2 ViT weights) or sscd:PATH (TorchScript).")
+    ] = "pixels",
     threshold: NearCopyThreshold = None,
-    quality_net: Annotated[str, typer.Option(help="Feature net for FD and class checks: 'bundled' (the shipped net for the images' channels: digitnet for grey, emojinet for RGB), 'digitnet', 'emojinet', a folder, or 'none'.")] = "bundled",
-    inception: Annotated[Optional[Path], typer.Option(help="Local Inception-v3 FID weights: adds real FID (needs torchmetrics + torch-fidelity).")] = None,
+    quality_net: Annotated[
+        str,
+        typer.Option(
+            help="Feature net for FD and class checks: 'bundled' (the shipped net for the images' channels: digitnet "
+            "for grey, emojinet for RGB), 'digitnet', 'emojinet', a folder, or 'none'."
+        ),
+    ] = "bundled",
+    inception: Annotated[
+        Optional[Path],
+        typer.Option(help="Local Inception-v3 FID weights: adds real FID (needs torchmetrics + torch-fidelity)."),
+    ] = None,
     permutation_rounds: Annotated[int, typer.Option(min=1, help="Null draws for the App. E permutation test.")] = 1000,
     relative_metric: Annotated[str, typer.Option(help="Carlini ratio distance: l2 or tiled.")] = "l2",
     top_k: Annotated[int, typer.Option(min=1, help="Most similar pairs shown per method.")] = 4,
-    trust_torchscript: Annotated[bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")] = False,
+    trust_torchscript: Annotated[
+        bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")
+    ] = False,
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
@@ -52,32 +79,65 @@ def evaluate_command(
     members = dataset.take(split.members)
     nonmembers = dataset.take(split.nonmembers) if split.nonmembers else None
     labels = {name: s.labels for name, s in sets.items() if s.labels is not None}
-    results = evaluate({name: s.images for name, s in sets.items()}, members, nonmembers, features=features,
-                       threshold=threshold, quality_net=None if quality_net == "none" else quality_net,
-                       sample_labels=labels or None, relative_metric=relative_metric,
-                       permutation_rounds=permutation_rounds, top_k=top_k, figures_dir=out,
-                       trust_torchscript=trust_torchscript, inception_weights=inception, seed=seed)
+    results = evaluate(
+        {name: s.images for name, s in sets.items()},
+        members,
+        nonmembers,
+        features=features,
+        threshold=threshold,
+        quality_net=None if quality_net == "none" else quality_net,
+        sample_labels=labels or None,
+        relative_metric=relative_metric,
+        permutation_rounds=permutation_rounds,
+        top_k=top_k,
+        figures_dir=out,
+        trust_torchscript=trust_torchscript,
+        inception_weights=inception,
+        seed=seed,
+    )
     paths = write_report(out, results)
-    settings = {"samples": {k: str(v) for k, v in named.items()}, "model": model, "features": features,
-                "threshold": results["settings"]["threshold"], "quality_net": quality_net, "inception": inception,
-                "permutation_rounds": permutation_rounds, "relative_metric": relative_metric, "top_k": top_k,
-                "trust_torchscript": trust_torchscript, "seed": seed}
-    write_record(out, "evaluate", settings, {"report": {k: str(v) for k, v in paths.items()}, "headline": headline(results)})
+    settings = {
+        "samples": {k: str(v) for k, v in named.items()},
+        "model": model,
+        "features": features,
+        "threshold": results["settings"]["threshold"],
+        "quality_net": quality_net,
+        "inception": inception,
+        "permutation_rounds": permutation_rounds,
+        "relative_metric": relative_metric,
+        "top_k": top_k,
+        "trust_torchscript": trust_torchscript,
+        "seed": seed,
+    }
+    write_record(
+        out, "evaluate", settings, {"report": {k: str(v) for k, v in paths.items()}, "headline": headline(results)}
+    )
     console.print(summary_table(results))
     console.print(f"report: {paths['html']}")
 
 
 def train_feature_net_command(
     out: Annotated[Path, typer.Option(help="Output folder: config.json, model.safetensors, cpsample.json.")],
-    data: Annotated[str, typer.Option(help="'mnist', 'digits', 'twemoji' (six categories), or an .npz with 'labels' (real class labels needed).")] = "mnist",
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (match your samples).")] = 16,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="'mnist', 'digits', 'twemoji' (six categories), or an .npz with 'labels' (real class labels needed)."
+        ),
+    ] = "mnist",
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Resize images to this square size (match your samples).")
+    ] = 16,
     epochs: Annotated[int, typer.Option(min=1)] = 15,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: float = 3e-3,
     held_out: Annotated[float, typer.Option(help="Share of images kept aside to measure accuracy.")] = 0.2,
     name: Annotated[str, typer.Option(help="Name used in the metric, e.g. FD_digitnet.")] = "digitnet",
-    widths: Annotated[str, typer.Option(help="Channels of the conv stages, comma-separated (max-pool between).")] = "32,64,128",
-    flip: Annotated[bool, typer.Option(help="Also mirror half the training images left-right (for pictures; not digits).")] = False,
+    widths: Annotated[
+        str, typer.Option(help="Channels of the conv stages, comma-separated (max-pool between).")
+    ] = "32,64,128",
+    flip: Annotated[
+        bool, typer.Option(help="Also mirror half the training images left-right (for pictures; not digits).")
+    ] = False,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda ...")] = "cpu",
     overwrite: Overwrite = False,
     seed: Seed = 0,
@@ -92,18 +152,38 @@ def train_feature_net_command(
     prepare_out(out, "train-feature-net", overwrite, inputs=(data,))
     seed_everything(seed)
     dataset = load_dataset(data, image_size=image_size)
-    training = FeatureNetTraining(epochs=epochs, batch_size=batch_size, lr=lr, held_out=held_out, seed=seed, flip=flip,
-                                  widths=tuple(parse_widths(widths)))
+    training = FeatureNetTraining(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        held_out=held_out,
+        seed=seed,
+        flip=flip,
+        widths=tuple(parse_widths(widths)),
+    )
     net, summary = train_feature_net(dataset, training, name=name, device=device)
     net.save(out)
-    settings = {"data": data, "image_size": image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "held_out": held_out, "name": name, "widths": widths, "flip": flip, "device": device, "seed": seed}
+    settings = {
+        "data": data,
+        "image_size": image_size,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "held_out": held_out,
+        "name": name,
+        "widths": widths,
+        "flip": flip,
+        "device": device,
+        "seed": seed,
+    }
     summary["command_line"] = command_line("train-feature-net", {"out": out, **settings})
     write_record(out, "train-feature-net", settings, summary)
     accuracy = summary["held_out_accuracy"]
-    console.print(f"{name}: held-out accuracy {'-' if accuracy is None else f'{accuracy:.4f}'} on "
-                  f"{summary['held_out_images']} images, train accuracy {summary['train_accuracy']:.4f} "
-                  f"({summary['parameters']} parameters, {summary['seconds']}s); saved to {out}")
+    console.print(
+        f"{name}: held-out accuracy {'-' if accuracy is None else f'{accuracy:.4f}'} on "
+        f"{summary['held_out_images']} images, train accuracy {summary['train_accuracy']:.4f} "
+        f"({summary['parameters']} parameters, {summary['seconds']}s); saved to {out}"
+    )
 
 
 def parse_named_paths(values: list[str]) -> dict[str, Path]:
@@ -126,8 +206,9 @@ def check_samples_path(path: Path, what: str) -> Path:
     if path.is_dir():
         inside = path / "samples.npz"
         hint = f"pass {inside}" if inside.is_file() else "pass the samples.npz that `cpsample sample` wrote into it"
-        raise DataError(f"{what}: {path} is a folder; expected a samples file (.npz, or an .npy array of images): "
-                        f"{hint}")
+        raise DataError(
+            f"{what}: {path} is a folder; expected a samples file (.npz, or an .npy array of images): {hint}"
+        )
     if path.is_symlink() and not path.exists():
         raise FileNotFoundError(f"{what}: {path} is a symbolic link to nothing (or a loop of links); fix the link")
     if not path.is_file():
@@ -148,9 +229,15 @@ def load_samples(path: Path) -> ImageSet:
             if "images" in archive and np.issubdtype(archive["images"].dtype, np.floating):
                 images = archive["images"].astype(np.float32)
                 if images.ndim == 4 and np.isfinite(images).all() and images.min() >= -1.0 and images.max() <= 1.0:
-                    labels = next((archive[k].astype(np.int64).reshape(-1) for k in ("labels", "y") if k in archive), None)
-                    return ImageSet(images=images, names=[f"{path.name}:{i}" for i in range(len(images))], labels=labels,
-                                    source=str(path))
+                    labels = next(
+                        (archive[k].astype(np.int64).reshape(-1) for k in ("labels", "y") if k in archive), None
+                    )
+                    return ImageSet(
+                        images=images,
+                        names=[f"{path.name}:{i}" for i in range(len(images))],
+                        labels=labels,
+                        source=str(path),
+                    )
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         pass  # the generic loader names what is wrong (empty file, pickled objects, no images ...)
     return load_dataset(str(path))
@@ -165,12 +252,20 @@ def _load_npy_samples(path: Path) -> ImageSet:
     except ValueError as error:
         pickled = "allow_pickle" in str(error)
         reason = "it holds pickled Python objects, which cpsample never loads" if pickled else error
-        raise DataError(f"{path}: cannot read the .npy array ({reason}); save plain numeric images with "
-                        "np.save") from None
+        raise DataError(
+            f"{path}: cannot read the .npy array ({reason}); save plain numeric images with np.save"
+        ) from None
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: damaged .npy file ({type(error).__name__}: {error})") from None
-    as_is = (array.ndim == 4 and np.issubdtype(array.dtype, np.floating) and len(array) and array.shape[1] in (1, 3)
-             and np.isfinite(array).all() and array.min() >= -1.0 and array.max() <= 1.0)
+    as_is = (
+        array.ndim == 4
+        and np.issubdtype(array.dtype, np.floating)
+        and len(array)
+        and array.shape[1] in (1, 3)
+        and np.isfinite(array).all()
+        and array.min() >= -1.0
+        and array.max() <= 1.0
+    )
     images = array.astype(np.float32) if as_is else _to_nchw(array, str(path))
     return ImageSet(images=images, names=[f"{path.name}:{i}" for i in range(len(images))], source=str(path))
 
@@ -179,8 +274,11 @@ def headline(results: dict) -> dict:
     """The few numbers worth a glance, per method."""
     out = {}
     for name, method in results["methods"].items():
-        out[name] = {"near_copy_share": method["replication"]["share"], "max_similarity": method["similarity"]["max"],
-                     "relative_share": method["relative"]["share"]}
+        out[name] = {
+            "near_copy_share": method["replication"]["share"],
+            "max_similarity": method["similarity"]["max"],
+            "relative_share": method["relative"]["share"],
+        }
         if "quality" in method:
             out[name][method["quality"]["metric"]] = method["quality"]["value"]
         if "permutation" in method:
@@ -196,9 +294,15 @@ def summary_table(results: dict) -> Table:
     for name, m in results["methods"].items():
         r = m["replication"]
         quality = f"{m['quality']['metric']} {m['quality']['value']:.2f}" if "quality" in m else "-"
-        table.add_row(name, str(m["n"]), f"{100 * r['share']:.2f}% [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]",
-                      f"{m['similarity']['max']:.4f}", f"{100 * m['relative']['share']:.2f}%", quality,
-                      f"{m['permutation']['p_value']:.4f}" if "permutation" in m else "-")
+        table.add_row(
+            name,
+            str(m["n"]),
+            f"{100 * r['share']:.2f}% [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]",
+            f"{m['similarity']['max']:.4f}",
+            f"{100 * m['relative']['share']:.2f}%",
+            quality,
+            f"{m['permutation']['p_value']:.4f}" if "permutation" in m else "-",
+        )
     return table
 
 

@@ -9,20 +9,47 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, BatchSize, Channels, check_device_option, prepare_out,
-                                 console, Device, guard_stats, GuardOption, ImageSize, MixedPrecision, Overwrite,
-                                 parse_guard_options, parse_widths,
-                                 prepare_training, Resume, run_safely, Scale, Seed, Steps, Subset, Trace, Tau)
+from cpsample.cli.common import (
+    Alpha,
+    BatchSize,
+    Channels,
+    Device,
+    GuardOption,
+    ImageSize,
+    MixedPrecision,
+    Overwrite,
+    Resume,
+    Scale,
+    Seed,
+    Steps,
+    Subset,
+    Tau,
+    Trace,
+    check_device_option,
+    console,
+    guard_stats,
+    parse_guard_options,
+    parse_widths,
+    prepare_out,
+    prepare_training,
+    run_safely,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Classifier-protected sampling: sample diffusion models without reproducing their training images.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Classifier-protected sampling: sample diffusion models without reproducing their training images.",
+)
 
 
 @app.command("train-denoiser")
 @run_safely
 def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/).")],
-    data: Annotated[str, typer.Option(help="'mnist', 'digits', 'twemoji' (32x32 RGB), a folder of PNG/JPG, or an .npz file.")] = "mnist",
+    data: Annotated[
+        str, typer.Option(help="'mnist', 'digits', 'twemoji' (32x32 RGB), a folder of PNG/JPG, or an .npz file.")
+    ] = "mnist",
     image_size: ImageSize = 16,
     subset: Subset = None,
     steps: Steps = 10000,
@@ -32,7 +59,13 @@ def train_denoiser_command(
     channels: Channels = "32,64,64",
     save_every: int = 500,
     mixed_precision: MixedPrecision = "no",
-    init: Annotated[Optional[Path], typer.Option(help="Fine-tune this eps-predicting diffusers UNet2DModel folder (unet/, scheduler/) instead of starting from random weights; --channels is then taken from it.")] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Fine-tune this eps-predicting diffusers UNet2DModel folder (unet/, scheduler/) instead of starting "
+            "from random weights; --channels is then taken from it."
+        ),
+    ] = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     seed: Seed = 0,
@@ -41,30 +74,69 @@ def train_denoiser_command(
     from cpsample.training.denoiser import train_denoiser
 
     prepare_out(out, "train-denoiser", overwrite, resume, inputs=(data, init))
-    members, split, config = prepare_training(data, image_size, subset, seed, init=None if init is None else str(init),
-                                              steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                                              save_every=save_every, mixed_precision=mixed_precision)
-    summary = train_denoiser(members, split, out, config, resume=resume, overwrite=overwrite,
-                             block_out_channels=parse_widths(channels), data_spec=split.source, init=init)
-    console.print(f"trained {summary['steps']} steps on {summary['members']} images "
-                  f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}")
+    members, split, config = prepare_training(
+        data,
+        image_size,
+        subset,
+        seed,
+        init=None if init is None else str(init),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        save_every=save_every,
+        mixed_precision=mixed_precision,
+    )
+    summary = train_denoiser(
+        members,
+        split,
+        out,
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        block_out_channels=parse_widths(channels),
+        data_spec=split.source,
+        init=init,
+    )
+    console.print(
+        f"trained {summary['steps']} steps on {summary['members']} images "
+        f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
+    )
 
 
 @app.command("train-classifier")
 @run_safely
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Output folder for the classifier.")],
-    denoiser: Annotated[str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")] = "bundled",
+    denoiser: Annotated[
+        str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")
+    ] = "bundled",
     steps: Steps = 6000,
-    relabel_after: Annotated[int, typer.Option(help="Step at which images still not fitted get a common label.")] = 4000,
+    relabel_after: Annotated[
+        int, typer.Option(help="Step at which images still not fitted get a common label.")
+    ] = 4000,
     batch_size: BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     channels: Channels = "32,64,64",
     label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
-    negatives: Annotated[str, typer.Option(help="Non-member images trained towards p = 0.5, so the guard acts only near members: 'none' (the paper's classifier), 'samples' (the denoiser's own non-copy samples) or a data spec (folder, .npz, 'mnist').")] = "none",
-    negatives_count: Annotated[Optional[int], typer.Option(help="How many negatives (default: as many as members).")] = None,
-    max_t: Annotated[Optional[int], typer.Option(help="Train only at noise levels t <= MAX_T (e.g. 100 for a classifier that only judges denoised estimates: the early stage of two-stage CPSample). Default: every t, as the paper.")] = None,
+    negatives: Annotated[
+        str,
+        typer.Option(
+            help="Non-member images trained towards p = 0.5, so the guard acts only near members: 'none' (the paper's "
+            "classifier), 'samples' (the denoiser's own non-copy samples) or a data spec (folder, .npz, 'mnist')."
+        ),
+    ] = "none",
+    negatives_count: Annotated[
+        Optional[int], typer.Option(help="How many negatives (default: as many as members).")
+    ] = None,
+    max_t: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Train only at noise levels t <= MAX_T (e.g. 100 for a classifier that only judges denoised "
+            "estimates: the early stage of two-stage CPSample). Default: every t, as the paper."
+        ),
+    ] = None,
     save_every: int = 500,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -78,7 +150,9 @@ def train_classifier_command(
     from cpsample.training.loop import TrainConfig
 
     prepare_out(out, "train-classifier", overwrite, resume, inputs=(denoiser,))
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every)
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every
+    )
     seed_everything(seed)
     folder = resolve_model_dir(denoiser, "denoiser").resolve()  # absolute: found again from any directory
     schedule = load_noise_schedule(folder)
@@ -88,12 +162,25 @@ def train_classifier_command(
     if negatives != "none":
         from cpsample.workflows.negatives import load_negatives
 
-        negative_images = load_negatives(negatives, members.images, negatives_count or len(members), str(folder),
-                                         members.size, seed=seed)
-    summary = train_classifier(members, split, schedule, out, config,
-                               label_seed=seed if label_seed is None else label_seed, relabel_after=relabel_after,
-                               block_out_channels=parse_widths(channels), resume=resume, denoiser_path=str(folder),
-                               overwrite=overwrite, negatives=negative_images, negatives_source=negatives, max_t=max_t)
+        negative_images = load_negatives(
+            negatives, members.images, negatives_count or len(members), str(folder), members.size, seed=seed
+        )
+    summary = train_classifier(
+        members,
+        split,
+        schedule,
+        out,
+        config,
+        label_seed=seed if label_seed is None else label_seed,
+        relabel_after=relabel_after,
+        block_out_channels=parse_widths(channels),
+        resume=resume,
+        denoiser_path=str(folder),
+        overwrite=overwrite,
+        negatives=negative_images,
+        negatives_source=negatives,
+        max_t=max_t,
+    )
     table = Table(title="classifier on its training images (EMA weights)")
     for column in ("t", "loss", "accuracy"):
         table.add_column(column, justify="right")
@@ -101,25 +188,50 @@ def train_classifier_command(
         table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
     console.print(table)
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
-    console.print(f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
-                  f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}")
+    console.print(
+        f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
+        f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
+    )
 
 
 @app.command("sample")
 @run_safely
 def sample_command(
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png, samples.npz, cpsample.json (+ trace.npz, trace.png with --trace).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder: grid.png, samples.npz, cpsample.json (+ trace.npz, trace.png with --trace)."
+        ),
+    ],
     model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
-    guard: Annotated[str, typer.Option(help="Guidance strategy: none, cpsample, cpsample-staged or amg (delayed-cfg / opposite-cfg: see sample-conditional); `cpsample guards` lists their options.")] = "none",
-    classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample (cpsample-staged: its late stage), or 'bundled'.")] = "bundled",
+    guard: Annotated[
+        str,
+        typer.Option(
+            help="Guidance strategy: none, cpsample, cpsample-staged or amg (delayed-cfg / opposite-cfg: see "
+            "sample-conditional); `cpsample guards` lists their options."
+        ),
+    ] = "none",
+    classifier: Annotated[
+        str,
+        typer.Option(help="Classifier folder for --guard cpsample (cpsample-staged: its late stage), or 'bundled'."),
+    ] = "bundled",
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
-    amg_threshold: Annotated[Optional[float], typer.Option(help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this (default 0.95; = --option threshold=).")] = None,
-    amg_scale: Annotated[Optional[float], typer.Option(help="AMG dissimilarity guidance scale c3 (default 1000; = --option sim_scale=).")] = None,
+    amg_threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this (default 0.95; "
+            "= --option threshold=)."
+        ),
+    ] = None,
+    amg_scale: Annotated[
+        Optional[float],
+        typer.Option(help="AMG dissimilarity guidance scale c3 (default 1000; = --option sim_scale=)."),
+    ] = None,
     option: GuardOption = None,
     batch_size: BatchSize = 250,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
@@ -136,17 +248,34 @@ def sample_command(
     prepare_out(out, "sample", overwrite, inputs=(model, classifier))
     check_device_option(device)
 
-    guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau, threshold=amg_threshold,
-                                        sim_scale=amg_scale)
-    settings = {"model": model, "n": n, "steps": steps, "scheduler": scheduler, "guard": guard, "classifier": classifier,
-                "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed}
+    guard_options = parse_guard_options(
+        guard, option, alpha=alpha, scale=scale, tau=tau, threshold=amg_threshold, sim_scale=amg_scale
+    )
+    settings = {
+        "model": model,
+        "n": n,
+        "steps": steps,
+        "scheduler": scheduler,
+        "guard": guard,
+        "classifier": classifier,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
+    }
     result = generate(**settings, work_dir=out, overwrite=overwrite, **guard_options)
-    paths = {**save_samples(out, result.images), **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace)}
-    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace), **paths}
+    paths = {
+        **save_samples(out, result.images),
+        **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace),
+    }
+    stats = {
+        "seconds": round(result.seconds, 2),
+        "denoiser_calls": result.denoiser_calls,
+        **guard_stats(result.trace),
+        **paths,
+    }
     write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
     console.print(json.dumps(stats, indent=2))
-
-
 
 
 @app.command("guards")
@@ -164,7 +293,9 @@ def guards_command():
     for name, guard_class in GUARDS.items():
         options = fields(guard_class.Options)
         if not options:
-            table.add_row(name, "-", "", (guard_class.__doc__ or "").strip().splitlines()[0] if guard_class.__doc__ else "")
+            table.add_row(
+                name, "-", "", (guard_class.__doc__ or "").strip().splitlines()[0] if guard_class.__doc__ else ""
+            )
         for item in options:
             default = "" if item.default is MISSING else item.default
             calibrated = default is None and name == "cpsample" and item.name in UNCALIBRATED

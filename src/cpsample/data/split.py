@@ -49,13 +49,24 @@ def make_split(n_total: int, subset: int | None, seed: int, source: str, pretrai
     if subset is None or subset >= len(available):
         if subset is not None and subset > len(available):
             left = f" ({len(seen)} of {n_total} were used in pretraining)" if seen else ""
-            raise DataError(f"{source}: asked for a subset of {subset} but the dataset holds only {len(available)} images{left}")
+            raise DataError(
+                f"{source}: asked for a subset of {subset} but the dataset holds only {len(available)} images{left}"
+            )
         return Split(source=source, seed=seed, members=available.tolist(), nonmembers=[], pretraining=pretraining)
     if subset <= 0:
         raise DataError(f"subset must be positive, got {subset}")
-    order = available[np.random.default_rng(seed).permutation(len(available))] if seen else np.random.default_rng(seed).permutation(n_total)
-    return Split(source=source, seed=seed, members=sorted(order[:subset].tolist()), nonmembers=sorted(order[subset:].tolist()),
-                 pretraining=pretraining)
+    order = (
+        available[np.random.default_rng(seed).permutation(len(available))]
+        if seen
+        else np.random.default_rng(seed).permutation(n_total)
+    )
+    return Split(
+        source=source,
+        seed=seed,
+        members=sorted(order[:subset].tolist()),
+        nonmembers=sorted(order[subset:].tolist()),
+        pretraining=pretraining,
+    )
 
 
 def images_digest(images: np.ndarray) -> str:

@@ -12,8 +12,9 @@ from cpsample.evaluation.nearcopy import find_near_copies, resolve_threshold
 class NearCopyDetector:
     """`find_near_copies` against fixed members, their features computed once; threshold None: the space's default."""
 
-    def __init__(self, members: ImagesLike, threshold: float | None = None,
-                 features: str | FeatureExtractor = "pixels"):
+    def __init__(
+        self, members: ImagesLike, threshold: float | None = None, features: str | FeatureExtractor = "pixels"
+    ):
         self.extractor = make_feature_extractor(features)
         self.threshold = resolve_threshold(threshold, self.extractor)
         self.member_features = self.extractor(members)

@@ -26,7 +26,10 @@ from cpsample.data import DataError, ImageSet, resize
 from cpsample.data.sources import ASSETS_DIR
 from cpsample.evaluation.inputs import ImagesLike, as_images
 
-BUNDLED_FEATURE_NETS = {"digitnet": ASSETS_DIR / "mnist16" / "digitnet", "emojinet": ASSETS_DIR / "twemoji32" / "emojinet"}
+BUNDLED_FEATURE_NETS = {
+    "digitnet": ASSETS_DIR / "mnist16" / "digitnet",
+    "emojinet": ASSETS_DIR / "twemoji32" / "emojinet",
+}
 BUNDLED_FEATURE_NET = BUNDLED_FEATURE_NETS["digitnet"]
 BUNDLED_BY_CHANNELS = {1: "digitnet", 3: "emojinet"}  # what 'bundled' means for grey and for RGB images
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -49,7 +52,11 @@ class DigitNet(nn.Module):
         super().__init__()
         stages, channels = [], config.in_channels
         for i, width in enumerate(config.widths):
-            stages += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            stages += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             if i < len(config.widths) - 1:
                 stages.append(nn.MaxPool2d(2))
             channels = width
@@ -65,7 +72,8 @@ class DigitNet(nn.Module):
 
 
 class FeatureNet:
-    """A trained DigitNet behind the feature-extractor interface: `name`, `__call__` -> features, `predict` -> class."""
+    """A trained DigitNet behind the feature-extractor interface: `name`, `__call__` -> features, `predict` ->
+    class."""
 
     def __init__(self, net: DigitNet, config: FeatureNetConfig, device: str = "cpu", batch_size: int = 512):
         self.net = net.eval().to(device)
@@ -96,10 +104,12 @@ class FeatureNet:
         """Match the net's input size (resized); images with another channel count are refused, never converted."""
         array = as_images(images)
         if array.shape[1] != self.config.in_channels:
-            raise ValueError(f"feature net {self.name} takes {_channels(self.config.in_channels)} images, these have "
-                             f"{_channels(array.shape[1])}; use a net trained on images like these "
-                             "(`cpsample train-feature-net`), 'bundled' (picks the shipped net for their channels), "
-                             "or none")
+            raise ValueError(
+                f"feature net {self.name} takes {_channels(self.config.in_channels)} images, these have "
+                f"{_channels(array.shape[1])}; use a net trained on images like these "
+                "(`cpsample train-feature-net`), 'bundled' (picks the shipped net for their channels), "
+                "or none"
+            )
         return resize(array, self.config.image_size)
 
     @torch.no_grad()
@@ -107,7 +117,7 @@ class FeatureNet:
         array = self.prepare(images)
         features, probabilities = [], []
         for start in range(0, len(array), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(array[start:start + self.batch_size])).to(self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(array[start : start + self.batch_size])).to(self.device)
             feature, logits = self.net(batch)
             features.append(feature.cpu().numpy())
             probabilities.append(logits.softmax(dim=1).cpu().numpy())
@@ -119,7 +129,9 @@ class FeatureNet:
         (folder / CONFIG_FILE).write_text(json.dumps({"architecture": "DigitNet", **asdict(self.config)}, indent=2))
         state = {key: value.detach().cpu().contiguous() for key, value in self.net.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
-        (folder / WEIGHTS_FILE).chmod(0o644)  # safetensors writes owner-only; the shipped asset must be readable by all
+        (folder / WEIGHTS_FILE).chmod(
+            0o644
+        )  # safetensors writes owner-only; the shipped asset must be readable by all
         return folder
 
 
@@ -130,19 +142,23 @@ def _channels(count: int) -> str:
 def bundled_feature_net(channels: int = 1) -> str:
     """The name of the shipped feature net for images with this many channels (1: digitnet, 3: emojinet)."""
     if int(channels) not in BUNDLED_BY_CHANNELS:
-        raise ValueError(f"no bundled feature net for {channels}-channel images; train one with "
-                         "`cpsample train-feature-net`")
+        raise ValueError(
+            f"no bundled feature net for {channels}-channel images; train one with `cpsample train-feature-net`"
+        )
     return BUNDLED_BY_CHANNELS[int(channels)]
 
 
 def load_feature_net(spec: str | Path = "bundled", device: str = "cpu", channels: int | None = None) -> FeatureNet:
     """'bundled' (the shipped net for `channels`-channel images: 1, the default, 16x16 MNIST digitnet; 3, the
-    32x32 Twemoji emojinet), a shipped net's name ('digitnet', 'emojinet'), or a folder written by train_feature_net."""
+    32x32 Twemoji emojinet), a shipped net's name ('digitnet', 'emojinet'), or a folder written by
+    train_feature_net."""
     name = bundled_feature_net(1 if channels is None else channels) if str(spec) == "bundled" else str(spec)
     folder = BUNDLED_FEATURE_NETS[name] if name in BUNDLED_FEATURE_NETS else Path(spec)
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: no feature net here (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
-                                "train one with `cpsample train-feature-net --out DIR`")
+        raise FileNotFoundError(
+            f"{folder}: no feature net here (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "train one with `cpsample train-feature-net --out DIR`"
+        )
     raw = json.loads((folder / CONFIG_FILE).read_text())
     raw.pop("architecture", None)
     config = FeatureNetConfig(**{**raw, "widths": tuple(raw.get("widths", FeatureNetConfig.widths))})
@@ -163,8 +179,13 @@ class FeatureNetTraining:
     widths: tuple[int, ...] = FeatureNetConfig.widths  # channels of the conv stages (max-pool between)
 
 
-def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = None, name: str = "digitnet",
-                      device: str = "cpu", progress: bool = True) -> tuple[FeatureNet, dict]:
+def train_feature_net(
+    dataset: ImageSet,
+    training: FeatureNetTraining | None = None,
+    name: str = "digitnet",
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[FeatureNet, dict]:
     """Train a DigitNet on dataset's real labels; returns the net and a summary with held-out accuracy.
 
     Augmentation is a random shift of up to 1 pixel, so that slightly off-centre generated digits get the same
@@ -176,13 +197,20 @@ def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = N
     images = as_images(dataset.images, dataset.source or "dataset")
     labels = np.asarray(dataset.labels, dtype=np.int64)
     train_idx, held_idx = stratified_split(labels, training.held_out, training.seed)
-    config = FeatureNetConfig(name=name, in_channels=images.shape[1], image_size=images.shape[-1],
-                              num_classes=int(labels.max()) + 1, widths=tuple(training.widths))
+    config = FeatureNetConfig(
+        name=name,
+        in_channels=images.shape[1],
+        image_size=images.shape[-1],
+        num_classes=int(labels.max()) + 1,
+        widths=tuple(training.widths),
+    )
     torch.manual_seed(training.seed)
     net = DigitNet(config).to(device)
     optimiser = torch.optim.AdamW(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     steps_per_epoch = int(np.ceil(len(train_idx) / training.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=training.lr, total_steps=training.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=training.lr, total_steps=training.epochs * steps_per_epoch
+    )
     x_train = torch.from_numpy(images[train_idx]).to(device)
     y_train = torch.from_numpy(labels[train_idx]).to(device)
     generator = torch.Generator().manual_seed(training.seed)
@@ -192,7 +220,7 @@ def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = N
         net.train()
         order = torch.randperm(len(x_train), generator=generator).to(device)
         for start in range(0, len(order), training.batch_size):
-            batch = order[start:start + training.batch_size]
+            batch = order[start : start + training.batch_size]
             inputs = random_shift(x_train[batch], generator)
             if training.flip:
                 inputs = random_flip(inputs, generator)
@@ -205,11 +233,18 @@ def train_feature_net(dataset: ImageSet, training: FeatureNetTraining | None = N
         bar.set_postfix(loss=f"{loss.item():.3f}")
     recalibrate_batchnorm(net, x_train, training.batch_size)
     model = FeatureNet(net, config, device=device)
-    summary = {"train_images": len(train_idx), "held_out_images": len(held_idx),
-               "train_accuracy": float((model.predict(images[train_idx]) == labels[train_idx]).mean()),
-               "held_out_accuracy": float((model.predict(images[held_idx]) == labels[held_idx]).mean()) if len(held_idx) else None,
-               "seconds": round(time.time() - started, 1), "parameters": sum(p.numel() for p in net.parameters()),
-               "held_out_indices": held_idx.tolist(), **asdict(training)}
+    summary = {
+        "train_images": len(train_idx),
+        "held_out_images": len(held_idx),
+        "train_accuracy": float((model.predict(images[train_idx]) == labels[train_idx]).mean()),
+        "held_out_accuracy": float((model.predict(images[held_idx]) == labels[held_idx]).mean())
+        if len(held_idx)
+        else None,
+        "seconds": round(time.time() - started, 1),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "held_out_indices": held_idx.tolist(),
+        **asdict(training),
+    }
     return model, summary
 
 
@@ -223,7 +258,7 @@ def recalibrate_batchnorm(net: nn.Module, images: torch.Tensor, batch_size: int)
         norm.momentum = None  # cumulative average over the batches below
     net.train()
     for start in range(0, len(images), batch_size):
-        net(images[start:start + batch_size])
+        net(images[start : start + batch_size])
     for norm in norms:
         norm.momentum = 0.1
     net.eval()
@@ -254,4 +289,4 @@ def random_shift(batch: torch.Tensor, generator: torch.Generator, pixels: int = 
     padded = F.pad(batch, (pixels,) * 4, mode="replicate")
     height, width = batch.shape[-2:]
     shifts = torch.randint(0, 2 * pixels + 1, (len(batch), 2), generator=generator)
-    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(shifts.tolist())])
+    return torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(shifts.tolist())])

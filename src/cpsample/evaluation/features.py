@@ -74,7 +74,7 @@ class _TorchFeatures:
         chunks = []
         starts = range(0, len(array), self.batch_size)
         for start in tqdm(starts, desc=f"{self.name} features", disable=len(starts) < 4, leave=False):
-            batch = torch.from_numpy(array[start:start + self.batch_size]).to(self.device)
+            batch = torch.from_numpy(array[start : start + self.batch_size]).to(self.device)
             chunks.append(self.model(self.preprocess(batch)).float().cpu().numpy())
         return np.concatenate(chunks).astype(np.float32)
 
@@ -142,8 +142,18 @@ class _PatchEmbed(nn.Module):
 class ViTBackbone(nn.Module):
     """A ViT whose parameter names match facebookresearch/dino and dinov2 backbones; returns the normed CLS token."""
 
-    def __init__(self, dim: int, depth: int, heads: int, patch: int, grid: int, hidden: int, channels: int = 3,
-                 layer_scale: bool = False, registers: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        patch: int,
+        grid: int,
+        hidden: int,
+        channels: int = 3,
+        layer_scale: bool = False,
+        registers: int = 0,
+    ):
         super().__init__()
         self.patch = patch
         self.patch_embed = _PatchEmbed(dim, patch, channels)
@@ -186,8 +196,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
     except Exception as error:  # the unpickler refuses anything that is not plain tensors/containers
-        raise ValueError(f"{path}: cannot read as a plain state dict with torch.load(weights_only=True) ({error}); "
-                         "convert it to .safetensors") from error
+        raise ValueError(
+            f"{path}: cannot read as a plain state dict with torch.load(weights_only=True) ({error}); "
+            "convert it to .safetensors"
+        ) from error
     for key in ("teacher", "model", "state_dict"):  # DINO training checkpoints keep the backbone under these
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -200,7 +212,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in ("module.", "backbone."):
         if state and all(key.startswith(prefix) for key in state if not key.startswith("head")):
-            state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+            state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     return {key: value for key, value in state.items() if not key.startswith(("head", "mask_token"))}
 
 
@@ -210,17 +222,27 @@ def build_vit_from_state(state: dict[str, torch.Tensor]) -> ViTBackbone:
     required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight")
     missing = [key for key in required if key not in state]
     if missing:
-        raise ValueError(f"these weights are not a DINO/DINOv2 ViT backbone (missing {', '.join(missing)}); "
-                         "expected the parameter names of facebookresearch/dino or dinov2")
+        raise ValueError(
+            f"these weights are not a DINO/DINOv2 ViT backbone (missing {', '.join(missing)}); "
+            "expected the parameter names of facebookresearch/dino or dinov2"
+        )
     if "blocks.0.mlp.w12.weight" in state:
         raise ValueError("SwiGLU ViTs (DINOv2 ViT-g) are not supported; use ViT-S/B/L weights")
     dim, channels, patch, _ = state["patch_embed.proj.weight"].shape
     depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
     grid = int(math.isqrt(state["pos_embed"].shape[1] - 1))
     registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
-    model = ViTBackbone(dim=dim, depth=depth, heads=max(1, dim // 64), patch=patch, grid=grid,
-                        hidden=state["blocks.0.mlp.fc1.weight"].shape[0], channels=channels,
-                        layer_scale="blocks.0.ls1.gamma" in state, registers=registers)
+    model = ViTBackbone(
+        dim=dim,
+        depth=depth,
+        heads=max(1, dim // 64),
+        patch=patch,
+        grid=grid,
+        hidden=state["blocks.0.mlp.fc1.weight"].shape[0],
+        channels=channels,
+        layer_scale="blocks.0.ls1.gamma" in state,
+        registers=registers,
+    )
     model.load_state_dict(state, strict=True)
     return model
 
@@ -239,21 +261,33 @@ class DinoFeatures(_TorchFeatures):
 class SSCDFeatures(_TorchFeatures):
     """SSCD copy-detection descriptors (Pizzi et al. 2022) from a local TorchScript file you trust."""
 
-    def __init__(self, weights: str | Path, trust_torchscript: bool = False, image_size: int = 288, device: str = "cpu",
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        weights: str | Path,
+        trust_torchscript: bool = False,
+        image_size: int = 288,
+        device: str = "cpu",
+        batch_size: int = 32,
+    ):
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: SSCD weights not found; pass the path of a local SSCD TorchScript file "
-                                    "(e.g. sscd_disc_mixup.torchscript.pt)")
+            raise FileNotFoundError(
+                f"{path}: SSCD weights not found; pass the path of a local SSCD TorchScript file "
+                "(e.g. sscd_disc_mixup.torchscript.pt)"
+            )
         if not trust_torchscript:
-            raise ValueError(f"{path}: SSCD is published as TorchScript, which runs code stored in the file; "
-                             "pass trust_torchscript=True (CLI: --trust-torchscript) only for a file you trust")
+            raise ValueError(
+                f"{path}: SSCD is published as TorchScript, which runs code stored in the file; "
+                "pass trust_torchscript=True (CLI: --trust-torchscript) only for a file you trust"
+            )
         model = torch.jit.load(str(path), map_location="cpu")
         super().__init__(model, image_size, device, batch_size)
         self.name = f"sscd({path.name})"
 
 
-def make_feature_extractor(spec: str | FeatureExtractor, trust_torchscript: bool = False, device: str = "cpu") -> FeatureExtractor:
+def make_feature_extractor(
+    spec: str | FeatureExtractor, trust_torchscript: bool = False, device: str = "cpu"
+) -> FeatureExtractor:
     """'pixels', 'dino:PATH' or 'sscd:PATH' -> an extractor; an extractor object is returned unchanged."""
     if not isinstance(spec, str):
         if not callable(spec) or not hasattr(spec, "name"):

@@ -21,8 +21,13 @@ def _pyplot():
     return plt
 
 
-def similarity_histogram(similarities: Mapping[str, np.ndarray], path: Path, threshold: float | None = None,
-                         xlabel: str = "cosine similarity to nearest training image", bins: int = 50) -> Path:
+def similarity_histogram(
+    similarities: Mapping[str, np.ndarray],
+    path: Path,
+    threshold: float | None = None,
+    xlabel: str = "cosine similarity to nearest training image",
+    bins: int = 50,
+) -> Path:
     """Overlaid histograms, one per method, as shares of each set so sets of different sizes compare."""
     if not similarities:
         raise ValueError("no similarity sets to plot")
@@ -33,10 +38,20 @@ def similarity_histogram(similarities: Mapping[str, np.ndarray], path: Path, thr
     edges = np.linspace(low, max(high, low + 1e-6), bins + 1)
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, v in values.items():
-        axis.hist(v, bins=edges, weights=np.full(len(v), 100.0 / len(v)), alpha=0.5, label=f"{name} (n={len(v)})",
-                  histtype="stepfilled", edgecolor="black", linewidth=0.4)
+        axis.hist(
+            v,
+            bins=edges,
+            weights=np.full(len(v), 100.0 / len(v)),
+            alpha=0.5,
+            label=f"{name} (n={len(v)})",
+            histtype="stepfilled",
+            edgecolor="black",
+            linewidth=0.4,
+        )
     if threshold is not None:
-        axis.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"near-copy threshold {threshold:g}")
+        axis.axvline(
+            threshold, color="black", linestyle="--", linewidth=1.2, label=f"near-copy threshold {threshold:g}"
+        )
     axis.set(xlabel=xlabel, ylabel="% of images", title="similarity of each image to its nearest training image")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -45,15 +60,19 @@ def similarity_histogram(similarities: Mapping[str, np.ndarray], path: Path, thr
     return Path(path)
 
 
-def most_similar_pairs(samples: np.ndarray, training: np.ndarray, similarity: np.ndarray, nearest: np.ndarray,
-                       k: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def most_similar_pairs(
+    samples: np.ndarray, training: np.ndarray, similarity: np.ndarray, nearest: np.ndarray, k: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The k samples with the highest similarity, their nearest training images, and the similarities."""
     order = np.argsort(-np.asarray(similarity), kind="stable")[:k]
     return samples[order], training[np.asarray(nearest)[order]], np.asarray(similarity)[order]
 
 
-def pairs_figure(pairs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
-                 caption: str = "left: generated, right: nearest training image") -> Path:
+def pairs_figure(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    path: Path,
+    caption: str = "left: generated, right: nearest training image",
+) -> Path:
     """One row per method: its k most similar (generated | training) pairs, each titled with the similarity."""
     if not pairs:
         raise ValueError("no pairs to plot")

@@ -48,8 +48,12 @@ def same_image_shape(a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) -> 
     """Pixel-space comparisons need images of one shape; say which sets differ (in channels: no resize helps)."""
     if a.shape[1] != b.shape[1]:
         kinds = {1: "grey (1 channel)", 3: "RGB (3 channels)"}
-        raise DataError(f"{what_a} are {kinds.get(a.shape[1], a.shape[1])} but {what_b} are "
-                        f"{kinds.get(b.shape[1], b.shape[1])}; compare images of the same kind (the right --model?)")
+        raise DataError(
+            f"{what_a} are {kinds.get(a.shape[1], a.shape[1])} but {what_b} are "
+            f"{kinds.get(b.shape[1], b.shape[1])}; compare images of the same kind (the right --model?)"
+        )
     if a.shape[1:] != b.shape[1:]:
-        raise DataError(f"{what_a} have shape (C, H, W) = {a.shape[1:]} but {what_b} have {b.shape[1:]}; "
-                        "resize them to the same size first")
+        raise DataError(
+            f"{what_a} have shape (C, H, W) = {a.shape[1:]} but {what_b} have {b.shape[1:]}; "
+            "resize them to the same size first"
+        )

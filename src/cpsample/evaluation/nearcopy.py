@@ -20,7 +20,8 @@ from cpsample.evaluation.replication import PAPER_THRESHOLDS
 
 NEAR_COPY_THRESHOLDS = {
     # Measured on the bundled 16x16 MNIST model: 0.42% of 4,800 held-out real digits (look-alike 1s) and 1.5% of
-    # held-out sklearn digits score above 0.98, while memorised samples score above 0.99 (docs/results.md, bench/README.md).
+    # held-out sklearn digits score above 0.98, while memorised samples score above 0.99 (docs/results.md,
+    # bench/README.md).
     # Checked on the 32x32 RGB Twemoji pictures (issue 33), where it keeps its meaning: 0.5% of 826 pictures score
     # above 0.98 against 200 others taken as members (digits, same protocol: 0.6%), while copies with Gaussian noise
     # of std 0.05 score above it 97.7% of the time (std 0.1: 75.7%). Like on digits it counts only near-exact copies:
@@ -60,8 +61,10 @@ def feature_space(features: str | FeatureExtractor) -> str:
 def default_threshold(features: str | FeatureExtractor = "pixels") -> float:
     space = feature_space(features)
     if space not in NEAR_COPY_THRESHOLDS:
-        raise ValueError(f"no default near-copy threshold for features {space!r} (known: "
-                         f"{', '.join(NEAR_COPY_THRESHOLDS)}); pass a threshold")
+        raise ValueError(
+            f"no default near-copy threshold for features {space!r} (known: "
+            f"{', '.join(NEAR_COPY_THRESHOLDS)}); pass a threshold"
+        )
     return NEAR_COPY_THRESHOLDS[space]
 
 
@@ -73,9 +76,13 @@ def resolve_threshold(threshold: float | None, features: str | FeatureExtractor 
     return value
 
 
-def find_near_copies(samples: FeaturesOrImages, training: FeaturesOrImages,
-                     features: str | FeatureExtractor = "pixels", threshold: float | None = None,
-                     progress: bool = False) -> NearCopies:
+def find_near_copies(
+    samples: FeaturesOrImages,
+    training: FeaturesOrImages,
+    features: str | FeatureExtractor = "pixels",
+    threshold: float | None = None,
+    progress: bool = False,
+) -> NearCopies:
     """Exact cosine nearest training item of each sample, and the near-copy mask (similarity > threshold).
 
     samples, training: images, turned into features by `features`, or (N, D) matrices already in that space.

@@ -78,16 +78,18 @@ class NumpyFlatIndex:
         rows = np.empty((len(queries), k), dtype=np.int64)
         step = max(1, _BLOCK // max(self.ntotal, 1))
         for start in range(0, len(queries), step):
-            block = queries[start:start + step]
+            block = queries[start : start + step]
             products = block @ self._data.T
             if self.metric == "ip":
                 keys = -products
             else:
-                keys = np.maximum(np.einsum("ij,ij->i", block, block)[:, None] + self._squared[None] - 2.0 * products, 0.0)
+                keys = np.maximum(
+                    np.einsum("ij,ij->i", block, block)[:, None] + self._squared[None] - 2.0 * products, 0.0
+                )
             order = np.argsort(keys, axis=1, kind="stable")[:, :k]  # stable: equal scores keep the lower row first
             best = np.take_along_axis(keys, order, axis=1)
-            scores[start:start + step] = -best if self.metric == "ip" else best
-            rows[start:start + step] = order
+            scores[start : start + step] = -best if self.metric == "ip" else best
+            rows[start : start + step] = order
         return scores, rows
 
 
@@ -98,9 +100,13 @@ def has_faiss() -> bool:
 def flat_index(dim: int, metric: str = "ip", backend: str | None = None):
     """An exact flat index: faiss's where faiss is installed (or backend="faiss"), else NumpyFlatIndex."""
     if backend not in (None, *BACKENDS):
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None (faiss when installed), got {backend!r}")
+        raise ValueError(
+            f"backend must be one of {', '.join(BACKENDS)} or None (faiss when installed), got {backend!r}"
+        )
     if backend == "faiss" and faiss is None:
-        raise ImportError('faiss is not installed: pip install "cpsample[faiss]" (or faiss-cpu), or use backend="numpy"')
+        raise ImportError(
+            'faiss is not installed: pip install "cpsample[faiss]" (or faiss-cpu), or use backend="numpy"'
+        )
     if backend == "numpy" or faiss is None:
         return NumpyFlatIndex(dim, metric)
     if metric not in ("ip", "l2"):
@@ -108,8 +114,14 @@ def flat_index(dim: int, metric: str = "ip", backend: str | None = None):
     return faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
 
 
-def nearest_by_cosine(queries: np.ndarray, references: np.ndarray, k: int = 1, batch_size: int = DEFAULT_BATCH,
-                      progress: bool = True, backend: str | None = None) -> Neighbours:
+def nearest_by_cosine(
+    queries: np.ndarray,
+    references: np.ndarray,
+    k: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = True,
+    backend: str | None = None,
+) -> Neighbours:
     """Top-k cosine similarities of each query to the references (exact inner product of normalised features).
 
     backend: "faiss", "numpy" or None (faiss when installed); both give the same neighbours.
@@ -121,8 +133,14 @@ def nearest_by_cosine(queries: np.ndarray, references: np.ndarray, k: int = 1, b
     return Neighbours(scores=np.clip(scores, -1.0, 1.0), indices=indices)
 
 
-def nearest_by_l2(queries: np.ndarray, references: np.ndarray, k: int = 1, batch_size: int = DEFAULT_BATCH,
-                  progress: bool = True, backend: str | None = None) -> Neighbours:
+def nearest_by_l2(
+    queries: np.ndarray,
+    references: np.ndarray,
+    k: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = True,
+    backend: str | None = None,
+) -> Neighbours:
     """Top-k Euclidean distances of each query to the references (the flat l2 index returns squared distances)."""
     queries, references = _check_pair(queries, references, k)
     index = flat_index(references.shape[1], "l2", backend)
@@ -134,7 +152,9 @@ def nearest_by_l2(queries: np.ndarray, references: np.ndarray, k: int = 1, batch
 def _check_pair(queries: np.ndarray, references: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     queries, references = as_features(queries, "query features"), as_features(references, "reference features")
     if queries.shape[1] != references.shape[1]:
-        raise ValueError(f"query features have {queries.shape[1]} dimensions but reference features have {references.shape[1]}")
+        raise ValueError(
+            f"query features have {queries.shape[1]} dimensions but reference features have {references.shape[1]}"
+        )
     if not 1 <= k <= len(references):
         raise ValueError(f"k={k} neighbours asked for, but the reference set holds {len(references)} items")
     return queries, references
@@ -145,7 +165,7 @@ def _search(index, queries: np.ndarray, k: int, batch_size: int, progress: bool,
     scores, indices = [], []
     starts = range(0, len(queries), batch_size)
     for start in tqdm(starts, desc=what, disable=not progress or len(starts) < 2, leave=False):
-        batch_scores, batch_indices = index.search(queries[start:start + batch_size], k)
+        batch_scores, batch_indices = index.search(queries[start : start + batch_size], k)
         scores.append(batch_scores)
         indices.append(batch_indices)
     return np.concatenate(scores).astype(np.float32), np.concatenate(indices).astype(np.int64)

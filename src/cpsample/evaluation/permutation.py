@@ -22,8 +22,15 @@ from cpsample.evaluation.inputs import as_features
 from cpsample.evaluation.neighbours import l2_normalise
 
 
-def permutation_test(sample_features: np.ndarray, member_features: np.ndarray, pool_features: np.ndarray,
-                     rounds: int = 1000, level: float = 0.05, seed: int = 0, progress: bool = True) -> dict:
+def permutation_test(
+    sample_features: np.ndarray,
+    member_features: np.ndarray,
+    pool_features: np.ndarray,
+    rounds: int = 1000,
+    level: float = 0.05,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Run App. E's test on features; pool_features must hold the members too (T contains S)."""
     samples = l2_normalise(as_features(sample_features, "sample features"))
     members = l2_normalise(as_features(member_features, "member features"))
@@ -31,8 +38,10 @@ def permutation_test(sample_features: np.ndarray, member_features: np.ndarray, p
     if not (samples.shape[1] == members.shape[1] == pool.shape[1]):
         raise ValueError("samples, members and pool must share one feature dimension")
     if len(pool) <= len(members):
-        raise ValueError(f"the pool T ({len(pool)}) must be larger than the member set S ({len(members)}): "
-                         "it needs non-members to draw the null distribution from")
+        raise ValueError(
+            f"the pool T ({len(pool)}) must be larger than the member set S ({len(members)}): "
+            "it needs non-members to draw the null distribution from"
+        )
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     rng = np.random.default_rng(seed)
@@ -43,10 +52,20 @@ def permutation_test(sample_features: np.ndarray, member_features: np.ndarray, p
         subset = pool[rng.choice(len(pool), len(members), replace=False)]
         null[i] = _max_similarity(samples[rng.choice(len(samples), draw, replace=False)], subset)
     p_value = (1 + int((null >= observed).sum())) / (1 + rounds)
-    return {"observed_max_similarity": float(observed), "null_mean": float(null.mean()),
-            "null_p95": float(np.percentile(null, 95)), "share_below": float((observed > null).mean()),
-            "p_value": p_value, "rounds": rounds, "samples_per_draw": draw, "members": len(members), "pool": len(pool),
-            "members_share_of_pool": len(members) / len(pool), "level": level, "reject": bool(p_value < level)}
+    return {
+        "observed_max_similarity": float(observed),
+        "null_mean": float(null.mean()),
+        "null_p95": float(np.percentile(null, 95)),
+        "share_below": float((observed > null).mean()),
+        "p_value": p_value,
+        "rounds": rounds,
+        "samples_per_draw": draw,
+        "members": len(members),
+        "pool": len(pool),
+        "members_share_of_pool": len(members) / len(pool),
+        "level": level,
+        "reject": bool(p_value < level),
+    }
 
 
 def _max_similarity(queries: np.ndarray, references: np.ndarray) -> float:

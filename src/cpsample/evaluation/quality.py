@@ -23,8 +23,9 @@ def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=0), np.cov(values, rowvar=False).reshape(values.shape[1], values.shape[1])
 
 
-def frechet_distance_from_fits(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray,
-                               eps: float = 1e-6) -> float:
+def frechet_distance_from_fits(
+    mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray, eps: float = 1e-6
+) -> float:
     """Frechet distance of two Gaussians, with scipy.linalg.sqrtm and the usual safeguards.
 
     Small sample sets give singular covariances, for which sqrtm can fail or return a complex result; like
@@ -75,7 +76,12 @@ class MissingOptionalPackage(ImportError, ValueError):
 def frechet_distance_in(net, images_a: ImagesLike, images_b: ImagesLike) -> dict:
     """FD between two image sets in a feature network's space, named after the network (e.g. FD_digitnet)."""
     value = frechet_distance(net(images_a), net(images_b))
-    return {"metric": f"FD_{net.name}", "value": value, "n_a": len(as_images(images_a)), "n_b": len(as_images(images_b))}
+    return {
+        "metric": f"FD_{net.name}",
+        "value": value,
+        "n_a": len(as_images(images_a)),
+        "n_b": len(as_images(images_b)),
+    }
 
 
 def inception_fid(real: ImagesLike, generated: ImagesLike, weights: str | Path, batch_size: int = 64) -> dict:
@@ -85,18 +91,22 @@ def inception_fid(real: ImagesLike, generated: ImagesLike, weights: str | Path, 
     """
     weights = Path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: Inception weights not found; pass the local path of the FID Inception "
-                                "weights (pt_inception-2015-12-05-6726825d.pth)")
+        raise FileNotFoundError(
+            f"{weights}: Inception weights not found; pass the local path of the FID Inception "
+            "weights (pt_inception-2015-12-05-6726825d.pth)"
+        )
     try:
         import torch
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as error:
-        raise MissingOptionalPackage("FID needs torchmetrics and torch-fidelity (pip install torchmetrics torch-fidelity); "
-                                     "without them use the offline FD_digitnet / FD_emojinet") from error
+        raise MissingOptionalPackage(
+            "FID needs torchmetrics and torch-fidelity (pip install torchmetrics torch-fidelity); "
+            "without them use the offline FD_digitnet / FD_emojinet"
+        ) from error
     metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
     for images, is_real in ((as_images(real, "real images"), True), (as_images(generated, "generated images"), False)):
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy((images[start:start + batch_size] + 1.0) / 2.0)
+            batch = torch.from_numpy((images[start : start + batch_size] + 1.0) / 2.0)
             metric.update(batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch, real=is_real)
     return {"metric": "FID", "value": float(metric.compute())}
 

@@ -38,8 +38,15 @@ def replication_share(similarities: np.ndarray, threshold: float, confidence: fl
     values = _finite_vector(similarities, "similarities")
     count = int((values > threshold).sum())
     low, high = clopper_pearson(count, len(values), confidence)
-    return {"threshold": float(threshold), "count": count, "n": len(values), "share": count / len(values),
-            "ci_low": low, "ci_high": high, "confidence": confidence}
+    return {
+        "threshold": float(threshold),
+        "count": count,
+        "n": len(values),
+        "share": count / len(values),
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": confidence,
+    }
 
 
 def compare_shares(baseline: dict, method: dict) -> dict:
@@ -48,8 +55,9 @@ def compare_shares(baseline: dict, method: dict) -> dict:
     Both arguments are `replication_share` results. The chi-square test is two-sided (as reported in Table 1);
     the Fisher test is exact and one-sided (H1: method's share < baseline's), so it stays valid with zero counts.
     """
-    table = np.array([[baseline["count"], baseline["n"] - baseline["count"]],
-                      [method["count"], method["n"] - method["count"]]])
+    table = np.array(
+        [[baseline["count"], baseline["n"] - baseline["count"]], [method["count"], method["n"] - method["count"]]]
+    )
     if (table.sum(axis=0) == 0).any():
         # Nobody (or everybody) copied in both sets: the test has nothing to compare.
         chi2, p_value, note = 0.0, 1.0, "no difference to test: the copy count is 0 (or n) in both sets"
@@ -57,12 +65,20 @@ def compare_shares(baseline: dict, method: dict) -> dict:
         result = stats.chi2_contingency(table, correction=True)
         chi2, p_value, note = float(result.statistic), float(result.pvalue), ""
     fisher = stats.fisher_exact(table, alternative="greater")
-    return {"table": table.tolist(), "chi2": chi2, "p_value": p_value, "fisher_p_one_sided": float(fisher.pvalue),
-            "share_baseline": baseline["count"] / baseline["n"], "share_method": method["count"] / method["n"], "note": note}
+    return {
+        "table": table.tolist(),
+        "chi2": chi2,
+        "p_value": p_value,
+        "fisher_p_one_sided": float(fisher.pvalue),
+        "share_baseline": baseline["count"] / baseline["n"],
+        "share_method": method["count"] / method["n"],
+        "note": note,
+    }
 
 
 def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.ndarray:
-    """Max over tiles x tiles tiles of the RMS pixel difference, in [0, 1] units. a, b: (..., C, H, W), broadcastable."""
+    """Max over tiles x tiles tiles of the RMS pixel difference, in [0, 1] units. a, b: (..., C, H, W),
+    broadcastable."""
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     height, width = a.shape[-2:]
     if min(height, width) < tiles:
@@ -75,9 +91,15 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.nda
     return np.sqrt(sums / counts).reshape(*sums.shape[:-2], -1).max(axis=-1)
 
 
-def relative_distance(samples: ImagesLike, training: ImagesLike, alpha: float = CARLINI_ALPHA,
-                      neighbours: int = CARLINI_NEIGHBOURS, distance: str = "l2", tiles: int = DEFAULT_TILES,
-                      progress: bool = True) -> dict:
+def relative_distance(
+    samples: ImagesLike,
+    training: ImagesLike,
+    alpha: float = CARLINI_ALPHA,
+    neighbours: int = CARLINI_NEIGHBOURS,
+    distance: str = "l2",
+    tiles: int = DEFAULT_TILES,
+    progress: bool = True,
+) -> dict:
     """Carlini et al.'s calibrated distance: d(x, nn) / (alpha * mean d(x, y) over the n nearest y); <= 1 flags a copy.
 
     Candidates are the `neighbours` nearest training images by l2 (exact search). distance="l2" uses the RMS
@@ -92,7 +114,9 @@ def relative_distance(samples: ImagesLike, training: ImagesLike, alpha: float = 
     same_image_shape(samples, training, "samples", "training images")
     k = min(neighbours, len(training))
     pixels = samples[0].size
-    found = nearest_by_l2(samples.reshape(len(samples), -1), training.reshape(len(training), -1), k=k, progress=progress)
+    found = nearest_by_l2(
+        samples.reshape(len(samples), -1), training.reshape(len(training), -1), k=k, progress=progress
+    )
     rms = found.scores / 2.0 / np.sqrt(pixels)  # [0, 1] units, normalised like the tiles
     tiled = _tiled_to_candidates(samples, training, found.indices, tiles)
     candidate_distance = rms if distance == "l2" else tiled
@@ -100,8 +124,15 @@ def relative_distance(samples: ImagesLike, training: ImagesLike, alpha: float = 
     rows = np.arange(len(samples))
     nearest = candidate_distance[rows, best]
     ratio = nearest / np.maximum(alpha * candidate_distance.mean(axis=1), 1e-12)
-    return {"ratio": ratio, "nearest": found.indices[rows, best], "l2": rms[rows, best], "tiled_l2": tiled[rows, best],
-            "alpha": alpha, "neighbours": k, "distance": distance}
+    return {
+        "ratio": ratio,
+        "nearest": found.indices[rows, best],
+        "l2": rms[rows, best],
+        "tiled_l2": tiled[rows, best],
+        "alpha": alpha,
+        "neighbours": k,
+        "distance": distance,
+    }
 
 
 def relative_share(relative: dict, confidence: float = 0.95) -> dict:
@@ -109,21 +140,36 @@ def relative_share(relative: dict, confidence: float = 0.95) -> dict:
     count = int((relative["ratio"] <= 1.0).sum())
     n = len(relative["ratio"])
     low, high = clopper_pearson(count, n, confidence)
-    return {"alpha": relative["alpha"], "neighbours": relative["neighbours"], "distance": relative["distance"],
-            "count": count, "n": n, "share": count / n, "ci_low": low, "ci_high": high,
-            "ratio_min": float(relative["ratio"].min()), "ratio_median": float(np.median(relative["ratio"])),
-            "tiled_l2_min": float(relative["tiled_l2"].min()), "tiled_l2_median": float(np.median(relative["tiled_l2"]))}
+    return {
+        "alpha": relative["alpha"],
+        "neighbours": relative["neighbours"],
+        "distance": relative["distance"],
+        "count": count,
+        "n": n,
+        "share": count / n,
+        "ci_low": low,
+        "ci_high": high,
+        "ratio_min": float(relative["ratio"].min()),
+        "ratio_median": float(np.median(relative["ratio"])),
+        "tiled_l2_min": float(relative["tiled_l2"].min()),
+        "tiled_l2_median": float(np.median(relative["tiled_l2"])),
+    }
 
 
 def similarity_summary(similarities: np.ndarray) -> dict:
     """Mean, median, 95th percentile (as Somepalli et al. report) and max of nearest-neighbour similarities."""
     values = _finite_vector(similarities, "similarities")
-    return {"mean": float(values.mean()), "median": float(np.median(values)),
-            "p95": float(np.percentile(values, 95)), "max": float(values.max())}
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+        "max": float(values.max()),
+    }
 
 
-def _tiled_to_candidates(samples: np.ndarray, training: np.ndarray, candidates: np.ndarray, tiles: int,
-                         chunk: int = 256) -> np.ndarray:
+def _tiled_to_candidates(
+    samples: np.ndarray, training: np.ndarray, candidates: np.ndarray, tiles: int, chunk: int = 256
+) -> np.ndarray:
     """Tiled l2 from each sample to each of its candidate training images, in chunks to bound memory."""
     out = np.empty(candidates.shape, dtype=np.float32)
     for start in range(0, len(samples), chunk):

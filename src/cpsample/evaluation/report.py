@@ -17,11 +17,11 @@ import numpy as np
 MEMBERSHIP_TITLE = "Membership inference"
 FIGURE_CAPTIONS = {
     "similarity_histogram": "Similarity of each image to its nearest training image (paper Fig. 2). "
-                            "Right of the dashed line counts as a near-copy.",
+    "Right of the dashed line counts as a near-copy.",
     "top_pairs": "The most similar generated / training pairs per method (paper Fig. 1 and 3).",
     "trace": "CPSample's classifier probability p(y=1 | x_t) per denoising step, and how often guidance fired.",
     "mia_sample_nn_roc": "Sample-only membership inference (black box: only the generated samples are seen): ROC of "
-                         "each candidate's distance to its nearest sample, members vs held-out non-members, per method.",
+    "each candidate's distance to its nearest sample, members vs held-out non-members, per method.",
 }
 # Keys of `evaluate`'s results that have their own section; any other top-level entry (e.g. sampling costs added
 # by a caller) is shown as a generic table, so callers can extend the report without touching this module.
@@ -30,8 +30,13 @@ KNOWN_KEYS = {"settings", "methods", "per_sample", "reference", "comparisons", "
 Table = tuple[str, list[str], list[list[str]], str]  # (title, headers, rows, note)
 
 
-def write_report(folder: str | Path, results: Mapping, figures: Mapping[str, str | Path] | None = None,
-                 membership=None, title: str = "cpsample evaluation") -> dict[str, Path]:
+def write_report(
+    folder: str | Path,
+    results: Mapping,
+    figures: Mapping[str, str | Path] | None = None,
+    membership=None,
+    title: str = "cpsample evaluation",
+) -> dict[str, Path]:
     """Write report.json, report.md and report.html into folder; returns their paths.
 
     figures: {key or caption: PNG path}; defaults to results["figures"] (file names relative to folder).
@@ -80,7 +85,14 @@ def extra_tables(results: Mapping) -> list[Table]:
             headers, rows, _ = membership_rows(value)
             tables.append((key.replace("_", " ").capitalize(), headers, rows, ""))
         elif isinstance(value, Mapping):
-            tables.append((key.replace("_", " ").capitalize(), ["key", "value"], [[str(k), _cell(v)] for k, v in value.items()], ""))
+            tables.append(
+                (
+                    key.replace("_", " ").capitalize(),
+                    ["key", "value"],
+                    [[str(k), _cell(v)] for k, v in value.items()],
+                    "",
+                )
+            )
         else:
             loose.append([key, _cell(value)])
     if loose:
@@ -92,35 +104,85 @@ def _replication_table(methods, reference, settings) -> Table:
     threshold = settings.get("threshold")
     headers = ["method", "n", f"near-copies (> {threshold})", "share [95% CI]", "mean sim", "p95 sim", "max sim"]
     entries = list(methods) + ([(f"{reference['name']} (reference)", reference)] if reference else [])
-    rows = [[name, str(entry.get("n", entry["replication"]["n"])), str(entry["replication"]["count"]),
-             _share(entry["replication"]), _num(entry["similarity"]["mean"]), _num(entry["similarity"]["p95"]),
-             _num(entry["similarity"]["max"])] for name, entry in entries]
-    note = (f"Cosine similarity of {settings.get('features', '?')} features to the nearest of "
-            f"{settings.get('members', '?')} training members (exact search). Paper thresholds: "
-            + ", ".join(f"{k} {v}" for k, v in settings.get("paper_thresholds", {}).items())
-            + ". Exact Clopper-Pearson intervals. The reference row shows held-out real images of the same distribution.")
+    rows = [
+        [
+            name,
+            str(entry.get("n", entry["replication"]["n"])),
+            str(entry["replication"]["count"]),
+            _share(entry["replication"]),
+            _num(entry["similarity"]["mean"]),
+            _num(entry["similarity"]["p95"]),
+            _num(entry["similarity"]["max"]),
+        ]
+        for name, entry in entries
+    ]
+    note = (
+        f"Cosine similarity of {settings.get('features', '?')} features to the nearest of "
+        f"{settings.get('members', '?')} training members (exact search). Paper thresholds: "
+        + ", ".join(f"{k} {v}" for k, v in settings.get("paper_thresholds", {}).items())
+        + ". Exact Clopper-Pearson intervals. The reference row shows held-out real images of the same distribution."
+    )
     return ("Near-copies in feature space (paper Table 1)", headers, rows, note)
 
 
 def _comparison_table(comparisons) -> Table:
-    headers = ["baseline", "method", "share baseline", "share method", "chi2", "p (chi-square, two-sided)",
-               "p (Fisher, one-sided: method copies less)"]
-    rows = [[c["baseline"], c["method"], _pct(c["share_baseline"]), _pct(c["share_method"]), _num(c["chi2"], 3),
-             _p(c["p_value"]), _p(c["fisher_p_one_sided"])] for c in comparisons]
-    return ("Does the method reduce near-copies? (2x2 contingency)", headers, rows,
-            "scipy.stats.chi2_contingency with Yates' correction, as in the paper's Table 1; the one-sided Fisher exact "
-            "test stays valid when counts are small or zero.")
+    headers = [
+        "baseline",
+        "method",
+        "share baseline",
+        "share method",
+        "chi2",
+        "p (chi-square, two-sided)",
+        "p (Fisher, one-sided: method copies less)",
+    ]
+    rows = [
+        [
+            c["baseline"],
+            c["method"],
+            _pct(c["share_baseline"]),
+            _pct(c["share_method"]),
+            _num(c["chi2"], 3),
+            _p(c["p_value"]),
+            _p(c["fisher_p_one_sided"]),
+        ]
+        for c in comparisons
+    ]
+    return (
+        "Does the method reduce near-copies? (2x2 contingency)",
+        headers,
+        rows,
+        "scipy.stats.chi2_contingency with Yates' correction, as in the paper's Table 1; the one-sided Fisher exact "
+        "test stays valid when counts are small or zero.",
+    )
 
 
 def _relative_table(methods, settings) -> Table:
-    headers = ["method", "flagged (ratio <= 1)", "share [95% CI]", "min ratio", "median ratio", "min tiled l2",
-               "median tiled l2"]
-    rows = [[name, str(m["relative"]["count"]), _share(m["relative"]), _num(m["relative"]["ratio_min"]),
-             _num(m["relative"]["ratio_median"]), _num(m["relative"]["tiled_l2_min"]),
-             _num(m["relative"]["tiled_l2_median"])] for name, m in methods]
-    note = (f"Carlini et al. (2023): ratio = d(x, nearest) / ({settings.get('relative_alpha')} x mean d to the "
-            f"{settings.get('relative_neighbours')} nearest training images), d = {settings.get('relative_metric')} "
-            "in pixel space; tiled l2 = max over 4x4 tiles of the RMS difference, [0, 1] pixel units.")
+    headers = [
+        "method",
+        "flagged (ratio <= 1)",
+        "share [95% CI]",
+        "min ratio",
+        "median ratio",
+        "min tiled l2",
+        "median tiled l2",
+    ]
+    rows = [
+        [
+            name,
+            str(m["relative"]["count"]),
+            _share(m["relative"]),
+            _num(m["relative"]["ratio_min"]),
+            _num(m["relative"]["ratio_median"]),
+            _num(m["relative"]["tiled_l2_min"]),
+            _num(m["relative"]["tiled_l2_median"]),
+        ]
+        for name, m in methods
+    ]
+    note = (
+        f"Carlini et al. (2023): ratio = d(x, nearest) / ({settings.get('relative_alpha')} x mean d to the "
+        f"{settings.get('relative_neighbours')} nearest training images), d = {settings.get('relative_metric')} "
+        "in pixel space; tiled l2 = max over 4x4 tiles of the RMS difference, [0, 1] pixel units."
+    )
     return ("Pixel-space view (Carlini et al.)", headers, rows, note)
 
 
@@ -133,31 +195,67 @@ def _quality_table(methods, reference) -> Table:
     for name, m in methods:
         q = m.get("quality", {})
         agreement = q.get("class_agreement")
-        row = [name, _num(q.get("value"), 3), " ".join(map(str, q.get("predicted_class_counts", []))) or "-",
-               _share({**agreement, "share": agreement["agreement"]}) if agreement else "-"]
+        row = [
+            name,
+            _num(q.get("value"), 3),
+            " ".join(map(str, q.get("predicted_class_counts", []))) or "-",
+            _share({**agreement, "share": agreement["agreement"]}) if agreement else "-",
+        ]
         rows.append(row + ([_num(m.get("fid"), 3)] if with_fid else []))
     if reference and "quality" in reference:
         q = reference["quality"]
-        rows.append([f"{reference['name']} (reference, n={q['n']})", _num(q["value"], 3),
-                     " ".join(map(str, q["predicted_class_counts"])), "-"] + (["-"] if with_fid else []))
-    note = (f"{metric} is a Frechet distance in the feature space of a small classifier trained on the dataset's real "
-            "labels - not FID, and not comparable with published FID values. It shrinks with more images: compare "
-            "sets of equal size; the reference row is real held-out images, the floor to expect.")
+        rows.append(
+            [
+                f"{reference['name']} (reference, n={q['n']})",
+                _num(q["value"], 3),
+                " ".join(map(str, q["predicted_class_counts"])),
+                "-",
+            ]
+            + (["-"] if with_fid else [])
+        )
+    note = (
+        f"{metric} is a Frechet distance in the feature space of a small classifier trained on the dataset's real "
+        "labels - not FID, and not comparable with published FID values. It shrinks with more images: compare "
+        "sets of equal size; the reference row is real held-out images, the floor to expect."
+    )
     return ("Sample quality", headers, rows, note)
 
 
 def _permutation_table(methods) -> Table:
-    headers = ["method", "max sim to members (a0)", "null mean", "null p95", "share of null below a0", "p",
-               "p floor (|S|/|T|)", "reject H0"]
-    rows = [[name, _num(p["observed_max_similarity"]), _num(p["null_mean"]), _num(p["null_p95"]),
-             _num(p["share_below"], 3), _p(p["p_value"]), _num(p["members_share_of_pool"], 3), "yes" if p["reject"] else "no"]
-            for name, m in methods if (p := m.get("permutation"))]
+    headers = [
+        "method",
+        "max sim to members (a0)",
+        "null mean",
+        "null p95",
+        "share of null below a0",
+        "p",
+        "p floor (|S|/|T|)",
+        "reject H0",
+    ]
+    rows = [
+        [
+            name,
+            _num(p["observed_max_similarity"]),
+            _num(p["null_mean"]),
+            _num(p["null_p95"]),
+            _num(p["share_below"], 3),
+            _p(p["p_value"]),
+            _num(p["members_share_of_pool"], 3),
+            "yes" if p["reject"] else "no",
+        ]
+        for name, m in methods
+        if (p := m.get("permutation"))
+    ]
     level = next(m["permutation"]["level"] for _, m in methods if "permutation" in m)
-    return ("Permutation test (paper App. E)", headers, rows,
-            "H0: samples are no closer to the training members than to random subsets of the same size drawn from "
-            f"members + non-members. p = (1 + #null >= a0) / (1 + rounds); reject at level {level}. "
-            "'share of null below a0' is the number the paper's Table 6 reports. Even blatant copies cannot push p much "
-            "below |S|/|T|, since each null subset holds a given member with that probability.")
+    return (
+        "Permutation test (paper App. E)",
+        headers,
+        rows,
+        "H0: samples are no closer to the training members than to random subsets of the same size drawn from "
+        f"members + non-members. p = (1 + #null >= a0) / (1 + rounds); reject at level {level}. "
+        "'share of null below a0' is the number the paper's Table 6 reports. Even blatant copies cannot push p much "
+        "below |S|/|T|, since each null subset holds a given member with that probability.",
+    )
 
 
 def membership_rows(membership) -> tuple[list[str], list[list[str]], str]:
@@ -178,7 +276,12 @@ def membership_rows(membership) -> tuple[list[str], list[list[str]], str]:
 
 
 def render_markdown(title: str, settings: Mapping, tables: list[Table], figures: Mapping[str, str], membership) -> str:
-    lines = [f"# {title}", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "paper_thresholds"), ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "paper_thresholds"),
+        "",
+    ]
     for table_title, headers, rows, note in tables:
         lines += [f"## {table_title}", "", *_markdown_table(headers, rows), "", note, ""]
     lines += [f"## {MEMBERSHIP_TITLE}", ""]
@@ -209,10 +312,13 @@ code{background:#f3f3f3;padding:0 .2em}"""
 
 def render_html(title: str, settings: Mapping, tables: list[Table], figures: Mapping[str, str], membership) -> str:
     e = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{e(title)}</h1>",
-             "<p class='note'>" + ", ".join(f"<code>{e(str(k))}={e(str(v))}</code>" for k, v in settings.items()
-                                            if k != "paper_thresholds") + "</p>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{e(title)}</h1>",
+        "<p class='note'>"
+        + ", ".join(f"<code>{e(str(k))}={e(str(v))}</code>" for k, v in settings.items() if k != "paper_thresholds")
+        + "</p>",
+    ]
     for table_title, headers, rows, note in tables:
         parts += [f"<h2>{e(table_title)}</h2>", _html_table(headers, rows), f"<p class='note'>{e(note)}</p>"]
     parts.append(f"<section class='optional' id='membership-inference'><h2>{e(MEMBERSHIP_TITLE)}</h2>")
@@ -225,8 +331,10 @@ def render_html(title: str, settings: Mapping, tables: list[Table], figures: Map
     if figures:
         parts.append("<h2>Figures</h2>")
         for key, file in figures.items():
-            parts.append(f"<figure><img src='{e(str(file), quote=True)}' alt='{e(key, quote=True)}'>"
-                         f"<figcaption class='note'>{e(caption(key))}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{e(str(file), quote=True)}' alt='{e(key, quote=True)}'>"
+                f"<figcaption class='note'>{e(caption(key))}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -245,7 +353,7 @@ def caption(key: str) -> str:
     if key in FIGURE_CAPTIONS:
         return FIGURE_CAPTIONS[key]
     if key.startswith("grid_"):
-        return f"Uncurated samples: {key[len('grid_'):]}"
+        return f"Uncurated samples: {key[len('grid_') :]}"
     return key.replace("_", " ")
 
 

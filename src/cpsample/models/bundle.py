@@ -25,10 +25,12 @@ def resolve_model_dir(spec: str | Path, part: str) -> Path:
     if is_bundled(spec):
         folder = BUNDLED_MODELS[str(spec)] / part
         if not folder.exists() and part == SELECTIVE and str(spec) != BUNDLED:
-            raise FileNotFoundError(f"{spec} ships no selective classifier (the one cpsample-staged's early stage "
-                                    f"needs, trained with --negatives samples); train one on its members with "
-                                    f"`cpsample train-classifier --denoiser {spec} --negatives samples --max-t 100 "
-                                    "--out FOLDER` and pass --option early_classifier=FOLDER, or use --guard cpsample")
+            raise FileNotFoundError(
+                f"{spec} ships no selective classifier (the one cpsample-staged's early stage "
+                f"needs, trained with --negatives samples); train one on its members with "
+                f"`cpsample train-classifier --denoiser {spec} --negatives samples --max-t 100 "
+                "--out FOLDER` and pass --option early_classifier=FOLDER, or use --guard cpsample"
+            )
         if not folder.exists():
             raise FileNotFoundError(f"the bundled {part} is missing from {folder.parent}; reinstall cpsample")
         return folder
@@ -40,18 +42,27 @@ def training_data(model_dir: Path) -> tuple[ImageSet, Split]:
     model_dir = Path(model_dir)
     record_path, split_path = model_dir / "cpsample.json", model_dir / "split.json"
     if not record_path.exists() or not split_path.exists():
-        raise FileNotFoundError(f"{model_dir}: missing cpsample.json or split.json (written by cpsample train-denoiser)")
+        raise FileNotFoundError(
+            f"{model_dir}: missing cpsample.json or split.json (written by cpsample train-denoiser)"
+        )
     try:
         settings = json.loads(record_path.read_text())["settings"]
         data = settings["data"]
     except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{record_path}: not a training record naming its data ({type(error).__name__}: {error}); "
-                        "was it overwritten by another command? Retrain or restore it") from None
+        raise DataError(
+            f"{record_path}: not a training record naming its data ({type(error).__name__}: {error}); "
+            "was it overwritten by another command? Retrain or restore it"
+        ) from None
     split = Split.load(split_path)
     dataset = load_dataset(data)
     if max(split.members, default=-1) >= len(dataset):
-        raise DataError(f"{data}: holds {len(dataset)} images, fewer than {split_path} names; it is not the data {model_dir} was trained on")
+        raise DataError(
+            f"{data}: holds {len(dataset)} images, fewer than {split_path} names; it is not the data {model_dir} was "
+            "trained on"
+        )
     if split.members_sha256 and images_digest(dataset.take(split.members).images) != split.members_sha256:
-        raise DataError(f"{data}: the member images differ from those {model_dir} was trained on (content hash in "
-                        f"{split_path}); restore the original data")
+        raise DataError(
+            f"{data}: the member images differ from those {model_dir} was trained on (content hash in "
+            f"{split_path}); restore the original data"
+        )
     return resize_set(dataset, settings.get("image_size")), split

@@ -9,19 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
+from torch import nn
 
 from cpsample.models.denoiser import from_pretrained_safely
 
 
 class TimeClassifier(ModelMixin, ConfigMixin):
     @register_to_config
-    def __init__(self, sample_size: int = 16, in_channels: int = 1, block_out_channels: tuple = (32, 64, 64),
-                 layers_per_block: int = 1, num_labels: int = 2, norm_num_groups: int = 16, attention: bool = True):
+    def __init__(
+        self,
+        sample_size: int = 16,
+        in_channels: int = 1,
+        block_out_channels: tuple = (32, 64, 64),
+        layers_per_block: int = 1,
+        num_labels: int = 2,
+        norm_num_groups: int = 16,
+        attention: bool = True,
+    ):
         super().__init__()
         time_dim = block_out_channels[0] * 4
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -32,14 +40,28 @@ class TimeClassifier(ModelMixin, ConfigMixin):
         for i, channels in enumerate(block_out_channels):
             in_ch, out_channels = out_channels, channels
             last = i == len(block_out_channels) - 1
-            self.down_blocks.append(get_down_block(
-                "AttnDownBlock2D" if (last and attention) else "DownBlock2D",
-                num_layers=layers_per_block, in_channels=in_ch, out_channels=out_channels, temb_channels=time_dim,
-                add_downsample=not last, resnet_eps=1e-5, resnet_act_fn="silu", resnet_groups=norm_num_groups,
-                attention_head_dim=out_channels, downsample_padding=1,
-            ))
-        self.mid_block = UNetMidBlock2D(in_channels=out_channels, temb_channels=time_dim, resnet_groups=norm_num_groups,
-                                        attention_head_dim=out_channels, add_attention=attention)
+            self.down_blocks.append(
+                get_down_block(
+                    "AttnDownBlock2D" if (last and attention) else "DownBlock2D",
+                    num_layers=layers_per_block,
+                    in_channels=in_ch,
+                    out_channels=out_channels,
+                    temb_channels=time_dim,
+                    add_downsample=not last,
+                    resnet_eps=1e-5,
+                    resnet_act_fn="silu",
+                    resnet_groups=norm_num_groups,
+                    attention_head_dim=out_channels,
+                    downsample_padding=1,
+                )
+            )
+        self.mid_block = UNetMidBlock2D(
+            in_channels=out_channels,
+            temb_channels=time_dim,
+            resnet_groups=norm_num_groups,
+            attention_head_dim=out_channels,
+            add_attention=attention,
+        )
         self.norm_out = nn.GroupNorm(norm_num_groups, out_channels)
         self.act = nn.SiLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -63,5 +85,7 @@ def load_classifier(folder: Path, device: str | torch.device = "cpu") -> TimeCla
     folder = Path(folder)
     path = folder / "classifier" if (folder / "classifier" / "config.json").exists() else folder
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: no classifier here (expected classifier/config.json, as written by train-classifier)")
+        raise FileNotFoundError(
+            f"{folder}: no classifier here (expected classifier/config.json, as written by train-classifier)"
+        )
     return from_pretrained_safely(TimeClassifier, path).to(device).eval()

@@ -80,7 +80,9 @@ class DiffusionModel:
     def _training_data(self) -> tuple[ImageSet, Split]:
         if self._data is None:
             if self.folder is None:
-                raise ValueError("this model was built in memory: it knows no member split (load it with from_pretrained)")
+                raise ValueError(
+                    "this model was built in memory: it knows no member split (load it with from_pretrained)"
+                )
             self._data = training_data(self.folder)
         return self._data
 
@@ -104,7 +106,10 @@ class Classifier:
         for name in CLASSIFIER_RECORDS:
             if self.folder is not None and (self.folder / name).exists() and self.folder.resolve() != folder.resolve():
                 shutil.copy2(self.folder / name, folder / name)
-        if self.folder is not None and (self.folder / "scheduler").is_dir() and self.folder.resolve() != folder.resolve():
+        if (
+            self.folder is not None
+            and (self.folder / "scheduler").is_dir()
+            and self.folder.resolve() != folder.resolve()
+        ):
             shutil.copytree(self.folder / "scheduler", folder / "scheduler", dirs_exist_ok=True)
         return folder
-

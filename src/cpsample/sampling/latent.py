@@ -40,9 +40,12 @@ DEFAULT_SD_CFG_SCALE = 7.5
 
 # --- the tiny local pipeline ---------------------------------------------------------------------------------
 
+
 def _byte_symbols() -> list[str]:
     """GPT-2 / CLIP byte-level alphabet: one printable unicode symbol for each of the 256 byte values."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes, extra = printable[:], 0
     for byte in range(256):
         if byte not in printable:
@@ -79,32 +82,69 @@ def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int =
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if image_size % 4:
-        raise ValueError(f"image size must be a multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}")
+        raise ValueError(
+            f"image size must be a multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}"
+        )
     folder = Path(folder)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as scratch:
         _write_tokenizer_files(Path(scratch))
         tokenizer = CLIPTokenizer.from_pretrained(scratch, local_files_only=True, model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tiny_clip_vocab()), hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tiny_clip_vocab()),
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=image_size // 2, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
-        sample_size=image_size)
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=image_size,
+    )
+    schedule = dict(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1
+    )
     if scheduler == "pndm":
         noise_scheduler = PNDMScheduler(skip_prk_steps=True, **schedule)
     elif scheduler == "ddim":
         noise_scheduler = DDIMScheduler(clip_sample=False, **schedule)
     else:
         raise ValueError(f"the tiny pipeline ships a pndm or ddim scheduler, not {scheduler!r}")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=noise_scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=noise_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     _write_tokenizer_files(folder / "tokenizer")  # also readable by transformers versions without tokenizer.json
     return folder
@@ -112,30 +152,45 @@ def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int =
 
 # --- loading --------------------------------------------------------------------------------------------------
 
+
 def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str = "cpu", dtype: str = "float32"):
     """A StableDiffusionPipeline from a local folder only (never the hub), without the safety checker."""
     folder = Path(folder)
     if not (folder / PIPELINE_INDEX).is_file():
-        raise FileNotFoundError(f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
-                                "save_pretrained or `cpsample make-tiny-sd`)")
+        raise FileNotFoundError(
+            f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
+            "save_pretrained or `cpsample make-tiny-sd`)"
+        )
     if not is_sd_pipeline(folder):
-        raise ValueError(f"{folder}: cannot load the Stable Diffusion pipeline: {PIPELINE_INDEX} names a "
-                         f"{pipeline_class(folder)}, not a Stable Diffusion pipeline"
-                         + ("; it is a pixel-space denoiser: sample it with `cpsample sample --model`"
-                            if pipeline_class(folder) == DDPM_PIPELINE else ""))
+        raise ValueError(
+            f"{folder}: cannot load the Stable Diffusion pipeline: {PIPELINE_INDEX} names a "
+            f"{pipeline_class(folder)}, not a Stable Diffusion pipeline"
+            + (
+                "; it is a pixel-space denoiser: sample it with `cpsample sample --model`"
+                if pipeline_class(folder) == DDPM_PIPELINE
+                else ""
+            )
+        )
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     from diffusers import StableDiffusionPipeline
 
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
-                                                       feature_extractor=None, requires_safety_checker=False,
-                                                       use_safetensors=True)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder,
+            local_files_only=True,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            use_safetensors=True,
+        )
     except Exception as error:  # bad model_index.json, pickled .bin only, truncated weights: a damaged pipeline
         detail = " ".join(str(error).split())[:160]
-        raise ValueError(f"{folder}: cannot load the Stable Diffusion pipeline ({type(error).__name__}: {detail}); it "
-                         f"needs a valid {PIPELINE_INDEX} and .safetensors weights in each part (pickled .bin weights "
-                         "are never loaded)") from None
+        raise ValueError(
+            f"{folder}: cannot load the Stable Diffusion pipeline ({type(error).__name__}: {detail}); it "
+            f"needs a valid {PIPELINE_INDEX} and .safetensors weights in each part (pickled .bin weights "
+            "are never loaded)"
+        ) from None
     check_scheduler(pipe.scheduler, f"{folder}'s scheduler predicts")
     pipe.scheduler = swap_scheduler(pipe.scheduler, scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -150,7 +205,12 @@ def swap_scheduler(current, name: str):
     """The pipeline's own scheduler ('default') or another one sharing its noise schedule, without x0 clipping."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-    choices = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "ddpm": DDPMScheduler, "dpm++": DPMSolverMultistepScheduler}
+    choices = {
+        "ddim": DDIMScheduler,
+        "pndm": PNDMScheduler,
+        "ddpm": DDPMScheduler,
+        "dpm++": DPMSolverMultistepScheduler,
+    }
     if name == "default":
         return type(current).from_config(without_x0_clipping(current.config))
     if name not in choices:
@@ -165,22 +225,41 @@ def latent_shape(pipe, height: int | None = None, width: int | None = None) -> t
     height = height or pipe.unet.config.sample_size * factor
     width = width or pipe.unet.config.sample_size * factor
     if height % factor or width % factor:
-        raise ValueError(f"height and width must be multiples of {factor} (the VAE's downscaling), got {height}x{width}")
+        raise ValueError(
+            f"height and width must be multiples of {factor} (the VAE's downscaling), got {height}x{width}"
+        )
     return pipe.unet.config.in_channels, height // factor, width // factor
 
 
-def build_latent_guard(classifier_dir: str | Path, pipe, alpha: float | None = None, scale: float | None = None, tau: float | None = None,
-                       height: int | None = None, width: int | None = None) -> CPSampleGuard:
+def build_latent_guard(
+    classifier_dir: str | Path,
+    pipe,
+    alpha: float | None = None,
+    scale: float | None = None,
+    tau: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> CPSampleGuard:
     """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule.
 
     Knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
     from cpsample.sampling.guards import GuardContext, build_guard
 
     check_latent_pairing(classifier_dir, pipe)
-    guard = build_guard("cpsample", GuardContext(model=None, classifier=classifier_dir, device=str(pipe.device)), alpha=alpha, scale=scale, tau=tau)
+    guard = build_guard(
+        "cpsample",
+        GuardContext(model=None, classifier=classifier_dir, device=str(pipe.device)),
+        alpha=alpha,
+        scale=scale,
+        tau=tau,
+    )
     check_latent_classifier(guard.classifier, pipe, height, width)
-    check_same_schedule(Path(classifier_dir), pipe.scheduler, "train it with `cpsample train-latent-classifier "
-                        "--pipeline` on this pipeline", "this pipeline's")
+    check_same_schedule(
+        Path(classifier_dir),
+        pipe.scheduler,
+        "train it with `cpsample train-latent-classifier --pipeline` on this pipeline",
+        "this pipeline's",
+    )
     return guard
 
 
@@ -188,12 +267,16 @@ def check_latent_classifier(classifier, pipe, height: int | None = None, width: 
     channels, h, w = latent_shape(pipe, height, width)
     found = classifier.config.in_channels
     if found != channels:
-        raise ValueError(f"the classifier takes {found}-channel inputs but this pipeline's latents have {channels} channels; "
-                         "train it on VAE latents with `cpsample train-latent-classifier`")
+        raise ValueError(
+            f"the classifier takes {found}-channel inputs but this pipeline's latents have {channels} channels; "
+            "train it on VAE latents with `cpsample train-latent-classifier`"
+        )
     size = classifier.config.sample_size
     if (h, w) != (size, size):
-        raise ValueError(f"the classifier was trained on {size}x{size} latents but these are {h}x{w}; sample at "
-                         f"{size * pipe.vae_scale_factor}x{size * pipe.vae_scale_factor} pixels (--height/--width)")
+        raise ValueError(
+            f"the classifier was trained on {size}x{size} latents but these are {h}x{w}; sample at "
+            f"{size * pipe.vae_scale_factor}x{size * pipe.vae_scale_factor} pixels (--height/--width)"
+        )
 
 
 # --- which VAE and which private images a latent classifier belongs to ---------------------------------------
@@ -235,18 +318,23 @@ def check_latent_pairing(classifier_dir: str | Path, pipe, private: ImageSet | N
         return
     trained_for = settings.get("pipeline") or "another pipeline"
     here = pipeline_name(pipe)
-    retrain = (f"train a classifier for this pipeline: `cpsample train-latent-classifier --pipeline {here} "
-               "--images PRIVATE`")
+    retrain = (
+        f"train a classifier for this pipeline: `cpsample train-latent-classifier --pipeline {here} --images PRIVATE`"
+    )
     digests = settings.get("vae_digest") or {}
     dtype = next((name for name, value in DTYPES.items() if value == pipe.vae.dtype), None)
     if dtype in digests and weights_digest(pipe.vae) != digests[dtype]:
-        raise ValueError(f"{classifier_dir} was trained on the latents of another VAE (that of {trained_for}, sha256 "
-                         f"{digests[dtype][:12]}) than {here}'s (sha256 {weights_digest(pipe.vae)[:12]}): its guard "
-                         f"would misjudge every latent; use the pipeline it was trained for, or {retrain}")
+        raise ValueError(
+            f"{classifier_dir} was trained on the latents of another VAE (that of {trained_for}, sha256 "
+            f"{digests[dtype][:12]}) than {here}'s (sha256 {weights_digest(pipe.vae)[:12]}): its guard "
+            f"would misjudge every latent; use the pipeline it was trained for, or {retrain}"
+        )
     scaling = settings.get("scaling_factor")
     if scaling is not None and scaling != pipe.vae.config.scaling_factor:
-        raise ValueError(f"{classifier_dir} was trained on latents scaled by {scaling} (the VAE of {trained_for}), "
-                         f"but {here}'s VAE scales by {pipe.vae.config.scaling_factor}; {retrain}")
+        raise ValueError(
+            f"{classifier_dir} was trained on latents scaled by {scaling} (the VAE of {trained_for}), "
+            f"but {here}'s VAE scales by {pipe.vae.config.scaling_factor}; {retrain}"
+        )
     if private is not None:
         check_private_images(classifier_dir, settings, private)
         if dtype not in digests:  # no digest recorded (an older folder): what does this VAE make of a private image?
@@ -263,8 +351,10 @@ def encode_latents(pipe, images: ImageSet, batch_size: int = 8, progress: bool =
     vae, device = pipe.vae, pipe.device
     pixels = images.tensor()
     chunks = []
-    for start in tqdm(range(0, len(pixels), batch_size), desc="encoding private images", disable=not progress, leave=False):
-        batch = pixels[start:start + batch_size].to(device=device, dtype=vae.dtype)
+    for start in tqdm(
+        range(0, len(pixels), batch_size), desc="encoding private images", disable=not progress, leave=False
+    ):
+        batch = pixels[start : start + batch_size].to(device=device, dtype=vae.dtype)
         chunks.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
     return torch.cat(chunks)
 
@@ -280,35 +370,46 @@ def check_stored_latent(classifier_dir: str | Path, pipe, private: ImageSet, fix
     stored = torch.from_numpy(member_latents(classifier_dir)[:1])
     encoded = encode_latents(pipe, private.take([0]), progress=False)
     if stored.shape != encoded.shape or float((encoded - stored).norm() / stored.norm().clamp_min(1e-12)) > 0.05:
-        raise ValueError(f"{classifier_dir} was trained on other latents of {private.names[0]} than "
-                         f"{pipeline_name(pipe)}'s VAE makes of it: it was trained on another VAE (or the image "
-                         f"changed); {fix}")
+        raise ValueError(
+            f"{classifier_dir} was trained on other latents of {private.names[0]} than "
+            f"{pipeline_name(pipe)}'s VAE makes of it: it was trained on another VAE (or the image "
+            f"changed); {fix}"
+        )
 
 
 def check_private_images(classifier_dir: str | Path, settings: dict, private: ImageSet) -> None:
     """The images similarity is measured against must be those the classifier was trained on, unchanged."""
     trained_on = settings.get("images") or "its image folder"
-    retrain = ("retrain the classifier on these images with `cpsample train-latent-classifier --images "
-               f"{private.source}`")
+    retrain = (
+        f"retrain the classifier on these images with `cpsample train-latent-classifier --images {private.source}`"
+    )
     same_folder = settings.get("images") and Path(private.source).resolve() == Path(settings["images"]).resolve()
-    fix = (f"restore them as they were, or {retrain}" if same_folder else
-           f"pass --private with the images it was trained on ({trained_on}), or {retrain}")
+    fix = (
+        f"restore them as they were, or {retrain}"
+        if same_folder
+        else f"pass --private with the images it was trained on ({trained_on}), or {retrain}"
+    )
     recorded = settings.get("images_digest")
     names = settings.get("image_names")
     if recorded:
         found = images_digest(private.images)
         if found != recorded:
             count = f"{len(names)} images" if isinstance(names, list) else "images"
-            raise ValueError(f"the private images in {private.source} ({len(private)} images, sha256 {found[:12]}) "
-                             f"are not those {classifier_dir} was trained on ({count} of {trained_on}, sha256 "
-                             f"{recorded[:12]}): near-copies would be counted against the wrong images; {fix}")
+            raise ValueError(
+                f"the private images in {private.source} ({len(private)} images, sha256 {found[:12]}) "
+                f"are not those {classifier_dir} was trained on ({count} of {trained_on}, sha256 "
+                f"{recorded[:12]}): near-copies would be counted against the wrong images; {fix}"
+            )
     elif isinstance(names, list) and list(names) != list(private.names):
-        raise ValueError(f"the private images in {private.source} ({len(private)} images) are not those "
-                         f"{classifier_dir} was trained on ({len(names)} images of {trained_on}, by their names): "
-                         f"near-copies would be counted against the wrong images; {fix}")
+        raise ValueError(
+            f"the private images in {private.source} ({len(private)} images) are not those "
+            f"{classifier_dir} was trained on ({len(names)} images of {trained_on}, by their names): "
+            f"near-copies would be counted against the wrong images; {fix}"
+        )
 
 
 # --- sampling -------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class LatentSampleResult:
@@ -321,9 +422,19 @@ class LatentSampleResult:
     seconds: float = 0.0
 
 
-def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_prompt: int = 1, steps: int = 50,
-              guidance_scale: float = DEFAULT_SD_CFG_SCALE, height: int | None = None, width: int | None = None, seed: int = 0,
-              negative_prompt: str = "", progress: bool = True) -> LatentSampleResult:
+def sample_sd(
+    pipe,
+    prompts: list[str],
+    guard: Guard | None = None,
+    images_per_prompt: int = 1,
+    steps: int = 50,
+    guidance_scale: float = DEFAULT_SD_CFG_SCALE,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    progress: bool = True,
+) -> LatentSampleResult:
     """Generate images_per_prompt images for each prompt with CFG and the guard (None: plain sampling).
 
     Every prompt starts from the same noise latents (seeded by `seed`), so images of two prompts, or of a plain
@@ -334,8 +445,10 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
     if images_per_prompt < 1 or steps < 1:
         raise ValueError(f"images per prompt and steps must be positive, got {images_per_prompt} and {steps}")
     if protection_of(pipe) is not None:
-        raise ValueError("this pipeline was protected with cpsample.protect; sample it with pipe(...), or call "
-                         "cpsample.unprotect(pipe) before sample_sd (its own guard would push a second time)")
+        raise ValueError(
+            "this pipeline was protected with cpsample.protect; sample it with pipe(...), or call "
+            "cpsample.unprotect(pipe) before sample_sd (its own guard would push a second time)"
+        )
     guard = guard or NoGuard()
     device, dtype = pipe.device, pipe.unet.dtype
     guard.to(device, dtype)
@@ -349,9 +462,15 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
         images.append(decode_latents(pipe, final))
         traces.append(trace)
     merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in traces[0]}
-    return LatentSampleResult(images=torch.cat(images), latents=torch.cat(latents), prompts=list(prompts),
-                              prompt_index=np.repeat(np.arange(len(prompts)), images_per_prompt), trace=merged,
-                              timesteps=pipe.scheduler.timesteps.cpu().numpy(), seconds=time.time() - started)
+    return LatentSampleResult(
+        images=torch.cat(images),
+        latents=torch.cat(latents),
+        prompts=list(prompts),
+        prompt_index=np.repeat(np.arange(len(prompts)), images_per_prompt),
+        trace=merged,
+        timesteps=pipe.scheduler.timesteps.cpu().numpy(),
+        seconds=time.time() - started,
+    )
 
 
 # Chunk k of a run drawn in chunks (sample_sd_batches) starts from the noise of seed + k * CHUNK_SEED_STRIDE: chunk 0
@@ -359,31 +478,70 @@ def sample_sd(pipe, prompts: list[str], guard: Guard | None = None, images_per_p
 CHUNK_SEED_STRIDE = 100_003
 
 
-def sample_sd_batches(pipe, prompts: list[str], guard: Guard | None, images_per_prompt: int, batch_size: int,
-                      steps: int = 50, guidance_scale: float = DEFAULT_SD_CFG_SCALE, seed: int = 0,
-                      progress: bool = False) -> LatentSampleResult:
+def sample_sd_batches(
+    pipe,
+    prompts: list[str],
+    guard: Guard | None,
+    images_per_prompt: int,
+    batch_size: int,
+    steps: int = 50,
+    guidance_scale: float = DEFAULT_SD_CFG_SCALE,
+    seed: int = 0,
+    progress: bool = False,
+) -> LatentSampleResult:
     """`sample_sd` with at most batch_size images of a prompt per UNet batch: images_per_prompt images of each prompt,
     drawn in chunks (see CHUNK_SEED_STRIDE) and returned as one result (trace: steps x all images)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    results = [sample_sd(pipe, prompts, guard, min(batch_size, images_per_prompt - start), steps, guidance_scale,
-                         seed=seed + chunk * CHUNK_SEED_STRIDE, progress=progress)
-               for chunk, start in enumerate(range(0, images_per_prompt, batch_size))]
+    results = [
+        sample_sd(
+            pipe,
+            prompts,
+            guard,
+            min(batch_size, images_per_prompt - start),
+            steps,
+            guidance_scale,
+            seed=seed + chunk * CHUNK_SEED_STRIDE,
+            progress=progress,
+        )
+        for chunk, start in enumerate(range(0, images_per_prompt, batch_size))
+    ]
     if len(results) == 1:
         return results[0]
-    return LatentSampleResult(images=torch.cat([r.images for r in results]), latents=torch.cat([r.latents for r in results]),
-                              prompts=list(prompts), prompt_index=np.concatenate([r.prompt_index for r in results]),
-                              trace={key: np.concatenate([r.trace[key] for r in results], axis=1) for key in results[0].trace},
-                              timesteps=results[0].timesteps, seconds=sum(r.seconds for r in results))
+    return LatentSampleResult(
+        images=torch.cat([r.images for r in results]),
+        latents=torch.cat([r.latents for r in results]),
+        prompts=list(prompts),
+        prompt_index=np.concatenate([r.prompt_index for r in results]),
+        trace={key: np.concatenate([r.trace[key] for r in results], axis=1) for key in results[0].trace},
+        timesteps=results[0].timesteps,
+        seconds=sum(r.seconds for r in results),
+    )
 
 
-def denoise_latents(pipe, cond: torch.Tensor, uncond: torch.Tensor, guard: Guard, steps: int, guidance_scale: float,
-                    shape: tuple, seed: int) -> tuple[torch.Tensor, dict]:
+def denoise_latents(
+    pipe,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guard: Guard,
+    steps: int,
+    guidance_scale: float,
+    shape: tuple,
+    seed: int,
+) -> tuple[torch.Tensor, dict]:
     """The shared denoising loop (`sample_batch`) on the pipeline's latents, its UNet called as the pipeline does."""
     pipe.scheduler.set_timesteps(steps, device=pipe.device)  # also clears multistep schedulers' history
     generator = torch.Generator().manual_seed(seed)
-    return sample_batch(sd_denoiser(pipe, cond, uncond, guidance_scale), pipe.scheduler, shape, guard, generator,
-                        pipe.device, pipe.unet.dtype, raw=True)
+    return sample_batch(
+        sd_denoiser(pipe, cond, uncond, guidance_scale),
+        pipe.scheduler,
+        shape,
+        guard,
+        generator,
+        pipe.device,
+        pipe.unet.dtype,
+        raw=True,
+    )
 
 
 def sd_denoiser(pipe, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float):
@@ -407,6 +565,7 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 # --- prompts and the modified-caption comparison (Table 2) -------------------------------------------------
 
+
 @dataclass
 class PromptEntry:
     text: str
@@ -415,7 +574,8 @@ class PromptEntry:
 
 
 def read_prompts(path: str | Path) -> list[PromptEntry]:
-    """One prompt per line; 'original caption<TAB>modified caption' makes a pair. Blank lines and '#' lines are skipped."""
+    """One prompt per line; 'original caption<TAB>modified caption' makes a pair. Blank lines and '#' lines are
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such prompts file")
@@ -430,7 +590,9 @@ def read_prompts(path: str | Path) -> list[PromptEntry]:
             entries += [PromptEntry(parts[0], "original", pairs), PromptEntry(parts[1], "modified", pairs)]
             pairs += 1
         else:
-            raise ValueError(f"{path}:{number}: expected 'prompt' or 'original<TAB>modified', got {len(parts)} tab-separated fields")
+            raise ValueError(
+                f"{path}:{number}: expected 'prompt' or 'original<TAB>modified', got {len(parts)} tab-separated fields"
+            )
     if not entries:
         raise ValueError(f"{path}: holds no prompts")
     return entries
@@ -444,8 +606,9 @@ def load_private_images(folder: str | Path, image_size: int) -> ImageSet:
     return images
 
 
-def nearest_private(images: torch.Tensor | np.ndarray, private: ImageSet, threshold: float | None = None,
-                    progress: bool = False):
+def nearest_private(
+    images: torch.Tensor | np.ndarray, private: ImageSet, threshold: float | None = None, progress: bool = False
+):
     """The near-copy yardstick in pixel space (mean-centred pixels): each decoded image's nearest private image."""
     from cpsample.evaluation.inputs import same_image_shape
     from cpsample.evaluation.nearcopy import find_near_copies
@@ -455,8 +618,12 @@ def nearest_private(images: torch.Tensor | np.ndarray, private: ImageSet, thresh
     return find_near_copies(samples, private.images, "pixels", threshold, progress)
 
 
-def per_prompt_similarity(result: LatentSampleResult, private: ImageSet, threshold: float | None = None,
-                          entries: list[PromptEntry] | None = None) -> list[dict]:
+def per_prompt_similarity(
+    result: LatentSampleResult,
+    private: ImageSet,
+    threshold: float | None = None,
+    entries: list[PromptEntry] | None = None,
+) -> list[dict]:
     """For each prompt: nearest-private similarity of its images (max, mean), near-copies above threshold
     (None: the yardstick's pixel default)."""
     found = nearest_private(result.images, private, threshold)
@@ -467,9 +634,17 @@ def per_prompt_similarity(result: LatentSampleResult, private: ImageSet, thresho
         mine = np.flatnonzero(result.prompt_index == index)
         best = mine[np.argmax(scores[mine])]
         entry = entries[index] if entries else PromptEntry(prompt, "prompt")
-        rows.append({"prompt": prompt, "role": entry.role, "pair": entry.pair,
-                     "max_similarity": float(scores[mine].max()), "mean_similarity": float(scores[mine].mean()),
-                     "near_copies": int(copies[mine].sum()), "images": len(mine),
-                     "nearest_private": private.names[int(nearest[best])],
-                     "share_of_steps_guided": None if fired is None else float(fired[:, mine].mean())})
+        rows.append(
+            {
+                "prompt": prompt,
+                "role": entry.role,
+                "pair": entry.pair,
+                "max_similarity": float(scores[mine].max()),
+                "mean_similarity": float(scores[mine].mean()),
+                "near_copies": int(copies[mine].sum()),
+                "images": len(mine),
+                "nearest_private": private.names[int(nearest[best])],
+                "share_of_steps_guided": None if fired is None else float(fired[:, mine].mean()),
+            }
+        )
     return rows

@@ -12,7 +12,9 @@ from PIL import Image
 from cpsample.data import to_uint8
 
 
-def image_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, upscale: int | None = None, pad: int = 1) -> Image.Image:
+def image_grid(
+    images: torch.Tensor | np.ndarray, columns: int | None = None, upscale: int | None = None, pad: int = 1
+) -> Image.Image:
     """Tile (N, C, H, W) images in [-1, 1] into one PIL image; small images are upscaled to stay visible."""
     pixels = to_uint8(images)  # (N, H, W, C)
     count, height, width, channels = pixels.shape
@@ -22,7 +24,7 @@ def image_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, up
     for i in range(count):
         r, c = divmod(i, columns)
         top, left = pad + r * (height + pad), pad + c * (width + pad)
-        canvas[top:top + height, left:left + width] = pixels[i]
+        canvas[top : top + height, left : left + width] = pixels[i]
     image = Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
     upscale = upscale or max(1, 64 // max(height, 1))
     if upscale > 1:
@@ -30,8 +32,9 @@ def image_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, up
     return image
 
 
-def save_samples(folder: Path, images: torch.Tensor, grid_count: int | None = 100, columns: int | None = None,
-                 **arrays: np.ndarray) -> dict:
+def save_samples(
+    folder: Path, images: torch.Tensor, grid_count: int | None = 100, columns: int | None = None, **arrays: np.ndarray
+) -> dict:
     """Write samples.npz (float images in [-1, 1], uint8 NHWC, any extra arrays such as labels) and grid.png (the
     first grid_count images, all when None, `columns` per row); returns the paths written.
 
@@ -48,8 +51,10 @@ def save_samples(folder: Path, images: torch.Tensor, grid_count: int | None = 10
 
 TRACE_FILES = ("trace.npz", "trace.png")
 PRIVATE_RECORD = "private.json"
-PRIVATE_NOTE = ("private: measured against the private (member) images - keep it with them, do not share it; "
-                "cpsample.json beside it holds no such measurement")
+PRIVATE_NOTE = (
+    "private: measured against the private (member) images - keep it with them, do not share it; "
+    "cpsample.json beside it holds no such measurement"
+)
 
 
 def save_private(folder: Path, command: str, settings: dict, results: dict) -> dict:
@@ -66,8 +71,9 @@ def save_private(folder: Path, command: str, settings: dict, results: dict) -> d
     return {"private_record": str(path)}
 
 
-def save_trace(folder: Path, trace: dict, timesteps: np.ndarray | None, alpha: float | None = None,
-               keep: bool = False) -> dict:
+def save_trace(
+    folder: Path, trace: dict, timesteps: np.ndarray | None, alpha: float | None = None, keep: bool = False
+) -> dict:
     """With keep, write trace.npz (per step and sample: the classifier's p1, whether the guard fired) and trace.png.
     Without, write neither and remove old ones: the trace says what the classifier knows about each sample, so
     it is kept out of the shareable outputs unless asked for (--trace)."""
@@ -92,7 +98,9 @@ def _write_npz(path: Path, arrays: dict) -> None:
     tmp.replace(path)
 
 
-def plot_trace(trace: dict, timesteps: np.ndarray, path: Path, alpha: float | None = None, max_lines: int = 32) -> Path | None:
+def plot_trace(
+    trace: dict, timesteps: np.ndarray, path: Path, alpha: float | None = None, max_lines: int = 32
+) -> Path | None:
     """Per-step p(y=1 | x_t) for some samples (like the paper's Fig. 7) and the share of samples guided per step."""
     if "p1" not in trace:
         return None
@@ -111,8 +119,12 @@ def plot_trace(trace: dict, timesteps: np.ndarray, path: Path, alpha: float | No
     if alpha is not None and alpha > 0:
         for level in (alpha, 1 - alpha):
             axes[0].axhline(level, color="k", ls="--", lw=0.8)
-    axes[0].set(xlabel="denoising step (later ->)", ylabel="p(y=1 | x_t)", ylim=(-0.02, 1.02),
-                title="classifier probability per sample (red: guided at some step)")
+    axes[0].set(
+        xlabel="denoising step (later ->)",
+        ylabel="p(y=1 | x_t)",
+        ylim=(-0.02, 1.02),
+        title="classifier probability per sample (red: guided at some step)",
+    )
     if fired is not None:
         axes[1].plot(steps, fired.mean(axis=1) * 100, color="tab:red")
         axes[1].set(xlabel="denoising step (later ->)", ylabel="% of samples guided", title="how often CPSample fired")

@@ -11,8 +11,16 @@ from cpsample.models import load_noise_schedule
 from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
 from cpsample.sampling.guards.base import move_network
-from cpsample.sampling.sampler import (DTYPES, SampleResult, batch_settings_file, check_sample_count, make_scheduler, sample,
-                                      sampling_key, unet_denoiser)
+from cpsample.sampling.sampler import (
+    DTYPES,
+    SampleResult,
+    batch_settings_file,
+    check_sample_count,
+    make_scheduler,
+    sample,
+    sampling_key,
+    unet_denoiser,
+)
 
 
 def check_device(device: str) -> None:
@@ -22,8 +30,10 @@ def check_device(device: str) -> None:
     except RuntimeError:
         raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:1 ...") from None
     if parsed.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {device}: a {parsed.type} device holds no data to sample or train with; use cpu, "
-                         "cuda or cuda:1 ...")
+        raise ValueError(
+            f"--device {device}: a {parsed.type} device holds no data to sample or train with; use cpu, "
+            "cuda or cuda:1 ..."
+        )
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
@@ -37,9 +47,11 @@ def check_scheduler(scheduler, says: str) -> None:
     else (schedulers without a prediction_type, such as PNDM, step with eps)."""
     prediction = scheduler.config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
-        raise ValueError(f"CPSample corrects an eps prediction; {says} {prediction!r}. Use an eps-predicting scheduler "
-                         "(e.g. type(scheduler).from_config(scheduler.config, prediction_type=\"epsilon\")) for an "
-                         "eps-predicting model, or cpsample.unprotect(pipe)")
+        raise ValueError(
+            f"CPSample corrects an eps prediction; {says} {prediction!r}. Use an eps-predicting scheduler "
+            '(e.g. type(scheduler).from_config(scheduler.config, prediction_type="epsilon")) for an '
+            "eps-predicting model, or cpsample.unprotect(pipe)"
+        )
 
 
 def guard_for_model(model: DiffusionModel, guard: str | Guard, classifier, device: str = "cpu", **options) -> Guard:
@@ -76,22 +88,32 @@ def check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedul
     found = (classifier.config.in_channels, classifier.config.sample_size)
     fix = "train one on this model's members with `cpsample train-classifier --denoiser MODEL`"
     if found != expected:
-        raise ValueError(f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this model makes "
-                         f"{expected[0]}-channel {expected[1]}x{expected[1]} images; {fix}")
+        raise ValueError(
+            f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this model makes "
+            f"{expected[0]}-channel {expected[1]}x{expected[1]} images; {fix}"
+        )
     if classifier_dir is None:
         return
     check_same_schedule(classifier_dir, schedule, fix, model_dir or "this model")
-    if model_dir is not None and (Path(model_dir) / "split.json").exists() and not (Path(classifier_dir) / "split.json").exists():
-        raise ValueError(f"{classifier_dir}: the classifier folder has no split.json, so nothing shows it was trained on "
-                         f"{model_dir}'s members (a classifier of other images guides at nearly every step); {fix}, or "
-                         "restore its split.json")
+    if (
+        model_dir is not None
+        and (Path(model_dir) / "split.json").exists()
+        and not (Path(classifier_dir) / "split.json").exists()
+    ):
+        raise ValueError(
+            f"{classifier_dir}: the classifier folder has no split.json, so nothing shows it was trained on "
+            f"{model_dir}'s members (a classifier of other images guides at nearly every step); {fix}, or "
+            "restore its split.json"
+        )
     splits = [Path(folder) / "split.json" for folder in (model_dir, classifier_dir) if folder is not None]
     if len(splits) == 2 and all(path.exists() for path in splits):
         model_split, classifier_split = (Split.load(path) for path in splits)
         if (model_split.source, model_split.members) != (classifier_split.source, classifier_split.members):
-            raise ValueError(f"{classifier_dir}: the classifier was trained on other member images than {model_dir} "
-                             f"({classifier_split.source}, {len(classifier_split.members)} members vs "
-                             f"{model_split.source}, {len(model_split.members)}); {fix}")
+            raise ValueError(
+                f"{classifier_dir}: the classifier was trained on other member images than {model_dir} "
+                f"({classifier_split.source}, {len(classifier_split.members)} members vs "
+                f"{model_split.source}, {len(model_split.members)}); {fix}"
+            )
 
 
 def check_same_schedule(classifier_dir: Path, schedule, fix: str, sampled: str | Path = "this model") -> None:
@@ -101,12 +123,27 @@ def check_same_schedule(classifier_dir: Path, schedule, fix: str, sampled: str |
     theirs = load_noise_schedule(classifier_dir).alphas_cumprod.float()
     used = schedule.alphas_cumprod.float().cpu()
     if theirs.shape != used.shape or not torch.allclose(theirs, used):
-        raise ValueError(f"{classifier_dir}: the classifier was trained with another noise schedule than {sampled}; {fix}")
+        raise ValueError(
+            f"{classifier_dir}: the classifier was trained with another noise schedule than {sampled}; {fix}"
+        )
 
 
-def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 50, scheduler: str = "ddim", guard: str | Guard = "none",
-             classifier: str | Classifier = "bundled", batch_size: int = 250, dtype: str = "float32", device: str = "cpu", seed: int = 0,
-             work_dir: Path | None = None, progress: bool = True, overwrite: bool = False, **guard_options) -> SampleResult:
+def generate(
+    model: str | DiffusionModel = "bundled",
+    n: int = 64,
+    steps: int = 50,
+    scheduler: str = "ddim",
+    guard: str | Guard = "none",
+    classifier: str | Classifier = "bundled",
+    batch_size: int = 250,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+    work_dir: Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    **guard_options,
+) -> SampleResult:
     """Sample n images from a denoiser (a folder, "bundled" or a loaded DiffusionModel, used as is: cast in place if
     dtype differs); guard is a Guard or a name built with its guard_options (e.g. alpha=0.1; see `cpsample guards`),
     options left out taking the guard's defaults.
@@ -120,15 +157,41 @@ def generate(model: str | DiffusionModel = "bundled", n: int = 64, steps: int = 
     loaded = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
     unet, schedule, model_dir = loaded.unet, loaded.schedule, loaded.folder
     if loaded.conditional:
-        raise ValueError(f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`")
+        raise ValueError(
+            f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`"
+        )
     check_sample_count(n, (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
     guard = guard_for_model(loaded, guard, classifier, device, **guard_options)
     first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
     if work_dir is not None:  # the key hashes the weights before any dtype cast
-        batch_settings_file(work_dir, sampling_key(unet, guard, first_scheduler, n=n, steps=steps, scheduler=scheduler,
-                                                   dtype=dtype, seed=seed, batch_size=batch_size), overwrite)
+        batch_settings_file(
+            work_dir,
+            sampling_key(
+                unet,
+                guard,
+                first_scheduler,
+                n=n,
+                steps=steps,
+                scheduler=scheduler,
+                dtype=dtype,
+                seed=seed,
+                batch_size=batch_size,
+            ),
+            overwrite,
+        )
     move_network(unet, None, torch_dtype)  # (a loaded model stays on its device)
     guard.to(torch.device(device), torch_dtype)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    return sample(unet_denoiser(unet), lambda: make_scheduler(scheduler, schedule.config, steps), n, shape, guard=guard,
-                  batch_size=batch_size, seed=seed, device=device, dtype=torch_dtype, work_dir=work_dir, progress=progress)
+    return sample(
+        unet_denoiser(unet),
+        lambda: make_scheduler(scheduler, schedule.config, steps),
+        n,
+        shape,
+        guard=guard,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=torch_dtype,
+        work_dir=work_dir,
+        progress=progress,
+    )

@@ -36,11 +36,15 @@ class Protection:
         self.handle = None
         self._last_t: int | None = None
         self._step = -1
-        self._checked_scheduler = pipe.scheduler  # protect() checked this one; a swapped-in one is checked at call time
+        self._checked_scheduler = (
+            pipe.scheduler
+        )  # protect() checked this one; a swapped-in one is checked at call time
 
     def __repr__(self) -> str:
-        return (f"Protection({self.guard!r}, pipeline={type(self.pipe).__name__}, "
-                f"scheduler={type(self.pipe.scheduler).__name__}, active={self.handle is not None})")
+        return (
+            f"Protection({self.guard!r}, pipeline={type(self.pipe).__name__}, "
+            f"scheduler={type(self.pipe.scheduler).__name__}, active={self.handle is not None})"
+        )
 
     def __call__(self, module, args, kwargs, output):
         if self.pipe.scheduler is not self._checked_scheduler:
@@ -80,24 +84,36 @@ class Protection:
             self.guard.to(x_t.device, x_t.dtype)
 
 
-def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard | StagedCPSampleGuard = "bundled",
-            **options):
+def protect(
+    pipe,
+    classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard | StagedCPSampleGuard = "bundled",
+    **options,
+):
     """Make `pipe` sample with CPSample; returns the same pipeline (its UNet now carries the guard).
 
     classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSample guard (one
     or two stages). options: CPSample's (alpha, scale, tau, max_t, one_stage, ...; `cpsample guards`); with none
-    given, the classifier folder's calibration.json decides (one or two stages), as for `cpsample sample --guard cpsample`."""
+    given, the classifier folder's calibration.json decides (one or two stages), as for `cpsample sample --guard
+    cpsample`."""
     if not (hasattr(pipe, "unet") and hasattr(pipe, "scheduler")):
-        raise ValueError(f"protect() takes a diffusers pipeline (with .unet and .scheduler), got {type(pipe).__name__}; "
-                         "wrap the UNet in one, e.g. DDIMPipeline(unet=unet, scheduler=scheduler)")
+        raise ValueError(
+            f"protect() takes a diffusers pipeline (with .unet and .scheduler), got {type(pipe).__name__}; "
+            "wrap the UNet in one, e.g. DDIMPipeline(unet=unet, scheduler=scheduler)"
+        )
     if classifier is None:
-        raise ValueError("protect() needs a classifier of this model's members (a folder, a Classifier, or 'bundled' "
-                         "for the bundled demo model); train one with `cpsample train-classifier --denoiser MODEL`")
+        raise ValueError(
+            "protect() needs a classifier of this model's members (a folder, a Classifier, or 'bundled' "
+            "for the bundled demo model); train one with `cpsample train-classifier --denoiser MODEL`"
+        )
     unet = pipe.unet
     check_scheduler(pipe.scheduler, "this pipeline's scheduler predicts")
     if isinstance(classifier, READY_GUARDS) and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
-    guard = classifier if isinstance(classifier, READY_GUARDS) else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
+    guard = (
+        classifier
+        if isinstance(classifier, READY_GUARDS)
+        else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
+    )
     check_guard_fits(guard, unet, pipe.scheduler, model_folder_of(unet))
     if getattr(pipe, "vae", None) is not None:  # a latent pipeline: its VAE must be the one the classifier knows
         from cpsample.sampling.latent import check_latent_pairing
@@ -111,7 +127,6 @@ def protect(pipe, classifier: str | Path | Classifier | TimeClassifier | CPSampl
     protection.handle = unet.register_forward_hook(protection, with_kwargs=True)
     setattr(unet, HOOK_ATTRIBUTE, protection)
     return pipe
-
 
 
 def unprotect(pipe):

@@ -57,6 +57,8 @@ def rejection_sample(draw: Draw, n: int, is_near_copy: NearCopyTest, max_rounds:
         round_index = max_rounds
     images = torch.cat(kept)[:n] if kept else torch.empty(0)
     if len(images) < n:
-        raise RuntimeError(f"rejection sampling accepted only {len(images)} of {n} images in {max_rounds} rounds "
-                           f"({rejected} of {drawn} drawn were near-copies); raise max_rounds or lower the threshold's strictness")
+        raise RuntimeError(
+            f"rejection sampling accepted only {len(images)} of {n} images in {max_rounds} rounds "
+            f"({rejected} of {drawn} drawn were near-copies); raise max_rounds or lower the threshold's strictness"
+        )
     return RejectionResult(images, calls, time.time() - started, drawn, rejected, round_index)

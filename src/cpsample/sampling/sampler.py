@@ -29,7 +29,6 @@ SCHEDULERS = ("ddim", "ddpm", "dpm++")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-
 # denoise(x_t, t) -> eps, or a CFGPrediction for conditional models sampled with classifier-free guidance.
 Denoise = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | CFGPrediction"]
 
@@ -81,7 +80,8 @@ def unet_denoiser(unet, class_labels: torch.Tensor | None = None) -> Denoise:
 
 
 def cfg_denoiser(unet, class_labels: torch.Tensor, guidance_scale: float, null_label: int) -> Denoise:
-    """Class-conditional UNet with classifier-free guidance: one batched call for the labelled and the null-label half."""
+    """Class-conditional UNet with classifier-free guidance: one batched call for the labelled and the null-label
+    half."""
 
     def denoise(x, t):
         labels = torch.cat([class_labels, torch.full_like(class_labels, null_label)]).to(x.device)
@@ -92,11 +92,20 @@ def cfg_denoiser(unet, class_labels: torch.Tensor, guidance_scale: float, null_l
     return denoise
 
 
-def sample_batch(denoise: Denoise, scheduler, shape: tuple, guard: Guard, generator: torch.Generator,
-                 device: torch.device, dtype: torch.dtype = torch.float32, raw: bool = False) -> tuple[torch.Tensor, dict]:
+def sample_batch(
+    denoise: Denoise,
+    scheduler,
+    shape: tuple,
+    guard: Guard,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    raw: bool = False,
+) -> tuple[torch.Tensor, dict]:
     """Run one batch from x_T to x_0: the one denoising loop (pixel, class-conditional and latent models, SIDE).
 
-    Returns images in [-1, 1] (float32, CPU), or with raw=True the final x as it is (latents), and the guard's trace."""
+    Returns images in [-1, 1] (float32, CPU), or with raw=True the final x as it is (latents), and the guard's
+    trace."""
     guard.reset()
     guard.begin_run(run_noise_levels(scheduler))
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
@@ -127,14 +136,27 @@ def batch_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
 def check_finite_step(x: torch.Tensor, index: int, count: int, t, guard: Guard) -> None:
     """NaN/inf never recovers: stop at the step it appears instead of ending in a silent black or NaN result."""
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"sampling produced NaN or infinite values at step {index + 1} of {count} (t={int(t)}, "
-                         f"guard {guard.name}); lower the guidance scale, or use --dtype float32")
+        raise ValueError(
+            f"sampling produced NaN or infinite values at step {index + 1} of {count} (t={int(t)}, "
+            f"guard {guard.name}); lower the guidance scale, or use --dtype float32"
+        )
 
 
-def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: int, image_shape: tuple,
-           guard: Guard | None = None, batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu",
-           dtype: torch.dtype = torch.float32, work_dir: Path | None = None, progress: bool = True,
-           batch_denoiser: Callable[[int, int], Denoise] | None = None, calls_per_image_step: int = 1) -> SampleResult:
+def sample(
+    denoise: Denoise | None,
+    scheduler_factory: Callable[[], object],
+    n: int,
+    image_shape: tuple,
+    guard: Guard | None = None,
+    batch_size: int = 250,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    work_dir: Path | None = None,
+    progress: bool = True,
+    batch_denoiser: Callable[[int, int], Denoise] | None = None,
+    calls_per_image_step: int = 1,
+) -> SampleResult:
     """Draw n images; with work_dir, each finished batch is kept there and reused on a rerun with the same settings.
 
     batch_denoiser(start, size), when given, builds the denoiser of each batch (e.g. CFG with that batch's class
@@ -153,8 +175,13 @@ def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: 
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
     images, traces = [None] * len(sizes), [None] * len(sizes)
     started, calls, timesteps = time.time(), 0, None
-    bar = tqdm(total=n, desc=f"sampling ({guard.name})", disable=not (progress and state.is_local_main_process),
-               dynamic_ncols=True, unit="img")
+    bar = tqdm(
+        total=n,
+        desc=f"sampling ({guard.name})",
+        disable=not (progress and state.is_local_main_process),
+        dynamic_ncols=True,
+        unit="img",
+    )
     for index, size in enumerate(sizes):
         scheduler = scheduler_factory()
         timesteps = scheduler.timesteps.cpu().numpy()
@@ -164,7 +191,9 @@ def sample(denoise: Denoise | None, scheduler_factory: Callable[[], object], n: 
         if cached is None:
             generator = batch_generator(seed, index)
             batch_denoise = denoise if batch_denoiser is None else batch_denoiser(index * batch_size, size)
-            batch, trace = sample_batch(batch_denoise, scheduler, (size, *image_shape), guard, generator, device, dtype)
+            batch, trace = sample_batch(
+                batch_denoise, scheduler, (size, *image_shape), guard, generator, device, dtype
+            )
             calls += size * len(timesteps) * calls_per_image_step
             _save_batch(work_dir, index, batch, trace)
         else:
@@ -196,8 +225,10 @@ def check_sample_count(n: int, image_shape: tuple) -> None:
         memory = 2**40
     if needed > memory:
         shape = "x".join(str(size) for size in image_shape)
-        raise ValueError(f"-n {n}: {n:,} images of {shape} need about {needed / 2**30:,.0f} GiB, more than this machine's "
-                         f"{memory / 2**30:,.0f} GiB of memory; sample fewer (or several runs with other --seed)")
+        raise ValueError(
+            f"-n {n}: {n:,} images of {shape} need about {needed / 2**30:,.0f} GiB, more than this machine's "
+            f"{memory / 2**30:,.0f} GiB of memory; sample fewer (or several runs with other --seed)"
+        )
 
 
 def _batch_path(work_dir: Path, index: int) -> Path:
@@ -222,13 +253,17 @@ def _load_batch(work_dir, index, size):
         with np.load(path, allow_pickle=False) as data:
             if len(data["images"]) != size:
                 return None
-            trace = {k[len("trace_"):]: data[k] for k in data.files if k.startswith("trace_")}
+            trace = {k[len("trace_") :]: data[k] for k in data.files if k.startswith("trace_")}
             batch = data["images"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: cached batch is damaged ({type(error).__name__}); delete it and rerun to sample it again") from None
+        raise ValueError(
+            f"{path}: cached batch is damaged ({type(error).__name__}); delete it and rerun to sample it again"
+        ) from None
     if not np.issubdtype(batch.dtype, np.floating) or not np.isfinite(batch).all():
-        raise ValueError(f"{path}: cached batch holds NaN, infinite or non-float values; delete it (or rerun with "
-                         "--overwrite) to sample it again")
+        raise ValueError(
+            f"{path}: cached batch holds NaN, infinite or non-float values; delete it (or rerun with "
+            "--overwrite) to sample it again"
+        )
     return torch.from_numpy(batch), trace
 
 
@@ -263,9 +298,13 @@ def guard_digest(guard: Guard) -> str:
 def sampling_key(unet: torch.nn.Module, guard: Guard, built_scheduler, **settings) -> dict:
     """Everything a cached batch depends on: the model's and the guard's weights, every guard option, the
     scheduler's full configuration, plus the caller's settings (steps, dtype, seed, batch size, labels ...)."""
-    key = {**settings, "model_sha256": weights_digest(unet), "guard_sha256": guard_digest(guard),
-           "scheduler_config": {k: v for k, v in dict(built_scheduler.config).items() if not k.startswith("_")},
-           "guard_settings": guard.settings()}
+    key = {
+        **settings,
+        "model_sha256": weights_digest(unet),
+        "guard_sha256": guard_digest(guard),
+        "scheduler_config": {k: v for k, v in dict(built_scheduler.config).items() if not k.startswith("_")},
+        "guard_settings": guard.settings(),
+    }
     return json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from disk
 
 
@@ -279,8 +318,10 @@ def batch_settings_file(work_dir: Path, settings: dict, overwrite: bool = False)
     if stored is not None and stored != settings:
         if not overwrite:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            raise FileExistsError(f"{work_dir} holds batches sampled with other settings (changed: {', '.join(changed)}); "
-                                  "pass --overwrite to replace them, or pick a new --out")
+            raise FileExistsError(
+                f"{work_dir} holds batches sampled with other settings (changed: {', '.join(changed)}); "
+                "pass --overwrite to replace them, or pick a new --out"
+            )
         for stale in (work_dir / "batches").glob("batch_*.npz"):
             stale.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)

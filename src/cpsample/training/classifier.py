@@ -46,15 +46,25 @@ def noisy_ce_loss(schedule, max_t: int | None = None):
         # Cross-entropy with the random label for members; with the uniform distribution for negatives.
         log_p = logits.log_softmax(-1)
         per_image = torch.where(labelled, -log_p.gather(1, labels.clamp(max=1)[:, None]).squeeze(1), -log_p.mean(-1))
-        accuracy = (logits.argmax(-1) == labels)[labelled].float().mean().item() if bool(labelled.any()) else float("nan")
+        accuracy = (
+            (logits.argmax(-1) == labels)[labelled].float().mean().item() if bool(labelled.any()) else float("nan")
+        )
         return per_image.mean(), {"acc": accuracy}
 
     return loss_fn
 
 
 @torch.no_grad()
-def per_image_loss(model, images: torch.Tensor, labels: torch.Tensor, schedule, timesteps, draws: int = 4,
-                   seed: int = 0, batch_size: int = 500) -> np.ndarray:
+def per_image_loss(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    schedule,
+    timesteps,
+    draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> np.ndarray:
     """Cross-entropy per image and timestep, averaged over `draws` noise draws: shape (len(timesteps), N)."""
     model.eval()
     device = next(model.parameters()).device
@@ -63,12 +73,14 @@ def per_image_loss(model, images: torch.Tensor, labels: torch.Tensor, schedule, 
     for row, step in enumerate(timesteps):
         for _ in range(draws):
             for start in range(0, len(images), batch_size):
-                x0 = images[start:start + batch_size].to(device)
-                y = labels[start:start + batch_size].to(device)
+                x0 = images[start : start + batch_size].to(device)
+                y = labels[start : start + batch_size].to(device)
                 noise = torch.randn(x0.shape, generator=generator).to(device)
                 t = torch.full((len(x0),), int(step), device=device, dtype=torch.long)
                 logits = model(schedule.add_noise(x0, noise, t), t).float()
-                losses[row, start:start + len(x0)] += F.cross_entropy(logits, y, reduction="none").cpu().numpy() / draws
+                losses[row, start : start + len(x0)] += (
+                    F.cross_entropy(logits, y, reduction="none").cpu().numpy() / draws
+                )
     return losses
 
 
@@ -82,19 +94,43 @@ def per_timestep_report(model, images, labels, schedule, timesteps=REPORT_TIMEST
     for step in timesteps:
         noise = torch.randn(images.shape, generator=generator)
         t = torch.full((len(images),), int(step), dtype=torch.long)
-        logits = torch.cat([model(schedule.add_noise(x, n, tt).to(device), tt.to(device)).float().cpu()
-                            for x, n, tt in zip(images.split(500), noise.split(500), t.split(500))])
-        rows.append({"t": int(step), "loss": F.cross_entropy(logits, labels).item(),
-                     "accuracy": (logits.argmax(-1) == labels).float().mean().item()})
+        logits = torch.cat(
+            [
+                model(schedule.add_noise(x, n, tt).to(device), tt.to(device)).float().cpu()
+                for x, n, tt in zip(images.split(500), noise.split(500), t.split(500))
+            ]
+        )
+        rows.append(
+            {
+                "t": int(step),
+                "loss": F.cross_entropy(logits, labels).item(),
+                "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
+            }
+        )
     return rows
 
 
-def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, config: TrainConfig, label_seed: int,
-                     relabel_after: int, relabel_max_t: int = 100, relabel_threshold: float = 0.6931,
-                     block_out_channels=(32, 64, 64), resume: bool = False, denoiser_path: str = "",
-                     overwrite: bool = False, negatives: np.ndarray | None = None, negatives_source: str = "none",
-                     command: str = "train-classifier", recorded: dict | None = None, max_t: int | None = None,
-                     run_extra: dict | None = None) -> dict:
+def train_classifier(
+    members: ImageSet,
+    split: Split,
+    schedule,
+    out_dir: Path,
+    config: TrainConfig,
+    label_seed: int,
+    relabel_after: int,
+    relabel_max_t: int = 100,
+    relabel_threshold: float = 0.6931,
+    block_out_channels=(32, 64, 64),
+    resume: bool = False,
+    denoiser_path: str = "",
+    overwrite: bool = False,
+    negatives: np.ndarray | None = None,
+    negatives_source: str = "none",
+    command: str = "train-classifier",
+    recorded: dict | None = None,
+    max_t: int | None = None,
+    run_extra: dict | None = None,
+) -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
     negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring).
@@ -102,21 +138,39 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
     command and recorded: the provenance record's command and settings beyond the classifier's own.
     run_extra: more of what the run trains on (e.g. the latents' VAE), which a --resume must match."""
     if max_t is not None and not relabel_max_t <= max_t < schedule.config.num_train_timesteps:
-        raise ValueError(f"max_t must lie between relabel_max_t ({relabel_max_t}) and "
-                         f"{schedule.config.num_train_timesteps - 1}, got {max_t}")
+        raise ValueError(
+            f"max_t must lie between relabel_max_t ({relabel_max_t}) and "
+            f"{schedule.config.num_train_timesteps - 1}, got {max_t}"
+        )
     run = TrainingRun(out_dir, config, resume, overwrite)
     initial = random_labels(len(members), label_seed)
-    model = TimeClassifier(sample_size=members.size, in_channels=members.channels, block_out_channels=tuple(block_out_channels),
-                           norm_num_groups=min(16, min(block_out_channels)))
+    model = TimeClassifier(
+        sample_size=members.size,
+        in_channels=members.channels,
+        block_out_channels=tuple(block_out_channels),
+        norm_num_groups=min(16, min(block_out_channels)),
+    )
     images = members.tensor()
     data, targets = _with_negatives(images, torch.from_numpy(initial), negatives)
     negatives_count = len(data) - len(images)
-    labelling = {"label_seed": label_seed, "relabel_after": relabel_after, "relabel_max_t": relabel_max_t,
-                 "relabel_threshold": relabel_threshold, **({"max_t": max_t} if max_t is not None else {})}
-    run_settings = {"split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
-                    "block_out_channels": list(block_out_channels), **labelling, "negatives": negatives_source,
-                    "noise_schedule": schedule.alphas_cumprod.tolist()[::100], "negatives_count": negatives_count,
-                    **(run_extra or {})}
+    labelling = {
+        "label_seed": label_seed,
+        "relabel_after": relabel_after,
+        "relabel_max_t": relabel_max_t,
+        "relabel_threshold": relabel_threshold,
+        **({"max_t": max_t} if max_t is not None else {}),
+    }
+    run_settings = {
+        "split": split.fingerprint(),
+        "image_size": members.size,
+        "image_channels": members.channels,
+        "block_out_channels": list(block_out_channels),
+        **labelling,
+        "negatives": negatives_source,
+        "noise_schedule": schedule.alphas_cumprod.tolist()[::100],
+        "negatives_count": negatives_count,
+        **(run_extra or {}),
+    }
     relabelled: list[int] = []
 
     def relabel_midway(trainer: Trainer) -> None:
@@ -126,41 +180,70 @@ def train_classifier(members: ImageSet, split: Split, schedule, out_dir: Path, c
             trainer.run_until(relabel_after, description="train classifier (phase 1)")
             relabelled = _relabel_unfit(trainer, images, schedule, relabel_max_t, relabel_threshold, config.seed)
             trainer.save_state(extra={"relabelled": relabelled})
-        trainer.run_until(config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else ""))
+        trainer.run_until(
+            config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else "")
+        )
         trainer.save_state(extra={"relabelled": relabelled})
 
-    trainer = run.train(model, data, noisy_ce_loss(schedule, max_t), split, run_settings, targets=targets, phases=relabel_midway)
+    trainer = run.train(
+        model, data, noisy_ce_loss(schedule, max_t), split, run_settings, targets=targets, phases=relabel_midway
+    )
     final = trainer.ema_model()
-    labels = trainer.targets.cpu()[:len(images)]
+    labels = trainer.targets.cpu()[: len(images)]
     report = per_timestep_report(final, images, labels, schedule, seed=config.seed)
     low_noise_loss = float(np.mean([r["loss"] for r in report if r["t"] <= relabel_max_t]))
 
     def save(folder: Path) -> None:
         final.save_pretrained(folder / "classifier", safe_serialization=True)
         schedule.save_pretrained(folder / "scheduler")
-        (folder / "labels.json").write_text(json.dumps({
-            "label_seed": label_seed, "member_indices": split.members, "initial_labels": initial.tolist(),
-            "labels": labels.tolist(), "relabelled_positions": relabelled}))
+        (folder / "labels.json").write_text(
+            json.dumps(
+                {
+                    "label_seed": label_seed,
+                    "member_indices": split.members,
+                    "initial_labels": initial.tolist(),
+                    "labels": labels.tolist(),
+                    "relabelled_positions": relabelled,
+                }
+            )
+        )
 
-    settings = {**labelling, "denoiser": denoiser_path, "block_out_channels": list(block_out_channels), **(recorded or {})}
-    return run.finish(trainer, command, settings, save, members=len(members), relabelled=len(relabelled),
-                      per_timestep=report, low_noise_loss=low_noise_loss, reached_paper_loss=low_noise_loss < PAPER_LOSS,
-                      negatives=negatives_count, negatives_source=negatives_source)
+    settings = {
+        **labelling,
+        "denoiser": denoiser_path,
+        "block_out_channels": list(block_out_channels),
+        **(recorded or {}),
+    }
+    return run.finish(
+        trainer,
+        command,
+        settings,
+        save,
+        members=len(members),
+        relabelled=len(relabelled),
+        per_timestep=report,
+        low_noise_loss=low_noise_loss,
+        reached_paper_loss=low_noise_loss < PAPER_LOSS,
+        negatives=negatives_count,
+        negatives_source=negatives_source,
+    )
 
 
 def _with_negatives(images: torch.Tensor, labels: torch.Tensor, negatives: np.ndarray | None):
     """The members with their labels, then the negatives (if any) with the target UNSURE."""
     if negatives is None or not len(negatives):
         return images, labels
-    return (torch.cat([images, torch.as_tensor(negatives, dtype=images.dtype)]),
-            torch.cat([labels, torch.full((len(negatives),), UNSURE, dtype=labels.dtype)]))
+    return (
+        torch.cat([images, torch.as_tensor(negatives, dtype=images.dtype)]),
+        torch.cat([labels, torch.full((len(negatives),), UNSURE, dtype=labels.dtype)]),
+    )
 
 
 def _relabel_unfit(trainer: Trainer, images, schedule, max_t: int, threshold: float, seed: int) -> list[int]:
     """Give one common label (0) to images whose low-noise loss is still above threshold; returns their positions."""
     model = trainer.ema_model()
     timesteps = np.linspace(0, max_t, 5).astype(int)
-    losses = per_image_loss(model, images, trainer.targets[:len(images)], schedule, timesteps, seed=seed).mean(axis=0)
+    losses = per_image_loss(model, images, trainer.targets[: len(images)], schedule, timesteps, seed=seed).mean(axis=0)
     unfit = np.flatnonzero(losses > threshold)  # positions among the members (negatives come after them)
     trainer.targets = trainer.targets.clone()
     trainer.targets[torch.from_numpy(unfit)] = 0

@@ -48,8 +48,10 @@ def conditional_eps_loss(schedule, null_label: int, label_dropout: float):
 def class_labels_of(members: ImageSet, num_classes: int | None = None) -> tuple[np.ndarray, int]:
     """The members' class labels and the class count (largest label + 1 unless given)."""
     if members.labels is None:
-        raise DataError(f"{members.source}: these images carry no class labels; a class-conditional model needs them "
-                        "('mnist', 'digits', 'twemoji', or an .npz file with a 'labels' array)")
+        raise DataError(
+            f"{members.source}: these images carry no class labels; a class-conditional model needs them "
+            "('mnist', 'digits', 'twemoji', or an .npz file with a 'labels' array)"
+        )
     labels = np.asarray(members.labels, dtype=np.int64)
     if labels.min() < 0:
         raise DataError(f"{members.source}: class labels must be non-negative, found {labels.min()}")
@@ -61,24 +63,59 @@ def class_labels_of(members: ImageSet, num_classes: int | None = None) -> tuple[
     return labels, num_classes
 
 
-def train_conditional(members: ImageSet, split: Split, out_dir: Path, config: TrainConfig,
-                      label_dropout: float = DEFAULT_LABEL_DROPOUT, num_classes: int | None = None, resume: bool = False,
-                      block_out_channels=DEFAULT_CHANNELS, data_spec: str = "", overwrite: bool = False) -> dict:
+def train_conditional(
+    members: ImageSet,
+    split: Split,
+    out_dir: Path,
+    config: TrainConfig,
+    label_dropout: float = DEFAULT_LABEL_DROPOUT,
+    num_classes: int | None = None,
+    resume: bool = False,
+    block_out_channels=DEFAULT_CHANNELS,
+    data_spec: str = "",
+    overwrite: bool = False,
+) -> dict:
     """Train (or resume) and export the EMA class-conditional model to out_dir; returns a summary."""
     if not 0.0 < label_dropout < 1.0:
-        raise ValueError(f"label dropout must lie strictly between 0 and 1 (CFG needs both halves), got {label_dropout}")
+        raise ValueError(
+            f"label dropout must lie strictly between 0 and 1 (CFG needs both halves), got {label_dropout}"
+        )
     run = TrainingRun(out_dir, config, resume, overwrite)
     labels, num_classes = class_labels_of(members, num_classes)
     info = ClassInfo(num_classes=num_classes, null_label=num_classes)
     unet = build_denoiser(members.size, members.channels, block_out_channels, num_class_embeds=num_classes + 1)
     schedule = build_noise_schedule()
-    run_settings = {**denoiser_run_settings(members, split, block_out_channels, data_spec), "label_dropout": label_dropout,
-                    **asdict(info)}
-    trainer = run.train(unet, members.tensor(), conditional_eps_loss(schedule, info.null_label, label_dropout), split,
-                        run_settings, targets=torch.from_numpy(labels), description="train conditional denoiser")
+    run_settings = {
+        **denoiser_run_settings(members, split, block_out_channels, data_spec),
+        "label_dropout": label_dropout,
+        **asdict(info),
+    }
+    trainer = run.train(
+        unet,
+        members.tensor(),
+        conditional_eps_loss(schedule, info.null_label, label_dropout),
+        split,
+        run_settings,
+        targets=torch.from_numpy(labels),
+        description="train conditional denoiser",
+    )
     # data and image_size let `training_data` (and so train-classifier) find the members again.
-    settings = {"data": data_spec, "image_size": members.size, "block_out_channels": list(block_out_channels),
-                "label_dropout": label_dropout, "conditional": True, **asdict(info)}
-    return run.finish(trainer, "train-conditional", settings, lambda folder: save_denoiser(folder, trainer.ema_model(), schedule),
-                      members=len(members), image_size=members.size, channels=members.channels, **asdict(info),
-                      images_per_class=np.bincount(labels, minlength=num_classes).tolist())
+    settings = {
+        "data": data_spec,
+        "image_size": members.size,
+        "block_out_channels": list(block_out_channels),
+        "label_dropout": label_dropout,
+        "conditional": True,
+        **asdict(info),
+    }
+    return run.finish(
+        trainer,
+        "train-conditional",
+        settings,
+        lambda folder: save_denoiser(folder, trainer.ema_model(), schedule),
+        members=len(members),
+        image_size=members.size,
+        channels=members.channels,
+        **asdict(info),
+        images_per_class=np.bincount(labels, minlength=num_classes).tolist(),
+    )

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
-from cpsample.models.denoiser import DEFAULT_CHANNELS, build_denoiser, build_noise_schedule, load_denoiser, save_denoiser
+from cpsample.models.denoiser import (
+    DEFAULT_CHANNELS,
+    build_denoiser,
+    build_noise_schedule,
+    load_denoiser,
+    save_denoiser,
+)
 from cpsample.training.loop import TrainConfig, TrainingRun
 
 
@@ -24,9 +30,17 @@ def eps_loss(schedule):
     return loss_fn
 
 
-def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: TrainConfig, resume: bool = False,
-                   block_out_channels=DEFAULT_CHANNELS, data_spec: str = "", overwrite: bool = False,
-                   init: Path | None = None) -> dict:
+def train_denoiser(
+    members: ImageSet,
+    split: Split,
+    out_dir: Path,
+    config: TrainConfig,
+    resume: bool = False,
+    block_out_channels=DEFAULT_CHANNELS,
+    data_spec: str = "",
+    overwrite: bool = False,
+    init: Path | None = None,
+) -> dict:
     """Train (or resume) and export the EMA model to out_dir as a diffusers folder; returns a summary.
 
     With `init` (a diffusers folder with unet/ and scheduler/), fine-tune that eps-predicting UNet2DModel with its own
@@ -41,16 +55,33 @@ def train_denoiser(members: ImageSet, split: Split, out_dir: Path, config: Train
     init = None if init is None else str(Path(init).resolve())
     run_settings = {**denoiser_run_settings(members, split, block_out_channels, data_spec), "init": init}
     trainer = run.train(unet, members.tensor(), eps_loss(schedule), split, run_settings, description="train denoiser")
-    settings = {"data": data_spec, "image_size": members.size, "subset": len(split.members) if split.nonmembers else None,
-                "block_out_channels": list(block_out_channels), "init": init}
-    return run.finish(trainer, "train-denoiser", settings, lambda folder: save_denoiser(folder, trainer.ema_model(), schedule),
-                      members=len(members), image_size=members.size, channels=members.channels)
+    settings = {
+        "data": data_spec,
+        "image_size": members.size,
+        "subset": len(split.members) if split.nonmembers else None,
+        "block_out_channels": list(block_out_channels),
+        "init": init,
+    }
+    return run.finish(
+        trainer,
+        "train-denoiser",
+        settings,
+        lambda folder: save_denoiser(folder, trainer.ema_model(), schedule),
+        members=len(members),
+        image_size=members.size,
+        channels=members.channels,
+    )
 
 
 def denoiser_run_settings(members: ImageSet, split: Split, block_out_channels, data_spec: str) -> dict:
     """What a denoiser trains on and its shape: a resumed run must match them."""
-    return {"data": data_spec, "split": split.fingerprint(), "image_size": members.size, "image_channels": members.channels,
-            "block_out_channels": list(block_out_channels)}
+    return {
+        "data": data_spec,
+        "split": split.fingerprint(),
+        "image_size": members.size,
+        "image_channels": members.channels,
+        "block_out_channels": list(block_out_channels),
+    }
 
 
 def load_pretrained(folder: Path, members: ImageSet):
@@ -62,11 +93,15 @@ def load_pretrained(folder: Path, members: ImageSet):
         kinds = {1: "grey", 3: "RGB"}
         model_kind, data_kind = (kinds.get(n, f"{n}-channel") for n in (unet.config.in_channels, members.channels))
         count = {n: f"{n} channel{'s' if n != 1 else ''}" for n in (unet.config.in_channels, members.channels)}
-        raise ValueError(f"{folder} takes {model_kind} images ({count[unet.config.in_channels]}) but the data are "
-                         f"{data_kind} ({count[members.channels]}); --image-size cannot change that: fine-tune a "
-                         f"{data_kind} model, or train on {model_kind} data")
+        raise ValueError(
+            f"{folder} takes {model_kind} images ({count[unet.config.in_channels]}) but the data are "
+            f"{data_kind} ({count[members.channels]}); --image-size cannot change that: fine-tune a "
+            f"{data_kind} model, or train on {model_kind} data"
+        )
     if (unet.config.in_channels, unet.config.sample_size) != (members.channels, members.size):
-        raise ValueError(f"{folder} takes {unet.config.in_channels}-channel {unet.config.sample_size}x{unet.config.sample_size} "
-                         f"images but the data are {members.channels}-channel {members.size}x{members.size}; "
-                         f"pass --image-size {unet.config.sample_size} or pick a matching model")
+        raise ValueError(
+            f"{folder} takes {unet.config.in_channels}-channel {unet.config.sample_size}x{unet.config.sample_size} "
+            f"images but the data are {members.channels}-channel {members.size}x{members.size}; "
+            f"pass --image-size {unet.config.sample_size} or pick a matching model"
+        )
     return unet.train(), schedule

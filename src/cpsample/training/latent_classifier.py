@@ -15,8 +15,14 @@ from safetensors.torch import save_file
 
 from cpsample.data import ImageSet, Split
 from cpsample.data.split import images_digest
-from cpsample.sampling.latent import (LATENTS_FILE, encode_latents, latent_shape, load_private_images,
-                                      load_sd_pipeline, vae_digests)
+from cpsample.sampling.latent import (
+    LATENTS_FILE,
+    encode_latents,
+    latent_shape,
+    load_private_images,
+    load_sd_pipeline,
+    vae_digests,
+)
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
 
@@ -53,10 +59,20 @@ def read_captions(path: str | Path, names: list[str]) -> dict[str, str]:
     return captions
 
 
-def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, out_dir: Path, config: TrainConfig,
-                            label_seed: int, relabel_after: int, captions_file: str | Path | None = None,
-                            block_out_channels=(32, 64, 64), resume: bool = False, device: str = "cpu",
-                            progress: bool = True, overwrite: bool = False) -> dict:
+def train_latent_classifier(
+    pipeline_dir: str | Path,
+    images_dir: str | Path,
+    out_dir: Path,
+    config: TrainConfig,
+    label_seed: int,
+    relabel_after: int,
+    captions_file: str | Path | None = None,
+    block_out_channels=(32, 64, 64),
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Encode the private images with the pipeline's VAE and train the latent classifier; returns a summary.
 
     out_dir gets classifier/, scheduler/ (the pipeline's schedule), labels.json, split.json, latents.safetensors,
@@ -76,21 +92,43 @@ def train_latent_classifier(pipeline_dir: str | Path, images_dir: str | Path, ou
     digest = images_digest(private.images)
     split = Split(source=str(images_dir), seed=label_seed, members=list(range(len(private))), nonmembers=[])
     # The digests let every later pairing with a pipeline (check_latent_pairing) refuse another VAE or image set.
-    recorded = {"pipeline": str(Path(pipeline_dir).resolve()), "images": str(images_dir), "images_digest": digest,
-                "vae_digest": vae_digests(pipe.vae), "image_size": image_size,
-                "latent_shape": [channels, height, width], "scaling_factor": pipe.vae.config.scaling_factor,
-                "captions": str(Path(captions_file).resolve()) if captions_file else None,
-                "image_names": private.names}
-    summary = train_classifier(members, split, pipeline_noise_schedule(pipe), out_dir, config, label_seed=label_seed,
-                               relabel_after=relabel_after, block_out_channels=block_out_channels, resume=resume,
-                               overwrite=overwrite, denoiser_path=str(pipeline_dir), command="train-latent-classifier",
-                               recorded=recorded, run_extra={"vae_sha256": recorded["vae_digest"]["float32"],
-                                                             "images_sha256": digest})
+    recorded = {
+        "pipeline": str(Path(pipeline_dir).resolve()),
+        "images": str(images_dir),
+        "images_digest": digest,
+        "vae_digest": vae_digests(pipe.vae),
+        "image_size": image_size,
+        "latent_shape": [channels, height, width],
+        "scaling_factor": pipe.vae.config.scaling_factor,
+        "captions": str(Path(captions_file).resolve()) if captions_file else None,
+        "image_names": private.names,
+    }
+    summary = train_classifier(
+        members,
+        split,
+        pipeline_noise_schedule(pipe),
+        out_dir,
+        config,
+        label_seed=label_seed,
+        relabel_after=relabel_after,
+        block_out_channels=block_out_channels,
+        resume=resume,
+        overwrite=overwrite,
+        denoiser_path=str(pipeline_dir),
+        command="train-latent-classifier",
+        recorded=recorded,
+        run_extra={"vae_sha256": recorded["vae_digest"]["float32"], "images_sha256": digest},
+    )
     save_file({"latents": latents.contiguous()}, str(out_dir / LATENTS_FILE))
     if captions:
         (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2))
-    return {**summary, "image_size": image_size, "latent_shape": [channels, height, width],
-            "latent_std": float(latents.std()), "captions": len(captions)}
+    return {
+        **summary,
+        "image_size": image_size,
+        "latent_shape": [channels, height, width],
+        "latent_std": float(latents.std()),
+        "captions": len(captions),
+    }
 
 
 def private_images_of(classifier_dir: str | Path) -> str:
@@ -99,10 +137,14 @@ def private_images_of(classifier_dir: str | Path) -> str:
     try:
         settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
     except (ValueError, AttributeError) as error:
-        raise ValueError(f"{record}: not a readable cpsample record ({type(error).__name__}: {error}); restore it, "
-                         "or pass --private FOLDER") from None
+        raise ValueError(
+            f"{record}: not a readable cpsample record ({type(error).__name__}: {error}); restore it, "
+            "or pass --private FOLDER"
+        ) from None
     if not isinstance(settings, dict) or "images" not in settings:
-        raise FileNotFoundError(f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER")
+        raise FileNotFoundError(
+            f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER"
+        )
     return settings["images"]
 
 
@@ -125,5 +167,3 @@ def captions_of(classifier_dir: str | Path) -> list[str]:
         return []
     captions = json.loads(path.read_text())
     return [captions[name] for name in sorted(captions)]
-
-

@@ -66,9 +66,17 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Ac
 class Trainer:
     """Holds model, optimizer and EMA; `run_until(step)` trains; state survives kills via `train_state/`."""
 
-    def __init__(self, model: torch.nn.Module, data: torch.Tensor, loss_fn: LossFn, config: TrainConfig,
-                 out_dir: Path, targets: torch.Tensor | None = None, accelerator: Accelerator | None = None,
-                 run_settings: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data: torch.Tensor,
+        loss_fn: LossFn,
+        config: TrainConfig,
+        out_dir: Path,
+        targets: torch.Tensor | None = None,
+        accelerator: Accelerator | None = None,
+        run_settings: dict | None = None,
+    ):
         self.config = config
         self.run_settings = _as_json(run_settings or {})  # what it trains on: a resume must match them
         self.out_dir = Path(out_dir)
@@ -94,8 +102,13 @@ class Trainer:
     def run_until(self, last_step: int, description: str = "training") -> None:
         device = self.accelerator.device
         self.model.train()
-        bar = tqdm(total=last_step, initial=self.step, desc=description, disable=not self.accelerator.is_local_main_process,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=last_step,
+            initial=self.step,
+            desc=description,
+            disable=not self.accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
         try:
             while self.step < last_step:
                 step_started = time.perf_counter()
@@ -154,15 +167,27 @@ class Trainer:
     def _write_state(self, tmp: Path, extra: dict | None) -> None:
         tmp.mkdir(parents=True)
         names = [name for name, _ in self.unwrapped.named_parameters()]
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.unwrapped.state_dict().items()}, tmp / "model.safetensors")
-        save_file({n: p.detach().cpu().contiguous() for n, p in zip(names, self.ema.shadow_params)}, tmp / "ema.safetensors")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.unwrapped.state_dict().items()},
+            tmp / "model.safetensors",
+        )
+        save_file(
+            {n: p.detach().cpu().contiguous() for n, p in zip(names, self.ema.shadow_params)}, tmp / "ema.safetensors"
+        )
         tensors, scalars = _flatten_optimizer(self.optimizer.state_dict())
         save_file(tensors, tmp / "optimizer.safetensors")
         if self.targets is not None:
             save_file({"targets": self.targets.cpu().contiguous()}, tmp / "targets.safetensors")
-        meta = {"step": self.step, "train_seconds": self.train_seconds, "ema_step": self.ema.optimization_step, "optimizer": scalars,
-                "config": asdict(self.config), "run_settings": self.run_settings, "history": self.history,
-                **(extra or {})}
+        meta = {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "ema_step": self.ema.optimization_step,
+            "optimizer": scalars,
+            "config": asdict(self.config),
+            "run_settings": self.run_settings,
+            "history": self.history,
+            **(extra or {}),
+        }
         (tmp / "state.json").write_text(json.dumps(meta))
 
     def load_state(self) -> dict | None:
@@ -178,21 +203,27 @@ class Trainer:
             meta = json.loads((folder / "state.json").read_text())
             mismatches = self._resume_mismatches(meta)
             if mismatches:
-                raise ResumeMismatch(f"{self.out_dir}: --resume with other settings than the run it continues "
-                                     f"({'; '.join(mismatches)}); rerun with the original settings, or pick a new --out")
+                raise ResumeMismatch(
+                    f"{self.out_dir}: --resume with other settings than the run it continues "
+                    f"({'; '.join(mismatches)}); rerun with the original settings, or pick a new --out"
+                )
             self.unwrapped.load_state_dict(load_file(folder / "model.safetensors"))
             ema = load_file(folder / "ema.safetensors")
             names = [name for name, _ in self.unwrapped.named_parameters()]
             self.ema.shadow_params = [ema[n].to(p.device) for n, p in zip(names, self.unwrapped.parameters())]
             self.ema.optimization_step = meta["ema_step"]
-            self.optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta["optimizer"]))
+            self.optimizer.load_state_dict(
+                _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta["optimizer"])
+            )
             if (folder / "targets.safetensors").exists():
                 self.targets = load_file(folder / "targets.safetensors")["targets"]
         except ResumeMismatch:
             raise
         except Exception as error:  # truncated safetensors, bad JSON, missing keys: all mean a damaged checkpoint
-            raise ValueError(f"{folder}: damaged training checkpoint ({type(error).__name__}: {str(error)[:120]}); "
-                             "delete it to start again (or restore a copy)") from None
+            raise ValueError(
+                f"{folder}: damaged training checkpoint ({type(error).__name__}: {str(error)[:120]}); "
+                "delete it to start again (or restore a copy)"
+            ) from None
         self.step = meta["step"]
         self.train_seconds = meta.get("train_seconds", 0.0)
         self.history = meta.get("history", [])
@@ -201,8 +232,11 @@ class Trainer:
     def _resume_mismatches(self, meta: dict) -> list[str]:
         current = {**_as_json(asdict(self.config)), **self.run_settings}
         stored = {**meta.get("config", {}), **meta.get("run_settings", {})}
-        return [f"{key}: {_short(stored.get(key))} then, {_short(current.get(key))} now" for key in sorted(current)
-                if key not in RESUMABLE_CHANGES and key in stored and stored[key] != current[key]]
+        return [
+            f"{key}: {_short(stored.get(key))} then, {_short(current.get(key))} now"
+            for key in sorted(current)
+            if key not in RESUMABLE_CHANGES and key in stored and stored[key] != current[key]
+        ]
 
 
 class TrainingRun:
@@ -219,9 +253,17 @@ class TrainingRun:
         self.state: dict = {}
         self.seconds = 0.0
 
-    def train(self, model: torch.nn.Module, data: torch.Tensor, loss_fn: LossFn, split: Split, run_settings: dict,
-              targets: torch.Tensor | None = None, description: str = "training",
-              phases: Callable[[Trainer], None] | None = None) -> Trainer:
+    def train(
+        self,
+        model: torch.nn.Module,
+        data: torch.Tensor,
+        loss_fn: LossFn,
+        split: Split,
+        run_settings: dict,
+        targets: torch.Tensor | None = None,
+        description: str = "training",
+        phases: Callable[[Trainer], None] | None = None,
+    ) -> Trainer:
         """Continue the saved run (with --resume) or start one; train to config.steps, or through `phases`."""
         trainer = Trainer(model, data, loss_fn, self.config, self.out_dir, targets=targets, run_settings=run_settings)
         self.state = (trainer.load_state() if self.resume else None) or {}
@@ -244,16 +286,22 @@ class TrainingRun:
 
     def finish(self, trainer: Trainer, command: str, settings: dict, save: Callable[[Path], None], **results) -> dict:
         """Export with `save(out_dir)` and record the settings and results (main process only); returns the summary."""
-        summary = {"steps": trainer.step, "resumed_from": self.state.get("step", 0),
-                   "seconds_this_run": round(self.seconds, 1), "train_seconds_total": round(trainer.train_seconds, 1),
-                   "parameters": sum(p.numel() for p in trainer.unwrapped.parameters()),
-                   "final_loss": trainer.history[-1]["loss"] if trainer.history else None, **results}
+        summary = {
+            "steps": trainer.step,
+            "resumed_from": self.state.get("step", 0),
+            "seconds_this_run": round(self.seconds, 1),
+            "train_seconds_total": round(trainer.train_seconds, 1),
+            "parameters": sum(p.numel() for p in trainer.unwrapped.parameters()),
+            "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
+            **results,
+        }
         if trainer.accelerator.is_main_process:
             before = set(_entries(self.out_dir))
             try:
                 save(self.out_dir)
-                write_record(self.out_dir, command, {**asdict(self.config), **settings},
-                             {**summary, "history": trainer.history})
+                write_record(
+                    self.out_dir, command, {**asdict(self.config), **settings}, {**summary, "history": trainer.history}
+                )
             except BaseException as error:  # (a full disk): half an export would make the folder look like a
                 for name in set(_entries(self.out_dir)) - before:  # model; the saved state lets --resume export it
                     path = self.out_dir / name  # again
@@ -278,15 +326,19 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> 
     has_state = (out_dir / STATE_DIR / "state.json").exists()
     if resume:
         if not has_state:
-            raise FileNotFoundError(f"--resume: {out_dir} holds no {STATE_DIR}/ to continue; drop --resume to start a new run")
+            raise FileNotFoundError(
+                f"--resume: {out_dir} holds no {STATE_DIR}/ to continue; drop --resume to start a new run"
+            )
         return
     if overwrite:
         shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
         return
     if out_dir.exists() and any(path.name not in RUN_BOOKKEEPING for path in out_dir.iterdir()):
         what = "a training run" if has_state else "other files"
-        raise FileExistsError(f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
-                              "replace it, or pick a new --out")
+        raise FileExistsError(
+            f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
+            "replace it, or pick a new --out"
+        )
 
 
 def as_os_error(error: BaseException, filename=None) -> BaseException:
@@ -323,8 +375,10 @@ def recover_state(out_dir: Path) -> None:
 
 def _check_finite(loss: float, step: int, lr: float) -> None:
     if not math.isfinite(loss):
-        raise ValueError(f"training diverged: the loss is {loss} at step {step}; nothing was saved from this step on. "
-                         f"Lower --lr (now {lr:g}) and rerun")
+        raise ValueError(
+            f"training diverged: the loss is {loss} at step {step}; nothing was saved from this step on. "
+            f"Lower --lr (now {lr:g}) and rerun"
+        )
 
 
 def _as_json(value):

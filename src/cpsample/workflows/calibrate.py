@@ -96,20 +96,28 @@ class GridSettings:
         from cpsample.training.latent_classifier import captions_of
 
         if self.early_classifier is not None or self.late_classifiers:
-            raise ValueError("the two-stage guard (--early-classifier, --late-classifier) is not available for a Stable "
-                             "Diffusion pipeline; calibrate the one-stage guard (leave them out)")
+            raise ValueError(
+                "the two-stage guard (--early-classifier, --late-classifier) is not available for a Stable "
+                "Diffusion pipeline; calibrate the one-stage guard (leave them out)"
+            )
         if self.quality_net == "bundled":
             self.quality_net = None  # the bundled feature net knows MNIST digits, and there are no held-out images
         elif self.quality_net is not None:
-            raise ValueError("a Stable Diffusion pipeline has no held-out images to measure FD against; leave "
-                             "--quality-net out (the least aggressive setting is then the one guiding fewest steps)")
+            raise ValueError(
+                "a Stable Diffusion pipeline has no held-out images to measure FD against; leave "
+                "--quality-net out (the least aggressive setting is then the one guiding fewest steps)"
+            )
         if self.features != "pixels":
-            raise ValueError("near-copies of the private images are counted in pixels on the Stable Diffusion path "
-                             "(as sample-sd counts them)")
+            raise ValueError(
+                "near-copies of the private images are counted in pixels on the Stable Diffusion path "
+                "(as sample-sd counts them)"
+            )
         self.prompts = tuple(self.prompts) or tuple(captions_of(resolve_model_dir(self.classifier, "classifier")))
         if not self.prompts or any(not str(prompt).strip() for prompt in self.prompts):
-            raise ValueError(f"{self.model} is a Stable Diffusion pipeline: give the prompts to calibrate with (--prompt, "
-                             "--prompts-file), or train the classifier with --captions (its captions are then used)")
+            raise ValueError(
+                f"{self.model} is a Stable Diffusion pipeline: give the prompts to calibrate with (--prompt, "
+                "--prompts-file), or train the classifier with --captions (its captions are then used)"
+            )
 
 
 def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dict] | None = None) -> list[dict]:
@@ -127,12 +135,20 @@ def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dic
         copies = detector(result.images)
         low, high = clopper_pearson(int(copies.sum()), len(copies))
         fired = result.trace.get("fired")
-        rows.append({**candidate, "n": len(copies),
-                     "near_copies": int(copies.sum()),
-                     "near_copy_share": float(copies.mean()), "ci_low": low, "ci_high": high,
-                     "steps_guided": None if fired is None else float(fired.mean()),
-                     "last_fired_t": last_fired_t(fired, result.timesteps),
-                     "frechet_distance": quality(result.images), "seconds": round(seconds, 2)})
+        rows.append(
+            {
+                **candidate,
+                "n": len(copies),
+                "near_copies": int(copies.sum()),
+                "near_copy_share": float(copies.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "steps_guided": None if fired is None else float(fired.mean()),
+                "last_fired_t": last_fired_t(fired, result.timesteps),
+                "frechet_distance": quality(result.images),
+                "seconds": round(seconds, 2),
+            }
+        )
     plain_seconds = rows[0]["seconds"]
     for row in rows:
         row["time_vs_plain"] = row["seconds"] / max(plain_seconds, 1e-9)
@@ -148,8 +164,16 @@ def _pixel_runner(settings: GridSettings):
         check_classifier_fits(other.model, other.folder, model.unet, model.schedule, model.folder)
     detector = NearCopyDetector(model.members.images, settings.threshold, settings.features)
     quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
-    common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
-                  batch_size=settings.batch_size, device=settings.device, seed=settings.seed, progress=False)
+    common = dict(
+        model=model,
+        n=settings.n_samples,
+        steps=settings.steps,
+        scheduler=settings.scheduler,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        seed=settings.seed,
+        progress=False,
+    )
 
     def run(candidate: dict):
         return generate(guard=candidate["guard"], classifier=classifier, **_knobs(settings, candidate), **common)
@@ -161,30 +185,54 @@ def _latent_runner(settings: GridSettings):
     """(sample a candidate, count its near-copies, no quality score) for a Stable Diffusion pipeline: each prompt gets
     ceil(n_samples / prompts) images, every setting the same noise; near-copies of the private images in pixels, as
     `sample-sd` counts them."""
-    from cpsample.sampling.latent import (check_latent_classifier, check_latent_pairing, latent_shape,
-                                          load_private_images, load_sd_pipeline, nearest_private, sample_sd_batches)
+    from cpsample.sampling.latent import (
+        check_latent_classifier,
+        check_latent_pairing,
+        latent_shape,
+        load_private_images,
+        load_sd_pipeline,
+        nearest_private,
+        sample_sd_batches,
+    )
     from cpsample.training.latent_classifier import private_images_of
 
-    pipe = load_sd_pipeline(resolve_model_dir(settings.model, "denoiser"), scheduler=settings.scheduler,
-                            device=settings.device)
+    pipe = load_sd_pipeline(
+        resolve_model_dir(settings.model, "denoiser"), scheduler=settings.scheduler, device=settings.device
+    )
     classifier = Classifier.from_pretrained(settings.classifier, settings.device)
     check_latent_classifier(classifier.model, pipe)  # as sample-sd's build_latent_guard checks it
-    check_same_schedule(classifier.folder, pipe.scheduler, "train it with `cpsample train-latent-classifier "
-                        "--pipeline` on this pipeline", "this pipeline's")
+    check_same_schedule(
+        classifier.folder,
+        pipe.scheduler,
+        "train it with `cpsample train-latent-classifier --pipeline` on this pipeline",
+        "this pipeline's",
+    )
     _, height, width = latent_shape(pipe)
     if height != width:
         raise ValueError(f"near-copies are counted on square images; this pipeline makes {height}x{width} latents")
-    private = load_private_images(settings.private or private_images_of(classifier.folder),
-                                  height * pipe.vae_scale_factor)
+    private = load_private_images(
+        settings.private or private_images_of(classifier.folder), height * pipe.vae_scale_factor
+    )
     check_latent_pairing(classifier.folder, pipe, private)  # its VAE and its private images, as sample-sd checks
     per_prompt = math.ceil(settings.n_samples / len(settings.prompts))
     context = GuardContext(model=None, classifier=classifier, device=settings.device)
 
     def run(candidate: dict):
-        guard = (None if candidate["guard"] == "none" else
-                 build_guard(candidate["guard"], context, **_knobs(settings, candidate)))
-        return sample_sd_batches(pipe, list(settings.prompts), guard, per_prompt, settings.batch_size, settings.steps,
-                                 settings.cfg_scale, settings.seed)
+        guard = (
+            None
+            if candidate["guard"] == "none"
+            else build_guard(candidate["guard"], context, **_knobs(settings, candidate))
+        )
+        return sample_sd_batches(
+            pipe,
+            list(settings.prompts),
+            guard,
+            per_prompt,
+            settings.batch_size,
+            settings.steps,
+            settings.cfg_scale,
+            settings.seed,
+        )
 
     def detector(images):
         return nearest_private(images, private, settings.threshold).copies
@@ -204,19 +252,34 @@ def grid_candidates(settings: GridSettings) -> list[dict]:
     """Plain, the one-stage grid (the paper's rule, uncapped), then, if an early classifier is given, the two-stage
     grid: late stage on x_t (the main classifier, then each of `late_classifiers`) or on x0_hat (the early
     classifier), each with its scales."""
-    def candidate(guard, alpha=None, scale=None, early_scale=None, max_push=None, late_denoised=False,
-                  late_classifier=None):
-        return {"guard": guard, "alpha": alpha, "scale": scale, "early_scale": early_scale, "max_push": max_push,
-                "late_denoised": late_denoised, "late_classifier": late_classifier}
+
+    def candidate(
+        guard, alpha=None, scale=None, early_scale=None, max_push=None, late_denoised=False, late_classifier=None
+    ):
+        return {
+            "guard": guard,
+            "alpha": alpha,
+            "scale": scale,
+            "early_scale": early_scale,
+            "max_push": max_push,
+            "late_denoised": late_denoised,
+            "late_classifier": late_classifier,
+        }
 
     one_stage = [candidate("cpsample", a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
-    late_options = ([(False, STAGED_ALPHA, s, late) for late in (None, *settings.late_classifiers)
-                     for s in settings.staged_scales] +
-                    [(True, DENOISED_LATE_ALPHA, s, None) for s in settings.denoised_late_scales])
-    two_stage = [] if settings.early_classifier is None else [
-        candidate("cpsample-staged", alpha, s, e, cap, denoised, late)
-        for cap, e, (denoised, alpha, s, late) in itertools.product(settings.push_caps, settings.early_scales,
-                                                                    late_options)]
+    late_options = [
+        (False, STAGED_ALPHA, s, late) for late in (None, *settings.late_classifiers) for s in settings.staged_scales
+    ] + [(True, DENOISED_LATE_ALPHA, s, None) for s in settings.denoised_late_scales]
+    two_stage = (
+        []
+        if settings.early_classifier is None
+        else [
+            candidate("cpsample-staged", alpha, s, e, cap, denoised, late)
+            for cap, e, (denoised, alpha, s, late) in itertools.product(
+                settings.push_caps, settings.early_scales, late_options
+            )
+        ]
+    )
     return [candidate("none")] + one_stage + two_stage
 
 
@@ -237,10 +300,17 @@ def _knobs(settings: GridSettings, candidate: dict) -> dict:
     if guard == "cpsample":  # every step is checked, so the highest timestep at which the guard fires is measured
         return dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP)
     if guard == "cpsample-staged":
-        return dict(early_classifier=settings.early_classifier, alpha=alpha, scale=scale,
-                    early_scale=candidate["early_scale"], early_min_t=STAGED_EARLY_MIN_T, tau=settings.tau,
-                    max_push=candidate["max_push"], late_denoised=candidate["late_denoised"],
-                    late_classifier=candidate["late_classifier"])
+        return dict(
+            early_classifier=settings.early_classifier,
+            alpha=alpha,
+            scale=scale,
+            early_scale=candidate["early_scale"],
+            early_min_t=STAGED_EARLY_MIN_T,
+            tau=settings.tau,
+            max_push=candidate["max_push"],
+            late_denoised=candidate["late_denoised"],
+            late_classifier=candidate["late_classifier"],
+        )
     return {}
 
 
@@ -266,8 +336,14 @@ def choose_setting(rows: list[dict], target: float | None = None, reduction: flo
 
 def _quality_order(row: dict) -> tuple:
     """Best quality first (lowest FD), then the fewest guided steps, then the gentlest knobs."""
-    return (row["frechet_distance"] if row["frechet_distance"] is not None else 0.0, row["steps_guided"] or 0.0,
-            row["alpha"], row["scale"], row.get("early_scale") or 0.0, cap_order(row.get("max_push")))
+    return (
+        row["frechet_distance"] if row["frechet_distance"] is not None else 0.0,
+        row["steps_guided"] or 0.0,
+        row["alpha"],
+        row["scale"],
+        row.get("early_scale") or 0.0,
+        cap_order(row.get("max_push")),
+    )
 
 
 # Below this many images per setting, FD differences of ~20% are within seed noise (bench/README.md, Findings 10-11:
@@ -284,15 +360,22 @@ FINALISTS = 4
 CONFIRM_SEED_OFFSET = 1000
 
 
-def finalists(rows: list[dict], target: float | None = None, reduction: float | None = None,
-              count: int = FINALISTS) -> list[dict]:
+def finalists(
+    rows: list[dict], target: float | None = None, reduction: float | None = None, count: int = FINALISTS
+) -> list[dict]:
     """The `count` feasible rows with the best quality, best first."""
     return sorted(feasible_rows(rows, target, reduction), key=_quality_order)[:count]
 
 
-def confirm_finalists(rows: list[dict], settings: GridSettings, target: float | None = None,
-                      reduction: float | None = None, count: int = FINALISTS, n_samples: int | None = None,
-                      progress: bool = True) -> list[dict]:
+def confirm_finalists(
+    rows: list[dict],
+    settings: GridSettings,
+    target: float | None = None,
+    reduction: float | None = None,
+    count: int = FINALISTS,
+    n_samples: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Plain and the screen's finalists measured again on `n_samples` fresh images (default: twice the screen's),
     each pooled with its screen row: near-copies counted over both rounds, FD and time from the confirmation (every
     finalist sees its noise, so their FDs compare pairwise). Plain first; empty when nothing was feasible."""
@@ -300,14 +383,16 @@ def confirm_finalists(rows: list[dict], settings: GridSettings, target: float | 
     if not chosen_few:
         return []
     plain = next(row for row in rows if row["guard"] == "none")
-    again = dataclasses.replace(settings, n_samples=n_samples or 2 * settings.n_samples,
-                                seed=settings.seed + CONFIRM_SEED_OFFSET)
+    again = dataclasses.replace(
+        settings, n_samples=n_samples or 2 * settings.n_samples, seed=settings.seed + CONFIRM_SEED_OFFSET
+    )
     confirmed = run_grid(again, progress=progress, candidates=[plain, *chosen_few])
     return [pool_rounds(screen, second) for screen, second in zip([plain, *chosen_few], confirmed)]
 
 
-def choose_confirmed(confirmed: list[dict], target: float | None = None,
-                     reduction: float | None = None) -> tuple[dict, bool]:
+def choose_confirmed(
+    confirmed: list[dict], target: float | None = None, reduction: float | None = None
+) -> tuple[dict, bool]:
     """The best feasible finalist after the confirmation round, and True; when every finalist lost the cut once
     pooled, the most protective one (fewest near-copies, then best FD), and False."""
     chosen = choose_setting(confirmed, target, reduction)
@@ -316,8 +401,9 @@ def choose_confirmed(confirmed: list[dict], target: float | None = None,
     return min(confirmed[1:], key=lambda row: (row["near_copy_share"], row["frechet_distance"] or 0.0)), False
 
 
-def one_stage_setting(rows: list[dict], chosen: dict | None, target: float | None = None,
-                      reduction: float | None = None) -> dict | None:
+def one_stage_setting(
+    rows: list[dict], chosen: dict | None, target: float | None = None, reduction: float | None = None
+) -> dict | None:
     """The setting the paper's one-stage rule keeps (`--option one_stage=true`, or any knob given): the chosen row when
     it is one-stage (after a confirmation round that can differ from the screen's best one-stage row, and the chosen
     row is the one `--guard cpsample` must run), else the screen's best feasible one-stage row, else the chosen row."""
@@ -333,21 +419,37 @@ def pool_rounds(screen: dict, confirmation: dict) -> dict:
     low, high = clopper_pearson(copies, n)
     guided = [(row["steps_guided"], row["n"]) for row in (screen, confirmation) if row["steps_guided"] is not None]
     fired = [row["last_fired_t"] for row in (screen, confirmation) if row["last_fired_t"] is not None]
-    return {**confirmation, "n": n, "near_copies": copies, "near_copy_share": copies / n, "ci_low": low, "ci_high": high,
-            "steps_guided": sum(g * k for g, k in guided) / sum(k for _, k in guided) if guided else None,
-            "last_fired_t": max(fired) if fired else None, "confirmation_n": confirmation["n"],
-            "screen_frechet_distance": screen["frechet_distance"]}
+    return {
+        **confirmation,
+        "n": n,
+        "near_copies": copies,
+        "near_copy_share": copies / n,
+        "ci_low": low,
+        "ci_high": high,
+        "steps_guided": sum(g * k for g, k in guided) / sum(k for _, k in guided) if guided else None,
+        "last_fired_t": max(fired) if fired else None,
+        "confirmation_n": confirmation["n"],
+        "screen_frechet_distance": screen["frechet_distance"],
+    }
 
 
-def close_calls(rows: list[dict], chosen: dict, target: float | None = None, reduction: float | None = None,
-                margin: float = CLOSE_FD) -> list[dict]:
+def close_calls(
+    rows: list[dict],
+    chosen: dict,
+    target: float | None = None,
+    reduction: float | None = None,
+    margin: float = CLOSE_FD,
+) -> list[dict]:
     """Other feasible rows whose FD is within `margin` (relative) of the chosen row's: on a small batch the choice
     between them is a coin toss."""
     best = chosen.get("frechet_distance")
     if best is None:
         return []
-    return [r for r in feasible_rows(rows, target, reduction) if r is not chosen and r.get("frechet_distance") is not None
-            and r["frechet_distance"] <= best * (1.0 + margin)]
+    return [
+        r
+        for r in feasible_rows(rows, target, reduction)
+        if r is not chosen and r.get("frechet_distance") is not None and r["frechet_distance"] <= best * (1.0 + margin)
+    ]
 
 
 # What a user can expect CPSample to cost (the project's aims; bench/README.md measures both models against them).
@@ -363,22 +465,28 @@ def cost_warnings(chosen: dict, plain: dict) -> list[str]:
     warnings = []
     fd, plain_fd = chosen.get("frechet_distance"), plain.get("frechet_distance")
     if fd is not None and plain_fd and fd > (1 + AIMED_FD_INCREASE) * plain_fd:
-        warnings.append(f"quality: FD {fd / plain_fd - 1:+.0%} vs plain on this batch (aim: at most "
-                        f"{AIMED_FD_INCREASE:+.0%}). Plain sampling copies {plain['near_copy_share']:.0%} of the time "
-                        "here; removing that many copies costs quality with any defence. Compare AMG and rejection "
-                        "sampling on your model with bench/bench_seeds.py before you rely on it")
+        warnings.append(
+            f"quality: FD {fd / plain_fd - 1:+.0%} vs plain on this batch (aim: at most "
+            f"{AIMED_FD_INCREASE:+.0%}). Plain sampling copies {plain['near_copy_share']:.0%} of the time "
+            "here; removing that many copies costs quality with any defence. Compare AMG and rejection "
+            "sampling on your model with bench/bench_seeds.py before you rely on it"
+        )
     ratio = chosen.get("time_vs_plain")
     if ratio is not None and ratio > AIMED_TIME_RATIO:
-        warnings.append(f"time: {ratio:.2f}x plain on this batch (aim: at most {AIMED_TIME_RATIO:.2f}x; one draw, "
-                        "bench/bench_time.py measures it over repeats)")
+        warnings.append(
+            f"time: {ratio:.2f}x plain on this batch (aim: at most {AIMED_TIME_RATIO:.2f}x; one draw, "
+            "bench/bench_time.py measures it over repeats)"
+        )
     return warnings
 
 
 def narrowed_grid_flags(candidates: list[dict]) -> str:
     """calibrate flags that rerun only these candidates (their alphas and scales; two-stage rows their two scales,
     push caps and other late classifiers)."""
+
     def values(rows, key):
         return ",".join(f"{v:g}" for v in sorted({r[key] for r in rows}))
+
     one = [r for r in candidates if r["guard"] == "cpsample"]
     two = [r for r in candidates if r["guard"] == "cpsample-staged"]
     flags = [f"--alphas {values(one, 'alpha')} --scales {values(one, 'scale')}"] if one else []
@@ -386,9 +494,11 @@ def narrowed_grid_flags(candidates: list[dict]) -> str:
         caps = sorted({r.get("max_push") for r in two}, key=cap_order)
         on_x_t = [r for r in two if not r.get("late_denoised")]
         on_x0 = [r for r in two if r.get("late_denoised")]
-        flags.append(f"--early-scales {values(two, 'early_scale')} --staged-scales {values(on_x_t, 'scale') or 'none'} "
-                     f"--denoised-late-scales {values(on_x0, 'scale') or 'none'} "
-                     f"--push-caps {','.join(cap_text(cap) for cap in caps)}")
+        flags.append(
+            f"--early-scales {values(two, 'early_scale')} --staged-scales {values(on_x_t, 'scale') or 'none'} "
+            f"--denoised-late-scales {values(on_x0, 'scale') or 'none'} "
+            f"--push-caps {','.join(cap_text(cap) for cap in caps)}"
+        )
         others = sorted({r["late_classifier"] for r in on_x_t if r.get("late_classifier") is not None})
         flags.extend(f"--late-classifier {folder}" for folder in others)
     return " ".join(flags)
@@ -409,20 +519,33 @@ def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 100
 
 
 def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:
-    """cpsample-staged's options for a chosen two-stage row (what calibration.json records as "two_stage"), else None."""
+    """cpsample-staged's options for a chosen two-stage row (what calibration.json records as "two_stage"), else
+    None."""
     if chosen.get("guard") != "cpsample-staged":
         return None
     capped = {"max_push": chosen["max_push"]} if chosen.get("max_push") is not None else {}
     selective_late = {"late_denoised": True} if chosen.get("late_denoised") else {}
-    other_late = ({"late_classifier": _folder_record(chosen["late_classifier"])}
-                  if chosen.get("late_classifier") is not None else {})
-    return {"early_classifier": _folder_record(settings.early_classifier), "early_scale": chosen["early_scale"],
-            "early_min_t": STAGED_EARLY_MIN_T, "alpha": chosen["alpha"], "scale": chosen["scale"], "tau": settings.tau,
-            **capped, **selective_late, **other_late}
+    other_late = (
+        {"late_classifier": _folder_record(chosen["late_classifier"])}
+        if chosen.get("late_classifier") is not None
+        else {}
+    )
+    return {
+        "early_classifier": _folder_record(settings.early_classifier),
+        "early_scale": chosen["early_scale"],
+        "early_min_t": STAGED_EARLY_MIN_T,
+        "alpha": chosen["alpha"],
+        "scale": chosen["scale"],
+        "tau": settings.tau,
+        **capped,
+        **selective_late,
+        **other_late,
+    }
 
 
 def _folder_record(folder: str) -> str:
-    """A classifier folder as calibration.json records it: absolute, so commands run elsewhere find it ("bundled" as is)."""
+    """A classifier folder as calibration.json records it: absolute, so commands run elsewhere find it ("bundled" as
+    is)."""
     from cpsample.models.bundle import is_bundled
 
     return folder if is_bundled(folder) else str(Path(folder).resolve())
@@ -457,7 +580,7 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
 
     # Without a quality score (a Stable Diffusion pipeline: no held-out images), the share of guided steps stands in.
     by_fd = any(r["frechet_distance"] is not None for r in rows)
-    x_of = ((lambda r: r["frechet_distance"]) if by_fd else (lambda r: 100 * (r["steps_guided"] or 0.0)))
+    x_of = (lambda r: r["frechet_distance"]) if by_fd else (lambda r: 100 * (r["steps_guided"] or 0.0))
     rows = [r for r in rows if x_of(r) is not None]
     figure, axis = plt.subplots(figsize=(11, max(4.5, 1.2 + 0.16 * len(rows))))
     colours = {"none": "red", "cpsample": "tab:blue", "cpsample-staged": "tab:orange"}
@@ -465,14 +588,23 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
     for number, row in enumerate(rows):
         x, y, colour = x_of(row), 100 * row["near_copy_share"], colours.get(row["guard"], "tab:blue")
         if row.get("ci_low") is not None:
-            axis.errorbar(x, y, yerr=[[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]], fmt="none",
-                          ecolor=colour, alpha=0.35, capsize=2)
+            axis.errorbar(
+                x,
+                y,
+                yerr=[[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]],
+                fmt="none",
+                ecolor=colour,
+                alpha=0.35,
+                capsize=2,
+            )
         axis.scatter(x, y, color=colour, zorder=3)
         if chosen is not None and setting_of(row) == setting_of(chosen):
             axis.scatter(x, y, s=180, facecolors="none", edgecolors="green", linewidths=2, label="chosen", zorder=4)
         axis.annotate(str(number), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        key.append(f"{number}: {setting_label(row)} ({row['near_copies']}/{row['n']}, "
-                   + (f"FD {x:.2f})" if by_fd else f"{x:.0f}% steps guided)"))
+        key.append(
+            f"{number}: {setting_label(row)} ({row['near_copies']}/{row['n']}, "
+            + (f"FD {x:.2f})" if by_fd else f"{x:.0f}% steps guided)")
+        )
     if limit is not None and limit < 1.0:
         axis.axhline(100 * limit, color="grey", linestyle="--", linewidth=1, label=f"goal: <= {100 * limit:.1f}%")
     fds = [r["frechet_distance"] for r in rows] if by_fd else []
@@ -480,11 +612,15 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
         axis.set_xscale("log")  # one wrecked setting would squeeze every other point into a corner
         axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axis.set_xlabel("Frechet distance to held-out images (feature net; lower = better quality)" if by_fd else
-                    "steps guided (% of sample-steps; no quality score without held-out images)")
+    axis.set_xlabel(
+        "Frechet distance to held-out images (feature net; lower = better quality)"
+        if by_fd
+        else "steps guided (% of sample-steps; no quality score without held-out images)"
+    )
     axis.set_ylabel("near-copies (% of samples, 95% interval)")
-    figure.suptitle("CPSample near-copies vs quality (red: plain, blue: one stage, orange: two stages)", x=0.02,
-                    ha="left")
+    figure.suptitle(
+        "CPSample near-copies vs quality (red: plain, blue: one stage, orange: two stages)", x=0.02, ha="left"
+    )
     if chosen is not None or limit is not None:
         axis.legend(loc="upper right")
     figure.text(0.56, 0.5, "\n".join(key), fontsize=7, va="center", family="monospace")

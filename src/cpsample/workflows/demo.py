@@ -38,27 +38,52 @@ class DemoSettings:
     batch_size: int = 250
     device: str = "cpu"
     seed: int = 0
-    # Where the classifier's calibration chose two stages, also sample the paper's one-stage rule (its calibrated knobs).
+    # Where the classifier's calibration chose two stages, also sample the paper's one-stage rule (its calibrated
+    # knobs).
     one_stage_row: bool = True
 
     def __post_init__(self):
         self.threshold = resolve_threshold(self.threshold, self.features)
 
 
-def sample_three_ways(settings: DemoSettings, out: Path, model: DiffusionModel, progress: bool = True) -> tuple[dict, dict]:
+def sample_three_ways(
+    settings: DemoSettings, out: Path, model: DiffusionModel, progress: bool = True
+) -> tuple[dict, dict]:
     """Returns ({method: images}, {method: cost and guard statistics})."""
     members = model.members.images
-    common = dict(model=model, n=settings.n_samples, steps=settings.steps, scheduler=settings.scheduler,
-                  batch_size=settings.batch_size, device=settings.device, progress=progress)
+    common = dict(
+        model=model,
+        n=settings.n_samples,
+        steps=settings.steps,
+        scheduler=settings.scheduler,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        progress=progress,
+    )
     # samples/ is the demo's own cache: a rerun with other settings redraws it (overwrite) rather than refusing.
     plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", overwrite=True, **common)
-    protected = generate(guard="cpsample", classifier=settings.classifier, alpha=settings.alpha, scale=settings.scale,
-                         tau=settings.tau, seed=settings.seed, work_dir=out / "samples" / "cpsample", overwrite=True,
-                         **common)
+    protected = generate(
+        guard="cpsample",
+        classifier=settings.classifier,
+        alpha=settings.alpha,
+        scale=settings.scale,
+        tau=settings.tau,
+        seed=settings.seed,
+        work_dir=out / "samples" / "cpsample",
+        overwrite=True,
+        **common,
+    )
     one_stage = None
     if settings.one_stage_row and protected.guard_settings["guard"] == "cpsample-staged":
-        one_stage = generate(guard="cpsample", classifier=settings.classifier, one_stage=True, seed=settings.seed,
-                             work_dir=out / "samples" / ONE_STAGE, overwrite=True, **common)
+        one_stage = generate(
+            guard="cpsample",
+            classifier=settings.classifier,
+            one_stage=True,
+            seed=settings.seed,
+            work_dir=out / "samples" / ONE_STAGE,
+            overwrite=True,
+            **common,
+        )
     detector = NearCopyDetector(members, settings.threshold, settings.features)
 
     def draw(count: int, round_index: int):
@@ -72,17 +97,29 @@ def sample_three_ways(settings: DemoSettings, out: Path, model: DiffusionModel, 
     guarded = {"cpsample": protected, **({} if one_stage is None else {ONE_STAGE: one_stage})}
     costs = {
         "plain": _cost(plain.seconds, plain.denoiser_calls, n),
-        **{name: {**_cost(result.seconds, result.denoiser_calls, n),
-                  "share_of_steps_guided": float(result.trace["fired"].mean()),
-                  "share_of_samples_ever_guided": float(result.trace["fired"].any(axis=0).mean())}
-           for name, result in guarded.items()},
+        **{
+            name: {
+                **_cost(result.seconds, result.denoiser_calls, n),
+                "share_of_steps_guided": float(result.trace["fired"].mean()),
+                "share_of_samples_ever_guided": float(result.trace["fired"].any(axis=0).mean()),
+            }
+            for name, result in guarded.items()
+        },
         # the plain round was already paid for; the redraws and the copy checks are rejection sampling's own cost
-        "rejection": {**_cost(plain.seconds + (time.time() - detect_started), rejected.denoiser_calls, n),
-                      "drawn": rejected.drawn, "rejected": rejected.rejected, "rounds": rejected.rounds},
+        "rejection": {
+            **_cost(plain.seconds + (time.time() - detect_started), rejected.denoiser_calls, n),
+            "drawn": rejected.drawn,
+            "rejected": rejected.rejected,
+            "rounds": rejected.rounds,
+        },
     }
     for name in costs:
         costs[name]["time_vs_plain"] = costs[name]["seconds"] / max(costs["plain"]["seconds"], 1e-9)
-    images = {"plain": plain.images, **{name: result.images for name, result in guarded.items()}, "rejection": rejected.images}
+    images = {
+        "plain": plain.images,
+        **{name: result.images for name, result in guarded.items()},
+        "rejection": rejected.images,
+    }
     figures = _sample_figures(out, images, protected, _late_alpha(protected.guard_settings))
     settings_used = {name: result.guard_settings for name, result in guarded.items()}
     return images, {"costs": costs, "figures": figures, "cpsample_settings": settings_used}
@@ -97,8 +134,12 @@ def _late_alpha(guard_settings: dict) -> float:
 
 
 def _cost(seconds: float, calls: int, accepted: int) -> dict:
-    return {"seconds": round(seconds, 2), "seconds_per_image": seconds / accepted, "denoiser_calls": int(calls),
-            "denoiser_calls_per_image": calls / accepted}
+    return {
+        "seconds": round(seconds, 2),
+        "seconds_per_image": seconds / accepted,
+        "denoiser_calls": int(calls),
+        "denoiser_calls_per_image": calls / accepted,
+    }
 
 
 def _sample_figures(out: Path, images: dict, protected, alpha: float) -> dict:
@@ -115,8 +156,13 @@ WHITE_BOX = "white box (holds the weights)"
 BLACK_BOX = "black box (sees only samples)"
 
 
-def membership_rows(settings: DemoSettings, model: DiffusionModel, images: dict | None = None, out: Path | None = None,
-                    progress: bool = True) -> dict:
+def membership_rows(
+    settings: DemoSettings,
+    model: DiffusionModel,
+    images: dict | None = None,
+    out: Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Membership inference per threat model, on the same members and non-members.
 
     White box: loss attack and PIA against the plain and the CPSample-guarded denoiser (same images, same noise).
@@ -129,37 +175,71 @@ def membership_rows(settings: DemoSettings, model: DiffusionModel, images: dict 
     rows = []
     knobs = {"none": {}, "cpsample": {"alpha": settings.alpha, "scale": settings.scale, "tau": settings.tau}}
     for guard in ("none", "cpsample"):
-        attacks = run_mia(model, guard=guard, classifier=settings.classifier, **knobs[guard],
-                          n_members=settings.mia_members, seed=settings.seed,
-                          device=settings.device, progress=progress)
+        attacks = run_mia(
+            model,
+            guard=guard,
+            classifier=settings.classifier,
+            **knobs[guard],
+            n_members=settings.mia_members,
+            seed=settings.seed,
+            device=settings.device,
+            progress=progress,
+        )
         for name, result in attacks.items():
             best = result.best
-            rows.append({"threat model": WHITE_BOX, "defence": "plain" if guard == "none" else "cpsample",
-                         "attack": name, "best t": result.best_t, "AUC": round(best.auc, 4),
-                         "TPR@1%FPR": round(best.tpr_at_1pct_fpr, 4), "Z": round(best.z, 3), "p (one-sided)": best.p_value})
+            rows.append(
+                {
+                    "threat model": WHITE_BOX,
+                    "defence": "plain" if guard == "none" else "cpsample",
+                    "attack": name,
+                    "best t": result.best_t,
+                    "AUC": round(best.auc, 4),
+                    "TPR@1%FPR": round(best.tpr_at_1pct_fpr, 4),
+                    "Z": round(best.z, 3),
+                    "p (one-sided)": best.p_value,
+                }
+            )
     figures, sample_only = {}, {}
     if images:
         # The same candidates as run_mia's (same counts, same seed), in the near-copy yardstick's feature space.
-        sample_only = run_sample_attack({name: np.asarray(batch) for name, batch in images.items()}, model=model,
-                                        n_members=settings.mia_members, features=settings.features,
-                                        threshold=settings.threshold, seed=settings.seed)
+        sample_only = run_sample_attack(
+            {name: np.asarray(batch) for name, batch in images.items()},
+            model=model,
+            n_members=settings.mia_members,
+            features=settings.features,
+            threshold=settings.threshold,
+            seed=settings.seed,
+        )
         for name, result in sample_only.items():
-            rows.append({"threat model": BLACK_BOX, "defence": name, "attack": result.attack, "best t": "-",
-                         **result.row(), "members copied": round(result.member_copied_share, 4)})
+            rows.append(
+                {
+                    "threat model": BLACK_BOX,
+                    "defence": name,
+                    "attack": result.attack,
+                    "best t": "-",
+                    **result.row(),
+                    "members copied": round(result.member_copied_share, 4),
+                }
+            )
         if out is not None:
-            plot_sample_attacks(sample_only, Path(out) / "mia_sample_nn_roc.png",
-                                title=f"sample-only attack: {settings.n_samples} samples per method")
+            plot_sample_attacks(
+                sample_only,
+                Path(out) / "mia_sample_nn_roc.png",
+                title=f"sample-only attack: {settings.n_samples} samples per method",
+            )
             figures["mia_sample_nn_roc"] = "mia_sample_nn_roc.png"
     first = next(iter(sample_only.values()), None)
-    note = (f"{settings.mia_members} members vs as many random non-members (the same images for every attack); "
-            "AUC 0.5 = no leak, TPR@1%FPR = share of members found while flagging 1% of non-members. "
-            "White box: loss attack (paper Alg. 1) and PIA query the denoiser (as CPSample guards it), so they model "
-            "whoever holds the weights. Black box: sample-nn scores each candidate by the cosine distance of its "
-            f"{settings.features} features to its nearest generated sample"
-            + (f" ({first.n_samples} samples per method)" if first else "")
-            + ", so it models anyone who sees the shared outputs and applies to every defence, rejection sampling "
-            "included; its p is a one-sided Mann-Whitney U test (members closer), 'members copied' the share of "
-            f"members with a near-copy (> {settings.threshold}) among the samples.")
+    note = (
+        f"{settings.mia_members} members vs as many random non-members (the same images for every attack); "
+        "AUC 0.5 = no leak, TPR@1%FPR = share of members found while flagging 1% of non-members. "
+        "White box: loss attack (paper Alg. 1) and PIA query the denoiser (as CPSample guards it), so they model "
+        "whoever holds the weights. Black box: sample-nn scores each candidate by the cosine distance of its "
+        f"{settings.features} features to its nearest generated sample"
+        + (f" ({first.n_samples} samples per method)" if first else "")
+        + ", so it models anyone who sees the shared outputs and applies to every defence, rejection sampling "
+        "included; its p is a one-sided Mann-Whitney U test (members closer), 'members copied' the share of "
+        f"members with a near-copy (> {settings.threshold}) among the samples."
+    )
     return {"rows": rows, "note": note, "figures": figures}
 
 
@@ -177,15 +257,31 @@ def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
     images, sampled = sample_three_ways(settings, out, model, progress)
     membership = membership_rows(settings, model, images, out, progress) if settings.mia_members > 0 else None
     membership_figures = membership.pop("figures") if membership else {}
-    results = evaluate({name: batch.numpy() for name, batch in images.items()}, members, nonmembers,
-                       features=settings.features, threshold=settings.threshold, figures_dir=out, membership=membership,
-                       seed=settings.seed, progress=progress)
+    results = evaluate(
+        {name: batch.numpy() for name, batch in images.items()},
+        members,
+        nonmembers,
+        features=settings.features,
+        threshold=settings.threshold,
+        figures_dir=out,
+        membership=membership,
+        seed=settings.seed,
+        progress=progress,
+    )
     results["costs"] = sampled["costs"]
     results["cpsample_settings"] = sampled["cpsample_settings"]  # as used: calibrated knobs resolved
     results["figures"] = {**results.get("figures", {}), **sampled["figures"], **membership_figures}
     results["seconds_total"] = round(time.time() - started, 1)
     paths = write_report(out, results, title="cpsample demo: plain vs CPSample vs rejection sampling")
     np.savez_compressed(out / "samples.npz", **{name: batch.numpy() for name, batch in images.items()})
-    write_record(out, "demo", asdict(settings), {"report": str(paths["html"]), "seconds": results["seconds_total"],
-                                                 "cpsample_settings": results["cpsample_settings"]})
+    write_record(
+        out,
+        "demo",
+        asdict(settings),
+        {
+            "report": str(paths["html"]),
+            "seconds": results["seconds_total"],
+            "cpsample_settings": results["cpsample_settings"],
+        },
+    )
     return results

@@ -22,8 +22,16 @@ NEGATIVES_MARGIN = 0.03
 DEFAULT_MAX_SIMILARITY = round(default_threshold("pixels") - NEGATIVES_MARGIN, 6)
 
 
-def load_negatives(source: str, members: np.ndarray, count: int, denoiser: str, image_size: int, seed: int = 0,
-                   max_similarity: float = DEFAULT_MAX_SIMILARITY, progress: bool = True) -> np.ndarray:
+def load_negatives(
+    source: str,
+    members: np.ndarray,
+    count: int,
+    denoiser: str,
+    image_size: int,
+    seed: int = 0,
+    max_similarity: float = DEFAULT_MAX_SIMILARITY,
+    progress: bool = True,
+) -> np.ndarray:
     """`count` negative images (N, C, H, W) in [-1, 1], none of them close to a member."""
     if count <= 0:
         raise ValueError(f"the number of negatives must be positive, got {count}")
@@ -36,12 +44,16 @@ def load_negatives(source: str, members: np.ndarray, count: int, denoiser: str, 
     kept = images[~detector(images)]  # drop public images that happen to be (near-)members
     order = np.random.default_rng(seed).permutation(len(kept))[:count]
     if len(order) < count:
-        raise ValueError(f"{source}: only {len(order)} images are farther than {max_similarity} from every member; "
-                         f"asked for {count}")
+        raise ValueError(
+            f"{source}: only {len(order)} images are farther than {max_similarity} from every member; "
+            f"asked for {count}"
+        )
     return kept[order]
 
 
-def _self_sample_negatives(denoiser: str, detector: NearCopyDetector, count: int, seed: int, progress: bool) -> np.ndarray:
+def _self_sample_negatives(
+    denoiser: str, detector: NearCopyDetector, count: int, seed: int, progress: bool
+) -> np.ndarray:
     """Sample the denoiser plainly (DDIM, 50 steps) until `count` samples are not near-copies."""
     from cpsample.sampling.pipeline import generate
 
@@ -49,9 +61,13 @@ def _self_sample_negatives(denoiser: str, detector: NearCopyDetector, count: int
     total, rounds = 0, 0
     while total < count:
         if rounds == 20:
-            raise ValueError(f"{denoiser}: after 20 rounds only {total} of {count} samples were farther than "
-                             f"{detector.threshold} from every member; the model copies nearly always")
-        batch = generate(model=denoiser, n=max(count, 200), seed=seed + 7919 * (rounds + 1), progress=progress).images.numpy()
+            raise ValueError(
+                f"{denoiser}: after 20 rounds only {total} of {count} samples were farther than "
+                f"{detector.threshold} from every member; the model copies nearly always"
+            )
+        batch = generate(
+            model=denoiser, n=max(count, 200), seed=seed + 7919 * (rounds + 1), progress=progress
+        ).images.numpy()
         far = batch[~detector(batch)]
         kept.append(far)
         total += len(far)

@@ -6,11 +6,11 @@ Each guard class declares its options once (`Options`, a validated dataclass who
 
 from __future__ import annotations
 
-from cpsample.sampling.guards.base import CFGPrediction, Guard, GuardContext, GuardOptions, NoGuard, guided_eps
-from cpsample.sampling.guards.cpsample import CPSampleGuard
 from cpsample.sampling.guards.amg import AMGGuard
+from cpsample.sampling.guards.base import CFGPrediction, Guard, GuardContext, GuardOptions, NoGuard, guided_eps
 from cpsample.sampling.guards.chain import ChainGuard
 from cpsample.sampling.guards.classifier_guidance import ClassifierGuidanceGuard
+from cpsample.sampling.guards.cpsample import CPSampleGuard
 from cpsample.sampling.guards.delayed_cfg import DelayedCFGGuard, OppositeGuidanceGuard
 from cpsample.sampling.guards.staged import StagedCPSampleGuard
 
@@ -52,7 +52,9 @@ def resolve_guard(guard: str | Guard, context: GuardContext, **options) -> Guard
         return build_guard(guard, context, **options)
     given = [name for name, value in options.items() if value is not None]
     if given:
-        raise ValueError(f"options {', '.join(given)} apply to a guard given by name, not to a built {guard.name} guard")
+        raise ValueError(
+            f"options {', '.join(given)} apply to a guard given by name, not to a built {guard.name} guard"
+        )
     return guard
 
 
@@ -64,8 +66,10 @@ def describe_settings(settings: dict) -> str:
     if name == StagedCPSampleGuard.name:
         early, late = settings["early"], settings["late"]
         judged = " on x0_hat" if late.get("denoised") else ""
-        return (f"cpsample in two stages: early s {early['scale']:g}, late{judged} alpha {late['alpha']:g}, "
-                f"s {late['scale']:g}{_cap(late)}")
+        return (
+            f"cpsample in two stages: early s {early['scale']:g}, late{judged} alpha {late['alpha']:g}, "
+            f"s {late['scale']:g}{_cap(late)}"
+        )
     return name
 
 
@@ -73,7 +77,24 @@ def _cap(settings: dict) -> str:
     return "" if settings.get("max_push") is None else f", push cap {settings['max_push']:g}"
 
 
-__all__ = ["GUARDS", "AMGGuard", "CFGPrediction", "CPSampleGuard", "ChainGuard", "ClassifierGuidanceGuard",
-           "DelayedCFGGuard", "Guard", "GuardContext", "GuardOptions", "NoGuard", "OppositeGuidanceGuard", "StagedCPSampleGuard", "build_guard",
-           "describe_settings",
-           "guard_class", "guard_options", "guided_eps", "resolve_guard"]
+__all__ = [
+    "GUARDS",
+    "AMGGuard",
+    "CFGPrediction",
+    "CPSampleGuard",
+    "ChainGuard",
+    "ClassifierGuidanceGuard",
+    "DelayedCFGGuard",
+    "Guard",
+    "GuardContext",
+    "GuardOptions",
+    "NoGuard",
+    "OppositeGuidanceGuard",
+    "StagedCPSampleGuard",
+    "build_guard",
+    "describe_settings",
+    "guard_class",
+    "guard_options",
+    "guided_eps",
+    "resolve_guard",
+]

@@ -1,7 +1,8 @@
 """Anti-Memorization Guidance (AMG, Chen et al. 2024): detect a looming copy at every step and steer away from it.
 
 At each step the guard forms the predicted clean image x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), finds
-its nearest training image (cosine similarity of features, exact search over an index built once: faiss where installed) and,
+its nearest training image (cosine similarity of features, exact search over an index built once: faiss where
+installed) and,
 only for samples whose similarity sigma_t exceeds the threshold, changes eps:
 - dissimilarity guidance  G_sim = c3 * sqrt(1 - abar_t) * grad_{x_t} sigma_t   (pushes x0 away from the neighbour);
 - despecification (class-conditional models sampled with CFG) G_spe = -s1 * (eps_cond - eps_uncond) with
@@ -36,8 +37,17 @@ import torch
 import torch.nn.functional as F
 
 from cpsample.evaluation.neighbours import flat_index
-from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model,
-                                          move_network, option, unconditional_denoiser)
+from cpsample.sampling.guards.base import (
+    Denoise,
+    Guard,
+    GuardContext,
+    GuardOptions,
+    as_eps,
+    context_model,
+    move_network,
+    option,
+    unconditional_denoiser,
+)
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,18 +70,24 @@ FEATURES: dict[str, FeatureFn] = {"pixels": centred_pixels}
 
 @dataclass(frozen=True)
 class AMGOptions(GuardOptions):
-    threshold: float = option(DEFAULT_THRESHOLD, "Guide when the predicted x0's cosine to its nearest training image exceeds this.")
+    threshold: float = option(
+        DEFAULT_THRESHOLD, "Guide when the predicted x0's cosine to its nearest training image exceeds this."
+    )
     sim_scale: float = option(DEFAULT_SIM_SCALE, "Dissimilarity guidance scale c3.")
     spec_scale: float = option(DEFAULT_SPEC_SCALE, "Despecification scale c1 (class-conditional models under CFG).")
     spec_floor: float = option(DEFAULT_SPEC_FLOOR, "Lowest effective CFG scale despecification may reach.")
     despecify: bool = option(True, "Lower the CFG scale of samples about to copy (conditional models).")
-    exact_gradient: bool = option(True, "d x0 / d x_t through the model's UNet (False: the identity, cheaper and cruder).")
+    exact_gradient: bool = option(
+        True, "d x0 / d x_t through the model's UNet (False: the identity, cheaper and cruder)."
+    )
     features: str = option("pixels", f"Feature space of the similarity: {', '.join(FEATURES)}.")
 
     def check(self) -> None:
         check_threshold(self.threshold)
         if self.sim_scale < 0 or self.spec_scale < 0:
-            raise ValueError(f"guidance scales must be non-negative, got sim_scale={self.sim_scale}, spec_scale={self.spec_scale}")
+            raise ValueError(
+                f"guidance scales must be non-negative, got sim_scale={self.sim_scale}, spec_scale={self.spec_scale}"
+            )
         if self.features not in FEATURES:
             raise ValueError(f"unknown AMG features {self.features!r}; choose one of {', '.join(FEATURES)}")
 
@@ -79,22 +95,34 @@ class AMGOptions(GuardOptions):
 def check_threshold(threshold: float) -> None:
     """The threshold is a cosine similarity: at 1 or above the guard never acts, at -1 or below it always does."""
     if not -1.0 < float(threshold) <= 1.0:  # 1: the guard never acts (a switch-off kept for comparisons)
-        raise ValueError(f"--amg-threshold (--option threshold=) is a cosine similarity and must lie in (-1, 1], got {threshold}")
+        raise ValueError(
+            f"--amg-threshold (--option threshold=) is a cosine similarity and must lie in (-1, 1], got {threshold}"
+        )
 
 
 class AMGGuard(Guard):
     name = "amg"
     Options = AMGOptions
 
-    def __init__(self, training_images: np.ndarray | torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
-                 sim_scale: float = DEFAULT_SIM_SCALE, spec_scale: float = DEFAULT_SPEC_SCALE,
-                 spec_floor: float = DEFAULT_SPEC_FLOOR, despecify: bool = True, features: str | FeatureFn = "pixels",
-                 denoiser: Denoise | None = None, unet: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        training_images: np.ndarray | torch.Tensor,
+        threshold: float = DEFAULT_THRESHOLD,
+        sim_scale: float = DEFAULT_SIM_SCALE,
+        spec_scale: float = DEFAULT_SPEC_SCALE,
+        spec_floor: float = DEFAULT_SPEC_FLOOR,
+        despecify: bool = True,
+        features: str | FeatureFn = "pixels",
+        denoiser: Denoise | None = None,
+        unet: torch.nn.Module | None = None,
+    ):
         """unet: the network behind `denoiser`, moved along with the guard by `to`."""
         super().__init__()
         check_threshold(threshold)
         if sim_scale < 0 or spec_scale < 0:
-            raise ValueError(f"guidance scales must be non-negative, got sim_scale={sim_scale}, spec_scale={spec_scale}")
+            raise ValueError(
+                f"guidance scales must be non-negative, got sim_scale={sim_scale}, spec_scale={spec_scale}"
+            )
         self.threshold, self.sim_scale, self.spec_scale = float(threshold), float(sim_scale), float(spec_scale)
         self.spec_floor, self.despecify = float(spec_floor), despecify
         self.feature_fn, self.feature_name = _feature_fn(features)
@@ -114,20 +142,31 @@ class AMGGuard(Guard):
     def _build_index(self, training_images) -> tuple[torch.Tensor, object]:
         images = torch.as_tensor(np.asarray(training_images, dtype=np.float32))
         if images.ndim != 4 or len(images) == 0:
-            raise ValueError(f"AMG needs the training images as a non-empty (N, C, H, W) array, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"AMG needs the training images as a non-empty (N, C, H, W) array, got shape {tuple(images.shape)}"
+            )
         with torch.no_grad():
             reference = F.normalize(self.feature_fn(images).float(), dim=1)
         if reference.ndim != 2:
             raise ValueError(f"the feature function must return (N, D) features, got shape {tuple(reference.shape)}")
-        index = flat_index(reference.shape[1], "ip")  # exact: inner product of unit vectors = cosine (faiss if installed)
+        index = flat_index(
+            reference.shape[1], "ip"
+        )  # exact: inner product of unit vectors = cosine (faiss if installed)
         index.add(np.ascontiguousarray(reference.numpy()))
         return reference, index
 
     def settings(self) -> dict:
-        return {"guard": self.name, "threshold": self.threshold, "sim_scale": self.sim_scale,
-                "spec_scale": self.spec_scale, "spec_floor": self.spec_floor, "despecify": self.despecify,
-                "features": self.feature_name, "training_images": int(self.index.ntotal),
-                "jacobian": "denoiser" if self.denoiser is not None else "identity"}
+        return {
+            "guard": self.name,
+            "threshold": self.threshold,
+            "sim_scale": self.sim_scale,
+            "spec_scale": self.spec_scale,
+            "spec_floor": self.spec_floor,
+            "despecify": self.despecify,
+            "features": self.feature_name,
+            "training_images": int(self.index.ntotal),
+            "jacobian": "denoiser" if self.denoiser is not None else "identity",
+        }
 
     def to(self, device, dtype):
         self.reference = self.reference.to(device=device)  # stays float32: similarities near 1 need the precision
@@ -178,7 +217,9 @@ class AMGGuard(Guard):
             similarity = (features * self.reference[neighbour.to(self.reference.device)].to(x0.device)).sum(dim=1)
             return torch.autograd.grad(similarity[fired].sum(), x0)[0]
 
-    def _through_denoiser(self, x_t: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, grad_x0: torch.Tensor) -> torch.Tensor:
+    def _through_denoiser(
+        self, x_t: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, grad_x0: torch.Tensor
+    ) -> torch.Tensor:
         """J^T grad_x0 with J = d x0 / d x_t of the denoiser's own prediction (a vector-Jacobian product)."""
         with torch.enable_grad():
             x_in = x_t.detach().requires_grad_(True)
@@ -200,6 +241,8 @@ def _feature_fn(features: str | FeatureFn) -> tuple[FeatureFn, str]:
     if callable(features):
         return features, getattr(features, "__name__", type(features).__name__)
     if features not in FEATURES:
-        raise ValueError(f"unknown AMG features {features!r}; choose one of {', '.join(FEATURES)} "
-                         "or pass a differentiable torch function")
+        raise ValueError(
+            f"unknown AMG features {features!r}; choose one of {', '.join(FEATURES)} "
+            "or pass a differentiable torch function"
+        )
     return FEATURES[features], features

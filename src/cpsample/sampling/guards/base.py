@@ -50,7 +50,8 @@ class GuardOptions:
 @dataclass(frozen=True)
 class GuardContext:
     """What a guard may need beyond its options. model: a folder, "bundled" or a loaded DiffusionModel (AMG needs its
-    members; None where the sampler is not ours, as in `cpsample.protect`); classifier: a folder, "bundled", a Classifier or a TimeClassifier (CPSample; None: "bundled")."""
+    members; None where the sampler is not ours, as in `cpsample.protect`); classifier: a folder, "bundled", a
+    Classifier or a TimeClassifier (CPSample; None: "bundled")."""
 
     model: "str | Path | object" = "bundled"
     classifier: "str | Path | object | None" = None
@@ -68,13 +69,16 @@ def context_model(context: GuardContext):
     if isinstance(context.model, DiffusionModel):
         return context.model
     if context.model is None:
-        raise ValueError("this guard follows gradients through the denoiser (jacobian=true, or AMG), which a guard "
-                         "inside a pipeline's UNet (cpsample.protect, the latent path) cannot call; drop that option")
+        raise ValueError(
+            "this guard follows gradients through the denoiser (jacobian=true, or AMG), which a guard "
+            "inside a pipeline's UNet (cpsample.protect, the latent path) cannot call; drop that option"
+        )
     return DiffusionModel.from_pretrained(context.model, context.device)
 
 
 def unconditional_denoiser(model) -> tuple[torch.nn.Module, Denoise]:
-    """(the model's UNet with its weights frozen, (x_t, t) -> eps through it); a class-conditional UNet answers with its
+    """(the model's UNet with its weights frozen, (x_t, t) -> eps through it); a class-conditional UNet answers with
+    its
     null label (its unconditional branch). Gradients flow to x_t only."""
     unet = model.unet.requires_grad_(False)
     if not model.conditional:
@@ -119,10 +123,13 @@ class Guard:
         self.noise_levels = noise_levels
 
     def begin_step(self, index: int, count: int) -> None:
-        """Told before each denoising step which step of how many it is (for strategies that act only early or late)."""
+        """Told before each denoising step which step of how many it is (for strategies that act only early or
+        late)."""
         self.step_index, self.num_steps = index, count
 
-    def combine(self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float, t: torch.Tensor) -> torch.Tensor:
+    def combine(
+        self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float, t: torch.Tensor
+    ) -> torch.Tensor:
         """Classifier-free guidance: how conditional and unconditional eps are mixed. Strategies may override."""
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -134,8 +141,9 @@ class Guard:
         for key, value in values.items():
             self.trace.setdefault(key, []).append(value.detach().float().cpu().numpy())
 
-    def correct(self, predictions: tuple[torch.Tensor, ...], x_t: torch.Tensor, t: torch.Tensor,
-                abar_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def correct(
+        self, predictions: tuple[torch.Tensor, ...], x_t: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """Change every eps of this step by the same x_t-only correction (see the module docstring)."""
         return predictions
 
@@ -177,8 +185,9 @@ class CFGPrediction:
     scale: float
 
 
-def guided_eps(guard: Guard, prediction: "torch.Tensor | CFGPrediction", x_t: torch.Tensor, t: torch.Tensor,
-               abar_t: torch.Tensor) -> torch.Tensor:
+def guided_eps(
+    guard: Guard, prediction: "torch.Tensor | CFGPrediction", x_t: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor
+) -> torch.Tensor:
     """The eps a sampler steps with: the guard's correction of each eps made, the CFG mix (if any), then `adjust`.
 
     x_t is what the denoiser saw (the scheduler's scaled model input); t holds one timestep per sample."""

@@ -20,7 +20,9 @@ from cpsample.sampling.guards.base import Guard
 class ClassifierGuidanceGuard(Guard):
     name = "classifier-guidance"
 
-    def __init__(self, classifier: TimeClassifier, target: int | Sequence[int] | torch.Tensor = 0, scale: float = 10.0):
+    def __init__(
+        self, classifier: TimeClassifier, target: int | Sequence[int] | torch.Tensor = 0, scale: float = 10.0
+    ):
         super().__init__()
         if scale < 0:
             raise ValueError(f"the guidance scale must be non-negative (0 = no guidance), got {scale}")
@@ -36,8 +38,10 @@ class ClassifierGuidanceGuard(Guard):
             raise ValueError("no target class given")
         bad = targets[(targets < 0) | (targets >= self.num_labels)]
         if len(bad):
-            raise ValueError(f"target class {int(bad[0])} does not exist: the classifier has {self.num_labels} labels "
-                             f"(0-{self.num_labels - 1})")
+            raise ValueError(
+                f"target class {int(bad[0])} does not exist: the classifier has {self.num_labels} labels "
+                f"(0-{self.num_labels - 1})"
+            )
         self.targets = targets
 
     def settings(self) -> dict:
@@ -64,6 +68,8 @@ class ClassifierGuidanceGuard(Guard):
         if len(self.targets) == 1:
             return self.targets.expand(batch)
         if len(self.targets) != batch:
-            raise ValueError(f"{len(self.targets)} per-sample targets set but the batch holds {batch} samples; "
-                             "call set_target for each batch")
+            raise ValueError(
+                f"{len(self.targets)} per-sample targets set but the batch holds {batch} samples; "
+                "call set_target for each batch"
+            )
         return self.targets

@@ -31,9 +31,17 @@ import torch
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier, load_classifier
 from cpsample.models.pretrained import Classifier
-from cpsample.sampling.guards.base import (Denoise, Guard, GuardContext, GuardOptions, as_eps, context_model,
-                                          move_network, option, unconditional_denoiser)
-
+from cpsample.sampling.guards.base import (
+    Denoise,
+    Guard,
+    GuardContext,
+    GuardOptions,
+    as_eps,
+    context_model,
+    move_network,
+    option,
+    unconditional_denoiser,
+)
 
 CALIBRATION_FILE = "calibration.json"
 # For a classifier nobody calibrated: the paper's LSUN Church setting (said once per classifier when used).
@@ -44,7 +52,8 @@ LATENT_UNCALIBRATED = {"alpha": 0.5, "scale": 2000.0, "tau": 0.001, "max_t": Non
 _told_uncalibrated: set[tuple] = set()
 CHECK_EVERY_STEP = 10**9  # a max_t above every timestep: the paper's rule, whatever a calibration says
 # The bfloat16 screen clears a sample when its smaller label probability is at least SCREEN_MARGIN * alpha. Its log p
-# stays within 0.27 of float32's while sampling the bundled model (log 2 = 0.69 of room), so the float32 check that follows
+# stays within 0.27 of float32's while sampling the bundled model (log 2 = 0.69 of room), so the float32 check that
+# follows
 # sees every sample that can fire (bench/README.md, Finding 13).
 SCREEN_MARGIN = 2.0
 
@@ -59,26 +68,47 @@ class CPSampleOptions(GuardOptions):
     tau: float | None = option(None, "tau in log(tau + p): keeps the gradient finite where p is 0.")
     max_t: int | None = option(None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).")
     min_t: int = option(0, "Check the classifier only at timesteps t >= min_t.")
-    adaptive: bool = option(False, "Push each guided sample only as far as needed to bring its confidence back to "
-                                   "1 - alpha (linearised DDIM step), with scale as the cap.")
-    denoised: bool = option(False, "Judge the denoised estimate x0_hat (at t = 0) instead of x_t; push = s sqrt(1 - abar) "
-                                   "/ sqrt(abar) grad_x0 log(tau + p). Selective with a --negatives classifier.")
-    jacobian: bool = option(False, "With denoised=true: follow x0_hat's gradient back to x_t through the UNet (its "
-                                   "Jacobian, as AMG does) instead of holding eps fixed. Moves x_t only where the "
-                                   "model's estimate can move; costs a UNet forward and backward pass per fired "
-                                   "sample. bench/README Finding 14.")
-    max_push: float | None = option(None, "Cap each guided sample's push (its change to eps) at this root-mean-square, "
-                                          "in units of eps (whose RMS is about 1). The classifier's gradient is "
-                                          "heavy-tailed: a few uncapped pushes wreck their samples. None: uncapped, the "
-                                          "paper's rule.")
-    cap_x0: bool = option(False, "Measure max_push on the denoised estimate instead of eps: a push d to eps moves "
-                                 "x0_hat by sqrt(1 - abar_t) / sqrt(abar_t) d, so the cap on eps becomes max_push sqrt(abar_t) "
-                                 "/ sqrt(1 - abar_t) (loose at low t, tight at high t). bench/README Finding 15.")
-    smooth_push: float | None = option(None, "Low-pass each push with a Gaussian of this standard deviation in pixels "
-                                             "before capping. None: as it is. Measured not to pay: the push is already "
-                                             "smooth (bench/README Finding 15).")
-    one_stage: bool = option(False, "The paper's one-stage rule even where the classifier's calibration chose two stages "
-                                    "(cpsample-staged); any other knob given also means one stage.")
+    adaptive: bool = option(
+        False,
+        "Push each guided sample only as far as needed to bring its confidence back to "
+        "1 - alpha (linearised DDIM step), with scale as the cap.",
+    )
+    denoised: bool = option(
+        False,
+        "Judge the denoised estimate x0_hat (at t = 0) instead of x_t; push = s sqrt(1 - abar) "
+        "/ sqrt(abar) grad_x0 log(tau + p). Selective with a --negatives classifier.",
+    )
+    jacobian: bool = option(
+        False,
+        "With denoised=true: follow x0_hat's gradient back to x_t through the UNet (its "
+        "Jacobian, as AMG does) instead of holding eps fixed. Moves x_t only where the "
+        "model's estimate can move; costs a UNet forward and backward pass per fired "
+        "sample. bench/README Finding 14.",
+    )
+    max_push: float | None = option(
+        None,
+        "Cap each guided sample's push (its change to eps) at this root-mean-square, "
+        "in units of eps (whose RMS is about 1). The classifier's gradient is "
+        "heavy-tailed: a few uncapped pushes wreck their samples. None: uncapped, the "
+        "paper's rule.",
+    )
+    cap_x0: bool = option(
+        False,
+        "Measure max_push on the denoised estimate instead of eps: a push d to eps moves "
+        "x0_hat by sqrt(1 - abar_t) / sqrt(abar_t) d, so the cap on eps becomes max_push sqrt(abar_t) "
+        "/ sqrt(1 - abar_t) (loose at low t, tight at high t). bench/README Finding 15.",
+    )
+    smooth_push: float | None = option(
+        None,
+        "Low-pass each push with a Gaussian of this standard deviation in pixels "
+        "before capping. None: as it is. Measured not to pay: the push is already "
+        "smooth (bench/README Finding 15).",
+    )
+    one_stage: bool = option(
+        False,
+        "The paper's one-stage rule even where the classifier's calibration chose two stages "
+        "(cpsample-staged); any other knob given also means one stage.",
+    )
 
     def check(self) -> None:
         if self.alpha is not None and not 0.0 <= self.alpha <= 0.5:
@@ -111,11 +141,24 @@ class CPSampleGuard(Guard):
     name = "cpsample"
     Options = CPSampleOptions
 
-    def __init__(self, classifier: TimeClassifier, alpha: float = UNCALIBRATED["alpha"],
-                 scale: float = UNCALIBRATED["scale"], tau: float = UNCALIBRATED["tau"], max_t: int | None = None,
-                 adaptive: bool = False, denoised: bool = False, folder: Path | None = None, min_t: int = 0,
-                 max_push: float | None = None, screen: bool = True, denoiser: Denoise | None = None,
-                 unet: torch.nn.Module | None = None, cap_x0: bool = False, smooth_push: float | None = None):
+    def __init__(
+        self,
+        classifier: TimeClassifier,
+        alpha: float = UNCALIBRATED["alpha"],
+        scale: float = UNCALIBRATED["scale"],
+        tau: float = UNCALIBRATED["tau"],
+        max_t: int | None = None,
+        adaptive: bool = False,
+        denoised: bool = False,
+        folder: Path | None = None,
+        min_t: int = 0,
+        max_push: float | None = None,
+        screen: bool = True,
+        denoiser: Denoise | None = None,
+        unet: torch.nn.Module | None = None,
+        cap_x0: bool = False,
+        smooth_push: float | None = None,
+    ):
         """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule).
         Above the highest t at which a classifier can be over-confident, the check costs time and never fires.
         screen: pass every sample through a bfloat16 copy of the check first, where the hardware runs bfloat16 fast
@@ -124,8 +167,19 @@ class CPSampleGuard(Guard):
         (the `jacobian` option). unet: the network behind `denoiser`, moved along with the guard by `to`."""
         super().__init__()
         # the one validation of the knobs
-        CPSampleOptions(alpha=alpha, scale=scale, tau=tau, max_t=max_t, min_t=min_t, adaptive=adaptive, denoised=denoised,
-                        max_push=max_push, jacobian=denoiser is not None, cap_x0=cap_x0, smooth_push=smooth_push)
+        CPSampleOptions(
+            alpha=alpha,
+            scale=scale,
+            tau=tau,
+            max_t=max_t,
+            min_t=min_t,
+            adaptive=adaptive,
+            denoised=denoised,
+            max_push=max_push,
+            jacobian=denoiser is not None,
+            cap_x0=cap_x0,
+            smooth_push=smooth_push,
+        )
         self.classifier = classifier.eval().requires_grad_(False)
         self.alpha, self.scale, self.tau, self.max_t, self.min_t = alpha, scale, tau, max_t, min_t
         self.adaptive, self.denoised, self.max_push = adaptive, denoised, max_push
@@ -137,10 +191,13 @@ class CPSampleGuard(Guard):
 
     @classmethod
     def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "Guard":
-        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs resolved.
+        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs
+        resolved.
 
         With no knob given and a calibration that chose two stages, the two-stage guard that calibration measured."""
-        model, folder = load_guard_classifier("bundled" if context.classifier is None else context.classifier, context.device)
+        model, folder = load_guard_classifier(
+            "bundled" if context.classifier is None else context.classifier, context.device
+        )
         staged = None if options.knobs_given() else two_stage_settings(folder)
         if staged is not None:
             from cpsample.sampling.guards.staged import StagedCPSampleGuard  # (it builds on this module)
@@ -152,17 +209,29 @@ class CPSampleGuard(Guard):
                 stage.calibration = f"{guard.calibration} (two_stage)"
             return guard
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
-        guard = cls(model, **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
-                    min_t=options.min_t, adaptive=options.adaptive, denoised=options.denoised, folder=folder,
-                    max_push=options.max_push, denoiser=denoiser, unet=unet, cap_x0=options.cap_x0,
-                    smooth_push=options.smooth_push)
-        guard.calibration = calibration_source(folder, {name: getattr(options, name)
-                                                        for name in ("alpha", "scale", "tau", "max_t")})
+        guard = cls(
+            model,
+            **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
+            min_t=options.min_t,
+            adaptive=options.adaptive,
+            denoised=options.denoised,
+            folder=folder,
+            max_push=options.max_push,
+            denoiser=denoiser,
+            unet=unet,
+            cap_x0=options.cap_x0,
+            smooth_push=options.smooth_push,
+        )
+        guard.calibration = calibration_source(
+            folder, {name: getattr(options, name) for name in ("alpha", "scale", "tau", "max_t")}
+        )
         return guard
 
     def describe(self) -> dict:
-        return {"classifier": "in-memory" if self.folder is None else str(self.folder),
-                "calibration": self.calibration or "given"}
+        return {
+            "classifier": "in-memory" if self.folder is None else str(self.folder),
+            "calibration": self.calibration or "given",
+        }
 
     def to(self, device, dtype):
         for network in (self.unet, self.classifier):
@@ -173,12 +242,15 @@ class CPSampleGuard(Guard):
     def settings(self) -> dict:
         settings = {"guard": self.name, "alpha": self.alpha, "scale": self.scale, "tau": self.tau, "max_t": self.max_t}
         # Only the variants in use are named, so records of the paper's rule stay as they were.
-        return {**settings, **({"min_t": self.min_t} if self.min_t else {}),
-                **({"max_push": self.max_push} if self.max_push is not None else {}),
-                **({"cap_x0": True} if self.cap_x0 else {}),
-                **({"smooth_push": self.smooth_push} if self.smooth_push is not None else {}),
-                **{name: True for name in ("adaptive", "denoised") if getattr(self, name)},
-                **({"jacobian": True} if self.denoiser is not None else {})}
+        return {
+            **settings,
+            **({"min_t": self.min_t} if self.min_t else {}),
+            **({"max_push": self.max_push} if self.max_push is not None else {}),
+            **({"cap_x0": True} if self.cap_x0 else {}),
+            **({"smooth_push": self.smooth_push} if self.smooth_push is not None else {}),
+            **{name: True for name in ("adaptive", "denoised") if getattr(self, name)},
+            **({"jacobian": True} if self.denoiser is not None else {}),
+        }
 
     def correct(self, predictions, x_t, t, abar_t):
         """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
@@ -190,7 +262,8 @@ class CPSampleGuard(Guard):
         return tuple(_minus_rows(eps, rows, change) for eps in predictions)
 
     def push(self, x_t, t, abar_t, dtype, eps=None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(rows, s * sqrt(1 - abar_t) * grad log(tau + p_target)) for the over-confident samples; None if there are none.
+        """(rows, s * sqrt(1 - abar_t) * grad log(tau + p_target)) for the over-confident samples; None if there are
+        none.
 
         eps: this step's eps, needed (and only used) when the classifier judges the denoised estimate."""
         if (self.max_t is not None and int(t.max()) > self.max_t) or int(t.min()) < self.min_t:
@@ -214,8 +287,9 @@ class CPSampleGuard(Guard):
         # The gradient is paid for only by the samples that need it.
         rows = fired.nonzero().squeeze(1)
         if self.denoiser is not None:
-            grad = self._gradient_through_denoiser(x_t[rows], step_t[rows], target[rows], sigma, root_abar,
-                                                   classifier_dtype)
+            grad = self._gradient_through_denoiser(
+                x_t[rows], step_t[rows], target[rows], sigma, root_abar, classifier_dtype
+            )
             return rows, self._shaped(self.scale * sigma.to(dtype) * grad.to(dtype), abar_t)
         with torch.enable_grad():
             x_in = judged[rows].detach().to(classifier_dtype).requires_grad_(True)
@@ -243,8 +317,12 @@ class CPSampleGuard(Guard):
         screens first, and only the samples it cannot clear (smaller probability below SCREEN_MARGIN * alpha) are
         checked in float32; the others keep the screen's probabilities (they cannot fire). At alpha >= 0.5 /
         SCREEN_MARGIN the screen could clear nothing, so it is skipped."""
-        screened = (self.screen and judged.dtype == torch.float32 and SCREEN_MARGIN * self.alpha < 0.5
-                    and _screens_fast(judged.device))
+        screened = (
+            self.screen
+            and judged.dtype == torch.float32
+            and SCREEN_MARGIN * self.alpha < 0.5
+            and _screens_fast(judged.device)
+        )
         with torch.no_grad():
             if not screened:
                 return self.classifier(judged, t).float().softmax(dim=-1)
@@ -266,7 +344,8 @@ class CPSampleGuard(Guard):
 
     @staticmethod
     def _capped(change: torch.Tensor, cap: float | None) -> torch.Tensor:
-        """Each sample's push shrunk to RMS <= cap (direction kept; None: unchanged). Uncapped, the push's RMS is heavy-tailed: on
+        """Each sample's push shrunk to RMS <= cap (direction kept; None: unchanged). Uncapped, the push's RMS is
+        heavy-tailed: on
         the fine-tuned model of bench/README Finding 12 its median is 0.03 but its 99th percentile 17 times eps's own
         RMS, and those few pushes turn their samples into speckle."""
         if cap is None:
@@ -292,9 +371,11 @@ class CPSampleGuard(Guard):
         return (deficit.clamp_min(0) / gain.clamp_min(1e-12)).clamp(max=self.scale)
 
 
-def load_guard_classifier(spec: "str | Path | Classifier | TimeClassifier", device: str,
-                          part: str = "classifier") -> tuple[TimeClassifier, Path | None]:
-    """(classifier, its folder or None) from a folder, "bundled" (the shipped `part`), a Classifier or a TimeClassifier."""
+def load_guard_classifier(
+    spec: "str | Path | Classifier | TimeClassifier", device: str, part: str = "classifier"
+) -> tuple[TimeClassifier, Path | None]:
+    """(classifier, its folder or None) from a folder, "bundled" (the shipped `part`), a Classifier or a
+    TimeClassifier."""
     if isinstance(spec, TimeClassifier):
         return spec, None
     if isinstance(spec, Classifier):
@@ -315,8 +396,10 @@ def _bfloat16_native(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device_type == "cpu":
-        return any(getattr(torch.cpu, probe, lambda: False)()
-                   for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(
+            getattr(torch.cpu, probe, lambda: False)()
+            for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
     return False
 
 
@@ -344,8 +427,13 @@ def _minus_rows(eps: torch.Tensor, rows: torch.Tensor, change: torch.Tensor) -> 
     return adjusted
 
 
-def cpsample_settings(classifier_dir: str | Path | None, alpha: float | None = None, scale: float | None = None,
-                      tau: float | None = None, max_t: int | None = None) -> dict:
+def cpsample_settings(
+    classifier_dir: str | Path | None,
+    alpha: float | None = None,
+    scale: float | None = None,
+    tau: float | None = None,
+    max_t: int | None = None,
+) -> dict:
     """The knobs to guard with: those given, the rest from the classifier's calibration.json, else UNCALIBRATED.
 
     A calibrated max_t belongs to its alpha: with another alpha given, every step is checked (unless max_t is given).
@@ -358,17 +446,24 @@ def cpsample_settings(classifier_dir: str | Path | None, alpha: float | None = N
         _told_uncalibrated.add((str(classifier_dir), missing))
         kind = "the paper's latent-space setting" if defaults is LATENT_UNCALIBRATED else "the paper's default"
         used = ", ".join(f"{name} {base[name]:g}" for name in missing)
-        print(f"note: {classifier_dir} has no {CALIBRATION_FILE}; CPSample uses {used} ({kind}; not given). Run "
-              f"`cpsample calibrate --classifier {classifier_dir}` to choose them for this model.", file=sys.stderr)
-    chosen = {"alpha": base["alpha"] if alpha is None else alpha, "scale": base["scale"] if scale is None else scale,
-              "tau": base["tau"] if tau is None else tau}
+        print(
+            f"note: {classifier_dir} has no {CALIBRATION_FILE}; CPSample uses {used} ({kind}; not given). Run "
+            f"`cpsample calibrate --classifier {classifier_dir}` to choose them for this model.",
+            file=sys.stderr,
+        )
+    chosen = {
+        "alpha": base["alpha"] if alpha is None else alpha,
+        "scale": base["scale"] if scale is None else scale,
+        "tau": base["tau"] if tau is None else tau,
+    }
     same_alpha = alpha is None or alpha == base["alpha"]
     chosen["max_t"] = max_t if max_t is not None else (base.get("max_t") if same_alpha else None)
     return chosen
 
 
 def is_latent_classifier(classifier_dir: str | Path | None) -> bool:
-    """Trained by `train-latent-classifier` on a Stable Diffusion pipeline's VAE latents (its cpsample.json says so)."""
+    """Trained by `train-latent-classifier` on a Stable Diffusion pipeline's VAE latents (its cpsample.json says
+    so)."""
     from cpsample.provenance import recorded_command
 
     return classifier_dir is not None and recorded_command(classifier_dir) == "train-latent-classifier"
@@ -392,7 +487,8 @@ def calibration_source(classifier_dir: str | Path | None, given: dict) -> str:
 
 
 def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:
-    """cpsample-staged's options as the classifier's calibration chose them (`calibrate --early-classifier`), else None."""
+    """cpsample-staged's options as the classifier's calibration chose them (`calibrate --early-classifier`), else
+    None."""
     calibrated = read_calibration(classifier_dir)
     staged = None if calibrated is None else calibrated.get("two_stage")
     if not staged:
@@ -410,9 +506,11 @@ def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:
     for role in ("early", "late"):  # the stages' own classifiers, recorded as folders
         folder = staged.get(f"{role}_classifier", "bundled" if role == "early" else None)
         if folder not in (None, "bundled") and not Path(folder).is_dir():
-            raise ValueError(f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the {role} classifier "
-                             f"{folder}, which is not there; put it back, rerun `cpsample calibrate`, or pass --option "
-                             "one_stage=true")
+            raise ValueError(
+                f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the {role} classifier "
+                f"{folder}, which is not there; put it back, rerun `cpsample calibrate`, or pass --option "
+                "one_stage=true"
+            )
     from cpsample.sampling.guards.staged import StagedCPSampleOptions  # (it builds on this module)
 
     try:
@@ -435,23 +533,34 @@ def read_calibration(classifier_dir: str | Path | None) -> dict | None:
         if not {"alpha", "scale", "tau"} <= set(settings):
             raise KeyError("alpha, scale and tau")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a cpsample calibration ({error}); rerun `cpsample calibrate` or delete it") from None
+        raise ValueError(
+            f"{path}: not a cpsample calibration ({error}); rerun `cpsample calibrate` or delete it"
+        ) from None
     for name in ("alpha", "scale", "tau", "max_t"):
         problem = knob_problem(name, settings.get(name))
         if problem:
-            raise ValueError(f"{path}: {name} is {json.dumps(settings.get(name))}, but {problem}; "
-                             f"{_FIX_CALIBRATION.format(folder=classifier_dir)}")
+            raise ValueError(
+                f"{path}: {name} is {json.dumps(settings.get(name))}, but {problem}; "
+                f"{_FIX_CALIBRATION.format(folder=classifier_dir)}"
+            )
     return record
 
 
-_FIX_CALIBRATION = ("correct it in that file, rerun `cpsample calibrate --classifier {folder}`, or delete the file "
-                    "(the defaults then apply)")
+_FIX_CALIBRATION = (
+    "correct it in that file, rerun `cpsample calibrate --classifier {folder}`, or delete the file "
+    "(the defaults then apply)"
+)
 # What each knob a calibration.json may hold must be (its one-stage "settings" and its "two_stage" entry), keyed by
 # the knob's name without its stage prefix: (kind, lowest, highest, lowest allowed itself, None allowed).
-_KNOB_RULES = {"alpha": ("number", 0.0, 0.5, True, False), "scale": ("number", 0.0, None, True, False),
-               "tau": ("number", 0.0, None, False, False), "max_t": ("integer", 0, None, True, True),
-               "min_t": ("integer", 0, None, True, False), "max_push": ("number", 0.0, None, False, True),
-               "smooth_push": ("number", 0.0, None, False, True)}
+_KNOB_RULES = {
+    "alpha": ("number", 0.0, 0.5, True, False),
+    "scale": ("number", 0.0, None, True, False),
+    "tau": ("number", 0.0, None, False, False),
+    "max_t": ("integer", 0, None, True, True),
+    "min_t": ("integer", 0, None, True, False),
+    "max_push": ("number", 0.0, None, False, True),
+    "smooth_push": ("number", 0.0, None, False, True),
+}
 
 
 def knob_problem(name: str, value) -> str | None:

@@ -31,7 +31,9 @@ OPPOSITE_SCALE = -2.0
 
 @dataclass(frozen=True)
 class DelayedCFGOptions(GuardOptions):
-    transition_t: int | None = option(None, f"Withhold CFG while t > this (default without any setting: {PAPER_TRANSITION_T}).")
+    transition_t: int | None = option(
+        None, f"Withhold CFG while t > this (default without any setting: {PAPER_TRANSITION_T})."
+    )
     transition_fraction: float | None = option(None, "Or: withhold CFG for this fraction of the denoising steps.")
     dynamic: bool = option(False, "Switch after the first local minimum of ||eps_cond - eps_uncond||.")
     early_scale: float = option(0.0, "CFG scale before the transition (0: no guidance).")
@@ -49,13 +51,20 @@ class DelayedCFGGuard(Guard):
     Options = DelayedCFGOptions
     mixes_cfg = True  # tells ChainGuard this guard decides the CFG mix
 
-    def __init__(self, transition_t: int | None = None, transition_fraction: float | None = None,
-                 dynamic: bool = False, early_scale: float = 0.0):
+    def __init__(
+        self,
+        transition_t: int | None = None,
+        transition_fraction: float | None = None,
+        dynamic: bool = False,
+        early_scale: float = 0.0,
+    ):
         """Without any transition setting the paper's static point applies: t = PAPER_TRANSITION_T."""
         super().__init__()
         if transition_t is not None and transition_fraction is not None:
-            raise ValueError("give the transition either as a noise level (transition_t) or as a step fraction "
-                             "(transition_fraction), not both")
+            raise ValueError(
+                "give the transition either as a noise level (transition_t) or as a step fraction "
+                "(transition_fraction), not both"
+            )
         if transition_t is None and transition_fraction is None and not dynamic:
             transition_t = PAPER_TRANSITION_T
         if transition_t is not None and transition_t < 0:
@@ -81,16 +90,22 @@ class DelayedCFGGuard(Guard):
         self._mixed_this_step = False
 
     def settings(self) -> dict:
-        return {"guard": self.name, "transition_t": self.transition_t, "transition_fraction": self.transition_fraction,
-                "dynamic": self.dynamic, "early_scale": self.early_scale}
+        return {
+            "guard": self.name,
+            "transition_t": self.transition_t,
+            "transition_fraction": self.transition_fraction,
+            "dynamic": self.dynamic,
+            "early_scale": self.early_scale,
+        }
 
     def combine(self, eps_cond, eps_uncond, guidance_scale, t):
         self._mixed_this_step = True
         gap = (eps_cond - eps_uncond).float().flatten(1).norm(dim=1)
         early = ~self._update_switch(gap, t)
         plain = super().combine(eps_cond, eps_uncond, guidance_scale, t)
-        self.record(eps_gap=gap, early=early, fired=early,
-                    scale=torch.where(early, self.early_scale, float(guidance_scale)))
+        self.record(
+            eps_gap=gap, early=early, fired=early, scale=torch.where(early, self.early_scale, float(guidance_scale))
+        )
         if not bool(early.any()):
             return plain  # after the transition: exactly the sampler's own CFG
         withheld = eps_uncond + self.early_scale * (eps_cond - eps_uncond)
@@ -98,8 +113,10 @@ class DelayedCFGGuard(Guard):
 
     def adjust(self, eps, x_t, t, abar_t):
         if not self._mixed_this_step:
-            raise ValueError(f"{self.name} changes classifier-free guidance, but this model was not sampled with CFG; "
-                             "use a class-conditional model (cpsample sample-conditional)")
+            raise ValueError(
+                f"{self.name} changes classifier-free guidance, but this model was not sampled with CFG; "
+                "use a class-conditional model (cpsample sample-conditional)"
+            )
         return eps
 
     def _update_switch(self, gap: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -137,11 +154,18 @@ class OppositeGuidanceGuard(DelayedCFGGuard):
     name = "opposite-cfg"
     Options = OppositeGuidanceOptions
 
-    def __init__(self, transition_t: int | None = None, transition_fraction: float | None = None,
-                 dynamic: bool = False, early_scale: float = OPPOSITE_SCALE):
+    def __init__(
+        self,
+        transition_t: int | None = None,
+        transition_fraction: float | None = None,
+        dynamic: bool = False,
+        early_scale: float = OPPOSITE_SCALE,
+    ):
         if early_scale >= 0:
-            raise ValueError(f"opposite guidance needs a negative early scale, got {early_scale}; "
-                             "use delayed-cfg for scale 0 (no guidance)")
+            raise ValueError(
+                f"opposite guidance needs a negative early scale, got {early_scale}; "
+                "use delayed-cfg for scale 0 (no guidance)"
+            )
         super().__init__(transition_t, transition_fraction, dynamic, early_scale)
 
 

@@ -44,32 +44,52 @@ SELECTIVE_PART = SELECTIVE
 
 @dataclass(frozen=True)
 class StagedCPSampleOptions(GuardOptions):
-    early_classifier: str = option("bundled", "Folder of a classifier trained with --negatives samples (judges x0_hat "
-                                              "early); 'bundled': the bundled model's selective classifier.")
+    early_classifier: str = option(
+        "bundled",
+        "Folder of a classifier trained with --negatives samples (judges x0_hat "
+        "early); 'bundled': the bundled model's selective classifier.",
+    )
     early_alpha: float = option(0.01, "Early stage: guide when p(y | x0_hat) > 1 - early_alpha for either label.")
     early_scale: float = option(3.0, "Early stage: guidance scale of the push through x0_hat.")
     early_max_t: int = option(500, "Early stage acts at t <= early_max_t.")
-    early_min_t: int = option(0, "Early stage acts at t >= early_min_t (max_t + 1: never at a step of the late stage).")
+    early_min_t: int = option(
+        0, "Early stage acts at t >= early_min_t (max_t + 1: never at a step of the late stage)."
+    )
     alpha: float = option(0.1, "Late stage (main classifier on x_t, the paper's rule): alpha.")
     scale: float = option(10.0, "Late stage: guidance scale s.")
     max_t: int = option(200, "Late stage acts at t <= max_t.")
-    min_t: int = option(0, "Late stage acts at t >= min_t (0: down to the last step). Skipping the last steps saves "
-                           "their checks and gradients but was measured to lose more protection than it gains in FD "
-                           "(bench/README Finding 16).")
+    min_t: int = option(
+        0,
+        "Late stage acts at t >= min_t (0: down to the last step). Skipping the last steps saves "
+        "their checks and gradients but was measured to lose more protection than it gains in FD "
+        "(bench/README Finding 16).",
+    )
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
-    max_push: float | None = option(None, "Both stages: cap each sample's push at this RMS, in units of eps (None: "
-                                          "uncapped). bench/README Finding 12.")
+    max_push: float | None = option(
+        None,
+        "Both stages: cap each sample's push at this RMS, in units of eps (None: uncapped). bench/README Finding 12.",
+    )
     cap_x0: bool = option(False, "Both stages: measure max_push on x0_hat instead of eps. bench/README Finding 15.")
-    smooth_push: float | None = option(None, "Both stages: low-pass each push with a Gaussian of this width in pixels. "
-                                             "bench/README Finding 15.")
-    late_denoised: bool = option(False, "Late stage: judge x0_hat with the early classifier too (a selective late "
-                                        "stage) instead of x_t with the main classifier. bench/README Finding 13.")
-    late_classifier: str | None = option(None, "Late stage on x_t: this classifier folder instead of the main one, "
-                                               "e.g. a narrower one of the same members (--channels 16,32,32), whose "
-                                               "gentler push won on one model and lost on another (bench/README "
-                                               "Findings 16-18). None: the main classifier.")
-    jacobian: bool = option(False, "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
-                                   "exact gradient), paid only by fired samples. bench/README Finding 14.")
+    smooth_push: float | None = option(
+        None, "Both stages: low-pass each push with a Gaussian of this width in pixels. bench/README Finding 15."
+    )
+    late_denoised: bool = option(
+        False,
+        "Late stage: judge x0_hat with the early classifier too (a selective late "
+        "stage) instead of x_t with the main classifier. bench/README Finding 13.",
+    )
+    late_classifier: str | None = option(
+        None,
+        "Late stage on x_t: this classifier folder instead of the main one, "
+        "e.g. a narrower one of the same members (--channels 16,32,32), whose "
+        "gentler push won on one model and lost on another (bench/README "
+        "Findings 16-18). None: the main classifier.",
+    )
+    jacobian: bool = option(
+        False,
+        "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
+        "exact gradient), paid only by fired samples. bench/README Finding 14.",
+    )
 
     def push_shaping(self) -> dict:
         """The options both stages' pushes share, as CPSampleOptions / CPSampleGuard keywords."""
@@ -77,15 +97,24 @@ class StagedCPSampleOptions(GuardOptions):
 
     def late_options(self) -> CPSampleOptions:
         """The late stage's knobs as one-stage options (building them validates them)."""
-        return CPSampleOptions(alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, min_t=self.min_t,
-                               **self.push_shaping())
+        return CPSampleOptions(
+            alpha=self.alpha, scale=self.scale, tau=self.tau, max_t=self.max_t, min_t=self.min_t, **self.push_shaping()
+        )
 
     def check(self) -> None:
         if self.late_denoised and self.late_classifier is not None:
-            raise ValueError("late_denoised=true judges x0_hat with the early classifier late too; it takes no "
-                             "late_classifier (that one judges x_t)")
-        CPSampleOptions(alpha=self.early_alpha, scale=self.early_scale, tau=self.tau, max_t=self.early_max_t,
-                        min_t=self.early_min_t, **self.push_shaping())
+            raise ValueError(
+                "late_denoised=true judges x0_hat with the early classifier late too; it takes no "
+                "late_classifier (that one judges x_t)"
+            )
+        CPSampleOptions(
+            alpha=self.early_alpha,
+            scale=self.early_scale,
+            tau=self.tau,
+            max_t=self.early_max_t,
+            min_t=self.early_min_t,
+            **self.push_shaping(),
+        )
         self.late_options()
 
 
@@ -113,8 +142,19 @@ class StagedCPSampleGuard(ChainGuard):
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
 
         def selective(alpha, scale, max_t, min_t):  # the selective classifier judging x0_hat
-            return CPSampleGuard(classifier, alpha=alpha, scale=scale, tau=options.tau, max_t=max_t, min_t=min_t,
-                                 denoised=True, folder=folder, denoiser=denoiser, unet=unet, **options.push_shaping())
+            return CPSampleGuard(
+                classifier,
+                alpha=alpha,
+                scale=scale,
+                tau=options.tau,
+                max_t=max_t,
+                min_t=min_t,
+                denoised=True,
+                folder=folder,
+                denoiser=denoiser,
+                unet=unet,
+                **options.push_shaping(),
+            )
 
         early = selective(options.early_alpha, options.early_scale, options.early_max_t, options.early_min_t)
         if options.late_denoised:  # one selective classifier judges x0_hat in both stages
@@ -122,7 +162,9 @@ class StagedCPSampleGuard(ChainGuard):
         if options.late_classifier is None:
             return cls(early, CPSampleGuard.from_options(options.late_options(), context))
         late_context = replace(context, classifier=options.late_classifier)
-        return cls(early, CPSampleGuard.from_options(options.late_options(), late_context), str(options.late_classifier))
+        return cls(
+            early, CPSampleGuard.from_options(options.late_options(), late_context), str(options.late_classifier)
+        )
 
     @property
     def trace(self) -> dict[str, list[np.ndarray]]:
@@ -132,7 +174,9 @@ class StagedCPSampleGuard(ChainGuard):
         prefixes = getattr(self, "prefixes", [])
         stages = [merged.get(f"{prefix}.fired") for prefix in prefixes]
         if stages and all(stage is not None for stage in stages):
-            merged["fired"] = [np.logical_or(*pair).astype(np.float32) for pair in zip(*stages)]  # as members record it
+            merged["fired"] = [
+                np.logical_or(*pair).astype(np.float32) for pair in zip(*stages)
+            ]  # as members record it
         if prefixes and f"{prefixes[-1]}.p1" in merged:
             merged["p1"] = merged[f"{prefixes[-1]}.p1"]
         return merged
@@ -144,11 +188,12 @@ class StagedCPSampleGuard(ChainGuard):
     def __repr__(self) -> str:
         early, late = self.guards
         other = "" if self.late_classifier is None else f", late_classifier={self.late_classifier!r}"
-        return (f"{type(self).__name__}({self.name!r}, early={early!r}, late={late!r}{other}, "
-                f"calibration={self.calibration or 'given'!r})")
+        return (
+            f"{type(self).__name__}({self.name!r}, early={early!r}, late={late!r}{other}, "
+            f"calibration={self.calibration or 'given'!r})"
+        )
 
     def settings(self) -> dict:
         early, late = self.guards
         other = {} if self.late_classifier is None else {"late_classifier": self.late_classifier}
         return {"guard": self.name, "early": early.settings(), "late": late.settings(), **other}
-
