@@ -122,12 +122,15 @@ def guard_rows() -> list[str]:
         for item in options:
             default = "" if item.default is MISSING else item.default
             calibrated = default is None and name == "cpsample" and item.name in UNCALIBRATED
-            rows.append(f"| `{name}` | `{item.name}` | {'calibrated' if calibrated else cell(default)} | "
-                        f"{cell(item.metadata.get('help', ''))} |")
+            rows.append(
+                f"| `{name}` | `{item.name}` | {'calibrated' if calibrated else cell(default)} | "
+                f"{cell(item.metadata.get('help', ''))} |"
+            )
     return rows
 
 
-def main() -> None:
+def render() -> str:
+    """docs/cli.md as the CLI and the guard registry give it today (tests/test_docs.py compares it with the file)."""
     root = typer.main.get_command(app)
     parts = [INTRO, "## Commands\n"]
     for path, command in commands(root):
@@ -137,12 +140,18 @@ def main() -> None:
             parts.append(" ".join(command.help.split("\n\n")[0].split()) + "\n")
         parts.append("\n".join(option_rows(command)) + "\n" if command.params else "No options.\n")
     parts.append("## Guard options\n")
-    parts.append("Set with `--option NAME=VALUE` (`-o`) on `sample` / `sample-conditional`; `cpsample guards` prints the "
-                 "same table. 'calibrated': taken from the classifier's `calibration.json` (written by "
-                 "`cpsample calibrate`).\n")
+    parts.append(
+        "Set with `--option NAME=VALUE` (`-o`) on `sample` / `sample-conditional`; `cpsample guards` prints the "
+        "same table. 'calibrated': taken from the classifier's `calibration.json` (written by "
+        "`cpsample calibrate`).\n"
+    )
     parts.append("\n".join(guard_rows()) + "\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(parts))
+    OUT.write_text(render())
     print(f"{OUT}: {len(OUT.read_text().splitlines())} lines")
 
 
