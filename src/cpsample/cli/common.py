@@ -200,6 +200,14 @@ def os_error_line(error: OSError) -> str:
     return f"{where}{what}" + (f"; {advice}" if advice else "")
 
 
+def say_warnings(warnings: list[str]) -> dict:
+    """Print each warning loudly (protection that did not happen is never a quiet success); returns them for the
+    run's record."""
+    for warning in warnings:
+        console.print(f"[bold red]warning:[/] {warning}")
+    return {"warnings": warnings} if warnings else {}
+
+
 def guard_stats(trace: dict) -> dict:
     """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once."""
     if "fired" not in trace:

@@ -51,6 +51,7 @@ from cpsample.cli.common import (
     prepare_out,
     prepare_training,
     run_safely,
+    say_warnings,
 )
 
 
@@ -164,6 +165,7 @@ def sample_conditional_command(
     seed: Seed = 0,
 ):
     """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample."""
+    from cpsample.evaluation.honesty import protection_warnings
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
@@ -215,7 +217,12 @@ def sample_conditional_command(
         **save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
         **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace),
     }
-    stats = {"seconds": round(result.seconds, 2), "denoiser_calls": result.denoiser_calls, **guard_stats(result.trace)}
+    stats = {
+        "seconds": round(result.seconds, 2),
+        "denoiser_calls": result.denoiser_calls,
+        **guard_stats(result.trace),
+        **say_warnings(protection_warnings(result.trace, guard, classifier)),
+    }
     if feature_net:
         stats["class_agreement"] = class_agreement_stats(feature_net, result.images, labels, device)
     # Similarity to the members is theirs: private.json, never the shareable cpsample.json.

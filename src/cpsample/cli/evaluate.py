@@ -23,6 +23,7 @@ from cpsample.cli.common import (
     parse_widths,
     prepare_out,
     run_safely,
+    say_warnings,
 )
 from cpsample.data import DataError, ImageSet, load_dataset
 
@@ -68,6 +69,7 @@ def evaluate_command(
 ):
     """Measure how much each sample set copies the training images; write an HTML/Markdown/JSON report."""
     from cpsample.evaluation import evaluate, write_report
+    from cpsample.evaluation.honesty import vacuous_baseline
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything, write_record
 
@@ -109,10 +111,23 @@ def evaluate_command(
         "trust_torchscript": trust_torchscript,
         "seed": seed,
     }
+    baseline = results["settings"]["baseline"]
+    counted = results["methods"][baseline]["replication"]
+    vacuous = (
+        vacuous_baseline(f"the baseline {baseline!r}", counted["count"], counted["n"]) if len(named) > 1 else None
+    )
     write_record(
-        out, "evaluate", settings, {"report": {k: str(v) for k, v in paths.items()}, "headline": headline(results)}
+        out,
+        "evaluate",
+        settings,
+        {
+            "report": {k: str(v) for k, v in paths.items()},
+            "headline": headline(results),
+            **({"warnings": [vacuous]} if vacuous else {}),
+        },
     )
     console.print(summary_table(results))
+    say_warnings([vacuous] if vacuous else [])
     console.print(f"report: {paths['html']}")
 
 

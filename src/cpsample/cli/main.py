@@ -33,6 +33,7 @@ from cpsample.cli.common import (
     prepare_out,
     prepare_training,
     run_safely,
+    say_warnings,
 )
 
 app = typer.Typer(
@@ -241,6 +242,7 @@ def sample_command(
     seed: Seed = 0,
 ):
     """Sample images, plainly or with a guidance strategy."""
+    from cpsample.evaluation.honesty import protection_warnings
     from cpsample.provenance import write_record
     from cpsample.sampling.outputs import save_samples, save_trace
     from cpsample.sampling.pipeline import generate
@@ -273,6 +275,7 @@ def sample_command(
         "denoiser_calls": result.denoiser_calls,
         **guard_stats(result.trace),
         **paths,
+        **say_warnings(protection_warnings(result.trace, guard, classifier)),
     }
     write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
     console.print(json.dumps(stats, indent=2))

@@ -216,6 +216,13 @@ def calibrate_command(
         Optional[int],
         typer.Option(min=1, help="Images per setting in the confirmation round (default: twice --n-samples)."),
     ] = None,
+    allow_vacuous: Annotated[
+        bool,
+        typer.Option(
+            help="Save the choice even when plain sampling made no near-copies (a cut of nothing, which proves no "
+            "protection)."
+        ),
+    ] = False,
     device: Device = "cpu",
     overwrite: Overwrite = False,
     seed: Seed = 0,
@@ -223,6 +230,7 @@ def calibrate_command(
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
+    from cpsample.evaluation.honesty import unfit_classifier, vacuous_baseline
     from cpsample.models.bundle import BUNDLED, is_bundled, resolve_model_dir
     from cpsample.provenance import write_record
     from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
@@ -286,6 +294,9 @@ def calibrate_command(
         inputs=(model, classifier, quality_net, prompts_file, private, early_classifier, *(late_classifier or ())),
     )
     check_device_option(device)
+    unfit = unfit_classifier(resolve_model_dir(classifier, "classifier"))
+    if unfit:
+        console.print(f"[bold red]warning:[/] {unfit}")
     rows = run_grid(settings)
     screen_choice = choose_setting(rows, target, reduction)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,6 +369,12 @@ def calibrate_command(
         )
         raise typer.Exit(code=1)
     plain = deciding[0]
+    vacuous = vacuous_baseline("plain sampling", plain["near_copies"], plain["n"])
+    if vacuous and reduction and not allow_vacuous:  # a cut is the goal, and there was nothing to cut
+        raise ValueError(
+            f"{vacuous}. Nothing was saved next to the classifier (the measurements are in {out}); pass "
+            "--allow-vacuous to save this choice anyway"
+        )
     knobs = calibrated_settings(one_stage, tau)
     two_stage = two_stage_calibration(chosen, settings)
     details = {
@@ -392,6 +409,13 @@ def calibrate_command(
     if missed:
         details["missed"] = missed
         console.print(f"[bold red]warning:[/] {missed}")
+    honesty = [warning for warning in (vacuous, unfit) if warning]
+    if chosen.get("steps_guided") == 0:
+        honesty.append(f"the chosen setting never guided a step on {chosen['n']} images: its cut is chance")
+    for warning in honesty:
+        console.print(f"[bold red]warning:[/] {warning}")
+    if honesty:
+        details["warnings"] = honesty
     details["cost_warnings"] = cost_warnings(chosen, plain)
     for warning in details["cost_warnings"]:
         console.print(f"[yellow]cost:[/] {warning}")
