@@ -4,30 +4,13 @@ API)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from cpsample.cli.main import app
+from helpers import checksums, cli
 
 SAMPLE = ["sample", "-n", "8", "--steps", "5", "--batch-size", "4"]
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(arg) for arg in args])
-    return result.exit_code, " ".join(result.output.split())
-
-
-def checksums(folder: Path) -> dict:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli as run_cli
 from safetensors.torch import load_file
-from typer.testing import CliRunner
-
-from cpsample.cli.main import app
 
 SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
 TRAIN = [
@@ -40,10 +38,7 @@ MIA = ["attack", "mia", "--guard", "cpsample", "--attack", "loss", "--t", "100",
 
 
 def cli(*args):
-    result = CliRunner().invoke(app, [str(arg) for arg in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a traceback: the test shows it
-    return result.exit_code, " ".join(result.output.split())
+    return run_cli(*args, traceback_fails=True)  # a traceback: the test shows it
 
 
 def one_line_error(code, output, *words):

@@ -8,18 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import cli
 
-from cpsample.cli.main import app
 from cpsample.models.bundle import resolve_model_dir
 
 # 3 denoising steps give blurs, never near-copies: a model that "copies 0%" for these tests
 BLUR = ["--steps", "3"]
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(arg) for arg in args])
-    return result.exit_code, " ".join(result.output.split())
 
 
 @pytest.fixture()

@@ -3,20 +3,16 @@ run on the bundled model or a tiny denoiser trained here in seconds."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import checksums, cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
-
-from cpsample.cli.main import app
 
 SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
 GUARDED = [*SAMPLE, "--guard", "cpsample", "--alpha", "0.5"]  # alpha 0.5: the guard acts at every step
@@ -35,11 +31,6 @@ TRAIN = [
     "--save-every",
     "2",
 ]
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(arg) for arg in args])
-    return result.exit_code, " ".join(result.output.split())
 
 
 def images(folder):
@@ -406,18 +397,6 @@ def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
 
 
 # --- issue 32: never destroy a user's work --------------------------------------------------------------------------
-
-
-def checksums(*folders):
-    """sha256 of every file under each folder (and the file list): equal before and after means untouched."""
-    sums = {}
-    for folder in folders:
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                sums[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                sums[str(path)] = "folder"
-    return sums
 
 
 CLASSIFIER = ["train-classifier", "--steps", "2", "--relabel-after", "1", "--batch-size", "4", "--channels", "8,16"]
