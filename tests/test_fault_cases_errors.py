@@ -13,25 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SAMPLE, TRAIN
 from helpers import cli as run_cli
 from safetensors.torch import load_file
 
-SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
-TRAIN = [
-    "train-denoiser",
-    "--data",
-    "mnist",
-    "--subset",
-    "16",
-    "--steps",
-    "4",
-    "--batch-size",
-    "4",
-    "--channels",
-    "8,16",
-    "--save-every",
-    "2",
-]
 EVALUATE = ["evaluate", "--permutation-rounds", "10", "--quality-net", "none"]
 SAMPLE_NN = ["attack", "sample-nn", "--members", "8"]
 MIA = ["attack", "mia", "--guard", "cpsample", "--attack", "loss", "--t", "100", "--members", "4", "--draws", "1"]

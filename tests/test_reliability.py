@@ -10,27 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import checksums, cli
+from helpers import SAMPLE, TRAIN, checksums, cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
 GUARDED = [*SAMPLE, "--guard", "cpsample", "--alpha", "0.5"]  # alpha 0.5: the guard acts at every step
-TRAIN = [
-    "train-denoiser",
-    "--data",
-    "mnist",
-    "--subset",
-    "16",
-    "--steps",
-    "4",
-    "--batch-size",
-    "4",
-    "--channels",
-    "8,16",
-    "--save-every",
-    "2",
-]
 
 
 def images(folder):
