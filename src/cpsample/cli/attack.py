@@ -201,9 +201,10 @@ def sample_nn_command(
     yardstick's feature space. Reads only samples.npz files, so it scores any defence's output without sampling
     again."""
     from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
+    from cpsample.cli.evaluate import sample_paths
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "attack sample-nn", overwrite, inputs=(*(samples or []), model, features))
+    prepare_out(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features))
     seed_everything(seed)
     sets = read_sample_sets(samples)
     results = run_sample_attack(
@@ -284,13 +285,11 @@ def sample_table(results: dict) -> Table:
 def read_sample_sets(specs: list[str]) -> dict:
     """['plain=a/samples.npz', 'b/samples.npz', ...] -> {name: images}. A file's name defaults to its folder's name; an
     .npz without an 'images' array but with several image arrays (the demo's samples.npz) gives one set per array."""
-    from cpsample.cli.evaluate import check_samples_path, load_samples
+    from cpsample.cli.evaluate import check_samples_path, load_samples, split_sample_spec
 
     sets = {}
     for spec in specs:
-        name, separator, path = spec.partition("=")
-        if not separator:
-            name, path = "", spec
+        name, path = split_sample_spec(spec)
         path = check_samples_path(Path(path), f"--samples {spec}")
         found = _named_arrays(path) or {"": load_samples(path).images}
         for key, images in found.items():

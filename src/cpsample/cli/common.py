@@ -368,9 +368,8 @@ def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool =
     training command's own model, replaced with --overwrite or continued with --resume); a folder holding anything
     but this command's own resumable run, unless --overwrite; a folder holding one of the command's `inputs` (paths;
     names such as 'bundled' are skipped); with --overwrite, a folder cpsample did not make holding files of the
-    command's output names. With
-    --overwrite the outputs of the run the folder holds are cleared once the lock is held. Sampling commands resume
-    their own unfinished run (batches/) without it."""
+    command's output names. With --overwrite the outputs of the run the folder holds are cleared once the lock is
+    held. Sampling commands resume their own unfinished run (batches/) without it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a folder")
@@ -415,12 +414,13 @@ def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool =
 
 
 def check_inputs_outside(out: Path, inputs) -> None:
-    """An input inside --out would be overwritten or cleared by the run that reads it: refused before anything."""
+    """An input inside --out would be overwritten or cleared by the run that reads it: refused before anything.
+    inputs: paths, or names such as 'bundled' (skipped like any path that is not there)."""
     resolved = Path(out).resolve()
     for value in inputs:
         if value is None:
             continue
-        path = Path(str(value).partition("=")[2] if "=" in str(value) and not Path(str(value)).exists() else value)
+        path = Path(value)
         if not path.exists():
             continue  # a bundled name, or a path the command itself will report as missing
         where = path.resolve()
@@ -445,7 +445,7 @@ def made_by_cpsample(folder: Path) -> bool:
 def _contents(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return sorted(path.name for path in folder.iterdir() if path.name not in (LOCK_FILE, OUT_MARKER))
+    return sorted(path.name for path in folder.iterdir() if path.name not in RUN_BOOKKEEPING)
 
 
 def _resumable(out: Path, command: str, contents: list[str]) -> bool:

@@ -73,7 +73,7 @@ def evaluate_command(
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "evaluate", overwrite, inputs=(*(samples or []), model, features, quality_net, inception))
+    prepare_out(out, "evaluate", overwrite, inputs=(*sample_paths(samples), model, features, quality_net, inception))
     seed_everything(seed)
     named = parse_named_paths(samples)
     sets = {name: load_samples(path) for name, path in named.items()}
@@ -201,14 +201,25 @@ def train_feature_net_command(
     )
 
 
+def sample_paths(specs: list[str] | None) -> list[str]:
+    """The paths of --samples specs (what prepare_out must keep outside --out)."""
+    return [split_sample_spec(spec)[1] for spec in specs or []]
+
+
+def split_sample_spec(spec: str) -> tuple[str, str]:
+    """'plain=a/samples.npz' -> ('plain', 'a/samples.npz'); a bare path has no name ('')."""
+    name, separator, path = spec.partition("=")
+    return (name, path) if separator else ("", spec)
+
+
 def parse_named_paths(values: list[str]) -> dict[str, Path]:
     """['plain=a/samples.npz', ...] -> {'plain': Path(...)}; names must be unique and files must exist."""
     if not values:
         raise ValueError("give at least one --samples name=path/samples.npz")
     named = {}
     for value in values:
-        name, separator, path = value.partition("=")
-        if not separator or not name or not path:
+        name, path = split_sample_spec(value)
+        if not name or not path:
             raise ValueError(f"--samples expects name=path, got {value!r}")
         if name in named:
             raise ValueError(f"--samples name {name!r} given twice")

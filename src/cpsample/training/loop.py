@@ -333,7 +333,7 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> 
     if overwrite:
         shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
         return
-    if out_dir.exists() and any(path.name not in RUN_BOOKKEEPING for path in out_dir.iterdir()):
+    if _entries(out_dir):
         what = "a training run" if has_state else "other files"
         raise FileExistsError(
             f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
