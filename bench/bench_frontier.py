@@ -221,7 +221,8 @@ def mia_aucs(args, options: dict) -> dict:
     """White box: loss-attack and PIA AUC against the denoiser as the method deploys it (CPSample with its check
     window)."""
     from cpsample.attacks import run_mia
-    from cpsample.sampling.guards import GuardContext, build_guard
+    from cpsample.sampling.guards import GuardContext
+    from cpsample.sampling.spec import build_guard
 
     guard = "none"
     if options["guard"] != "none":

@@ -20,9 +20,10 @@ from bench_methods import Judge
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import write_record
-from cpsample.sampling.guards import GuardContext, build_guard
+from cpsample.sampling.guards import GuardContext
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP, CPSampleGuard
 from cpsample.sampling.pipeline import generate
+from cpsample.sampling.spec import build_guard
 
 WINDOWS = ((0, 1000), (0, 100), (100, 200), (200, 300), (300, 1000))
 

@@ -7,14 +7,13 @@ Rerun it after adding or changing a command or option; the text between the tabl
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 import typer
 
 from cpsample.cli.main import app
 from cpsample.sampling.guards import GUARDS
-from cpsample.sampling.guards.cpsample import UNCALIBRATED
+from cpsample.sampling.guards import option_rows as guard_option_rows
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
@@ -113,19 +112,13 @@ def commands(group, prefix=()):
 
 
 def guard_rows() -> list[str]:
+    """The built-in guards' options (plugins installed here are left out: the docs describe the package)."""
     rows = ["| guard | option | default | meaning |", "|---|---|---|---|"]
-    for name, guard_class in GUARDS.items():
-        options = fields(guard_class.Options)
-        if not options:
-            first = (guard_class.__doc__ or "").strip().splitlines()
-            rows.append(f"| `{name}` | - | | {cell(first[0] if first else '')} |")
-        for item in options:
-            default = "" if item.default is MISSING else item.default
-            calibrated = default is None and name == "cpsample" and item.name in UNCALIBRATED
-            rows.append(
-                f"| `{name}` | `{item.name}` | {'calibrated' if calibrated else cell(default)} | "
-                f"{cell(item.metadata.get('help', ''))} |"
-            )
+    for name, option, default, meaning in guard_option_rows(GUARDS):
+        if option == "-":  # a guard without options
+            rows.append(f"| `{name}` | - | | {cell(meaning)} |")
+        else:
+            rows.append(f"| `{name}` | `{option}` | {cell(default)} | {cell(meaning)} |")
     return rows
 
 

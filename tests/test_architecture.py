@@ -51,3 +51,71 @@ def test_the_layer_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from cpsample.training.loop import Trainer\n")
     assert cpsample_imports(source) == {"training"}
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a dotted cpsample module name (a package's __init__.py), or None for a name that is no module."""
+    base = PACKAGE.parent.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The cpsample files a file imports, at module level or inside functions: `from cpsample.a import b` names
+    the submodule a/b.py where there is one, else a's own file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cpsample"):
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            found |= {module_file(name) or module_file(node.module) for name in names}
+        elif isinstance(node, ast.Import):
+            found |= {module_file(alias.name) for alias in node.names if alias.name.startswith("cpsample")}
+    return {file for file in found if file is not None and file != path}
+
+
+def import_cycles() -> list[list[str]]:
+    """Every loop of imports between files (Tarjan's strongly connected components of more than one file)."""
+    graph = {path: imported_files(path) for path in PACKAGE.rglob("*.py")}
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(str(member.relative_to(PACKAGE)))
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_files_import_each_other():
+    assert import_cycles() == [], "files that import each other (directly or round a loop)"
+
+
+def test_the_cycle_check_finds_a_loop(tmp_path, monkeypatch):
+    package = tmp_path / "cpsample"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from cpsample.b import g\n")
+    (package / "b.py").write_text("from cpsample import a\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", package)
+    assert import_cycles() == [["a.py", "b.py"]]

@@ -13,8 +13,8 @@ from scipy.stats import fisher_exact
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models import Classifier, DiffusionModel
-from cpsample.sampling.guards.cpsample import read_calibration
 from cpsample.sampling.pipeline import generate
+from cpsample.sampling.spec import read_calibration
 
 FRESH_SEED = 12345
 

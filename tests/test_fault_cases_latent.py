@@ -24,10 +24,10 @@ from cpsample.cli.main import app as main_app  # noqa: E402
 from cpsample.data.split import images_digest  # noqa: E402
 from cpsample.sampling.latent import (
     build_tiny_sd_pipeline,
-    check_latent_pairing,
     load_private_images,  # noqa: E402
     load_sd_pipeline,
 )
+from cpsample.sampling.latent_pairing import check_latent_pairing  # noqa: E402
 
 IMAGE = 32
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from cpsample.sampling.guards.cpsample import CPSampleGuard, CPSampleOptions, cpsample_settings
+from cpsample.sampling.guards.cpsample import CPSampleGuard, CPSampleOptions
+from cpsample.sampling.spec import cpsample_settings
 
 SHAPE = (1, 4, 4)
 
@@ -328,7 +329,8 @@ def test_an_uncalibrated_classifier_says_once_which_defaults_it_uses(tmp_path, c
 
 
 def test_settings_given_win_and_a_calibrated_window_belongs_to_its_alpha(tmp_path):
-    from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
+    from cpsample.sampling.guards.cpsample import UNCALIBRATED
+    from cpsample.sampling.spec import write_calibration
 
     write_calibration(tmp_path, {"alpha": 0.2, "scale": 12.0, "tau": 0.05, "max_t": 400}, {})
     assert cpsample_settings(tmp_path) == {"alpha": 0.2, "scale": 12.0, "tau": 0.05, "max_t": 400}

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from cpsample.cli.main import app
 from cpsample.models.bundle import resolve_model_dir
-from cpsample.sampling.guards import GUARDS, Guard, GuardContext, GuardOptions, build_guard, guard_options
+from cpsample.sampling.guards import GUARDS, Guard, GuardContext, GuardOptions
 from cpsample.sampling.guards.base import option
-from cpsample.sampling.guards.cpsample import _screens_fast, read_calibration
+from cpsample.sampling.guards.cpsample import _screens_fast
 from cpsample.sampling.pipeline import generate
+from cpsample.sampling.spec import build_guard, guard_options, read_calibration
 
 GUARD_FLAGS = ("alpha", "scale", "tau", "amg_threshold", "amg_scale", "option")
 

@@ -21,11 +21,11 @@ from cpsample.sampling.latent import (
     check_latent_classifier,  # noqa: E402
     load_private_images,
     load_sd_pipeline,
-    member_latents,  # noqa: E402
     per_prompt_similarity,
     read_prompts,
     sample_sd,
 )
+from cpsample.sampling.latent_pairing import member_latents  # noqa: E402
 from cpsample.training.latent_classifier import train_latent_classifier  # noqa: E402
 from cpsample.training.loop import TrainConfig  # noqa: E402
 
@@ -320,7 +320,7 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
     import shutil
 
     from cpsample.cli.conditional import register
-    from cpsample.sampling.guards.cpsample import write_calibration
+    from cpsample.sampling.spec import write_calibration
 
     app = typer.Typer()
     register(app)

@@ -11,10 +11,11 @@ from cpsample.cli.main import app
 from cpsample.models import Classifier, DiffusionModel
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import load_classifier
-from cpsample.sampling.guards import GuardContext, build_guard, guard_options
+from cpsample.sampling.guards import GuardContext
 from cpsample.sampling.guards.cpsample import CPSampleGuard
 from cpsample.sampling.guards.staged import SELECTIVE_PART, StagedCPSampleGuard
 from cpsample.sampling.pipeline import generate
+from cpsample.sampling.spec import build_guard, guard_options
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,7 @@ def _classifier_with_calibration(tmp_path, two_stage: dict | None):
     """A copy of the bundled classifier whose calibration.json chose one stage, plus two stages when given."""
     import shutil
 
-    from cpsample.sampling.guards.cpsample import write_calibration
+    from cpsample.sampling.spec import write_calibration
 
     folder = tmp_path / "clf"
     shutil.copytree(resolve_model_dir("bundled", "classifier"), folder)

@@ -585,7 +585,7 @@ def test_calibration_travels_with_the_classifier(tmp_path):
 
 
 def test_the_bundled_classifier_ships_its_calibration(bundled_dirs, capsys):
-    from cpsample.sampling.guards.cpsample import cpsample_settings, read_calibration
+    from cpsample.sampling.spec import cpsample_settings, read_calibration
 
     _, classifier_dir = bundled_dirs
     shipped = read_calibration(classifier_dir)

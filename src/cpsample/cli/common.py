@@ -83,56 +83,6 @@ GuardOption = Annotated[
 ]
 
 
-def parse_guard_options(guard: str, items: list[str] | None, **flags) -> dict:
-    """--option NAME=VALUE strings typed by the guard's own declaration, merged with the dedicated flags (None: unset).
-
-    The values are validated when the guard is built; a name the guard does not have is refused there."""
-    import typing
-
-    from cpsample.sampling.guards import guard_class
-
-    options_class = guard_class(guard).Options
-    types = typing.get_type_hints(options_class)
-    parsed = {}
-    for item in items or []:
-        name, separator, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not separator or not name:
-            raise ValueError(f"--option {item!r}: write it as NAME=VALUE, e.g. --option alpha=0.1")
-        if name not in types:
-            known = ", ".join(options_class.names()) or "none"
-            raise ValueError(f"guard {guard!r} has no option {name} (its options: {known})")
-        parsed[name] = _typed(name, text.strip(), types[name])
-    given = {name: value for name, value in flags.items() if value is not None}
-    both = sorted(set(given) & set(parsed))
-    if both:
-        raise ValueError(f"{', '.join(both)} given both as a flag and as --option; give it once")
-    return {**given, **parsed}
-
-
-def _typed(name: str, text: str, declared):
-    """'0.1' -> 0.1 for a float option, 'true' -> True for a bool one, 'none' -> None where None is allowed."""
-    import types
-    import typing
-
-    choices = (
-        typing.get_args(declared)
-        if isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union
-        else (declared,)
-    )
-    if text.lower() == "none" and type(None) in choices:
-        return None
-    kind = next(choice for choice in choices if choice is not type(None))
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"--option {name}={text}: expected {kind.__name__}") from None
-
-
 def check_device_option(device: str) -> None:
     """--device checked before anything is written: a torch device that can hold a model (not 'meta')."""
     from cpsample.sampling.pipeline import check_device

@@ -46,7 +46,6 @@ from cpsample.cli.common import (
     console,
     fail,
     guard_stats,
-    parse_guard_options,
     parse_widths,
     prepare_out,
     prepare_training,
@@ -170,6 +169,7 @@ def sample_conditional_command(
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
     from cpsample.sampling.outputs import save_private, save_samples, save_trace
+    from cpsample.sampling.spec import parse_option_strings
 
     prepare_out(out, "sample-conditional", overwrite, inputs=(model, classifier, feature_net))
     check_device_option(device)
@@ -180,7 +180,7 @@ def sample_conditional_command(
     wanted = parse_classes(classes, info)
     check_sample_count(n * len(wanted), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
     labels = np.repeat(wanted, n)
-    guard_options = parse_guard_options(guard, option, alpha=alpha, scale=scale, tau=tau)
+    guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     settings = {
         "model": model,
         "classes": wanted,
@@ -409,12 +409,12 @@ def sample_sd_command(
     from cpsample.sampling.latent import (
         PromptEntry,
         build_latent_guard,
-        check_latent_pairing,
         latent_shape,
         load_private_images,
         load_sd_pipeline,
         read_prompts,
     )
+    from cpsample.sampling.latent_pairing import check_latent_pairing
     from cpsample.sampling.outputs import save_private
 
     entries = [PromptEntry(text, "prompt") for text in (prompt or [])] + (

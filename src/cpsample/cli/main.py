@@ -28,7 +28,6 @@ from cpsample.cli.common import (
     check_device_option,
     console,
     guard_stats,
-    parse_guard_options,
     parse_widths,
     prepare_out,
     prepare_training,
@@ -246,11 +245,12 @@ def sample_command(
     from cpsample.provenance import write_record
     from cpsample.sampling.outputs import save_samples, save_trace
     from cpsample.sampling.pipeline import generate
+    from cpsample.sampling.spec import parse_option_strings
 
     prepare_out(out, "sample", overwrite, inputs=(model, classifier))
     check_device_option(device)
 
-    guard_options = parse_guard_options(
+    guard_options = parse_option_strings(
         guard, option, alpha=alpha, scale=scale, tau=tau, threshold=amg_threshold, sim_scale=amg_scale
     )
     settings = {
@@ -285,25 +285,13 @@ def sample_command(
 @run_safely
 def guards_command():
     """List the guidance strategies and every option each one takes, with its default (set them with --option)."""
-    from dataclasses import MISSING, fields
-
-    from cpsample.sampling.guards import GUARDS
-    from cpsample.sampling.guards.cpsample import UNCALIBRATED
+    from cpsample.sampling.guards import available_guards, option_rows
 
     table = Table(title="guards (cpsample sample --guard NAME --option OPTION=VALUE)")
     for column in ("guard", "option", "default", "meaning"):
         table.add_column(column)
-    for name, guard_class in GUARDS.items():
-        options = fields(guard_class.Options)
-        if not options:
-            table.add_row(
-                name, "-", "", (guard_class.__doc__ or "").strip().splitlines()[0] if guard_class.__doc__ else ""
-            )
-        for item in options:
-            default = "" if item.default is MISSING else item.default
-            calibrated = default is None and name == "cpsample" and item.name in UNCALIBRATED
-            shown = "calibrated" if calibrated else str(default)
-            table.add_row(name, item.name, shown, item.metadata.get("help", ""))
+    for row in option_rows(available_guards()):
+        table.add_row(*row)
     console.print(table)
 
 

@@ -233,8 +233,9 @@ def calibrate_command(
     from cpsample.evaluation.honesty import unfit_classifier, vacuous_baseline
     from cpsample.models.bundle import BUNDLED, is_bundled, resolve_model_dir
     from cpsample.provenance import write_record
-    from cpsample.sampling.guards.cpsample import UNCALIBRATED, write_calibration
+    from cpsample.sampling.guards.cpsample import UNCALIBRATED
     from cpsample.sampling.latent import read_prompts
+    from cpsample.sampling.spec import write_calibration
     from cpsample.training.latent_classifier import pipeline_of
     from cpsample.workflows.calibrate import (
         CLOSE_FD,

@@ -15,7 +15,7 @@ import torch
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import ClassInfo, read_class_info
-from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
+from cpsample.sampling.guards import Guard, GuardContext
 from cpsample.sampling.guards.base import move_network
 from cpsample.sampling.pipeline import check_device, check_guard_fits
 from cpsample.sampling.sampler import (
@@ -27,6 +27,7 @@ from cpsample.sampling.sampler import (
     sample,
     sampling_key,
 )
+from cpsample.sampling.spec import resolve_guard
 
 DEFAULT_CFG_SCALE = 3.0
 

@@ -22,17 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
-from cpsample.data.split import images_digest
 from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
 from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
 from cpsample.sampling.guards.base import CFGPrediction
+from cpsample.sampling.latent_pairing import check_latent_pairing
 from cpsample.sampling.pipeline import check_same_schedule, check_scheduler
 from cpsample.sampling.protect import protection_of
-from cpsample.sampling.sampler import DTYPES, sample_batch, weights_digest, without_x0_clipping
+from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
 
 SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
 DEFAULT_SD_CFG_SCALE = 7.5
@@ -242,8 +241,9 @@ def build_latent_guard(
 ) -> CPSampleGuard:
     """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule.
 
-    Knobs left as None come from the classifier's calibration (see `cpsample_settings`)."""
-    from cpsample.sampling.guards import GuardContext, build_guard
+    Knobs left as None come from the classifier's calibration (see `GuardSpec`)."""
+    from cpsample.sampling.guards import GuardContext
+    from cpsample.sampling.spec import build_guard
 
     check_latent_pairing(classifier_dir, pipe)
     guard = build_guard(
@@ -276,135 +276,6 @@ def check_latent_classifier(classifier, pipe, height: int | None = None, width: 
         raise ValueError(
             f"the classifier was trained on {size}x{size} latents but these are {h}x{w}; sample at "
             f"{size * pipe.vae_scale_factor}x{size * pipe.vae_scale_factor} pixels (--height/--width)"
-        )
-
-
-# --- which VAE and which private images a latent classifier belongs to ---------------------------------------
-
-LATENT_COMMAND = "train-latent-classifier"
-
-
-def latent_record(classifier_dir: str | Path) -> dict | None:
-    """The settings train-latent-classifier recorded in the folder's cpsample.json; None for any other folder."""
-    record = Path(classifier_dir) / "cpsample.json"
-    try:
-        content = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(content, dict) or content.get("command") != LATENT_COMMAND:
-        return None
-    settings = content.get("settings")
-    return settings if isinstance(settings, dict) else {}
-
-
-def vae_digests(vae) -> dict[str, str]:
-    """sha256 of the VAE's weights as each sampling dtype holds them (a half-precision copy has its own digest)."""
-    return {name: weights_digest(vae, dtype) for name, dtype in DTYPES.items()}
-
-
-def pipeline_name(pipe) -> str:
-    return str(getattr(pipe, "name_or_path", None) or "this pipeline")
-
-
-def check_latent_pairing(classifier_dir: str | Path, pipe, private: ImageSet | None = None) -> None:
-    """The one check of every entry point pairing a latent classifier with a pipeline (sample-sd, calibrate,
-    protect): the pipeline's VAE must be the one the classifier was trained on (else its guard judges latents it
-    never saw, and fires on every step), and the private images measured against (when given) must be its own.
-
-    Folders trained before the digests were recorded are checked on what they record: the VAE's scaling factor
-    and the image names. Folders of other commands (pixel classifiers) are not latent classifiers: nothing to check."""
-    settings = latent_record(classifier_dir)
-    if settings is None:
-        return
-    trained_for = settings.get("pipeline") or "another pipeline"
-    here = pipeline_name(pipe)
-    retrain = (
-        f"train a classifier for this pipeline: `cpsample train-latent-classifier --pipeline {here} --images PRIVATE`"
-    )
-    digests = settings.get("vae_digest") or {}
-    dtype = next((name for name, value in DTYPES.items() if value == pipe.vae.dtype), None)
-    if dtype in digests and weights_digest(pipe.vae) != digests[dtype]:
-        raise ValueError(
-            f"{classifier_dir} was trained on the latents of another VAE (that of {trained_for}, sha256 "
-            f"{digests[dtype][:12]}) than {here}'s (sha256 {weights_digest(pipe.vae)[:12]}): its guard "
-            f"would misjudge every latent; use the pipeline it was trained for, or {retrain}"
-        )
-    scaling = settings.get("scaling_factor")
-    if scaling is not None and scaling != pipe.vae.config.scaling_factor:
-        raise ValueError(
-            f"{classifier_dir} was trained on latents scaled by {scaling} (the VAE of {trained_for}), "
-            f"but {here}'s VAE scales by {pipe.vae.config.scaling_factor}; {retrain}"
-        )
-    if private is not None:
-        check_private_images(classifier_dir, settings, private)
-        if dtype not in digests:  # no digest recorded (an older folder): what does this VAE make of a private image?
-            check_stored_latent(classifier_dir, pipe, private, f"{retrain}, or restore the image")
-
-
-# The members' VAE latents a latent classifier was trained on, saved beside it (train-latent-classifier).
-LATENTS_FILE = "latents.safetensors"
-
-
-@torch.no_grad()
-def encode_latents(pipe, images: ImageSet, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
-    """Scaled VAE latents (N, 4, h, w) of images in [-1, 1]; the posterior mean, so the targets are fixed."""
-    vae, device = pipe.vae, pipe.device
-    pixels = images.tensor()
-    chunks = []
-    for start in tqdm(
-        range(0, len(pixels), batch_size), desc="encoding private images", disable=not progress, leave=False
-    ):
-        batch = pixels[start : start + batch_size].to(device=device, dtype=vae.dtype)
-        chunks.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
-    return torch.cat(chunks)
-
-
-def member_latents(classifier_dir: str | Path) -> np.ndarray:
-    return load_file(str(Path(classifier_dir) / LATENTS_FILE))["latents"].numpy()
-
-
-def check_stored_latent(classifier_dir: str | Path, pipe, private: ImageSet, fix: str) -> None:
-    """The latent the classifier was trained on for the first private image must be what this VAE encodes it to."""
-    if not len(private) or not (Path(classifier_dir) / LATENTS_FILE).is_file():
-        return
-    stored = torch.from_numpy(member_latents(classifier_dir)[:1])
-    encoded = encode_latents(pipe, private.take([0]), progress=False)
-    if stored.shape != encoded.shape or float((encoded - stored).norm() / stored.norm().clamp_min(1e-12)) > 0.05:
-        raise ValueError(
-            f"{classifier_dir} was trained on other latents of {private.names[0]} than "
-            f"{pipeline_name(pipe)}'s VAE makes of it: it was trained on another VAE (or the image "
-            f"changed); {fix}"
-        )
-
-
-def check_private_images(classifier_dir: str | Path, settings: dict, private: ImageSet) -> None:
-    """The images similarity is measured against must be those the classifier was trained on, unchanged."""
-    trained_on = settings.get("images") or "its image folder"
-    retrain = (
-        f"retrain the classifier on these images with `cpsample train-latent-classifier --images {private.source}`"
-    )
-    same_folder = settings.get("images") and Path(private.source).resolve() == Path(settings["images"]).resolve()
-    fix = (
-        f"restore them as they were, or {retrain}"
-        if same_folder
-        else f"pass --private with the images it was trained on ({trained_on}), or {retrain}"
-    )
-    recorded = settings.get("images_digest")
-    names = settings.get("image_names")
-    if recorded:
-        found = images_digest(private.images)
-        if found != recorded:
-            count = f"{len(names)} images" if isinstance(names, list) else "images"
-            raise ValueError(
-                f"the private images in {private.source} ({len(private)} images, sha256 {found[:12]}) "
-                f"are not those {classifier_dir} was trained on ({count} of {trained_on}, sha256 "
-                f"{recorded[:12]}): near-copies would be counted against the wrong images; {fix}"
-            )
-    elif isinstance(names, list) and list(names) != list(private.names):
-        raise ValueError(
-            f"the private images in {private.source} ({len(private)} images) are not those "
-            f"{classifier_dir} was trained on ({len(names)} images of {trained_on}, by their names): "
-            f"near-copies would be counted against the wrong images; {fix}"
         )
 
 

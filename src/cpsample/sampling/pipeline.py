@@ -9,7 +9,7 @@ import torch
 from cpsample.data import Split
 from cpsample.models import load_noise_schedule
 from cpsample.models.pretrained import Classifier, DiffusionModel
-from cpsample.sampling.guards import Guard, GuardContext, resolve_guard
+from cpsample.sampling.guards import Guard, GuardContext
 from cpsample.sampling.guards.base import move_network
 from cpsample.sampling.sampler import (
     DTYPES,
@@ -21,6 +21,7 @@ from cpsample.sampling.sampler import (
     sampling_key,
     unet_denoiser,
 )
+from cpsample.sampling.spec import resolve_guard
 
 
 def check_device(device: str) -> None:

@@ -20,19 +20,20 @@ import torch
 
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import Classifier
-from cpsample.sampling.guards import CPSampleGuard, GuardContext, StagedCPSampleGuard, build_guard
+from cpsample.sampling.guards import Guard, GuardContext
 from cpsample.sampling.guards.base import run_noise_levels
 from cpsample.sampling.pipeline import check_guard_fits, check_scheduler, model_folder_of
+from cpsample.sampling.spec import GuardSpec
 
 HOOK_ATTRIBUTE = "_cpsample_protection"
-READY_GUARDS = (CPSampleGuard, StagedCPSampleGuard)  # what protect() takes in place of a classifier
 
 
 class Protection:
     """The hook object: holds the guard (its `trace` records p1 and fired per UNet call of the latest run)."""
 
-    def __init__(self, pipe, guard: CPSampleGuard | StagedCPSampleGuard):
+    def __init__(self, pipe, guard: Guard):
         self.pipe, self.guard = pipe, guard
+        self.placed = (pipe.unet.device, pipe.unet.dtype)  # where protect() put the guard's networks
         self.handle = None
         self._last_t: int | None = None
         self._step = -1
@@ -77,24 +78,25 @@ class Protection:
         self._step = -1
 
     def _follow(self, x_t: torch.Tensor) -> None:
-        """Keep the classifier on the UNet's device and dtype (the pipeline may have moved since protect())."""
-        first = getattr(self.guard, "guards", [self.guard])[0]  # (both stages move together)
-        parameter = next(first.classifier.parameters())
-        if parameter.device != x_t.device or parameter.dtype != x_t.dtype:
+        """Keep the guard's networks on the UNet's device and dtype (the pipeline may have moved since protect())."""
+        if self.placed != (x_t.device, x_t.dtype):
             self.guard.to(x_t.device, x_t.dtype)
+            self.placed = (x_t.device, x_t.dtype)
 
 
 def protect(
     pipe,
-    classifier: str | Path | Classifier | TimeClassifier | CPSampleGuard | StagedCPSampleGuard = "bundled",
+    classifier: str | Path | Classifier | TimeClassifier | Guard = "bundled",
+    guard: "str | GuardSpec" = "cpsample",
     **options,
 ):
-    """Make `pipe` sample with CPSample; returns the same pipeline (its UNet now carries the guard).
+    """Make `pipe` sample with CPSample (or another guard); returns the same pipeline (its UNet now carries it).
 
-    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready CPSample guard (one
-    or two stages). options: CPSample's (alpha, scale, tau, max_t, one_stage, ...; `cpsample guards`); with none
-    given, the classifier folder's calibration.json decides (one or two stages), as for `cpsample sample --guard
-    cpsample`."""
+    classifier: a classifier folder, "bundled", a loaded Classifier or TimeClassifier, or a ready guard. guard: the
+    guard's name (a plugin's too) or a GuardSpec; options: its options (CPSample's alpha, scale, tau, max_t,
+    one_stage, ...; `cpsample guards`); with none given, the classifier folder's calibration.json decides (one or two
+    stages), as for `cpsample sample --guard cpsample`. Only a guard whose change to eps depends on x_t and t alone
+    (its `correct`) can act inside the UNet."""
     if not (hasattr(pipe, "unet") and hasattr(pipe, "scheduler")):
         raise ValueError(
             f"protect() takes a diffusers pipeline (with .unet and .scheduler), got {type(pipe).__name__}; "
@@ -107,26 +109,40 @@ def protect(
         )
     unet = pipe.unet
     check_scheduler(pipe.scheduler, "this pipeline's scheduler predicts")
-    if isinstance(classifier, READY_GUARDS) and options:
+    ready = isinstance(classifier, Guard)
+    if ready and options:
         raise ValueError(f"options {', '.join(options)} apply to a classifier, not to a ready CPSample guard")
-    guard = (
-        classifier
-        if isinstance(classifier, READY_GUARDS)
-        else build_guard("cpsample", GuardContext(model=None, classifier=classifier), **options)
-    )
-    check_guard_fits(guard, unet, pipe.scheduler, model_folder_of(unet))
+    if ready:
+        built = classifier
+    else:
+        spec = guard if isinstance(guard, GuardSpec) else GuardSpec.create(guard, **options)
+        built = spec.build(GuardContext(model=None, classifier=classifier))
+    _check_acts_inside_the_unet(built)
+    check_guard_fits(built, unet, pipe.scheduler, model_folder_of(unet))
     if getattr(pipe, "vae", None) is not None:  # a latent pipeline: its VAE must be the one the classifier knows
-        from cpsample.sampling.latent import check_latent_pairing
+        from cpsample.sampling.latent_pairing import check_latent_pairing
 
-        for stage in getattr(guard, "guards", [guard]):
+        for stage in getattr(built, "guards", [built]):
             if getattr(stage, "folder", None) is not None:
                 check_latent_pairing(stage.folder, pipe)
     unprotect(pipe)
-    guard.to(unet.device, unet.dtype)
-    protection = Protection(pipe, guard)
+    built.to(unet.device, unet.dtype)
+    protection = Protection(pipe, built)
     protection.handle = unet.register_forward_hook(protection, with_kwargs=True)
     setattr(unet, HOOK_ATTRIBUTE, protection)
     return pipe
+
+
+def _check_acts_inside_the_unet(guard: Guard) -> None:
+    """A hook on the UNet sees each eps it makes, not the pipeline's mix: a guard that changes the mix (`combine`) or
+    needs the final eps (`adjust`) cannot act there."""
+    for stage in getattr(guard, "guards", [guard]):
+        kind = type(stage)
+        if kind.adjust is not Guard.adjust or kind.combine is not Guard.combine:
+            raise ValueError(
+                f"the {stage.name} guard changes the final eps or the CFG mix, which a hook inside the pipeline's "
+                "UNet cannot see; sample it with `cpsample sample --guard` instead of protect()"
+            )
 
 
 def unprotect(pipe):

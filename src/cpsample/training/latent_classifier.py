@@ -15,14 +15,8 @@ from safetensors.torch import save_file
 
 from cpsample.data import ImageSet, Split
 from cpsample.data.split import images_digest
-from cpsample.sampling.latent import (
-    LATENTS_FILE,
-    encode_latents,
-    latent_shape,
-    load_private_images,
-    load_sd_pipeline,
-    vae_digests,
-)
+from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
+from cpsample.sampling.latent_pairing import LATENTS_FILE, encode_latents, vae_digests
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
 

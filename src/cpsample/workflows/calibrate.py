@@ -36,10 +36,11 @@ from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import is_sd_pipeline
 from cpsample.models.pretrained import Classifier, DiffusionModel
-from cpsample.sampling.guards import GuardContext, build_guard
+from cpsample.sampling.guards import GuardContext
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.guards.staged import StagedCPSampleOptions
 from cpsample.sampling.pipeline import check_classifier_fits, check_same_schedule, generate
+from cpsample.sampling.spec import build_guard
 
 
 @dataclass
@@ -187,13 +188,13 @@ def _latent_runner(settings: GridSettings):
     `sample-sd` counts them."""
     from cpsample.sampling.latent import (
         check_latent_classifier,
-        check_latent_pairing,
         latent_shape,
         load_private_images,
         load_sd_pipeline,
         nearest_private,
         sample_sd_batches,
     )
+    from cpsample.sampling.latent_pairing import check_latent_pairing
     from cpsample.training.latent_classifier import private_images_of
 
     pipe = load_sd_pipeline(

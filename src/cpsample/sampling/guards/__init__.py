@@ -1,10 +1,15 @@
-"""Guidance strategies, selectable by name with --guard. A new strategy is one file plus one line in GUARDS.
+"""Guidance strategies, selectable by name with --guard. A new strategy is one file plus one line in GUARDS, or,
+from outside the package, one entry point in the `cpsample.guards` group (see docs/extending.md).
 
 Each guard class declares its options once (`Options`, a validated dataclass whose fields carry default and help);
-`build_guard(name, context, **options)` is the one way the library, the CLI, the demo and the bench build one.
+`GuardSpec` (sampling/spec.py) is the one way the library, the CLI, the demo and the bench choose and build one.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import MISSING, fields
+from importlib.metadata import entry_points
 
 from cpsample.sampling.guards.amg import AMGGuard
 from cpsample.sampling.guards.base import CFGPrediction, Guard, GuardContext, GuardOptions, NoGuard, guided_eps
@@ -24,38 +29,47 @@ GUARDS: dict[str, type[Guard]] = {
 }
 
 
+PLUGIN_GROUP = "cpsample.guards"  # entry points NAME = "module:GuardClass" of other installed packages
+
+
+def available_guards() -> dict[str, type[Guard]]:
+    """The built-in guards, then those other installed packages register in the `cpsample.guards` entry-point group
+    (a plugin may not take a built-in's name)."""
+    return {**_plugin_guards(), **GUARDS}
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_guards() -> dict[str, type[Guard]]:
+    found = {}
+    for entry in entry_points(group=PLUGIN_GROUP):
+        loaded = entry.load()
+        if not (isinstance(loaded, type) and issubclass(loaded, Guard)):
+            raise TypeError(f"entry point {entry.name} = {entry.value} ({PLUGIN_GROUP}) is not a Guard subclass")
+        found[entry.name] = loaded
+    return found
+
+
 def guard_class(name: str) -> type[Guard]:
-    if name not in GUARDS:
-        raise ValueError(f"unknown guard {name!r}; choose one of {', '.join(GUARDS)}")
-    return GUARDS[name]
+    guards = available_guards()
+    if name not in guards:
+        raise ValueError(f"unknown guard {name!r}; choose one of {', '.join(guards)}")
+    return guards[name]
 
 
-def guard_options(name: str, **values) -> GuardOptions:
-    """The named guard's validated options; None means "the default", an option the guard lacks is an error."""
-    options_class = guard_class(name).Options
-    given = {key: value for key, value in values.items() if value is not None}
-    unknown = sorted(set(given) - set(options_class.names()))
-    if unknown:
-        known = ", ".join(options_class.names()) or "none"
-        raise ValueError(f"guard {name!r} has no option {', '.join(unknown)} (its options: {known})")
-    return options_class(**given)
-
-
-def build_guard(name: str, context: GuardContext | None = None, **options) -> Guard:
-    """A guard by name: `build_guard("cpsample", GuardContext(classifier="bundled"), alpha=0.1)`."""
-    return guard_class(name).from_options(guard_options(name, **options), context or GuardContext())
-
-
-def resolve_guard(guard: str | Guard, context: GuardContext, **options) -> Guard:
-    """A ready Guard as it is, or a name built with its options; options given with a ready guard are an error."""
-    if isinstance(guard, str):
-        return build_guard(guard, context, **options)
-    given = [name for name, value in options.items() if value is not None]
-    if given:
-        raise ValueError(
-            f"options {', '.join(given)} apply to a guard given by name, not to a built {guard.name} guard"
-        )
-    return guard
+def option_rows(guards: dict[str, type[Guard]]) -> list[tuple[str, str, str, str]]:
+    """(guard, option, default, meaning) for every option of every guard, as `cpsample guards` and docs/cli.md show
+    them; a knob a calibration chooses shows "calibrated"."""
+    rows = []
+    for name, guard in guards.items():
+        options = fields(guard.Options)
+        if not options:
+            first = (guard.__doc__ or "").strip().splitlines()
+            rows.append((name, "-", "", first[0] if first else ""))
+        for item in options:
+            default = "" if item.default is MISSING else item.default
+            calibrated = default is None and item.name in guard.Options.calibrated
+            rows.append((name, item.name, "calibrated" if calibrated else str(default), item.metadata.get("help", "")))
+    return rows
 
 
 def describe_settings(settings: dict) -> str:
@@ -79,6 +93,7 @@ def _cap(settings: dict) -> str:
 
 __all__ = [
     "GUARDS",
+    "PLUGIN_GROUP",
     "AMGGuard",
     "CFGPrediction",
     "CPSampleGuard",
@@ -91,10 +106,9 @@ __all__ = [
     "NoGuard",
     "OppositeGuidanceGuard",
     "StagedCPSampleGuard",
-    "build_guard",
     "describe_settings",
+    "available_guards",
     "guard_class",
-    "guard_options",
+    "option_rows",
     "guided_eps",
-    "resolve_guard",
 ]

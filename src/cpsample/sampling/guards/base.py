@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +30,12 @@ class GuardOptions:
     """A guard's options as a validated config (the way diffusers guiders and scikit-learn estimators hold theirs).
 
     Subclasses declare fields with `option(default, help)` and refuse bad values in `check`; messages name an option
-    as its CLI flag (--max-t), as TrainConfig's do."""
+    as its CLI flag (--max-t), as TrainConfig's do. A guard whose knobs a calibration chooses names them in
+    `calibrated` (left as None, `GuardSpec` fills them from the classifier's calibration.json, else `uncalibrated`),
+    and in `variants` the calibration entries that name another guard to build instead (see sampling/spec.py)."""
+
+    calibrated: ClassVar[tuple[str, ...]] = ()
+    variants: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -45,6 +50,15 @@ class GuardOptions:
     @classmethod
     def names(cls) -> list[str]:
         return [item.name for item in fields(cls)]
+
+    @classmethod
+    def uncalibrated(cls, latent: bool) -> dict:
+        """The calibrated knobs' values where no calibration chose them (latent: for a latent-space classifier)."""
+        return {}
+
+    def knobs_given(self) -> bool:
+        """Whether anything but the defaults was asked for (a calibrated variant is then not used)."""
+        return any(getattr(self, item.name) != item.default for item in fields(self))
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,17 @@ gradient through the UNet instead (AMG's exact gradient, for fired samples only)
 pay on the bundled model.
 
 Its knobs travel with the classifier: `cpsample calibrate` writes them to calibration.json in the classifier's
-folder, and `cpsample_settings` reads them back for every command that guards with that classifier. Where the
-calibration chose two stages (`calibrate --early-classifier`, a "two_stage" entry), `--guard cpsample` with no knob
-given builds the two-stage guard (staged.py); `one_stage=true`, or any knob given, keeps the paper's rule.
+folder, and `GuardSpec` (sampling/spec.py, the one reader of that file) fills the knobs left out from it for every
+command that guards with that classifier. Where the calibration chose two stages (`calibrate --early-classifier`, a
+"two_stage" entry), `--guard cpsample` with no knob given builds the two-stage guard (staged.py); `one_stage=true`,
+or any knob given, keeps the paper's rule. This file is the push only: it reads and writes no file.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,13 +42,11 @@ from cpsample.sampling.guards.base import (
     unconditional_denoiser,
 )
 
-CALIBRATION_FILE = "calibration.json"
 # For a classifier nobody calibrated: the paper's LSUN Church setting (said once per classifier when used).
 UNCALIBRATED = {"alpha": 0.1, "scale": 10.0, "tau": 0.001, "max_t": None}
 # For a latent (Stable Diffusion) classifier nobody calibrated: the paper's Table 2 setting (section 4.2), whose scale
 # is measured in the VAE latents' units; the pixel setting above barely moves a latent.
 LATENT_UNCALIBRATED = {"alpha": 0.5, "scale": 2000.0, "tau": 0.001, "max_t": None}
-_told_uncalibrated: set[tuple] = set()
 CHECK_EVERY_STEP = 10**9  # a max_t above every timestep: the paper's rule, whatever a calibration says
 # The bfloat16 screen clears a sample when its smaller label probability is at least SCREEN_MARGIN * alpha. Its log p
 # stays within 0.27 of float32's while sampling the bundled model (log 2 = 0.69 of room), so the float32 check that
@@ -62,6 +59,9 @@ SCREEN_MARGIN = 2.0
 class CPSampleOptions(GuardOptions):
     """Each knob of UNCALIBRATED left as None comes from the classifier's calibration.json, else from UNCALIBRATED;
     max_push left as None is uncapped (a two-stage calibration carries its own cap)."""
+
+    calibrated = ("alpha", "scale", "tau", "max_t")
+    variants = {"two_stage": "cpsample-staged"}  # with no knob given, a calibration's two stages are the default
 
     alpha: float | None = option(None, "Guide a sample when p(y | x_t) > 1 - alpha for either label.")
     scale: float | None = option(None, "Guidance scale s of the push away from the confident label.")
@@ -132,9 +132,9 @@ class CPSampleOptions(GuardOptions):
         if self.jacobian and not self.denoised:
             raise ValueError("jacobian=true follows x0_hat's gradient through the UNet; it needs denoised=true")
 
-    def knobs_given(self) -> bool:
-        """Whether anything but the calibrated default was asked for (which is then the one-stage rule)."""
-        return any(getattr(self, item.name) != item.default for item in fields(self))
+    @classmethod
+    def uncalibrated(cls, latent: bool) -> dict:
+        return LATENT_UNCALIBRATED if latent else UNCALIBRATED
 
 
 class CPSampleGuard(Guard):
@@ -191,27 +191,21 @@ class CPSampleGuard(Guard):
 
     @classmethod
     def from_options(cls, options: CPSampleOptions, context: GuardContext) -> "Guard":
-        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier), knobs
-        resolved.
-
-        With no knob given and a calibration that chose two stages, the two-stage guard that calibration measured."""
+        """The classifier from context.classifier (a folder, "bundled", a Classifier or a TimeClassifier); the knobs
+        as resolved by `GuardSpec` (alpha, scale and tau given)."""
+        missing = [name for name in ("alpha", "scale", "tau") if getattr(options, name) is None]
+        if missing:
+            raise ValueError(f"CPSample's {', '.join(missing)} are unresolved: build the guard through GuardSpec")
         model, folder = load_guard_classifier(
             "bundled" if context.classifier is None else context.classifier, context.device
         )
-        staged = None if options.knobs_given() else two_stage_settings(folder)
-        if staged is not None:
-            from cpsample.sampling.guards.staged import StagedCPSampleGuard  # (it builds on this module)
-
-            loaded = replace(context, classifier=Classifier(model, folder))
-            guard = StagedCPSampleGuard.from_options(StagedCPSampleGuard.Options(**staged), loaded)
-            guard.calibration = str(Path(folder) / CALIBRATION_FILE)
-            for stage in guard.guards:  # their knobs are the calibration's "two_stage" entry
-                stage.calibration = f"{guard.calibration} (two_stage)"
-            return guard
         unet, denoiser = unconditional_denoiser(context_model(context)) if options.jacobian else (None, None)
-        guard = cls(
+        return cls(
             model,
-            **cpsample_settings(folder, options.alpha, options.scale, options.tau, options.max_t),
+            alpha=options.alpha,
+            scale=options.scale,
+            tau=options.tau,
+            max_t=options.max_t,
             min_t=options.min_t,
             adaptive=options.adaptive,
             denoised=options.denoised,
@@ -222,10 +216,6 @@ class CPSampleGuard(Guard):
             cap_x0=options.cap_x0,
             smooth_push=options.smooth_push,
         )
-        guard.calibration = calibration_source(
-            folder, {name: getattr(options, name) for name in ("alpha", "scale", "tau", "max_t")}
-        )
-        return guard
 
     def describe(self) -> dict:
         return {
@@ -425,164 +415,3 @@ def _minus_rows(eps: torch.Tensor, rows: torch.Tensor, change: torch.Tensor) -> 
     adjusted = eps.clone()
     adjusted[rows] = eps[rows] - change
     return adjusted
-
-
-def cpsample_settings(
-    classifier_dir: str | Path | None,
-    alpha: float | None = None,
-    scale: float | None = None,
-    tau: float | None = None,
-    max_t: int | None = None,
-) -> dict:
-    """The knobs to guard with: those given, the rest from the classifier's calibration.json, else UNCALIBRATED.
-
-    A calibrated max_t belongs to its alpha: with another alpha given, every step is checked (unless max_t is given).
-    """
-    calibrated = read_calibration(classifier_dir)
-    defaults = uncalibrated_settings(classifier_dir)
-    base = defaults if calibrated is None else {**defaults, **calibrated["settings"]}
-    missing = tuple(name for name, value in (("alpha", alpha), ("scale", scale), ("tau", tau)) if value is None)
-    if calibrated is None and missing and (str(classifier_dir), missing) not in _told_uncalibrated:
-        _told_uncalibrated.add((str(classifier_dir), missing))
-        kind = "the paper's latent-space setting" if defaults is LATENT_UNCALIBRATED else "the paper's default"
-        used = ", ".join(f"{name} {base[name]:g}" for name in missing)
-        print(
-            f"note: {classifier_dir} has no {CALIBRATION_FILE}; CPSample uses {used} ({kind}; not given). Run "
-            f"`cpsample calibrate --classifier {classifier_dir}` to choose them for this model.",
-            file=sys.stderr,
-        )
-    chosen = {
-        "alpha": base["alpha"] if alpha is None else alpha,
-        "scale": base["scale"] if scale is None else scale,
-        "tau": base["tau"] if tau is None else tau,
-    }
-    same_alpha = alpha is None or alpha == base["alpha"]
-    chosen["max_t"] = max_t if max_t is not None else (base.get("max_t") if same_alpha else None)
-    return chosen
-
-
-def is_latent_classifier(classifier_dir: str | Path | None) -> bool:
-    """Trained by `train-latent-classifier` on a Stable Diffusion pipeline's VAE latents (its cpsample.json says
-    so)."""
-    from cpsample.provenance import recorded_command
-
-    return classifier_dir is not None and recorded_command(classifier_dir) == "train-latent-classifier"
-
-
-def uncalibrated_settings(classifier_dir: str | Path | None) -> dict:
-    """The knobs a classifier without calibration.json gets: the paper's latent-space setting for a latent classifier,
-    else its pixel-space default."""
-    return LATENT_UNCALIBRATED if is_latent_classifier(classifier_dir) else UNCALIBRATED
-
-
-def calibration_source(classifier_dir: str | Path | None, given: dict) -> str:
-    """Where a one-stage guard's knobs came from, in words: the calibration file, the uncalibrated defaults, or the
-    caller (given: knob -> value or None for "not given")."""
-    named = [name for name in ("alpha", "scale", "tau", "max_t") if given.get(name) is not None]
-    if all(given.get(name) is not None for name in ("alpha", "scale", "tau")):
-        return "given"
-    path = None if classifier_dir is None else Path(classifier_dir) / CALIBRATION_FILE
-    source = str(path) if path is not None and path.exists() else "uncalibrated defaults"
-    return source + (f" ({', '.join(named)} given)" if named else "")
-
-
-def two_stage_settings(classifier_dir: str | Path | None) -> dict | None:
-    """cpsample-staged's options as the classifier's calibration chose them (`calibrate --early-classifier`), else
-    None."""
-    calibrated = read_calibration(classifier_dir)
-    staged = None if calibrated is None else calibrated.get("two_stage")
-    if not staged:
-        return None
-    path = Path(classifier_dir) / CALIBRATION_FILE
-    fix = _FIX_CALIBRATION.format(folder=classifier_dir) + ", or pass --option one_stage=true"
-    if not isinstance(staged, dict):
-        raise ValueError(f"{path}: its two_stage entry is not a set of options; {fix}")
-    for name, value in staged.items():
-        problem = knob_problem(name, value)
-        if name.endswith("_classifier") and not isinstance(value, (str, type(None))):
-            problem = "it must be a classifier folder"
-        if problem:
-            raise ValueError(f"{path}: two_stage {name} is {json.dumps(value)}, but {problem}; {fix}")
-    for role in ("early", "late"):  # the stages' own classifiers, recorded as folders
-        folder = staged.get(f"{role}_classifier", "bundled" if role == "early" else None)
-        if folder not in (None, "bundled") and not Path(folder).is_dir():
-            raise ValueError(
-                f"{Path(classifier_dir) / CALIBRATION_FILE} chose two stages with the {role} classifier "
-                f"{folder}, which is not there; put it back, rerun `cpsample calibrate`, or pass --option "
-                "one_stage=true"
-            )
-    from cpsample.sampling.guards.staged import StagedCPSampleOptions  # (it builds on this module)
-
-    try:
-        StagedCPSampleOptions(**staged)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: its two_stage entry makes no two-stage guard ({error}); {fix}") from None
-    return dict(staged)
-
-
-def read_calibration(classifier_dir: str | Path | None) -> dict | None:
-    """The classifier folder's calibration.json ({"settings": {...}, "measured": {...}, ...}), or None."""
-    if classifier_dir is None:
-        return None
-    path = Path(classifier_dir) / CALIBRATION_FILE
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        settings = record["settings"]
-        if not {"alpha", "scale", "tau"} <= set(settings):
-            raise KeyError("alpha, scale and tau")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(
-            f"{path}: not a cpsample calibration ({error}); rerun `cpsample calibrate` or delete it"
-        ) from None
-    for name in ("alpha", "scale", "tau", "max_t"):
-        problem = knob_problem(name, settings.get(name))
-        if problem:
-            raise ValueError(
-                f"{path}: {name} is {json.dumps(settings.get(name))}, but {problem}; "
-                f"{_FIX_CALIBRATION.format(folder=classifier_dir)}"
-            )
-    return record
-
-
-_FIX_CALIBRATION = (
-    "correct it in that file, rerun `cpsample calibrate --classifier {folder}`, or delete the file "
-    "(the defaults then apply)"
-)
-# What each knob a calibration.json may hold must be (its one-stage "settings" and its "two_stage" entry), keyed by
-# the knob's name without its stage prefix: (kind, lowest, highest, lowest allowed itself, None allowed).
-_KNOB_RULES = {
-    "alpha": ("number", 0.0, 0.5, True, False),
-    "scale": ("number", 0.0, None, True, False),
-    "tau": ("number", 0.0, None, False, False),
-    "max_t": ("integer", 0, None, True, True),
-    "min_t": ("integer", 0, None, True, False),
-    "max_push": ("number", 0.0, None, False, True),
-    "smooth_push": ("number", 0.0, None, False, True),
-}
-
-
-def knob_problem(name: str, value) -> str | None:
-    """What is wrong with a calibrated knob's value, in words (None: nothing, or a knob without a rule here)."""
-    rule = _KNOB_RULES.get(name.removeprefix("early_"))
-    if rule is None:
-        return None
-    kind, low, high, low_allowed, none_allowed = rule
-    if value is None:
-        return None if none_allowed else "it must be a number"
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not numeric or (kind == "integer" and not float(value).is_integer()) or not math.isfinite(value):
-        return "it must be a whole timestep" if kind == "integer" else "it must be a finite number"
-    if value < low or (value == low and not low_allowed) or (high is not None and value > high):
-        bounds = f"[{low:g}, {high:g}]" if high is not None else (f">= {low:g}" if low_allowed else f"> {low:g}")
-        return f"CPSample's {name.removeprefix('early_')} must be {bounds if high is None else 'in ' + bounds}"
-    return None
-
-
-def write_calibration(classifier_dir: str | Path, settings: dict, details: dict) -> Path:
-    path = Path(classifier_dir) / CALIBRATION_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings, **details}, indent=2, default=str))
-    tmp.replace(path)
-    return path
