@@ -618,7 +618,7 @@ def test_a_classifier_without_split_json_is_refused(tmp_path, classifier_copy):
 
 @pytest.mark.parametrize("value", ["5", "1.01", "-1"])
 def test_an_amg_threshold_that_is_no_cosine_is_refused(tmp_path, value):
-    code, output = cli(*SAMPLE, "--guard", "amg", "--amg-threshold", value, "--out", tmp_path / "s")
+    code, output = cli(*SAMPLE, "--guard", "amg", "--option", f"threshold={value}", "--out", tmp_path / "s")
     assert code == 2 and "cosine similarity" in output
     assert not (tmp_path / "s").exists()
 

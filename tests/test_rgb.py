@@ -115,7 +115,7 @@ def test_sample_writes_rgb_images_and_an_rgb_grid(rgb, guard):
     extra = {
         "none": [],
         "cpsample": ["--classifier", classifier, "--alpha", "0.5", "--scale", "10"],
-        "amg": ["--amg-threshold", "0.5"],
+        "amg": ["--option", "threshold=0.5"],
     }[guard]
     cli(*SAMPLE, "--model", denoiser, "--guard", guard, *extra, "--out", out)
     samples = images(out)

@@ -49,17 +49,13 @@ Overwrite = Annotated[
     bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")
 ]
 
-# CPSample's three knobs, shared by every command that samples or attacks with the guard. Left out, they come from
-# the classifier's calibration.json (written by `cpsample calibrate`), else 0.1 / 10 / 0.001 with a note.
-_CALIBRATED = " Default: the classifier's calibration (cpsample calibrate)."
-Alpha = Annotated[
-    Optional[float], typer.Option(help="CPSample: guide when p(y|x_t) > 1 - alpha for either label." + _CALIBRATED)
-]
-Scale = Annotated[Optional[float], typer.Option(help="CPSample guidance scale s." + _CALIBRATED)]
-Tau = Annotated[
-    Optional[float],
-    typer.Option(help="CPSample: log(tau + p) keeps the gradient finite (paper: 0.001)." + _CALIBRATED),
-]
+# Shorthands for the chosen guard's most used options (= --option NAME=VALUE): what they mean, and their defaults,
+# are declared once, in the guard's Options (`cpsample guards`). Left out, CPSample's come from the classifier's
+# calibration.json (written by `cpsample calibrate`), else the paper's setting, with a note.
+_CALIBRATED = " Left out: the guard's default; CPSample's come from the classifier's calibration (cpsample calibrate)."
+Alpha = Annotated[Optional[float], typer.Option(help="= --option alpha=VALUE (`cpsample guards`)." + _CALIBRATED)]
+Scale = Annotated[Optional[float], typer.Option(help="= --option scale=VALUE (`cpsample guards`)." + _CALIBRATED)]
+Tau = Annotated[Optional[float], typer.Option(help="= --option tau=VALUE (`cpsample guards`)." + _CALIBRATED)]
 
 # Left out, a near-copy threshold resolves through the one yardstick, so CLI and library defaults agree.
 NearCopyThreshold = Annotated[

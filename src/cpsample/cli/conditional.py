@@ -369,19 +369,8 @@ def sample_sd_command(
     classifier: Annotated[
         Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")
     ] = None,
-    alpha: Annotated[
-        Optional[float],
-        typer.Option(
-            help="CPSample threshold (default: the classifier's calibration.json from `cpsample calibrate`, else 0.5, "
-            "paper Table 2: 0.3-0.5)."
-        ),
-    ] = None,
-    scale: Annotated[
-        Optional[float],
-        typer.Option(
-            help="CPSample scale s (default: the classifier's calibration.json, else 2000, paper Table 2: 100-2000)."
-        ),
-    ] = None,
+    alpha: Alpha = None,
+    scale: Scale = None,
     tau: Tau = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,

@@ -221,17 +221,6 @@ def sample_command(
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
-    amg_threshold: Annotated[
-        Optional[float],
-        typer.Option(
-            help="AMG: guide when the predicted x0's cosine to its nearest training image exceeds this (default 0.95; "
-            "= --option threshold=)."
-        ),
-    ] = None,
-    amg_scale: Annotated[
-        Optional[float],
-        typer.Option(help="AMG dissimilarity guidance scale c3 (default 1000; = --option sim_scale=)."),
-    ] = None,
     option: GuardOption = None,
     batch_size: BatchSize = 250,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
@@ -250,9 +239,7 @@ def sample_command(
     prepare_out(out, "sample", overwrite, inputs=(model, classifier))
     check_device_option(device)
 
-    guard_options = parse_option_strings(
-        guard, option, alpha=alpha, scale=scale, tau=tau, threshold=amg_threshold, sim_scale=amg_scale
-    )
+    guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     settings = {
         "model": model,
         "n": n,
