@@ -644,7 +644,8 @@ def test_readme_commands_use_only_options_the_cli_has():
     assert len(commands(flow)) >= 7 and len(commands(measure)) >= 3
     calibration = (Path(__file__).resolve().parent.parent / "docs" / "calibration.md").read_text()
     assert len(commands(calibration)) >= 10  # the same flow, annotated step by step
-    lines = commands(readme) + commands(calibration)
+    extending = (Path(__file__).resolve().parent.parent / "docs" / "extending.md").read_text()
+    lines = commands(readme) + commands(calibration) + commands(extending)
     assert any(line.startswith("cpsample demo ") for line in lines)
     root = typer.main.get_command(app)
     for line in lines:
