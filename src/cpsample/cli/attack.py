@@ -20,9 +20,9 @@ from cpsample.cli.common import (
     Tau,
     check_device_option,
     console,
-    prepare_out,
     run_safely,
 )
+from cpsample.runs import RunFolder
 
 attack_app = typer.Typer(
     add_completion=False,
@@ -78,7 +78,7 @@ def mia_command(
     from cpsample.provenance import seed_everything, write_record
     from cpsample.sampling.guards import describe_settings
 
-    prepare_out(out, "attack mia", overwrite, inputs=(model, classifier))
+    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
     seed_everything(seed)
     settings = {
@@ -204,7 +204,7 @@ def sample_nn_command(
     from cpsample.cli.evaluate import sample_paths
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features))
+    RunFolder(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features)).prepare()
     seed_everything(seed)
     sets = read_sample_sets(samples)
     results = run_sample_attack(

@@ -35,6 +35,7 @@ from cpsample.cli.common import (
     run_safely,
     say_warnings,
 )
+from cpsample.runs import RunFolder
 
 app = typer.Typer(
     add_completion=False,
@@ -74,7 +75,7 @@ def train_denoiser_command(
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
 
-    prepare_out(out, "train-denoiser", overwrite, resume, inputs=(data, init))
+    RunFolder(out, "train-denoiser", overwrite, resume, inputs=(data, init)).prepare()
     members, split, config = prepare_training(
         data,
         image_size,
@@ -150,7 +151,7 @@ def train_classifier_command(
     from cpsample.training.classifier import PAPER_LOSS, train_classifier
     from cpsample.training.loop import TrainConfig
 
-    prepare_out(out, "train-classifier", overwrite, resume, inputs=(denoiser,))
+    RunFolder(out, "train-classifier", overwrite, resume, inputs=(denoiser,)).prepare()
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every
     )

@@ -22,9 +22,9 @@ from cpsample.cli.common import (
     Tau,
     check_device_option,
     console,
-    prepare_out,
     run_safely,
 )
+from cpsample.runs import RunFolder
 
 
 def side_command(
@@ -69,7 +69,7 @@ def side_command(
     from cpsample.attacks.side import SideConfig, run_side
     from cpsample.provenance import seed_everything, write_record
 
-    prepare_out(out, "attack side", overwrite, inputs=(model, classifier))
+    RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
     seed_everything(seed)
     config = SideConfig(
