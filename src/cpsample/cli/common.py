@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from cpsample.data import DataError
-from cpsample.data.split import images_digest
 from cpsample.runs import prepare_out as prepare_out  # re-exported: for the commands not yet on RunFolder
 from cpsample.runs import release_locks
 
@@ -231,49 +228,9 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def prepare_training(
-    data: str, image_size: int | None, subset: int | None, seed: int, init: str | None = None, **loop_settings
-):
-    """The start of every denoiser training command: seed, load the data, fix the member split, loop settings.
+def prepare_training(*args, **kwargs):
+    """cpsample.training.members.prepare_training, for the commands that still import it from here; imported when
+    called, so the command line starts without the training stack."""
+    from cpsample.training.members import prepare_training
 
-    With `init` (a model to fine-tune), the images that model was pretrained on are kept out of the split."""
-    from cpsample.data import load_dataset, make_split
-    from cpsample.data.sources import resize_set
-    from cpsample.provenance import seed_everything
-    from cpsample.training.loop import TrainConfig
-
-    config = TrainConfig(seed=seed, **loop_settings)  # bad loop settings fail before the data loads
-    if image_size is not None and image_size < 1:
-        raise ValueError(f"--image-size must be at least 1, got {image_size}")
-    seed_everything(seed)
-    data = absolute_data_spec(data)
-    dataset = load_dataset(data)
-    pretraining = None if init is None else pretraining_record(init, data)
-    split = make_split(len(dataset), subset, seed, data, pretraining=pretraining)
-    # Hashed before resizing: the source pixels are exact on every machine, a resize may differ in the last bit.
-    split.members_sha256 = images_digest(dataset.take(split.members).images)
-    return resize_set(dataset, image_size).take(split.members), split, config
-
-
-def pretraining_record(init: str, data: str) -> dict:
-    """What a model to fine-tune was trained on, and which images of `data` it saw (when it came from the same data).
-
-    A folder without cpsample's records (any diffusers UNet2DModel folder) counts as pretrained on other data."""
-    from cpsample.data import Split
-
-    folder = Path(init)
-    record, split_path = folder / "cpsample.json", folder / "split.json"
-    if not record.exists() or not split_path.exists():
-        return {"model": str(folder.resolve()), "data": None, "indices": []}
-    pretrained_on = json.loads(record.read_text())["settings"].get("data")
-    split = Split.load(split_path)
-    seen = set(split.members) | set((split.pretraining or {}).get("indices", []))
-    same_data = pretrained_on is not None and absolute_data_spec(pretrained_on) == data
-    return {"model": str(folder.resolve()), "data": pretrained_on, "indices": sorted(seen) if same_data else []}
-
-
-def absolute_data_spec(data: str) -> str:
-    """A bundled name as is, a path made absolute: the record must find the data from any working directory."""
-    from cpsample.data import BUNDLED
-
-    return data if data in BUNDLED else str(Path(data).resolve())
+    return prepare_training(*args, **kwargs)
