@@ -2,6 +2,8 @@
 
 The command line's refusals of --out are the fault cases' (test_fault_cases*.py); these are the library's own use."""
 
+from pathlib import Path
+
 import pytest
 
 from cpsample.provenance import RUN_BOOKKEEPING
@@ -39,3 +41,14 @@ def test_a_refused_folder_is_never_locked(tmp_path):
     with pytest.raises(FileExistsError, match="already holds notes.txt; pass --overwrite to replace it"):
         RunFolder(tmp_path / "run", "sample").prepare()
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["notes.txt"]
+
+
+def test_a_run_folder_that_fails_after_taking_the_lock_is_not_left_locked(tmp_path, monkeypatch):
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "touch", full_disk)  # the marker cannot be written
+    with pytest.raises(OSError, match="No space left"):
+        with RunFolder(tmp_path / "run", "sample"):
+            pass
+    assert not (tmp_path / "run").exists()

@@ -126,7 +126,11 @@ class RunFolder:
                 pass
 
     def __enter__(self) -> Path:
-        return self.prepare()
+        try:
+            return self.prepare()
+        except BaseException:  # failed after taking the lock (marking or clearing the folder): not left held
+            self.release()
+            raise
 
     def __exit__(self, *_) -> None:
         self.release()
