@@ -65,6 +65,7 @@ with an `images` array (and optionally `labels`).
     src/cpsample/
       data/        image sources (bundled MNIST/digits/Twemoji, PNG/JPG folders, .npz) and member splits
       models/      denoiser (UNet2DModel), time-conditioned classifier; DiffusionModel / Classifier loaded once
+      runs.py      RunFolder: a run's --out checked before anything is written, locked for the run, marked as cpsample's
       training/    one accelerate training frame and loop (EMA, exact resume) used by every model
       sampling/    one denoising loop for every scheduler and model kind; guards/ = strategies with validated
                    options in one registry; protect.py = CPSample as a hook on any diffusers pipeline's UNet

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The CLI's run lock and --out marker (cli/common.py): bookkeeping in a run's folder, not its files.
+# A run folder's lock and --out marker (cpsample.runs): bookkeeping in a run's folder, not its files.
 RUN_BOOKKEEPING = (".cpsample.lock", ".cpsample-out")
 PACKAGES = (
     "cpsample",

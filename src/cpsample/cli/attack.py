@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,9 +19,9 @@ from cpsample.cli.common import (
     Tau,
     check_device_option,
     console,
-    prepare_out,
     run_safely,
 )
+from cpsample.runs import RunFolder
 
 attack_app = typer.Typer(
     add_completion=False,
@@ -74,11 +73,10 @@ def mia_command(
 
     For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.mia import run_mia
-    from cpsample.attacks.plots import plot_attacks
-    from cpsample.provenance import seed_everything, write_record
-    from cpsample.sampling.guards import describe_settings
+    from cpsample.attacks.records import guard_as_used, save_mia
+    from cpsample.provenance import seed_everything
 
-    prepare_out(out, "attack mia", overwrite, inputs=(model, classifier))
+    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
     seed_everything(seed)
     settings = {
@@ -117,26 +115,8 @@ def mia_command(
         device=device,
         dtype=dtype,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {name: result.to_dict(with_scores=True) for name, result in results.items()}
-    (out / "result.json").write_text(json.dumps(summary, indent=2))
-    used = next(iter(results.values())).settings["guard"]  # the knobs as used (calibrated ones resolved)
-    guard_text = describe_settings(used)
-    plot_attacks(results, out / "roc.png", title=f"membership inference on {model} (guard: {guard_text})")
-    headline = {
-        name: {
-            "auc": r.auc,
-            "best_t": r.best_t,
-            "tpr_at_1pct_fpr": r.best.tpr_at_1pct_fpr,
-            "z": r.best.z,
-            "p_value": r.best.p_value,
-        }
-        for name, r in results.items()
-    }
-    write_record(
-        out, "attack mia", settings, {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")}
-    )
-    console.print(results_table(results, guard_text))
+    save_mia(out, results, settings)
+    console.print(results_table(results, guard_as_used(results)))
 
 
 def results_table(results: dict, guard: str) -> Table:
@@ -200,11 +180,12 @@ def sample_nn_command(
     Score: cosine distance of each member / held-out image to its nearest generated sample, in the near-copy
     yardstick's feature space. Reads only samples.npz files, so it scores any defence's output without sampling
     again."""
-    from cpsample.attacks.sample_nn import plot_sample_attacks, run_sample_attack
+    from cpsample.attacks.records import save_sample_attack
+    from cpsample.attacks.sample_nn import run_sample_attack
     from cpsample.cli.evaluate import sample_paths
-    from cpsample.provenance import seed_everything, write_record
+    from cpsample.provenance import seed_everything
 
-    prepare_out(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features))
+    RunFolder(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features)).prepare()
     seed_everything(seed)
     sets = read_sample_sets(samples)
     results = run_sample_attack(
@@ -217,11 +198,6 @@ def sample_nn_command(
         seed=seed,
         trust_torchscript=trust_torchscript,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(
-        json.dumps({name: r.to_dict(with_scores=True) for name, r in results.items()}, indent=2, default=str)
-    )
-    plot_sample_attacks(results, out / "roc.png", title=f"sample-only membership inference on {model}'s members")
     settings = {
         "samples": samples,
         "model": model,
@@ -231,21 +207,7 @@ def sample_nn_command(
         "threshold": threshold,
         "seed": seed,
     }
-    headline = {
-        name: {
-            "auc": r.auc,
-            "tpr_at_1pct_fpr": r.stats.tpr_at_1pct_fpr,
-            "mann_whitney_p": r.mann_whitney_p,
-            "n_samples": r.n_samples,
-        }
-        for name, r in results.items()
-    }
-    write_record(
-        out,
-        "attack sample-nn",
-        settings,
-        {**headline, "result": str(out / "result.json"), "roc": str(out / "roc.png")},
-    )
+    save_sample_attack(out, results, settings)
     console.print(sample_table(results))
 
 

@@ -30,10 +30,10 @@ from cpsample.cli.common import (
     guard_stats,
     parse_widths,
     prepare_out,
-    prepare_training,
     run_safely,
     say_warnings,
 )
+from cpsample.runs import RunFolder
 
 app = typer.Typer(
     add_completion=False,
@@ -72,8 +72,9 @@ def train_denoiser_command(
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
+    from cpsample.training.members import prepare_training
 
-    prepare_out(out, "train-denoiser", overwrite, resume, inputs=(data, init))
+    RunFolder(out, "train-denoiser", overwrite, resume, inputs=(data, init)).prepare()
     members, split, config = prepare_training(
         data,
         image_size,
@@ -143,21 +144,16 @@ def train_classifier_command(
     seed: Seed = 0,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
-    from cpsample.models import load_noise_schedule
-    from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.provenance import seed_everything
-    from cpsample.training.classifier import PAPER_LOSS, train_classifier
+    from cpsample.training.classifier import PAPER_LOSS, denoiser_training_set, train_classifier
     from cpsample.training.loop import TrainConfig
 
-    prepare_out(out, "train-classifier", overwrite, resume, inputs=(denoiser,))
+    RunFolder(out, "train-classifier", overwrite, resume, inputs=(denoiser,)).prepare()
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every
     )
     seed_everything(seed)
-    folder = resolve_model_dir(denoiser, "denoiser").resolve()  # absolute: found again from any directory
-    schedule = load_noise_schedule(folder)
-    dataset, split = training_data(folder)
-    members = dataset.take(split.members)
+    folder, schedule, members, split = denoiser_training_set(denoiser)
     negative_images = None
     if negatives != "none":
         from cpsample.workflows.negatives import load_negatives
@@ -181,17 +177,22 @@ def train_classifier_command(
         negatives_source=negatives,
         max_t=max_t,
     )
-    table = Table(title="classifier on its training images (EMA weights)")
-    for column in ("t", "loss", "accuracy"):
-        table.add_column(column, justify="right")
-    for row in summary["per_timestep"]:
-        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
-    console.print(table)
+    console.print(classifier_table(summary))
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
     console.print(
         f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
         f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
     )
+
+
+def classifier_table(summary: dict) -> Table:
+    """The trained classifier's loss and accuracy on its training images at each reported noise level."""
+    table = Table(title="classifier on its training images (EMA weights)")
+    for column in ("t", "loss", "accuracy"):
+        table.add_column(column, justify="right")
+    for row in summary["per_timestep"]:
+        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
+    return table
 
 
 @app.command("sample")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -22,9 +21,9 @@ from cpsample.cli.common import (
     Tau,
     check_device_option,
     console,
-    prepare_out,
     run_safely,
 )
+from cpsample.runs import RunFolder
 
 
 def side_command(
@@ -66,10 +65,11 @@ def side_command(
 ):
     """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training
     images."""
+    from cpsample.attacks.records import save_side
     from cpsample.attacks.side import SideConfig, run_side
-    from cpsample.provenance import seed_everything, write_record
+    from cpsample.provenance import seed_everything
 
-    prepare_out(out, "attack side", overwrite, inputs=(model, classifier))
+    RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
     seed_everything(seed)
     config = SideConfig(
@@ -95,47 +95,8 @@ def side_command(
         **{k: v for k, v in config.__dict__.items()},
     }
     result = run_side(model, defence, classifier, alpha, scale, tau, config, work_dir=out, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
-    figures = write_side_figures(out, result)
-    headline = {
-        "defence": defence,
-        "pool": _headline(result.pool),
-        "attack": _headline(result.attack),
-        "pool_same_budget": _headline(result.pool_same_budget) if result.pool_same_budget else None,
-        "surrogate_classes": result.clusters["kept"],
-        "seconds": round(result.seconds, 1),
-        "result": str(out / "result.json"),
-        **figures,
-    }
-    write_record(out, "attack side", settings, headline)
+    save_side(out, result, settings)
     console.print(side_table(result, defence))
-
-
-def _headline(summary: dict) -> dict:
-    return {key: summary[key] for key in ("n", "near_copies", "ams", "distinct_extracted", "ums")}
-
-
-def write_side_figures(out: Path, result) -> dict:
-    """Grids of the pool and of the guided samples (one row per surrogate class), and the most similar pairs."""
-    from cpsample.evaluation.figures import most_similar_pairs, pairs_figure
-    from cpsample.sampling.outputs import image_grid
-
-    out = Path(out)
-    image_grid(result.pool_images[:100]).save(out / "pool.png")
-    image_grid(result.attack_images, columns=result.config["per_class"]).save(out / "attack.png")
-    extraction = result.attack_extraction
-    pairs = {
-        "SIDE attack": most_similar_pairs(
-            result.attack_images.numpy(), result.training_images, extraction.similarity, extraction.nearest, k=8
-        )
-    }
-    pairs_figure(pairs, out / "pairs.png")
-    return {
-        "pool_grid": str(out / "pool.png"),
-        "attack_grid": str(out / "attack.png"),
-        "pairs": str(out / "pairs.png"),
-    }
 
 
 def side_table(result, defence: str) -> Table:

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from cpsample.data import ImageSet, Split
+from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.models.classifier import TimeClassifier
+from cpsample.models.denoiser import load_noise_schedule
 from cpsample.training.loop import TrainConfig, Trainer, TrainingRun
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
@@ -108,6 +110,15 @@ def per_timestep_report(model, images, labels, schedule, timesteps=REPORT_TIMEST
             }
         )
     return rows
+
+
+def denoiser_training_set(denoiser: str | Path) -> tuple[Path, object, ImageSet, Split]:
+    """What a classifier protecting `denoiser` ('bundled' or a folder) trains on: the folder (absolute, so the record
+    finds it from any directory), its noise schedule, its members and their split."""
+    folder = resolve_model_dir(denoiser, "denoiser").resolve()
+    schedule = load_noise_schedule(folder)
+    dataset, split = training_data(folder)
+    return folder, schedule, dataset.take(split.members), split
 
 
 def train_classifier(

@@ -1,0 +1,339 @@
+"""A run's --out folder: the one check every command makes before it writes there, the lock that keeps one run per
+folder, and the marker that says cpsample made the folder.
+
+    folder = RunFolder(out, "sample", overwrite=False, inputs=(model, classifier))
+    folder.prepare()  # refused with one clear FileExistsError, or checked, locked and marked
+    ...               # the run writes into out
+    folder.release()  # or release_locks(): every lock this process holds (the CLI does it after each command)
+
+`with RunFolder(...) as out:` does both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cpsample.provenance import RUN_BOOKKEEPING, recorded_command
+
+SAMPLE_OUTPUTS = ("batches", "grid.png", "samples.npz", "trace.npz", "trace.png", "cpsample.json")
+# What each command writes into its --out (glob patterns): --overwrite clears these, and those of the command that
+# made what the folder holds, before the run starts, so no stale file of an older run survives next to the new ones.
+OUTPUTS = {
+    "sample": SAMPLE_OUTPUTS,
+    "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),
+    "sample-sd": (*SAMPLE_OUTPUTS, "plain", "private.json"),
+    "evaluate": (
+        "report.html",
+        "report.md",
+        "report.json",
+        "similarity_histogram.png",
+        "top_pairs.png",
+        "cpsample.json",
+    ),
+    "attack mia": ("result.json", "roc.png", "cpsample.json"),
+    "attack sample-nn": ("result.json", "roc.png", "cpsample.json"),
+    "attack side": ("result.json", "pool.png", "attack.png", "pairs.png", "surrogate_classifier", "cpsample.json"),
+    "calibrate": (
+        "calibration.json",
+        "calibration.csv",
+        "calibration.png",
+        "confirmation.csv",
+        "confirmation.png",
+        "cpsample.json",
+    ),
+    "demo": (
+        "report.html",
+        "report.md",
+        "report.json",
+        "grid_*.png",
+        "trace.png",
+        "similarity_histogram.png",
+        "top_pairs.png",
+        "mia_*.png",
+        "samples.npz",
+        "samples",
+        "cpsample.json",
+    ),
+    "make-tiny-sd": ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "cpsample.json"),
+    "train-feature-net": ("config.json", "model.safetensors", "cpsample.json"),
+}
+# Training commands replace their exported files at the end (their train_state is dropped by the run itself); these
+# files of an older run would otherwise survive --overwrite and be used with the new model.
+TRAINING_STALE = ("calibration.json", "captions.json", "latents.safetensors")
+TRAINING_COMMANDS = ("train-denoiser", "train-conditional", "train-classifier", "train-latent-classifier")
+MODEL_COMMANDS = (*TRAINING_COMMANDS, "train-feature-net", "make-tiny-sd")
+# The run lock, and the marker written into every --out a command accepts (and kept): the folder is cpsample's, so
+# --overwrite may clear its outputs later even when the run that made it died before its cpsample.json.
+LOCK_FILE, OUT_MARKER = RUN_BOOKKEEPING
+NEVER = "writes into a model folder (denoiser, classifier or pipeline): pick another --out"
+
+
+class RunFolder:
+    """One command's --out: checked before anything is written, then locked for the run and marked as cpsample's.
+
+    command: the cpsample command that writes there (its name picks its outputs, see OUTPUTS). inputs: the paths
+    the command reads (names such as 'bundled' are skipped), which must lie outside the folder."""
+
+    def __init__(self, out, command: str, overwrite: bool = False, resume: bool = False, inputs=()):
+        self.out = Path(out)
+        self.command = command
+        self.overwrite = overwrite
+        self.resume = resume
+        self.inputs = tuple(inputs)
+        self._lock_path: Path | None = None
+        self._created = False  # by this run's lock: then released empty, the folder goes too
+
+    def prepare(self) -> Path:
+        """The one check every command makes on --out before it writes anything (then it locks the folder).
+
+        Refused: a file; a folder inside a model, classifier or pipeline folder; such a folder itself (except the
+        same training command's own model, replaced with --overwrite or continued with --resume); a folder holding
+        anything but this command's own resumable run, unless --overwrite; a folder holding one of the command's
+        `inputs`; with --overwrite, a folder cpsample did not make holding files of the command's output names. With
+        --overwrite the outputs of the run the folder holds are cleared once the lock is held. Sampling commands
+        resume their own unfinished run (batches/) without it."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file; pass a folder")
+        self._refuse_a_model_around()
+        contents = _contents(out)
+        if contents:
+            self._refuse_what_it_holds(contents)
+        check_inputs_outside(out, self.inputs)
+        self._lock()
+        (out / OUT_MARKER).touch()
+        if contents and self.overwrite and not self.resume:
+            _clear_outputs(out, self.command)
+        return out
+
+    def release(self) -> None:
+        """Drop the lock; a folder the lock created that holds nothing else goes too (a run refused after taking
+        the lock leaves no empty folder behind). Nothing to do when not locked."""
+        if self._lock_path is None:
+            return
+        if self in _held:
+            _held.remove(self)
+        self._lock_path.unlink(missing_ok=True)
+        self._lock_path = None
+        if self._created and not _contents(self.out):
+            (self.out / OUT_MARKER).unlink(missing_ok=True)
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> Path:
+        try:
+            return self.prepare()
+        except BaseException:  # failed after taking the lock (marking or clearing the folder): not left held
+            self.release()
+            raise
+
+    def __exit__(self, *_) -> None:
+        self.release()
+
+    def _refuse_a_model_around(self) -> None:
+        for parent in self.out.resolve().parents:
+            kind = folder_kind(parent)
+            if kind:
+                raise FileExistsError(
+                    f"--out {self.out} is inside {parent}, which holds {kind}; `cpsample {self.command}` never {NEVER}"
+                )
+
+    def _refuse_what_it_holds(self, contents: list[str]) -> None:
+        out, command = self.out, self.command
+        kind = folder_kind(out)
+        own_model = command in MODEL_COMMANDS and (
+            recorded_command(out) == command
+            or (command in TRAINING_COMMANDS and recorded_command(out) is None and "train_state" in (kind or ""))
+        )
+        if kind and not own_model:
+            raise FileExistsError(f"--out {out} holds {kind}; `cpsample {command}` never {NEVER}")
+        what = ", ".join(contents[:3]) + (" ..." if len(contents) > 3 else "")
+        if not self.overwrite and not self.resume and not _resumable(out, command, contents):
+            advice = (
+                "--resume to continue its run, --overwrite to replace it"
+                if command in TRAINING_COMMANDS
+                else "--overwrite to replace it"
+            )
+            raise FileExistsError(f"--out {out} already holds {what}; pass {advice}, or pick a new --out")
+        if self.overwrite and not self.resume and not made_by_cpsample(out):
+            taken = sorted({path.name for pattern in OUTPUTS.get(command, ()) for path in out.glob(pattern)})
+            if taken:  # a folder cpsample never wrote into: its files are the user's, whatever their names
+                raise FileExistsError(
+                    f"--out {out} holds {', '.join(taken)}, which cpsample did not write and "
+                    f"`cpsample {command}` would replace; pick a new --out"
+                )
+
+    def _lock(self) -> None:
+        """One run at a time per --out: a lock file naming the process that holds it. A lock left by a process that
+        is gone (killed) is taken over; one held by a live process is refused with one line."""
+        import socket
+        import time
+
+        out = self.out
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / LOCK_FILE
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "since": time.time()}
+        for _ in range(3):
+            try:
+                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _live_holder(path)
+                if holder is None:
+                    path.unlink(missing_ok=True)
+                    continue
+                if created:
+                    out.rmdir()
+                raise FileExistsError(
+                    f"--out {out} is in use by another run ({holder}); wait for it to finish or pick "
+                    f"another --out (if no run is going on, delete {path})"
+                ) from None
+            with os.fdopen(handle, "w") as file:
+                file.write(json.dumps(me))
+            self._lock_path, self._created = path, created
+            _held.append(self)
+            return
+        raise FileExistsError(f"--out {out}: cannot take the lock {path}; delete it if no run is going on")
+
+
+def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool = False, inputs=()) -> Path:
+    """RunFolder(out, command, overwrite, resume, inputs).prepare(), for callers that release with release_locks()."""
+    return RunFolder(out, command, overwrite, resume, inputs).prepare()
+
+
+# The folders this process has locked, in order: release_locks() drops them all, newest first.
+_held: list[RunFolder] = []
+
+
+def release_locks() -> None:
+    """Drop the locks this process took (the CLI does it at the end of each command, whatever its outcome)."""
+    while _held:
+        _held[-1].release()
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What a model, classifier or pipeline folder is, recognised by its files; None for anything else."""
+    from cpsample.models.denoiser import DDPM_PIPELINE, pipeline_class
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    command = recorded_command(folder)
+    # Denoiser folders carry a DDPMPipeline model_index.json too: only another (or unreadable) index is a pipeline.
+    if (folder / "model_index.json").exists() and pipeline_class(folder) != DDPM_PIPELINE:
+        return "a Stable Diffusion pipeline (model_index.json)"
+    if (folder / "unet").is_dir():
+        return "a denoiser (unet/)"
+    if (folder / "classifier").is_dir():
+        return "a classifier (classifier/)"
+    if (folder / "scheduler").is_dir():
+        return "a model (scheduler/)"
+    if (folder / "calibration.json").exists() and command != "calibrate":
+        return "a classifier's calibration (calibration.json)"
+    if (folder / "train_state").is_dir() or any(folder.glob("train_state.*")):
+        return "a training run (train_state/)"
+    if command in MODEL_COMMANDS:
+        return f"a model made by `cpsample {command}`"
+    if (folder / "split.json").exists():
+        return "a model (split.json)"
+    if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
+        return "a model (model.safetensors)"
+    return None
+
+
+def check_inputs_outside(out: Path, inputs) -> None:
+    """An input inside --out would be overwritten or cleared by the run that reads it: refused before anything.
+    inputs: paths, or names such as 'bundled' (skipped like any path that is not there)."""
+    resolved = Path(out).resolve()
+    for value in inputs:
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.exists():
+            continue  # a bundled name, or a path the command itself will report as missing
+        where = path.resolve()
+        if where == resolved or resolved in where.parents:
+            raise FileExistsError(
+                f"--out {out} holds {value}, an input of this command; the run would overwrite or "
+                "clear it: pick another --out"
+            )
+
+
+def made_by_cpsample(folder: Path) -> bool:
+    """A folder a cpsample command wrote into: its marker or record, a sampling run's batches, a training state, or
+    the lock of a run that was killed."""
+    folder = Path(folder)
+    return (
+        any((folder / name).exists() for name in (OUT_MARKER, LOCK_FILE, "batches/settings.json", "train_state"))
+        or recorded_command(folder) is not None
+        or any(folder.glob("train_state.*"))
+    )
+
+
+def _contents(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir() if path.name not in RUN_BOOKKEEPING)
+
+
+def _resumable(out: Path, command: str, contents: list[str]) -> bool:
+    """A sampling command's own unfinished or finished run with its batches (the sampler checks their settings)."""
+    if command not in ("sample", "sample-conditional"):
+        return False
+    foreign = [name for name in contents if name not in OUTPUTS[command] and ".tmp" not in name]
+    return not foreign and (out / "batches" / "settings.json").exists() and recorded_command(out) in (None, command)
+
+
+def _clear_outputs(out: Path, command: str) -> None:
+    previous = recorded_command(out)
+    patterns = set(OUTPUTS.get(command, ()) + OUTPUTS.get(previous, ()))
+    if command in TRAINING_COMMANDS:
+        patterns |= set(TRAINING_STALE)
+    for pattern in sorted(patterns):
+        for path in out.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _live_holder(path: Path) -> str | None:
+    """Who holds a lock, or None when its process is gone (or is this one)."""
+    import socket
+    import time
+
+    try:
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), holder.get("host")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # being written by a run that is starting right now, or garbage: garbage older than a minute is stale
+        try:
+            return None if time.time() - path.stat().st_mtime > 60 else "a run that is starting"
+        except FileNotFoundError:
+            return None
+    description = f"`cpsample {holder.get('command', '?')}`, pid {pid}" + (f" on {host}" if host else "")
+    if host != socket.gethostname():
+        return description  # cannot see another machine's processes: assume it runs
+    if pid == os.getpid():
+        return None  # this process runs one command at a time: a lock of its own is left over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return description
+    return description if not _is_zombie(pid) else None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
