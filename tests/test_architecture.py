@@ -7,7 +7,19 @@ import cpsample
 
 PACKAGE = Path(cpsample.__file__).parent
 # Lowest first. provenance and data know nothing of models; the CLI sits on top of everything.
-LAYERS = ["provenance", "data", "models", "evaluation", "sampling", "training", "attacks", "workflows", "api", "cli"]
+LAYERS = [
+    "provenance",
+    "data",
+    "models",
+    "evaluation",
+    "sampling",
+    "training",
+    "attacks",
+    "workflows",
+    "calibration",
+    "api",
+    "cli",
+]
 
 
 def layer_of(path: Path) -> str:
