@@ -17,6 +17,7 @@ LAYERS = [
     "training",
     "attacks",
     "workflows",
+    "calibration",
     "api",
     "cli",
 ]

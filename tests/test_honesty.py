@@ -36,7 +36,7 @@ def test_calibrate_refuses_to_save_a_cut_of_nothing(tmp_path, classifier):
     code, output = cli(*args, "--out", tmp_path / "c")
     assert code == 2 and "plain sampling made 0 near-copies of" in output and "--allow-vacuous" in output, output
     assert not (classifier / "calibration.json").exists(), "nothing saved next to the classifier"
-    measured = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    measured = json.loads((tmp_path / "c" / "calibration_run.json").read_text())
     assert measured["rows"][0]["guard"] == "none" and measured["rows"][0]["near_copies"] == 0
     code, output = cli(*args, "--allow-vacuous", "--out", tmp_path / "c2")
     assert code == 0 and "warning: plain sampling made 0 near-copies" in output, output

@@ -430,7 +430,7 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     assert saved["settings"]["alpha"] == chosen["alpha"] == 0.5 and saved["settings"]["scale"] == chosen["scale"]
     assert saved["model"] == str(setup["pipeline"].resolve()) and saved["scheduler"] == "default"
     assert saved["prompts"] == [f"block number {i}" for i in range(6)]  # the classifier's captions
-    rows = json.loads((out / "calibration.json").read_text())["rows"]
+    rows = json.loads((out / "calibration_run.json").read_text())["rows"]
     assert [row["guard"] for row in rows] == ["none", "cpsample", "cpsample"] and all(row["n"] == 6 for row in rows)
     assert rows[1]["steps_guided"] == 1.0 and rows[0]["frechet_distance"] is None  # alpha 0.5 guides every step
     assert (out / "calibration.png").is_file()

@@ -210,7 +210,7 @@ def test_calibrate_on_rgb(rgb):
         "--finalists",
         "0",
     )
-    report = json.loads((out / "calibration.json").read_text())
+    report = json.loads((out / "calibration_run.json").read_text())
     assert [r["guard"] for r in report["rows"]] == ["none", "cpsample"]
     assert all(r["frechet_distance"] is not None for r in report["rows"])
     assert (classifier / "calibration.json").exists()

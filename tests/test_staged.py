@@ -361,7 +361,7 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
         ],
     )
     assert calibrated.exit_code == 0, calibrated.output
-    report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    report = json.loads((tmp_path / "calib" / "calibration_run.json").read_text())
     assert [(r["guard"], r["early_scale"], r["scale"], r["max_push"], r["late_denoised"]) for r in report["rows"]] == [
         ("none", None, None, None, False),
         ("cpsample", None, 5.0, None, False),
@@ -486,7 +486,7 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
 
     calibrated = runner.invoke(app, [*grid, "--out", str(tmp_path / "calib"), "--late-classifier", str(other)])
     assert calibrated.exit_code == 0, calibrated.output
-    report = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    report = json.loads((tmp_path / "calib" / "calibration_run.json").read_text())
     assert [(r["guard"], r["late_classifier"]) for r in report["rows"]] == [
         ("none", None),
         ("cpsample", None),

@@ -380,7 +380,7 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "calibration.json").read_text())
+    report = json.loads((out / "calibration_run.json").read_text())
     assert [(r["alpha"], r["scale"]) for r in report["rows"]] == [(None, None), (0.2, 10.0), (0.2, 100.0)]
     # 4 images are a screen: plain and both settings again on 8 fresh images, near-copies pooled over 12
     confirmation = report["confirmation"]
@@ -422,7 +422,7 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
         ],
     )
     assert screen_only.exit_code == 0, screen_only.output
-    report = json.loads((out / "screen" / "calibration.json").read_text())
+    report = json.loads((out / "screen" / "calibration_run.json").read_text())
     assert "confirmation" not in report and report["chosen"] in report["rows"][1:]
     bad = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--alphas", "a,b"])
     assert bad.exit_code == 2 and "--alphas" in bad.output
@@ -466,7 +466,7 @@ def test_calibrate_with_a_real_goal_saves_the_best_feasible_setting_and_it_holds
         ],
     )
     assert calibrated.exit_code == 0, calibrated.output
-    record = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    record = json.loads((tmp_path / "calib" / "calibration_run.json").read_text())
     confirmed = record["confirmation"]["rows"]
     limit = share_limit(confirmed, reduction=0.9)
     feasible = [row for row in confirmed[1:] if row["near_copy_share"] <= limit]

@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 _API = {
     "DiffusionModel": "cpsample.models.pretrained",
     "Classifier": "cpsample.models.pretrained",
+    "Calibrator": "cpsample.calibration",
+    "CalibrationResult": "cpsample.calibration",
+    "Goal": "cpsample.calibration",
     "protect": "cpsample.sampling.protect",
     "unprotect": "cpsample.sampling.protect",
     "protection_of": "cpsample.sampling.protect",

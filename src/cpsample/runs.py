@@ -37,7 +37,8 @@ OUTPUTS = {
     "attack sample-nn": ("result.json", "roc.png", "cpsample.json"),
     "attack side": ("result.json", "pool.png", "attack.png", "pairs.png", "surrogate_classifier", "cpsample.json"),
     "calibrate": (
-        "calibration.json",
+        "calibration_run.json",
+        "calibration.json",  # the run record's name before calibration_run.json, in older run folders
         "calibration.csv",
         "calibration.png",
         "confirmation.csv",

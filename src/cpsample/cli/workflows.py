@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -23,6 +22,9 @@ from cpsample.cli.common import (
     prepare_out,
     run_safely,
 )
+
+if TYPE_CHECKING:
+    from cpsample.calibration import CalibrationResult
 
 
 def register(app: typer.Typer) -> None:
@@ -113,7 +115,9 @@ def demo_command(
 
 @run_safely
 def calibrate_command(
-    out: Annotated[Path, typer.Option(help="Folder for calibration.json/.csv, calibration.png and cpsample.json.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for calibration_run.json, calibration.csv/.png and cpsample.json.")
+    ],
     reduction: Annotated[
         Optional[float],
         typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.9: to a tenth)."),
@@ -230,41 +234,18 @@ def calibrate_command(
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
-    from cpsample.evaluation.honesty import unfit_classifier, vacuous_baseline
-    from cpsample.models.bundle import BUNDLED, is_bundled, resolve_model_dir
-    from cpsample.provenance import write_record
+    from cpsample.calibration import Calibrator, Goal, GridSettings
+    from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.sampling.guards.cpsample import UNCALIBRATED
     from cpsample.sampling.latent import read_prompts
-    from cpsample.sampling.spec import write_calibration
     from cpsample.training.latent_classifier import pipeline_of
-    from cpsample.workflows.calibrate import (
-        CLOSE_FD,
-        CONFIRM_SEED_OFFSET,
-        RELIABLE_IMAGES,
-        GridSettings,
-        calibrated_settings,
-        choose_confirmed,
-        choose_setting,
-        close_calls,
-        confirm_finalists,
-        cost_warnings,
-        narrowed_grid_flags,
-        one_stage_setting,
-        parse_caps,
-        plot_grid,
-        run_grid,
-        setting_label,
-        share_limit,
-        two_stage_calibration,
-    )
+    from cpsample.workflows.calibrate import parse_caps
 
-    for name, value in (("--target", target), ("--reduction", reduction)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} is a share in [0, 1], got {value}")
+    goal = Goal(reduction=reduction, target=target)
     tau = UNCALIBRATED["tau"] if tau is None else tau
     model = model or pipeline_of(resolve_model_dir(classifier, "classifier")) or BUNDLED
     prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
-    settings = GridSettings(
+    grid = GridSettings(
         model=model,
         classifier=classifier,
         prompts=tuple(prompts),
@@ -287,6 +268,9 @@ def calibrate_command(
         push_caps=parse_caps(push_caps),
         late_classifiers=tuple(late_classifier or ()),
     )
+    calibrator = Calibrator(
+        grid, goal, finalists=finalists, confirm_samples=confirm_samples, allow_vacuous=allow_vacuous
+    )
     # after the options are read (a typo fails first), before any writing
     prepare_out(
         out,
@@ -295,157 +279,62 @@ def calibrate_command(
         inputs=(model, classifier, quality_net, prompts_file, private, early_classifier, *(late_classifier or ())),
     )
     check_device_option(device)
-    unfit = unfit_classifier(resolve_model_dir(classifier, "classifier"))
-    if unfit:
-        console.print(f"[bold red]warning:[/] {unfit}")
-    rows = run_grid(settings)
-    screen_choice = choose_setting(rows, target, reduction)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "calibration.csv", rows)
-    goal = {"reduction": reduction, "target": target}
-    console.print(_grid_table(rows, f"calibration on {n_samples} images per setting"))
-    wanted = (
-        " and ".join(
-            ([f"cut >= {reduction:.0%} vs plain"] if reduction is not None else [])
-            + ([f"share <= {target:.1%}"] if target is not None else [])
-        )
-        or "any setting"
-    )
-    confirmed = []
-    if screen_choice is not None and finalists and n_samples < RELIABLE_IMAGES:
-        confirm_n = confirm_samples or 2 * n_samples
+    result = calibrator.fit(report=_PrintedReport())
+    record = result.save(out)
+    _print_choice(result, out, record)
+
+
+class _PrintedReport:
+    """Prints what Calibrator.fit() reports as it goes: the screen's table before the confirmation round starts."""
+
+    def warning(self, text: str) -> None:
+        console.print(f"[bold red]warning:[/] {text}")
+
+    def screened(self, rows: list[dict], n_samples: int) -> None:
+        console.print(_grid_table(rows, f"calibration on {n_samples} images per setting"))
+
+    def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
         console.print(
-            f"confirmation round: plain and the {finalists} best feasible settings again on {confirm_n} fresh "
-            f"images (seed {seed + CONFIRM_SEED_OFFSET})"
+            f"confirmation round: plain and the {finalists} best feasible settings again on {n_samples} fresh "
+            f"images (seed {seed})"
         )
-        confirmed = confirm_finalists(rows, settings, target, reduction, finalists, confirm_n)
-        _write_csv(out / "confirmation.csv", confirmed)
+
+    def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
+        pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
+        console.print(_grid_table(rows, f"confirmation: {pooled}, FD and time on the {confirm_n}"))
+
+
+def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
+    """The choice, its warnings and where it was saved; exit 1 when no setting met the goal, and a refusal (nothing
+    saved next to the classifier) when the cut was vacuous without --allow-vacuous."""
+    from cpsample.models.bundle import is_bundled
+
+    if result.chosen is None:
         console.print(
-            _grid_table(
-                confirmed,
-                f"confirmation: near-copies pooled over {n_samples} + {confirm_n} images, "
-                f"FD and time on the {confirm_n}",
-            )
-        )
-    deciding = confirmed or rows
-    chosen, missed = screen_choice, None
-    if confirmed:
-        chosen, kept_the_cut = choose_confirmed(confirmed, target, reduction)
-        plot_grid(confirmed, out / "confirmation.png", chosen, share_limit(confirmed, target, reduction))
-        if not kept_the_cut:
-            missed = (
-                f"no finalist kept {wanted} over {chosen['n']} images; kept the most protective, "
-                f"{setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
-                f"{confirmed[0]['near_copy_share']:.1%}. Add larger --scales or --staged-scales, or more --finalists"
-            )
-    plot_grid(rows, out / "calibration.png", chosen, share_limit(rows, target, reduction))
-    # The one-stage rule keeps a calibrated setting of its own (`--option one_stage=true`, or any knob given).
-    one_stage = one_stage_setting(rows, chosen, target, reduction)
-    confirmation = (
-        {
-            "n_samples": confirmed[0]["confirmation_n"],
-            "seed": seed + CONFIRM_SEED_OFFSET,
-            "finalists": [setting_label(row) for row in confirmed[1:]],
-            "rows": confirmed,
-        }
-        if confirmed
-        else None
-    )
-    (out / "calibration.json").write_text(
-        json.dumps(
-            {**goal, "chosen": chosen, "rows": rows, **({"confirmation": confirmation} if confirmation else {})},
-            indent=2,
-        )
-    )
-    write_record(
-        out,
-        "calibrate",
-        {**settings.__dict__, **goal, "finalists": finalists, "confirm_samples": confirm_samples},
-        {"chosen": chosen},
-    )
-    if chosen is None:
-        console.print(
-            f"[bold red]no setting met {wanted}[/]: try larger --alphas or --scales; nothing was saved "
-            "next to the classifier"
+            f"[bold red]no setting met {result.goal.describe()}[/]: try larger --alphas or --scales; nothing was "
+            "saved next to the classifier"
         )
         raise typer.Exit(code=1)
-    plain = deciding[0]
-    vacuous = vacuous_baseline("plain sampling", plain["near_copies"], plain["n"])
-    if vacuous and reduction and not allow_vacuous:  # a cut is the goal, and there was nothing to cut
+    if result.vacuous_refused:
         raise ValueError(
-            f"{vacuous}. Nothing was saved next to the classifier (the measurements are in {out}); pass "
+            f"{result.vacuous}. Nothing was saved next to the classifier (the measurements are in {out}); pass "
             "--allow-vacuous to save this choice anyway"
         )
-    knobs = calibrated_settings(one_stage, tau)
-    two_stage = two_stage_calibration(chosen, settings)
-    details = {
-        "model": str(resolve_model_dir(model, "denoiser").resolve()),
-        "goal": goal,
-        "measured": chosen,
-        "measured_one_stage": one_stage,
-        "plain": plain,
-        "n_samples": n_samples,
-        "steps": steps,
-        "seed": seed,
-        "threshold": settings.threshold,
-        **({"two_stage": two_stage} if two_stage else {}),
-        **(
-            {"prompts": list(settings.prompts), "cfg_scale": cfg_scale, "scheduler": settings.scheduler}
-            if settings.latent
-            else {}
-        ),
-        **({"confirmation": {k: v for k, v in confirmation.items() if k != "rows"}} if confirmation else {}),
-    }
-    fd = chosen["frechet_distance"]
-    window = (
-        ""
-        if two_stage
-        else (" (checks at every step)" if knobs["max_t"] is None else f" (checks at t <= {knobs['max_t']})")
-    )
-    quality = "" if fd is None else f", FD {fd:.2f} vs {plain['frechet_distance']:.2f}"
-    console.print(
-        f"chosen: {setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs plain "
-        f"{plain['near_copy_share']:.1%} over {chosen['n']} images{quality}"
-    )
-    if missed:
-        details["missed"] = missed
-        console.print(f"[bold red]warning:[/] {missed}")
-    honesty = [warning for warning in (vacuous, unfit) if warning]
-    if chosen.get("steps_guided") == 0:
-        honesty.append(f"the chosen setting never guided a step on {chosen['n']} images: its cut is chance")
-    for warning in honesty:
+    console.print(result.summary)
+    for warning in ([result.missed] if result.missed else []) + result.warnings:
         console.print(f"[bold red]warning:[/] {warning}")
-    if honesty:
-        details["warnings"] = honesty
-    details["cost_warnings"] = cost_warnings(chosen, plain)
-    for warning in details["cost_warnings"]:
+    for warning in result.cost_warnings:
         console.print(f"[yellow]cost:[/] {warning}")
-    decided_on = chosen.get("confirmation_n", n_samples)
-    close = close_calls(deciding, chosen, target, reduction) if decided_on < RELIABLE_IMAGES else []
-    if close:
-        candidates = [chosen, *close] + (
-            [one_stage] if all(r["guard"] != "cpsample" for r in [chosen, *close]) else []
-        )
-        details["close_calls"] = [setting_label(row) for row in close]
-        console.print(
-            f"[yellow]note:[/] {', '.join(details['close_calls'])} came within {CLOSE_FD:.0%} of the "
-            f"chosen FD on {decided_on} images, closer than FD's seed-to-seed noise at this size. To choose "
-            f"between them, rerun the same command with --n-samples {RELIABLE_IMAGES} "
-            f"{narrowed_grid_flags(candidates)}"
-            + (
-                " and without --early-classifier"
-                if early_classifier and not any(r["guard"] == "cpsample-staged" for r in candidates)
-                else ""
-            )
-        )
+    if result.close_call_note:
+        console.print(f"[yellow]note:[/] {result.close_call_note}")
+    classifier = result.grid.classifier
     if is_bundled(classifier):
         console.print(
-            f"the bundled classifier ships its own calibration, which stays as it is; this one is in "
-            f"{out / 'calibration.json'}"
+            f"the bundled classifier ships its own calibration, which stays as it is; this one is in {record}"
         )
     else:
-        path = write_calibration(resolve_model_dir(classifier, "classifier"), knobs, details)
-        command = "sample-sd" if settings.latent else "sample --guard cpsample"
+        path = result.save_pretrained()
+        command = "sample-sd" if result.grid.latent else "sample --guard cpsample"
         console.print(f"saved to {path}: `cpsample {command} --classifier {classifier}` now uses it")
 
 
@@ -499,12 +388,3 @@ def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ..
     if not values:
         raise ValueError(f"{option} is empty")
     return values
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

@@ -1,0 +1,111 @@
+"""Calibrator: the search order of a calibration (screen, confirmation round, choice), with nothing printed or
+written; `fit()` returns a CalibrationResult that prints, saves the run and saves the choice."""
+
+from __future__ import annotations
+
+from cpsample.calibration.goal import Goal
+from cpsample.calibration.result import CalibrationResult
+from cpsample.evaluation.honesty import unfit_classifier
+from cpsample.models.bundle import resolve_model_dir
+from cpsample.workflows import calibrate as search
+from cpsample.workflows.calibrate import GridSettings
+
+
+class FitReport:
+    """What `fit()` tells while it runs, in order (a calibration takes minutes to hours, so the screen's table is
+    worth seeing before the confirmation round starts). Says nothing; `cpsample calibrate` prints each."""
+
+    def warning(self, text: str) -> None:
+        """A warning known before anything is sampled (a classifier that never fit)."""
+
+    def screened(self, rows: list[dict], n_samples: int) -> None:
+        """The screen's rows: plain first, then every setting of the grid on the same noise."""
+
+    def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
+        """The confirmation round starts: plain and up to `finalists` settings on `n_samples` fresh images."""
+
+    def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
+        """The confirmation round's rows, each pooled with its screen row."""
+
+
+class Calibrator:
+    """Finds the best-quality setting of the grid that meets the goal: a screen of every setting on the same noise,
+    then (below RELIABLE_IMAGES images) its `finalists` best feasible settings and plain again on `confirm_samples`
+    fresh images (default: twice the screen's), chosen on the pooled near-copies and the confirmation's FD.
+
+    `allow_vacuous` lets `save_pretrained` save a cut measured against a plain sampling that made no near-copies.
+
+    The seam for a model adapter and a Judge: the grid still names the model, classifier and quality net, and
+    `_screen` / `_confirm` are the only places that sample and measure (through run_grid)."""
+
+    def __init__(
+        self,
+        grid: GridSettings,
+        goal: Goal = Goal(),
+        *,
+        finalists: int = search.FINALISTS,
+        confirm_samples: int | None = None,
+        allow_vacuous: bool = False,
+    ):
+        if finalists < 0:
+            raise ValueError(f"finalists is a count (0: choose on the screen alone), got {finalists}")
+        if confirm_samples is not None and confirm_samples < 1:
+            raise ValueError(f"confirm_samples must be at least 1, got {confirm_samples}")
+        self.grid, self.goal = grid, goal
+        self.finalists, self.confirm_samples, self.allow_vacuous = finalists, confirm_samples, allow_vacuous
+
+    def fit(self, progress: bool = True, report: FitReport | None = None) -> CalibrationResult:
+        """Measure, confirm and choose; `progress` shows a progress bar per round, `report` hears each stage."""
+        report = report or FitReport()
+        unfit = unfit_classifier(resolve_model_dir(self.grid.classifier, "classifier"))
+        if unfit:
+            report.warning(unfit)
+        rows = self._screen(progress)
+        report.screened(rows, self.grid.n_samples)
+        confirmed = self._confirm(rows, progress, report)
+        chosen, missed = self._choose(rows, confirmed)
+        return CalibrationResult(
+            grid=self.grid,
+            goal=self.goal,
+            finalists=self.finalists,
+            confirm_samples=self.confirm_samples,
+            allow_vacuous=self.allow_vacuous,
+            rows=rows,
+            confirmed=confirmed,
+            chosen=chosen,
+            missed=missed,
+            unfit=unfit,
+        )
+
+    def _screen(self, progress: bool) -> list[dict]:
+        return search.run_grid(self.grid, progress=progress)
+
+    def _confirm(self, rows: list[dict], progress: bool, report: FitReport) -> list[dict]:
+        """The confirmation round's pooled rows (plain first); empty when the screen had no feasible setting, no
+        finalists were asked for, or the screen was large enough to decide alone."""
+        goal = self.goal
+        screen_choice = search.choose_setting(rows, goal.target, goal.reduction)
+        if screen_choice is None or not self.finalists or self.grid.n_samples >= search.RELIABLE_IMAGES:
+            return []
+        confirm_n = self.confirm_samples or 2 * self.grid.n_samples
+        report.confirming(self.finalists, confirm_n, self.grid.seed + search.CONFIRM_SEED_OFFSET)
+        confirmed = search.confirm_finalists(
+            rows, self.grid, goal.target, goal.reduction, self.finalists, confirm_n, progress=progress
+        )
+        report.confirmed(confirmed, self.grid.n_samples, confirm_n)
+        return confirmed
+
+    def _choose(self, rows: list[dict], confirmed: list[dict]) -> tuple[dict | None, str | None]:
+        """(the chosen row or None, why it misses the goal or None): the confirmed finalists decide when there are
+        any; when none of them kept the cut once pooled, the most protective is kept and said to miss."""
+        goal = self.goal
+        if not confirmed:
+            return search.choose_setting(rows, goal.target, goal.reduction), None
+        chosen, kept_the_cut = search.choose_confirmed(confirmed, goal.target, goal.reduction)
+        if kept_the_cut:
+            return chosen, None
+        return chosen, (
+            f"no finalist kept {goal.describe()} over {chosen['n']} images; kept the most protective, "
+            f"{search.setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
+            f"{confirmed[0]['near_copy_share']:.1%}. Add larger --scales or --staged-scales, or more --finalists"
+        )
