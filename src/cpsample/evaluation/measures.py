@@ -189,7 +189,11 @@ class GuardActivity:
         return cls()
 
     def __call__(self, samples: Samples) -> dict:
-        fired = samples.trace.get("fired")
+        return self.of_trace(samples.trace)
+
+    @staticmethod
+    def of_trace(trace: Mapping[str, np.ndarray]) -> dict:
+        fired = trace.get("fired")
         if fired is None:
             return {}
         return {
