@@ -43,14 +43,16 @@ class Samples:
         and `labels`, when given, replace what the result holds (a caller that timed the run itself)."""
         if isinstance(result, Samples):
             found = result
-        else:
+        elif hasattr(result, "images"):
             found = cls(
-                images=_as_array(getattr(result, "images", result)),
+                images=_as_array(result.images),
                 trace=getattr(result, "trace", None) or {},
                 timesteps=getattr(result, "timesteps", None),
                 seconds=getattr(result, "seconds", None),
                 denoiser_calls=getattr(result, "denoiser_calls", None),
             )
+        else:  # bare images (an array's or a tensor's own `trace` is a method, not a guard's record)
+            found = cls(images=_as_array(result))
         given = {"seconds": seconds, "labels": labels}
         return dataclasses.replace(found, **{key: value for key, value in given.items() if value is not None})
 
