@@ -374,9 +374,6 @@ class Judge:
                     row.update(measure.relate(row, first))
         return rows
 
-    def pool(self, earlier: dict, later: dict) -> dict:
-        return pool_rows(earlier, later, self.measures)
-
 
 def measure_class(name: str) -> type:
     if name not in MEASURES:
