@@ -19,18 +19,20 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_methods import Judge, sample_attack
+from bench_methods import judge_row, make_judge, sample_attack
 
 from cpsample.evaluation import NearCopyDetector, load_feature_net
+from cpsample.evaluation.measures import ClassShares, GuidedShare, Judge
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
-from cpsample.workflows.calibrate import calibrated_settings, last_fired_t
+from cpsample.workflows.calibrate import calibrated_settings
 
 
 def main() -> None:
@@ -72,15 +74,15 @@ def main() -> None:
     attack = (
         sample_attack(dataset, split, args.threshold, args.seed, args.mia_members) if args.mia_members > 0 else None
     )
-    judge = Judge(
-        NearCopyDetector(members, args.threshold),
-        load_feature_net(args.quality_net, channels=members.shape[1]),
-        heldout,
-        attack,
+    net = load_feature_net(args.quality_net, channels=members.shape[1])
+    judges = Judges(
+        row=make_judge(NearCopyDetector(members, args.threshold), net, heldout, attack),
+        guided=Judge([GuidedShare()]),
+        classes=Judge([ClassShares(net)]),  # compared with plain sampling's in `add_class_ratios`
     )
     common = dict(model=args.model, n=args.n_samples, steps=args.steps, seed=args.seed, batch_size=200, progress=False)
 
-    rows = [measure(judge, args, "plain", "-", {"guard": "none"}, common)]
+    rows = [measure(judges, args, "plain", "-", {"guard": "none"}, common)]
     for name, folder in classifiers.items():
         for alpha in floats(args.alphas):
             for scale in floats(args.scales):
@@ -92,12 +94,12 @@ def main() -> None:
                     "tau": 0.001,
                     "max_t": CHECK_EVERY_STEP,
                 }
-                rows.append(measure(judge, args, f"cpsample ({name})", f"a={alpha:g} s={scale:g}", options, common))
+                rows.append(measure(judges, args, f"cpsample ({name})", f"a={alpha:g} s={scale:g}", options, common))
     for amg_scale in floats(args.amg_scales):
         options = {"guard": "amg", "sim_scale": amg_scale}
-        rows.append(measure(judge, args, "amg", f"c3={amg_scale:g}", options, common))
+        rows.append(measure(judges, args, "amg", f"c3={amg_scale:g}", options, common))
     for threshold in floats(args.rejection_thresholds):
-        rows.append(rejection_row(judge, args, members, threshold, common))
+        rows.append(rejection_row(judges, args, members, threshold, common))
     add_class_ratios(rows)
     write_csv(args.out / "frontier.csv", rows)
     chosen = choose_per_method(rows, args.reduction)
@@ -115,33 +117,43 @@ def main() -> None:
     )
 
 
-def measure(judge: Judge, args, method: str, setting: str, options: dict, common: dict) -> dict:
+@dataclass
+class Judges:
+    """Every setting's row (near-copies, FD, time, sample-only attack), the guard's activity (guided settings only)
+    and the class shares, each placed where the frontier's columns have always stood."""
+
+    row: Judge
+    guided: Judge
+    classes: Judge
+
+
+def measure(judges: Judges, args, method: str, setting: str, options: dict, common: dict) -> dict:
     started = time.time()
     result = generate(**common, **options)
-    fired = result.trace.get("fired")
-    row = judge.row(
+    row = judge_row(
+        judges.row,
         args.model,
         method,
-        result.images,
+        result,
         time.time() - started,
         setting=setting,
-        steps_guided=None if fired is None else float(fired.mean()),
-        last_fired_t=last_fired_t(fired, result.timesteps),
+        **judges.guided(result),
         options=options,
-        **class_balance(judge, result.images),
+        **judges.classes(result),
     )
     print(f"{method} {setting}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True)
     return row
 
 
-def rejection_row(judge: Judge, args, members: np.ndarray, threshold: float, common: dict) -> dict:
+def rejection_row(judges: Judges, args, members: np.ndarray, threshold: float, common: dict) -> dict:
     started = time.time()
     result = rejection_sample(
         lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
         args.n_samples,
         NearCopyDetector(members, threshold),
     )
-    row = judge.row(
+    row = judge_row(
+        judges.row,
         args.model,
         "rejection",
         result.images,
@@ -149,18 +161,12 @@ def rejection_row(judge: Judge, args, members: np.ndarray, threshold: float, com
         setting=f"thr={threshold:g}",
         denoiser_calls_per_image=result.calls_per_image,
         options={"guard": "none", "rejection": threshold},
-        **class_balance(judge, result.images),
+        **judges.classes(result.images),
     )
     print(
         f"rejection {threshold:g}: {row['near_copy_share']:.1%} near-copies, FD {row['fd_digitnet']:.2f}", flush=True
     )
     return row
-
-
-def class_balance(judge: Judge, images) -> dict:
-    """The digit net's class shares of the samples (compared with plain sampling's in `add_class_ratios`)."""
-    counts = np.bincount(judge.net.predict(np.asarray(images)), minlength=judge.net.num_classes)
-    return {"class_shares": (counts / counts.sum()).round(4).tolist()}
 
 
 def add_class_ratios(rows: list[dict]) -> None:

@@ -23,7 +23,16 @@ import numpy as np
 
 from cpsample.attacks import SampleNNAttack
 from cpsample.attacks.mia import pick_images
-from cpsample.evaluation import NearCopyDetector, clopper_pearson, frechet_distance_in, load_feature_net
+from cpsample.evaluation import NearCopyDetector, load_feature_net
+from cpsample.evaluation.measures import (
+    ClassAgreement,
+    FrechetDistance,
+    Judge,
+    NearCopyShare,
+    SampleOnlyMembershipAUC,
+    Samples,
+    Time,
+)
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
 from cpsample.sampling.pipeline import generate
@@ -53,13 +62,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir("bundled", "denoiser"))
     members, heldout = dataset.images[split.members], dataset.images[split.nonmembers]
-    judge = Judge(
-        NearCopyDetector(members, args.threshold),
+    detector = NearCopyDetector(members, args.threshold)
+    judge = make_judge(
+        detector,
         load_feature_net("bundled", channels=members.shape[1]),
         heldout,
         sample_attack(dataset, split, args.threshold, args.seed),
     )
-    rows = [] if args.skip_unconditional else unconditional_rows(args, judge)
+    rows = [] if args.skip_unconditional else unconditional_rows(args, judge, detector)
     if args.conditional_model is not None:
         rows += conditional_rows(args, judge)
     with open(args.out / "methods.csv", "w", newline="") as handle:
@@ -70,45 +80,36 @@ def main() -> None:
     print(markdown_table(rows))
 
 
-class Judge:
-    """One yardstick for every method: near-copies, quality, class agreement and, with `attack`, the sample-only
-    membership attack (black box: it reads only the samples, so every defence gets the same column)."""
+def make_judge(detector: NearCopyDetector, net, heldout: np.ndarray, attack: SampleNNAttack | None = None) -> Judge:
+    """One yardstick for every method: near-copies, quality (FD fitted on the held-out images once), time, class
+    agreement and, with `attack`, the sample-only membership attack (black box: it reads only the samples, so every
+    defence gets the same column)."""
+    return Judge(
+        [
+            NearCopyShare(detector),
+            FrechetDistance(net, heldout, column="fd_digitnet"),
+            Time(per_image=True),
+            ClassAgreement(net),
+            FilledLater(),
+            SampleOnlyMembershipAUC(attack),
+        ]
+    )
 
-    def __init__(self, detector: NearCopyDetector, net, heldout: np.ndarray, attack: SampleNNAttack | None = None):
-        self.detector, self.net, self.heldout, self.attack = detector, net, heldout, attack
 
-    def row(self, model: str, method: str, images, seconds: float, labels=None, **extra) -> dict:
-        images = images.numpy() if hasattr(images, "numpy") else images
-        copies = self.detector(images)
-        low, high = clopper_pearson(int(copies.sum()), len(copies))
-        agreement = None if labels is None else float((self.net.predict(images) == labels).mean())
-        return {
-            "model": model,
-            "method": method,
-            "n": len(images),
-            "near_copies": int(copies.sum()),
-            "near_copy_share": float(copies.mean()),
-            "ci_low": low,
-            "ci_high": high,
-            "fd_digitnet": float(frechet_distance_in(self.net, self.heldout, images)["value"]),
-            "seconds_per_image": seconds / len(images),
-            "class_agreement": agreement,
-            "denoiser_calls_per_image": None,
-            "side_distinct_extracted": None,
-            "side_unguided_same_budget": None,
-            **self.sample_columns(images),
-            **extra,
-        }
+class FilledLater:
+    """The columns later steps fill in (rejection sampling's calls, the SIDE attack): None until then, in the same
+    place in every row."""
 
-    def sample_columns(self, images) -> dict:
-        if self.attack is None:
-            return {}
-        result = self.attack(images)
-        return {
-            "mia_sample_nn_auc": round(result.auc, 4),
-            "mia_sample_nn_tpr_at_1pct_fpr": round(result.stats.tpr_at_1pct_fpr, 4),
-            "mia_sample_nn_mann_whitney_p": result.mann_whitney_p,
-        }
+    name = "filled_later"
+    columns = ("denoiser_calls_per_image", "side_distinct_extracted", "side_unguided_same_budget")
+
+    def __call__(self, samples: Samples) -> dict:
+        return dict.fromkeys(self.columns)
+
+
+def judge_row(judge: Judge, model: str, method: str, images, seconds: float, labels=None, **extra) -> dict:
+    """The judge's row for one method's samples, after its model and method, before `extra`."""
+    return {"model": model, "method": method, **judge(images, seconds=seconds, labels=labels), **extra}
 
 
 def sample_attack(dataset, split, threshold: float | None, seed: int, n_members: int | None = None) -> SampleNNAttack:
@@ -118,7 +119,7 @@ def sample_attack(dataset, split, threshold: float | None, seed: int, n_members:
     return SampleNNAttack(dataset.images[member_idx], dataset.images[nonmember_idx], threshold=threshold)
 
 
-def unconditional_rows(args, judge: Judge) -> list[dict]:
+def unconditional_rows(args, judge: Judge, detector: NearCopyDetector) -> list[dict]:
     from cpsample.attacks.side import SideConfig, run_side
 
     common = dict(n=args.n_samples, steps=args.steps, seed=args.seed, progress=False)
@@ -130,16 +131,17 @@ def unconditional_rows(args, judge: Judge) -> list[dict]:
     ):
         started = time.time()
         result = generate(**common, **options)
-        rows.append(judge.row("bundled", method, result.images, time.time() - started))
+        rows.append(judge_row(judge, "bundled", method, result.images, time.time() - started))
         print(f"{method}: done", flush=True)
     started = time.time()
     rejected = rejection_sample(
         lambda count, r: generate(**{**common, "n": count, "seed": args.seed + 1000 * r}),
         args.n_samples,
-        judge.detector,
+        detector,
     )
     rows.append(
-        judge.row(
+        judge_row(
+            judge,
             "bundled",
             "rejection",
             rejected.images,
@@ -175,7 +177,7 @@ def conditional_rows(args, judge: Judge) -> list[dict]:
         result = generate_conditional(
             args.conditional_model, labels, guard=guard, classifier=classifier, alpha=ALPHA, scale=SCALE, **common
         )
-        rows.append(judge.row("conditional", method, result.images, time.time() - started, labels=labels))
+        rows.append(judge_row(judge, "conditional", method, result.images, time.time() - started, labels=labels))
         print(f"{method}: done", flush=True)
     return rows
 

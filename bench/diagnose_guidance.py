@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_frontier import write_csv
-from bench_methods import Judge
+from bench_methods import judge_row, make_judge
 
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.models.bundle import resolve_model_dir, training_data
@@ -56,20 +56,21 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir(args.model, "denoiser"))
-    judge = Judge(
+    judge = make_judge(
         NearCopyDetector(dataset.images[split.members]), load_feature_net("bundled"), dataset.images[split.nonmembers]
     )
     base = build_guard(
         "cpsample", GuardContext(model=args.model, classifier=args.classifier), alpha=args.alpha, scale=args.scale
     )
     common = dict(model=args.model, n=args.n_samples, seed=args.seed, batch_size=200, progress=False)
-    rows = [judge.row(args.model, "plain", generate(**common).images, 0.0, window="-")]
+    rows = [judge_row(judge, args.model, "plain", generate(**common).images, 0.0, window="-")]
     per_step = None
     for low, high in WINDOWS:
         result = generate(guard=WindowedGuard(base, low, high), **common)
         fired = result.trace["fired"].astype(bool) & _inside(result.timesteps, low, high)[:, None]
         rows.append(
-            judge.row(
+            judge_row(
+                judge,
                 args.model,
                 "cpsample",
                 result.images,

@@ -27,6 +27,7 @@ _API = {
     "GuardContext": "cpsample.sampling.guards",
     "GUARDS": "cpsample.sampling.guards",
     "NearCopyDetector": "cpsample.evaluation.detector",
+    "Judge": "cpsample.evaluation.measures",
     "find_near_copies": "cpsample.evaluation.nearcopy",
 }
 

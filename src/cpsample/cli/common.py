@@ -154,13 +154,9 @@ def say_warnings(warnings: list[str]) -> dict:
 
 def guard_stats(trace: dict) -> dict:
     """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once."""
-    if "fired" not in trace:
-        return {}
-    fired = trace["fired"]
-    return {
-        "share_of_steps_guided": float(fired.mean()),
-        "share_of_samples_ever_guided": float(fired.any(axis=0).mean()),
-    }
+    from cpsample.evaluation.measures import GuardActivity
+
+    return GuardActivity.of_trace(trace)
 
 
 def parse_widths(text: str) -> tuple[int, ...]:

@@ -1,7 +1,9 @@
 """Evaluation: how much samples copy the training images, how good they are, and a report of both.
 
 `evaluate(samples, members, nonmembers)` runs everything for named sample sets; `write_report(folder, results)`
-writes report.json / report.md / report.html. The pieces are usable on their own.
+writes report.json / report.md / report.html. The pieces are usable on their own; `Judge` (measures.py) turns one
+sample result into one row of measures (near-copies with their interval, FD, guided share ...), as calibrate, the demo
+and the benchmarks use it.
 """
 
 from cpsample.evaluation.detector import NearCopyDetector
@@ -24,6 +26,7 @@ from cpsample.evaluation.features import (
     make_feature_extractor,
 )
 from cpsample.evaluation.figures import most_similar_pairs, pairs_figure, similarity_histogram
+from cpsample.evaluation.measures import MEASURES, Judge, Measure, Reference, Samples
 from cpsample.evaluation.nearcopy import (
     NEAR_COPY_THRESHOLDS,
     NearCopies,
@@ -61,6 +64,7 @@ from cpsample.evaluation.suite import evaluate, make_figures
 __all__ = [
     "BUNDLED_FEATURE_NET",
     "BUNDLED_FEATURE_NETS",
+    "MEASURES",
     "NEAR_COPY_THRESHOLDS",
     "NearCopies",
     "NearCopyDetector",
@@ -72,9 +76,13 @@ __all__ = [
     "FeatureNet",
     "FeatureNetConfig",
     "FeatureNetTraining",
+    "Judge",
+    "Measure",
     "Neighbours",
     "PAPER_THRESHOLDS",
     "PixelFeatures",
+    "Reference",
+    "Samples",
     "SSCDFeatures",
     "bundled_feature_net",
     "class_agreement",

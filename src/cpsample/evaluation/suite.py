@@ -19,9 +19,10 @@ from cpsample.data import DataError
 from cpsample.evaluation.features import FeatureExtractor, make_feature_extractor
 from cpsample.evaluation.figures import most_similar_pairs, pairs_figure, similarity_histogram
 from cpsample.evaluation.inputs import ImagesLike, as_images, same_image_shape
+from cpsample.evaluation.measures import FrechetDistance, Judge
 from cpsample.evaluation.nearcopy import find_near_copies, resolve_threshold
 from cpsample.evaluation.permutation import permutation_test
-from cpsample.evaluation.quality import class_agreement, class_histogram, frechet_distance_from_fits, gaussian_fit
+from cpsample.evaluation.quality import class_agreement, class_histogram
 from cpsample.evaluation.replication import (
     CARLINI_ALPHA,
     CARLINI_NEIGHBOURS,
@@ -262,11 +263,11 @@ def _add_quality(results: dict, quality_net, sample_sets, members, nonmembers, s
         else load_feature_net(quality_net, channels=as_images(members).shape[1])
     )
     metric = f"FD_{net.name}"
-    member_fit = gaussian_fit(net(members))
+    fd = Judge([FrechetDistance(net, members, column="value", samples_first=True)])  # the members' fit made once
     for name, images in sample_sets.items():
         quality = {
             "metric": metric,
-            "value": frechet_distance_from_fits(*gaussian_fit(net(images)), *member_fit),
+            **fd(images),
             "reference": "members",
             "predicted_class_counts": class_histogram(net, images),
         }
@@ -282,6 +283,6 @@ def _add_quality(results: dict, quality_net, sample_sets, members, nonmembers, s
             "metric": metric,
             "reference": "members",
             "n": count,
-            "value": frechet_distance_from_fits(*gaussian_fit(net(real)), *member_fit),
+            **fd(real),
             "predicted_class_counts": class_histogram(net, real),
         }

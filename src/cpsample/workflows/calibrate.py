@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from cpsample.evaluation.detector import NearCopyDetector
+from cpsample.evaluation.measures import MEASURES, Judge, Reference, pool_rows
 from cpsample.evaluation.nearcopy import resolve_threshold
-from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import is_sd_pipeline
 from cpsample.models.pretrained import Classifier, DiffusionModel
@@ -127,44 +126,33 @@ def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dic
     candidates = grid_candidates(settings) if candidates is None else [setting_of(row) for row in candidates]
     if candidates[0]["guard"] != "none":
         raise ValueError("the first candidate must be plain sampling: every row's time is measured against it")
-    run, detector, quality = (_latent_runner if settings.latent else _pixel_runner)(settings)
+    run, reference = (_latent_runner if settings.latent else _pixel_runner)(settings)
+    judge = Judge.from_reference(reference, GRID_MEASURES)
     rows = []
     for candidate in tqdm(candidates, desc="settings", disable=not progress):
         started = time.time()
         result = run(candidate)
-        seconds = time.time() - started
-        copies = detector(result.images)
-        low, high = clopper_pearson(int(copies.sum()), len(copies))
-        fired = result.trace.get("fired")
-        rows.append(
-            {
-                **candidate,
-                "n": len(copies),
-                "near_copies": int(copies.sum()),
-                "near_copy_share": float(copies.mean()),
-                "ci_low": low,
-                "ci_high": high,
-                "steps_guided": None if fired is None else float(fired.mean()),
-                "last_fired_t": last_fired_t(fired, result.timesteps),
-                "frechet_distance": quality(result.images),
-                "seconds": round(seconds, 2),
-            }
-        )
-    plain_seconds = rows[0]["seconds"]
-    for row in rows:
-        row["time_vs_plain"] = row["seconds"] / max(plain_seconds, 1e-9)
-    return rows
+        rows.append({**candidate, **judge(result, seconds=time.time() - started)})
+    return judge.relate(rows)
+
+
+# A grid row's measurements, in its columns' order: n, near_copies, near_copy_share, ci_low, ci_high, steps_guided,
+# last_fired_t, frechet_distance, seconds (then time_vs_plain against plain's row).
+GRID_MEASURES = ("near_copy_share", "guided_share", "frechet_distance", "time")
 
 
 def _pixel_runner(settings: GridSettings):
-    """(sample a candidate, count its near-copies, score its quality) for a pixel-space denoiser."""
+    """(sample a candidate, what its rows are measured against) for a pixel-space denoiser."""
     model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
     classifier = Classifier.from_pretrained(settings.classifier, settings.device)
     for folder in settings.late_classifiers:  # refused before the grid starts, not half-way through it
         other = Classifier.from_pretrained(folder, settings.device)
         check_classifier_fits(other.model, other.folder, model.unet, model.schedule, model.folder)
-    detector = NearCopyDetector(model.members.images, settings.threshold, settings.features)
-    quality = _quality_scorer(settings.quality_net, model.nonmembers.images)
+    reference = Reference(
+        detector=NearCopyDetector(model.members.images, settings.threshold, settings.features),
+        net=_quality_net(settings.quality_net, model.nonmembers.images.shape[1]),
+        heldout=model.nonmembers.images,
+    )
     common = dict(
         model=model,
         n=settings.n_samples,
@@ -179,13 +167,13 @@ def _pixel_runner(settings: GridSettings):
     def run(candidate: dict):
         return generate(guard=candidate["guard"], classifier=classifier, **_knobs(settings, candidate), **common)
 
-    return run, detector, quality
+    return run, reference
 
 
 def _latent_runner(settings: GridSettings):
-    """(sample a candidate, count its near-copies, no quality score) for a Stable Diffusion pipeline: each prompt gets
-    ceil(n_samples / prompts) images, every setting the same noise; near-copies of the private images in pixels, as
-    `sample-sd` counts them."""
+    """(sample a candidate, what its rows are measured against: no quality net) for a Stable Diffusion pipeline: each
+    prompt gets ceil(n_samples / prompts) images, every setting the same noise; near-copies of the private images in
+    pixels, as `sample-sd` counts them."""
     from cpsample.sampling.latent import (
         check_latent_classifier,
         latent_shape,
@@ -238,7 +226,7 @@ def _latent_runner(settings: GridSettings):
     def detector(images):
         return nearest_private(images, private, settings.threshold).copies
 
-    return run, detector, lambda images: None
+    return run, Reference(detector=detector)
 
 
 SETTING_KEYS = ("guard", "alpha", "scale", "early_scale", "max_push", "late_denoised", "late_classifier")
@@ -416,19 +404,8 @@ def one_stage_setting(
 def pool_rounds(screen: dict, confirmation: dict) -> dict:
     """One setting's screen and confirmation rows as one row: near-copies and guided steps over both rounds; FD,
     time and the rest from the confirmation (FD is not additive; the screen's stays as screen_frechet_distance)."""
-    copies, n = screen["near_copies"] + confirmation["near_copies"], screen["n"] + confirmation["n"]
-    low, high = clopper_pearson(copies, n)
-    guided = [(row["steps_guided"], row["n"]) for row in (screen, confirmation) if row["steps_guided"] is not None]
-    fired = [row["last_fired_t"] for row in (screen, confirmation) if row["last_fired_t"] is not None]
     return {
-        **confirmation,
-        "n": n,
-        "near_copies": copies,
-        "near_copy_share": copies / n,
-        "ci_low": low,
-        "ci_high": high,
-        "steps_guided": sum(g * k for g, k in guided) / sum(k for _, k in guided) if guided else None,
-        "last_fired_t": max(fired) if fired else None,
+        **pool_rows(screen, confirmation, [MEASURES[name] for name in GRID_MEASURES]),
         "confirmation_n": confirmation["n"],
         "screen_frechet_distance": screen["frechet_distance"],
     }
@@ -552,21 +529,13 @@ def _folder_record(folder: str) -> str:
     return folder if is_bundled(folder) else str(Path(folder).resolve())
 
 
-def last_fired_t(fired: np.ndarray | None, timesteps: np.ndarray | None) -> int | None:
-    """The highest timestep at which any sample was guided (fired: steps x samples)."""
-    if fired is None or timesteps is None or not fired.any():
-        return None
-    return int(np.asarray(timesteps)[fired.any(axis=1)].max())
-
-
-def _quality_scorer(quality_net: str | None, reference: np.ndarray):
-    """Frechet distance to held-out real images in the feature net's space, or a no-op when no net is given."""
+def _quality_net(quality_net: str | None, channels: int):
+    """The feature net FD is measured in, or None when no net is given (the FD column stays empty)."""
     if quality_net is None:
-        return lambda images: None
-    from cpsample.evaluation import frechet_distance_in, load_feature_net
+        return None
+    from cpsample.evaluation import load_feature_net
 
-    net = load_feature_net(quality_net, channels=reference.shape[1])
-    return lambda images: float(frechet_distance_in(net, reference, images.numpy())["value"])
+    return load_feature_net(quality_net, channels=channels)
 
 
 def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: float | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsample.evaluation.detector import NearCopyDetector
+from cpsample.evaluation.measures import DenoiserCalls, GuardActivity, Judge, Time
 from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.outputs import image_grid, plot_trace
@@ -93,28 +94,20 @@ def sample_three_ways(
 
     detect_started = time.time()
     rejected = rejection_sample(draw, settings.n_samples, detector)
-    n = settings.n_samples
     guarded = {"cpsample": protected, **({} if one_stage is None else {ONE_STAGE: one_stage})}
+    cost = Judge(COST_MEASURES)
     costs = {
-        "plain": _cost(plain.seconds, plain.denoiser_calls, n),
-        **{
-            name: {
-                **_cost(result.seconds, result.denoiser_calls, n),
-                "share_of_steps_guided": float(result.trace["fired"].mean()),
-                "share_of_samples_ever_guided": float(result.trace["fired"].any(axis=0).mean()),
-            }
-            for name, result in guarded.items()
-        },
+        "plain": cost(plain),
+        **{name: cost(result) for name, result in guarded.items()},
         # the plain round was already paid for; the redraws and the copy checks are rejection sampling's own cost
         "rejection": {
-            **_cost(plain.seconds + (time.time() - detect_started), rejected.denoiser_calls, n),
+            **cost(rejected, seconds=plain.seconds + (time.time() - detect_started)),
             "drawn": rejected.drawn,
             "rejected": rejected.rejected,
             "rounds": rejected.rounds,
         },
     }
-    for name in costs:
-        costs[name]["time_vs_plain"] = costs[name]["seconds"] / max(costs["plain"]["seconds"], 1e-9)
+    cost.relate(list(costs.values()))  # time_vs_plain
     images = {
         "plain": plain.images,
         **{name: result.images for name, result in guarded.items()},
@@ -126,20 +119,14 @@ def sample_three_ways(
 
 
 ONE_STAGE = "cpsample-one-stage"  # the paper's rule, shown next to a two-stage default
+# What each method's accepted images cost (seconds, denoiser calls: in all and per image) and, for the guards, how
+# often they acted.
+COST_MEASURES = (Time(), Time(per_image=True), DenoiserCalls(), GuardActivity())
 
 
 def _late_alpha(guard_settings: dict) -> float:
     """The alpha of the x_t rule (the only one for one stage; the late stage's for two)."""
     return guard_settings["late"]["alpha"] if "late" in guard_settings else guard_settings["alpha"]
-
-
-def _cost(seconds: float, calls: int, accepted: int) -> dict:
-    return {
-        "seconds": round(seconds, 2),
-        "seconds_per_image": seconds / accepted,
-        "denoiser_calls": int(calls),
-        "denoiser_calls_per_image": calls / accepted,
-    }
 
 
 def _sample_figures(out: Path, images: dict, protected, alpha: float) -> dict:
