@@ -15,8 +15,8 @@ import argparse
 import csv
 from pathlib import Path
 
+from cpsample.calibration.search import GridSettings, plot_grid, run_grid
 from cpsample.provenance import seed_everything, write_record
-from cpsample.workflows.calibrate import GridSettings, plot_grid, run_grid
 
 
 def main() -> None:

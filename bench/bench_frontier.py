@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from bench_methods import judge_row, make_judge, sample_attack
 
+from cpsample.calibration.search import calibrated_settings
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.evaluation.measures import ClassShares, GuidedShare, Judge
 from cpsample.models.bundle import resolve_model_dir, training_data
@@ -32,7 +33,6 @@ from cpsample.provenance import seed_everything, write_record
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
-from cpsample.workflows.calibrate import calibrated_settings
 
 
 def main() -> None:

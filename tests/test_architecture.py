@@ -16,8 +16,8 @@ LAYERS = [
     "sampling",
     "training",
     "attacks",
-    "workflows",
     "calibration",
+    "workflows",
     "api",
     "cli",
 ]

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpsample.evaluation.replication import clopper_pearson
-from cpsample.workflows.calibrate import (
+from cpsample.calibration.search import (
     choose_confirmed,
     choose_setting,
     feasible_rows,
@@ -16,6 +15,7 @@ from cpsample.workflows.calibrate import (
     pool_rounds,
     share_limit,
 )
+from cpsample.evaluation.replication import clopper_pearson
 
 
 def _row(guard="cpsample", share=0.01, fd=5.0, guided=0.1, alpha=0.1, scale=10.0, **extra):

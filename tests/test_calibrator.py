@@ -12,10 +12,10 @@ import pytest
 from helpers import cli
 
 from cpsample.calibration import RUN_RECORD, Calibrator, FitReport, Goal, GridSettings
+from cpsample.calibration import search as calibrate
 from cpsample.evaluation.replication import clopper_pearson
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.spec import cpsample_settings, read_calibration
-from cpsample.workflows import calibrate
 
 TIMING = ("seconds", "time_vs_plain")
 

@@ -395,8 +395,8 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     near-copies of the private images as sample-sd does, and saves calibration.json, which sample-sd then runs."""
     import shutil
 
+    from cpsample.calibration.search import GridSettings
     from cpsample.cli.main import app
-    from cpsample.workflows.calibrate import GridSettings
 
     classifier = tmp_path / "clf"
     shutil.copytree(setup["classifier"], classifier)

@@ -136,7 +136,7 @@ def test_a_registered_measure_is_a_column_of_every_judge_built_from_the_registry
 
 
 def test_a_registered_measure_reaches_the_calibration_grid(monkeypatch):
-    from cpsample.workflows import calibrate
+    from cpsample.calibration import search as calibrate
 
     class Steps:
         name = "steps"

@@ -75,7 +75,7 @@ def test_one_default_per_feature_space():
 
 def test_library_callers_default_to_the_yardstick(digits):
     from cpsample.attacks.side import SideConfig, count_extractions
-    from cpsample.workflows.calibrate import GridSettings
+    from cpsample.calibration.search import GridSettings
     from cpsample.workflows.demo import DemoSettings
     from cpsample.workflows.negatives import DEFAULT_MAX_SIMILARITY
 

@@ -279,7 +279,7 @@ def test_stages_can_be_kept_apart_with_early_min_t_and_the_late_stage_can_stop_e
 
 
 def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(tmp_path):
-    from cpsample.workflows.calibrate import GridSettings, choose_setting, two_stage_calibration
+    from cpsample.calibration.search import GridSettings, choose_setting, two_stage_calibration
 
     rows = [
         {

@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cpsample.calibration.search import choose_setting, close_calls, narrowed_grid_flags
 from cpsample.cli.main import app
 from cpsample.data import make_split
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.sampling.rejection import rejection_sample
 from cpsample.sampling.sampler import SampleResult
-from cpsample.workflows.calibrate import choose_setting, close_calls, narrowed_grid_flags
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_calibration_picks_the_best_quality_setting_meeting_the_target():
 
 
 def test_calibration_warns_when_the_chosen_setting_costs_more_than_the_aims():
-    from cpsample.workflows.calibrate import cost_warnings
+    from cpsample.calibration.search import cost_warnings
 
     plain = {"guard": "none", "near_copy_share": 0.45, "frechet_distance": 2.97, "time_vs_plain": 1.0}
     costly = {"guard": "cpsample-staged", "near_copy_share": 0.043, "frechet_distance": 5.18, "time_vs_plain": 1.21}
@@ -166,8 +166,8 @@ def test_calibration_names_the_settings_it_cannot_tell_apart_and_how_to_rerun_th
 def test_a_confirmation_round_overturns_a_screen_choice_that_misses_the_cut_on_more_images(monkeypatch):
     """The second model's README-flow screen (bench/README.md, Finding 19): on 300 images the big classifier late at
     s 10 had 12 copies against a limit of 13.2 and the best FD; more images showed it misses the cut."""
+    from cpsample.calibration import search as calibrate
     from cpsample.evaluation.replication import clopper_pearson
-    from cpsample.workflows import calibrate
 
     def row(guard, scale, cap, copies, n, fd, late=None):
         return {
@@ -232,7 +232,7 @@ def test_a_confirmation_round_overturns_a_screen_choice_that_misses_the_cut_on_m
 def test_a_confirmed_one_stage_choice_is_the_one_stage_setting_saved():
     """What --guard cpsample runs must be what was chosen: when the confirmation round picks a one-stage row other
     than the screen's best one, the one-stage knobs saved are the confirmed row's, not the screen's."""
-    from cpsample.workflows import calibrate
+    from cpsample.calibration import search as calibrate
 
     def row(guard, scale, copies, n, fd):
         return {
@@ -274,7 +274,7 @@ def test_a_confirmed_one_stage_choice_is_the_one_stage_setting_saved():
 
 
 def test_push_caps_are_read_as_calibrate_writes_them():
-    from cpsample.workflows.calibrate import cap_text, parse_caps
+    from cpsample.calibration.search import cap_text, parse_caps
 
     assert parse_caps("none,1,2.5") == (None, 1.0, 2.5)
     assert ",".join(cap_text(cap) for cap in parse_caps("none,1,2.5")) == "none,1,2.5"
@@ -434,9 +434,9 @@ def test_calibrate_with_a_real_goal_saves_the_best_feasible_setting_and_it_holds
     saved setting, run by `sample --guard cpsample` with no knobs, cuts near-copies by 90% on images it never saw."""
     import shutil
 
+    from cpsample.calibration.search import share_limit
     from cpsample.models import DiffusionModel
     from cpsample.models.bundle import resolve_model_dir
-    from cpsample.workflows.calibrate import share_limit
 
     classifier = tmp_path / "clf"
     shutil.copytree(resolve_model_dir("bundled", "classifier"), classifier)
@@ -604,8 +604,8 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
     default changed in one place cannot silently differ from the other."""
     import inspect
 
+    from cpsample.calibration.search import GridSettings, parse_caps
     from cpsample.cli.workflows import _floats, calibrate_command
-    from cpsample.workflows.calibrate import GridSettings, parse_caps
 
     defaults = {name: p.default for name, p in inspect.signature(calibrate_command).parameters.items()}
     grid = GridSettings()

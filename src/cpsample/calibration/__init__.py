@@ -10,6 +10,6 @@
 from cpsample.calibration.calibrator import Calibrator, FitReport
 from cpsample.calibration.goal import Goal
 from cpsample.calibration.result import RUN_RECORD, CalibrationResult
-from cpsample.workflows.calibrate import GridSettings
+from cpsample.calibration.search import GridSettings
 
 __all__ = ["Calibrator", "CalibrationResult", "FitReport", "Goal", "GridSettings", "RUN_RECORD"]

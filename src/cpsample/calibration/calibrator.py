@@ -3,12 +3,12 @@ written; `fit()` returns a CalibrationResult that prints, saves the run and save
 
 from __future__ import annotations
 
+from cpsample.calibration import search
 from cpsample.calibration.goal import Goal
 from cpsample.calibration.result import CalibrationResult
+from cpsample.calibration.search import GridSettings
 from cpsample.evaluation.honesty import unfit_classifier
 from cpsample.models.bundle import resolve_model_dir
-from cpsample.workflows import calibrate as search
-from cpsample.workflows.calibrate import GridSettings
 
 
 class FitReport:

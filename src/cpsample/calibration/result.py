@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from cpsample.calibration import search
 from cpsample.calibration.goal import Goal
+from cpsample.calibration.search import GridSettings
 from cpsample.evaluation.honesty import vacuous_baseline
 from cpsample.models.bundle import is_bundled, resolve_model_dir
 from cpsample.provenance import write_record
 from cpsample.sampling.spec import GuardSpec
-from cpsample.workflows import calibrate as search
-from cpsample.workflows.calibrate import GridSettings
 
 # The run's own record in its output folder; the classifier's calibration.json (what guarded commands read) is a
 # different file, written by save_pretrained.

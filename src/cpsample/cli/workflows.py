@@ -235,11 +235,11 @@ def calibrate_command(
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
     from cpsample.calibration import Calibrator, Goal, GridSettings
+    from cpsample.calibration.search import parse_caps
     from cpsample.models.bundle import BUNDLED, resolve_model_dir
     from cpsample.sampling.guards.cpsample import UNCALIBRATED
     from cpsample.sampling.latent import read_prompts
     from cpsample.training.latent_classifier import pipeline_of
-    from cpsample.workflows.calibrate import parse_caps
 
     goal = Goal(reduction=reduction, target=target)
     tau = UNCALIBRATED["tau"] if tau is None else tau
@@ -339,7 +339,7 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
 
 
 def _grid_table(rows: list[dict], title: str) -> Table:
-    from cpsample.workflows.calibrate import late_judges
+    from cpsample.calibration.search import late_judges
 
     table = Table(title=title)
     for column in (
