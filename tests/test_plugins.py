@@ -13,6 +13,8 @@ import torch
 from diffusers import DDIMPipeline
 from helpers import cli
 
+from cpsample.calibration.search import GridSettings, run_grid
+from cpsample.evaluation.measures import _plugin_measures
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import _plugin_guards, guard_class
@@ -51,6 +53,19 @@ class ShrinkGuard(Guard):
 
     def settings(self):
         return {"guard": self.name, "scale": self.scale}
+
+
+class MeanBrightness:
+    """A toy measure from another package: the samples' mean pixel value."""
+
+    name = "brightness"
+
+    @classmethod
+    def from_reference(cls, reference):
+        return cls()
+
+    def __call__(self, samples):
+        return {"mean_brightness": float(samples.images.mean())}
 '''
 N, STEPS, SEED = 4, 10, 3
 
@@ -62,11 +77,16 @@ def installed(tmp_path, monkeypatch):
     info = tmp_path / "shrink_guard-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shrink-guard\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[cpsample.guards]\nshrink = shrink_guard:ShrinkGuard\n")
+    (info / "entry_points.txt").write_text(
+        "[cpsample.guards]\nshrink = shrink_guard:ShrinkGuard\n\n"
+        "[cpsample.measures]\nbrightness = shrink_guard:MeanBrightness\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     _plugin_guards.cache_clear()
+    _plugin_measures.cache_clear()
     yield tmp_path
     _plugin_guards.cache_clear()
+    _plugin_measures.cache_clear()
 
 
 def test_the_plugin_is_found_by_its_entry_point(installed):
@@ -107,3 +127,13 @@ def test_protect_applies_the_plugin_inside_a_diffusers_pipeline(installed):
         unprotect(pipe)
     expected = torch.from_numpy(np.load(installed / "cli" / "samples.npz")["images"])
     assert torch.equal(images, (expected / 2 + 0.5).clamp(0, 1))
+
+
+def test_a_calibration_grid_runs_the_plugin_guard_and_gives_the_plugin_measure_a_column(installed):
+    settings = GridSettings(n_samples=N, steps=STEPS, quality_net=None, seed=SEED, measures=("brightness",))
+    plain, shrunk = run_grid(
+        settings, progress=False, candidates=[{"guard": "none"}, {"guard": "shrink", "scale": 0.5}]
+    )
+    assert (plain["guard"], shrunk["guard"], shrunk["scale"]) == ("none", "shrink", 0.5)
+    assert {"near_copy_share", "ci_high", "mean_brightness"} <= set(shrunk)
+    assert plain["mean_brightness"] != shrunk["mean_brightness"], "the grid sampled the plugin guard"

@@ -77,6 +77,8 @@ class GridSettings:
     cfg_scale: float = 7.5
     private: str | None = None
     extra: dict = field(default_factory=dict)
+    # Columns beside GRID_MEASURES: registered measures by name (a plugin's too: `cpsample.measures` entry points).
+    measures: Sequence[str] = ()
 
     def __post_init__(self):
         self.threshold = resolve_threshold(self.threshold, self.features)
@@ -127,7 +129,7 @@ def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dic
     if candidates[0]["guard"] != "none":
         raise ValueError("the first candidate must be plain sampling: every row's time is measured against it")
     run, reference = (_latent_runner if settings.latent else _pixel_runner)(settings)
-    judge = Judge.from_reference(reference, GRID_MEASURES)
+    judge = Judge.from_reference(reference, (*GRID_MEASURES, *settings.measures))
     rows = []
     for candidate in tqdm(candidates, desc="settings", disable=not progress):
         started = time.time()
@@ -300,7 +302,7 @@ def _knobs(settings: GridSettings, candidate: dict) -> dict:
             late_denoised=candidate["late_denoised"],
             late_classifier=candidate["late_classifier"],
         )
-    return {}
+    return {key: candidate[key] for key in ("alpha", "scale") if candidate.get(key) is not None}  # any other guard
 
 
 def share_limit(rows: list[dict], target: float | None = None, reduction: float | None = None) -> float:

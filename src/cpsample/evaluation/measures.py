@@ -17,7 +17,9 @@ A new measure is one class (a `name`, `from_reference`, `__call__`; `pool` when 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -375,10 +377,25 @@ class Judge:
         return rows
 
 
+PLUGIN_GROUP = "cpsample.measures"  # entry points NAME = "module:MeasureClass" of other installed packages
+
+
+def available_measures() -> dict[str, type]:
+    """The built-in measures, then those other installed packages register in the `cpsample.measures` entry-point
+    group (a plugin may not take a built-in's name)."""
+    return {**_plugin_measures(), **MEASURES}
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_measures() -> dict[str, type]:
+    return {entry.name: entry.load() for entry in entry_points(group=PLUGIN_GROUP)}
+
+
 def measure_class(name: str) -> type:
-    if name not in MEASURES:
-        raise ValueError(f"unknown measure {name!r}; choose from {', '.join(MEASURES)}")
-    return MEASURES[name]
+    measures = available_measures()
+    if name not in measures:
+        raise ValueError(f"unknown measure {name!r}; choose from {', '.join(measures)}")
+    return measures[name]
 
 
 def pool_rows(earlier: dict, later: dict, measures: Iterable) -> dict:
