@@ -118,9 +118,9 @@ class CalibrationResult:
         if not self.close_calls:
             return None
         candidates = [self.chosen, *self.close_calls]
-        if all(row["guard"] != "cpsample" for row in candidates):
+        if all(row["guard"] != search.ONE_STAGE for row in candidates):
             candidates.append(self.one_stage)
-        without_early = self.grid.early_classifier and not any(r["guard"] == "cpsample-staged" for r in candidates)
+        without_early = self.grid.early_classifier and not any(r["guard"] == search.TWO_STAGE for r in candidates)
         return (
             f"{', '.join(search.setting_label(row) for row in self.close_calls)} came within "
             f"{search.CLOSE_FD:.0%} of the chosen FD on {self.decided_on} images, closer than FD's seed-to-seed noise "
@@ -216,7 +216,7 @@ class CalibrationResult:
                     "pass the copy as classifier_dir"
                 )
             classifier_dir = resolve_model_dir(self.grid.classifier, "classifier")
-        return GuardSpec.create("cpsample", **self.knobs).save_pretrained(classifier_dir, self.details)
+        return GuardSpec.create(search.ONE_STAGE, **self.knobs).save_pretrained(classifier_dir, self.details)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

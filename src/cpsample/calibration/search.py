@@ -35,11 +35,15 @@ from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import is_sd_pipeline
 from cpsample.models.pretrained import Classifier, DiffusionModel
-from cpsample.sampling.guards import GuardContext
+from cpsample.sampling.guards import CPSampleGuard, GuardContext, NoGuard, StagedCPSampleGuard
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.guards.staged import StagedCPSampleOptions
 from cpsample.sampling.pipeline import check_classifier_fits, check_same_schedule, generate
 from cpsample.sampling.spec import build_guard
+
+# The grid's kinds of row, by their guards' own names: plain sampling (every cut is measured against it), CPSample's
+# one-stage rule, its two stages.
+PLAIN, ONE_STAGE, TWO_STAGE = NoGuard.name, CPSampleGuard.name, StagedCPSampleGuard.name
 
 
 @dataclass
@@ -126,7 +130,7 @@ def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dic
     """Plain sampling plus every (alpha, s) in the grid (or the given candidates, plain first) on the same seeds; one
     row of measurements each."""
     candidates = grid_candidates(settings) if candidates is None else [setting_of(row) for row in candidates]
-    if candidates[0]["guard"] != "none":
+    if candidates[0]["guard"] != PLAIN:
         raise ValueError("the first candidate must be plain sampling: every row's time is measured against it")
     run, reference = (_latent_runner if settings.latent else _pixel_runner)(settings)
     judge = Judge.from_reference(reference, (*GRID_MEASURES, *settings.measures))
@@ -211,7 +215,7 @@ def _latent_runner(settings: GridSettings):
     def run(candidate: dict):
         guard = (
             None
-            if candidate["guard"] == "none"
+            if candidate["guard"] == PLAIN
             else build_guard(candidate["guard"], context, **_knobs(settings, candidate))
         )
         return sample_sd_batches(
@@ -257,7 +261,7 @@ def grid_candidates(settings: GridSettings) -> list[dict]:
             "late_classifier": late_classifier,
         }
 
-    one_stage = [candidate("cpsample", a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
+    one_stage = [candidate(ONE_STAGE, a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
     late_options = [
         (False, STAGED_ALPHA, s, late) for late in (None, *settings.late_classifiers) for s in settings.staged_scales
     ] + [(True, DENOISED_LATE_ALPHA, s, None) for s in settings.denoised_late_scales]
@@ -265,13 +269,13 @@ def grid_candidates(settings: GridSettings) -> list[dict]:
         []
         if settings.early_classifier is None
         else [
-            candidate("cpsample-staged", alpha, s, e, cap, denoised, late)
+            candidate(TWO_STAGE, alpha, s, e, cap, denoised, late)
             for cap, e, (denoised, alpha, s, late) in itertools.product(
                 settings.push_caps, settings.early_scales, late_options
             )
         ]
     )
-    return [candidate("none")] + one_stage + two_stage
+    return [candidate(PLAIN)] + one_stage + two_stage
 
 
 # The two-stage grid moves the scales only; its alphas and windows are cpsample-staged's defaults (bench/README.md,
@@ -288,9 +292,9 @@ STAGED_EARLY_MIN_T = StagedCPSampleOptions().max_t + 1
 
 def _knobs(settings: GridSettings, candidate: dict) -> dict:
     guard, alpha, scale = candidate["guard"], candidate["alpha"], candidate["scale"]
-    if guard == "cpsample":  # every step is checked, so the highest timestep at which the guard fires is measured
+    if guard == ONE_STAGE:  # every step is checked, so the highest timestep at which the guard fires is measured
         return dict(alpha=alpha, scale=scale, tau=settings.tau, max_t=CHECK_EVERY_STEP)
-    if guard == "cpsample-staged":
+    if guard == TWO_STAGE:
         return dict(
             early_classifier=settings.early_classifier,
             alpha=alpha,
@@ -309,14 +313,14 @@ def share_limit(rows: list[dict], target: float | None = None, reduction: float 
     """The highest near-copy share that meets the goal: <= target (absolute) and <= (1 - reduction) x plain's share."""
     limit = 1.0 if target is None else target
     if reduction is not None:
-        limit = min(limit, (1.0 - reduction) * next(r for r in rows if r["guard"] == "none")["near_copy_share"])
+        limit = min(limit, (1.0 - reduction) * next(r for r in rows if r["guard"] == PLAIN)["near_copy_share"])
     return limit
 
 
 def feasible_rows(rows: list[dict], target: float | None = None, reduction: float | None = None) -> list[dict]:
     """Guarded rows that meet the goal (share_limit)."""
     limit = share_limit(rows, target, reduction)
-    return [r for r in rows if r["guard"] != "none" and r["near_copy_share"] <= limit]
+    return [r for r in rows if r["guard"] != PLAIN and r["near_copy_share"] <= limit]
 
 
 def choose_setting(rows: list[dict], target: float | None = None, reduction: float | None = None) -> dict | None:
@@ -373,7 +377,7 @@ def confirm_finalists(
     chosen_few = finalists(rows, target, reduction, count)
     if not chosen_few:
         return []
-    plain = next(row for row in rows if row["guard"] == "none")
+    plain = next(row for row in rows if row["guard"] == PLAIN)
     again = dataclasses.replace(
         settings, n_samples=n_samples or 2 * settings.n_samples, seed=settings.seed + CONFIRM_SEED_OFFSET
     )
@@ -398,9 +402,9 @@ def one_stage_setting(
     """The setting the paper's one-stage rule keeps (`--option one_stage=true`, or any knob given): the chosen row when
     it is one-stage (after a confirmation round that can differ from the screen's best one-stage row, and the chosen
     row is the one `--guard cpsample` must run), else the screen's best feasible one-stage row, else the chosen row."""
-    if chosen is not None and chosen["guard"] == "cpsample":
+    if chosen is not None and chosen["guard"] == ONE_STAGE:
         return chosen
-    return choose_setting([row for row in rows if row["guard"] != "cpsample-staged"], target, reduction) or chosen
+    return choose_setting([row for row in rows if row["guard"] != TWO_STAGE], target, reduction) or chosen
 
 
 def pool_rounds(screen: dict, confirmation: dict) -> dict:
@@ -467,8 +471,8 @@ def narrowed_grid_flags(candidates: list[dict]) -> str:
     def values(rows, key):
         return ",".join(f"{v:g}" for v in sorted({r[key] for r in rows}))
 
-    one = [r for r in candidates if r["guard"] == "cpsample"]
-    two = [r for r in candidates if r["guard"] == "cpsample-staged"]
+    one = [r for r in candidates if r["guard"] == ONE_STAGE]
+    two = [r for r in candidates if r["guard"] == TWO_STAGE]
     flags = [f"--alphas {values(one, 'alpha')} --scales {values(one, 'scale')}"] if one else []
     if two:
         caps = sorted({r.get("max_push") for r in two}, key=cap_order)
@@ -493,7 +497,7 @@ MAX_T_MARGIN = 20
 def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 1000) -> dict:
     """The one-stage knobs written to calibration.json for a chosen grid row (the window only for a one-stage row:
     a two-stage row's late stage has its own)."""
-    last = chosen.get("last_fired_t") if chosen.get("guard") == "cpsample" else None
+    last = chosen.get("last_fired_t") if chosen.get("guard") == ONE_STAGE else None
     max_t = None if last is None else min(num_train_timesteps - 1, math.ceil((int(last) + MAX_T_MARGIN) / 100) * 100)
     return {"alpha": chosen["alpha"], "scale": chosen["scale"], "tau": tau, "max_t": max_t}
 
@@ -501,7 +505,7 @@ def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 100
 def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:
     """cpsample-staged's options for a chosen two-stage row (what calibration.json records as "two_stage"), else
     None."""
-    if chosen.get("guard") != "cpsample-staged":
+    if chosen.get("guard") != TWO_STAGE:
         return None
     capped = {"max_push": chosen["max_push"]} if chosen.get("max_push") is not None else {}
     selective_late = {"late_denoised": True} if chosen.get("late_denoised") else {}
@@ -555,7 +559,7 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
     x_of = (lambda r: r["frechet_distance"]) if by_fd else (lambda r: 100 * (r["steps_guided"] or 0.0))
     rows = [r for r in rows if x_of(r) is not None]
     figure, axis = plt.subplots(figsize=(11, max(4.5, 1.2 + 0.16 * len(rows))))
-    colours = {"none": "red", "cpsample": "tab:blue", "cpsample-staged": "tab:orange"}
+    colours = {PLAIN: "red", ONE_STAGE: "tab:blue", TWO_STAGE: "tab:orange"}
     key = []
     for number, row in enumerate(rows):
         x, y, colour = x_of(row), 100 * row["near_copy_share"], colours.get(row["guard"], "tab:blue")
@@ -603,10 +607,10 @@ def plot_grid(rows: list[dict], path: Path, chosen: dict | None = None, limit: f
 
 
 def setting_label(row: dict) -> str:
-    if row["guard"] == "none":
+    if row["guard"] == PLAIN:
         return "plain"
     label = f"a={row['alpha']:g}, s={row['scale']:g}"
-    if row["guard"] == "cpsample":
+    if row["guard"] == ONE_STAGE:
         return label
     cap = "" if row.get("max_push") is None else f", cap {row['max_push']:g}"
     judged = late_judges(row)
@@ -629,7 +633,7 @@ def cap_order(cap: float | None) -> float:
 
 
 def cap_text(cap: float | None) -> str:
-    """A push cap as `--push-caps` reads it ("none": uncapped)."""
+    """A push cap as `--push-caps` reads it (none: uncapped)."""
     return "none" if cap is None else f"{cap:g}"
 
 

@@ -168,6 +168,7 @@ def sample_conditional_command(
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
     from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
+    from cpsample.sampling.guards import guard_class
     from cpsample.sampling.outputs import save_private, save_samples, save_trace
     from cpsample.sampling.spec import parse_option_strings
 
@@ -221,7 +222,9 @@ def sample_conditional_command(
         "seconds": round(result.seconds, 2),
         "denoiser_calls": result.denoiser_calls,
         **guard_stats(result.trace),
-        **say_warnings(protection_warnings(result.trace, guard, classifier)),
+        **say_warnings(
+            protection_warnings(result.trace, guard, classifier if guard_class(guard).uses_classifier else None)
+        ),
     }
     if feature_net:
         stats["class_agreement"] = class_agreement_stats(feature_net, result.images, labels, device)

@@ -233,6 +233,7 @@ def sample_command(
     """Sample images, plainly or with a guidance strategy."""
     from cpsample.evaluation.honesty import protection_warnings
     from cpsample.provenance import write_record
+    from cpsample.sampling.guards import guard_class
     from cpsample.sampling.outputs import save_samples, save_trace
     from cpsample.sampling.pipeline import generate
     from cpsample.sampling.spec import parse_option_strings
@@ -263,7 +264,9 @@ def sample_command(
         "denoiser_calls": result.denoiser_calls,
         **guard_stats(result.trace),
         **paths,
-        **say_warnings(protection_warnings(result.trace, guard, classifier)),
+        **say_warnings(
+            protection_warnings(result.trace, guard, classifier if guard_class(guard).uses_classifier else None)
+        ),
     }
     write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
     console.print(json.dumps(stats, indent=2))

@@ -339,7 +339,7 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
 
 
 def _grid_table(rows: list[dict], title: str) -> Table:
-    from cpsample.calibration.search import late_judges
+    from cpsample.calibration.search import ONE_STAGE, PLAIN, TWO_STAGE, late_judges
 
     table = Table(title=title)
     for column in (
@@ -359,9 +359,9 @@ def _grid_table(rows: list[dict], title: str) -> Table:
         table.add_column(column, justify="right")
     for row in rows:
         early = row.get("early_scale")
-        late = late_judges(row) if row["guard"] == "cpsample-staged" else "-"
+        late = late_judges(row) if row["guard"] == TWO_STAGE else "-"
         table.add_row(
-            {"none": "plain", "cpsample": "1 stage", "cpsample-staged": "2 stages"}.get(row["guard"], row["guard"]),
+            {PLAIN: "plain", ONE_STAGE: "1 stage", TWO_STAGE: "2 stages"}.get(row["guard"], row["guard"]),
             late,
             "-" if row["alpha"] is None else f"{row['alpha']:g}",
             "-" if row["scale"] is None else f"{row['scale']:g}",

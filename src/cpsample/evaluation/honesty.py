@@ -56,13 +56,14 @@ def vacuous_baseline(name: str, copies: int, n: int) -> str | None:
 
 
 def protection_warnings(trace: dict, guard: str, classifier: str | Path | None) -> list[str]:
-    """What a guarded sampling run should say loudly: its classifier never fit, or its guard never fired."""
+    """What a guarded sampling run should say loudly: its classifier never fit, or its guard never fired.
+    guard: the guard's name (`settings()["guard"]`); classifier: its classifier, None for a guard without one."""
     from cpsample.models.bundle import resolve_model_dir
 
-    if guard == "none":
+    if not trace:  # plain sampling records no trace: nothing was asked of a guard
         return []
     folder = None
-    if guard.startswith("cpsample") and classifier is not None:
+    if classifier is not None:
         try:
             folder = resolve_model_dir(classifier, "classifier")
         except (FileNotFoundError, ValueError):

@@ -17,9 +17,11 @@ from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import DenoiserCalls, GuardActivity, Judge, Time
 from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.pretrained import DiffusionModel
+from cpsample.sampling.guards import StagedCPSampleGuard
 from cpsample.sampling.outputs import image_grid, plot_trace
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
+from cpsample.sampling.spec import GuardSpec
 
 
 @dataclass
@@ -75,7 +77,7 @@ def sample_three_ways(
         **common,
     )
     one_stage = None
-    if settings.one_stage_row and protected.guard_settings["guard"] == "cpsample-staged":
+    if settings.one_stage_row and protected.guard_settings["guard"] == StagedCPSampleGuard.name:
         one_stage = generate(
             guard="cpsample",
             classifier=settings.classifier,
@@ -160,13 +162,15 @@ def membership_rows(
     from cpsample.attacks.sample_nn import plot_sample_attacks
 
     rows = []
-    knobs = {"none": {}, "cpsample": {"alpha": settings.alpha, "scale": settings.scale, "tau": settings.tau}}
-    for guard in ("none", "cpsample"):
+    defences = {
+        "plain": GuardSpec.create("none"),
+        "cpsample": GuardSpec.create("cpsample", alpha=settings.alpha, scale=settings.scale, tau=settings.tau),
+    }
+    for defence, spec in defences.items():
         attacks = run_mia(
             model,
-            guard=guard,
+            guard=spec,
             classifier=settings.classifier,
-            **knobs[guard],
             n_members=settings.mia_members,
             seed=settings.seed,
             device=settings.device,
@@ -177,7 +181,7 @@ def membership_rows(
             rows.append(
                 {
                     "threat model": WHITE_BOX,
-                    "defence": "plain" if guard == "none" else "cpsample",
+                    "defence": defence,
                     "attack": name,
                     "best t": result.best_t,
                     "AUC": round(best.auc, 4),

@@ -121,6 +121,7 @@ def as_eps(prediction) -> torch.Tensor:
 class Guard:
     name = "none"
     Options: type[GuardOptions] = GuardOptions  # no options
+    uses_classifier = False  # guides with a classifier of the members (GuardContext.classifier), whose fit matters
 
     @classmethod
     def from_options(cls, options: GuardOptions, context: GuardContext) -> "Guard":

@@ -140,6 +140,7 @@ class CPSampleOptions(GuardOptions):
 class CPSampleGuard(Guard):
     name = "cpsample"
     Options = CPSampleOptions
+    uses_classifier = True
 
     def __init__(
         self,

@@ -123,6 +123,7 @@ class StagedCPSampleGuard(ChainGuard):
 
     name = "cpsample-staged"
     Options = StagedCPSampleOptions
+    uses_classifier = True
 
     def __init__(self, early: CPSampleGuard, late: CPSampleGuard, late_classifier: str | None = None):
         """late_classifier: the folder the late stage's classifier came from, where it is not the main one (recorded
