@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import random
+import shlex
 import sys
 import time
 from importlib import metadata
@@ -46,6 +47,16 @@ def recorded_command(folder: str | Path, name: str = "cpsample.json") -> str | N
         return None
     except (OSError, ValueError, AttributeError):
         return "unreadable"
+
+
+def command_line(command: str, options: dict) -> str:
+    """The exact `cpsample ...` invocation that reproduces a run, for the provenance record."""
+    parts = ["cpsample", command]
+    for key, value in options.items():
+        if value is None:
+            continue
+        parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,12 +1,147 @@
-"""What each attack command leaves in its --out: result.json with every score, its figures, and the cpsample.json
-record of the settings with the headline numbers."""
+"""Each attack command as one call: run it, and leave in its --out result.json with every score, its figures, and
+the cpsample.json record of the settings with the headline numbers. --out is prepared already (cpsample.runs)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from cpsample.provenance import write_record
+from cpsample.provenance import seed_everything, write_record
+
+
+def mia_into(
+    out: Path,
+    model: str = "bundled",
+    guard: str = "none",
+    classifier: str = "bundled",
+    alpha: float | None = None,
+    scale: float | None = None,
+    tau: float | None = None,
+    attack: str = "both",
+    t: list[int] | None = None,
+    members: int | None = None,
+    nonmembers: int | None = None,
+    draws: int = 4,
+    pia_norm: float = 4.0,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """`cpsample attack mia`: run_mia with the command's options, saved by save_mia; returns run_mia's results."""
+    from cpsample.attacks.mia import run_mia
+
+    settings = {
+        "model": model,
+        "guard": guard,
+        "classifier": classifier,
+        "alpha": alpha,
+        "scale": scale,
+        "tau": tau,
+        "attack": attack,
+        "t": t,
+        "members": members,
+        "nonmembers": nonmembers,
+        "draws": draws,
+        "pia_norm": pia_norm,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
+    }
+    seed_everything(seed)
+    results = run_mia(
+        model=model,
+        guard=guard,
+        classifier=classifier,
+        alpha=alpha,
+        scale=scale,
+        tau=tau,
+        attack=attack,
+        timesteps=t,
+        n_members=members,
+        n_nonmembers=nonmembers,
+        draws=draws,
+        pia_norm=pia_norm,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+    save_mia(out, results, settings)
+    return results
+
+
+def sample_attack_into(
+    out: Path,
+    samples: list[str],
+    model: str = "bundled",
+    members: int | None = None,
+    nonmembers: int | None = None,
+    features: str = "pixels",
+    threshold: float | None = None,
+    trust_torchscript: bool = False,
+    seed: int = 0,
+) -> dict:
+    """`cpsample attack sample-nn`: the sample-only attack on the [NAME=]PATH samples files, saved by
+    save_sample_attack; returns its results by sample set name."""
+    from cpsample.attacks.sample_nn import run_sample_attack
+    from cpsample.data.samples import read_sample_sets
+
+    seed_everything(seed)
+    sets = read_sample_sets(samples)
+    results = run_sample_attack(
+        sets,
+        model=model,
+        n_members=members,
+        n_nonmembers=nonmembers,
+        features=features,
+        threshold=threshold,
+        seed=seed,
+        trust_torchscript=trust_torchscript,
+    )
+    settings = {
+        "samples": samples,
+        "model": model,
+        "members": members,
+        "nonmembers": nonmembers,
+        "features": features,
+        "threshold": threshold,
+        "seed": seed,
+    }
+    save_sample_attack(out, results, settings)
+    return results
+
+
+def side_into(
+    out: Path,
+    config,
+    model: str = "bundled",
+    defence: str = "none",
+    classifier: str = "bundled",
+    alpha: float | None = None,
+    scale: float | None = None,
+    tau: float | None = None,
+    device: str = "cpu",
+):
+    """`cpsample attack side`: run_side with config (a SideConfig; its seed seeds the run), working in out and saved
+    by save_side; returns the SideResult."""
+    from cpsample.attacks.side import run_side
+
+    seed_everything(config.seed)
+    settings = {
+        "model": model,
+        "defence": defence,
+        "classifier": classifier,
+        "alpha": alpha,
+        "scale": scale,
+        "tau": tau,
+        "device": device,
+        **dict(config.__dict__),
+    }
+    result = run_side(model, defence, classifier, alpha, scale, tau, config, work_dir=out, device=device)
+    save_side(out, result, settings)
+    return result
 
 
 def save_mia(out: Path, results: dict, settings: dict) -> None:

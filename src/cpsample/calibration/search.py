@@ -46,6 +46,15 @@ from cpsample.sampling.spec import build_guard
 PLAIN, ONE_STAGE, TWO_STAGE = NoGuard.name, CPSampleGuard.name, StagedCPSampleGuard.name
 
 
+def model_for(classifier: str, model: str | None = None) -> str:
+    """The model a calibration samples: the one given, else the Stable Diffusion pipeline a latent classifier was
+    trained for, else the bundled denoiser."""
+    from cpsample.models.bundle import BUNDLED
+    from cpsample.training.latent_classifier import pipeline_of
+
+    return model or pipeline_of(resolve_model_dir(classifier, "classifier")) or BUNDLED
+
+
 @dataclass
 class GridSettings:
     model: str = "bundled"

@@ -248,6 +248,43 @@ def train_feature_net(
     return model, summary
 
 
+def train_feature_net_into(
+    out: Path,
+    data: str,
+    training: FeatureNetTraining,
+    image_size: int | None = None,
+    name: str = "digitnet",
+    device: str = "cpu",
+    widths: str | None = None,
+) -> dict:
+    """`cpsample train-feature-net` in one call: train on data, save the net into out (prepared already, see
+    cpsample.runs.RunFolder) with its cpsample.json record; returns the summary. widths: as the command line gave
+    them, for the record (default: training's)."""
+    from cpsample.data import load_dataset
+    from cpsample.provenance import command_line, seed_everything, write_record
+
+    seed_everything(training.seed)
+    dataset = load_dataset(data, image_size=image_size)
+    net, summary = train_feature_net(dataset, training, name=name, device=device)
+    net.save(out)
+    settings = {
+        "data": data,
+        "image_size": image_size,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size,
+        "lr": training.lr,
+        "held_out": training.held_out,
+        "name": name,
+        "widths": ",".join(map(str, training.widths)) if widths is None else widths,
+        "flip": training.flip,
+        "device": device,
+        "seed": training.seed,
+    }
+    summary["command_line"] = command_line("train-feature-net", {"out": out, **settings})
+    write_record(out, "train-feature-net", settings, summary)
+    return summary
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(net: nn.Module, images: torch.Tensor, batch_size: int) -> None:
     """Replace BatchNorm's running statistics by exact averages over the training images (final weights), so that

@@ -60,6 +60,22 @@ def write_report(
 # ---------------------------------------------------------------- tables (one builder, two renderers)
 
 
+def headline(results: Mapping) -> dict:
+    """The few numbers worth a glance, per method (for a run's record)."""
+    out = {}
+    for name, method in results["methods"].items():
+        out[name] = {
+            "near_copy_share": method["replication"]["share"],
+            "max_similarity": method["similarity"]["max"],
+            "relative_share": method["relative"]["share"],
+        }
+        if "quality" in method:
+            out[name][method["quality"]["metric"]] = method["quality"]["value"]
+        if "permutation" in method:
+            out[name]["permutation_p"] = method["permutation"]["p_value"]
+    return out
+
+
 def build_tables(results: Mapping, membership=None) -> list[Table]:
     settings = results.get("settings", {})
     rows_in = list(results.get("methods", {}).items())

@@ -1,0 +1,94 @@
+"""`cpsample evaluate` as one call: read the named samples files, judge them against a model's members, and leave
+report.{html,md,json}, the figures and the cpsample.json record in --out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpsample.data.samples import load_samples, parse_named_paths
+from cpsample.evaluation.honesty import vacuous_baseline
+from cpsample.evaluation.report import headline, write_report
+from cpsample.evaluation.suite import evaluate
+from cpsample.models.bundle import resolve_model_dir, training_data
+from cpsample.provenance import seed_everything, write_record
+
+
+@dataclass
+class EvaluationRun:
+    """What an evaluate run measured and wrote: `evaluate`'s results, the report's paths, and the warnings to say."""
+
+    results: dict
+    report: dict[str, Path]
+    warnings: list[str]
+
+
+def evaluate_run(
+    out: Path,
+    samples: list[str],
+    model: str = "bundled",
+    features: str = "pixels",
+    threshold: float | None = None,
+    quality_net: str = "bundled",
+    inception: Path | None = None,
+    permutation_rounds: int = 1000,
+    relative_metric: str = "l2",
+    top_k: int = 4,
+    trust_torchscript: bool = False,
+    seed: int = 0,
+) -> EvaluationRun:
+    """samples: NAME=PATH specs, the first the baseline. out must be prepared (cpsample.runs.RunFolder) already."""
+    seed_everything(seed)
+    named = parse_named_paths(samples)
+    sets = {name: load_samples(path) for name, path in named.items()}
+    dataset, split = training_data(resolve_model_dir(model, "denoiser"))
+    members = dataset.take(split.members)
+    nonmembers = dataset.take(split.nonmembers) if split.nonmembers else None
+    labels = {name: s.labels for name, s in sets.items() if s.labels is not None}
+    results = evaluate(
+        {name: s.images for name, s in sets.items()},
+        members,
+        nonmembers,
+        features=features,
+        threshold=threshold,
+        quality_net=None if quality_net == "none" else quality_net,
+        sample_labels=labels or None,
+        relative_metric=relative_metric,
+        permutation_rounds=permutation_rounds,
+        top_k=top_k,
+        figures_dir=out,
+        trust_torchscript=trust_torchscript,
+        inception_weights=inception,
+        seed=seed,
+    )
+    paths = write_report(out, results)
+    settings = {
+        "samples": {k: str(v) for k, v in named.items()},
+        "model": model,
+        "features": features,
+        "threshold": results["settings"]["threshold"],
+        "quality_net": quality_net,
+        "inception": inception,
+        "permutation_rounds": permutation_rounds,
+        "relative_metric": relative_metric,
+        "top_k": top_k,
+        "trust_torchscript": trust_torchscript,
+        "seed": seed,
+    }
+    warnings = _vacuous_baseline(results) if len(named) > 1 else []
+    report = {k: str(v) for k, v in paths.items()}
+    write_record(
+        out,
+        "evaluate",
+        settings,
+        {"report": report, "headline": headline(results), **({"warnings": warnings} if warnings else {})},
+    )
+    return EvaluationRun(results, paths, warnings)
+
+
+def _vacuous_baseline(results: dict) -> list[str]:
+    """A warning when the baseline made no near-copies: then no method's cut proves any protection."""
+    baseline = results["settings"]["baseline"]
+    counted = results["methods"][baseline]["replication"]
+    vacuous = vacuous_baseline(f"the baseline {baseline!r}", counted["count"], counted["n"])
+    return [vacuous] if vacuous else []
