@@ -63,7 +63,7 @@ def set_calibration(folder, change=None, drop=None, two_stage=None):
 
 def test_a_plain_npy_array_of_images_is_read_as_samples(tmp_path):
     """np.save(images) is read like a samples.npz (TypeError before): same set, same result."""
-    from cpsample.cli.evaluate import load_samples
+    from cpsample.data.samples import load_samples
 
     images = np.random.default_rng(0).uniform(-1, 1, (6, 1, 16, 16)).astype(np.float32)
     np.save(tmp_path / "s.npy", images)

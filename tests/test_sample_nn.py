@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from cpsample.attacks import SampleNNAttack, plot_sample_attacks, run_sample_attack
 from cpsample.attacks.mia import pick_images
-from cpsample.cli.attack import read_sample_sets
 from cpsample.data import DataError
+from cpsample.data.samples import read_sample_sets
 from cpsample.evaluation.nearcopy import find_near_copies
 from cpsample.models.bundle import resolve_model_dir, training_data
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from cpsample.cli.common import (
     Alpha,
+    BatchSize,
     Device,
     NearCopyThreshold,
     Overwrite,
@@ -58,20 +59,18 @@ def side_command(
         int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")
     ] = 600,
     threshold: NearCopyThreshold = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 250,
+    batch_size: BatchSize = 250,
     device: Device = "cpu",
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
     """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training
     images."""
-    from cpsample.attacks.records import save_side
-    from cpsample.attacks.side import SideConfig, run_side
-    from cpsample.provenance import seed_everything
+    from cpsample.attacks.records import side_into
+    from cpsample.attacks.side import SideConfig
 
     RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
-    seed_everything(seed)
     config = SideConfig(
         samples=samples,
         clusters=clusters,
@@ -84,18 +83,7 @@ def side_command(
         batch_size=batch_size,
         seed=seed,
     )
-    settings = {
-        "model": model,
-        "defence": defence,
-        "classifier": classifier,
-        "alpha": alpha,
-        "scale": scale,
-        "tau": tau,
-        "device": device,
-        **{k: v for k, v in config.__dict__.items()},
-    }
-    result = run_side(model, defence, classifier, alpha, scale, tau, config, work_dir=out, device=device)
-    save_side(out, result, settings)
+    result = side_into(out, config, model, defence, classifier, alpha, scale, tau, device)
     console.print(side_table(result, defence))
 
 
