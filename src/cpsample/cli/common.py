@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cpsample.data import DataError
-from cpsample.runs import prepare_out as prepare_out  # re-exported: for the commands not yet on RunFolder
+from cpsample.runs import prepare_out as prepare_out  # re-exported for cli/main.py and cli/conditional.py only
 from cpsample.runs import release_locks
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
@@ -46,6 +47,28 @@ Trace = Annotated[
 Overwrite = Annotated[
     bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")
 ]
+
+# Options several commands share with one meaning (defaults stay with each command).
+Denoiser = Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")]
+Classifier = Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")]
+SamplingSteps = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+Features = Annotated[
+    str,
+    typer.Option(
+        help="Feature space of the near-copy yardstick: pixels, dino:PATH (local DINO/DINOv2 ViT weights) or "
+        "sscd:PATH (TorchScript)."
+    ),
+]
+TrustTorchscript = Annotated[
+    bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")
+]
+Members = Annotated[
+    Optional[int], typer.Option("--members", help="At most this many members, picked at random (default: all).")
+]
+Nonmembers = Annotated[
+    Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")
+]
+AttackOut = Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")]
 
 # Shorthands for the chosen guard's most used options (= --option NAME=VALUE): what they mean, and their defaults,
 # are declared once, in the guard's Options (`cpsample guards`). Left out, CPSample's come from the classifier's
@@ -153,7 +176,8 @@ def say_warnings(warnings: list[str]) -> dict:
 
 
 def guard_stats(trace: dict) -> dict:
-    """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once."""
+    """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once.
+    (GuardActivity.of_trace, for cli/main.py and cli/conditional.py until they call it themselves.)"""
     from cpsample.evaluation.measures import GuardActivity
 
     return GuardActivity.of_trace(trace)
@@ -171,8 +195,8 @@ def parse_widths(text: str) -> tuple[int, ...]:
 
 
 def prepare_training(*args, **kwargs):
-    """cpsample.training.members.prepare_training, for the commands that still import it from here; imported when
-    called, so the command line starts without the training stack."""
+    """cpsample.training.members.prepare_training, for cli/conditional.py, which still imports it from here; imported
+    when called, so the command line starts without the training stack."""
     from cpsample.training.members import prepare_training
 
     return prepare_training(*args, **kwargs)

@@ -11,17 +11,20 @@ from rich.table import Table
 from cpsample.cli.common import (
     Alpha,
     BatchSize,
+    Classifier,
+    Denoiser,
     Device,
     NearCopyThreshold,
     Overwrite,
+    SamplingSteps,
     Scale,
     Seed,
     Tau,
     check_device_option,
     console,
-    prepare_out,
     run_safely,
 )
+from cpsample.runs import RunFolder
 
 if TYPE_CHECKING:
     from cpsample.calibration import CalibrationResult
@@ -41,11 +44,11 @@ def demo_command(
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
-    steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 50,
+    steps: SamplingSteps = 50,
     threshold: NearCopyThreshold = None,
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
-    model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
-    classifier: Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")] = "bundled",
+    model: Denoiser = "bundled",
+    classifier: Classifier = "bundled",
     one_stage_row: Annotated[
         bool,
         typer.Option(
@@ -61,7 +64,7 @@ def demo_command(
     near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
-    prepare_out(out, "demo", overwrite, inputs=(model, classifier))
+    RunFolder(out, "demo", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
     settings = DemoSettings(
         model=model,
@@ -131,7 +134,7 @@ def calibrate_command(
     alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
     scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
     tau: Tau = None,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
+    steps: SamplingSteps = 50,
     threshold: NearCopyThreshold = None,
     model: Annotated[
         Optional[str],
@@ -141,7 +144,7 @@ def calibrate_command(
             "'bundled'."
         ),
     ] = None,
-    classifier: str = "bundled",
+    classifier: Classifier = "bundled",
     quality_net: Annotated[
         str,
         typer.Option(
@@ -235,15 +238,13 @@ def calibrate_command(
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
     from cpsample.calibration import Calibrator, Goal, GridSettings
-    from cpsample.calibration.search import parse_caps
-    from cpsample.models.bundle import BUNDLED, resolve_model_dir
+    from cpsample.calibration.search import model_for, parse_caps
     from cpsample.sampling.guards.cpsample import UNCALIBRATED
     from cpsample.sampling.latent import read_prompts
-    from cpsample.training.latent_classifier import pipeline_of
 
     goal = Goal(reduction=reduction, target=target)
     tau = UNCALIBRATED["tau"] if tau is None else tau
-    model = model or pipeline_of(resolve_model_dir(classifier, "classifier")) or BUNDLED
+    model = model_for(classifier, model)
     prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
     grid = GridSettings(
         model=model,
@@ -272,12 +273,8 @@ def calibrate_command(
         grid, goal, finalists=finalists, confirm_samples=confirm_samples, allow_vacuous=allow_vacuous
     )
     # after the options are read (a typo fails first), before any writing
-    prepare_out(
-        out,
-        "calibrate",
-        overwrite,
-        inputs=(model, classifier, quality_net, prompts_file, private, early_classifier, *(late_classifier or ())),
-    )
+    inputs = (model, classifier, quality_net, prompts_file, private, early_classifier, *(late_classifier or ()))
+    RunFolder(out, "calibrate", overwrite, inputs=inputs).prepare()
     check_device_option(device)
     result = calibrator.fit(report=_PrintedReport())
     record = result.save(out)
