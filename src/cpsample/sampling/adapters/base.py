@@ -25,6 +25,7 @@ class ModelAdapter(Protocol):
     """The call contract of one model kind (pixel DDPM, class-conditional with CFG, latent Stable Diffusion)."""
 
     kind: ClassVar[str]  # its name in ADAPTERS
+    description: ClassVar[str]  # what such a model is, in words ("a Stable Diffusion pipeline")
     conditioning: ClassVar[str]  # what each image is conditioned on: "none", "labels" or "prompts"
     calls_per_image_step: ClassVar[int]  # denoiser evaluations per image and step (2 under CFG)
     keeps_latents: ClassVar[bool]  # the final x is a latent worth keeping beside the decoded images
@@ -103,7 +104,7 @@ def repeat_each(conditions, n: int) -> list:
 
 def unconditional(folder: Path | None) -> ValueError:
     """The error for class labels or prompts given to a model that takes none."""
-    return ValueError(f"{folder or 'this model'} is an unconditional model: it takes no class labels or prompts")
+    return ValueError(f"{folder or 'this model'} is an unconditional denoiser: it takes no class labels or prompts")
 
 
 def guard_name(spec) -> str | None:

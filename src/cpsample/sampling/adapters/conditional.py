@@ -31,6 +31,7 @@ class ConditionalAdapter(PixelAdapter):
     branch without one."""
 
     kind: ClassVar[str] = "conditional"
+    description: ClassVar[str] = "a class-conditional denoiser"
     conditioning: ClassVar[str] = "labels"
     calls_per_image_step: ClassVar[int] = 2  # CFG: the labelled and the null-label eps
 

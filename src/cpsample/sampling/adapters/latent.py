@@ -191,6 +191,7 @@ class LatentAdapter:
     negative prompt), and decoding runs the VAE."""
 
     kind: ClassVar[str] = "latent"
+    description: ClassVar[str] = "a Stable Diffusion pipeline"
     conditioning: ClassVar[str] = "prompts"
     calls_per_image_step: ClassVar[int] = 2  # the UNet on [x_t, x_t]: the negative and the prompt's eps
     keeps_latents: ClassVar[bool] = True

@@ -32,6 +32,7 @@ class PixelAdapter:
     """An unconditional denoiser sampled in pixel space: x is the image, decoding only clamps it to [-1, 1]."""
 
     kind: ClassVar[str] = "pixel"
+    description: ClassVar[str] = "an unconditional denoiser"
     conditioning: ClassVar[str] = "none"
     calls_per_image_step: ClassVar[int] = 1
     keeps_latents: ClassVar[bool] = False
