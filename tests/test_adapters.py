@@ -120,6 +120,8 @@ def test_conditional_generate_equals_the_entry_point_and_the_loop_under_it(folde
     assert torch.equal(ours.images, loop.images)
     with pytest.raises(ValueError, match="needs --classifier"):
         generate(adapter, "cpsample", config)
+    every = generate(load_adapter(folders["conditional"]), "none", SampleConfig(n=1, steps=2, progress=False))
+    assert every.labels.tolist() == list(range(10))  # no labels given: one image of each class
 
 
 def test_latent_generate_equals_sample_sd_and_the_diffusers_pipeline(pipeline):

@@ -639,7 +639,7 @@ def prompt_entries(prompts, prompts_file):
 def condition_settings(adapter) -> dict:
     """What a run record says about the conditions sampled (nothing for an unconditional model)."""
     if adapter.conditioning == "labels":
-        return {"classes": list(adapter.labels), "cfg_scale": adapter.guidance_scale}
+        return {"classes": list(adapter.classes), "cfg_scale": adapter.guidance_scale}
     if adapter.conditioning == "prompts":
         return {"prompts": list(adapter.prompts), "cfg_scale": adapter.guidance_scale}
     return {}

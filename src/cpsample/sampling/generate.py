@@ -76,35 +76,48 @@ def generate(
     first = adapter.scheduler(scheduler, config.steps)  # a bad name fails here, before any sampling
     timesteps = first.timesteps.cpu().numpy().copy()
     if config.work_dir is not None:  # the key hashes the weights before any dtype cast
-        settings = dict(
-            steps=config.steps, scheduler=scheduler, dtype=dtype_name, seed=config.seed, batch_size=config.batch_size
+        key = sampling_key(
+            adapter.network,
+            guard,
+            first,
+            **adapter.key_settings(config.n, conditions),
+            steps=config.steps,
+            scheduler=scheduler,
+            dtype=dtype_name,
+            seed=config.seed,
+            batch_size=config.batch_size,
         )
-        key = sampling_key(adapter.network, guard, first, **adapter.key_settings(config.n, conditions), **settings)
         batch_settings_file(config.work_dir, key, config.overwrite)
     adapter.cast(dtype)
     guard.to(torch.device(device), dtype)
     loop_device = sampling_device(device, config.work_dir)
-
-    def draw(batch: Batch) -> DrawnBatch:
-        mine = None if conditions is None else conditions[batch.start : batch.start + batch.size]
-        x, trace = sample_batch(
-            adapter.denoiser(mine),
-            adapter.scheduler(scheduler, config.steps),
-            (batch.size, *adapter.sample_shape),
-            guard,
-            batch.generator(),
-            loop_device,
-            dtype,
-            raw=True,
-        )
-        return DrawnBatch(adapter.decode(x), trace, x.float().cpu() if adapter.keeps_latents else None)
-
+    draw = batch_drawer(adapter, guard, conditions, scheduler, config.steps, loop_device, dtype)
     started = time.time()
     plan = adapter.batches(config.n, config.batch_size, config.seed)
     drawn, fresh = draw_batches(plan, draw, config.work_dir, config.progress, f"sampling ({guard.name})")
     calls = fresh * len(timesteps) * adapter.calls_per_image_step
     result = merged_result(drawn, timesteps, calls, time.time() - started, guard.settings())
     return replace(result, **adapter.result_fields(config.n, conditions))
+
+
+def batch_drawer(adapter: ModelAdapter, guard: Guard, conditions, scheduler: str, steps: int, device, dtype):
+    """draw(batch) for draw_batches: the one loop from the batch's noise with its images' conditions, decoded."""
+
+    def draw(batch: Batch) -> DrawnBatch:
+        mine = None if conditions is None else conditions[batch.start : batch.start + batch.size]
+        x, trace = sample_batch(
+            adapter.denoiser(mine),
+            adapter.scheduler(scheduler, steps),
+            (batch.size, *adapter.sample_shape),
+            guard,
+            batch.generator(),
+            device,
+            dtype,
+            raw=True,
+        )
+        return DrawnBatch(adapter.decode(x), trace, x.float().cpu() if adapter.keeps_latents else None)
+
+    return draw
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -35,7 +35,7 @@ class ConditionalAdapter(PixelAdapter):
     conditioning: ClassVar[str] = "labels"
     calls_per_image_step: ClassVar[int] = 2  # CFG: the labelled and the null-label eps
 
-    labels: tuple[int, ...] = ()  # the classes to sample, each n times
+    labels: tuple[int, ...] | None = None  # the classes to sample, each n times (None: every class)
     guidance_scale: float = DEFAULT_CFG_SCALE
 
     def __post_init__(self):
@@ -62,7 +62,8 @@ class ConditionalAdapter(PixelAdapter):
 
     def context(self, device: str, classifier=None) -> GuardContext:
         # By folder: a guard that calls the denoiser (AMG) loads its own copy, whatever precision this one samples in.
-        return GuardContext(model=str(self.folder), classifier=classifier, device=device)
+        model = self.model if self.folder is None else str(self.folder)
+        return GuardContext(model=model, classifier=classifier, device=device)
 
     def guard(self, spec, classifier=None, device: str = "cpu", **options) -> Guard:
         if guard_name(spec) == "cpsample" and not classifier:
@@ -77,13 +78,17 @@ class ConditionalAdapter(PixelAdapter):
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         return replace(self, labels=tuple(self.class_info.check(conditions)), guidance_scale=scale)
 
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(range(self.class_info.num_classes)) if self.labels is None else self.labels
+
     def conditions_per_image(self, n: int) -> list:
-        if not self.labels:
+        if not self.classes:
             raise ValueError("no class labels given: nothing to sample")
-        return repeat_each(self.labels, n)
+        return repeat_each(self.classes, n)
 
     def batches(self, n: int, batch_size: int, seed: int) -> list[Batch]:
-        return flat_batches(len(self.labels) * n, batch_size, seed)
+        return flat_batches(len(self.classes) * n, batch_size, seed)
 
     def key_settings(self, n: int, conditions: list | None) -> dict:
         return {"labels": conditions, "cfg": self.guidance_scale}
