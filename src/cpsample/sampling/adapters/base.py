@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from cpsample.sampling.guards import Guard, GuardContext
+from cpsample.sampling.guards import Guard, GuardContext, guard_class
 from cpsample.sampling.sampler import Batch, Denoise
 
 
@@ -111,3 +111,10 @@ def guard_name(spec) -> str | None:
     """The name of a guard still to be built (a name or a GuardSpec); None for a ready Guard, which holds its own
     classifier."""
     return spec if isinstance(spec, str) else None if isinstance(spec, Guard) else getattr(spec, "name", None)
+
+
+def needs_classifier(spec) -> bool:
+    """Whether a guard still to be built (a name or a GuardSpec) guides with a classifier of the members (so one must
+    be given for a model that has no bundled one)."""
+    name = guard_name(spec)
+    return name is not None and guard_class(name).uses_classifier

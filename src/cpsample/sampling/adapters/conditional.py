@@ -17,7 +17,7 @@ import torch
 
 from cpsample.models.denoiser import ClassInfo, read_class_info
 from cpsample.models.pretrained import DiffusionModel
-from cpsample.sampling.adapters.base import guard_name, repeat_each
+from cpsample.sampling.adapters.base import guard_name, needs_classifier, repeat_each
 from cpsample.sampling.adapters.pixel import PixelAdapter, unet_config
 from cpsample.sampling.guards import Guard, GuardContext
 from cpsample.sampling.sampler import Batch, Denoise, cfg_denoiser, flat_batches
@@ -66,10 +66,10 @@ class ConditionalAdapter(PixelAdapter):
         return GuardContext(model=model, classifier=classifier, device=device)
 
     def guard(self, spec, classifier=None, device: str = "cpu", **options) -> Guard:
-        if guard_name(spec) == "cpsample" and not classifier:
+        if needs_classifier(spec) and not classifier:
             # The bundled classifier knows the bundled unconditional model's members, not this model's.
             raise ValueError(
-                "--guard cpsample needs --classifier: train one on this model's members with "
+                f"--guard {guard_name(spec)} needs --classifier: train one on this model's members with "
                 "`cpsample train-classifier --denoiser MODEL --out DIR`"
             )
         return super().guard(spec, classifier, device, **options)

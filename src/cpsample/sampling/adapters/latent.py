@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
-from cpsample.sampling.adapters.base import guard_name, repeat_each
+from cpsample.sampling.adapters.base import guard_name, needs_classifier, repeat_each
 from cpsample.sampling.checks import check_same_schedule, check_scheduler
 from cpsample.sampling.guards import CPSampleGuard, Guard, GuardContext
 from cpsample.sampling.guards.base import CFGPrediction
@@ -271,8 +271,10 @@ class LatentAdapter:
 
     def guard(self, spec, classifier=None, device: str = "cpu", **options) -> Guard:
         name = guard_name(spec)
-        if name is not None and name.startswith("cpsample") and classifier is None:
-            raise ValueError("--guard cpsample needs --classifier (train one with `cpsample train-latent-classifier`)")
+        if needs_classifier(spec) and classifier is None:
+            raise ValueError(
+                f"--guard {guard_name(spec)} needs --classifier (train one with `cpsample train-latent-classifier`)"
+            )
         folder = classifier if isinstance(classifier, (str, Path)) else getattr(classifier, "folder", None)
         if name is not None and folder is not None:
             check_latent_pairing(folder, self.pipe)  # its VAE: a classifier of other latents fires at every step
