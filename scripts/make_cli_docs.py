@@ -63,16 +63,21 @@ with an `images` array (and optionally `labels`).
 ## Layout
 
     src/cpsample/
-      data/        image sources (bundled MNIST/digits/Twemoji, PNG/JPG folders, .npz) and member splits
+      data/        image sources (bundled MNIST/digits/Twemoji, PNG/JPG folders, .npz), member splits, samples files
       models/      denoiser (UNet2DModel), time-conditioned classifier; DiffusionModel / Classifier loaded once
       runs.py      RunFolder: a run's --out checked before anything is written, locked for the run, marked as cpsample's
+      evaluation/  features, exact neighbours (faiss when installed, else NumPy), replication statistics, quality,
+                   measures.py = the Measure registry and the Judge every table is measured by; the report
+      sampling/    guards/ = strategies with validated options, one file each (plugins: the cpsample.guards entry
+                   points); spec.py = GuardSpec, the one reader and writer of calibration.json; adapters/ = one file
+                   per model kind (pixel, class-conditional, Stable Diffusion); generate.py = the one sampling run
+                   over the one denoising loop (sampler.py); protect.py = a guard as a hook on a diffusers UNet
       training/    one accelerate training frame and loop (EMA, exact resume) used by every model
-      sampling/    one denoising loop for every scheduler and model kind; guards/ = strategies with validated
-                   options in one registry; protect.py = CPSample as a hook on any diffusers pipeline's UNet
-      evaluation/  features, exact neighbours (faiss when installed, else NumPy), replication statistics, quality, report
-      attacks/     membership inference (loss attack, PIA), SIDE extraction
-      workflows/   demo, calibration grid, negatives for a selective classifier
-      cli/         the typer command line (a module imports only its own or lower layers: tests/test_architecture.py)
+      attacks/     membership inference (loss attack, PIA, sample-only), SIDE extraction
+      calibration/ Goal, Calibrator(...).fit() -> CalibrationResult (save, save_pretrained); search.py = the grid
+      workflows/   the demo, negatives for a selective classifier
+      cli/         the typer command line: parse -> one library call -> print (a module imports only its own or
+                   lower layers, and no files import each other: tests/test_architecture.py)
       assets/      bundled checkpoints (safetensors) and data (.npz)
 """
 

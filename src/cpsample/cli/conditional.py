@@ -163,24 +163,24 @@ def sample_conditional_command(
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
-    """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample."""
+    """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample (`cpsample
+    sample` does this too)."""
     from cpsample.evaluation.honesty import protection_warnings
     from cpsample.evaluation.nearcopy import resolve_threshold
     from cpsample.provenance import write_record
-    from cpsample.sampling.conditional import generate_conditional, load_conditional, parse_classes
+    from cpsample.sampling.adapters import ConditionalAdapter
+    from cpsample.sampling.conditional import parse_classes
+    from cpsample.sampling.generate import SampleConfig, generate
     from cpsample.sampling.guards import guard_class
     from cpsample.sampling.outputs import save_private, save_samples, save_trace
-    from cpsample.sampling.spec import parse_option_strings
+    from cpsample.sampling.spec import GuardSpec, parse_option_strings
 
+    say_alias("sample-conditional", "--model MODEL --classes ...")
     prepare_out(out, "sample-conditional", overwrite, inputs=(model, classifier, feature_net))
     check_device_option(device)
     copy_threshold = resolve_threshold(copy_threshold, "pixels")
-    from cpsample.sampling.sampler import check_sample_count
-
-    unet, _, info = load_conditional(model)
-    wanted = parse_classes(classes, info)
-    check_sample_count(n * len(wanted), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
-    labels = np.repeat(wanted, n)
+    adapter = ConditionalAdapter.from_pretrained(model, device, dtype, scheduler)
+    wanted = parse_classes(classes, adapter.class_info)
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     settings = {
         "model": model,
@@ -198,22 +198,20 @@ def sample_conditional_command(
         "seed": seed,
         "copy_threshold": copy_threshold,
     }
-    result = generate_conditional(
-        model,
-        labels.tolist(),
-        cfg_scale,
-        guard=guard,
-        scheduler=scheduler,
+    config = SampleConfig(
+        n=n,
         steps=steps,
-        seed=seed,
-        classifier=classifier,
+        scheduler=scheduler,
         batch_size=batch_size,
         dtype=dtype,
         device=device,
+        seed=seed,
         work_dir=out,
         overwrite=overwrite,
-        **guard_options,
     )
+    spec = GuardSpec.create(guard, **guard_options)
+    result = generate(adapter.conditioned(wanted, cfg_scale), spec, config, classifier)
+    labels = result.labels
     paths = {
         **save_samples(out, result.images, grid_count=None, columns=n, labels=labels),
         **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace),
@@ -391,7 +389,8 @@ def sample_sd_command(
     seed: Seed = 0,
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private
-    images."""
+    images (`cpsample sample` samples it too)."""
+    say_alias("sample-sd", "--model PIPELINE --prompt ...")
     require_transformers()
     prepare_out(out, "sample-sd", overwrite, inputs=(pipeline, classifier, prompts_file, private))
     check_device_option(device)
@@ -531,10 +530,15 @@ def _run_sd(
     alpha,
     trace: bool = False,
 ) -> dict:
-    from cpsample.sampling.latent import per_prompt_similarity, sample_sd
+    from cpsample.sampling.adapters import LatentAdapter
+    from cpsample.sampling.generate import SampleConfig, generate
+    from cpsample.sampling.guards import NoGuard
+    from cpsample.sampling.latent import per_prompt_similarity
     from cpsample.sampling.outputs import save_samples, save_trace
 
-    result = sample_sd(pipe, [e.text for e in entries], guard, n, steps, cfg_scale, size[0], size[1], seed)
+    adapter = LatentAdapter(pipe, height=size[0], width=size[1]).conditioned([e.text for e in entries], cfg_scale)
+    # Each prompt's n images in one batch from the noise of `seed`, not kept (this command does not resume).
+    result = generate(adapter, guard or NoGuard(), SampleConfig(n=n, steps=steps, batch_size=n, seed=seed))
     paths = {
         **save_samples(
             folder,
@@ -579,6 +583,68 @@ def _print_prompt_table(entries, runs: dict) -> None:
 
 
 # --- shared helpers ------------------------------------------------------------------------------------------
+
+
+def say_alias(command: str, how: str) -> None:
+    """One line on stderr (stdout keeps the results): the command stays for one release as a form of `sample`."""
+    typer.echo(f"note: `cpsample sample {how}` now does this; `cpsample {command}` stays for one release", err=True)
+
+
+# What each conditioning takes on `cpsample sample`'s command line.
+CONDITION_OPTIONS = {"labels": "--classes", "prompts": "--prompt / --prompts-file"}
+
+
+def condition_adapter(adapter, model: str, classes, prompts, prompts_file, cfg_scale):
+    """The adapter with the class labels or prompts given on the command line (all classes by default), each
+    refused where the model takes no such thing."""
+    from cpsample.sampling.adapters import ADAPTERS
+
+    given = {"labels": classes is not None, "prompts": bool(prompts) or prompts_file is not None}
+    for conditioning, was_given in given.items():
+        if was_given and conditioning != adapter.conditioning:
+            takers = " or ".join(kind.description for kind in ADAPTERS.values() if kind.conditioning == conditioning)
+            raise ValueError(
+                f"{CONDITION_OPTIONS[conditioning]} applies to {takers}; {model} is {adapter.description}"
+            )
+    if adapter.conditioning == "none":
+        if cfg_scale is not None:
+            raise ValueError(f"--cfg-scale applies to conditional models; {model} is {adapter.description}")
+        return adapter
+    if adapter.conditioning == "labels":
+        from cpsample.sampling.conditional import parse_classes
+
+        return adapter.conditioned(parse_classes(classes, adapter.class_info), cfg_scale)
+    return adapter.conditioned([entry.text for entry in prompt_entries(prompts, prompts_file)], cfg_scale)
+
+
+def prompt_entries(prompts, prompts_file):
+    """--prompt (repeatable) then the lines of --prompts-file."""
+    from cpsample.sampling.latent import PromptEntry, read_prompts
+
+    entries = [PromptEntry(text, "prompt") for text in (prompts or [])]
+    entries += read_prompts(prompts_file) if prompts_file else []
+    if not entries:
+        raise ValueError("give --prompt (repeatable) or --prompts-file")
+    return entries
+
+
+def condition_settings(adapter) -> dict:
+    """What a run record says about the conditions sampled (nothing for an unconditional model)."""
+    if adapter.conditioning == "labels":
+        return {"classes": list(adapter.classes), "cfg_scale": adapter.guidance_scale}
+    if adapter.conditioning == "prompts":
+        return {"prompts": list(adapter.prompts), "cfg_scale": adapter.guidance_scale}
+    return {}
+
+
+def sample_arrays(result) -> dict:
+    """The arrays samples.npz holds beside the images where the model kind has them: labels, prompt_index, latents."""
+    arrays = {
+        "labels": result.labels,
+        "prompt_index": result.prompt_index,
+        "latents": None if result.latents is None else result.latents.numpy(),
+    }
+    return {name: array for name, array in arrays.items() if array is not None}
 
 
 def require_transformers() -> None:

@@ -201,28 +201,70 @@ def sample_command(
     out: Annotated[
         Path,
         typer.Option(
-            help="Output folder: grid.png, samples.npz, cpsample.json (+ trace.npz, trace.png with --trace)."
+            help="Output folder: grid.png (one row per class or prompt), samples.npz, cpsample.json (+ trace.npz, "
+            "trace.png with --trace)."
         ),
     ],
-    model: Annotated[str, typer.Option(help="Denoiser folder, or 'bundled'.")] = "bundled",
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 64,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Denoiser folder or 'bundled'; a class-conditional model (from train-conditional, sampled with "
+            "--classes) or a Stable Diffusion pipeline folder (model_index.json, sampled with --prompt)."
+        ),
+    ] = "bundled",
+    n: Annotated[
+        Optional[int],
+        typer.Option(
+            "--n",
+            "-n",
+            min=1,
+            help="Number of images; per class or prompt for a conditional model (default: 64; 8 per class, 4 per "
+            "prompt).",
+        ),
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
-    scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option(
+            help="ddim, ddpm or dpm++ (default ddim); a Stable Diffusion pipeline also takes pndm and default (its "
+            "own, the default)."
+        ),
+    ] = None,
     guard: Annotated[
         str,
         typer.Option(
-            help="Guidance strategy: none, cpsample, cpsample-staged or amg (delayed-cfg / opposite-cfg: see "
-            "sample-conditional); `cpsample guards` lists their options."
+            help="Guidance strategy: none, cpsample, cpsample-staged or amg (delayed-cfg / opposite-cfg: for "
+            "conditional models); `cpsample guards` lists their options."
         ),
     ] = "none",
     classifier: Annotated[
-        str,
-        typer.Option(help="Classifier folder for --guard cpsample (cpsample-staged: its late stage), or 'bundled'."),
-    ] = "bundled",
+        Optional[str],
+        typer.Option(
+            help="Classifier folder for --guard cpsample (cpsample-staged: its late stage); default 'bundled' for "
+            "an unconditional denoiser."
+        ),
+    ] = None,
     alpha: Alpha = None,
     scale: Scale = None,
     tau: Tau = None,
     option: GuardOption = None,
+    classes: Annotated[
+        Optional[str],
+        typer.Option(help="Class-conditional models: comma-separated class labels, or 'all' (the default)."),
+    ] = None,
+    prompt: Annotated[
+        Optional[list[str]], typer.Option(help="Stable Diffusion pipelines: a prompt (repeatable).")
+    ] = None,
+    prompts_file: Annotated[
+        Optional[Path],
+        typer.Option(help="Stable Diffusion pipelines: one prompt per line ('original<TAB>modified': both)."),
+    ] = None,
+    cfg_scale: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Classifier-free guidance scale of a conditional model (default 3 for classes, 7.5 for prompts)."
+        ),
+    ] = None,
     batch_size: BatchSize = 250,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Device = "cpu",
@@ -230,33 +272,55 @@ def sample_command(
     overwrite: Overwrite = False,
     seed: Seed = 0,
 ):
-    """Sample images, plainly or with a guidance strategy."""
+    """Sample images from any model (pixel, class-conditional, Stable Diffusion), plainly or with a guidance
+    strategy; a killed run resumes."""
+    from cpsample.cli.conditional import condition_adapter, condition_settings, require_transformers, sample_arrays
     from cpsample.evaluation.honesty import protection_warnings
     from cpsample.provenance import write_record
+    from cpsample.sampling.adapters import adapter_class, load_adapter
+    from cpsample.sampling.generate import SampleConfig, generate
     from cpsample.sampling.guards import guard_class
     from cpsample.sampling.outputs import save_samples, save_trace
-    from cpsample.sampling.pipeline import generate
-    from cpsample.sampling.spec import parse_option_strings
+    from cpsample.sampling.spec import GuardSpec, parse_option_strings
 
-    prepare_out(out, "sample", overwrite, inputs=(model, classifier))
+    prepare_out(out, "sample", overwrite, inputs=(model, classifier, prompts_file))
     check_device_option(device)
 
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
+    if adapter_class(model).conditioning == "prompts":
+        require_transformers()  # a text encoder and its tokenizer
+    adapter = load_adapter(model, device=device, dtype=dtype, scheduler=scheduler)
+    adapter = condition_adapter(adapter, model, classes, prompt, prompts_file, cfg_scale)
+    unconditional = adapter.conditioning == "none"
+    n = n or DEFAULT_COUNTS[adapter.conditioning]
     settings = {
         "model": model,
         "n": n,
         "steps": steps,
-        "scheduler": scheduler,
+        "scheduler": scheduler or adapter.scheduler_name,
         "guard": guard,
-        "classifier": classifier,
+        "classifier": "bundled" if classifier is None and unconditional else classifier,
         "batch_size": batch_size,
         "dtype": dtype,
         "device": device,
         "seed": seed,
+        **condition_settings(adapter),
     }
-    result = generate(**settings, work_dir=out, overwrite=overwrite, **guard_options)
+    config = SampleConfig(
+        n=n,
+        steps=steps,
+        scheduler=settings["scheduler"],
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        work_dir=out,
+        overwrite=overwrite,
+    )
+    result = generate(adapter, GuardSpec.create(guard, **guard_options), config, settings["classifier"])
+    rows = {} if unconditional else {"grid_count": None, "columns": n}  # one row per class or prompt
     paths = {
-        **save_samples(out, result.images),
+        **save_samples(out, result.images, **rows, **sample_arrays(result)),
         **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace),
     }
     stats = {
@@ -265,11 +329,17 @@ def sample_command(
         **guard_stats(result.trace),
         **paths,
         **say_warnings(
-            protection_warnings(result.trace, guard, classifier if guard_class(guard).uses_classifier else None)
+            protection_warnings(
+                result.trace, guard, settings["classifier"] if guard_class(guard).uses_classifier else None
+            )
         ),
     }
     write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
     console.print(json.dumps(stats, indent=2))
+
+
+# Images drawn when -n is not given: in all (unconditional), or per class or prompt.
+DEFAULT_COUNTS = {"none": 64, "labels": 8, "prompts": 4}
 
 
 @app.command("guards")

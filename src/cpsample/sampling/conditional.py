@@ -1,9 +1,7 @@
 """Sample a class-conditional denoiser with classifier-free guidance, optionally protected by CPSample (App. B).
 
-At each step the UNet is called once on [x_t, x_t] with [labels, null labels]; the guard's `combine` mixes the two
-eps into the CFG prediction and then `adjust` applies CPSample with the same random-label classifier on x_t as in
-the unconditional case. Batch b starts from noise seeded by (seed, b) exactly as `sampler.sample` does, so a
-plain and a protected run with the same seed and labels start from the same x_T.
+The model kind itself is adapters/conditional.py (ConditionalAdapter); this module keeps the helpers the commands
+use (loading, parsing --classes) and, for one release, `generate_conditional`, a thin wrapper over `generate`.
 """
 
 from __future__ import annotations
@@ -15,21 +13,13 @@ import torch
 from cpsample.models import load_denoiser
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import ClassInfo, read_class_info
-from cpsample.sampling.guards import Guard, GuardContext
-from cpsample.sampling.guards.base import move_network
-from cpsample.sampling.pipeline import check_device, check_guard_fits
-from cpsample.sampling.sampler import (
-    DTYPES,
-    SampleResult,
-    batch_settings_file,
-    cfg_denoiser,
-    make_scheduler,
-    sample,
-    sampling_key,
-)
-from cpsample.sampling.spec import resolve_guard
+from cpsample.sampling.adapters.conditional import DEFAULT_CFG_SCALE, ConditionalAdapter
+from cpsample.sampling.checks import check_device
+from cpsample.sampling.generate import SampleConfig, as_spec, generate, torch_dtype
+from cpsample.sampling.guards import Guard
+from cpsample.sampling.sampler import SampleResult, cfg_denoiser, sample
 
-DEFAULT_CFG_SCALE = 3.0
+__all__ = ["DEFAULT_CFG_SCALE", "generate_conditional", "load_conditional", "parse_classes", "sample_labels"]
 
 
 def load_conditional(model_dir: str | Path, device: str = "cpu"):
@@ -73,53 +63,27 @@ def generate_conditional(
     guard_options such as alpha=0.1 or transition_t=500) applied around the CFG mix.
 
     With work_dir, finished batches are kept there and a rerun with the same settings resumes after a kill; other
-    settings are refused unless overwrite=True (which clears the old batches)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    settings are refused unless overwrite=True (which clears the old batches).
+
+    Kept for one release: this is generate(load_adapter(model_dir).conditioned(class_labels, guidance_scale), guard,
+    SampleConfig(n=1, ...), classifier) (sampling/generate.py), which samples every model kind."""
+    torch_dtype(dtype)
     check_device(device)
-    unet, schedule, info = load_conditional(model_dir, device)
-    labels = info.check(class_labels)
-    if not labels:
-        raise ValueError("no class labels given: nothing to sample")
-    torch_dtype = DTYPES[dtype]
-    guard = _resolve_guard(guard, classifier, device, str(model_dir), guard_options)
-    check_guard_fits(guard, unet, schedule, resolve_model_dir(model_dir, "denoiser"))
-    first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    if work_dir is not None:  # the key hashes the weights before any dtype cast
-        batch_settings_file(
-            work_dir,
-            sampling_key(
-                unet,
-                guard,
-                first_scheduler,
-                labels=labels,
-                cfg=guidance_scale,
-                steps=steps,
-                scheduler=scheduler,
-                dtype=dtype,
-                seed=seed,
-                batch_size=batch_size,
-            ),
-            overwrite,
-        )
-    move_network(unet, None, torch_dtype)  # (a loaded model stays on its device)
-    guard.to(torch.device(device), torch_dtype)
-    return sample_labels(
-        unet,
-        labels,
-        info.null_label,
-        lambda: make_scheduler(scheduler, schedule.config, steps),
-        shape,
-        guidance_scale,
-        guard,
-        batch_size,
-        seed,
-        device,
-        torch_dtype,
-        progress,
-        work_dir,
+    adapter = ConditionalAdapter.from_pretrained(model_dir, device, dtype, scheduler)
+    config = SampleConfig(
+        n=1,  # class_labels holds one label per image
+        steps=steps,
+        scheduler=scheduler,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        work_dir=work_dir,
+        overwrite=overwrite,
+        progress=progress,
     )
+    spec = as_spec(guard, **guard_options)
+    return generate(adapter.conditioned(class_labels, guidance_scale), spec, config, classifier)
 
 
 def sample_labels(
@@ -158,13 +122,3 @@ def sample_labels(
         batch_denoiser=denoiser_for,
         calls_per_image_step=2,
     )  # CFG: two eps per image and step
-
-
-def _resolve_guard(guard: str | Guard, classifier: str | None, device: str, model: str, options: dict) -> Guard:
-    if guard == "cpsample" and not classifier:
-        # The bundled classifier knows the bundled unconditional model's members, not this model's.
-        raise ValueError(
-            "--guard cpsample needs --classifier: train one on this model's members with "
-            "`cpsample train-classifier --denoiser MODEL --out DIR`"
-        )
-    return resolve_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **options)

@@ -1,41 +1,42 @@
 """CPSample in the latent space of a text-to-image Stable Diffusion pipeline (paper section 4.2, Fig. 7, Table 2).
 
-`sample_sd` runs the pipeline's own components through cpsample's one denoising loop (`sample_batch`), so any guard
-works here: text encoder -> UNet on [x_t, x_t] -> guard.correct on both halves (CPSample's push on the latent x_t)
--> guard.combine (CFG) -> guard.adjust -> the pipeline's scheduler -> VAE decoder. For CPSample alone,
-`cpsample.protect(pipe, classifier)` gives the same latents from the pipeline's own `__call__`. The classifier is a
-TimeClassifier on latents (4 channels) trained by `cpsample.training.latent_classifier` on the VAE latents of a
-private image set, so only that subset is protected.
+The model kind itself (loading a pipeline, its denoiser, its VAE decoder, the checks its guards pass) is
+adapters/latent.py (LatentAdapter), sampled by `generate` like every kind; for CPSample alone,
+`cpsample.protect(pipe, classifier)` gives the same latents from the pipeline's own `__call__`. This module keeps the
+tiny local pipeline, the prompts file, the per-prompt similarity to the private images (Table 2) and, for one
+release, `sample_sd` / `sample_sd_batches`, thin wrappers over `generate`.
 
-Everything loads from local folders (`local_files_only=True`); `build_tiny_sd_pipeline` writes a small random
-pipeline (built from configs and a tiny local vocabulary) for tests and for trying the workflow offline.
-Needs `transformers` (the `latent` extra).
+`build_tiny_sd_pipeline` writes a small random pipeline (built from configs and a tiny local vocabulary) for tests
+and for trying the workflow offline. Needs `transformers` (the `latent` extra).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cpsample.data import ImageSet, load_dataset
-from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
-from cpsample.sampling.guards import CPSampleGuard, Guard, NoGuard
-from cpsample.sampling.guards.base import CFGPrediction
-from cpsample.sampling.latent_pairing import check_latent_pairing
-from cpsample.sampling.pipeline import check_same_schedule, check_scheduler
-from cpsample.sampling.protect import protection_of
-from cpsample.sampling.sampler import DTYPES, sample_batch, without_x0_clipping
-
-SD_SCHEDULERS = ("default", "ddim", "pndm", "ddpm", "dpm++")
-DEFAULT_SD_CFG_SCALE = 7.5
-
+from cpsample.sampling.adapters.latent import (  # noqa: F401 (their old home: callers import them from here)
+    CHUNK_SEED_STRIDE,
+    DEFAULT_SD_CFG_SCALE,
+    SD_SCHEDULERS,
+    LatentAdapter,
+    build_latent_guard,
+    check_latent_classifier,
+    decode_latents,
+    latent_shape,
+    load_sd_pipeline,
+    sd_denoiser,
+    swap_scheduler,
+)
+from cpsample.sampling.generate import SampleConfig, generate
+from cpsample.sampling.guards import Guard, NoGuard
+from cpsample.sampling.sampler import SampleResult
 
 # --- the tiny local pipeline ---------------------------------------------------------------------------------
 
@@ -149,148 +150,9 @@ def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int =
     return folder
 
 
-# --- loading --------------------------------------------------------------------------------------------------
+# --- sampling (thin wrappers over generate, kept for one release) ------------------------------------------------
 
-
-def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str = "cpu", dtype: str = "float32"):
-    """A StableDiffusionPipeline from a local folder only (never the hub), without the safety checker."""
-    folder = Path(folder)
-    if not (folder / PIPELINE_INDEX).is_file():
-        raise FileNotFoundError(
-            f"{folder}: no diffusers pipeline here (expected {PIPELINE_INDEX}, as written by "
-            "save_pretrained or `cpsample make-tiny-sd`)"
-        )
-    if not is_sd_pipeline(folder):
-        raise ValueError(
-            f"{folder}: cannot load the Stable Diffusion pipeline: {PIPELINE_INDEX} names a "
-            f"{pipeline_class(folder)}, not a Stable Diffusion pipeline"
-            + (
-                "; it is a pixel-space denoiser: sample it with `cpsample sample --model`"
-                if pipeline_class(folder) == DDPM_PIPELINE
-                else ""
-            )
-        )
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    from diffusers import StableDiffusionPipeline
-
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder,
-            local_files_only=True,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            use_safetensors=True,
-        )
-    except Exception as error:  # bad model_index.json, pickled .bin only, truncated weights: a damaged pipeline
-        detail = " ".join(str(error).split())[:160]
-        raise ValueError(
-            f"{folder}: cannot load the Stable Diffusion pipeline ({type(error).__name__}: {detail}); it "
-            f"needs a valid {PIPELINE_INDEX} and .safetensors weights in each part (pickled .bin weights "
-            "are never loaded)"
-        ) from None
-    check_scheduler(pipe.scheduler, f"{folder}'s scheduler predicts")
-    pipe.scheduler = swap_scheduler(pipe.scheduler, scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
-    if pipe.unet.dtype != DTYPES[dtype]:
-        # .to(dtype) rather than from_pretrained's dtype keyword, whose name changed across diffusers versions.
-        pipe = pipe.to(dtype=DTYPES[dtype])
-    return pipe
-
-
-def swap_scheduler(current, name: str):
-    """The pipeline's own scheduler ('default') or another one sharing its noise schedule, without x0 clipping."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
-
-    choices = {
-        "ddim": DDIMScheduler,
-        "pndm": PNDMScheduler,
-        "ddpm": DDPMScheduler,
-        "dpm++": DPMSolverMultistepScheduler,
-    }
-    if name == "default":
-        return type(current).from_config(without_x0_clipping(current.config))
-    if name not in choices:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SD_SCHEDULERS)}")
-    extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
-    return choices[name].from_config(without_x0_clipping(current.config), **extra)
-
-
-def latent_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    """(channels, h, w) of the latents for an image of height x width (default: the UNet's native size)."""
-    factor = pipe.vae_scale_factor
-    height = height or pipe.unet.config.sample_size * factor
-    width = width or pipe.unet.config.sample_size * factor
-    if height % factor or width % factor:
-        raise ValueError(
-            f"height and width must be multiples of {factor} (the VAE's downscaling), got {height}x{width}"
-        )
-    return pipe.unet.config.in_channels, height // factor, width // factor
-
-
-def build_latent_guard(
-    classifier_dir: str | Path,
-    pipe,
-    alpha: float | None = None,
-    scale: float | None = None,
-    tau: float | None = None,
-    height: int | None = None,
-    width: int | None = None,
-) -> CPSampleGuard:
-    """CPSample with a latent classifier, after checking that it was trained for this pipeline's latents and schedule.
-
-    Knobs left as None come from the classifier's calibration (see `GuardSpec`)."""
-    from cpsample.sampling.guards import GuardContext
-    from cpsample.sampling.spec import build_guard
-
-    check_latent_pairing(classifier_dir, pipe)
-    guard = build_guard(
-        "cpsample",
-        GuardContext(model=None, classifier=classifier_dir, device=str(pipe.device)),
-        alpha=alpha,
-        scale=scale,
-        tau=tau,
-    )
-    check_latent_classifier(guard.classifier, pipe, height, width)
-    check_same_schedule(
-        Path(classifier_dir),
-        pipe.scheduler,
-        "train it with `cpsample train-latent-classifier --pipeline` on this pipeline",
-        "this pipeline's",
-    )
-    return guard
-
-
-def check_latent_classifier(classifier, pipe, height: int | None = None, width: int | None = None) -> None:
-    channels, h, w = latent_shape(pipe, height, width)
-    found = classifier.config.in_channels
-    if found != channels:
-        raise ValueError(
-            f"the classifier takes {found}-channel inputs but this pipeline's latents have {channels} channels; "
-            "train it on VAE latents with `cpsample train-latent-classifier`"
-        )
-    size = classifier.config.sample_size
-    if (h, w) != (size, size):
-        raise ValueError(
-            f"the classifier was trained on {size}x{size} latents but these are {h}x{w}; sample at "
-            f"{size * pipe.vae_scale_factor}x{size * pipe.vae_scale_factor} pixels (--height/--width)"
-        )
-
-
-# --- sampling -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LatentSampleResult:
-    images: torch.Tensor  # (N, 3, H, W) float32 in [-1, 1], decoded
-    latents: torch.Tensor  # (N, 4, h, w) final latents (unscaled, as the UNet sees them)
-    prompts: list[str]  # one per prompt, in order
-    prompt_index: np.ndarray  # (N,) which prompt each image came from
-    trace: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (steps, N): p1, fired
-    timesteps: np.ndarray | None = None
-    seconds: float = 0.0
+LatentSampleResult = SampleResult  # the one result type: images, latents, prompts, prompt_index, trace, timesteps
 
 
 def sample_sd(
@@ -305,48 +167,20 @@ def sample_sd(
     seed: int = 0,
     negative_prompt: str = "",
     progress: bool = True,
-) -> LatentSampleResult:
+) -> SampleResult:
     """Generate images_per_prompt images for each prompt with CFG and the guard (None: plain sampling).
 
     Every prompt starts from the same noise latents (seeded by `seed`), so images of two prompts, or of a plain
-    and a protected run, differ only through the prompt and the guard.
+    and a protected run, differ only through the prompt and the guard. This is generate(LatentAdapter(pipe, ...)
+    .conditioned(prompts), guard, SampleConfig(n=images_per_prompt, batch_size=images_per_prompt, ...)).
     """
     if not prompts or any(not str(p).strip() for p in prompts):
         raise ValueError("give at least one prompt, and no empty ones")
     if images_per_prompt < 1 or steps < 1:
         raise ValueError(f"images per prompt and steps must be positive, got {images_per_prompt} and {steps}")
-    if protection_of(pipe) is not None:
-        raise ValueError(
-            "this pipeline was protected with cpsample.protect; sample it with pipe(...), or call "
-            "cpsample.unprotect(pipe) before sample_sd (its own guard would push a second time)"
-        )
-    guard = guard or NoGuard()
-    device, dtype = pipe.device, pipe.unet.dtype
-    guard.to(device, dtype)
-    shape = (images_per_prompt, *latent_shape(pipe, height, width))
-    started = time.time()
-    images, latents, traces = [], [], []
-    for prompt in tqdm(prompts, desc=f"sampling prompts ({guard.name})", disable=not progress, dynamic_ncols=True):
-        cond, uncond = pipe.encode_prompt(prompt, device, images_per_prompt, True, negative_prompt)
-        final, trace = denoise_latents(pipe, cond, uncond, guard, steps, guidance_scale, shape, seed)
-        latents.append(final.float().cpu())
-        images.append(decode_latents(pipe, final))
-        traces.append(trace)
-    merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in traces[0]}
-    return LatentSampleResult(
-        images=torch.cat(images),
-        latents=torch.cat(latents),
-        prompts=list(prompts),
-        prompt_index=np.repeat(np.arange(len(prompts)), images_per_prompt),
-        trace=merged,
-        timesteps=pipe.scheduler.timesteps.cpu().numpy(),
-        seconds=time.time() - started,
-    )
-
-
-# Chunk k of a run drawn in chunks (sample_sd_batches) starts from the noise of seed + k * CHUNK_SEED_STRIDE: chunk 0
-# is sample_sd's own noise for `seed`, and no chunk meets another run's (calibrate's confirmation round: seed + 1000).
-CHUNK_SEED_STRIDE = 100_003
+    adapter = LatentAdapter(pipe, height=height, width=width, negative_prompt=negative_prompt)
+    config = SampleConfig(n=images_per_prompt, steps=steps, batch_size=images_per_prompt, seed=seed, progress=progress)
+    return generate(adapter.conditioned(prompts, guidance_scale), guard or NoGuard(), config)
 
 
 def sample_sd_batches(
@@ -359,79 +193,31 @@ def sample_sd_batches(
     guidance_scale: float = DEFAULT_SD_CFG_SCALE,
     seed: int = 0,
     progress: bool = False,
-) -> LatentSampleResult:
+) -> SampleResult:
     """`sample_sd` with at most batch_size images of a prompt per UNet batch: images_per_prompt images of each prompt,
-    drawn in chunks (see CHUNK_SEED_STRIDE) and returned as one result (trace: steps x all images)."""
+    drawn in chunks (see CHUNK_SEED_STRIDE) and returned as one result, chunk by chunk (trace: steps x all images)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    results = [
-        sample_sd(
-            pipe,
-            prompts,
-            guard,
-            min(batch_size, images_per_prompt - start),
-            steps,
-            guidance_scale,
-            seed=seed + chunk * CHUNK_SEED_STRIDE,
-            progress=progress,
-        )
-        for chunk, start in enumerate(range(0, images_per_prompt, batch_size))
-    ]
-    if len(results) == 1:
-        return results[0]
-    return LatentSampleResult(
-        images=torch.cat([r.images for r in results]),
-        latents=torch.cat([r.latents for r in results]),
-        prompts=list(prompts),
-        prompt_index=np.concatenate([r.prompt_index for r in results]),
-        trace={key: np.concatenate([r.trace[key] for r in results], axis=1) for key in results[0].trace},
-        timesteps=results[0].timesteps,
-        seconds=sum(r.seconds for r in results),
+    adapter = LatentAdapter(pipe).conditioned(prompts, guidance_scale)
+    config = SampleConfig(n=images_per_prompt, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
+    result = generate(adapter, guard or NoGuard(), config)
+    return chunk_major(result, images_per_prompt, batch_size)
+
+
+def chunk_major(result: SampleResult, per_prompt: int, batch_size: int) -> SampleResult:
+    """generate gives each prompt's images together; this function has always given chunk 0 of every prompt, then
+    chunk 1 of every prompt, and so on."""
+    chunk = (np.arange(len(result.images)) % per_prompt) // batch_size
+    if not chunk.any():
+        return result
+    order = np.argsort(chunk, kind="stable")
+    return replace(
+        result,
+        images=result.images[order],
+        latents=result.latents[order],
+        prompt_index=result.prompt_index[order],
+        trace={key: value[:, order] for key, value in result.trace.items()},
     )
-
-
-def denoise_latents(
-    pipe,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
-    guard: Guard,
-    steps: int,
-    guidance_scale: float,
-    shape: tuple,
-    seed: int,
-) -> tuple[torch.Tensor, dict]:
-    """The shared denoising loop (`sample_batch`) on the pipeline's latents, its UNet called as the pipeline does."""
-    pipe.scheduler.set_timesteps(steps, device=pipe.device)  # also clears multistep schedulers' history
-    generator = torch.Generator().manual_seed(seed)
-    return sample_batch(
-        sd_denoiser(pipe, cond, uncond, guidance_scale),
-        pipe.scheduler,
-        shape,
-        guard,
-        generator,
-        pipe.device,
-        pipe.unet.dtype,
-        raw=True,
-    )
-
-
-def sd_denoiser(pipe, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float):
-    """The UNet on [x_t, x_t] with [negative, prompt] text embeddings: both halves of classifier-free guidance."""
-    text = torch.cat([uncond, cond])
-
-    def denoise(x, t):
-        # One timestep for the batch, as the pipeline passes it (the UNet broadcasts it).
-        eps_uncond, eps_cond = pipe.unet(torch.cat([x, x]), t[0], encoder_hidden_states=text).sample.chunk(2)
-        return CFGPrediction(eps_cond, eps_uncond, guidance_scale)
-
-    return denoise
-
-
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [-1, 1] (float32, CPU) with the pipeline's VAE."""
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return images.float().clamp(-1.0, 1.0).cpu()
 
 
 # --- prompts and the modified-caption comparison (Table 2) -------------------------------------------------

@@ -1,132 +1,30 @@
-"""From names to samples: resolve model folders, build the guard and scheduler, and run the sampler."""
+"""The pixel denoiser's entry point of old, now a thin wrapper over `generate(adapter, spec, config)`; the checks
+every entry point makes live in checks.py (importable from here for one release)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from cpsample.data import Split
-from cpsample.models import load_noise_schedule
 from cpsample.models.pretrained import Classifier, DiffusionModel
-from cpsample.sampling.guards import Guard, GuardContext
-from cpsample.sampling.guards.base import move_network
-from cpsample.sampling.sampler import (
-    DTYPES,
-    SampleResult,
-    batch_settings_file,
-    check_sample_count,
-    make_scheduler,
-    sample,
-    sampling_key,
-    unet_denoiser,
+from cpsample.sampling.adapters.pixel import PixelAdapter
+from cpsample.sampling.checks import (  # noqa: F401 (their old home: callers import them from here)
+    check_classifier_fits,
+    check_device,
+    check_guard_fits,
+    check_same_schedule,
+    check_scheduler,
+    model_folder_of,
 )
-from cpsample.sampling.spec import resolve_guard
-
-
-def check_device(device: str) -> None:
-    """--device cuda on a machine without CUDA: one clear line, not a traceback from deep inside torch."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:1 ...") from None
-    if parsed.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(
-            f"--device {device}: a {parsed.type} device holds no data to sample or train with; use cpu, "
-            "cuda or cuda:1 ..."
-        )
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: torch sees no MPS device on this machine; use --device cpu")
-
-
-def check_scheduler(scheduler, says: str) -> None:
-    """CPSample pushes eps: a scheduler that reads the UNet's output as v or as x0 would take the push for something
-    else (schedulers without a prediction_type, such as PNDM, step with eps)."""
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise ValueError(
-            f"CPSample corrects an eps prediction; {says} {prediction!r}. Use an eps-predicting scheduler "
-            '(e.g. type(scheduler).from_config(scheduler.config, prediction_type="epsilon")) for an '
-            "eps-predicting model, or cpsample.unprotect(pipe)"
-        )
+from cpsample.sampling.generate import SampleConfig, as_spec, torch_dtype
+from cpsample.sampling.generate import generate as generate_with
+from cpsample.sampling.guards import Guard
+from cpsample.sampling.sampler import SampleResult
 
 
 def guard_for_model(model: DiffusionModel, guard: str | Guard, classifier, device: str = "cpu", **options) -> Guard:
     """The guard a command samples or attacks `model` with (a name built with its options, or a ready Guard), checked
-    to fit the model (check_guard_fits): the one compatibility check of every entry point that holds a model."""
-    built = resolve_guard(guard, GuardContext(model=model, classifier=classifier, device=device), **options)
-    check_guard_fits(built, model.unet, model.schedule, model.folder)
-    return built
-
-
-def model_folder_of(unet) -> Path | None:
-    """The cpsample model folder a diffusers UNet was loaded from (its config's _name_or_path is <folder>/unet), when
-    that folder records a member split; None for a UNet built in memory or loaded from elsewhere."""
-    loaded_from = unet.config.get("_name_or_path") if hasattr(unet, "config") else None
-    if not loaded_from:
-        return None
-    folder = Path(loaded_from).parent
-    return folder if (folder / "split.json").exists() else None
-
-
-def check_guard_fits(guard: Guard, unet, schedule, model_dir: Path | None) -> None:
-    """A classifier made for other images protects nothing (or crashes): each classifier the guard holds (both stages
-    of a chain) must take this model's image size and channels and, when its folder is known, share the model's noise
-    schedule and member split."""
-    for member in getattr(guard, "guards", [guard]):
-        classifier = getattr(member, "classifier", None)
-        if classifier is not None:
-            check_classifier_fits(classifier, getattr(member, "folder", None), unet, schedule, model_dir)
-
-
-def check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedule, model_dir: Path | None) -> None:
-    """The classifier takes this model's images, learned its noise schedule and, where both record one, its members."""
-    expected = (unet.config.in_channels, unet.config.sample_size)
-    found = (classifier.config.in_channels, classifier.config.sample_size)
-    fix = "train one on this model's members with `cpsample train-classifier --denoiser MODEL`"
-    if found != expected:
-        raise ValueError(
-            f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this model makes "
-            f"{expected[0]}-channel {expected[1]}x{expected[1]} images; {fix}"
-        )
-    if classifier_dir is None:
-        return
-    check_same_schedule(classifier_dir, schedule, fix, model_dir or "this model")
-    if (
-        model_dir is not None
-        and (Path(model_dir) / "split.json").exists()
-        and not (Path(classifier_dir) / "split.json").exists()
-    ):
-        raise ValueError(
-            f"{classifier_dir}: the classifier folder has no split.json, so nothing shows it was trained on "
-            f"{model_dir}'s members (a classifier of other images guides at nearly every step); {fix}, or "
-            "restore its split.json"
-        )
-    splits = [Path(folder) / "split.json" for folder in (model_dir, classifier_dir) if folder is not None]
-    if len(splits) == 2 and all(path.exists() for path in splits):
-        model_split, classifier_split = (Split.load(path) for path in splits)
-        if (model_split.source, model_split.members) != (classifier_split.source, classifier_split.members):
-            raise ValueError(
-                f"{classifier_dir}: the classifier was trained on other member images than {model_dir} "
-                f"({classifier_split.source}, {len(classifier_split.members)} members vs "
-                f"{model_split.source}, {len(model_split.members)}); {fix}"
-            )
-
-
-def check_same_schedule(classifier_dir: Path, schedule, fix: str, sampled: str | Path = "this model") -> None:
-    """The classifier learned p(y | x_t, t) for one noise schedule; under another its t means another noise level."""
-    if not (Path(classifier_dir) / "scheduler").exists():
-        return  # a classifier saved without its schedule: nothing to compare
-    theirs = load_noise_schedule(classifier_dir).alphas_cumprod.float()
-    used = schedule.alphas_cumprod.float().cpu()
-    if theirs.shape != used.shape or not torch.allclose(theirs, used):
-        raise ValueError(
-            f"{classifier_dir}: the classifier was trained with another noise schedule than {sampled}; {fix}"
-        )
+    to fit the model (check_guard_fits): the model's adapter's guard (PixelAdapter.guard)."""
+    return PixelAdapter(model).guard(guard, classifier, device, **options)
 
 
 def generate(
@@ -150,49 +48,27 @@ def generate(
     options left out taking the guard's defaults.
 
     With work_dir, finished batches are kept there: a rerun with the same settings resumes, other settings are
-    refused unless overwrite=True (which clears the old batches)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    refused unless overwrite=True (which clears the old batches).
+
+    Kept for one release: this is generate(PixelAdapter(model), as_spec(guard, **guard_options), SampleConfig(...),
+    classifier) (sampling/generate.py), which samples every model kind."""
+    torch_dtype(dtype)
     check_device(device)
-    torch_dtype = DTYPES[dtype]
     loaded = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
-    unet, schedule, model_dir = loaded.unet, loaded.schedule, loaded.folder
     if loaded.conditional:
         raise ValueError(
-            f"{model_dir or 'this model'} is a class-conditional model: sample it with `cpsample sample-conditional`"
+            f"{loaded.folder or 'this model'} is a class-conditional model: sample it with `cpsample sample --classes`"
         )
-    check_sample_count(n, (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
-    guard = guard_for_model(loaded, guard, classifier, device, **guard_options)
-    first_scheduler = make_scheduler(scheduler, schedule.config, steps)  # fail fast on a bad name
-    if work_dir is not None:  # the key hashes the weights before any dtype cast
-        batch_settings_file(
-            work_dir,
-            sampling_key(
-                unet,
-                guard,
-                first_scheduler,
-                n=n,
-                steps=steps,
-                scheduler=scheduler,
-                dtype=dtype,
-                seed=seed,
-                batch_size=batch_size,
-            ),
-            overwrite,
-        )
-    move_network(unet, None, torch_dtype)  # (a loaded model stays on its device)
-    guard.to(torch.device(device), torch_dtype)
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    return sample(
-        unet_denoiser(unet),
-        lambda: make_scheduler(scheduler, schedule.config, steps),
-        n,
-        shape,
-        guard=guard,
+    config = SampleConfig(
+        n=n,
+        steps=steps,
+        scheduler=scheduler,
         batch_size=batch_size,
-        seed=seed,
+        dtype=dtype,
         device=device,
-        dtype=torch_dtype,
+        seed=seed,
         work_dir=work_dir,
+        overwrite=overwrite,
         progress=progress,
     )
+    return generate_with(PixelAdapter(loaded, scheduler, dtype), as_spec(guard, **guard_options), config, classifier)

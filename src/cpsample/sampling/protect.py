@@ -20,9 +20,9 @@ import torch
 
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import Classifier
+from cpsample.sampling.checks import check_guard_fits, check_scheduler, model_folder_of
 from cpsample.sampling.guards import Guard, GuardContext
 from cpsample.sampling.guards.base import run_noise_levels
-from cpsample.sampling.pipeline import check_guard_fits, check_scheduler, model_folder_of
 from cpsample.sampling.spec import GuardSpec
 
 HOOK_ATTRIBUTE = "_cpsample_protection"

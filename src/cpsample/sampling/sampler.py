@@ -64,12 +64,50 @@ def make_scheduler(name: str, schedule_config: dict, steps: int):
 
 @dataclass
 class SampleResult:
-    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
+    """What every sampling run gives, whatever the model kind; the last fields only where the kind has them."""
+
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1] (decoded, for a latent model)
     trace: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (steps, N)
     timesteps: np.ndarray | None = None
     denoiser_calls: int = 0
     seconds: float = 0.0
     guard_settings: dict = field(default_factory=dict)  # the guard's knobs as used (calibrated ones resolved)
+    labels: np.ndarray | None = None  # (N,) class of each image (class-conditional models)
+    prompts: list[str] | None = None  # the prompts, in order (text-to-image models)
+    prompt_index: np.ndarray | None = None  # (N,) which prompt each image came from
+    latents: torch.Tensor | None = None  # (N, c, h, w) final latents, unscaled, as the UNet sees them (latent models)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of a run: images start .. start + size - 1 of the result, drawn from the noise of noise_seed and
+    kept in work_dir as batch number `index`."""
+
+    index: int
+    start: int
+    size: int
+    noise_seed: int
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.noise_seed)
+
+
+def flat_batches(n: int, batch_size: int, seed: int, stream: int = 0) -> list[Batch]:
+    """n images in batches of batch_size, batch b from the noise of batch_generator(seed, b, stream)."""
+    return [
+        Batch(index, start, min(batch_size, n - start), seed * 100_003 + stream + index)
+        for index, start in enumerate(range(0, n, batch_size))
+    ]
+
+
+@dataclass
+class DrawnBatch:
+    """A finished batch: its images (float32, CPU, in [-1, 1]), the guard's trace and, for latent models, the final
+    latents the images were decoded from."""
+
+    images: torch.Tensor
+    trace: dict[str, np.ndarray]
+    latents: torch.Tensor | None = None
 
 
 def unet_denoiser(unet, class_labels: torch.Tensor | None = None) -> Denoise:
@@ -130,7 +168,7 @@ def sample_batch(
 def batch_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
     """The noise of batch `index` of a run: one formula for every sampler, so equal seeds mean equal x_T. A separate
     `stream` gives a second, independent set of batches from the same seed (SIDE's guided samples)."""
-    return torch.Generator().manual_seed(seed * 100_003 + stream + index)
+    return Batch(index, 0, 0, seed * 100_003 + stream + index).generator()
 
 
 def check_finite_step(x: torch.Tensor, index: int, count: int, t, guard: Guard) -> None:
@@ -161,53 +199,89 @@ def sample(
 
     batch_denoiser(start, size), when given, builds the denoiser of each batch (e.g. CFG with that batch's class
     labels) instead of the shared `denoise`; calls_per_image_step counts denoiser evaluations (2 under CFG).
-
-    Under `accelerate launch` every process samples its share of the batches (batch b goes to process
-    b mod world size) into the shared work_dir, and all processes then read back the full set.
+    `cpsample.sampling.generate.generate` runs any model kind through the same batches (draw_batches).
     """
+    guard = guard or NoGuard()
+    device = sampling_device(device, work_dir)
+
+    def draw(batch: Batch) -> DrawnBatch:
+        batch_denoise = denoise if batch_denoiser is None else batch_denoiser(batch.start, batch.size)
+        shape = (batch.size, *image_shape)
+        return DrawnBatch(
+            *sample_batch(batch_denoise, scheduler_factory(), shape, guard, batch.generator(), device, dtype)
+        )
+
+    started = time.time()
+    drawn, fresh = draw_batches(
+        flat_batches(n, batch_size, seed), draw, work_dir, progress, f"sampling ({guard.name})"
+    )
+    timesteps = scheduler_factory().timesteps.cpu().numpy()
+    calls = fresh * len(timesteps) * calls_per_image_step
+    return merged_result(drawn, timesteps, calls, time.time() - started, guard.settings())
+
+
+def sampling_device(device: str | torch.device, work_dir: Path | None) -> torch.device:
+    """The device to sample on: the one asked for, or under `accelerate launch` each process's own (they gather
+    their batches through the shared work_dir)."""
     from accelerate import PartialState
 
     state = PartialState()
     if state.num_processes > 1 and work_dir is None:
         raise ValueError("sampling on several processes needs a shared work_dir (the --out folder) to gather batches")
-    guard = guard or NoGuard()
-    device = torch.device(device) if state.num_processes == 1 else state.device
-    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
-    images, traces = [None] * len(sizes), [None] * len(sizes)
-    started, calls, timesteps = time.time(), 0, None
+    return torch.device(device) if state.num_processes == 1 else state.device
+
+
+def draw_batches(
+    plan: list[Batch],
+    draw: Callable[[Batch], DrawnBatch],
+    work_dir: Path | None = None,
+    progress: bool = True,
+    desc: str = "sampling",
+) -> tuple[list[DrawnBatch], int]:
+    """(every batch of the plan, how many images were drawn now): batches kept in work_dir are read back, the others
+    drawn with draw(batch) and kept there.
+
+    Under `accelerate launch` every process draws its share of the batches (batch b goes to process b mod world
+    size) into the shared work_dir, and all processes then read back the full set."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    drawn: list[DrawnBatch | None] = [None] * len(plan)
+    fresh = 0
     bar = tqdm(
-        total=n,
-        desc=f"sampling ({guard.name})",
+        total=sum(batch.size for batch in plan),
+        desc=desc,
         disable=not (progress and state.is_local_main_process),
         dynamic_ncols=True,
         unit="img",
     )
-    for index, size in enumerate(sizes):
-        scheduler = scheduler_factory()
-        timesteps = scheduler.timesteps.cpu().numpy()
-        if index % state.num_processes != state.process_index:
+    for position, batch in enumerate(plan):
+        if batch.index % state.num_processes != state.process_index:
             continue
-        cached = _load_batch(work_dir, index, size)
-        if cached is None:
-            generator = batch_generator(seed, index)
-            batch_denoise = denoise if batch_denoiser is None else batch_denoiser(index * batch_size, size)
-            batch, trace = sample_batch(
-                batch_denoise, scheduler, (size, *image_shape), guard, generator, device, dtype
-            )
-            calls += size * len(timesteps) * calls_per_image_step
-            _save_batch(work_dir, index, batch, trace)
-        else:
-            batch, trace = cached
-        images[index], traces[index] = batch, trace
-        bar.update(size * state.num_processes)
+        drawn[position] = _load_batch(work_dir, batch.index, batch.size)
+        if drawn[position] is None:
+            drawn[position] = draw(batch)
+            fresh += batch.size
+            _save_batch(work_dir, batch.index, drawn[position])
+        bar.update(batch.size * state.num_processes)
     bar.close()
     if state.num_processes > 1:
         state.wait_for_everyone()
-        for index, size in enumerate(sizes):
-            if images[index] is None:
-                images[index], traces[index] = _load_batch(work_dir, index, size)
+        for position, batch in enumerate(plan):
+            if drawn[position] is None:
+                drawn[position] = _load_batch(work_dir, batch.index, batch.size)
+    return drawn, fresh
+
+
+def merged_result(
+    drawn: list[DrawnBatch], timesteps, calls: int, seconds: float, guard_settings: dict
+) -> SampleResult:
+    """One SampleResult of a run's batches, in plan order (traces joined along the image axis)."""
+    traces = [batch.trace for batch in drawn]
     merged = {key: np.concatenate([t[key] for t in traces], axis=1) for key in (traces[0] if traces else {})}
-    return SampleResult(torch.cat(images), merged, timesteps, calls, time.time() - started, guard.settings())
+    latents = None if not drawn or drawn[0].latents is None else torch.cat([batch.latents for batch in drawn])
+    images = torch.cat([batch.images for batch in drawn])
+    return SampleResult(images, merged, timesteps, calls, seconds, guard_settings, latents=latents)
 
 
 def check_sample_count(n: int, image_shape: tuple) -> None:
@@ -235,17 +309,18 @@ def _batch_path(work_dir: Path, index: int) -> Path:
     return Path(work_dir) / "batches" / f"batch_{index:05d}.npz"
 
 
-def _save_batch(work_dir, index, images, trace) -> None:
+def _save_batch(work_dir, index: int, batch: DrawnBatch) -> None:
     if work_dir is None:
         return
     path = _batch_path(work_dir, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images.numpy(), **{f"trace_{k}": v for k, v in trace.items()})
+    latents = {} if batch.latents is None else {"latents": batch.latents.numpy()}
+    np.savez(tmp, images=batch.images.numpy(), **latents, **{f"trace_{k}": v for k, v in batch.trace.items()})
     tmp.replace(path)
 
 
-def _load_batch(work_dir, index, size):
+def _load_batch(work_dir, index: int, size: int) -> DrawnBatch | None:
     path = None if work_dir is None else _batch_path(work_dir, index)
     if path is None or not path.exists():
         return None
@@ -255,16 +330,18 @@ def _load_batch(work_dir, index, size):
                 return None
             trace = {k[len("trace_") :]: data[k] for k in data.files if k.startswith("trace_")}
             batch = data["images"]
+            latents = data["latents"] if "latents" in data.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"{path}: cached batch is damaged ({type(error).__name__}); delete it and rerun to sample it again"
         ) from None
-    if not np.issubdtype(batch.dtype, np.floating) or not np.isfinite(batch).all():
-        raise ValueError(
-            f"{path}: cached batch holds NaN, infinite or non-float values; delete it (or rerun with "
-            "--overwrite) to sample it again"
-        )
-    return torch.from_numpy(batch), trace
+    for array in (batch, latents):
+        if array is not None and (not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all()):
+            raise ValueError(
+                f"{path}: cached batch holds NaN, infinite or non-float values; delete it (or rerun with "
+                "--overwrite) to sample it again"
+            )
+    return DrawnBatch(torch.from_numpy(batch), trace, None if latents is None else torch.from_numpy(latents))
 
 
 def weights_digest(module: torch.nn.Module, dtype: torch.dtype | None = None) -> str:

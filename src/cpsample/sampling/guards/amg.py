@@ -96,7 +96,7 @@ def check_threshold(threshold: float) -> None:
     """The threshold is a cosine similarity: at 1 or above the guard never acts, at -1 or below it always does."""
     if not -1.0 < float(threshold) <= 1.0:  # 1: the guard never acts (a switch-off kept for comparisons)
         raise ValueError(
-            f"--amg-threshold (--option threshold=) is a cosine similarity and must lie in (-1, 1], got {threshold}"
+            f"AMG's threshold (--option threshold=) is a cosine similarity and must lie in (-1, 1], got {threshold}"
         )
 
 
