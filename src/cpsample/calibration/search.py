@@ -197,8 +197,7 @@ def _latent_runner(settings: GridSettings):
         nearest_private,
         sample_sd_batches,
     )
-    from cpsample.sampling.latent_pairing import check_latent_pairing
-    from cpsample.training.latent_classifier import private_images_of
+    from cpsample.sampling.latent_pairing import check_latent_pairing, private_images_of
 
     pipe = load_sd_pipeline(
         resolve_model_dir(settings.model, "denoiser"), scheduler=settings.scheduler, device=settings.device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -12,9 +13,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from cpsample.data import DataError
-from cpsample.runs import prepare_out as prepare_out  # re-exported for cli/main.py and cli/conditional.py only
 from cpsample.runs import release_locks
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
@@ -52,6 +53,8 @@ Overwrite = Annotated[
 Denoiser = Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")]
 Classifier = Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")]
 SamplingSteps = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")]
 Features = Annotated[
     str,
     typer.Option(
@@ -175,14 +178,6 @@ def say_warnings(warnings: list[str]) -> dict:
     return {"warnings": warnings} if warnings else {}
 
 
-def guard_stats(trace: dict) -> dict:
-    """How often a guard acted: share of (step, sample) pairs and share of samples guided at least once.
-    (GuardActivity.of_trace, for cli/main.py and cli/conditional.py until they call it themselves.)"""
-    from cpsample.evaluation.measures import GuardActivity
-
-    return GuardActivity.of_trace(trace)
-
-
 def parse_widths(text: str) -> tuple[int, ...]:
     """--channels "32,64,64" -> (32, 64, 64), with a clear error for anything else."""
     try:
@@ -194,9 +189,20 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def prepare_training(*args, **kwargs):
-    """cpsample.training.members.prepare_training, for cli/conditional.py, which still imports it from here; imported
-    when called, so the command line starts without the training stack."""
-    from cpsample.training.members import prepare_training
+def loss_table(title: str, summary: dict) -> Table:
+    """A trained classifier's loss and accuracy on its training images at each reported noise level."""
+    table = Table(title=title)
+    for column in ("t", "loss", "accuracy"):
+        table.add_column(column, justify="right")
+    for row in summary["per_timestep"]:
+        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
+    return table
 
-    return prepare_training(*args, **kwargs)
+
+def require_transformers() -> None:
+    """Stable Diffusion's text encoder and tokenizer come from transformers, an optional dependency."""
+    if importlib.util.find_spec("transformers") is None:
+        fail(
+            "the Stable Diffusion commands need transformers: pip install 'cpsample[latent]' (or pip install "
+            "transformers)"
+        )

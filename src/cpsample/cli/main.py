@@ -14,11 +14,14 @@ from cpsample.cli.common import (
     BatchSize,
     Channels,
     Device,
+    Dtype,
     GuardOption,
     ImageSize,
+    LabelSeed,
     MixedPrecision,
     Overwrite,
     Resume,
+    SamplingSteps,
     Scale,
     Seed,
     Steps,
@@ -27,9 +30,9 @@ from cpsample.cli.common import (
     Trace,
     check_device_option,
     console,
-    guard_stats,
+    loss_table,
     parse_widths,
-    prepare_out,
+    require_transformers,
     run_safely,
     say_warnings,
 )
@@ -120,7 +123,7 @@ def train_classifier_command(
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     channels: Channels = "32,64,64",
-    label_seed: Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")] = None,
+    label_seed: LabelSeed = None,
     negatives: Annotated[
         str,
         typer.Option(
@@ -177,22 +180,12 @@ def train_classifier_command(
         negatives_source=negatives,
         max_t=max_t,
     )
-    console.print(classifier_table(summary))
+    console.print(loss_table("classifier on its training images (EMA weights)", summary))
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
     console.print(
         f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
         f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
     )
-
-
-def classifier_table(summary: dict) -> Table:
-    """The trained classifier's loss and accuracy on its training images at each reported noise level."""
-    table = Table(title="classifier on its training images (EMA weights)")
-    for column in ("t", "loss", "accuracy"):
-        table.add_column(column, justify="right")
-    for row in summary["per_timestep"]:
-        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
-    return table
 
 
 @app.command("sample")
@@ -222,7 +215,7 @@ def sample_command(
             "prompt).",
         ),
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
+    steps: SamplingSteps = 50,
     scheduler: Annotated[
         Optional[str],
         typer.Option(
@@ -266,7 +259,7 @@ def sample_command(
         ),
     ] = None,
     batch_size: BatchSize = 250,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Dtype = "float32",
     device: Device = "cpu",
     trace: Trace = False,
     overwrite: Overwrite = False,
@@ -274,72 +267,21 @@ def sample_command(
 ):
     """Sample images from any model (pixel, class-conditional, Stable Diffusion), plainly or with a guidance
     strategy; a killed run resumes."""
-    from cpsample.cli.conditional import condition_adapter, condition_settings, require_transformers, sample_arrays
-    from cpsample.evaluation.honesty import protection_warnings
-    from cpsample.provenance import write_record
-    from cpsample.sampling.adapters import adapter_class, load_adapter
-    from cpsample.sampling.generate import SampleConfig, generate
-    from cpsample.sampling.guards import guard_class
-    from cpsample.sampling.outputs import save_samples, save_trace
-    from cpsample.sampling.spec import GuardSpec, parse_option_strings
+    from cpsample.sampling.adapters import adapter_class
+    from cpsample.sampling.generate import SampleConfig
+    from cpsample.sampling.run import Conditions, sample_run
+    from cpsample.sampling.spec import parse_option_strings
 
-    prepare_out(out, "sample", overwrite, inputs=(model, classifier, prompts_file))
+    RunFolder(out, "sample", overwrite, inputs=(model, classifier, prompts_file)).prepare()
     check_device_option(device)
-
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     if adapter_class(model).conditioning == "prompts":
         require_transformers()  # a text encoder and its tokenizer
-    adapter = load_adapter(model, device=device, dtype=dtype, scheduler=scheduler)
-    adapter = condition_adapter(adapter, model, classes, prompt, prompts_file, cfg_scale)
-    unconditional = adapter.conditioning == "none"
-    n = n or DEFAULT_COUNTS[adapter.conditioning]
-    settings = {
-        "model": model,
-        "n": n,
-        "steps": steps,
-        "scheduler": scheduler or adapter.scheduler_name,
-        "guard": guard,
-        "classifier": "bundled" if classifier is None and unconditional else classifier,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "device": device,
-        "seed": seed,
-        **condition_settings(adapter),
-    }
-    config = SampleConfig(
-        n=n,
-        steps=steps,
-        scheduler=settings["scheduler"],
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-        work_dir=out,
-        overwrite=overwrite,
-    )
-    result = generate(adapter, GuardSpec.create(guard, **guard_options), config, settings["classifier"])
-    rows = {} if unconditional else {"grid_count": None, "columns": n}  # one row per class or prompt
-    paths = {
-        **save_samples(out, result.images, **rows, **sample_arrays(result)),
-        **save_trace(out, result.trace, result.timesteps, result.guard_settings.get("alpha"), keep=trace),
-    }
-    stats = {
-        "seconds": round(result.seconds, 2),
-        "denoiser_calls": result.denoiser_calls,
-        **guard_stats(result.trace),
-        **paths,
-        **say_warnings(
-            protection_warnings(
-                result.trace, guard, settings["classifier"] if guard_class(guard).uses_classifier else None
-            )
-        ),
-    }
-    write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
-    console.print(json.dumps(stats, indent=2))
-
-
-# Images drawn when -n is not given: in all (unconditional), or per class or prompt.
-DEFAULT_COUNTS = {"none": 64, "labels": 8, "prompts": 4}
+    config = SampleConfig(n, steps, scheduler, batch_size, dtype, device, seed, overwrite=overwrite)
+    conditions = Conditions(classes, prompt, prompts_file, cfg_scale)
+    run = sample_run(out, model, guard, guard_options, config, conditions, classifier, keep_trace=trace)
+    say_warnings(run.warnings)
+    console.print(json.dumps(run.stats, indent=2))
 
 
 @app.command("guards")

@@ -32,6 +32,23 @@ def latent_record(classifier_dir: str | Path) -> dict | None:
     return settings if isinstance(settings, dict) else {}
 
 
+def private_images_of(classifier_dir: str | Path) -> str:
+    """The private image folder a latent classifier was trained on (from its cpsample.json)."""
+    record = Path(classifier_dir) / "cpsample.json"
+    try:
+        settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
+    except (ValueError, AttributeError) as error:
+        raise ValueError(
+            f"{record}: not a readable cpsample record ({type(error).__name__}: {error}); restore it, "
+            "or pass --private FOLDER"
+        ) from None
+    if not isinstance(settings, dict) or "images" not in settings:
+        raise FileNotFoundError(
+            f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER"
+        )
+    return settings["images"]
+
+
 def vae_digests(vae) -> dict[str, str]:
     """sha256 of the VAE's weights as each sampling dtype holds them (a half-precision copy has its own digest)."""
     return {name: weights_digest(vae, dtype) for name, dtype in DTYPES.items()}

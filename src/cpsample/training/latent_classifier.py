@@ -16,7 +16,12 @@ from safetensors.torch import save_file
 from cpsample.data import ImageSet, Split
 from cpsample.data.split import images_digest
 from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
-from cpsample.sampling.latent_pairing import LATENTS_FILE, encode_latents, vae_digests
+from cpsample.sampling.latent_pairing import (  # noqa: F401 (private_images_of: its old home)
+    LATENTS_FILE,
+    encode_latents,
+    private_images_of,
+    vae_digests,
+)
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
 
@@ -123,23 +128,6 @@ def train_latent_classifier(
         "latent_std": float(latents.std()),
         "captions": len(captions),
     }
-
-
-def private_images_of(classifier_dir: str | Path) -> str:
-    """The private image folder a latent classifier was trained on (from its cpsample.json)."""
-    record = Path(classifier_dir) / "cpsample.json"
-    try:
-        settings = json.loads(record.read_text()).get("settings", {}) if record.is_file() else {}
-    except (ValueError, AttributeError) as error:
-        raise ValueError(
-            f"{record}: not a readable cpsample record ({type(error).__name__}: {error}); restore it, "
-            "or pass --private FOLDER"
-        ) from None
-    if not isinstance(settings, dict) or "images" not in settings:
-        raise FileNotFoundError(
-            f"{classifier_dir}: cpsample.json does not name the private images; pass --private FOLDER"
-        )
-    return settings["images"]
 
 
 def pipeline_of(classifier_dir: str | Path) -> str | None:
