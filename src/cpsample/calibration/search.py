@@ -35,11 +35,13 @@ from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import is_sd_pipeline
 from cpsample.models.pretrained import Classifier, DiffusionModel
+from cpsample.sampling.adapters import PixelAdapter
+from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, NoGuard, StagedCPSampleGuard
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
 from cpsample.sampling.guards.staged import StagedCPSampleOptions
-from cpsample.sampling.pipeline import check_classifier_fits, check_same_schedule, generate
-from cpsample.sampling.spec import build_guard
+from cpsample.sampling.pipeline import check_classifier_fits, check_same_schedule
+from cpsample.sampling.spec import GuardSpec
 
 # The grid's kinds of row, by their guards' own names: plain sampling (every cut is measured against it), CPSample's
 # one-stage rule, its two stages.
@@ -168,8 +170,12 @@ def _pixel_runner(settings: GridSettings):
         net=_quality_net(settings.quality_net, model.nonmembers.images.shape[1]),
         heldout=model.nonmembers.images,
     )
-    common = dict(
-        model=model,
+    if model.conditional:
+        raise ValueError(
+            f"{model.folder or 'this model'} is a class-conditional model: sample it with `cpsample sample --classes`"
+        )
+    adapter = PixelAdapter(model, settings.scheduler)
+    config = SampleConfig(
         n=settings.n_samples,
         steps=settings.steps,
         scheduler=settings.scheduler,
@@ -180,7 +186,7 @@ def _pixel_runner(settings: GridSettings):
     )
 
     def run(candidate: dict):
-        return generate(guard=candidate["guard"], classifier=classifier, **_knobs(settings, candidate), **common)
+        return generate(adapter, candidate_spec(settings, candidate), config, classifier)
 
     return run, reference
 
@@ -221,11 +227,7 @@ def _latent_runner(settings: GridSettings):
     context = GuardContext(model=None, classifier=classifier, device=settings.device)
 
     def run(candidate: dict):
-        guard = (
-            None
-            if candidate["guard"] == PLAIN
-            else build_guard(candidate["guard"], context, **_knobs(settings, candidate))
-        )
+        guard = None if candidate["guard"] == PLAIN else candidate_spec(settings, candidate).build(context)
         return sample_sd_batches(
             pipe,
             list(settings.prompts),
@@ -296,6 +298,11 @@ STAGED_ALPHA = 0.1
 # same FD.
 DENOISED_LATE_ALPHA = 0.3
 STAGED_EARLY_MIN_T = StagedCPSampleOptions().max_t + 1
+
+
+def candidate_spec(settings: GridSettings, candidate: dict) -> GuardSpec:
+    """The guard a grid row samples with."""
+    return GuardSpec.create(candidate["guard"], **_knobs(settings, candidate))
 
 
 def _knobs(settings: GridSettings, candidate: dict) -> dict:
