@@ -56,12 +56,12 @@ class GuardSpec:
 
     @classmethod
     def from_pretrained(cls, classifier_dir, variant: str = "default", **overrides) -> "GuardSpec":
-        """CPSample as the classifier's calibration.json chose it: variant "default" (one or two stages, as
+        """CPSample as the classifier's calibration.json chose it (classifier_dir: a folder or a bundled name): variant "default" (one or two stages, as
         calibrated) or "one-stage" (the paper's rule with its calibrated knobs); overrides replace knobs."""
         if variant not in ("default", "one-stage"):
             raise ValueError(f"unknown variant {variant!r}; choose 'default' or 'one-stage'")
         one_stage = {"one_stage": True} if variant == "one-stage" else {}
-        return cls.create("cpsample", **overrides, **one_stage).resolved(classifier_dir)
+        return cls.create("cpsample", **overrides, **one_stage).resolved(classifier_folder(classifier_dir))
 
     def save_pretrained(self, classifier_dir, details: dict | None = None) -> Path:
         """Write this (resolved, one-stage CPSample) spec as the classifier's calibration.json, with `details` (what

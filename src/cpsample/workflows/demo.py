@@ -8,7 +8,7 @@ it would have drawn) and pays for every redraw, so its cost per accepted image i
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,10 @@ from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import DenoiserCalls, GuardActivity, Judge, Time
 from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.pretrained import DiffusionModel
+from cpsample.sampling.adapters import PixelAdapter
+from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import StagedCPSampleGuard
 from cpsample.sampling.outputs import image_grid, plot_trace
-from cpsample.sampling.pipeline import generate
 from cpsample.sampling.rejection import rejection_sample
 from cpsample.sampling.spec import GuardSpec
 
@@ -54,45 +55,34 @@ def sample_three_ways(
 ) -> tuple[dict, dict]:
     """Returns ({method: images}, {method: cost and guard statistics})."""
     members = model.members.images
-    common = dict(
-        model=model,
+    adapter = PixelAdapter(model, settings.scheduler)
+    config = SampleConfig(
         n=settings.n_samples,
         steps=settings.steps,
         scheduler=settings.scheduler,
         batch_size=settings.batch_size,
         device=settings.device,
+        seed=settings.seed,
+        overwrite=True,  # samples/ is the demo's own cache: a rerun with other settings redraws it
         progress=progress,
     )
-    # samples/ is the demo's own cache: a rerun with other settings redraws it (overwrite) rather than refusing.
-    plain = generate(guard="none", seed=settings.seed, work_dir=out / "samples" / "plain", overwrite=True, **common)
-    protected = generate(
-        guard="cpsample",
-        classifier=settings.classifier,
-        alpha=settings.alpha,
-        scale=settings.scale,
-        tau=settings.tau,
-        seed=settings.seed,
-        work_dir=out / "samples" / "cpsample",
-        overwrite=True,
-        **common,
-    )
+
+    def run(spec: GuardSpec, folder: str):
+        return generate(adapter, spec, replace(config, work_dir=out / "samples" / folder), settings.classifier)
+
+    plain = run(GuardSpec.create("none"), "plain")
+    knobs = dict(alpha=settings.alpha, scale=settings.scale, tau=settings.tau)
+    protected = run(GuardSpec.create("cpsample", **knobs), "cpsample")
     one_stage = None
     if settings.one_stage_row and protected.guard_settings["guard"] == StagedCPSampleGuard.name:
-        one_stage = generate(
-            guard="cpsample",
-            classifier=settings.classifier,
-            one_stage=True,
-            seed=settings.seed,
-            work_dir=out / "samples" / ONE_STAGE,
-            overwrite=True,
-            **common,
-        )
+        one_stage = run(GuardSpec.create("cpsample", one_stage=True), ONE_STAGE)
     detector = NearCopyDetector(members, settings.threshold, settings.features)
 
     def draw(count: int, round_index: int):
         if round_index == 0:
             return plain
-        return generate(guard="none", seed=settings.seed + 1000 * round_index, **{**common, "n": count})
+        redraw = replace(config, n=count, seed=settings.seed + 1000 * round_index, overwrite=False)
+        return generate(adapter, GuardSpec.create("none"), redraw)
 
     detect_started = time.time()
     rejected = rejection_sample(draw, settings.n_samples, detector)
