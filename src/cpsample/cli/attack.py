@@ -7,25 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (
-    Alpha,
-    AttackOut,
-    BatchSize,
-    Denoiser,
-    Device,
-    Features,
-    Members,
-    NearCopyThreshold,
-    Nonmembers,
-    Overwrite,
-    Scale,
-    Seed,
-    Tau,
-    TrustTorchscript,
-    check_device_option,
-    console,
-    run_safely,
-)
+from cpsample.cli import options as opt
+from cpsample.cli.common import check_device_option, console, run_safely
 from cpsample.runs import RunFolder
 
 attack_app = typer.Typer(
@@ -40,15 +23,15 @@ attack_app = typer.Typer(
 @attack_app.command("mia")
 @run_safely
 def mia_command(
-    out: AttackOut,
-    model: Denoiser = "bundled",
+    out: opt.AttackOut,
+    model: opt.Denoiser = "bundled",
     guard: Annotated[
         str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")
     ] = "none",
     classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
-    alpha: Alpha = None,
-    scale: Scale = None,
-    tau: Tau = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
     attack: Annotated[
         str, typer.Option(help="loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")
     ] = "both",
@@ -58,15 +41,15 @@ def mia_command(
             "--t", help="Diffusion step(s) to attack at; repeat for several (default: loss 100, 200, 300; pia 200)."
         ),
     ] = None,
-    members: Members = None,
-    nonmembers: Nonmembers = None,
+    members: opt.Members = None,
+    nonmembers: opt.Nonmembers = None,
     draws: Annotated[int, typer.Option(min=1, help="Loss attack: noise draws averaged per image.")] = 4,
     pia_norm: Annotated[float, typer.Option(help="PIA: the p of the l_p norm.")] = 4.0,
-    batch_size: BatchSize = 128,
+    batch_size: opt.BatchSize = 128,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    device: Device = "cpu",
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    device: opt.Device = "cpu",
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR,
     Z-test)
@@ -133,15 +116,15 @@ def sample_nn_command(
             "gives one set per array."
         ),
     ],
-    out: AttackOut,
-    model: Denoiser = "bundled",
-    members: Members = None,
-    nonmembers: Nonmembers = None,
-    features: Features = "pixels",
-    threshold: NearCopyThreshold = None,
-    trust_torchscript: TrustTorchscript = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    out: opt.AttackOut,
+    model: opt.Denoiser = "bundled",
+    members: opt.Members = None,
+    nonmembers: opt.Nonmembers = None,
+    features: opt.Features = "pixels",
+    threshold: opt.NearCopyThreshold = None,
+    trust_torchscript: opt.TrustTorchscript = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR,
     Mann-Whitney U)

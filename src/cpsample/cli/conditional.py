@@ -23,26 +23,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpsample.cli import options as opt
 from cpsample.cli.common import (
-    Alpha,
-    BatchSize,
-    Channels,
-    Device,
-    Dtype,
-    GuardOption,
-    ImageSize,
-    LabelSeed,
-    MixedPrecision,
-    NearCopyThreshold,
-    Overwrite,
-    Resume,
-    SamplingSteps,
-    Scale,
-    Seed,
-    Steps,
-    Subset,
-    Tau,
-    Trace,
     check_device_option,
     console,
     loss_table,
@@ -73,21 +55,21 @@ def train_conditional_command(
     data: Annotated[
         str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")
     ] = "mnist",
-    image_size: ImageSize = 16,
-    subset: Subset = None,
-    steps: Steps = 10000,
-    batch_size: BatchSize = 64,
+    image_size: opt.ImageSize = 16,
+    subset: opt.Subset = None,
+    steps: opt.Steps = 10000,
+    batch_size: opt.BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
     label_dropout: Annotated[
         float, typer.Option(help="Probability of training a step with the null label (CFG).")
     ] = 0.1,
-    channels: Channels = "32,64,64",
+    channels: opt.Channels = "32,64,64",
     save_every: int = 500,
-    mixed_precision: MixedPrecision = "no",
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    mixed_precision: opt.MixedPrecision = "no",
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
     from cpsample.training.conditional import train_conditional
@@ -143,13 +125,13 @@ def sample_conditional_command(
     classifier: Annotated[
         Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")
     ] = None,
-    alpha: Alpha = None,
-    scale: Scale = None,
-    tau: Tau = None,
-    option: GuardOption = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
+    option: opt.GuardOption = None,
     scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
-    steps: SamplingSteps = 50,
-    batch_size: BatchSize = 250,
+    steps: opt.SamplingSteps = 50,
+    batch_size: opt.BatchSize = 250,
     feature_net: Annotated[
         Optional[str],
         typer.Option(
@@ -157,12 +139,12 @@ def sample_conditional_command(
             "samples keep their class."
         ),
     ] = None,
-    copy_threshold: NearCopyThreshold = None,
-    dtype: Dtype = "float32",
-    device: Device = "cpu",
-    trace: Trace = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    copy_threshold: opt.NearCopyThreshold = None,
+    dtype: opt.Dtype = "float32",
+    device: opt.Device = "cpu",
+    trace: opt.Trace = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample (`cpsample
     sample` does this too)."""
@@ -191,8 +173,8 @@ def make_tiny_sd_command(
     ],
     image_size: Annotated[int, typer.Option(help="Image resolution; latents are half of it.")] = 32,
     scheduler: Annotated[str, typer.Option(help="pndm (as Stable Diffusion v1) or ddim.")] = "pndm",
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Write a tiny random-weight Stable Diffusion pipeline, to try the latent workflow offline."""
     require_transformers()
@@ -220,20 +202,20 @@ def train_latent_classifier_command(
         Optional[Path],
         typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier."),
     ] = None,
-    steps: Steps = 6000,
+    steps: opt.Steps = 6000,
     relabel_after: Annotated[
         int, typer.Option(help="Step at which latents still not fitted get a common label.")
     ] = 4000,
-    batch_size: BatchSize = 64,
+    batch_size: opt.BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    channels: Channels = "32,64,64",
-    label_seed: LabelSeed = None,
+    channels: opt.Channels = "32,64,64",
+    label_seed: opt.LabelSeed = None,
     save_every: int = 500,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    device: Device = "cpu",
-    seed: Seed = 0,
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
+    device: opt.Device = "cpu",
+    seed: opt.Seed = 0,
 ):
     """Train CPSample's random-label classifier on the VAE latents of a private image set."""
     require_transformers()
@@ -282,7 +264,7 @@ def sample_sd_command(
         Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")
     ] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 4,
-    steps: SamplingSteps = 50,
+    steps: opt.SamplingSteps = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
     scheduler: Annotated[
         str, typer.Option(help="default (the pipeline's own), ddim, pndm, ddpm or dpm++.")
@@ -291,23 +273,23 @@ def sample_sd_command(
     classifier: Annotated[
         Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")
     ] = None,
-    alpha: Alpha = None,
-    scale: Scale = None,
-    tau: Tau = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
     private: Annotated[
         Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")
     ] = None,
-    copy_threshold: NearCopyThreshold = None,
+    copy_threshold: opt.NearCopyThreshold = None,
     compare_plain: Annotated[
         bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")
     ] = False,
-    dtype: Dtype = "float32",
-    device: Device = "cpu",
-    trace: Trace = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    dtype: opt.Dtype = "float32",
+    device: opt.Device = "cpu",
+    trace: opt.Trace = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private
     images (`cpsample sample` samples it too)."""

@@ -11,21 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (
-    BatchSize,
-    Denoiser,
-    Device,
-    Features,
-    NearCopyThreshold,
-    Overwrite,
-    Seed,
-    TrustTorchscript,
-    check_device_option,
-    console,
-    parse_widths,
-    run_safely,
-    say_warnings,
-)
+from cpsample.cli import options as opt
+from cpsample.cli.common import check_device_option, console, parse_widths, run_safely, say_warnings
 from cpsample.runs import RunFolder
 
 
@@ -41,9 +28,9 @@ def evaluate_command(
     out: Annotated[
         Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")
     ],
-    model: Denoiser = "bundled",
-    features: Features = "pixels",
-    threshold: NearCopyThreshold = None,
+    model: opt.Denoiser = "bundled",
+    features: opt.Features = "pixels",
+    threshold: opt.NearCopyThreshold = None,
     quality_net: Annotated[
         str,
         typer.Option(
@@ -58,9 +45,9 @@ def evaluate_command(
     permutation_rounds: Annotated[int, typer.Option(min=1, help="Null draws for the App. E permutation test.")] = 1000,
     relative_metric: Annotated[str, typer.Option(help="Carlini ratio distance: l2 or tiled.")] = "l2",
     top_k: Annotated[int, typer.Option(min=1, help="Most similar pairs shown per method.")] = 4,
-    trust_torchscript: TrustTorchscript = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    trust_torchscript: opt.TrustTorchscript = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Measure how much each sample set copies the training images; write an HTML/Markdown/JSON report."""
     from cpsample.data.samples import sample_paths
@@ -99,7 +86,7 @@ def train_feature_net_command(
         Optional[int], typer.Option(help="Resize images to this square size (match your samples).")
     ] = 16,
     epochs: Annotated[int, typer.Option(min=1)] = 15,
-    batch_size: BatchSize = 128,
+    batch_size: opt.BatchSize = 128,
     lr: float = 3e-3,
     held_out: Annotated[float, typer.Option(help="Share of images kept aside to measure accuracy.")] = 0.2,
     name: Annotated[str, typer.Option(help="Name used in the metric, e.g. FD_digitnet.")] = "digitnet",
@@ -109,9 +96,9 @@ def train_feature_net_command(
     flip: Annotated[
         bool, typer.Option(help="Also mirror half the training images left-right (for pictures; not digits).")
     ] = False,
-    device: Device = "cpu",
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    device: opt.Device = "cpu",
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Train the small classifier whose features give the offline Frechet distance (FD_<name>, not FID)."""
     from cpsample.evaluation.feature_net import FeatureNetTraining, train_feature_net_into

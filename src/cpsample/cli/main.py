@@ -9,25 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpsample.cli import options as opt
 from cpsample.cli.common import (
-    Alpha,
-    BatchSize,
-    Channels,
-    Device,
-    Dtype,
-    GuardOption,
-    ImageSize,
-    LabelSeed,
-    MixedPrecision,
-    Overwrite,
-    Resume,
-    SamplingSteps,
-    Scale,
-    Seed,
-    Steps,
-    Subset,
-    Tau,
-    Trace,
     check_device_option,
     console,
     loss_table,
@@ -53,15 +36,15 @@ def train_denoiser_command(
     data: Annotated[
         str, typer.Option(help="'mnist', 'digits', 'twemoji' (32x32 RGB), a folder of PNG/JPG, or an .npz file.")
     ] = "mnist",
-    image_size: ImageSize = 16,
-    subset: Subset = None,
-    steps: Steps = 10000,
-    batch_size: BatchSize = 64,
+    image_size: opt.ImageSize = 16,
+    subset: opt.Subset = None,
+    steps: opt.Steps = 10000,
+    batch_size: opt.BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    channels: Channels = "32,64,64",
+    channels: opt.Channels = "32,64,64",
     save_every: int = 500,
-    mixed_precision: MixedPrecision = "no",
+    mixed_precision: opt.MixedPrecision = "no",
     init: Annotated[
         Optional[Path],
         typer.Option(
@@ -69,9 +52,9 @@ def train_denoiser_command(
             "from random weights; --channels is then taken from it."
         ),
     ] = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
@@ -115,15 +98,15 @@ def train_classifier_command(
     denoiser: Annotated[
         str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")
     ] = "bundled",
-    steps: Steps = 6000,
+    steps: opt.Steps = 6000,
     relabel_after: Annotated[
         int, typer.Option(help="Step at which images still not fitted get a common label.")
     ] = 4000,
-    batch_size: BatchSize = 64,
+    batch_size: opt.BatchSize = 64,
     lr: float = 1e-3,
     ema_decay: float = 0.999,
-    channels: Channels = "32,64,64",
-    label_seed: LabelSeed = None,
+    channels: opt.Channels = "32,64,64",
+    label_seed: opt.LabelSeed = None,
     negatives: Annotated[
         str,
         typer.Option(
@@ -142,9 +125,9 @@ def train_classifier_command(
         ),
     ] = None,
     save_every: int = 500,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
     from cpsample.provenance import seed_everything
@@ -215,7 +198,7 @@ def sample_command(
             "prompt).",
         ),
     ] = None,
-    steps: SamplingSteps = 50,
+    steps: opt.SamplingSteps = 50,
     scheduler: Annotated[
         Optional[str],
         typer.Option(
@@ -237,10 +220,10 @@ def sample_command(
             "an unconditional denoiser."
         ),
     ] = None,
-    alpha: Alpha = None,
-    scale: Scale = None,
-    tau: Tau = None,
-    option: GuardOption = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
+    option: opt.GuardOption = None,
     classes: Annotated[
         Optional[str],
         typer.Option(help="Class-conditional models: comma-separated class labels, or 'all' (the default)."),
@@ -258,12 +241,12 @@ def sample_command(
             help="Classifier-free guidance scale of a conditional model (default 3 for classes, 7.5 for prompts)."
         ),
     ] = None,
-    batch_size: BatchSize = 250,
-    dtype: Dtype = "float32",
-    device: Device = "cpu",
-    trace: Trace = False,
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    batch_size: opt.BatchSize = 250,
+    dtype: opt.Dtype = "float32",
+    device: opt.Device = "cpu",
+    trace: opt.Trace = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Sample images from any model (pixel, class-conditional, Stable Diffusion), plainly or with a guidance
     strategy; a killed run resumes."""

@@ -11,19 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (
-    Alpha,
-    BatchSize,
-    Device,
-    NearCopyThreshold,
-    Overwrite,
-    Scale,
-    Seed,
-    Tau,
-    check_device_option,
-    console,
-    run_safely,
-)
+from cpsample.cli import options as opt
+from cpsample.cli.common import check_device_option, console, run_safely
 from cpsample.runs import RunFolder
 
 
@@ -40,9 +29,9 @@ def side_command(
     classifier: Annotated[
         str, typer.Option(help="CPSample classifier folder for --defence cpsample, or 'bundled'.")
     ] = "bundled",
-    alpha: Alpha = None,
-    scale: Scale = None,
-    tau: Tau = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
     clusters: Annotated[int, typer.Option(min=1, help="k-means clusters K over the sample pool (paper: 100).")] = 20,
     samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
     min_cohesion: Annotated[
@@ -58,11 +47,11 @@ def side_command(
     train_steps: Annotated[
         int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")
     ] = 600,
-    threshold: NearCopyThreshold = None,
-    batch_size: BatchSize = 250,
-    device: Device = "cpu",
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    threshold: opt.NearCopyThreshold = None,
+    batch_size: opt.BatchSize = 250,
+    device: opt.Device = "cpu",
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training
     images."""

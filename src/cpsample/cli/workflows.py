@@ -8,22 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpsample.cli.common import (
-    Alpha,
-    BatchSize,
-    Classifier,
-    Denoiser,
-    Device,
-    NearCopyThreshold,
-    Overwrite,
-    SamplingSteps,
-    Scale,
-    Seed,
-    Tau,
-    check_device_option,
-    console,
-    run_safely,
-)
+from cpsample.cli import options as opt
+from cpsample.cli.common import check_device_option, console, run_safely
 from cpsample.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -41,24 +27,24 @@ def demo_command(
         "demo_out"
     ),
     n_samples: Annotated[int, typer.Option(min=1, help="Images per method.")] = 500,
-    alpha: Alpha = None,
-    scale: Scale = None,
-    tau: Tau = None,
-    steps: SamplingSteps = 50,
-    threshold: NearCopyThreshold = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
+    steps: opt.SamplingSteps = 50,
+    threshold: opt.NearCopyThreshold = None,
     mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
-    model: Denoiser = "bundled",
-    classifier: Classifier = "bundled",
+    model: opt.Denoiser = "bundled",
+    classifier: opt.Classifier = "bundled",
     one_stage_row: Annotated[
         bool,
         typer.Option(
             help="Where the classifier's calibration chose two stages, also sample the paper's one-stage rule."
         ),
     ] = True,
-    batch_size: BatchSize = 250,
-    device: Device = "cpu",
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    batch_size: opt.BatchSize = 250,
+    device: opt.Device = "cpu",
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
     near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures."""
@@ -133,9 +119,9 @@ def calibrate_command(
     ] = 300,
     alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
     scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
-    tau: Tau = None,
-    steps: SamplingSteps = 50,
-    threshold: NearCopyThreshold = None,
+    tau: opt.Tau = None,
+    steps: opt.SamplingSteps = 50,
+    threshold: opt.NearCopyThreshold = None,
     model: Annotated[
         Optional[str],
         typer.Option(
@@ -144,7 +130,7 @@ def calibrate_command(
             "'bundled'."
         ),
     ] = None,
-    classifier: Classifier = "bundled",
+    classifier: opt.Classifier = "bundled",
     quality_net: Annotated[
         str,
         typer.Option(
@@ -230,9 +216,9 @@ def calibrate_command(
             "protection)."
         ),
     ] = False,
-    device: Device = "cpu",
-    overwrite: Overwrite = False,
-    seed: Seed = 0,
+    device: opt.Device = "cpu",
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
 ):
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the

@@ -1,0 +1,86 @@
+"""Option types every command shares, one per meaning: name, help and checks declared once (defaults stay with each
+command). Commands read them as `opt.Seed`, `opt.Device` ..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+MAX_SEED = 2**32 - 1  # numpy's limit; torch's is higher, and seeds derived from --seed add small offsets to it
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED - 1000, help="Random seed: same seed, same result.")]
+Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
+
+# Options every training command shares (defaults stay with each command).
+ImageSize = Annotated[Optional[int], typer.Option(help="Resize images to this square size.")]
+Subset = Annotated[
+    Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")
+]
+Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps in all (with --resume: the step to train up to).")]
+BatchSize = Annotated[int, typer.Option(min=1)]
+Channels = Annotated[str, typer.Option(help="Block widths, comma-separated.")]
+MixedPrecision = Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")]
+Trace = Annotated[
+    bool,
+    typer.Option(
+        help="Also write trace.npz / trace.png: the classifier's verdict on every sample. Private: never share it."
+    ),
+]
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace what --out already holds (a model folder is never sampled into).")
+]
+
+# Options several commands share with one meaning (defaults stay with each command).
+Denoiser = Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")]
+Classifier = Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")]
+SamplingSteps = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")]
+Features = Annotated[
+    str,
+    typer.Option(
+        help="Feature space of the near-copy yardstick: pixels, dino:PATH (local DINO/DINOv2 ViT weights) or "
+        "sscd:PATH (TorchScript)."
+    ),
+]
+TrustTorchscript = Annotated[
+    bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")
+]
+Members = Annotated[
+    Optional[int], typer.Option("--members", help="At most this many members, picked at random (default: all).")
+]
+Nonmembers = Annotated[
+    Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")
+]
+AttackOut = Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")]
+
+# Shorthands for the chosen guard's most used options (= --option NAME=VALUE): what they mean, and their defaults,
+# are declared once, in the guard's Options (`cpsample guards`). Left out, CPSample's come from the classifier's
+# calibration.json (written by `cpsample calibrate`), else the paper's setting, with a note.
+_CALIBRATED = " Left out: the guard's default; CPSample's come from the classifier's calibration (cpsample calibrate)."
+Alpha = Annotated[Optional[float], typer.Option(help="= --option alpha=VALUE (`cpsample guards`)." + _CALIBRATED)]
+Scale = Annotated[Optional[float], typer.Option(help="= --option scale=VALUE (`cpsample guards`)." + _CALIBRATED)]
+Tau = Annotated[Optional[float], typer.Option(help="= --option tau=VALUE (`cpsample guards`)." + _CALIBRATED)]
+
+# Left out, a near-copy threshold resolves through the one yardstick, so CLI and library defaults agree.
+NearCopyThreshold = Annotated[
+    Optional[float],
+    typer.Option(
+        help=(
+            "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
+            "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98)."
+        )
+    ),
+]
+
+
+GuardOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--option",
+        "-o",
+        help="Any option of the chosen guard as NAME=VALUE (repeatable); `cpsample guards` lists them all.",
+    ),
+]
