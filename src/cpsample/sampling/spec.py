@@ -56,8 +56,9 @@ class GuardSpec:
 
     @classmethod
     def from_pretrained(cls, classifier_dir, variant: str = "default", **overrides) -> "GuardSpec":
-        """CPSample as the classifier's calibration.json chose it (classifier_dir: a folder or a bundled name): variant "default" (one or two stages, as
-        calibrated) or "one-stage" (the paper's rule with its calibrated knobs); overrides replace knobs."""
+        """CPSample as the classifier's calibration.json chose it (classifier_dir: a folder or a bundled name):
+        variant "default" (one or two stages, as calibrated) or "one-stage" (the paper's rule with its calibrated
+        knobs); overrides replace knobs."""
         if variant not in ("default", "one-stage"):
             raise ValueError(f"unknown variant {variant!r}; choose 'default' or 'one-stage'")
         one_stage = {"one_stage": True} if variant == "one-stage" else {}
