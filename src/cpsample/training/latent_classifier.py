@@ -16,12 +16,7 @@ from safetensors.torch import save_file
 from cpsample.data import ImageSet, Split
 from cpsample.data.split import images_digest
 from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
-from cpsample.sampling.latent_pairing import (  # noqa: F401 (private_images_of: its old home)
-    LATENTS_FILE,
-    encode_latents,
-    private_images_of,
-    vae_digests,
-)
+from cpsample.sampling.latent_pairing import LATENTS_FILE, encode_latents, latent_record, vae_digests
 from cpsample.training.classifier import train_classifier
 from cpsample.training.loop import TrainConfig
 
@@ -132,14 +127,8 @@ def train_latent_classifier(
 
 def pipeline_of(classifier_dir: str | Path) -> str | None:
     """The Stable Diffusion pipeline folder a latent classifier was trained for (its cpsample.json), else None."""
-    record = Path(classifier_dir) / "cpsample.json"
-    try:
-        content = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(content, dict) or content.get("command") != "train-latent-classifier":
-        return None
-    return content.get("settings", {}).get("pipeline")
+    settings = latent_record(classifier_dir)
+    return None if settings is None else settings.get("pipeline")
 
 
 def captions_of(classifier_dir: str | Path) -> list[str]:
