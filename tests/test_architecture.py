@@ -132,3 +132,18 @@ def test_the_cycle_check_finds_a_loop(tmp_path, monkeypatch):
     (package / "b.py").write_text("from cpsample import a\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", package)
     assert import_cycles() == [["a.py", "b.py"]]
+
+
+def test_the_command_line_starts_without_torch():
+    """`cpsample --help` and the CLI's import stay light (under a second, not the 2.5 s torch costs): torch,
+    diffusers and accelerate load only inside the command that needs them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from cpsample.cli.main import app\n"
+        "heavy = sorted({'torch', 'diffusers', 'accelerate', 'transformers'} & set(sys.modules))\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"imported at CLI start: {result.stdout.strip()}"

@@ -12,7 +12,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import torch
 
 # A run folder's lock and --out marker (cpsample.runs): bookkeeping in a run's folder, not its files.
 RUN_BOOKKEEPING = (".cpsample.lock", ".cpsample-out")
@@ -62,6 +61,8 @@ def command_line(command: str, options: dict) -> str:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    import torch  # (here, not at the top: the command line starts without torch)
+
     torch.manual_seed(seed)
 
 
@@ -102,10 +103,13 @@ def _refuse_to_replace_a_model_record(path: Path, command: str) -> None:
         )
 
 
+TORCH_NAMES = {("torch", "device"), ("torch", "dtype")}  # recorded by name (torch is not imported here for them)
+
+
 def _jsonable(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
-    if isinstance(value, (Path, torch.device, torch.dtype)):
+    if isinstance(value, Path) or (type(value).__module__, type(value).__name__) in TORCH_NAMES:
         return str(value)
     if isinstance(value, np.ndarray):
         return value.tolist()

@@ -6,10 +6,12 @@ Images are float32 arrays of shape (N, C, H, W) scaled to [-1, 1], the range dif
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DataError(ValueError):
@@ -54,6 +56,8 @@ class ImageSet:
         )
 
     def tensor(self) -> torch.Tensor:
+        import torch  # (here, not at the top: the command line starts without torch)
+
         return torch.from_numpy(np.ascontiguousarray(self.images))
 
 
@@ -64,7 +68,7 @@ def to_unit_range(images: np.ndarray, max_value: float) -> np.ndarray:
 
 def to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Map [-1, 1] images (N, C, H, W) to uint8 (N, H, W, C) for saving."""
-    if isinstance(images, torch.Tensor):
+    if hasattr(images, "detach"):  # a torch tensor
         images = images.detach().float().cpu().numpy()
     pixels = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return pixels.transpose(0, 2, 3, 1)
@@ -74,6 +78,9 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     """Resize (N, C, H, W) images to size x size with antialiasing (area-like when shrinking)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    import torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out.clamp(-1.0, 1.0).numpy()
