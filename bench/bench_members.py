@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,24 +59,25 @@ def fit(members: int, recipe: str, budget_cpu: float, eval_every: int, planned_s
     channels = knobs["channels"]
     model = TimeClassifier(block_out_channels=channels, norm_num_groups=min(16, min(channels)))
     config = TrainConfig(steps=10**7, batch_size=knobs["batch"], lr=knobs["lr"], seed=seed, save_every=10**7)
+    torch.set_num_threads(1)
     decay = lr_warmup_cosine(planned_steps) if knobs["decay"] else None
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(
-            model, images, noisy_ce_loss(schedule, knobs["max_t"]), config, Path(scratch), labels, lr_factor=decay
-        )
-        trainer.save_state = lambda extra=None: None  # a screening run is short: no checkpoints
-        curve, cpu, wall = [], 0.0, 0.0
-        while cpu < budget_cpu:
-            cpu_start, wall_start = time.process_time(), time.perf_counter()
-            trainer.run_until(trainer.step + eval_every, description=f"{recipe} N={members}")
-            cpu += time.process_time() - cpu_start
-            wall += time.perf_counter() - wall_start
-            loss = low_noise_loss(trainer.ema_model(), images, labels, schedule, seed)
-            curve.append({"step": trainer.step, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "loss": loss})
-            print(json.dumps(curve[-1]), flush=True)
-            if loss < PAPER_LOSS:
-                break
-        final = trainer.ema_model()
+    # Checkpointed after every check, so a long run killed midway continues where it stopped (same command again).
+    state_dir = RESULTS / "state" / f"{recipe}_{members}_{planned_steps}"
+    trainer = Trainer(
+        model, images, noisy_ce_loss(schedule, knobs["max_t"]), config, state_dir, labels, lr_factor=decay
+    )
+    saved = trainer.load_state() or {}
+    curve, cpu, wall = saved.get("curve", []), saved.get("cpu", 0.0), saved.get("wall", 0.0)
+    while cpu < budget_cpu and not (curve and curve[-1]["loss"] < PAPER_LOSS):
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        trainer.run_until(trainer.step + eval_every, description=f"{recipe} N={members}")
+        cpu += time.process_time() - cpu_start
+        wall += time.perf_counter() - wall_start
+        loss = low_noise_loss(trainer.ema_model(), images, labels, schedule, seed)
+        curve.append({"step": trainer.step, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "loss": loss})
+        print(json.dumps(curve[-1]), flush=True)
+        trainer.save_state(extra={"curve": curve, "cpu": cpu, "wall": wall})
+    final = trainer.ema_model()
     fitted = curve[-1]["loss"] < PAPER_LOSS
     return {
         "members": members,
