@@ -165,7 +165,9 @@ def plot(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fits = [json.loads(line) for line in (RESULTS / "fits.jsonl").read_text().splitlines() if line.strip()]
+    runs = [json.loads(line) for line in (RESULTS / "fits.jsonl").read_text().splitlines() if line.strip()]
+    # A resumed run appends a longer curve of the same run: keep the last line of each.
+    fits = {(run["recipe"], run["members"], run["planned_steps"]): run for run in runs}.values()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for run in fits:
         minutes = [point["cpu_s"] / 60 for point in run["curve"]]
