@@ -90,9 +90,10 @@ def plan_line(recipe: Recipe, settings: dict, members) -> str:
     seconds = estimated_seconds(
         settings["steps"], settings["batch_size"], settings["channels"], members.size, members.channels
     )
+    duration = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
     return (
         f"recipe {recipe.name} for {len(members)} members: {settings['steps']} steps at batch "
-        f"{settings['batch_size']}, about {seconds / 60:.0f} min on one CPU thread (less with more threads or a GPU)"
+        f"{settings['batch_size']}, about {duration} on one CPU thread (less with more threads or a GPU)"
     )
 
 
