@@ -284,3 +284,50 @@ def test_classifier_trained_at_low_noise_only_sees_low_noise(tmp_path, mnist16):
             max_t=50,
             block_out_channels=TINY,
         )
+
+
+def test_recipe_auto_keeps_the_paper_recipe_where_it_fits_and_scales_above():
+    """auto: the paper's recipe up to the 200 members it is measured to fit, the scaled one above; explicit values
+    override either (as the golden test's --steps/--batch-size/--channels do)."""
+    from cpsample.training.recipes import PAPER_FITS_UP_TO, recipe_settings
+
+    paper, settings = recipe_settings("auto", PAPER_FITS_UP_TO)
+    assert paper.name == "paper" and settings["max_t"] is None and not settings["lr_decay"]
+    assert (settings["steps"], settings["lr"], settings["channels"]) == (6000, 1e-3, (32, 64, 64))
+    scaled, settings = recipe_settings("auto", 1000, steps=50, channels=(8, 16))
+    assert scaled.name == "scaled" and settings["max_t"] == 500 and settings["lr_decay"]
+    assert (settings["steps"], settings["channels"], settings["lr"]) == (50, (8, 16), 3e-3)
+    assert recipe_settings("scaled", 4000)[1]["steps"] > recipe_settings("scaled", 1000)[1]["steps"]
+    assert recipe_settings("paper", 4000)[0].name == "paper"
+    with pytest.raises(ValueError, match="--recipe"):
+        recipe_settings("fast", 10)
+
+
+def test_classifier_with_a_decaying_lr_resumes_to_the_same_weights(tmp_path, mnist16, monkeypatch):
+    """The LR schedule is a function of the step alone: a killed run resumes onto the uninterrupted run's weights."""
+    from cpsample.models import build_noise_schedule
+    from cpsample.training.loop import Trainer
+
+    split = make_split(len(mnist16), 8, seed=1, source="mnist")
+
+    def train(name, steps, resume=False):
+        config = TrainConfig(steps=steps, batch_size=8, seed=0, save_every=100)
+        return train_classifier(
+            mnist16.take(split.members), split, build_noise_schedule(), tmp_path / name, config, label_seed=5,
+            relabel_after=100, block_out_channels=(8, 16), resume=resume, max_t=500, lr_decay=True,
+        )  # fmt: skip
+
+    train("straight", 10)
+    run_until = Trainer.run_until
+
+    def killed_at_step_4(trainer, last_step, description=""):
+        run_until(trainer, min(last_step, 4), description)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "run_until", killed_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            train("killed", 10)
+    train("killed", 10, resume=True)
+    expected, got = (load_file(tmp_path / run / "train_state" / "model.safetensors") for run in ("straight", "killed"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)

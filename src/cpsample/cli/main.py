@@ -98,14 +98,24 @@ def train_classifier_command(
     denoiser: Annotated[
         str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")
     ] = "bundled",
-    steps: opt.Steps = 6000,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="Training recipe: 'paper' (every noise level, 6,000 steps: fits about 200 members), 'scaled' (t <= "
+            "500, higher decaying LR, steps growing with the members: fits 1,000 and more) or 'auto' (paper up to 200 "
+            "members, scaled above). Options below given explicitly override the recipe's."
+        ),
+    ] = "auto",
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps in all (default: the recipe's).")] = (
+        None
+    ),
     relabel_after: Annotated[
-        int, typer.Option(help="Step at which images still not fitted get a common label.")
-    ] = 4000,
-    batch_size: opt.BatchSize = 64,
-    lr: float = 1e-3,
+        Optional[int], typer.Option(help="Step at which images still not fitted get a common label.")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
+    lr: Optional[float] = None,
     ema_decay: float = 0.999,
-    channels: opt.Channels = "32,64,64",
+    channels: Annotated[Optional[str], typer.Option(help="Block widths, comma-separated.")] = None,
     label_seed: opt.LabelSeed = None,
     negatives: Annotated[
         str,
@@ -121,7 +131,7 @@ def train_classifier_command(
         Optional[int],
         typer.Option(
             help="Train only at noise levels t <= MAX_T (e.g. 100 for a classifier that only judges denoised "
-            "estimates: the early stage of two-stage CPSample). Default: every t, as the paper."
+            "estimates: the early stage of two-stage CPSample). Default: the recipe's (paper: every t)."
         ),
     ] = None,
     save_every: int = 500,
@@ -133,13 +143,25 @@ def train_classifier_command(
     from cpsample.provenance import seed_everything
     from cpsample.training.classifier import PAPER_LOSS, denoiser_training_set, train_classifier
     from cpsample.training.loop import TrainConfig
+    from cpsample.training.recipes import not_fitted_advice, plan_line, recipe_settings
 
     RunFolder(out, "train-classifier", overwrite, resume, inputs=(denoiser,)).prepare()
-    config = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every
-    )
     seed_everything(seed)
     folder, schedule, members, split = denoiser_training_set(denoiser)
+    widths = None if channels is None else parse_widths(channels)
+    chosen, settings = recipe_settings(
+        recipe, len(members), steps=steps, relabel_after=relabel_after, batch_size=batch_size, lr=lr,
+        channels=widths, max_t=max_t,
+    )  # fmt: skip
+    config = TrainConfig(
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        ema_decay=ema_decay,
+        seed=seed,
+        save_every=save_every,
+    )
+    console.print(plan_line(chosen, settings, members))
     negative_images = None
     if negatives != "none":
         from cpsample.workflows.negatives import load_negatives
@@ -154,14 +176,16 @@ def train_classifier_command(
         out,
         config,
         label_seed=seed if label_seed is None else label_seed,
-        relabel_after=relabel_after,
-        block_out_channels=parse_widths(channels),
+        relabel_after=settings["relabel_after"],
+        block_out_channels=settings["channels"],
         resume=resume,
         denoiser_path=str(folder),
         overwrite=overwrite,
         negatives=negative_images,
         negatives_source=negatives,
-        max_t=max_t,
+        max_t=settings["max_t"],
+        lr_decay=settings["lr_decay"],
+        recorded={"recipe": chosen.name},
     )
     console.print(loss_table("classifier on its training images (EMA weights)", summary))
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
@@ -169,6 +193,11 @@ def train_classifier_command(
         f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
         f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
     )
+    if not summary["reached_paper_loss"]:
+        console.print(
+            f"[bold red]the {summary['members']} members were NOT fitted[/]: CPSample is not confident on all of "
+            f"them, so it cannot keep samples away from those. To fix: {not_fitted_advice(summary, settings, chosen)}"
+        )
 
 
 @app.command("sample")

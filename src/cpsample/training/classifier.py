@@ -23,6 +23,7 @@ from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.denoiser import load_noise_schedule
 from cpsample.training.loop import TrainConfig, Trainer, TrainingRun
+from cpsample.training.recipes import lr_warmup_cosine
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
 PAPER_LOSS = 0.05
@@ -141,11 +142,13 @@ def train_classifier(
     recorded: dict | None = None,
     max_t: int | None = None,
     run_extra: dict | None = None,
+    lr_decay: bool = False,
 ) -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
     negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring).
     max_t: train at noise levels t <= max_t only (None: all of them, as the paper does).
+    lr_decay: warm the LR up, then decay it (cosine) to 5% at the last step (the scaled recipe; None: constant).
     command and recorded: the provenance record's command and settings beyond the classifier's own.
     run_extra: more of what the run trains on (e.g. the latents' VAE), which a --resume must match."""
     if max_t is not None and not relabel_max_t <= max_t < schedule.config.num_train_timesteps:
@@ -170,6 +173,7 @@ def train_classifier(
         "relabel_max_t": relabel_max_t,
         "relabel_threshold": relabel_threshold,
         **({"max_t": max_t} if max_t is not None else {}),
+        **({"lr_decay": True} if lr_decay else {}),
     }
     run_settings = {
         "split": split.fingerprint(),
@@ -197,7 +201,14 @@ def train_classifier(
         trainer.save_state(extra={"relabelled": relabelled})
 
     trainer = run.train(
-        model, data, noisy_ce_loss(schedule, max_t), split, run_settings, targets=targets, phases=relabel_midway
+        model,
+        data,
+        noisy_ce_loss(schedule, max_t),
+        split,
+        run_settings,
+        targets=targets,
+        phases=relabel_midway,
+        lr_factor=lr_warmup_cosine(config.steps) if lr_decay else None,
     )
     final = trainer.ema_model()
     labels = trainer.targets.cpu()[: len(images)]

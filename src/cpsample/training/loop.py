@@ -76,8 +76,11 @@ class Trainer:
         targets: torch.Tensor | None = None,
         accelerator: Accelerator | None = None,
         run_settings: dict | None = None,
+        lr_factor: Callable[[int], float] | None = None,
     ):
         self.config = config
+        self.lr_factor = lr_factor  # step -> multiple of config.lr (None: constant); a function of the step alone, so
+        # a resumed run follows the same schedule
         self.run_settings = _as_json(run_settings or {})  # what it trains on: a resume must match them
         self.out_dir = Path(out_dir)
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
@@ -117,6 +120,9 @@ class Trainer:
                 x0 = self.data[index].to(device)
                 target = None if self.targets is None else self.targets[index].to(device)
                 loss, metrics = self.loss_fn(self.model, x0, target, generator)
+                if self.lr_factor is not None:
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = self.config.lr * self.lr_factor(self.step)
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients and self.config.grad_clip:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -263,9 +269,19 @@ class TrainingRun:
         targets: torch.Tensor | None = None,
         description: str = "training",
         phases: Callable[[Trainer], None] | None = None,
+        lr_factor: Callable[[int], float] | None = None,
     ) -> Trainer:
         """Continue the saved run (with --resume) or start one; train to config.steps, or through `phases`."""
-        trainer = Trainer(model, data, loss_fn, self.config, self.out_dir, targets=targets, run_settings=run_settings)
+        trainer = Trainer(
+            model,
+            data,
+            loss_fn,
+            self.config,
+            self.out_dir,
+            targets=targets,
+            run_settings=run_settings,
+            lr_factor=lr_factor,
+        )
         self.state = (trainer.load_state() if self.resume else None) or {}
         if not self.state:  # a resumed run keeps the split it started with
             self.out_dir.mkdir(parents=True, exist_ok=True)
