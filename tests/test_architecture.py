@@ -147,3 +147,18 @@ def test_the_command_line_starts_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"imported at CLI start: {result.stdout.strip()}"
+
+
+def test_results_go_to_stdout_and_diagnostics_to_stderr():
+    """`cpsample guards > table.txt` keeps the table; an error goes to stderr, where a pipe does not swallow it."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        probe = f"from cpsample.cli.main import app; app({list(args)!r})"
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+
+    listing = run("guards")
+    assert listing.returncode == 0 and "cpsample-staged" in listing.stdout and listing.stderr == ""
+    refused = run("sample", "--guard", "nosuch", "--out", "/nonexistent/never-written")
+    assert refused.returncode == 2 and "unknown guard 'nosuch'" in refused.stderr and refused.stdout == ""

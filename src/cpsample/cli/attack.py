@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, console, run_safely
+from cpsample.cli.common import check_device_option, output, run_safely
 from cpsample.runs import RunFolder
 
 attack_app = typer.Typer(
@@ -78,7 +78,7 @@ def mia_command(
         device=device,
         seed=seed,
     )
-    console.print(results_table(results, guard_as_used(results)))
+    output.print(results_table(results, guard_as_used(results)))
 
 
 def results_table(results: dict, guard: str) -> Table:
@@ -147,7 +147,7 @@ def sample_nn_command(
         trust_torchscript=trust_torchscript,
         seed=seed,
     )
-    console.print(sample_table(results))
+    output.print(sample_table(results))
 
 
 def sample_table(results: dict) -> Table:

@@ -19,6 +19,9 @@ from cpsample.runs import release_locks
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
 LOG_WIDTH = 200
+# Results (tables, summaries, where a run saved what) go to stdout; errors, warnings and notes to stderr, so
+# `cpsample guards > table.txt` keeps the table and a log of a long run keeps both.
+output = Console(soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else LOG_WIDTH)
 console = Console(
     stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
 )

@@ -28,6 +28,7 @@ from cpsample.cli.common import (
     check_device_option,
     console,
     loss_table,
+    output,
     parse_widths,
     require_transformers,
     run_safely,
@@ -99,7 +100,7 @@ def train_conditional_command(
         block_out_channels=parse_widths(channels),
         data_spec=split.source,
     )
-    console.print(
+    output.print(
         f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
         f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
     )
@@ -161,7 +162,7 @@ def sample_conditional_command(
         out, model, classes, cfg_scale, guard, guard_options, config, classifier, feature_net, copy_threshold, trace
     )
     say_warnings(run.warnings)
-    console.print(json.dumps(run.stats, indent=2))
+    output.print(json.dumps(run.stats, indent=2))
 
 
 # --- Stable Diffusion (latent space) -------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def make_tiny_sd_command(
 
     folder = build_tiny_sd_pipeline(out, image_size=image_size, seed=seed, scheduler=scheduler)
     write_record(folder, "make-tiny-sd", {"image_size": image_size, "scheduler": scheduler, "seed": seed})
-    console.print(f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}")
+    output.print(f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}")
 
 
 def train_latent_classifier_command(
@@ -242,8 +243,8 @@ def train_latent_classifier_command(
         device=device,
         overwrite=overwrite,
     )
-    console.print(loss_table("latent classifier on the private latents (EMA weights)", summary))
-    console.print(
+    output.print(loss_table("latent classifier on the private latents (EMA weights)", summary))
+    output.print(
         f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
         f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}"
     )
@@ -323,8 +324,8 @@ def _print_prompt_table(entries, runs: dict) -> None:
             guided = row.get("share_of_steps_guided")
             cells += [f"{row['max_similarity']:.3f}" if row else "-", "-" if guided is None else f"{100 * guided:.0f}"]
         table.add_row(*cells)
-    console.print(table)
-    console.print(
+    output.print(table)
+    output.print(
         json.dumps({name: {k: v for k, v in run.items() if k != "per_prompt"} for name, run in runs.items()}, indent=2)
     )
 

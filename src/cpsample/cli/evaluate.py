@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, console, parse_widths, run_safely, say_warnings
+from cpsample.cli.common import check_device_option, output, parse_widths, run_safely, say_warnings
 from cpsample.runs import RunFolder
 
 
@@ -69,9 +69,9 @@ def evaluate_command(
         trust_torchscript=trust_torchscript,
         seed=seed,
     )
-    console.print(summary_table(run.results))
+    output.print(summary_table(run.results))
     say_warnings(run.warnings)
-    console.print(f"report: {run.report['html']}")
+    output.print(f"report: {run.report['html']}")
 
 
 def train_feature_net_command(
@@ -111,7 +111,7 @@ def train_feature_net_command(
     training = FeatureNetTraining(epochs, batch_size, lr, held_out=held_out, seed=seed, flip=flip, widths=widths_tuple)
     summary = train_feature_net_into(out, data, training, image_size, name, device, widths=widths)
     accuracy = summary["held_out_accuracy"]
-    console.print(
+    output.print(
         f"{name}: held-out accuracy {'-' if accuracy is None else f'{accuracy:.4f}'} on "
         f"{summary['held_out_images']} images, train accuracy {summary['train_accuracy']:.4f} "
         f"({summary['parameters']} parameters, {summary['seconds']}s); saved to {out}"

@@ -14,6 +14,7 @@ from cpsample.cli.common import (
     check_device_option,
     console,
     loss_table,
+    output,
     parse_widths,
     require_transformers,
     run_safely,
@@ -85,7 +86,7 @@ def train_denoiser_command(
         data_spec=split.source,
         init=init,
     )
-    console.print(
+    output.print(
         f"trained {summary['steps']} steps on {summary['members']} images "
         f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
     )
@@ -187,9 +188,9 @@ def train_classifier_command(
         lr_decay=settings["lr_decay"],
         recorded={"recipe": chosen.name},
     )
-    console.print(loss_table("classifier on its training images (EMA weights)", summary))
+    output.print(loss_table("classifier on its training images (EMA weights)", summary))
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
-    console.print(
+    output.print(
         f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
         f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
     )
@@ -293,7 +294,7 @@ def sample_command(
     conditions = Conditions(classes, prompt, prompts_file, cfg_scale)
     run = sample_run(out, model, guard, guard_options, config, conditions, classifier, keep_trace=trace)
     say_warnings(run.warnings)
-    console.print(json.dumps(run.stats, indent=2))
+    output.print(json.dumps(run.stats, indent=2))
 
 
 @app.command("guards")
@@ -307,7 +308,7 @@ def guards_command():
         table.add_column(column)
     for row in option_rows(available_guards()):
         table.add_row(*row)
-    console.print(table)
+    output.print(table)
 
 
 def _register_command_modules() -> None:

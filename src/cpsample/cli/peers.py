@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, console, run_safely
+from cpsample.cli.common import check_device_option, output, run_safely
 from cpsample.runs import RunFolder
 
 
@@ -73,7 +73,7 @@ def side_command(
         seed=seed,
     )
     result = side_into(out, config, model, defence, classifier, alpha, scale, tau, device)
-    console.print(side_table(result, defence))
+    output.print(side_table(result, defence))
 
 
 def side_table(result, defence: str) -> Table:

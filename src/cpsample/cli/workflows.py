@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, console, run_safely
+from cpsample.cli.common import check_device_option, console, output, run_safely
 from cpsample.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -84,11 +84,9 @@ def demo_command(
             f"{cost['seconds_per_image']:.3f}",
             f"{cost['denoiser_calls_per_image']:.0f}",
         )
-    console.print(table)
+    output.print(table)
     for comparison in results.get("comparisons", []):
-        console.print(
-            f"chi-square {comparison['baseline']} vs {comparison['method']}: p = {comparison['p_value']:.3g}"
-        )
+        output.print(f"chi-square {comparison['baseline']} vs {comparison['method']}: p = {comparison['p_value']:.3g}")
     membership = results.get("membership_inference")
     if membership:
         mia = Table(title="membership inference per threat model (AUC 0.5 = no leak)")
@@ -98,8 +96,8 @@ def demo_command(
             mia.add_row(
                 row["threat model"], row["defence"], row["attack"], f"{row['AUC']:.3f}", f"{row['TPR@1%FPR']:.1%}"
             )
-        console.print(mia)
-    console.print(f"report: {Path(out) / 'report.html'}  ({results['seconds_total']:.0f}s)")
+        output.print(mia)
+    output.print(f"report: {Path(out) / 'report.html'}  ({results['seconds_total']:.0f}s)")
 
 
 @run_safely
@@ -274,7 +272,7 @@ class _PrintedReport:
         console.print(f"[bold red]warning:[/] {text}")
 
     def screened(self, rows: list[dict], n_samples: int) -> None:
-        console.print(_grid_table(rows, f"calibration on {n_samples} images per setting"))
+        output.print(_grid_table(rows, f"calibration on {n_samples} images per setting"))
 
     def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
         console.print(
@@ -284,7 +282,7 @@ class _PrintedReport:
 
     def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
         pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
-        console.print(_grid_table(rows, f"confirmation: {pooled}, FD and time on the {confirm_n}"))
+        output.print(_grid_table(rows, f"confirmation: {pooled}, FD and time on the {confirm_n}"))
 
 
 def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
@@ -303,7 +301,7 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
             f"{result.vacuous}. Nothing was saved next to the classifier (the measurements are in {out}); pass "
             "--allow-vacuous to save this choice anyway"
         )
-    console.print(result.summary)
+    output.print(result.summary)
     for warning in ([result.missed] if result.missed else []) + result.warnings:
         console.print(f"[bold red]warning:[/] {warning}")
     for warning in result.cost_warnings:
@@ -312,13 +310,13 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
         console.print(f"[yellow]note:[/] {result.close_call_note}")
     classifier = result.grid.classifier
     if is_bundled(classifier):
-        console.print(
+        output.print(
             f"the bundled classifier ships its own calibration, which stays as it is; this one is in {record}"
         )
     else:
         path = result.save_pretrained()
         command = "sample-sd" if result.grid.latent else "sample --guard cpsample"
-        console.print(f"saved to {path}: `cpsample {command} --classifier {classifier}` now uses it")
+        output.print(f"saved to {path}: `cpsample {command} --classifier {classifier}` now uses it")
 
 
 def _grid_table(rows: list[dict], title: str) -> Table:
