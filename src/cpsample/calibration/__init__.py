@@ -7,9 +7,22 @@
 `cpsample calibrate` is this call with its options parsed and its results printed.
 """
 
-from cpsample.calibration.calibrator import Calibrator, FitReport
-from cpsample.calibration.goal import Goal
-from cpsample.calibration.result import RUN_RECORD, CalibrationResult
-from cpsample.calibration.search import GridSettings
+from importlib import import_module
 
-__all__ = ["Calibrator", "CalibrationResult", "FitReport", "Goal", "GridSettings", "RUN_RECORD"]
+# Each name is imported on first use, so the command line can read grid.py's defaults without loading diffusers.
+_API = {
+    "Calibrator": "cpsample.calibration.calibrator",
+    "FitReport": "cpsample.calibration.calibrator",
+    "Goal": "cpsample.calibration.goal",
+    "RUN_RECORD": "cpsample.calibration.result",
+    "CalibrationResult": "cpsample.calibration.result",
+    "GridSettings": "cpsample.calibration.search",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'cpsample.calibration' has no attribute {name!r}")
+    return getattr(import_module(_API[name]), name)

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from cpsample.calibration import grid
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import MEASURES, Judge, Reference, pool_rows
 from cpsample.evaluation.nearcopy import resolve_threshold
@@ -64,8 +65,8 @@ class GridSettings:
     n_samples: int = 300
     steps: int = 50
     scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
-    alphas: Sequence[float] = (0.001, 0.01, 0.1)
-    scales: Sequence[float] = (3.0, 10.0, 30.0, 100.0)
+    alphas: Sequence[float] = grid.ALPHAS
+    scales: Sequence[float] = grid.SCALES
     tau: float = 0.001
     threshold: float | None = None  # None: the near-copy yardstick's default for `features`
     features: str = "pixels"
@@ -75,14 +76,14 @@ class GridSettings:
     seed: int = 0
     # Two stages (cpsample-staged): a selective classifier judging x0_hat early, this classifier on x_t late.
     early_classifier: str | None = None
-    early_scales: Sequence[float] = (3.0,)
-    staged_scales: Sequence[float] = (10.0, 30.0)
+    early_scales: Sequence[float] = grid.EARLY_SCALES
+    staged_scales: Sequence[float] = grid.STAGED_SCALES
     # Caps on each sample's push (None: uncapped), tried for every two-stage setting (bench/README Finding 12).
-    push_caps: Sequence[float | None] = (None, 1.0, 1.25, 1.5, 2.0)
+    push_caps: Sequence[float | None] = grid.PUSH_CAPS
     # Two stages whose late stage is selective too: the early classifier also judges x0_hat at t <= 200 (bench/README
     # Finding 13), at alpha DENOISED_LATE_ALPHA; its pushes through x0_hat are smaller there, hence scales of their
     # own. Empty: not tried.
-    denoised_late_scales: Sequence[float] = (10.0, 15.0)
+    denoised_late_scales: Sequence[float] = grid.DENOISED_LATE_SCALES
     # Other x_t classifiers of the same members (other widths) tried as the late stage beside `classifier`: the width
     # whose push costs least depends on the model (bench/README Findings 16-18). Empty: the main classifier only.
     late_classifiers: Sequence[str] = ()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpsample.calibration import grid
 from cpsample.cli import options as opt
 from cpsample.cli.common import check_device_option, console, output, run_safely
 from cpsample.runs import RunFolder
@@ -115,8 +116,8 @@ def calibrate_command(
     n_samples: Annotated[
         int, typer.Option(min=1, help="Calibration batch size per setting (same noise for every setting).")
     ] = 300,
-    alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = "0.001,0.01,0.1",
-    scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = "3,10,30,100",
+    alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = grid.as_option(grid.ALPHAS),
+    scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = grid.as_option(grid.SCALES),
     tau: opt.Tau = None,
     steps: opt.SamplingSteps = 50,
     threshold: opt.NearCopyThreshold = None,
@@ -164,27 +165,29 @@ def calibrate_command(
             "two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins."
         ),
     ] = None,
-    early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = "3",
+    early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = grid.as_option(
+        grid.EARLY_SCALES
+    ),
     staged_scales: Annotated[
         str,
         typer.Option(
             help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip."
         ),
-    ] = "10,30",
+    ] = grid.as_option(grid.STAGED_SCALES),
     denoised_late_scales: Annotated[
         str,
         typer.Option(
             help="Two stages: late-stage scales to try (alpha 0.3) with the early classifier judging x0_hat late too "
             "(a selective late stage); 'none': skip."
         ),
-    ] = "10,15",
+    ] = grid.as_option(grid.DENOISED_LATE_SCALES),
     push_caps: Annotated[
         str,
         typer.Option(
             help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's "
             "push)."
         ),
-    ] = "none,1,1.25,1.5,2",
+    ] = grid.as_option(grid.PUSH_CAPS),
     late_classifier: Annotated[
         Optional[list[str]],
         typer.Option(

@@ -1,0 +1,17 @@
+"""The calibration grid's default values, declared once: `GridSettings` (search.py) and `cpsample calibrate`'s
+options both read them. Light on purpose (no torch, no diffusers), so the command line can show them in --help."""
+
+from __future__ import annotations
+
+ALPHAS = (0.001, 0.01, 0.1)
+SCALES = (3.0, 10.0, 30.0, 100.0)
+# Two stages (cpsample-staged): the early stage's scales, the late stage's on x_t and on x0_hat, and push caps.
+EARLY_SCALES = (3.0,)
+STAGED_SCALES = (10.0, 30.0)
+DENOISED_LATE_SCALES = (10.0, 15.0)
+PUSH_CAPS = (None, 1.0, 1.25, 1.5, 2.0)  # None: uncapped, the paper's push
+
+
+def as_option(values) -> str:
+    """A grid as the command line writes it: '3,10,30,100'; 'none' for None."""
+    return ",".join("none" if value is None else f"{value:g}" for value in values)
