@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cpsample.sampling.guards import Guard, GuardContext, GuardOptions, guard_class
@@ -73,9 +73,6 @@ class GuardSpec:
             raise ValueError(f"only a guard with calibrated knobs, all given, can be saved (missing: {missing})")
         return write_calibration(classifier_dir, knobs, details or {})
 
-    def with_options(self, **changes) -> "GuardSpec":
-        return GuardSpec(self.name, replace(self.options, **changes), self.source)
-
     def resolved(self, classifier_dir) -> "GuardSpec":
         """This spec with its calibrated knobs filled from classifier_dir's calibration.json (or the uncalibrated
         defaults), or the calibrated variant (another guard) where the calibration chose one and no knob is given."""
@@ -103,10 +100,6 @@ class GuardSpec:
             for stage in getattr(guard, "guards", []):
                 stage.calibration = f"{spec.source} (two_stage)"  # the stages' knobs are the variant entry's
         return guard
-
-    def settings(self) -> dict:
-        """The options as given (None: left to the default or the calibration), for run records."""
-        return {item.name: getattr(self.options, item.name) for item in fields(self.options)}
 
 
 def build_guard(name: str, context: GuardContext | None = None, **options) -> Guard:
@@ -261,11 +254,6 @@ def variant_settings(classifier_dir, record: dict | None, entry: str, variant: s
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: its {entry} entry makes no two-stage guard ({error}); {fix}") from None
     return dict(staged)
-
-
-def two_stage_settings(classifier_dir) -> dict | None:
-    """cpsample-staged's options as the classifier's calibration chose them, else None."""
-    return variant_settings(classifier_dir, read_calibration(classifier_dir), "two_stage", "cpsample-staged")
 
 
 def read_calibration(classifier_dir) -> dict | None:
