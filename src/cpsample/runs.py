@@ -202,11 +202,6 @@ class RunFolder:
         raise FileExistsError(f"--out {out}: cannot take the lock {path}; delete it if no run is going on")
 
 
-def prepare_out(out: Path, command: str, overwrite: bool = False, resume: bool = False, inputs=()) -> Path:
-    """RunFolder(out, command, overwrite, resume, inputs).prepare(), for callers that release with release_locks()."""
-    return RunFolder(out, command, overwrite, resume, inputs).prepare()
-
-
 # The folders this process has locked, in order: release_locks() drops them all, newest first.
 _held: list[RunFolder] = []
 

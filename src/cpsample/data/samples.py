@@ -13,7 +13,7 @@ from cpsample.data.sources import _to_nchw, array_file_kind, load_dataset
 
 
 def sample_paths(specs: list[str] | None) -> list[str]:
-    """The paths of --samples specs (what prepare_out must keep outside --out)."""
+    """The paths of --samples specs (what RunFolder must keep outside --out)."""
     return [split_sample_spec(spec)[1] for spec in specs or []]
 
 
