@@ -24,7 +24,13 @@ from cpsample.data import load_dataset, make_split
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.denoiser import load_noise_schedule
-from cpsample.training.classifier import PAPER_LOSS, noisy_ce_loss, per_timestep_report, random_labels
+from cpsample.training.classifier import (
+    PAPER_LOSS,
+    noisy_ce_loss,
+    per_image_loss,
+    per_timestep_report,
+    random_labels,
+)
 from cpsample.training.loop import TrainConfig, Trainer
 from cpsample.training.recipes import lr_warmup_cosine
 
@@ -41,6 +47,8 @@ RECIPES = {
     "maxt500_lr3": {"channels": (32, 64, 64), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True},
     "maxt500_small": {"channels": (16, 32, 32), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True},
     "maxt500_wide": {"channels": (64, 128, 128), "batch": 64, "lr": 1e-3, "max_t": 500, "decay": True},
+    # maxt500_lr3, drawing half of each batch in proportion to each member's low-noise loss at the last check
+    "maxt500_hard": {"channels": (32, 64, 64), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True},
 }
 
 
@@ -70,6 +78,8 @@ def fit(members: int, recipe: str, budget_cpu: float, eval_every: int, planned_s
     saved = trainer.load_state() or {}
     curve, cpu, wall = saved.get("curve", []), saved.get("cpu", 0.0), saved.get("wall", 0.0)
     while cpu < budget_cpu and not (curve and curve[-1]["loss"] < PAPER_LOSS):
+        if knobs.get("hard") and curve:
+            trainer.sample_weights = hard_example_weights(trainer.ema_model(), images, labels, schedule, seed)
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         trainer.run_until(trainer.step + eval_every, description=f"{recipe} N={members}")
         cpu += time.process_time() - cpu_start
@@ -94,6 +104,13 @@ def fit(members: int, recipe: str, budget_cpu: float, eval_every: int, planned_s
         "confidence": confidence_shares(final, images, labels, held_out, schedule, seed),
         "curve": curve,
     }
+
+
+def hard_example_weights(model, images, labels, schedule, seed: int) -> torch.Tensor:
+    """Odds of drawing each member: half uniform, half in proportion to its low-noise loss (misfit members more)."""
+    loss = torch.from_numpy(per_image_loss(model, images, labels, schedule, LOW_NOISE, draws=1, seed=seed + 1))
+    loss = loss.mean(0).float()
+    return 0.5 / len(loss) + 0.5 * loss / loss.sum().clamp(min=1e-12)
 
 
 def low_noise_loss(model, images, labels, schedule, seed: int) -> float:

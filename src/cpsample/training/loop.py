@@ -90,6 +90,9 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0  # summed over every resumed run, so a killed-and-resumed run reports its true cost
         self.history: list[dict] = []
+        # Relative odds of drawing each training item (None: uniform); set between run_until calls to train more on
+        # items still misfit (hard-example sampling).
+        self.sample_weights: torch.Tensor | None = None
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema = EMAModel(self.unwrapped.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=0.75)
@@ -116,7 +119,7 @@ class Trainer:
             while self.step < last_step:
                 step_started = time.perf_counter()
                 generator = self.generator(self.step)
-                index = torch.randint(0, len(self.data), (self.config.batch_size,), generator=generator)
+                index = self._draw_batch(generator)
                 x0 = self.data[index].to(device)
                 target = None if self.targets is None else self.targets[index].to(device)
                 loss, metrics = self.loss_fn(self.model, x0, target, generator)
@@ -143,6 +146,11 @@ class Trainer:
                     self.save_state()
         finally:
             bar.close()  # (an error then starts on a line of its own)
+
+    def _draw_batch(self, generator: torch.Generator) -> torch.Tensor:
+        if self.sample_weights is None:
+            return torch.randint(0, len(self.data), (self.config.batch_size,), generator=generator)
+        return torch.multinomial(self.sample_weights, self.config.batch_size, replacement=True, generator=generator)
 
     def ema_model(self) -> torch.nn.Module:
         """A copy of the model carrying the EMA weights (what gets exported and sampled from)."""
