@@ -24,6 +24,12 @@ Every command takes `--seed` and writes a `cpsample.json` with its settings, res
 `cpsample COMMAND --help` prints the same options in the terminal. This file is written by
 `python scripts/make_cli_docs.py` from the command line itself.
 
+Results (tables, one-line summaries, where a run saved what) go to stdout; notes, warnings and errors go to stderr
+through Python's `logging` (logger `cpsample`), so `cpsample guards > guards.txt` keeps the table. For scripts,
+`cpsample --json COMMAND ...` prints the same results as one JSON object (raw numbers) when the command ends, e.g.
+`cpsample --json guards`. An option means the same in every command that takes it, and the Python functions behind
+the commands take the same names (`--batch-size` is `batch_size=`).
+
 ## What each command does
 
 | command | what it does |
@@ -37,8 +43,8 @@ Every command takes `--seed` and writes a `cpsample.json` with its settings, res
 | `cpsample attack mia` | membership inference: loss attack (Z-test), PIA; ROC AUC, TPR at 1% FPR; plain or guarded |
 | `cpsample attack side` | SIDE extraction: cluster samples into surrogate classes, guide towards each, count extracted training images (plain or CPSample-protected sampler) |
 | `cpsample sample --guard amg` | Anti-Memorization Guidance (needs the training images at sampling time) |
-| `cpsample guards` | every guidance strategy and each of its options with its default (table at the end of this page); set any of them with `--option NAME=VALUE` on `sample` / `sample-conditional` (e.g. `--guard cpsample --option adaptive=true`) |
-| `cpsample train-conditional`, `sample-conditional` | class-conditional UNet with label dropout; classifier-free guidance with `--guard none / cpsample / delayed-cfg / opposite-cfg` |
+| `cpsample guards` | every guidance strategy and each of its options with its default (table at the end of this page); set any of them with `--option NAME=VALUE` on `sample` (e.g. `--guard cpsample --option adaptive=true`) |
+| `cpsample train-conditional`, `sample --classes` | class-conditional UNet with label dropout; classifier-free guidance with `--guard none / cpsample / delayed-cfg / opposite-cfg` |
 | `cpsample make-tiny-sd`, `train-latent-classifier`, `sample-sd` | CPSample in latent space for any local Stable Diffusion folder (`from_pretrained(path)`, nothing downloads); per-prompt similarity for original vs modified captions (paper Table 2) |
 | `cpsample train-feature-net` | the small classifier whose features give the offline Frechet distance (`--quality-net` of `calibrate`) |
 | `python bench/bench_frontier.py` | the protection / quality frontier: CPSample (per classifier), AMG and rejection sampling, each knob swept on one model; MIA and time at each method's 90%-cut setting (findings: `bench/README.md`) |
@@ -140,7 +146,7 @@ def render() -> str:
         parts.append("\n".join(option_rows(command)) + "\n" if command.params else "No options.\n")
     parts.append("## Guard options\n")
     parts.append(
-        "Set with `--option NAME=VALUE` (`-o`) on `sample` / `sample-conditional`; `cpsample guards` prints the "
+        "Set with `--option NAME=VALUE` (`-o`) on `sample`; `cpsample guards` prints the "
         "same table. 'calibrated': taken from the classifier's `calibration.json` (written by "
         "`cpsample calibrate`).\n"
     )

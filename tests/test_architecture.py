@@ -162,3 +162,37 @@ def test_results_go_to_stdout_and_diagnostics_to_stderr():
     assert listing.returncode == 0 and "cpsample-staged" in listing.stdout and listing.stderr == ""
     refused = run("sample", "--guard", "nosuch", "--out", "/nonexistent/never-written")
     assert refused.returncode == 2 and "unknown guard 'nosuch'" in refused.stderr and refused.stdout == ""
+
+
+def test_json_prints_the_same_results_as_one_object_and_notes_go_through_logging(tmp_path):
+    """`cpsample --json ...` puts one JSON object on stdout (raw numbers, what the tables show); notes and warnings
+    reach stderr through the `cpsample` logger, never stdout, so a script can parse stdout as it is."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from cpsample.models.bundle import resolve_model_dir
+
+    def run(*args):
+        probe = f"from cpsample.cli.main import app; app({list(args)!r})"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+
+    listing = run("--json", "guards")
+    rows = json.loads(listing.stdout)["guards"]["rows"]
+    assert {"guard": "cpsample", "option": "alpha"}.items() <= next(r for r in rows if r["option"] == "alpha").items()
+    clf = tmp_path / "uncalibrated"  # the bundled classifier without its calibration: a logged warning says so
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), clf)
+    (clf / "calibration.json").unlink()
+    out = tmp_path / "s"
+    args = ["--json", "sample", "--model", "bundled", "-n", "4", "--steps", "3", "--guard", "cpsample"]
+    sampled = run(*args, "--classifier", str(clf), "--out", str(out))
+    assert sampled.returncode == 0, sampled.stderr
+    result = json.loads(sampled.stdout)["sample"]  # the whole of stdout is one JSON object
+    recorded = json.loads((out / "cpsample.json").read_text())["results"]
+    assert result["denoiser_calls"] == recorded["denoiser_calls"] == 12 and result["samples"] == str(
+        out / "samples.npz"
+    )
+    assert f"warning: {clf} has no calibration.json" in " ".join(sampled.stderr.split())

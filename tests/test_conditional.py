@@ -7,12 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-import typer
 from torch import nn
 from typer.testing import CliRunner
 
 from cpsample.data import ImageSet, load_dataset, make_split
-from cpsample.evaluation import NEAR_COPY_THRESHOLDS
 from cpsample.evaluation.nearcopy import find_near_copies
 from cpsample.models import load_noise_schedule
 from cpsample.models.bundle import training_data
@@ -250,10 +248,8 @@ def test_bad_input_gives_clear_errors(trained, tmp_path):
 
 
 def test_cli_train_and_sample_conditional(trained, tmp_path):
-    from cpsample.cli.conditional import register
+    from cpsample.cli.main import app
 
-    app = typer.Typer()
-    register(app)
     runner = CliRunner()
     model = tmp_path / "model"
     # The same 16 members as the fixture's classifier (seed 0), so that classifier may protect this model.
@@ -284,7 +280,7 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
     result = runner.invoke(
         app,
         [
-            "sample-conditional",
+            "sample",
             "--model",
             str(model),
             "--classes",
@@ -310,22 +306,22 @@ def test_cli_train_and_sample_conditional(trained, tmp_path):
         assert saved["labels"].tolist() == [0, 0, 2, 2] and trace["p1"].shape == (3, 4)
         assert "trace_p1" not in saved.files
     record = json.loads((out / "cpsample.json").read_text())
-    private = json.loads((out / "private.json").read_text())  # member similarity: not in the shareable record
-    assert record["command"] == "sample-conditional" and "near_copies" in private["results"]
-    pixels = NEAR_COPY_THRESHOLDS["pixels"]  # left out, the threshold is the yardstick's, and recorded as such
-    assert record["settings"]["copy_threshold"] == private["results"]["near_copies"]["threshold"] == pixels
-    # the near-copy numbers recorded (privately) are those of the saved samples against the model's 16 members
+    assert record["command"] == "sample" and not (out / "private.json").exists()
+    # evaluate counts these samples' near-copies against the model's 16 members, as the yardstick finds them
+    result = runner.invoke(
+        app,
+        ["evaluate", "--samples", f"cps={out / 'samples.npz'}", "--model", str(model), "--quality-net", "none",
+         "--permutation-rounds", "10", "--out", str(tmp_path / "eval")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())["methods"]["cps"]
     dataset, split = training_data(model)
     with np.load(out / "samples.npz") as saved:
         found = find_near_copies(saved["images"], dataset.images[split.members])
-    counted = private["results"]["near_copies"]
-    assert (counted["count"], counted["n"]) == (int(found.copies.sum()), 4)
-    nearest = private["results"]["nearest_member_cosine"]
-    assert nearest["max"] == pytest.approx(found.similarity.max(), abs=1e-5)
+    assert (report["replication"]["count"], report["replication"]["n"]) == (int(found.copies.sum()), 4)
+    assert report["similarity"]["max"] == pytest.approx(found.similarity.max(), abs=1e-5)
     assert record["results"]["share_of_steps_guided"] == 1.0  # alpha 0.5 pushes at every step
     with np.load(out / "trace.npz") as trace:
         assert trace["fired"].all() and ((trace["p1"] > 0) & (trace["p1"] < 1)).all()
-    bad = runner.invoke(
-        app, ["sample-conditional", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")]
-    )
+    bad = runner.invoke(app, ["sample", "--model", str(model), "--classes", "5", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown class 5" in " ".join(bad.output.split())

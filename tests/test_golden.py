@@ -66,7 +66,7 @@ def digests(tmp_path_factory):
     code, text = cli("train-classifier", "--denoiser", model, *tiny, "--out", clf)
     assert code == 0, text
     for name, args in CONDITIONAL.items():
-        found[name] = _run(root / name, "sample-conditional", "--model", model, "--classifier", clf, "--classes",
+        found[name] = _run(root / name, "sample", "--model", model, "--classifier", clf, "--classes",
                            "0,1,2,3", "-n", "2", "--steps", "20", "--seed", "7", *args)  # fmt: skip
     found.update(_latent(root))
     return found

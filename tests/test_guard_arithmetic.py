@@ -301,31 +301,38 @@ def test_options_refuse_knobs_outside_their_ranges_and_accept_the_ends():
             CPSampleOptions(**bad)
 
 
-def test_an_uncalibrated_classifier_says_once_which_defaults_it_uses(tmp_path, capsys):
+def test_an_uncalibrated_classifier_says_once_which_defaults_it_uses(tmp_path, caplog):
     """No calibration.json: the knobs not given come from the paper's setting (the latent one for a latent classifier),
-    and a note on stderr names them, once per folder and set of missing knobs."""
+    and a logged warning names them, once per folder and set of missing knobs."""
     import json
+    import logging
 
     from cpsample.sampling.guards.cpsample import LATENT_UNCALIBRATED, UNCALIBRATED
 
+    def said() -> list[str]:
+        lines = [(r.levelno, r.name, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        assert all(level == logging.WARNING and name.startswith("cpsample.") for level, name, _ in lines)
+        return [message for _, _, message in lines]
+
+    caplog.set_level(logging.INFO, logger="cpsample")
     pixel, latent = tmp_path / "pixel", tmp_path / "latent"
     for folder in (pixel, latent):
         folder.mkdir()
     (latent / "cpsample.json").write_text(json.dumps({"command": "train-latent-classifier"}))
     assert cpsample_settings(pixel, scale=3.0) == {**UNCALIBRATED, "scale": 3.0}
-    note = capsys.readouterr()
-    assert note.out == "" and note.err == (
-        f"note: {pixel} has no calibration.json; CPSample uses alpha 0.1, tau 0.001 (the paper's default; not given). "
-        f"Run `cpsample calibrate --classifier {pixel}` to choose them for this model.\n"
-    )
+    assert said() == [
+        f"{pixel} has no calibration.json; CPSample uses alpha 0.1, tau 0.001 (the paper's default; not given). "
+        f"Run `cpsample calibrate --classifier {pixel}` to choose them for this model."
+    ]
     cpsample_settings(pixel, scale=3.0)
-    assert capsys.readouterr().err == ""  # said once
+    assert said() == []  # said once
     cpsample_settings(pixel, alpha=0.2)  # other knobs missing: said again, naming them
-    assert "uses scale 10, tau 0.001 (the paper's default" in capsys.readouterr().err
+    assert "uses scale 10, tau 0.001 (the paper's default" in said()[0]
     assert cpsample_settings(latent) == LATENT_UNCALIBRATED
-    assert "uses alpha 0.5, scale 2000, tau 0.001 (the paper's latent-space setting" in capsys.readouterr().err
+    assert "uses alpha 0.5, scale 2000, tau 0.001 (the paper's latent-space setting" in said()[0]
     cpsample_settings(pixel, alpha=0.1, scale=1.0, tau=0.1)
-    assert capsys.readouterr().err == ""  # every knob given: nothing to say
+    assert said() == []  # every knob given: nothing to say
 
 
 def test_settings_given_win_and_a_calibrated_window_belongs_to_its_alpha(tmp_path):

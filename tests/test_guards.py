@@ -42,7 +42,7 @@ def test_unknown_and_bad_options_are_refused():
         generate(n=1, steps=1, guard="cpsample", transition_t=5, progress=False)
 
 
-@pytest.mark.parametrize("command", ["sample", "sample-conditional"])
+@pytest.mark.parametrize("command", ["sample"])
 def test_cli_guard_flags_carry_no_defaults_of_their_own(command):
     """Every guard knob on the command line defaults to None: the guard's Options (or calibration) decide."""
     callback = next(c.callback for c in app.registered_commands if (c.name or c.callback.__name__) == command)

@@ -121,7 +121,6 @@ def test_every_cli_near_copy_threshold_defaults_to_the_yardstick():
         "calibrate",
         "attack side",
         "attack sample-nn",
-        "sample-conditional",
         "sample-sd",
     }, found
     assert set(found.values()) == {PIXELS}

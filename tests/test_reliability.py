@@ -412,7 +412,6 @@ def refused_commands(out, dummy):
     """Every command that takes --out, with just enough options to reach its --out check."""
     return {
         "sample": [*SAMPLE, "--out", out],
-        "sample-conditional": ["sample-conditional", "--model", "bundled", "--out", out],
         "evaluate": ["evaluate", "--samples", f"a={dummy}", "--out", out],
         "attack mia": ["attack", "mia", "--out", out],
         "attack side": ["attack", "side", "--out", out],

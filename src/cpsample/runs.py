@@ -23,7 +23,7 @@ SAMPLE_OUTPUTS = ("batches", "grid.png", "samples.npz", "trace.npz", "trace.png"
 # made what the folder holds, before the run starts, so no stale file of an older run survives next to the new ones.
 OUTPUTS = {
     "sample": SAMPLE_OUTPUTS,
-    "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),
+    "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),  # (folders of the removed command, to overwrite)
     "sample-sd": (*SAMPLE_OUTPUTS, "plain", "private.json"),
     "evaluate": (
         "report.html",
@@ -279,7 +279,7 @@ def _contents(folder: Path) -> list[str]:
 
 def _resumable(out: Path, command: str, contents: list[str]) -> bool:
     """A sampling command's own unfinished or finished run with its batches (the sampler checks their settings)."""
-    if command not in ("sample", "sample-conditional"):
+    if command != "sample":
         return False
     foreign = [name for name in contents if name not in OUTPUTS[command] and ".tmp" not in name]
     return not foreign and (out / "batches" / "settings.json").exists() and recorded_command(out) in (None, command)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, output, run_safely
+from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
 
 attack_app = typer.Typer(
@@ -59,50 +58,18 @@ def mia_command(
 
     RunFolder(out, "attack mia", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
-    results = mia_into(
-        out,
-        model=model,
-        guard=guard,
-        classifier=classifier,
-        alpha=alpha,
-        scale=scale,
-        tau=tau,
-        attack=attack,
-        t=t,
-        members=members,
-        nonmembers=nonmembers,
-        draws=draws,
-        pia_norm=pia_norm,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-    )
-    output.print(results_table(results, guard_as_used(results)))
-
-
-def results_table(results: dict, guard: str) -> Table:
+    results = call_with(mia_into, locals())
     first = next(iter(results.values()))
-    table = Table(
-        title=f"membership inference (guard: {guard}; {first.n_members} members vs {first.n_nonmembers} non-members)"
-    )
-    for column in ("attack", "t", "AUC", "TPR@1%FPR", "Z", "p (one-sided)", "member mean", "non-member mean"):
-        table.add_column(column, justify="right")
-    for name, result in results.items():
-        for t, stats in result.per_t.items():
-            style = "bold" if t == result.best_t and len(result.per_t) > 1 else None
-            table.add_row(
-                name,
-                str(t),
-                f"{stats.auc:.3f}",
-                f"{stats.tpr_at_1pct_fpr:.1%}",
-                f"{stats.z:.2f}",
-                f"{stats.p_value:.2g}",
-                f"{stats.member_mean:.4g}",
-                f"{stats.nonmember_mean:.4g}",
-                style=style,
-            )
-    return table
+    title = f"membership inference (guard: {guard_as_used(results)}; {first.n_members} members vs "
+    rows = [
+        {"attack": name, "t": t, **stats.to_dict(), "best": t == result.best_t and len(result.per_t) > 1}
+        for name, result in results.items()
+        for t, stats in result.per_t.items()
+    ]
+    columns = "attack | t | AUC=auc:.3f | TPR@1%FPR=tpr_at_1pct_fpr:.1% | Z=z:.2f | p (one-sided)=p_value:.2g"
+    columns += " | member mean=member_mean:.4g | non-member mean=nonmember_mean:.4g"
+    title += f"{first.n_nonmembers} non-members)"
+    show_table("membership_inference", title, rows, columns, bold=lambda row: row["best"])
 
 
 @attack_app.command("sample-nn")
@@ -136,51 +103,16 @@ def sample_nn_command(
     from cpsample.data.samples import sample_paths
 
     RunFolder(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features)).prepare()
-    results = sample_attack_into(
-        out,
-        samples,
-        model=model,
-        members=members,
-        nonmembers=nonmembers,
-        features=features,
-        threshold=threshold,
-        trust_torchscript=trust_torchscript,
-        seed=seed,
-    )
-    output.print(sample_table(results))
-
-
-def sample_table(results: dict) -> Table:
+    results = call_with(sample_attack_into, locals())
     first = next(iter(results.values()))
-    table = Table(
-        title=f"sample-only membership inference ({first.n_members} members vs {first.n_nonmembers} "
-        f"non-members; {first.settings['features']} cosine to the nearest sample)"
-    )
-    for column in (
-        "samples",
-        "n",
-        "AUC",
-        "TPR@1%FPR",
-        "p (Mann-Whitney)",
-        "members copied",
-        "non-members copied",
-        "member mean dist",
-        "non-member mean dist",
-    ):
-        table.add_column(column, justify="right")
-    for name, r in results.items():
-        table.add_row(
-            name,
-            str(r.n_samples),
-            f"{r.auc:.3f}",
-            f"{r.stats.tpr_at_1pct_fpr:.1%}",
-            f"{r.mann_whitney_p:.2g}",
-            f"{r.member_copied_share:.1%}",
-            f"{r.nonmember_copied_share:.1%}",
-            f"{r.stats.member_mean:.4g}",
-            f"{r.stats.nonmember_mean:.4g}",
-        )
-    return table
+    title = f"sample-only membership inference ({first.n_members} members vs {first.n_nonmembers} non-members; "
+    columns = "samples=name | n=n_samples | AUC=stats.auc:.3f | TPR@1%FPR=stats.tpr_at_1pct_fpr:.1%"
+    columns += " | p (Mann-Whitney)=mann_whitney_p:.2g | members copied=member_copied_share:.1%"
+    columns += " | non-members copied=nonmember_copied_share:.1% | member mean dist=stats.member_mean:.4g"
+    columns += " | non-member mean dist=stats.nonmember_mean:.4g"
+    title += f"{first.settings['features']} cosine to the nearest sample)"
+    rows = [{"name": name, **result.to_dict()} for name, result in results.items()]
+    show_table("sample_only_membership_inference", title, rows, columns)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import errno
 import functools
 import importlib.util
+import inspect
+import json
+import logging
 import os
 import sys
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -27,6 +31,101 @@ console = Console(
 )
 
 
+class Results:
+    """What a command prints on stdout. For a person: tables and summary lines as they come. With `--json`: nothing
+    until the command ends, then one JSON object of the same results (raw numbers, not formatted cells)."""
+
+    as_json = False
+    collected: dict[str, Any] = {}
+
+    @classmethod
+    def start(cls, as_json: bool) -> None:
+        cls.as_json, cls.collected = as_json, {}
+
+    @classmethod
+    def finish(cls) -> None:
+        if cls.as_json and cls.collected:
+            sys.stdout.write(json.dumps(cls.collected, indent=2, default=str) + "\n")
+        cls.collected = {}
+
+
+# A table column: (header, the row's key or a function of the row, format spec such as ".3f" or ".1%"; "" = as is).
+Column = tuple[str, "str | Callable[[Any], Any]", str]
+
+
+def parse_columns(text: str) -> list[Column]:
+    """ "AUC=auc:.3f | n" -> [("AUC", "auc", ".3f"), ("n", "n", "")]: header=key:format, key a dotted path."""
+    columns = []
+    for part in text.split(" | "):
+        header, _, rest = part.strip().partition("=")
+        key, _, spec = (rest or header).partition(":")
+        columns.append((header.partition(":")[0], key, spec))
+    return columns
+
+
+def show_table(name: str, title: str, rows, columns, bold: Callable[[Any], bool] | None = None) -> None:
+    """Print rows as a table (None cells as "-"); with --json, collect them under `name`. columns: a list of
+    Column or their text form (parse_columns)."""
+    columns = parse_columns(columns) if isinstance(columns, str) else columns
+    values = [[(lookup(row, key) if isinstance(key, str) else key(row)) for _, key, _ in columns] for row in rows]
+    if Results.as_json:
+        keys = [key if isinstance(key, str) else header for header, key, _ in columns]
+        Results.collected[name] = {"title": title, "rows": [dict(zip(keys, row)) for row in values]}
+        return
+    table = Table(title=title)
+    for index, (header, _, _) in enumerate(columns):
+        prose = any(isinstance(row[index], str) and len(row[index]) > 30 for row in values)  # reads better left
+        table.add_column(header, justify="left" if prose else "right")
+    for row, cells in zip(rows, values):
+        formatted = ["-" if v is None else format(v, spec) for v, (_, _, spec) in zip(cells, columns)]
+        table.add_row(*formatted, style="bold" if bold and bold(row) else None)
+    output.print(table)
+
+
+def lookup(row, path: str):
+    """row["a"]["b"] or row.a.b for the path "a.b"; None where a part is missing."""
+    for part in path.split("."):
+        row = row.get(part) if isinstance(row, dict) else getattr(row, part, None)
+    return row
+
+
+def show(name: str, text: str, value: Any = None) -> None:
+    """A result line for a person; with --json, `value` (or the text) under `name`."""
+    if Results.as_json:
+        Results.collected[name] = text if value is None else value
+    else:
+        output.print(text)
+
+
+def call_with(function: Callable, options: dict, **given):
+    """Call a library function with the command's options of the same names (the CLI and the Python API share one
+    vocabulary), plus what is given explicitly."""
+    accepted = inspect.signature(function).parameters
+    chosen = {name: value for name, value in options.items() if name in accepted and name not in given}
+    return function(**chosen, **given)
+
+
+class ConsoleLogHandler(logging.Handler):
+    """The library's and the CLI's diagnostics on stderr, one line each: "note:" (info), "warning:", "error:"."""
+
+    LABELS = {logging.INFO: "[yellow]note:[/]", logging.WARNING: "[bold red]warning:[/]"}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        label = self.LABELS.get(record.levelno, "[bold red]error:[/]" if record.levelno > logging.WARNING else "")
+        console.print(f"{label} {escape(record.getMessage())}".strip())
+
+
+def configure_logging() -> None:
+    """cpsample's loggers say notes and warnings on stderr (the console resolves sys.stderr at each line)."""
+    logger = logging.getLogger("cpsample")
+    if not any(isinstance(handler, ConsoleLogHandler) for handler in logger.handlers):
+        logger.addHandler(ConsoleLogHandler())
+    logger.setLevel(logging.INFO)
+
+
+log = logging.getLogger("cpsample.cli")
+
+
 def check_device_option(device: str) -> None:
     """--device checked before anything is written: a torch device that can hold a model (not 'meta')."""
     from cpsample.sampling.pipeline import check_device
@@ -45,7 +144,12 @@ def run_safely(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            Results.finish()
+            return result
+        except typer.Exit:
+            Results.finish()  # what was measured before a verdict such as "no setting met the goal"
+            raise
         except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
             fail(os_error_line(error) if getattr(error, "errno", None) else str(error))  # (the system's own: errno)
         except OSError as error:  # full disk, no permission, read-only, a path through a file ...: said in one line
@@ -98,7 +202,7 @@ def say_warnings(warnings: list[str]) -> dict:
     """Print each warning loudly (protection that did not happen is never a quiet success); returns them for the
     run's record."""
     for warning in warnings:
-        console.print(f"[bold red]warning:[/] {warning}")
+        log.warning(warning)
     return {"warnings": warnings} if warnings else {}
 
 
@@ -113,14 +217,9 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def loss_table(title: str, summary: dict) -> Table:
+def show_loss_table(title: str, summary: dict) -> None:
     """A trained classifier's loss and accuracy on its training images at each reported noise level."""
-    table = Table(title=title)
-    for column in ("t", "loss", "accuracy"):
-        table.add_column(column, justify="right")
-    for row in summary["per_timestep"]:
-        table.add_row(str(row["t"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}")
-    return table
+    show_table("per_timestep", title, summary["per_timestep"], "t | loss:.4f | accuracy:.3f")
 
 
 def require_transformers() -> None:

@@ -3,8 +3,7 @@ Stable Diffusion pipelines protected in latent space (paper section 4.2, Table 2
 
     cpsample train-conditional --data mnist --subset 200 --steps 4000 --out runs/cond
     cpsample train-classifier --denoiser runs/cond --out runs/cond-clf
-    cpsample sample-conditional --model runs/cond --classes 0,1,2 -n 8 --guard cpsample --classifier runs/cond-clf
-    --out runs/s
+    cpsample sample --model runs/cond --classes 0,1,2 -n 8 --guard cpsample --classifier runs/cond-clf --out runs/s
 
     cpsample make-tiny-sd --out runs/tiny-sd
     cpsample train-latent-classifier --pipeline runs/tiny-sd --images private/ --captions captions.txt --out
@@ -25,14 +24,14 @@ from rich.table import Table
 
 from cpsample.cli import options as opt
 from cpsample.cli.common import (
+    call_with,
     check_device_option,
-    console,
-    loss_table,
+    log,
     output,
     parse_widths,
     require_transformers,
     run_safely,
-    say_warnings,
+    show_loss_table,
 )
 from cpsample.runs import RunFolder
 
@@ -40,7 +39,6 @@ from cpsample.runs import RunFolder
 def register(app: typer.Typer) -> None:
     """Add the conditional and latent (Stable Diffusion) commands to the app."""
     app.command("train-conditional")(run_safely(train_conditional_command))
-    app.command("sample-conditional")(run_safely(sample_conditional_command))
     app.command("make-tiny-sd")(run_safely(make_tiny_sd_command))
     app.command("train-latent-classifier")(run_safely(train_latent_classifier_command))
     app.command("sample-sd")(run_safely(sample_sd_command))
@@ -74,95 +72,20 @@ def train_conditional_command(
 ):
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
     from cpsample.training.conditional import train_conditional
+    from cpsample.training.loop import TrainConfig
     from cpsample.training.members import prepare_training
 
     RunFolder(out, "train-conditional", overwrite, resume, inputs=(data,)).prepare()
-    members, split, config = prepare_training(
-        data,
-        image_size,
-        subset,
-        seed,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema_decay=ema_decay,
-        save_every=save_every,
-        mixed_precision=mixed_precision,
-    )
+    config = call_with(TrainConfig, locals())  # bad loop settings fail before the data loads
+    members, split = prepare_training(data, image_size, subset, config)
+    widths = parse_widths(channels)
     summary = train_conditional(
-        members,
-        split,
-        out,
-        config,
-        label_dropout=label_dropout,
-        resume=resume,
-        overwrite=overwrite,
-        block_out_channels=parse_widths(channels),
-        data_spec=split.source,
+        members, split, out, config, label_dropout, None, resume, widths, split.source, overwrite
     )
     output.print(
         f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
         f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
     )
-
-
-def sample_conditional_command(
-    model: Annotated[str, typer.Option(help="Class-conditional model folder (from train-conditional).")],
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Output folder: grid.png (one row per class), samples.npz, cpsample.json, "
-            "private.json (similarity to the members: do not share), batches/ (+ trace "
-            "files with --trace)."
-        ),
-    ],
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, or 'all' (default).")] = None,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per class.")] = 8,
-    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = purely conditional).")] = 3.0,
-    guard: Annotated[
-        str,
-        typer.Option(help="none, cpsample, amg, delayed-cfg or opposite-cfg; `cpsample guards` lists their options."),
-    ] = "none",
-    classifier: Annotated[
-        Optional[str], typer.Option(help="Random-label classifier folder for --guard cpsample.")
-    ] = None,
-    alpha: opt.Alpha = None,
-    scale: opt.Scale = None,
-    tau: opt.Tau = None,
-    option: opt.GuardOption = None,
-    scheduler: Annotated[str, typer.Option(help="ddim, ddpm or dpm++.")] = "ddim",
-    steps: opt.SamplingSteps = 50,
-    batch_size: opt.BatchSize = 250,
-    feature_net: Annotated[
-        Optional[str],
-        typer.Option(
-            help="'bundled' (MNIST digitnet for grey images, Twemoji emojinet for RGB) or a folder: report how many "
-            "samples keep their class."
-        ),
-    ] = None,
-    copy_threshold: opt.NearCopyThreshold = None,
-    dtype: opt.Dtype = "float32",
-    device: opt.Device = "cpu",
-    trace: opt.Trace = False,
-    overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
-):
-    """Sample a class-conditional model with classifier-free guidance, optionally protected by CPSample (`cpsample
-    sample` does this too)."""
-    from cpsample.sampling.aliases import sample_conditional_run
-    from cpsample.sampling.generate import SampleConfig
-    from cpsample.sampling.spec import parse_option_strings
-
-    say_alias("sample-conditional", "--model MODEL --classes ...")
-    RunFolder(out, "sample-conditional", overwrite, inputs=(model, classifier, feature_net)).prepare()
-    check_device_option(device)
-    guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
-    config = SampleConfig(n, steps, scheduler, batch_size, dtype, device, seed, overwrite=overwrite)
-    run = sample_conditional_run(
-        out, model, classes, cfg_scale, guard, guard_options, config, classifier, feature_net, copy_threshold, trace
-    )
-    say_warnings(run.warnings)
-    output.print(json.dumps(run.stats, indent=2))
 
 
 # --- Stable Diffusion (latent space) -------------------------------------------------------------------------
@@ -227,23 +150,13 @@ def train_latent_classifier_command(
     from cpsample.training.loop import TrainConfig
 
     seed_everything(seed)
-    config = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, save_every=save_every
-    )
-    summary = train_latent_classifier(
-        pipeline,
-        images,
-        out,
-        config,
-        label_seed=seed if label_seed is None else label_seed,
-        relabel_after=relabel_after,
-        captions_file=captions,
-        block_out_channels=parse_widths(channels),
-        resume=resume,
-        device=device,
-        overwrite=overwrite,
-    )
-    output.print(loss_table("latent classifier on the private latents (EMA weights)", summary))
+    config = call_with(TrainConfig, locals())
+    label_seed = seed if label_seed is None else label_seed
+    summary = call_with(
+        train_latent_classifier, locals(), pipeline_dir=pipeline, images_dir=images, out_dir=out,
+        captions_file=captions, block_out_channels=parse_widths(channels),
+    )  # fmt: skip
+    show_loss_table("latent classifier on the private latents (EMA weights)", summary)
     output.print(
         f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
         f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}"
@@ -305,7 +218,7 @@ def sample_sd_command(
     entries = prompt_entries(prompt, prompts_file)
     options = SdOptions(cfg_scale, alpha, scale, tau, height, width, private, copy_threshold, compare_plain)
     config = SampleConfig(n, steps, scheduler, dtype=dtype, device=device, seed=seed)
-    ran = sample_sd_run(out, pipeline, entries, guard, classifier, options, config, trace, say=console.print)
+    ran = sample_sd_run(out, pipeline, entries, guard, classifier, options, config, trace, say=log.info)
     _print_prompt_table(ran.entries, ran.runs)
 
 
@@ -335,4 +248,4 @@ def _print_prompt_table(entries, runs: dict) -> None:
 
 def say_alias(command: str, how: str) -> None:
     """One line on stderr (stdout keeps the results): the command stays for one release as a form of `sample`."""
-    typer.echo(f"note: `cpsample sample {how}` now does this; `cpsample {command}` stays for one release", err=True)
+    log.info(f"`cpsample sample {how}` now does this; `cpsample {command}` stays for one release")

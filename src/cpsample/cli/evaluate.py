@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, output, parse_widths, run_safely, say_warnings
+from cpsample.cli.common import (
+    call_with,
+    check_device_option,
+    output,
+    parse_widths,
+    run_safely,
+    say_warnings,
+    show,
+    show_table,
+)
 from cpsample.runs import RunFolder
 
 
@@ -55,23 +63,15 @@ def evaluate_command(
 
     inputs = (*sample_paths(samples), model, features, quality_net, inception)
     RunFolder(out, "evaluate", overwrite, inputs=inputs).prepare()
-    run = evaluate_run(
-        out,
-        samples,
-        model=model,
-        features=features,
-        threshold=threshold,
-        quality_net=quality_net,
-        inception=inception,
-        permutation_rounds=permutation_rounds,
-        relative_metric=relative_metric,
-        top_k=top_k,
-        trust_torchscript=trust_torchscript,
-        seed=seed,
-    )
-    output.print(summary_table(run.results))
+    run = call_with(evaluate_run, locals())
+    settings = run.results["settings"]
+    rows = [{"method": name, **measured} for name, measured in run.results["methods"].items()]
+    columns = "method | n | near-copy share=replication.share:.2% | 95% CI from=replication.ci_low:.2%"
+    columns += " | to=replication.ci_high:.2% | max sim=similarity.max:.4f | Carlini flagged=relative.share:.2%"
+    columns += " | quality=quality.metric | value=quality.value:.2f | perm. p=permutation.p_value:.4f"
+    show_table("near_copies", f"near-copies (cosine > {settings['threshold']}, {settings['features']})", rows, columns)
     say_warnings(run.warnings)
-    output.print(f"report: {run.report['html']}")
+    show("report", f"report: {run.report['html']}", str(run.report["html"]))
 
 
 def train_feature_net_command(
@@ -116,23 +116,3 @@ def train_feature_net_command(
         f"{summary['held_out_images']} images, train accuracy {summary['train_accuracy']:.4f} "
         f"({summary['parameters']} parameters, {summary['seconds']}s); saved to {out}"
     )
-
-
-def summary_table(results: dict) -> Table:
-    threshold = results["settings"]["threshold"]
-    table = Table(title=f"near-copies (cosine > {threshold}, {results['settings']['features']})")
-    for column in ("method", "n", "near-copy share [95% CI]", "max sim", "Carlini flagged", "quality", "perm. p"):
-        table.add_column(column, justify="right")
-    for name, m in results["methods"].items():
-        r = m["replication"]
-        quality = f"{m['quality']['metric']} {m['quality']['value']:.2f}" if "quality" in m else "-"
-        table.add_row(
-            name,
-            str(m["n"]),
-            f"{100 * r['share']:.2f}% [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]",
-            f"{m['similarity']['max']:.4f}",
-            f"{100 * m['relative']['share']:.2f}%",
-            quality,
-            f"{m['permutation']['p_value']:.4f}" if "permutation" in m else "-",
-        )
-    return table

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cpsample.cli import options as opt
 from cpsample.cli.common import (
+    Results,
+    call_with,
     check_device_option,
-    console,
-    loss_table,
+    configure_logging,
+    log,
     output,
     parse_widths,
     require_transformers,
     run_safely,
     say_warnings,
+    show,
+    show_loss_table,
+    show_table,
 )
 from cpsample.runs import RunFolder
 
@@ -59,33 +62,14 @@ def train_denoiser_command(
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
+    from cpsample.training.loop import TrainConfig
     from cpsample.training.members import prepare_training
 
     RunFolder(out, "train-denoiser", overwrite, resume, inputs=(data, init)).prepare()
-    members, split, config = prepare_training(
-        data,
-        image_size,
-        subset,
-        seed,
-        init=None if init is None else str(init),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema_decay=ema_decay,
-        save_every=save_every,
-        mixed_precision=mixed_precision,
-    )
-    summary = train_denoiser(
-        members,
-        split,
-        out,
-        config,
-        resume=resume,
-        overwrite=overwrite,
-        block_out_channels=parse_widths(channels),
-        data_spec=split.source,
-        init=init,
-    )
+    config = call_with(TrainConfig, locals())  # bad loop settings fail before the data loads
+    members, split = prepare_training(data, image_size, subset, config, init=None if init is None else str(init))
+    widths = parse_widths(channels)
+    summary = call_with(train_denoiser, locals(), out_dir=out, block_out_channels=widths, data_spec=split.source)
     output.print(
         f"trained {summary['steps']} steps on {summary['members']} images "
         f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
@@ -154,15 +138,8 @@ def train_classifier_command(
         recipe, len(members), steps=steps, relabel_after=relabel_after, batch_size=batch_size, lr=lr,
         channels=widths, max_t=max_t,
     )  # fmt: skip
-    config = TrainConfig(
-        steps=settings["steps"],
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
-        ema_decay=ema_decay,
-        seed=seed,
-        save_every=save_every,
-    )
-    console.print(plan_line(chosen, settings, members))
+    config = call_with(TrainConfig, {**locals(), **settings})
+    log.info(plan_line(chosen, settings, members))
     negative_images = None
     if negatives != "none":
         from cpsample.workflows.negatives import load_negatives
@@ -170,33 +147,21 @@ def train_classifier_command(
         negative_images = load_negatives(
             negatives, members.images, negatives_count or len(members), str(folder), members.size, seed=seed
         )
-    summary = train_classifier(
-        members,
-        split,
-        schedule,
-        out,
-        config,
-        label_seed=seed if label_seed is None else label_seed,
-        relabel_after=settings["relabel_after"],
-        block_out_channels=settings["channels"],
-        resume=resume,
-        denoiser_path=str(folder),
-        overwrite=overwrite,
-        negatives=negative_images,
-        negatives_source=negatives,
-        max_t=settings["max_t"],
-        lr_decay=settings["lr_decay"],
+    label_seed = seed if label_seed is None else label_seed
+    summary = call_with(
+        train_classifier, {**locals(), **settings}, out_dir=out, block_out_channels=settings["channels"],
+        denoiser_path=str(folder), negatives=negative_images, negatives_source=negatives,
         recorded={"recipe": chosen.name},
-    )
-    output.print(loss_table("classifier on its training images (EMA weights)", summary))
+    )  # fmt: skip
+    show_loss_table("classifier on its training images (EMA weights)", summary)
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
     output.print(
         f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
         f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
     )
     if not summary["reached_paper_loss"]:
-        console.print(
-            f"[bold red]the {summary['members']} members were NOT fitted[/]: CPSample is not confident on all of "
+        log.warning(
+            f"the {summary['members']} members were NOT fitted: CPSample is not confident on all of "
             f"them, so it cannot keep samples away from those. To fix: {not_fitted_advice(summary, settings, chosen)}"
         )
 
@@ -294,7 +259,16 @@ def sample_command(
     conditions = Conditions(classes, prompt, prompts_file, cfg_scale)
     run = sample_run(out, model, guard, guard_options, config, conditions, classifier, keep_trace=trace)
     say_warnings(run.warnings)
-    output.print(json.dumps(run.stats, indent=2))
+    show("sample", sampled_line(run.stats, out), run.stats)
+
+
+def sampled_line(stats: dict, out: Path) -> str:
+    """One line for a sampling run: its cost, how often the guard acted, where the images are."""
+    guided = stats.get("share_of_steps_guided")
+    acted = "" if guided is None else f"; the guard acted on {guided:.1%} of steps"
+    ever = stats.get("share_of_samples_ever_guided")
+    acted += "" if ever is None else f" ({ever:.0%} of samples at least once)"
+    return f"sampled in {stats['seconds']:.1f}s ({stats['denoiser_calls']} denoiser calls){acted}; saved to {out}"
 
 
 @app.command("guards")
@@ -303,12 +277,20 @@ def guards_command():
     """List the guidance strategies and every option each one takes, with its default (set them with --option)."""
     from cpsample.sampling.guards import available_guards, option_rows
 
-    table = Table(title="guards (cpsample sample --guard NAME --option OPTION=VALUE)")
-    for column in ("guard", "option", "default", "meaning"):
-        table.add_column(column)
-    for row in option_rows(available_guards()):
-        table.add_row(*row)
-    output.print(table)
+    rows = [dict(zip(("guard", "option", "default", "meaning"), row)) for row in option_rows(available_guards())]
+    title = "guards (cpsample sample --guard NAME --option OPTION=VALUE)"
+    show_table("guards", title, rows, "guard | option | default | meaning")
+
+
+@app.callback()
+def main_options(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a command's results as one JSON object on stdout (for scripts).")
+    ] = False,
+):
+    """cpsample [--json] COMMAND ..."""
+    Results.start(as_json)
+    configure_logging()
 
 
 def _register_command_modules() -> None:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, output, run_safely
+from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
 
 
@@ -60,42 +59,20 @@ def side_command(
 
     RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
-    config = SideConfig(
-        samples=samples,
-        clusters=clusters,
-        min_cohesion=min_cohesion,
-        attack_steps=attack_steps,
-        attack_scale=attack_scale,
-        per_class=per_class,
-        train_steps=train_steps,
-        threshold=threshold,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    config = call_with(SideConfig, locals())
     result = side_into(out, config, model, defence, classifier, alpha, scale, tau, device)
-    output.print(side_table(result, defence))
-
-
-def side_table(result, defence: str) -> Table:
-    table = Table(title=f"SIDE extraction (defence: {defence}; near-copy: cosine > {result.attack['threshold']})")
-    table.add_column("samples")
-    for column in ("n", "near-copies", "AMS", "distinct training images", "UMS"):
-        table.add_column(column, justify="right")
     rows = [
-        ("unguided pool", result.pool),
-        ("unguided, attack's budget", result.pool_same_budget),
-        (f"SIDE (lambda={result.config['attack_scale']:g})", result.attack),
-    ]
-    for name, summary in (row for row in rows if row[1] is not None):
-        table.add_row(
-            name,
-            str(summary["n"]),
-            str(summary["near_copies"]),
-            f"{summary['ams']:.1%}",
-            str(summary["distinct_extracted"]),
-            f"{summary['ums']:.1%}",
+        {"samples": name, **summary}
+        for name, summary in (
+            ("unguided pool", result.pool),
+            ("unguided, attack's budget", result.pool_same_budget),
+            (f"SIDE (lambda={result.config['attack_scale']:g})", result.attack),
         )
-    return table
+        if summary is not None
+    ]
+    columns = "samples | n | near-copies=near_copies | AMS=ams:.1% | distinct training images=distinct_extracted"
+    title = f"SIDE extraction (defence: {defence}; near-copy: cosine > {result.attack['threshold']})"
+    show_table("side", title, rows, columns + " | UMS=ums:.1%")
 
 
 def register_side(attack_app: typer.Typer) -> None:

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cpsample.calibration import grid
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, console, output, run_safely
+from cpsample.cli.common import call_with, check_device_option, log, output, run_safely, show, show_table
 from cpsample.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -53,52 +52,32 @@ def demo_command(
 
     RunFolder(out, "demo", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
-    settings = DemoSettings(
-        model=model,
-        classifier=classifier,
-        n_samples=n_samples,
-        steps=steps,
-        alpha=alpha,
-        scale=scale,
-        tau=tau,
-        threshold=threshold,
-        mia_members=mia_members,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        one_stage_row=one_stage_row,
-    )
+    settings = call_with(DemoSettings, locals())
     results = run_demo(out, settings)
-    table = Table(
-        title=f"demo: {n_samples} images per method, near-copy = cosine > {settings.threshold} ({settings.features})"
+    title = f"demo: {n_samples} images per method, near-copy = cosine > {settings.threshold} ({settings.features})"
+    rows = [{"method": name, **method, "cost": results["costs"][name]} for name, method in results["methods"].items()]
+    for row in rows:
+        row["copies"] = "{count}/{n}".format(**row["replication"])
+    columns = "method | near-copies=copies | share=replication.share:.1%"
+    columns += " | 95% CI from=replication.ci_low:.1% | to=replication.ci_high:.1% | FD=quality.value:.2f"
+    show_table(
+        "methods",
+        title,
+        rows,
+        columns + " | s/image=cost.seconds_per_image:.3f | denoiser calls/image=cost.denoiser_calls_per_image:.0f",
     )
-    for column in ("method", "near-copies", "share (95% CI)", "FD", "s/image", "denoiser calls/image"):
-        table.add_column(column, justify="right")
-    for name, method in results["methods"].items():
-        rep, cost = method["replication"], results["costs"][name]
-        fd = method.get("quality", {}).get("value")
-        table.add_row(
-            name,
-            f"{rep['count']}/{rep['n']}",
-            f"{rep['share']:.1%} ({rep['ci_low']:.1%}-{rep['ci_high']:.1%})",
-            "-" if fd is None else f"{fd:.2f}",
-            f"{cost['seconds_per_image']:.3f}",
-            f"{cost['denoiser_calls_per_image']:.0f}",
-        )
-    output.print(table)
-    for comparison in results.get("comparisons", []):
-        output.print(f"chi-square {comparison['baseline']} vs {comparison['method']}: p = {comparison['p_value']:.3g}")
-    membership = results.get("membership_inference")
-    if membership:
-        mia = Table(title="membership inference per threat model (AUC 0.5 = no leak)")
-        for column in ("threat model", "defence", "attack", "AUC", "TPR@1%FPR"):
-            mia.add_column(column, justify="right")
-        for row in membership["rows"]:
-            mia.add_row(
-                row["threat model"], row["defence"], row["attack"], f"{row['AUC']:.3f}", f"{row['TPR@1%FPR']:.1%}"
-            )
-        output.print(mia)
-    output.print(f"report: {Path(out) / 'report.html'}  ({results['seconds_total']:.0f}s)")
+    comparisons = results.get("comparisons", [])
+    lines = [f"chi-square {row['baseline']} vs {row['method']}: p = {row['p_value']:.3g}" for row in comparisons]
+    show("comparisons", "\n".join(lines), comparisons)
+    if results.get("membership_inference"):
+        title = "membership inference per threat model (AUC 0.5 = no leak)"
+        columns = "threat model | defence | attack | AUC:.3f | TPR@1%FPR:.1%"
+        show_table("membership_inference", title, results["membership_inference"]["rows"], columns)
+    show(
+        "report",
+        f"report: {Path(out) / 'report.html'}  ({results['seconds_total']:.0f}s)",
+        str(Path(out) / "report.html"),
+    )
 
 
 @run_safely
@@ -233,32 +212,15 @@ def calibrate_command(
     tau = UNCALIBRATED["tau"] if tau is None else tau
     model = model_for(classifier, model)
     prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
-    grid = GridSettings(
-        model=model,
-        classifier=classifier,
-        prompts=tuple(prompts),
-        cfg_scale=cfg_scale,
-        private=None if private is None else str(private),
-        batch_size=batch_size,
-        n_samples=n_samples,
-        steps=steps,
-        alphas=_floats(alphas, "--alphas"),
-        scales=_floats(scales, "--scales"),
-        tau=tau,
-        threshold=threshold,
-        quality_net=quality_net,
-        device=device,
-        seed=seed,
-        early_classifier=early_classifier,
+    settings = call_with(
+        GridSettings, locals(), prompts=tuple(prompts), private=None if private is None else str(private),
+        alphas=_floats(alphas, "--alphas"), scales=_floats(scales, "--scales"),
         early_scales=_floats(early_scales, "--early-scales"),
         staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
         denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
-        push_caps=parse_caps(push_caps),
-        late_classifiers=tuple(late_classifier or ()),
-    )
-    calibrator = Calibrator(
-        grid, goal, finalists=finalists, confirm_samples=confirm_samples, allow_vacuous=allow_vacuous
-    )
+        push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()),
+    )  # fmt: skip
+    calibrator = call_with(Calibrator, locals(), grid=settings)
     # after the options are read (a typo fails first), before any writing
     inputs = (model, classifier, quality_net, prompts_file, private, early_classifier, *(late_classifier or ()))
     RunFolder(out, "calibrate", overwrite, inputs=inputs).prepare()
@@ -272,20 +234,20 @@ class _PrintedReport:
     """Prints what Calibrator.fit() reports as it goes: the screen's table before the confirmation round starts."""
 
     def warning(self, text: str) -> None:
-        console.print(f"[bold red]warning:[/] {text}")
+        log.warning(text)
 
     def screened(self, rows: list[dict], n_samples: int) -> None:
-        output.print(_grid_table(rows, f"calibration on {n_samples} images per setting"))
+        _show_grid("screen", rows, f"calibration on {n_samples} images per setting")
 
     def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
-        console.print(
+        log.info(
             f"confirmation round: plain and the {finalists} best feasible settings again on {n_samples} fresh "
             f"images (seed {seed})"
         )
 
     def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
         pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
-        output.print(_grid_table(rows, f"confirmation: {pooled}, FD and time on the {confirm_n}"))
+        _show_grid("confirmation", rows, f"confirmation: {pooled}, FD and time on the {confirm_n}")
 
 
 def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
@@ -294,9 +256,9 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
     from cpsample.models.bundle import is_bundled
 
     if result.chosen is None:
-        console.print(
-            f"[bold red]no setting met {result.goal.describe()}[/]: try larger --alphas or --scales; nothing was "
-            "saved next to the classifier"
+        log.error(
+            f"no setting met {result.goal.describe()}: try larger --alphas or --scales; nothing was saved next to the "
+            "classifier"
         )
         raise typer.Exit(code=1)
     if result.vacuous_refused:
@@ -304,13 +266,11 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
             f"{result.vacuous}. Nothing was saved next to the classifier (the measurements are in {out}); pass "
             "--allow-vacuous to save this choice anyway"
         )
-    output.print(result.summary)
+    show("summary", result.summary)
     for warning in ([result.missed] if result.missed else []) + result.warnings:
-        console.print(f"[bold red]warning:[/] {warning}")
-    for warning in result.cost_warnings:
-        console.print(f"[yellow]cost:[/] {warning}")
-    if result.close_call_note:
-        console.print(f"[yellow]note:[/] {result.close_call_note}")
+        log.warning(warning)
+    for note in result.cost_warnings + ([result.close_call_note] if result.close_call_note else []):
+        log.info(note)
     classifier = result.grid.classifier
     if is_bundled(classifier):
         output.print(
@@ -322,43 +282,23 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
         output.print(f"saved to {path}: `cpsample {command} --classifier {classifier}` now uses it")
 
 
-def _grid_table(rows: list[dict], title: str) -> Table:
+def _show_grid(name: str, rows: list[dict], title: str) -> None:
     from cpsample.calibration.search import ONE_STAGE, PLAIN, TWO_STAGE, late_judges
 
-    table = Table(title=title)
-    for column in (
-        "guard",
-        "late judges",
-        "alpha",
-        "s",
-        "early s",
-        "cap",
-        "near-copies",
-        "share (95% CI)",
-        "steps guided",
-        "last t guided",
-        "FD",
-        "time vs plain",
-    ):
-        table.add_column(column, justify="right")
-    for row in rows:
-        early = row.get("early_scale")
-        late = late_judges(row) if row["guard"] == TWO_STAGE else "-"
-        table.add_row(
-            {PLAIN: "plain", ONE_STAGE: "1 stage", TWO_STAGE: "2 stages"}.get(row["guard"], row["guard"]),
-            late,
-            "-" if row["alpha"] is None else f"{row['alpha']:g}",
-            "-" if row["scale"] is None else f"{row['scale']:g}",
-            "-" if early is None else f"{early:g}",
-            "-" if row.get("max_push") is None else f"{row['max_push']:g}",
-            str(row["near_copies"]),
-            f"{row['near_copy_share']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})",
-            "-" if row["steps_guided"] is None else f"{row['steps_guided']:.1%}",
-            "-" if row["last_fired_t"] is None else str(row["last_fired_t"]),
-            "-" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}",
-            f"{row['time_vs_plain']:.2f}x",
-        )
-    return table
+    kinds = {PLAIN: "plain", ONE_STAGE: "1 stage", TWO_STAGE: "2 stages"}
+    rows = [
+        {
+            **row,
+            "kind": kinds.get(row["guard"], row["guard"]),
+            "late": late_judges(row) if row["guard"] == TWO_STAGE else None,
+            "share_ci": f"{row['near_copy_share']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})",
+        }
+        for row in rows
+    ]
+    columns = "guard=kind | late judges=late | alpha=alpha:g | s=scale:g | early s=early_scale:g | cap=max_push:g"
+    columns += " | near-copies=near_copies | share (95% CI)=share_ci"
+    columns += " | steps guided=steps_guided:.1% | last t guided=last_fired_t | FD=frechet_distance:.2f"
+    show_table(name, title, rows, columns + " | time vs plain=time_vs_plain:.2f")
 
 
 def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:

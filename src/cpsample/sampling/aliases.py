@@ -1,105 +1,24 @@
-"""The runs behind the old per-kind commands, kept one release beside `cpsample sample`: sample-conditional and
-sample-sd sample as `sample` does and also measure against the private images, which goes to private.json, never
-the shareable cpsample.json.
+"""The run behind `cpsample sample-sd`, kept beside `cpsample sample` until `evaluate` measures latent samples:
+it samples as `sample` does and also measures each prompt against the private images, which goes to private.json,
+never the shareable cpsample.json.
 
-    sample_conditional_run(out, "runs/cond", "0,1", 3.0, "cpsample", {}, SampleConfig(n=8), "runs/clf")
     sample_sd_run(out, "runs/tiny-sd", entries, "cpsample", "runs/latent-clf", SdOptions(), SampleConfig(n=4))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from cpsample.evaluation.measures import GuardActivity
 from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.provenance import write_record
-from cpsample.sampling.adapters import ConditionalAdapter, LatentAdapter
+from cpsample.sampling.adapters import LatentAdapter
 from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import NoGuard
 from cpsample.sampling.outputs import save_private
-from cpsample.sampling.run import SampleRun, guard_warnings, run_stats, save_outputs
-from cpsample.sampling.spec import GuardSpec
-
-# --- class-conditional ---------------------------------------------------------------------------------------
-
-
-def sample_conditional_run(
-    out: Path,
-    model: str,
-    classes: str | None,
-    cfg_scale: float,
-    guard: str,
-    guard_options: dict,
-    config: SampleConfig,
-    classifier: str | None = None,
-    feature_net: str | None = None,
-    copy_threshold: float | None = None,
-    keep_trace: bool = False,
-) -> SampleRun:
-    """sample-conditional: config.n images per class into out; with feature_net, how many keep their class; the
-    nearest-member similarity and near-copy share (pixels) in private.json. Its stats are what it prints."""
-    from cpsample.sampling.conditional import parse_classes
-
-    copy_threshold = resolve_threshold(copy_threshold, "pixels")
-    adapter = ConditionalAdapter.from_pretrained(model, config.device, config.dtype, config.scheduler)
-    wanted = parse_classes(classes, adapter.class_info)
-    settings = {
-        "model": model,
-        "classes": wanted,
-        "n_per_class": config.n,
-        "cfg_scale": cfg_scale,
-        "guard": guard,
-        "classifier": classifier,
-        **guard_options,
-        "scheduler": config.scheduler,
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "dtype": config.dtype,
-        "device": config.device,
-        "seed": config.seed,
-        "copy_threshold": copy_threshold,
-    }
-    spec = GuardSpec.create(guard, **guard_options)
-    result = generate(adapter.conditioned(wanted, cfg_scale), spec, replace(config, work_dir=out), classifier)
-    paths = save_outputs(out, result, keep_trace, result.guard_settings.get("alpha"), config.n)
-    warnings = guard_warnings(result, guard, classifier)
-    stats = {**run_stats(result), **({"warnings": warnings} if warnings else {})}
-    if feature_net:
-        stats["class_agreement"] = class_agreement_stats(feature_net, result.images, result.labels, config.device)
-    measured = member_similarity(model, result.images, copy_threshold)
-    paths.update(save_private(out, "sample-conditional", settings, measured))
-    write_record(out, "sample-conditional", settings, {**stats, **paths})
-    return SampleRun({**stats, **measured}, warnings)
-
-
-def member_similarity(model: str, images, threshold: float | None = None) -> dict:
-    """Nearest-member cosine in pixel space and the near-copy share (skipped when the members cannot be found)."""
-    from cpsample.evaluation import find_near_copies, replication_share, similarity_summary
-    from cpsample.models.bundle import training_data
-
-    try:
-        dataset, split = training_data(Path(model))
-    except FileNotFoundError:
-        return {}
-    members = dataset.take(split.members).images
-    found = find_near_copies(images, members, "pixels", threshold)
-    return {
-        "nearest_member_cosine": similarity_summary(found.similarity),
-        "near_copies": replication_share(found.similarity, found.threshold),
-    }
-
-
-def class_agreement_stats(feature_net: str, images, labels: np.ndarray, device: str) -> dict:
-    from cpsample.evaluation import class_agreement, load_feature_net
-
-    return class_agreement(load_feature_net(feature_net, device=device, channels=images.shape[1]), images, labels)
-
-
-# --- Stable Diffusion (latent space) -------------------------------------------------------------------------
+from cpsample.sampling.run import save_outputs
 
 
 @dataclass

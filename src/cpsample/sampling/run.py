@@ -2,7 +2,7 @@
 
     run = sample_run(Path("runs/s"), "runs/cond", "cpsample", {"alpha": 0.1}, SampleConfig(n=8), Conditions("0,1"))
 
-`cpsample sample` is this one call; the old per-kind commands (sample-conditional, sample-sd; see aliases.py) share
+`cpsample sample` is this one call; `sample-sd` (aliases.py), kept until `evaluate` measures latent samples, shares
 its pieces: save_outputs and run_stats.
 """
 

@@ -17,8 +17,8 @@ names cpsample-staged), a spec with no knob given builds that one. The guard cla
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 from cpsample.sampling.guards import Guard, GuardContext, GuardOptions, guard_class
 
 CALIBRATION_FILE = "calibration.json"
+logger = logging.getLogger(__name__)
 _told_uncalibrated: set[tuple] = set()
 
 
@@ -189,10 +190,9 @@ def calibrated_knobs(classifier_dir, record: dict | None, options: GuardOptions,
         _told_uncalibrated.add((str(classifier_dir), missing))
         kind = "the paper's default" if defaults is options.uncalibrated(False) else "the paper's latent-space setting"
         used = ", ".join(f"{name} {base[name]:g}" for name in missing)
-        print(
-            f"note: {classifier_dir} has no {CALIBRATION_FILE}; CPSample uses {used} ({kind}; not given). Run "
-            f"`cpsample calibrate --classifier {classifier_dir}` to choose them for this model.",
-            file=sys.stderr,
+        logger.warning(
+            f"{classifier_dir} has no {CALIBRATION_FILE}; CPSample uses {used} ({kind}; not given). Run "
+            f"`cpsample calibrate --classifier {classifier_dir}` to choose them for this model."
         )
     chosen = {name: base[name] if given.get(name) is None else given[name] for name in required}
     same_alpha = given.get("alpha") is None or given["alpha"] == base["alpha"]

@@ -14,12 +14,13 @@ from cpsample.training.loop import TrainConfig
 
 
 def prepare_training(
-    data: str, image_size: int | None, subset: int | None, seed: int, init: str | None = None, **loop_settings
-) -> tuple[ImageSet, Split, TrainConfig]:
-    """The start of every denoiser training: seed, load the data, fix the member split, loop settings.
+    data: str, image_size: int | None, subset: int | None, config: TrainConfig, init: str | None = None
+) -> tuple[ImageSet, Split]:
+    """The start of every denoiser training (after its loop settings were checked): seed, load the data, fix the
+    member split (seeded by config.seed).
 
     With `init` (a model to fine-tune), the images that model was pretrained on are kept out of the split."""
-    config = TrainConfig(seed=seed, **loop_settings)  # bad loop settings fail before the data loads
+    seed = config.seed
     if image_size is not None and image_size < 1:
         raise ValueError(f"--image-size must be at least 1, got {image_size}")
     seed_everything(seed)
@@ -29,7 +30,7 @@ def prepare_training(
     split = make_split(len(dataset), subset, seed, data, pretraining=pretraining)
     # Hashed before resizing: the source pixels are exact on every machine, a resize may differ in the last bit.
     split.members_sha256 = images_digest(dataset.take(split.members).images)
-    return resize_set(dataset, image_size).take(split.members), split, config
+    return resize_set(dataset, image_size).take(split.members), split
 
 
 def pretraining_record(init: str, data: str) -> dict:

@@ -115,7 +115,7 @@ class DelayedCFGGuard(Guard):
         if not self._mixed_this_step:
             raise ValueError(
                 f"{self.name} changes classifier-free guidance, but this model was not sampled with CFG; "
-                "use a class-conditional model (cpsample sample-conditional)"
+                "use a class-conditional model (cpsample sample --model MODEL --classes ...)"
             )
         return eps
 
