@@ -196,6 +196,27 @@ def test_bundled_feature_net_recognises_held_out_digits(mnist):
     assert record["results"]["command_line"].startswith("cpsample train-feature-net")
 
 
+def test_a_feature_net_says_when_it_measures_images_of_another_size(mnist, caplog):
+    """The 16x16 digitnet on 32x32 digits resizes them (its FD then describes them at 16x16): said once, as a
+    warning naming both sizes and what to train instead; images of its own size pass without a word."""
+    import logging
+
+    from cpsample.data import resize
+    from cpsample.evaluation import feature_net
+
+    feature_net._told_resized.clear()  # (said once per process: an earlier test may have had it said)
+    caplog.set_level(logging.INFO, logger="cpsample")
+    net = load_feature_net("bundled")
+    net(mnist.images[:8])
+    assert caplog.records == []
+    large = resize(mnist.images[:8], 32)
+    net(large)
+    net(large)
+    said = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(said) == 1 and "trained on 16x16 images; these are 32x32" in said[0]
+    assert "train-feature-net --image-size 32" in said[0]
+
+
 def test_train_feature_net_learns_and_round_trips(mnist, tmp_path):
     small = mnist.take(np.arange(0, len(mnist), 5))  # every 5th image: all ten classes (the source is sorted by class)
     net, summary = train_feature_net(small, FeatureNetTraining(epochs=3, held_out=0.2, seed=0), progress=False)

@@ -11,6 +11,7 @@ Saved as config.json + model.safetensors (no pickle) beside a cpsample.json prov
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +72,10 @@ class DigitNet(nn.Module):
         return features, self.head(features)
 
 
+_told_resized: set[tuple[str, int]] = set()  # (net, image size): said once per process
+logger = logging.getLogger(__name__)
+
+
 class FeatureNet:
     """A trained DigitNet behind the feature-extractor interface: `name`, `__call__` -> features, `predict` ->
     class."""
@@ -110,7 +115,16 @@ class FeatureNet:
                 "(`cpsample train-feature-net`), 'bundled' (picks the shipped net for their channels), "
                 "or none"
             )
-        return resize(array, self.config.image_size)
+        size = self.config.image_size
+        if array.shape[-1] != size and (self.name, array.shape[-1]) not in _told_resized:
+            _told_resized.add((self.name, array.shape[-1]))
+            logger.warning(
+                f"feature net {self.name} was trained on {size}x{size} images; these are {array.shape[-2]}x"
+                f"{array.shape[-1]} and are resized to {size}x{size} for it, so its FD and class checks see them at "
+                f"that size. For a faithful measure, train a net on images like these (`cpsample train-feature-net "
+                f"--image-size {array.shape[-1]}`)."
+            )
+        return resize(array, size)
 
     @torch.no_grad()
     def _run(self, images: ImagesLike) -> tuple[np.ndarray, np.ndarray]:
