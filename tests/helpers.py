@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from cpsample.cli.main import app
 
 # A quick sampling run of the bundled model, and a tiny denoiser trained in seconds (with checkpoints to resume).
-SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "2"]
+SAMPLE = ["sample", "--model", "bundled", "-n", "4", "--steps", "3", "--batch-size", "2"]
 TRAIN = ["train-denoiser", "--data", "mnist", "--subset", "16", "--steps", "4", "--batch-size", "4", "--channels",
          "8,16", "--save-every", "2"]  # fmt: skip
 

@@ -160,7 +160,7 @@ def test_results_go_to_stdout_and_diagnostics_to_stderr():
 
     listing = run("guards")
     assert listing.returncode == 0 and "cpsample-staged" in listing.stdout and listing.stderr == ""
-    refused = run("sample", "--guard", "nosuch", "--out", "/nonexistent/never-written")
+    refused = run("sample", "--model", "bundled", "--guard", "nosuch", "--out", "/nonexistent/never-written")
     assert refused.returncode == 2 and "unknown guard 'nosuch'" in refused.stderr and refused.stdout == ""
 
 

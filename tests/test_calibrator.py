@@ -174,8 +174,8 @@ def test_the_api_chooses_what_the_cli_chooses_and_sample_runs_what_it_saved(tmp_
     then guards with."""
     options = dict(n_samples=4, steps=3, alphas=(0.2,), scales=(10.0, 100.0), seed=2)
     code, output = cli(
-        "calibrate", "--out", tmp_path / "cli", "--n-samples", "4", "--steps", "3", "--alphas", "0.2", "--scales",
-        "10,100", "--target", "1.0", "--reduction", "0", "--seed", "2",
+        "calibrate", "--classifier", "bundled", "--out", tmp_path / "cli", "--n-samples", "4", "--steps", "3",
+        "--alphas", "0.2", "--scales", "10,100", "--target", "1.0", "--reduction", "0", "--seed", "2",
     )  # fmt: skip
     assert code == 0, output
     by_cli = json.loads((tmp_path / "cli" / RUN_RECORD).read_text())
@@ -195,8 +195,43 @@ def test_the_api_chooses_what_the_cli_chooses_and_sample_runs_what_it_saved(tmp_
     saved = json.loads(result.save_pretrained(classifier).read_text())
     assert saved["settings"] == result.knobs and saved["settings"]["scale"] == by_cli["chosen"]["scale"]
     code, output = cli(
-        "sample", "--guard", "cpsample", "--classifier", classifier, "-n", "2", "--steps", "3", "--out", tmp_path / "s"
+        "sample",
+        "--model",
+        "bundled",
+        "--guard",
+        "cpsample",
+        "--classifier",
+        classifier,
+        "-n",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        tmp_path / "s",
     )
     assert code == 0 and "no calibration.json" not in output, output
     key = json.loads((tmp_path / "s" / "batches" / "settings.json").read_text())
     assert key["guard_settings"] == {"guard": "cpsample", **saved["settings"]}
+
+
+def test_calibrate_samples_the_model_its_classifier_was_trained_for_never_a_stand_in(tmp_path):
+    """Left out, --model is the model the classifier protects: a bundled classifier's own bundled model, else the
+    denoiser its record names; a classifier that names none is refused (it used to fall back to the MNIST demo)."""
+    import json
+    import shutil
+
+    from cpsample.calibration.search import model_for
+    from cpsample.models.bundle import resolve_model_dir
+
+    assert model_for("bundled") == "bundled" and model_for("bundled-rgb") == "bundled-rgb"
+    assert model_for("bundled-rgb", "runs/mine") == "runs/mine"
+    mine = tmp_path / "clf"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), mine)
+    record = json.loads((mine / "cpsample.json").read_text())
+    record["settings"]["denoiser"] = str(tmp_path / "den")
+    (mine / "cpsample.json").write_text(json.dumps(record))
+    assert model_for(str(mine)) == str(tmp_path / "den")
+    del record["settings"]["denoiser"]
+    (mine / "cpsample.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="does not record the model it protects; give --model"):
+        model_for(str(mine))

@@ -428,7 +428,9 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
     assert found.similarity.max() < 0.999
     assert record["results"]["headline"]["guarded"]["near_copy_share"] == pytest.approx(found.copies.mean())
     assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # the yardstick's default, recorded
-    bad = runner.invoke(app, ["evaluate", "--samples", "no-equals-sign", "--out", str(tmp_path / "bad")])
+    bad = runner.invoke(
+        app, ["evaluate", "--model", "bundled", "--samples", "no-equals-sign", "--out", str(tmp_path / "bad")]
+    )
     assert bad.exit_code == 2 and "name=path" in bad.output
     trained = runner.invoke(
         app,

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from helpers import checksums, cli
 
-SAMPLE = ["sample", "-n", "8", "--steps", "5", "--batch-size", "4"]
+SAMPLE = ["sample", "--model", "bundled", "-n", "8", "--steps", "5", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def sampled(tmp_path_factory):
 @pytest.mark.parametrize(
     "command",
     [
-        ["evaluate", "--samples", "plain={samples}"],
-        ["attack", "sample-nn", "--samples", "{samples}"],
+        ["evaluate", "--model", "bundled", "--samples", "plain={samples}"],
+        ["attack", "sample-nn", "--model", "bundled", "--samples", "{samples}"],
     ],
 )
 @pytest.mark.parametrize("where", ["same folder", "parent folder"])
@@ -90,10 +90,31 @@ def other_members(tmp_path_factory):
     return folder
 
 
-MIA = ["attack", "mia", "--guard", "cpsample", "--members", "4", "--nonmembers", "4", "--t", "100", "--draws", "1"]
+MIA = [
+    "attack",
+    "mia",
+    "--model",
+    "bundled",
+    "--guard",
+    "cpsample",
+    "--classifier",
+    "bundled",
+    "--members",
+    "4",
+    "--nonmembers",
+    "4",
+    "--t",
+    "100",
+    "--draws",
+    "1",
+]
 SIDE = [
     "attack",
     "side",
+    "--model",
+    "bundled",
+    "--classifier",
+    "bundled",
     "--defence",
     "cpsample",
     "--clusters",

@@ -17,9 +17,26 @@ from helpers import SAMPLE, TRAIN
 from helpers import cli as run_cli
 from safetensors.torch import load_file
 
-EVALUATE = ["evaluate", "--permutation-rounds", "10", "--quality-net", "none"]
-SAMPLE_NN = ["attack", "sample-nn", "--members", "8"]
-MIA = ["attack", "mia", "--guard", "cpsample", "--attack", "loss", "--t", "100", "--members", "4", "--draws", "1"]
+EVALUATE = ["evaluate", "--model", "bundled", "--permutation-rounds", "10", "--quality-net", "none"]
+SAMPLE_NN = ["attack", "sample-nn", "--model", "bundled", "--members", "8"]
+MIA = [
+    "attack",
+    "mia",
+    "--model",
+    "bundled",
+    "--guard",
+    "cpsample",
+    "--classifier",
+    "bundled",
+    "--attack",
+    "loss",
+    "--t",
+    "100",
+    "--members",
+    "4",
+    "--draws",
+    "1",
+]
 
 
 def cli(*args):
@@ -314,6 +331,8 @@ def test_a_full_disk_while_training_a_classifier_resumes(tmp_path, monkeypatch):
 
     command = [
         "train-classifier",
+        "--denoiser",
+        "bundled",
         "--steps",
         "4",
         "--batch-size",
@@ -369,7 +388,9 @@ def test_a_calibrated_alpha_of_5_blames_the_file_not_a_flag(tmp_path, classifier
         f"rerun `cpsample calibrate --classifier {classifier_copy}`",
     )
     assert "--alpha" not in output
-    code, output = cli(*SAMPLE, "--guard", "cpsample", "--alpha", "5", "--out", tmp_path / "o")
+    code, output = cli(
+        *SAMPLE, "--guard", "cpsample", "--classifier", "bundled", "--alpha", "5", "--out", tmp_path / "o"
+    )
     one_line_error(code, output, "--alpha must lie in [0, 0.5]")  # a flag given is still named as the flag
 
 

@@ -55,7 +55,7 @@ def digests(tmp_path_factory):
     root = tmp_path_factory.mktemp("golden")
     found = {}
     for name, args in PIXEL.items():
-        model = [] if "--model" in args else ["--model", "bundled"]
+        model = [] if "--model" in args else ["--model", "bundled", "--classifier", "bundled"]
         found[name] = _run(root / name, "sample", *model, *QUICK, *args)
     # A tiny class-conditional model and its classifier, trained in seconds by the CLI (training is seeded).
     model, clf = root / "cond-model", root / "cond-clf"

@@ -70,7 +70,24 @@ def test_library_and_cli_use_the_same_defaults(tmp_path):
     }
     for guard in ("cpsample", "amg"):
         out = tmp_path / guard
-        result = CliRunner().invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--guard", guard])
+        result = CliRunner().invoke(
+            app,
+            [
+                "sample",
+                "--model",
+                "bundled",
+                "--classifier",
+                "bundled",
+                "--out",
+                str(out),
+                "-n",
+                "2",
+                "--steps",
+                "2",
+                "--guard",
+                guard,
+            ],
+        )
         assert result.exit_code == 0, result.output
         expected = generate(n=2, steps=2, guard=guard, progress=False).guard_settings
         assert _recorded_guard_settings(out) == json.loads(json.dumps(expected))
@@ -85,6 +102,8 @@ def test_cli_option_sets_any_declared_option_and_refuses_others(tmp_path):
         app,
         [
             "sample",
+            "--model",
+            "bundled",
             "--out",
             str(out),
             "-n",
@@ -102,10 +121,25 @@ def test_cli_option_sets_any_declared_option_and_refuses_others(tmp_path):
     assert result.exit_code == 0, result.output
     recorded = _recorded_guard_settings(out)
     assert recorded["threshold"] == 0.9 and recorded["despecify"] is False
-    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "amg", "--alpha", "0.1"])
+    result = CliRunner().invoke(
+        app, ["sample", "--model", "bundled", "--out", str(tmp_path / "bad"), "--guard", "amg", "--alpha", "0.1"]
+    )
     assert result.exit_code != 0 and "has no option alpha" in result.output
     result = CliRunner().invoke(
-        app, ["sample", "--out", str(tmp_path / "bad"), "--guard", "cpsample", "-o", "alpha=x"]
+        app,
+        [
+            "sample",
+            "--model",
+            "bundled",
+            "--classifier",
+            "bundled",
+            "--out",
+            str(tmp_path / "bad"),
+            "--guard",
+            "cpsample",
+            "-o",
+            "alpha=x",
+        ],
     )
     assert result.exit_code != 0 and "expected float" in result.output
 
@@ -136,7 +170,22 @@ def test_a_new_guard_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     monkeypatch.setitem(GUARDS, "damp", DampGuard)
     out = tmp_path / "damp"
     result = CliRunner().invoke(
-        app, ["sample", "--out", str(out), "-n", "2", "--steps", "3", "--guard", "damp", "-o", "factor=0.0"]
+        app,
+        [
+            "sample",
+            "--model",
+            "bundled",
+            "--out",
+            str(out),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--guard",
+            "damp",
+            "-o",
+            "factor=0.0",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert _recorded_guard_settings(out) == {"guard": "damp", "factor": 0.0}

@@ -47,7 +47,18 @@ def test_calibrate_refuses_to_save_a_cut_of_nothing(tmp_path, classifier):
 def test_calibrate_and_sample_say_when_the_classifier_never_fit(tmp_path, classifier):
     unfit(classifier)
     code, output = cli(
-        "sample", "-n", "2", *BLUR, "--guard", "cpsample", "--classifier", classifier, "--out", tmp_path / "s"
+        "sample",
+        "--model",
+        "bundled",
+        "-n",
+        "2",
+        *BLUR,
+        "--guard",
+        "cpsample",
+        "--classifier",
+        classifier,
+        "--out",
+        tmp_path / "s",
     )
     assert code == 0 and "did not fit its members' labels (low-noise loss 0.670" in output, output
     assert "did not fit" in json.loads((tmp_path / "s" / "cpsample.json").read_text())["results"]["warnings"][0]
@@ -71,11 +82,41 @@ def test_calibrate_and_sample_say_when_the_classifier_never_fit(tmp_path, classi
 
 
 def test_a_guard_that_never_fired_is_said_and_one_that_fired_is_not(tmp_path):
-    code, output = cli("sample", "-n", "2", *BLUR, "--guard", "cpsample", "--alpha", "0", "--out", tmp_path / "idle")
+    code, output = cli(
+        "sample",
+        "--model",
+        "bundled",
+        "--classifier",
+        "bundled",
+        "-n",
+        "2",
+        *BLUR,
+        "--guard",
+        "cpsample",
+        "--alpha",
+        "0",
+        "--out",
+        tmp_path / "idle",
+    )
     assert code == 0 and "never fired on any of the 2 samples at any of the 3 steps" in output, output
     record = json.loads((tmp_path / "idle" / "cpsample.json").read_text())["results"]
     assert record["share_of_steps_guided"] == 0.0 and "never fired" in record["warnings"][0]
-    code, output = cli("sample", "-n", "2", *BLUR, "--guard", "cpsample", "--alpha", "0.5", "--out", tmp_path / "on")
+    code, output = cli(
+        "sample",
+        "--model",
+        "bundled",
+        "--classifier",
+        "bundled",
+        "-n",
+        "2",
+        *BLUR,
+        "--guard",
+        "cpsample",
+        "--alpha",
+        "0.5",
+        "--out",
+        tmp_path / "on",
+    )
     assert code == 0 and "warning" not in output, output
     assert "warnings" not in json.loads((tmp_path / "on" / "cpsample.json").read_text())["results"]
 
@@ -83,15 +124,31 @@ def test_a_guard_that_never_fired_is_said_and_one_that_fired_is_not(tmp_path):
 def test_evaluate_says_a_baseline_without_near_copies_proves_no_cut(tmp_path):
     from cpsample.models import DiffusionModel
 
-    assert cli("sample", "-n", "6", *BLUR, "--out", tmp_path / "blur")[0] == 0
+    assert cli("sample", "--model", "bundled", "-n", "6", *BLUR, "--out", tmp_path / "blur")[0] == 0
     members = tmp_path / "members.npz"
     np.savez(members, images=DiffusionModel.from_pretrained("bundled").members.images[:6])
     blur = tmp_path / "blur" / "samples.npz"
     code, output = cli(
-        "evaluate", "--samples", f"plain={blur}", "--samples", f"other={members}", "--out", tmp_path / "e"
+        "evaluate",
+        "--model",
+        "bundled",
+        "--samples",
+        f"plain={blur}",
+        "--samples",
+        f"other={members}",
+        "--out",
+        tmp_path / "e",
     )
     assert code == 0 and "the baseline 'plain' made 0 near-copies of 6 images" in output, output
     code, output = cli(
-        "evaluate", "--samples", f"copies={members}", "--samples", f"plain={blur}", "--out", tmp_path / "e2"
+        "evaluate",
+        "--model",
+        "bundled",
+        "--samples",
+        f"copies={members}",
+        "--samples",
+        f"plain={blur}",
+        "--out",
+        tmp_path / "e2",
     )
     assert code == 0 and "warning" not in output, output

@@ -320,6 +320,10 @@ def test_mia_cli_attacks_the_calibrated_two_stage_default(tmp_path, attack_app):
         [
             "attack",
             "mia",
+            "--model",
+            "bundled",
+            "--classifier",
+            "bundled",
             "--guard",
             "cpsample",
             "--out",

@@ -99,23 +99,27 @@ def test_cpsample_guards_lists_the_plugin_and_its_option(installed):
 
 
 def test_sample_runs_the_plugin_by_name(installed):
-    code, output = cli("sample", "-n", N, "--steps", STEPS, "--seed", SEED, "--guard", "shrink", "--scale", "0.2",
-                       "--out", installed / "shrunk")  # fmt: skip
+    code, output = cli("sample", "--model", "bundled", "-n", N, "--steps", STEPS, "--seed", SEED, "--guard", "shrink",
+                       "--scale", "0.2", "--out", installed / "shrunk")  # fmt: skip
     assert code == 0, output
-    code, output = cli("sample", "-n", N, "--steps", STEPS, "--seed", SEED, "--out", installed / "plain")
+    code, output = cli(
+        "sample", "--model", "bundled", "-n", N, "--steps", STEPS, "--seed", SEED, "--out", installed / "plain"
+    )
     assert code == 0, output
     record = json.loads((installed / "shrunk" / "cpsample.json").read_text())
     assert record["settings"]["guard_settings"] == {"guard": "shrink", "scale": 0.2}
     shrunk, plain = (np.load(installed / name / "samples.npz")["images"] for name in ("shrunk", "plain"))
     assert not np.array_equal(shrunk, plain)
-    code, output = cli("sample", "--guard", "shrink", "--scale", "1.5", "--out", installed / "bad")
+    code, output = cli(
+        "sample", "--model", "bundled", "--guard", "shrink", "--scale", "1.5", "--out", installed / "bad"
+    )
     assert code != 0 and "--scale must lie in [0, 1)" in output, "the plugin's own validation runs"
 
 
 def test_protect_applies_the_plugin_inside_a_diffusers_pipeline(installed):
     """protect(pipe, classifier, guard="shrink") gives what `cpsample sample --guard shrink` writes, bit for bit."""
-    code, output = cli("sample", "-n", N, "--steps", STEPS, "--seed", SEED, "--batch-size", N, "--guard", "shrink",
-                       "--scale", "0.2", "--out", installed / "cli")  # fmt: skip
+    code, output = cli("sample", "--model", "bundled", "-n", N, "--steps", STEPS, "--seed", SEED, "--batch-size", N,
+                       "--guard", "shrink", "--scale", "0.2", "--out", installed / "cli")  # fmt: skip
     assert code == 0, output
     unet, schedule = load_denoiser(resolve_model_dir("bundled", "denoiser"))
     pipe = DDIMPipeline(unet=unet, scheduler=make_scheduler("ddim", schedule.config, STEPS))

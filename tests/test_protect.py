@@ -70,6 +70,10 @@ def test_protected_pipeline_matches_the_sample_command_bit_for_bit(bundled, tmp_
     out = tmp_path / "cli"
     command = [
         "sample",
+        "--model",
+        "bundled",
+        "--classifier",
+        "bundled",
         "--guard",
         "cpsample",
         "-n",

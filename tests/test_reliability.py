@@ -14,7 +14,15 @@ from helpers import SAMPLE, TRAIN, checksums, cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-GUARDED = [*SAMPLE, "--guard", "cpsample", "--alpha", "0.5"]  # alpha 0.5: the guard acts at every step
+GUARDED = [
+    *SAMPLE,
+    "--guard",
+    "cpsample",
+    "--classifier",
+    "bundled",
+    "--alpha",
+    "0.5",
+]  # alpha 0.5: the guard acts at every step
 
 
 def images(folder):
@@ -383,7 +391,19 @@ def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
 # --- issue 32: never destroy a user's work --------------------------------------------------------------------------
 
 
-CLASSIFIER = ["train-classifier", "--steps", "2", "--relabel-after", "1", "--batch-size", "4", "--channels", "8,16"]
+CLASSIFIER = [
+    "train-classifier",
+    "--denoiser",
+    "bundled",
+    "--steps",
+    "2",
+    "--relabel-after",
+    "1",
+    "--batch-size",
+    "4",
+    "--channels",
+    "8,16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -412,10 +432,10 @@ def refused_commands(out, dummy):
     """Every command that takes --out, with just enough options to reach its --out check."""
     return {
         "sample": [*SAMPLE, "--out", out],
-        "evaluate": ["evaluate", "--samples", f"a={dummy}", "--out", out],
-        "attack mia": ["attack", "mia", "--out", out],
-        "attack side": ["attack", "side", "--out", out],
-        "calibrate": ["calibrate", "--steps", "3", "--out", out],
+        "evaluate": ["evaluate", "--model", "bundled", "--samples", f"a={dummy}", "--out", out],
+        "attack mia": ["attack", "mia", "--model", "bundled", "--out", out],
+        "attack side": ["attack", "side", "--model", "bundled", "--out", out],
+        "calibrate": ["calibrate", "--classifier", "bundled", "--steps", "3", "--out", out],
         "demo": ["demo", "--out", out],
         "make-tiny-sd": ["make-tiny-sd", "--out", out],
         "sample-sd": ["sample-sd", "--pipeline", dummy, "--prompt", "x", "--guard", "none", "--out", out],
@@ -423,7 +443,7 @@ def refused_commands(out, dummy):
         "train-latent-classifier": ["train-latent-classifier", "--pipeline", dummy, "--images", dummy, "--out", out],
         "train-denoiser": [*TRAIN, "--out", out],
         "train-classifier": [*CLASSIFIER, "--out", out],
-        "train-conditional": ["train-conditional", "--subset", "16", "--steps", "2", "--out", out],
+        "train-conditional": ["train-conditional", "--data", "mnist", "--subset", "16", "--steps", "2", "--out", out],
     }
 
 
@@ -528,6 +548,8 @@ def test_sample_overwrite_into_an_evaluate_folder_removes_its_private_report(tmp
     report = tmp_path / "report"
     code, output = cli(
         "evaluate",
+        "--model",
+        "bundled",
         "--samples",
         f"plain={samples / 'samples.npz'}",
         "--quality-net",
@@ -634,7 +656,7 @@ def test_a_unet_whose_sample_size_was_edited_is_refused(trained, tmp_path):
 
 
 def test_an_absurd_sample_count_is_refused_up_front(tmp_path):
-    code, output = cli("sample", "-n", str(10**12), "--out", tmp_path / "s")
+    code, output = cli("sample", "--model", "bundled", "-n", str(10**12), "--out", tmp_path / "s")
     assert code == 2 and "GiB" in output
     assert not (tmp_path / "s").exists()
 
@@ -643,7 +665,8 @@ def test_an_absurd_sample_count_is_refused_up_front(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "command", [SAMPLE, ["train-feature-net", "--data", "digits", "--epochs", "1"], ["attack", "mia"]]
+    "command",
+    [SAMPLE, ["train-feature-net", "--data", "digits", "--epochs", "1"], ["attack", "mia", "--model", "bundled"]],
 )
 def test_device_meta_gives_one_line(tmp_path, command):
     code, output = cli(*command, "--device", "meta", "--out", tmp_path / "o")
@@ -688,7 +711,7 @@ def test_a_damaged_pipeline_gives_one_line(works, tmp_path, damage):
 @pytest.mark.parametrize(
     "command, option",
     [
-        (["calibrate", "--steps", "0"], "--steps"),
+        (["calibrate", "--classifier", "bundled", "--steps", "0"], "--steps"),
         (["train-feature-net", "--data", "digits", "--image-size", "0"], "--image-size"),
         (["demo", "--batch-size", "0"], "--batch-size"),
         ([*SAMPLE, "--seed", str(2**40)], "--seed"),
@@ -721,7 +744,7 @@ def test_bad_npz_files_give_one_clear_line(tmp_path, content, message):
         np.savez(path, images=np.zeros((0, 1, 8, 8), dtype=np.float32))
     else:
         np.savez(path, images=np.array([np.zeros((8, 8)), 1], dtype=object))
-    for command in ([*TRAIN, "--data", path], ["evaluate", "--samples", f"a={path}"]):
+    for command in ([*TRAIN, "--data", path], ["evaluate", "--model", "bundled", "--samples", f"a={path}"]):
         code, output = cli(*command, "--out", tmp_path / "o")
         assert code == 2 and "bad.npz" in output and message in output, output
         assert not (tmp_path / "o").exists()

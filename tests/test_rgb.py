@@ -29,7 +29,7 @@ TRAIN = [
     "8,16",
 ]
 CLASSIFIER = ["--steps", "2", "--relabel-after", "1", "--batch-size", "8", "--channels", "8,16"]
-SAMPLE = ["sample", "-n", "4", "--steps", "3", "--batch-size", "4"]
+SAMPLE = ["sample", "--model", "bundled", "-n", "4", "--steps", "3", "--batch-size", "4"]
 
 
 def cli(*args):

@@ -147,6 +147,8 @@ def test_cli_attacks_every_set_of_a_demo_style_npz_and_named_files(tmp_path, bun
         [
             "attack",
             "sample-nn",
+            "--model",
+            "bundled",
             "--samples",
             str(tmp_path / "demo_samples.npz"),
             "--samples",
@@ -198,7 +200,7 @@ def test_cli_rejects_bad_input_clearly(tmp_path, bundled, attack_app):
     _, _, members, _ = bundled
     np.savez(tmp_path / "small.npz", images=np.zeros((3, 1, 8, 8), dtype=np.float32))
     np.savez(tmp_path / "samples.npz", images=members[:5])
-    base = ["attack", "sample-nn", "--out", str(tmp_path / "out")]
+    base = ["attack", "sample-nn", "--model", "bundled", "--out", str(tmp_path / "out")]
     for arguments, message in (
         (base + ["--samples", str(tmp_path / "nope.npz")], "does not exist"),
         (base + ["--samples", str(tmp_path / "small.npz")], "samples have shape"),

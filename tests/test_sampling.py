@@ -102,6 +102,10 @@ def test_sample_cli_writes_grid_npz_trace_and_record(tmp_path):
         app,
         [
             "sample",
+            "--model",
+            "bundled",
+            "--classifier",
+            "bundled",
             "--out",
             str(out),
             "-n",
@@ -130,7 +134,9 @@ def test_sample_cli_writes_grid_npz_trace_and_record(tmp_path):
 
 
 def test_sample_cli_rejects_bad_input_clearly(tmp_path):
-    result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path), "--scheduler", "euler-magic"])
+    result = CliRunner().invoke(
+        app, ["sample", "--model", "bundled", "--out", str(tmp_path), "--scheduler", "euler-magic"]
+    )
     assert result.exit_code == 2 and "unknown scheduler" in result.output
     result = CliRunner().invoke(app, ["sample", "--out", str(tmp_path), "--model", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no denoiser" in result.output

@@ -174,6 +174,10 @@ def test_sample_command_runs_the_staged_guard_and_records_both_stages(tmp_path):
         app,
         [
             "sample",
+            "--model",
+            "bundled",
+            "--classifier",
+            "bundled",
             "--guard",
             "cpsample-staged",
             "-n",
@@ -398,6 +402,8 @@ def test_calibrate_lets_two_stages_compete_and_saves_the_winner_as_the_default(t
         app,
         [
             "sample",
+            "--model",
+            "bundled",
             "--guard",
             "cpsample",
             "--classifier",
@@ -533,6 +539,8 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
         app,
         [
             "sample",
+            "--model",
+            "bundled",
             "--guard",
             "cpsample",
             "--classifier",

@@ -361,6 +361,8 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
         app,
         [
             "calibrate",
+            "--classifier",
+            "bundled",
             "--out",
             str(out),
             "--n-samples",
@@ -401,6 +403,8 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
         app,
         [
             "calibrate",
+            "--classifier",
+            "bundled",
             "--out",
             str(out / "screen"),
             "--n-samples",
@@ -424,7 +428,7 @@ def test_calibrate_cli_measures_every_setting_and_reports_its_choice(tmp_path):
     assert screen_only.exit_code == 0, screen_only.output
     report = json.loads((out / "screen" / "calibration_run.json").read_text())
     assert "confirmation" not in report and report["chosen"] in report["rows"][1:]
-    bad = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--alphas", "a,b"])
+    bad = CliRunner().invoke(app, ["calibrate", "--classifier", "bundled", "--out", str(out), "--alphas", "a,b"])
     assert bad.exit_code == 2 and "--alphas" in bad.output
 
 
@@ -479,7 +483,20 @@ def test_calibrate_with_a_real_goal_saves_the_best_feasible_setting_and_it_holds
     # re-measured: plain and the saved default from the same fresh noise (seed 77: neither round saw it)
     for name, guard in (("plain", []), ("guarded", ["--guard", "cpsample", "--classifier", str(classifier)])):
         result = runner.invoke(
-            app, ["sample", "-n", "200", *steps, "--seed", "77", *guard, "--out", str(tmp_path / name)]
+            app,
+            [
+                "sample",
+                "--model",
+                "bundled",
+                "-n",
+                "200",
+                *steps,
+                "--seed",
+                "77",
+                *guard,
+                "--out",
+                str(tmp_path / name),
+            ],
         )
         assert result.exit_code == 0, result.output
     key = json.loads((tmp_path / "guarded" / "batches" / "settings.json").read_text())
@@ -504,6 +521,8 @@ def test_calibration_travels_with_the_classifier(tmp_path):
         app,
         [
             "sample",
+            "--model",
+            "bundled",
             "--guard",
             "cpsample",
             "--classifier",
@@ -547,6 +566,8 @@ def test_calibration_travels_with_the_classifier(tmp_path):
         app,
         [
             "sample",
+            "--model",
+            "bundled",
             "--guard",
             "cpsample",
             "--classifier",
@@ -566,6 +587,8 @@ def test_calibration_travels_with_the_classifier(tmp_path):
         app,
         [
             "sample",
+            "--model",
+            "bundled",
             "--guard",
             "cpsample",
             "--classifier",
@@ -620,43 +643,55 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
     assert parse_caps(defaults["push_caps"]) == tuple(grid.push_caps) == (None, 1.0, 1.25, 1.5, 2.0)
 
 
-def test_readme_commands_use_only_options_the_cli_has():
-    """Every `cpsample ...` line of the README (the "Protect your own model in 3 steps" flow, "Measure copying", the
-    fresh-machine demo) names a command that exists and only options it takes, so what a new user copies cannot
-    drift from the CLI."""
+def test_documented_commands_use_only_options_the_cli_has_and_every_required_one():
+    """Every `cpsample ...` line of README.md and docs/*.md (the "Protect your own model in 3 steps" flow, "Measure
+    copying", the fresh-machine demo, each doc's recipes; a line ending in a backslash continues) names a command that
+    exists, only options it takes, and every option it requires, so what a new user copies runs as written."""
     import shlex
     from pathlib import Path
 
     import typer
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    root_dir = Path(__file__).resolve().parent.parent
+    readme = (root_dir / "README.md").read_text()
 
     def commands(text: str) -> list[str]:
-        found = []
-        for line in text.splitlines():
+        found, fenced = [], False
+        for line in text.replace("\\\n", " ").splitlines():
+            fenced ^= line.strip().startswith("```")
+            if not (fenced or line.startswith("    ")):  # code blocks only (prose wraps its inline commands)
+                continue
             line = line.strip().split("&& ")[-1]
+            for prefix in ("OMP_NUM_THREADS=1 ", "nice -n 19 "):
+                line = line.removeprefix(prefix)
             if line.startswith("cpsample "):
-                found.append(line)
+                found.append(line.split(" > ")[0].split(" 2>")[0])
         return found
 
     flow = readme.split("## Protect your own model in 3 steps", 1)[1].split("\n## ", 1)[0]
     measure = readme.split("## Measure copying", 1)[1].split("\n## ", 1)[0]
     assert len(commands(flow)) >= 7 and len(commands(measure)) >= 3
-    calibration = (Path(__file__).resolve().parent.parent / "docs" / "calibration.md").read_text()
-    assert len(commands(calibration)) >= 10  # the same flow, annotated step by step
-    extending = (Path(__file__).resolve().parent.parent / "docs" / "extending.md").read_text()
-    lines = commands(readme) + commands(calibration) + commands(extending)
-    assert any(line.startswith("cpsample demo ") for line in lines)
+    assert len(commands((root_dir / "docs" / "calibration.md").read_text())) >= 10  # the flow, step by step
+    lines = commands(readme) + [
+        line for doc in sorted((root_dir / "docs").glob("*.md")) for line in commands(doc.read_text())
+    ]
+    assert any(line.startswith("cpsample demo ") for line in lines) and len(lines) >= 20
     root = typer.main.get_command(app)
     for line in lines:
         words = shlex.split(line)[1:]
         command = root
-        while hasattr(command, "commands"):  # a group (`attack`): the next word names its command
+        while hasattr(command, "commands"):  # the app or a group (`attack`): the next word names its command
+            while words and words[0].startswith("--"):  # the app's own options (--json)
+                words.pop(0)
             command = command.commands.get(words.pop(0))
             assert command is not None, line
+        if "--help" in words:
+            continue
         known = {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
-        given = {word for word in words if word.startswith("-")}
+        given = {word.split("=")[0] for word in words if word.startswith("-")}
         assert given <= known, (line, given - known)
+        missing = [param.opts[0] for param in command.params if param.required and not set(param.opts) & given]
+        assert not missing, (line, missing)
 
 
 def test_readme_fresh_machine_keeps_the_two_commands_ci_runs():

@@ -48,6 +48,15 @@ def recorded_command(folder: str | Path, name: str = "cpsample.json") -> str | N
         return "unreadable"
 
 
+def recorded_settings(folder: str | Path, name: str = "cpsample.json") -> dict:
+    """The settings a folder's provenance record holds; {} without a readable one."""
+    try:
+        settings = json.loads((Path(folder) / name).read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
 def command_line(command: str, options: dict) -> str:
     """The exact `cpsample ...` invocation that reproduces a run, for the provenance record."""
     parts = ["cpsample", command]

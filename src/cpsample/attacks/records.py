@@ -13,7 +13,7 @@ def mia_into(
     out: Path,
     model: str = "bundled",
     guard: str = "none",
-    classifier: str = "bundled",
+    classifier: str | None = None,
     alpha: float | None = None,
     scale: float | None = None,
     tau: float | None = None,
@@ -30,6 +30,9 @@ def mia_into(
 ) -> dict:
     """`cpsample attack mia`: run_mia with the command's options, saved by save_mia; returns run_mia's results."""
     from cpsample.attacks.mia import run_mia
+    from cpsample.sampling.spec import require_classifier
+
+    require_classifier(guard, classifier)
 
     settings = {
         "model": model,
@@ -118,7 +121,7 @@ def side_into(
     config,
     model: str = "bundled",
     defence: str = "none",
-    classifier: str = "bundled",
+    classifier: str | None = None,
     alpha: float | None = None,
     scale: float | None = None,
     tau: float | None = None,
@@ -127,6 +130,9 @@ def side_into(
     """`cpsample attack side`: run_side with config (a SideConfig; its seed seeds the run), working in out and saved
     by save_side; returns the SideResult."""
     from cpsample.attacks.side import run_side
+    from cpsample.sampling.spec import require_classifier
+
+    require_classifier(defence, classifier, "--defence")
 
     seed_everything(config.seed)
     settings = {

@@ -51,11 +51,20 @@ PLAIN, ONE_STAGE, TWO_STAGE = NoGuard.name, CPSampleGuard.name, StagedCPSampleGu
 
 def model_for(classifier: str, model: str | None = None) -> str:
     """The model a calibration samples: the one given, else the Stable Diffusion pipeline a latent classifier was
-    trained for, else the bundled denoiser."""
-    from cpsample.models.bundle import BUNDLED
+    trained for, else the denoiser the classifier was trained on (its cpsample.json); never a silent stand-in."""
+    from cpsample.models.bundle import BUNDLED_MODELS
+    from cpsample.provenance import recorded_settings
     from cpsample.training.latent_classifier import pipeline_of
 
-    return model or pipeline_of(resolve_model_dir(classifier, "classifier")) or BUNDLED
+    if model:
+        return model
+    if str(classifier) in BUNDLED_MODELS:  # a bundled classifier protects the bundled model of its name
+        return str(classifier)
+    folder = resolve_model_dir(classifier, "classifier")
+    recorded = pipeline_of(folder) or recorded_settings(folder).get("denoiser")
+    if not recorded:
+        raise ValueError(f"{classifier} does not record the model it protects; give --model")
+    return recorded
 
 
 @dataclass

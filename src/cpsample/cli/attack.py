@@ -23,11 +23,13 @@ attack_app = typer.Typer(
 @run_safely
 def mia_command(
     out: opt.AttackOut,
-    model: opt.Denoiser = "bundled",
+    model: opt.Denoiser,
     guard: Annotated[
         str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")
     ] = "none",
-    classifier: Annotated[str, typer.Option(help="Classifier folder for --guard cpsample, or 'bundled'.")] = "bundled",
+    classifier: Annotated[
+        Optional[str], typer.Option(help="Classifier folder for --guard cpsample ('bundled' for the bundled model).")
+    ] = None,
     alpha: opt.Alpha = None,
     scale: opt.Scale = None,
     tau: opt.Tau = None,
@@ -84,7 +86,7 @@ def sample_nn_command(
         ),
     ],
     out: opt.AttackOut,
-    model: opt.Denoiser = "bundled",
+    model: opt.Denoiser,
     members: opt.Members = None,
     nonmembers: opt.Nonmembers = None,
     features: opt.Features = "pixels",

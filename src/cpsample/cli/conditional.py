@@ -51,9 +51,7 @@ def train_conditional_command(
     out: Annotated[
         Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/, split.json, cpsample.json).")
     ],
-    data: Annotated[
-        str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")
-    ] = "mnist",
+    data: Annotated[str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")],
     image_size: opt.ImageSize = 16,
     subset: opt.Subset = None,
     steps: opt.Steps = 10000,

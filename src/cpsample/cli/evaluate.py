@@ -36,7 +36,7 @@ def evaluate_command(
     out: Annotated[
         Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")
     ],
-    model: opt.Denoiser = "bundled",
+    model: opt.Denoiser,
     features: opt.Features = "pixels",
     threshold: opt.NearCopyThreshold = None,
     quality_net: Annotated[
@@ -81,7 +81,7 @@ def train_feature_net_command(
         typer.Option(
             help="'mnist', 'digits', 'twemoji' (six categories), or an .npz with 'labels' (real class labels needed)."
         ),
-    ] = "mnist",
+    ],
     image_size: Annotated[
         Optional[int], typer.Option(help="Resize images to this square size (match your samples).")
     ] = 16,

@@ -39,7 +39,7 @@ def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/).")],
     data: Annotated[
         str, typer.Option(help="'mnist', 'digits', 'twemoji' (32x32 RGB), a folder of PNG/JPG, or an .npz file.")
-    ] = "mnist",
+    ],
     image_size: opt.ImageSize = 16,
     subset: opt.Subset = None,
     steps: opt.Steps = 10000,
@@ -82,7 +82,7 @@ def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Output folder for the classifier.")],
     denoiser: Annotated[
         str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")
-    ] = "bundled",
+    ],
     recipe: Annotated[
         str,
         typer.Option(
@@ -182,7 +182,7 @@ def sample_command(
             help="Denoiser folder or 'bundled'; a class-conditional model (from train-conditional, sampled with "
             "--classes) or a Stable Diffusion pipeline folder (model_index.json, sampled with --prompt)."
         ),
-    ] = "bundled",
+    ],
     n: Annotated[
         Optional[int],
         typer.Option(
@@ -211,8 +211,8 @@ def sample_command(
     classifier: Annotated[
         Optional[str],
         typer.Option(
-            help="Classifier folder for --guard cpsample (cpsample-staged: its late stage); default 'bundled' for "
-            "an unconditional denoiser."
+            help="Classifier folder for a guard that uses one (cpsample; cpsample-staged: its late stage), trained on "
+            "--model's members; 'bundled' for the bundled model."
         ),
     ] = None,
     alpha: opt.Alpha = None,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,15 +19,14 @@ def side_command(
     out: Annotated[
         Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")
     ],
-    model: Annotated[
-        str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")
-    ] = "bundled",
+    model: Annotated[str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")],
     defence: Annotated[
         str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")
     ] = "none",
     classifier: Annotated[
-        str, typer.Option(help="CPSample classifier folder for --defence cpsample, or 'bundled'.")
-    ] = "bundled",
+        Optional[str],
+        typer.Option(help="CPSample classifier folder for --defence cpsample ('bundled' for the bundled model)."),
+    ] = None,
     alpha: opt.Alpha = None,
     scale: opt.Scale = None,
     tau: opt.Tau = None,

@@ -85,6 +85,7 @@ def calibrate_command(
     out: Annotated[
         Path, typer.Option(help="Folder for calibration_run.json, calibration.csv/.png and cpsample.json.")
     ],
+    classifier: opt.Classifier,
     reduction: Annotated[
         Optional[float],
         typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.9: to a tenth)."),
@@ -104,11 +105,9 @@ def calibrate_command(
         Optional[str],
         typer.Option(
             help="Denoiser folder, 'bundled', or a Stable Diffusion pipeline folder (then --classifier is a "
-            "`train-latent-classifier` folder). Default: the pipeline a latent --classifier was trained for, else "
-            "'bundled'."
+            "`train-latent-classifier` folder). Default: the model --classifier was trained for (its record)."
         ),
     ] = None,
-    classifier: opt.Classifier = "bundled",
     quality_net: Annotated[
         str,
         typer.Option(

@@ -86,7 +86,7 @@ class Protection:
 
 def protect(
     pipe,
-    classifier: str | Path | Classifier | TimeClassifier | Guard = "bundled",
+    classifier: str | Path | Classifier | TimeClassifier | Guard,
     guard: "str | GuardSpec" = "cpsample",
     **options,
 ):

@@ -19,7 +19,7 @@ from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import guard_class
 from cpsample.sampling.outputs import save_samples, save_trace
 from cpsample.sampling.sampler import SampleResult
-from cpsample.sampling.spec import GuardSpec
+from cpsample.sampling.spec import GuardSpec, require_classifier
 
 # Images drawn when config.n is None: in all (unconditional), or per class or prompt.
 DEFAULT_COUNTS = {"none": 64, "labels": 8, "prompts": 4}
@@ -58,14 +58,14 @@ def sample_run(
 ) -> SampleRun:
     """Sample any model kind into out (grid.png, samples.npz, cpsample.json, trace files with keep_trace), resuming
     the batches out already holds. config.n None: DEFAULT_COUNTS for the model's conditioning; config.scheduler None:
-    the adapter's own. classifier None: 'bundled' for an unconditional model."""
+    the adapter's own. classifier: required by a guard that uses one ('bundled' only for the bundled model)."""
     config, guard_options = config or SampleConfig(), guard_options or {}
     adapter = load_adapter(model, device=config.device, dtype=config.dtype, scheduler=config.scheduler)
     adapter = condition_adapter(adapter, model, conditions or Conditions())
     unconditional = adapter.conditioning == "none"
     n = config.n or DEFAULT_COUNTS[adapter.conditioning]
     config = replace(config, n=n, scheduler=config.scheduler or adapter.scheduler_name, work_dir=out)
-    classifier = "bundled" if classifier is None and unconditional else classifier
+    require_classifier(guard, classifier)
     settings = {
         "model": model,
         "n": n,

@@ -121,6 +121,19 @@ def resolve_guard(guard: "str | GuardSpec | Guard", context: GuardContext, **opt
     return guard.build(context) if isinstance(guard, GuardSpec) else guard
 
 
+def require_classifier(guard: str, classifier, flag: str = "--guard") -> None:
+    """A guard that uses a classifier is given one by name: never a silent fallback to the bundled demo's."""
+    try:
+        uses_one = guard_class(guard).uses_classifier
+    except ValueError:
+        return  # an unknown name is refused where it is read, in that command's own words
+    if classifier is None and uses_one:
+        raise ValueError(
+            f"{flag} {guard} needs --classifier: a classifier trained on this model's members (`cpsample "
+            "train-classifier --denoiser MODEL`), or 'bundled' for the bundled demo model"
+        )
+
+
 def classifier_folder(classifier) -> Path | None:
     """The folder of a guard's classifier (a folder, "bundled", a loaded Classifier), without loading it; None for
     an in-memory network."""
