@@ -29,7 +29,7 @@ through Python's `logging` (logger `cpsample`), so `cpsample guards > guards.txt
 `cpsample --json COMMAND ...` prints the same results as one JSON object (raw numbers) when the command ends, e.g.
 `cpsample --json guards`. An option means the same in every command that takes it, and the Python functions behind
 the commands take the same names (`--batch-size` is `batch_size=`). Outside `demo`, every command is told what it
-works on: `--model` (`--denoiser` for train-classifier, `--data` for training), and `--classifier` where the guard
+works on: `--model` (the model sampled, attacked or protected; `--data` for training), and `--classifier` where the guard
 uses one; `bundled` names the bundled 16x16 MNIST demo model, and nothing falls back to it silently.
 
 ## What each command does

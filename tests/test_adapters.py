@@ -37,7 +37,7 @@ def folders(tmp_path_factory):
     code, text = cli("train-conditional", "--data", "digits", "--image-size", "8", "--subset", "32", *TINY,
                      "--out", model)  # fmt: skip
     assert code == 0, text
-    code, text = cli("train-classifier", "--denoiser", model, *TINY, "--out", classifier)
+    code, text = cli("train-classifier", "--model", model, *TINY, "--out", classifier)
     assert code == 0, text
     return {"root": root, "conditional": model, "classifier": classifier}
 
@@ -179,7 +179,7 @@ def test_sample_with_a_prompts_file_writes_what_sample_sd_writes(pipeline, tmp_p
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\nClassic cars for sale\tClassic car for sale\n")
     common = ["--prompts-file", prompts, "-n", "2", "--steps", "3", "--seed", "7", "--guard", "none"]
-    code, text = cli("sample-sd", "--pipeline", pipeline, *common, "--out", tmp_path / "sd")
+    code, text = cli("sample-sd", "--model", pipeline, *common, "--out", tmp_path / "sd")
     assert code == 0 and "`cpsample sample --model PIPELINE --prompt ...` now does this" in text, text
     code, text = cli("sample", "--model", pipeline, *common, "--out", tmp_path / "one")
     assert code == 0, text

@@ -331,7 +331,7 @@ def test_a_full_disk_while_training_a_classifier_resumes(tmp_path, monkeypatch):
 
     command = [
         "train-classifier",
-        "--denoiser",
+        "--model",
         "bundled",
         "--steps",
         "4",
@@ -410,7 +410,7 @@ def test_staged_guard_on_bundled_rgb_says_it_ships_no_selective_classifier(tmp_p
         code,
         output,
         "bundled-rgb ships no selective classifier",
-        "train-classifier --denoiser bundled-rgb",
+        "train-classifier --model bundled-rgb",
         "--negatives samples",
         "early_classifier=FOLDER",
     )

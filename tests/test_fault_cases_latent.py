@@ -90,9 +90,9 @@ def setup(tmp_path_factory):
             _app(),
             [
                 "train-latent-classifier",
-                "--pipeline",
+                "--model",
                 str(pipeline),
-                "--images",
+                "--data",
                 "private",
                 "--captions",
                 str(root / "captions.txt"),
@@ -119,7 +119,7 @@ def _sample_sd(setup, out: Path, *extra: str, pipeline: Path | None = None, clas
         _app(),
         [
             "sample-sd",
-            "--pipeline",
+            "--model",
             str(pipeline or setup["pipeline"]),
             "--prompt",
             "a red square",
@@ -177,7 +177,7 @@ def test_sample_sd_refuses_a_classifier_trained_on_another_vae(setup, tmp_path):
             "was trained on the latents of another VAE",
             str(setup["classifier"]),
             str(setup["other"]),
-            "train-latent-classifier --pipeline",
+            "train-latent-classifier --model",
         )
         assert not (out / "samples.npz").exists() and not (out / "cpsample.json").exists()
 
@@ -373,7 +373,7 @@ def test_sample_sd_keeps_private_measurements_out_of_cpsample_json(setup, tmp_pa
         _app(),
         [
             "sample-sd",
-            "--pipeline",
+            "--model",
             str(setup["pipeline"]),
             "--prompt",
             "x",
@@ -471,9 +471,9 @@ def test_resuming_a_latent_classifier_on_another_vae_or_other_images_is_refused(
             _app(),
             [
                 "train-latent-classifier",
-                "--pipeline",
+                "--model",
                 str(pipeline or setup["pipeline"]),
-                "--images",
+                "--data",
                 str(images or setup["images"]),
                 "--relabel-after",
                 "2",

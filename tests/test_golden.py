@@ -63,7 +63,7 @@ def digests(tmp_path_factory):
     code, text = cli("train-conditional", "--data", "digits", "--image-size", "8", "--subset", "32", *tiny,
                      "--out", model)  # fmt: skip
     assert code == 0, text
-    code, text = cli("train-classifier", "--denoiser", model, *tiny, "--out", clf)
+    code, text = cli("train-classifier", "--model", model, *tiny, "--out", clf)
     assert code == 0, text
     for name, args in CONDITIONAL.items():
         found[name] = _run(root / name, "sample", "--model", model, "--classifier", clf, "--classes",
@@ -84,12 +84,12 @@ def _latent(root: Path) -> dict:
         Image.fromarray(rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)).save(private / f"p{i}.png")
     pipeline, clf = root / "pipe", root / "latent-clf"
     assert cli("make-tiny-sd", "--out", pipeline)[0] == 0
-    code, text = cli("train-latent-classifier", "--pipeline", pipeline, "--images", private, "--steps", "4",
+    code, text = cli("train-latent-classifier", "--model", pipeline, "--data", private, "--steps", "4",
                      "--batch-size", "6", "--channels", "8,16", "--seed", "0", "--out", clf)  # fmt: skip
     assert code == 0, text
     prompts = root / "prompts.txt"
     prompts.write_text("a red square\nClassic cars for sale\n")
-    base = ["sample-sd", "--pipeline", pipeline, "--prompts-file", prompts, "-n", "2", "--steps", "5", "--seed", "7"]
+    base = ["sample-sd", "--model", pipeline, "--prompts-file", prompts, "-n", "2", "--steps", "5", "--seed", "7"]
     return {
         "sd-none": _run(root / "sd-none", *base, "--guard", "none"),
         "sd-cpsample": _run(root / "sd-cpsample", *base, "--classifier", clf, "--alpha", "0.5", "--scale", "100"),

@@ -229,9 +229,9 @@ def test_cli_table2_workflow(setup, tmp_path):
         app,
         [
             "train-latent-classifier",
-            "--pipeline",
+            "--model",
             str(pipeline),
-            "--images",
+            "--data",
             str(setup["images"]),
             "--captions",
             str(setup["captions"]),
@@ -258,7 +258,7 @@ def test_cli_table2_workflow(setup, tmp_path):
         app,
         [
             "sample-sd",
-            "--pipeline",
+            "--model",
             str(pipeline),
             "--prompts-file",
             str(prompts),
@@ -301,7 +301,7 @@ def test_cli_table2_workflow(setup, tmp_path):
         app,
         [
             "sample-sd",
-            "--pipeline",
+            "--model",
             str(tmp_path / "nowhere"),
             "--prompt",
             "x",
@@ -333,7 +333,7 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
             app,
             [
                 "sample-sd",
-                "--pipeline",
+                "--model",
                 str(setup["pipeline"]),
                 "--prompt",
                 PROMPTS[0],
@@ -438,7 +438,7 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
         app,
         [
             "sample-sd",
-            "--pipeline",
+            "--model",
             str(setup["pipeline"]),
             "--prompt",
             PROMPTS[0],

@@ -433,7 +433,7 @@ def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
         str(model_dir),
         "--out",
         str(out),
-        "--samples",
+        "--n-samples",
         "8",
         "--clusters",
         "2",
@@ -470,5 +470,5 @@ def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
     for name in ("pool.png", "attack.png", "pairs.png"):
         with Image.open(out / name) as picture:
             assert picture.format == "PNG" and np.asarray(picture.convert("L")).std() > 5, name
-    bad = runner.invoke(app, [*common, "--defence", "ambient", "--out", str(tmp_path / "bad")])
+    bad = runner.invoke(app, [*common, "--guard", "ambient", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown defence" in bad.output

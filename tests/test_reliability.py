@@ -272,7 +272,7 @@ def test_relative_data_is_recorded_absolute_and_checked_by_content(tmp_path, mon
     monkeypatch.chdir(tmp_path)  # elsewhere: the classifier still finds the data
     classifier = [
         "train-classifier",
-        "--denoiser",
+        "--model",
         tmp_path / "den",
         "--steps",
         "2",
@@ -370,7 +370,7 @@ def test_no_other_command_replaces_a_model_record(trained):
 def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
     command = [
         "train-classifier",
-        "--denoiser",
+        "--model",
         trained,
         "--steps",
         "2",
@@ -393,7 +393,7 @@ def test_classifier_resume_with_other_labels_is_refused(trained, tmp_path):
 
 CLASSIFIER = [
     "train-classifier",
-    "--denoiser",
+    "--model",
     "bundled",
     "--steps",
     "2",
@@ -411,7 +411,7 @@ def works(trained, tmp_path_factory):
     """A user's trained work: the tiny denoiser, a classifier of it (with a calibration), a tiny SD pipeline."""
     root = tmp_path_factory.mktemp("works")
     classifier = root / "clf"
-    code, output = cli(*CLASSIFIER, "--denoiser", trained, "--out", classifier)
+    code, output = cli(*CLASSIFIER, "--model", trained, "--out", classifier)
     assert code == 0, output
     (classifier / "calibration.json").write_text(json.dumps({"alpha": 0.1, "scale": 10.0}))
     folders = {"denoiser": trained, "classifier": classifier}
@@ -438,9 +438,9 @@ def refused_commands(out, dummy):
         "calibrate": ["calibrate", "--classifier", "bundled", "--steps", "3", "--out", out],
         "demo": ["demo", "--out", out],
         "make-tiny-sd": ["make-tiny-sd", "--out", out],
-        "sample-sd": ["sample-sd", "--pipeline", dummy, "--prompt", "x", "--guard", "none", "--out", out],
+        "sample-sd": ["sample-sd", "--model", dummy, "--prompt", "x", "--guard", "none", "--out", out],
         "train-feature-net": ["train-feature-net", "--data", "digits", "--epochs", "1", "--out", out],
-        "train-latent-classifier": ["train-latent-classifier", "--pipeline", dummy, "--images", dummy, "--out", out],
+        "train-latent-classifier": ["train-latent-classifier", "--model", dummy, "--data", dummy, "--out", out],
         "train-denoiser": [*TRAIN, "--out", out],
         "train-classifier": [*CLASSIFIER, "--out", out],
         "train-conditional": ["train-conditional", "--data", "mnist", "--subset", "16", "--steps", "2", "--out", out],
@@ -479,7 +479,7 @@ def test_no_command_writes_into_a_model_classifier_or_pipeline_folder(works, tmp
 def test_a_training_command_replaces_only_its_own_kind_of_model(works, tmp_path):
     """train-classifier --overwrite may replace a classifier it trained, never a denoiser (nor the reverse)."""
     before = checksums(*works.values())
-    code, output = cli(*CLASSIFIER, "--denoiser", works["denoiser"], "--out", works["denoiser"], "--overwrite")
+    code, output = cli(*CLASSIFIER, "--model", works["denoiser"], "--out", works["denoiser"], "--overwrite")
     assert code == 2 and "holds a denoiser" in output
     code, output = cli(*TRAIN, "--out", works["classifier"], "--overwrite")
     assert code == 2 and "holds a classifier" in output
@@ -572,7 +572,7 @@ def test_train_classifier_overwrite_drops_the_old_calibration(works, tmp_path):
     folder = tmp_path / "clf"
     shutil.copytree(works["classifier"], folder)
     assert (folder / "calibration.json").exists()
-    code, output = cli(*CLASSIFIER, "--denoiser", works["denoiser"], "--out", folder, "--overwrite")
+    code, output = cli(*CLASSIFIER, "--model", works["denoiser"], "--out", folder, "--overwrite")
     assert code == 0, output
     assert not (folder / "calibration.json").exists(), "the old model's calibration would be used with the new one"
 
@@ -692,7 +692,7 @@ def test_a_damaged_pipeline_gives_one_line(works, tmp_path, damage):
         (folder / "model_index.json").write_text("{ not json")
     code, output = cli(
         "sample-sd",
-        "--pipeline",
+        "--model",
         folder,
         "--prompt",
         "x",

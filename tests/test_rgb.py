@@ -49,7 +49,7 @@ def rgb(tmp_path_factory):
     root = tmp_path_factory.mktemp("rgb")
     denoiser, classifier = root / "denoiser", root / "clf"
     cli(*TRAIN, "--out", denoiser)
-    cli("train-classifier", "--denoiser", denoiser, *CLASSIFIER, "--out", classifier)
+    cli("train-classifier", "--model", denoiser, *CLASSIFIER, "--out", classifier)
     return root, denoiser, classifier
 
 
@@ -65,7 +65,7 @@ def test_train_denoiser_and_classifiers_take_rgb_32(rgb):
     # the selective classifier (negatives: the denoiser's own samples) and the early one (t <= 100)
     cli(
         "train-classifier",
-        "--denoiser",
+        "--model",
         denoiser,
         *CLASSIFIER,
         "--negatives",
@@ -81,7 +81,7 @@ def test_train_denoiser_and_classifiers_take_rgb_32(rgb):
     assert (selective.config.in_channels, selective.config.sample_size) == (3, 32)
     cli(
         "train-classifier",
-        "--denoiser",
+        "--model",
         denoiser,
         *CLASSIFIER,
         "--negatives",
@@ -289,7 +289,7 @@ def test_attack_side_on_rgb(rgb):
         "side",
         "--model",
         denoiser,
-        "--samples",
+        "--n-samples",
         "8",
         "--clusters",
         "2",

@@ -442,7 +442,7 @@ def test_calibrate_tries_other_late_classifiers_and_the_one_recorded_guards_the_
         app,
         [
             "train-classifier",
-            "--denoiser",
+            "--model",
             "bundled",
             "--channels",
             "8,16,16",

@@ -132,7 +132,7 @@ def side_into(
     from cpsample.attacks.side import run_side
     from cpsample.sampling.spec import require_classifier
 
-    require_classifier(defence, classifier, "--defence")
+    require_classifier(defence, classifier)
 
     seed_everything(config.seed)
     settings = {

@@ -223,7 +223,7 @@ def _latent_runner(settings: GridSettings):
     check_same_schedule(
         classifier.folder,
         pipe.scheduler,
-        "train it with `cpsample train-latent-classifier --pipeline` on this pipeline",
+        "train it with `cpsample train-latent-classifier --model` on this pipeline",
         "this pipeline's",
     )
     _, height, width = latent_shape(pipe)

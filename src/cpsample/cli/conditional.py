@@ -2,13 +2,13 @@
 Stable Diffusion pipelines protected in latent space (paper section 4.2, Table 2).
 
     cpsample train-conditional --data mnist --subset 200 --steps 4000 --out runs/cond
-    cpsample train-classifier --denoiser runs/cond --out runs/cond-clf
+    cpsample train-classifier --model runs/cond --out runs/cond-clf
     cpsample sample --model runs/cond --classes 0,1,2 -n 8 --guard cpsample --classifier runs/cond-clf --out runs/s
 
     cpsample make-tiny-sd --out runs/tiny-sd
-    cpsample train-latent-classifier --pipeline runs/tiny-sd --images private/ --captions captions.txt --out
+    cpsample train-latent-classifier --model runs/tiny-sd --data private/ --captions captions.txt --out
     runs/latent-clf
-    cpsample sample-sd --pipeline runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf
+    cpsample sample-sd --model runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf
     \
         --compare-plain --out runs/sd
 """
@@ -115,8 +115,8 @@ def make_tiny_sd_command(
 
 
 def train_latent_classifier_command(
-    pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    images: Annotated[
+    model: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
+    data: Annotated[
         Path, typer.Option(help="Folder of the private images to protect (resized to the pipeline's resolution).")
     ],
     out: Annotated[Path, typer.Option(help="Output folder for the latent classifier.")],
@@ -141,7 +141,7 @@ def train_latent_classifier_command(
 ):
     """Train CPSample's random-label classifier on the VAE latents of a private image set."""
     require_transformers()
-    RunFolder(out, "train-latent-classifier", overwrite, resume, inputs=(pipeline, images, captions)).prepare()
+    RunFolder(out, "train-latent-classifier", overwrite, resume, inputs=(model, data, captions)).prepare()
     check_device_option(device)
     from cpsample.provenance import seed_everything
     from cpsample.training.latent_classifier import train_latent_classifier
@@ -151,7 +151,7 @@ def train_latent_classifier_command(
     config = call_with(TrainConfig, locals())
     label_seed = seed if label_seed is None else label_seed
     summary = call_with(
-        train_latent_classifier, locals(), pipeline_dir=pipeline, images_dir=images, out_dir=out,
+        train_latent_classifier, locals(), pipeline_dir=model, images_dir=data, out_dir=out,
         captions_file=captions, block_out_channels=parse_widths(channels),
     )  # fmt: skip
     show_loss_table("latent classifier on the private latents (EMA weights)", summary)
@@ -162,7 +162,7 @@ def train_latent_classifier_command(
 
 
 def sample_sd_command(
-    pipeline: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
+    model: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
     out: Annotated[
         Path,
         typer.Option(
@@ -175,7 +175,7 @@ def sample_sd_command(
     prompts_file: Annotated[
         Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")
     ] = None,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 4,
+    n_samples: Annotated[int, typer.Option("--n-samples", "-n", min=1, help="Images per prompt.")] = 4,
     steps: opt.SamplingSteps = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
     scheduler: Annotated[
@@ -193,7 +193,7 @@ def sample_sd_command(
     private: Annotated[
         Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")
     ] = None,
-    copy_threshold: opt.NearCopyThreshold = None,
+    threshold: opt.NearCopyThreshold = None,
     compare_plain: Annotated[
         bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")
     ] = False,
@@ -207,16 +207,16 @@ def sample_sd_command(
     images (`cpsample sample` samples it too)."""
     say_alias("sample-sd", "--model PIPELINE --prompt ...")
     require_transformers()
-    RunFolder(out, "sample-sd", overwrite, inputs=(pipeline, classifier, prompts_file, private)).prepare()
+    RunFolder(out, "sample-sd", overwrite, inputs=(model, classifier, prompts_file, private)).prepare()
     check_device_option(device)
     from cpsample.sampling.aliases import SdOptions, sample_sd_run
     from cpsample.sampling.generate import SampleConfig
     from cpsample.sampling.run import prompt_entries
 
     entries = prompt_entries(prompt, prompts_file)
-    options = SdOptions(cfg_scale, alpha, scale, tau, height, width, private, copy_threshold, compare_plain)
-    config = SampleConfig(n, steps, scheduler, dtype=dtype, device=device, seed=seed)
-    ran = sample_sd_run(out, pipeline, entries, guard, classifier, options, config, trace, say=log.info)
+    options = SdOptions(cfg_scale, alpha, scale, tau, height, width, private, threshold, compare_plain)
+    config = SampleConfig(n_samples, steps, scheduler, dtype=dtype, device=device, seed=seed)
+    ran = sample_sd_run(out, model, entries, guard, classifier, options, config, trace, say=log.info)
     _print_prompt_table(ran.entries, ran.runs)
 
 

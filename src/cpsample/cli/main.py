@@ -80,7 +80,7 @@ def train_denoiser_command(
 @run_safely
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Output folder for the classifier.")],
-    denoiser: Annotated[
+    model: Annotated[
         str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")
     ],
     recipe: Annotated[
@@ -130,9 +130,9 @@ def train_classifier_command(
     from cpsample.training.loop import TrainConfig
     from cpsample.training.recipes import not_fitted_advice, plan_line, recipe_settings
 
-    RunFolder(out, "train-classifier", overwrite, resume, inputs=(denoiser,)).prepare()
+    RunFolder(out, "train-classifier", overwrite, resume, inputs=(model,)).prepare()
     seed_everything(seed)
-    folder, schedule, members, split = denoiser_training_set(denoiser)
+    folder, schedule, members, split = denoiser_training_set(model)
     widths = None if channels is None else parse_widths(channels)
     chosen, settings = recipe_settings(
         recipe, len(members), steps=steps, relabel_after=relabel_after, batch_size=batch_size, lr=lr,
@@ -183,10 +183,10 @@ def sample_command(
             "--classes) or a Stable Diffusion pipeline folder (model_index.json, sampled with --prompt)."
         ),
     ],
-    n: Annotated[
+    n_samples: Annotated[
         Optional[int],
         typer.Option(
-            "--n",
+            "--n-samples",
             "-n",
             min=1,
             help="Number of images; per class or prompt for a conditional model (default: 64; 8 per class, 4 per "
@@ -255,7 +255,7 @@ def sample_command(
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     if adapter_class(model).conditioning == "prompts":
         require_transformers()  # a text encoder and its tokenizer
-    config = SampleConfig(n, steps, scheduler, batch_size, dtype, device, seed, overwrite=overwrite)
+    config = SampleConfig(n_samples, steps, scheduler, batch_size, dtype, device, seed, overwrite=overwrite)
     conditions = Conditions(classes, prompt, prompts_file, cfg_scale)
     run = sample_run(out, model, guard, guard_options, config, conditions, classifier, keep_trace=trace)
     say_warnings(run.warnings)

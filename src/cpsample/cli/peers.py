@@ -20,18 +20,18 @@ def side_command(
         Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")
     ],
     model: Annotated[str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")],
-    defence: Annotated[
+    guard: Annotated[
         str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")
     ] = "none",
     classifier: Annotated[
         Optional[str],
-        typer.Option(help="CPSample classifier folder for --defence cpsample ('bundled' for the bundled model)."),
+        typer.Option(help="CPSample classifier folder for --guard cpsample ('bundled' for the bundled model)."),
     ] = None,
     alpha: opt.Alpha = None,
     scale: opt.Scale = None,
     tau: opt.Tau = None,
     clusters: Annotated[int, typer.Option(min=1, help="k-means clusters K over the sample pool (paper: 100).")] = 20,
-    samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
+    n_samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
     min_cohesion: Annotated[
         float, typer.Option(help="Keep clusters whose mean cosine to their centroid is at least this.")
     ] = 0.5,
@@ -58,8 +58,8 @@ def side_command(
 
     RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
-    config = call_with(SideConfig, locals())
-    result = side_into(out, config, model, defence, classifier, alpha, scale, tau, device)
+    config = call_with(SideConfig, locals(), samples=n_samples)
+    result = side_into(out, config, model, guard, classifier, alpha, scale, tau, device)
     rows = [
         {"samples": name, **summary}
         for name, summary in (
@@ -70,7 +70,7 @@ def side_command(
         if summary is not None
     ]
     columns = "samples | n | near-copies=near_copies | AMS=ams:.1% | distinct training images=distinct_extracted"
-    title = f"SIDE extraction (defence: {defence}; near-copy: cosine > {result.attack['threshold']})"
+    title = f"SIDE extraction (defence: {guard}; near-copy: cosine > {result.attack['threshold']})"
     show_table("side", title, rows, columns + " | UMS=ums:.1%")
 
 

@@ -28,7 +28,7 @@ def resolve_model_dir(spec: str | Path, part: str) -> Path:
             raise FileNotFoundError(
                 f"{spec} ships no selective classifier (the one cpsample-staged's early stage "
                 f"needs, trained with --negatives samples); train one on its members with "
-                f"`cpsample train-classifier --denoiser {spec} --negatives samples --max-t 100 "
+                f"`cpsample train-classifier --model {spec} --negatives samples --max-t 100 "
                 "--out FOLDER` and pass --option early_classifier=FOLDER, or use --guard cpsample"
             )
         if not folder.exists():

@@ -67,7 +67,7 @@ def check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedul
     """The classifier takes this model's images, learned its noise schedule and, where both record one, its members."""
     expected = (unet.config.in_channels, unet.config.sample_size)
     found = (classifier.config.in_channels, classifier.config.sample_size)
-    fix = "train one on this model's members with `cpsample train-classifier --denoiser MODEL`"
+    fix = "train one on this model's members with `cpsample train-classifier --model MODEL`"
     if found != expected:
         raise ValueError(
             f"the classifier takes {found[0]}-channel {found[1]}x{found[1]} inputs but this model makes "

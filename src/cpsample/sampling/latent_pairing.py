@@ -70,9 +70,7 @@ def check_latent_pairing(classifier_dir: str | Path, pipe, private: ImageSet | N
         return
     trained_for = settings.get("pipeline") or "another pipeline"
     here = pipeline_name(pipe)
-    retrain = (
-        f"train a classifier for this pipeline: `cpsample train-latent-classifier --pipeline {here} --images PRIVATE`"
-    )
+    retrain = f"train a classifier for this pipeline: `cpsample train-latent-classifier --model {here} --data PRIVATE`"
     digests = settings.get("vae_digest") or {}
     dtype = next((name for name, value in DTYPES.items() if value == pipe.vae.dtype), None)
     if dtype in digests and weights_digest(pipe.vae) != digests[dtype]:
@@ -132,9 +130,7 @@ def check_stored_latent(classifier_dir: str | Path, pipe, private: ImageSet, fix
 def check_private_images(classifier_dir: str | Path, settings: dict, private: ImageSet) -> None:
     """The images similarity is measured against must be those the classifier was trained on, unchanged."""
     trained_on = settings.get("images") or "its image folder"
-    retrain = (
-        f"retrain the classifier on these images with `cpsample train-latent-classifier --images {private.source}`"
-    )
+    retrain = f"retrain the classifier on these images with `cpsample train-latent-classifier --data {private.source}`"
     same_folder = settings.get("images") and Path(private.source).resolve() == Path(settings["images"]).resolve()
     fix = (
         f"restore them as they were, or {retrain}"

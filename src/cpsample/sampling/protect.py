@@ -105,7 +105,7 @@ def protect(
     if classifier is None:
         raise ValueError(
             "protect() needs a classifier of this model's members (a folder, a Classifier, or 'bundled' "
-            "for the bundled demo model); train one with `cpsample train-classifier --denoiser MODEL`"
+            "for the bundled demo model); train one with `cpsample train-classifier --model MODEL`"
         )
     unet = pipe.unet
     check_scheduler(pipe.scheduler, "this pipeline's scheduler predicts")

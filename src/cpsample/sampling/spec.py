@@ -130,7 +130,7 @@ def require_classifier(guard: str, classifier, flag: str = "--guard") -> None:
     if classifier is None and uses_one:
         raise ValueError(
             f"{flag} {guard} needs --classifier: a classifier trained on this model's members (`cpsample "
-            "train-classifier --denoiser MODEL`), or 'bundled' for the bundled demo model"
+            "train-classifier --model MODEL`), or 'bundled' for the bundled demo model"
         )
 
 

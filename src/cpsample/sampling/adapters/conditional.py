@@ -70,7 +70,7 @@ class ConditionalAdapter(PixelAdapter):
             # The bundled classifier knows the bundled unconditional model's members, not this model's.
             raise ValueError(
                 f"--guard {guard_name(spec)} needs --classifier: train one on this model's members with "
-                "`cpsample train-classifier --denoiser MODEL --out DIR`"
+                "`cpsample train-classifier --model MODEL --out DIR`"
             )
         return super().guard(spec, classifier, device, **options)
 

@@ -36,7 +36,7 @@ DEFAULT_SD_CFG_SCALE = 7.5
 # Chunk k of a prompt's images starts from the noise of seed + k * CHUNK_SEED_STRIDE: chunk 0 is the noise of `seed`
 # itself, and no chunk meets another run's (calibrate's confirmation round: seed + 1000).
 CHUNK_SEED_STRIDE = 100_003
-RETRAIN = "train it with `cpsample train-latent-classifier --pipeline` on this pipeline"
+RETRAIN = "train it with `cpsample train-latent-classifier --model` on this pipeline"
 
 
 def load_sd_pipeline(folder: str | Path, scheduler: str = "default", device: str = "cpu", dtype: str = "float32"):
@@ -144,7 +144,7 @@ def build_latent_guard(
     check_same_schedule(
         Path(classifier_dir),
         pipe.scheduler,
-        "train it with `cpsample train-latent-classifier --pipeline` on this pipeline",
+        "train it with `cpsample train-latent-classifier --model` on this pipeline",
         "this pipeline's",
     )
     return guard
