@@ -450,3 +450,33 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
     assert load_feature_net(tmp_path / "net").config.image_size == 8
     trained_record = json.loads((tmp_path / "net" / "cpsample.json").read_text())["results"]
     assert trained_record["held_out_accuracy"] > 0.4  # ten digit classes: chance is 0.1 (measured 0.73)
+
+
+def test_the_verdict_says_a_cut_of_nothing_and_more_copies_plainly():
+    """The report's first lines: a cut against a baseline that made no near-copies is no cut; more copies are said in
+    capitals; FD's change is signed; membership gives each defence's best AUC per threat model."""
+    from cpsample.evaluation.report import verdict
+
+    def method(count, n=100, fd=None):
+        measured = {"replication": {"count": count, "n": n, "share": count / n}}
+        return {**measured, "quality": {"metric": "FD_x", "value": fd}} if fd else measured
+
+    results = {"methods": {"plain": method(20, fd=10.0), "guarded": method(1, fd=11.0), "worse": method(30)}}
+    results["comparisons"] = [{"baseline": "plain", "method": "guarded", "p_value": 1e-5}]
+    rows = [
+        {"threat model": "black box", "defence": "plain", "attack": "a", "AUC": 0.7},
+        {"threat model": "black box", "defence": "plain", "attack": "b", "AUC": 0.8},
+        {"threat model": "black box", "defence": "guarded", "attack": "a", "AUC": 0.6},
+    ]
+    lines = verdict(results, {"rows": rows})
+    assert lines[0] == (
+        "guarded: 1/100 near-copies (1.00%) against plain's 20/100 (20.00%): 95% fewer (chi-square p = 1.00e-05); "
+        "FD_x 11.000 against 10.000 (+10%; lower is closer to the reference images)"
+    )
+    assert lines[1].endswith(": 50% MORE")
+    assert lines[2].startswith("membership, black box: best attack AUC 0.80 plain, 0.60 guarded")
+    nothing = verdict({"methods": {"plain": method(0), "guarded": method(0)}})
+    assert nothing == [
+        "guarded: 0/100 near-copies (0.00%) against plain's 0/100 (0.00%): plain made no near-copies, so this run "
+        "shows no cut"
+    ]

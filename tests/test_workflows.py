@@ -324,6 +324,22 @@ def test_demo_end_to_end_writes_a_readable_report(tmp_path):
         assert method["similarity"]["max"] == pytest.approx(detector.similarity(samples[name]).max(), abs=1e-5)
         assert f"<tr><td>{name}</td><td>{n}</td><td>{counts[name]}</td>" in html  # the report page's table
         assert re.search(rf"│ +{name} │ +{counts[name]}/{n} │", result.output), name  # and the terminal's table
+    # the verdict comes first on the page and on the terminal, with the same counts and cut
+    from html import unescape
+
+    plain = counts["plain"]
+    for name in report["methods"]:
+        if name != "plain":
+            line = (
+                f"{name}: {counts[name]}/{n} near-copies ({100 * counts[name] / n:.2f}%) against plain's {plain}/{n}"
+            )
+            assert line in unescape(html) and line in " ".join(result.output.split()), line
+            assert html.index("id='verdict'") < html.index("<table>")
+    assert report["verdict"][0].startswith("cpsample: ")
+    # every method's grid (the same noise) in one row, so a reader compares them side by side
+    row = html.split("<div class='grids'>", 1)[1].split("</div>", 1)[0]
+    grids = [key for key in report["figures"] if key.startswith("grid_")]
+    assert len(grids) == len(report["methods"]) and all(f"src='{report['figures'][k]}'" in row for k in grids)
     # the model memorised its members: plain sampling copies some; the guards copy fewer, rejection none at all
     assert counts["plain"] >= 2
     assert counts["cpsample"] < counts["plain"] and counts["cpsample-one-stage"] < counts["plain"]

@@ -70,6 +70,10 @@ def evaluate_command(
     columns += " | to=replication.ci_high:.2% | max sim=similarity.max:.4f | Carlini flagged=relative.share:.2%"
     columns += " | quality=quality.metric | value=quality.value:.2f | perm. p=permutation.p_value:.4f"
     show_table("near_copies", f"near-copies (cosine > {settings['threshold']}, {settings['features']})", rows, columns)
+    from cpsample.evaluation.report import verdict
+
+    said = verdict(run.results)
+    show("verdict", "\n".join(["verdict:", *(f"  {line}" for line in said)]), said)
     say_warnings(run.warnings)
     show("report", f"report: {run.report['html']}", str(run.report["html"]))
 

@@ -73,11 +73,12 @@ def demo_command(
         title = "membership inference per threat model (AUC 0.5 = no leak)"
         columns = "threat model | defence | attack | AUC:.3f | TPR@1%FPR:.1%"
         show_table("membership_inference", title, results["membership_inference"]["rows"], columns)
-    show(
-        "report",
-        f"report: {Path(out) / 'report.html'}  ({results['seconds_total']:.0f}s)",
-        str(Path(out) / "report.html"),
-    )
+    from cpsample.evaluation.report import verdict
+
+    said = verdict(results, results.get("membership_inference"))
+    show("verdict", "\n".join(["verdict:", *(f"  {line}" for line in said)]), said)
+    report = Path(out) / "report.html"
+    show("report", f"report: {report}  ({results['seconds_total']:.0f}s)", str(report))
 
 
 @run_safely

@@ -28,32 +28,42 @@ def similarity_histogram(
     xlabel: str = "cosine similarity to nearest training image",
     bins: int = 50,
 ) -> Path:
-    """Overlaid histograms, one per method, as shares of each set so sets of different sizes compare."""
+    """One panel per method (shares of each set, so sets of different sizes compare), side by side on shared axes,
+    each titled with its share above the threshold; a set named "held-out ..." (real images that are no members) is
+    drawn as a grey outline in every panel, the yardstick a sample should look like."""
     if not similarities:
         raise ValueError("no similarity sets to plot")
     plt = _pyplot()
     values = {name: np.asarray(v, dtype=float).reshape(-1) for name, v in similarities.items()}
+    reference = {name: v for name, v in values.items() if name.startswith("held-out")}
+    methods = {name: v for name, v in values.items() if name not in reference} or reference
     low = min(v.min() for v in values.values())
     high = max(max(v.max() for v in values.values()), threshold if threshold is not None else -np.inf)
     edges = np.linspace(low, max(high, low + 1e-6), bins + 1)
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for name, v in values.items():
-        axis.hist(
-            v,
-            bins=edges,
-            weights=np.full(len(v), 100.0 / len(v)),
-            alpha=0.5,
-            label=f"{name} (n={len(v)})",
-            histtype="stepfilled",
-            edgecolor="black",
-            linewidth=0.4,
-        )
-    if threshold is not None:
-        axis.axvline(
-            threshold, color="black", linestyle="--", linewidth=1.2, label=f"near-copy threshold {threshold:g}"
-        )
-    axis.set(xlabel=xlabel, ylabel="% of images", title="similarity of each image to its nearest training image")
-    axis.legend(fontsize=8)
+    columns = min(len(methods), 4)
+    rows = -(-len(methods) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True, sharey=True)
+    axes = np.atleast_1d(axes).reshape(-1)
+    for axis, (name, v) in zip(axes, methods.items()):
+        axis.hist(v, bins=edges, weights=np.full(len(v), 100.0 / len(v)), color="tab:blue", alpha=0.8)
+        for ref_name, ref in reference.items():
+            weights = np.full(len(ref), 100.0 / len(ref))
+            axis.hist(ref, bins=edges, weights=weights, histtype="step", color="grey", label=ref_name)
+        title = f"{name} (n={len(v)})"
+        if threshold is not None:
+            axis.axvline(threshold, color="black", linestyle="--", linewidth=1)
+            title += f"\n{100 * float((v > threshold).mean()):.1f}% above {threshold:g}"
+        axis.set_title(title, fontsize=9)
+    for axis in axes[len(methods) :]:
+        axis.set_visible(False)
+    for axis in axes[::columns]:
+        axis.set_ylabel("% of images")
+    for axis in axes[-columns:]:
+        axis.set_xlabel(xlabel, fontsize=8)
+    if reference:
+        axes[0].legend(fontsize=7, loc="upper left")
+    suptitle = "similarity of each image to its nearest training image"
+    figure.suptitle(suptitle + ("" if threshold is None else " (dashed: near-copy threshold)"), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -25,7 +25,16 @@ FIGURE_CAPTIONS = {
 }
 # Keys of `evaluate`'s results that have their own section; any other top-level entry (e.g. sampling costs added
 # by a caller) is shown as a generic table, so callers can extend the report without touching this module.
-KNOWN_KEYS = {"settings", "methods", "per_sample", "reference", "comparisons", "membership_inference", "figures"}
+KNOWN_KEYS = {
+    "settings",
+    "methods",
+    "per_sample",
+    "reference",
+    "comparisons",
+    "membership_inference",
+    "figures",
+    "verdict",
+}
 
 Table = tuple[str, list[str], list[list[str]], str]  # (title, headers, rows, note)
 
@@ -51,10 +60,60 @@ def write_report(
     record = {**results, "figures": figures, "membership_inference": membership}
     tables = build_tables(results, membership)
     paths = {"json": folder / "report.json", "markdown": folder / "report.md", "html": folder / "report.html"}
-    paths["json"].write_text(json.dumps(record, indent=2, default=_jsonable))
-    paths["markdown"].write_text(render_markdown(title, results.get("settings", {}), tables, figures, membership))
-    paths["html"].write_text(render_html(title, results.get("settings", {}), tables, figures, membership))
+    said = verdict(results, membership)
+    paths["json"].write_text(json.dumps({**record, "verdict": said}, indent=2, default=_jsonable))
+    settings = results.get("settings", {})
+    paths["markdown"].write_text(render_markdown(title, settings, tables, figures, membership, said))
+    paths["html"].write_text(render_html(title, settings, tables, figures, membership, said))
     return paths
+
+
+# ---------------------------------------------------------------- verdict: what a reader needs in 30 seconds
+
+
+def verdict(results: Mapping, membership=None) -> list[str]:
+    """One line per method against the first (the baseline): its near-copy cut, with the test's p where the run
+    compared them, and its quality change; then, per threat model, the membership attack's best AUC per defence.
+    A cut of nothing (a baseline without near-copies) is said as such, never as a win."""
+    methods = list(results.get("methods", {}).items())
+    if not methods:
+        return []
+    (base_name, base), lines = methods[0], []
+    tests = {c["method"]: c for c in results.get("comparisons", []) if c.get("baseline") == base_name}
+    base_rep = base["replication"]
+    for name, method in methods[1:]:
+        rep = method["replication"]
+        said = f"{name}: {rep['count']}/{rep['n']} near-copies ({_pct(rep['share'])}) against {base_name}'s "
+        said += f"{base_rep['count']}/{base_rep['n']} ({_pct(base_rep['share'])})"
+        if base_rep["count"] == 0:
+            said += f": {base_name} made no near-copies, so this run shows no cut"
+        elif rep["share"] <= base_rep["share"]:
+            said += f": {1 - rep['share'] / base_rep['share']:.0%} fewer"
+        else:
+            said += f": {rep['share'] / base_rep['share'] - 1:.0%} MORE"
+        if name in tests:
+            said += f" (chi-square p = {_p(tests[name]['p_value'])})"
+        quality, base_quality = method.get("quality"), base.get("quality")
+        if quality and base_quality and quality["metric"] == base_quality["metric"] and base_quality["value"]:
+            change = quality["value"] / base_quality["value"] - 1
+            said += f"; {quality['metric']} {_num(quality['value'], 3)} against {_num(base_quality['value'], 3)}"
+            said += f" ({change:+.0%}; lower is closer to the reference images)"
+        lines.append(said)
+    return lines + _membership_verdict(membership)
+
+
+def _membership_verdict(membership) -> list[str]:
+    rows = membership.get("rows", []) if isinstance(membership, Mapping) else membership or []
+    rows = [row for row in rows if isinstance(row, Mapping) and {"threat model", "defence", "AUC"} <= set(row)]
+    lines = []
+    for threat in dict.fromkeys(row["threat model"] for row in rows):
+        best = {}
+        for row in rows:
+            if row["threat model"] == threat:
+                best[row["defence"]] = max(best.get(row["defence"], 0.0), float(row["AUC"]))
+        aucs = ", ".join(f"{auc:.2f} {defence}" for defence, auc in best.items())
+        lines.append(f"membership, {threat}: best attack AUC {aucs} (0.5 = no leak, 1 = every member found)")
+    return lines
 
 
 # ---------------------------------------------------------------- tables (one builder, two renderers)
@@ -291,10 +350,13 @@ def membership_rows(membership) -> tuple[list[str], list[list[str]], str]:
 # ---------------------------------------------------------------- renderers
 
 
-def render_markdown(title: str, settings: Mapping, tables: list[Table], figures: Mapping[str, str], membership) -> str:
+def render_markdown(
+    title: str, settings: Mapping, tables: list[Table], figures: Mapping[str, str], membership, said=()
+) -> str:
     lines = [
         f"# {title}",
         "",
+        *([VERDICT_TITLE, "", *(f"- {line}" for line in said), ""] if said else []),
         "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "paper_thresholds"),
         "",
     ]
@@ -319,18 +381,26 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
 
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+VERDICT_TITLE = "## Verdict"
+STYLE = """#verdict{background:#f6f8fa;border-left:4px solid #333;padding:.2em 1em;margin:1em 0}
+#verdict li{margin:.3em 0}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9em;max-width:900px}
 section.optional{border:1px dashed #999;padding:0 1em;margin:1.5em 0}figure{margin:1em 0}img{max-width:100%}
-code{background:#f3f3f3;padding:0 .2em}"""
+code{background:#f3f3f3;padding:0 .2em}.grids{display:flex;gap:1em;flex-wrap:wrap}
+.grids figure{flex:1 1 180px;margin:0}table{display:block;overflow-x:auto;max-width:100%}"""
 
 
-def render_html(title: str, settings: Mapping, tables: list[Table], figures: Mapping[str, str], membership) -> str:
+def render_html(
+    title: str, settings: Mapping, tables: list[Table], figures: Mapping[str, str], membership, said=()
+) -> str:
     e = html.escape
+    items = "".join(f"<li>{e(line)}</li>" for line in said)
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
         f"<style>{STYLE}</style></head><body><h1>{e(title)}</h1>",
+        f"<section id='verdict'><h2>Verdict</h2><ul>{items}</ul></section>" if said else "",
         "<p class='note'>"
         + ", ".join(f"<code>{e(str(k))}={e(str(v))}</code>" for k, v in settings.items() if k != "paper_thresholds")
         + "</p>",
@@ -346,13 +416,20 @@ def render_html(title: str, settings: Mapping, tables: list[Table], figures: Map
     parts.append("</section>")
     if figures:
         parts.append("<h2>Figures</h2>")
-        for key, file in figures.items():
-            parts.append(
-                f"<figure><img src='{e(str(file), quote=True)}' alt='{e(key, quote=True)}'>"
-                f"<figcaption class='note'>{e(caption(key))}</figcaption></figure>"
-            )
+        grids = {key: file for key, file in figures.items() if key.startswith("grid_")}
+        if grids:  # samples of every method from the same noise, side by side
+            parts.append("<div class='grids'>" + "".join(_figure(key, file) for key, file in grids.items()) + "</div>")
+        parts += [_figure(key, file) for key, file in figures.items() if key not in grids]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _figure(key: str, file) -> str:
+    e = html.escape
+    return (
+        f"<figure><img src='{e(str(file), quote=True)}' alt='{e(key, quote=True)}'>"
+        f"<figcaption class='note'>{e(caption(key))}</figcaption></figure>"
+    )
 
 
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:

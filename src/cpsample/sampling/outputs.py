@@ -123,11 +123,16 @@ def plot_trace(
         xlabel="denoising step (later ->)",
         ylabel="p(y=1 | x_t)",
         ylim=(-0.02, 1.02),
-        title="classifier probability per sample (red: guided at some step)",
+        title="p(y=1 | x_t) per sample at each step the classifier judged\n"
+        "(red: pushed at some step; dashed: alpha, 1 - alpha)",
     )
     if fired is not None:
         axes[1].plot(steps, fired.mean(axis=1) * 100, color="tab:red")
-        axes[1].set(xlabel="denoising step (later ->)", ylabel="% of samples guided", title="how often CPSample fired")
+        axes[1].set(
+            xlabel="denoising step (later ->)",
+            ylabel="% of samples pushed",
+            title="share of samples the guard pushed away at each step",
+        )
     tick_positions = np.linspace(0, len(steps) - 1, min(6, len(steps))).astype(int)
     for axis in axes:
         axis.set_xticks(tick_positions)
