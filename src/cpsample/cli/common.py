@@ -46,7 +46,11 @@ class Results:
     def finish(cls) -> None:
         if cls.as_json and cls.collected:
             sys.stdout.write(json.dumps(cls.collected, indent=2, default=str) + "\n")
-        cls.collected = {}
+        cls.reset()
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.as_json, cls.collected = False, {}  # one command per invocation: the next starts plain
 
 
 # A table column: (header, the row's key or a function of the row, format spec such as ".3f" or ".1%"; "" = as is).
@@ -166,6 +170,7 @@ def run_safely(function):
             fail(os_error_line(as_os_error(error)))
         finally:
             release_locks()
+            Results.reset()
 
     return wrapper
 
