@@ -429,9 +429,9 @@ def test_cli_evaluate_and_train_feature_net(split, tmp_path):
     assert record["results"]["headline"]["guarded"]["near_copy_share"] == pytest.approx(found.copies.mean())
     assert record["settings"]["threshold"] == NEAR_COPY_THRESHOLDS["pixels"]  # the yardstick's default, recorded
     bad = runner.invoke(
-        app, ["evaluate", "--model", "bundled", "--samples", "no-equals-sign", "--out", str(tmp_path / "bad")]
+        app, ["evaluate", "--model", "bundled", "--samples", "no-such-samples.npz", "--out", str(tmp_path / "bad")]
     )
-    assert bad.exit_code == 2 and "name=path" in bad.output
+    assert bad.exit_code == 2 and "no-such-samples.npz" in " ".join(bad.output.split())
     trained = runner.invoke(
         app,
         [
@@ -480,3 +480,18 @@ def test_the_verdict_says_a_cut_of_nothing_and_more_copies_plainly():
         "guarded: 0/100 near-copies (0.00%) against plain's 0/100 (0.00%): plain made no near-copies, so this run "
         "shows no cut"
     ]
+
+
+def test_samples_take_name_equals_path_or_a_bare_path_in_every_command(tmp_path):
+    """--samples means [NAME=]PATH in evaluate as in attack sample-nn: a bare runs/plain/samples.npz is named 'plain',
+    another file by its stem; a name given twice is refused with what to do."""
+    from cpsample.data.samples import parse_named_paths
+
+    for folder in ("plain", "guarded"):
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / "samples.npz", images=np.zeros((2, 1, 4, 4), dtype=np.float32))
+    plain, guarded = tmp_path / "plain" / "samples.npz", tmp_path / "guarded" / "samples.npz"
+    named = parse_named_paths([str(plain), f"mine={guarded}"])
+    assert list(named) == ["plain", "mine"]
+    with pytest.raises(ValueError, match="'plain' given twice; name them with NAME=PATH"):
+        parse_named_paths([str(plain), f"plain={guarded}"])

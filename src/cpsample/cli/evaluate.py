@@ -31,7 +31,11 @@ def register(app: typer.Typer) -> None:
 
 def evaluate_command(
     samples: Annotated[
-        list[str], typer.Option(help="name=path/samples.npz; repeat for each method. The first is the baseline.")
+        list[str],
+        typer.Option(
+            help="[NAME=]PATH of a samples.npz (NAME defaults to its folder's name); repeat for each method. The "
+            "first is the baseline."
+        ),
     ],
     out: Annotated[
         Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")

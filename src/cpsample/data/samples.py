@@ -24,18 +24,26 @@ def split_sample_spec(spec: str) -> tuple[str, str]:
 
 
 def parse_named_paths(values: list[str]) -> dict[str, Path]:
-    """['plain=a/samples.npz', ...] -> {'plain': Path(...)}; names must be unique and files must exist."""
+    """['plain=a/samples.npz', 'b/samples.npz', ...] -> {'plain': Path(...), 'b': Path(...)}: [NAME=]PATH as in
+    every command that reads samples (a bare path is named by default_name); names must be unique, files exist."""
     if not values:
-        raise ValueError("give at least one --samples name=path/samples.npz")
+        raise ValueError("give at least one --samples [NAME=]PATH (a samples.npz)")
     named = {}
     for value in values:
         name, path = split_sample_spec(value)
-        if not name or not path:
-            raise ValueError(f"--samples expects name=path, got {value!r}")
+        if not path:
+            raise ValueError(f"--samples expects [NAME=]PATH, got {value!r}")
+        name = name or default_name(Path(path))
         if name in named:
-            raise ValueError(f"--samples name {name!r} given twice")
+            raise ValueError(f"--samples name {name!r} given twice; name them with NAME=PATH")
         named[name] = check_samples_path(Path(path), f"--samples {name}")
     return named
+
+
+def default_name(path: Path) -> str:
+    """A samples file's name when none is given: its folder's for a samples.npz (runs/plain/samples.npz -> plain),
+    else its own stem."""
+    return path.parent.name if path.stem == "samples" else path.stem
 
 
 def check_samples_path(path: Path, what: str) -> Path:
@@ -112,9 +120,7 @@ def read_sample_sets(specs: list[str]) -> dict:
         path = check_samples_path(Path(path), f"--samples {spec}")
         found = _named_arrays(path) or {"": load_samples(path).images}
         for key, images in found.items():
-            label = "/".join(part for part in (name, key) if part) or (
-                path.parent.name if path.stem == "samples" else path.stem
-            )
+            label = "/".join(part for part in (name, key) if part) or default_name(path)
             if label in sets:
                 raise ValueError(f"--samples: two sets are named {label!r}; name them with NAME=PATH")
             sets[label] = images
