@@ -71,7 +71,7 @@ def mia_command(
     columns = "attack | t | AUC=auc:.3f | TPR@1%FPR=tpr_at_1pct_fpr:.1% | Z=z:.2f | p (one-sided)=p_value:.2g"
     columns += " | member mean=member_mean:.4g | non-member mean=nonmember_mean:.4g"
     title += f"{first.n_nonmembers} non-members)"
-    show_table("membership_inference", title, rows, columns, bold=lambda row: row["best"])
+    show_table("membership_inference", title, rows, columns, bold="best")
 
 
 @attack_app.command("sample-nn")

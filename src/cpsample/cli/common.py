@@ -53,12 +53,9 @@ class Results:
         cls.as_json, cls.collected = False, {}  # one command per invocation: the next starts plain
 
 
-# A table column: (header, the row's key or a function of the row, format spec such as ".3f" or ".1%"; "" = as is).
-Column = tuple[str, "str | Callable[[Any], Any]", str]
-
-
-def parse_columns(text: str) -> list[Column]:
-    """ "AUC=auc:.3f | n" -> [("AUC", "auc", ".3f"), ("n", "n", "")]: header=key:format, key a dotted path."""
+def parse_columns(text: str) -> list[tuple[str, str, str]]:
+    """ "AUC=auc:.3f | n" -> [("AUC", "auc", ".3f"), ("n", "n", "")]: header=key:format (format as format()
+    takes it, "" = as is), key a dotted path into the row."""
     columns = []
     for part in text.split(" | "):
         header, _, rest = part.strip().partition("=")
@@ -67,13 +64,13 @@ def parse_columns(text: str) -> list[Column]:
     return columns
 
 
-def show_table(name: str, title: str, rows, columns, bold: Callable[[Any], bool] | None = None) -> None:
-    """Print rows as a table (None cells as "-"); with --json, collect them under `name`. columns: a list of
-    Column or their text form (parse_columns)."""
-    columns = parse_columns(columns) if isinstance(columns, str) else columns
-    values = [[(lookup(row, key) if isinstance(key, str) else key(row)) for _, key, _ in columns] for row in rows]
+def show_table(name: str, title: str, rows, columns: str, bold: str | None = None) -> None:
+    """Print rows as a table of the columns given as text (parse_columns; None cells as "-"), a row in bold where
+    its key `bold` is true; with --json, collect the raw values under `name`."""
+    columns = parse_columns(columns)
+    values = [[lookup(row, key) for _, key, _ in columns] for row in rows]
     if Results.as_json:
-        keys = [key if isinstance(key, str) else header for header, key, _ in columns]
+        keys = [key for _, key, _ in columns]
         Results.collected[name] = {"title": title, "rows": [dict(zip(keys, row)) for row in values]}
         return
     table = Table(title=title)
@@ -82,7 +79,7 @@ def show_table(name: str, title: str, rows, columns, bold: Callable[[Any], bool]
         table.add_column(header, justify="left" if prose else "right")
     for row, cells in zip(rows, values):
         formatted = ["-" if v is None else format(v, spec) for v, (_, _, spec) in zip(cells, columns)]
-        table.add_row(*formatted, style="bold" if bold and bold(row) else None)
+        table.add_row(*formatted, style="bold" if bold and lookup(row, bold) else None)
     output.print(table)
 
 
@@ -203,12 +200,11 @@ def os_error_line(error: OSError) -> str:
     return f"{where}{what}" + (f"; {advice}" if advice else "")
 
 
-def say_warnings(warnings: list[str]) -> dict:
-    """Print each warning loudly (protection that did not happen is never a quiet success); returns them for the
-    run's record."""
+def say_warnings(warnings: list[str]) -> None:
+    """Say each warning loudly (protection that did not happen is never a quiet success); the run's record keeps
+    them already."""
     for warning in warnings:
         log.warning(warning)
-    return {"warnings": warnings} if warnings else {}
 
 
 def parse_widths(text: str) -> tuple[int, ...]:

@@ -241,7 +241,7 @@ class ClassSkew:
         return cls(_required(reference.net, "a feature net", cls))
 
     def shares(self, images) -> np.ndarray:
-        return np.bincount(self.net.predict(images), minlength=self.net.num_classes) / len(images)
+        return class_shares(self.net, images)
 
     def __call__(self, samples: Samples) -> dict:
         shares = self.shares(samples.images)
@@ -264,8 +264,12 @@ class ClassShares:
         return cls(_required(reference.net, "a feature net", cls))
 
     def __call__(self, samples: Samples) -> dict:
-        counts = np.bincount(self.net.predict(samples.images), minlength=self.net.num_classes)
-        return {"class_shares": (counts / counts.sum()).round(4).tolist()}
+        return {"class_shares": class_shares(self.net, samples.images).round(4).tolist()}
+
+
+def class_shares(net, images) -> np.ndarray:
+    """Each class's share of the images, as the feature net predicts them."""
+    return np.bincount(net.predict(images), minlength=net.num_classes) / len(images)
 
 
 class SampleOnlyMembershipAUC:
