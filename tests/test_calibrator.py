@@ -21,7 +21,7 @@ TIMING = ("seconds", "time_vs_plain")
 
 
 def test_a_goal_is_validated_and_said_in_words():
-    assert Goal().as_dict() == {"reduction": 0.9, "target": None}
+    assert Goal().as_dict() == {"reduction": 0.95, "target": None}
     assert Goal(reduction=0.9, target=0.01).describe() == "cut >= 90% vs plain and share <= 1.0%"
     assert Goal(reduction=None).describe() == "any setting"
     for bad in ({"target": 1.5}, {"reduction": -0.1}):
@@ -107,8 +107,8 @@ def test_fit_screens_confirms_and_chooses_the_best_setting_that_keeps_the_cut(mo
                                     "defence. Compare AMG and rejection sampling on your model with "
                                     "bench/bench_seeds.py before you rely on it"]  # fmt: skip
     assert result.summary == (
-        "chosen: a=0.1, s=30 (checks at t <= 400); near-copy share 2.0% vs plain 40.0% over 300 images, "
-        "FD 4.20 vs 2.90"
+        "chosen: a=0.1, s=30 (checks at t <= 400); near-copy share 2.0% vs plain 40.0% over 300 images (cut 95.0%, "
+        "95% CI 88.8%-97.8%), FD 4.20 vs 2.90"  # Katz: 0.05 x/ exp(1.96 sqrt(1/6 - 1/300 + 1/120 - 1/300))
     )
     assert result.details["measured"] is result.chosen and result.details["goal"] == {"reduction": 0.9, "target": None}
 

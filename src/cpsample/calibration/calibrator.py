@@ -3,7 +3,8 @@ written; `fit()` returns a CalibrationResult that prints, saves the run and save
 
 from __future__ import annotations
 
-from cpsample.calibration import search
+from cpsample.calibration import search as grid_search
+from cpsample.calibration import seek
 from cpsample.calibration.goal import Goal
 from cpsample.calibration.result import CalibrationResult
 from cpsample.calibration.search import GridSettings
@@ -18,6 +19,9 @@ class FitReport:
     def warning(self, text: str) -> None:
         """A warning known before anything is sampled (a classifier that never fit)."""
 
+    def note(self, text: str) -> None:
+        """A note on how the calibration goes (the grid taken where the goal-seeking search cannot be)."""
+
     def screened(self, rows: list[dict], n_samples: int) -> None:
         """The screen's rows: plain first, then every setting of the grid on the same noise."""
 
@@ -27,11 +31,27 @@ class FitReport:
     def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
         """The confirmation round's rows, each pooled with its screen row."""
 
+    def checking(self, settings: list[str], n_samples: int, seed: int) -> None:
+        """The goal-seeking search's check starts: plain and each found setting in full on `n_samples` fresh images."""
+
+    def checked(self, rows: list[dict], n_samples: int) -> None:
+        """The check's rows, plain first (a setting that missed the goal is followed by its retry)."""
+
+
+SEARCHES = ("auto", "seek", "grid")
+
 
 class Calibrator:
-    """Finds the best-quality setting of the grid that meets the goal: a screen of every setting on the same noise,
-    then (below RELIABLE_IMAGES images) its `finalists` best feasible settings and plain again on `confirm_samples`
-    fresh images (default: twice the screen's), chosen on the pooled near-copies and the confirmation's FD.
+    """Finds the best-quality setting that meets the goal, by one of two searches:
+
+    - "seek" (calibration/seek.py): at each alpha, the smallest scale that meets the goal, by bisection on probes of
+      plain sampling's near-copies, then checked in full on `confirm_samples` fresh images (default: the screen's
+      count). The one-stage guard on an unconditional pixel model sampled with DDIM.
+    - "grid": a screen of every setting of the grid on the same noise, then (below RELIABLE_IMAGES images) its
+      `finalists` best feasible settings and plain again on `confirm_samples` fresh images (default: twice the
+      screen's), chosen on the pooled near-copies and the confirmation's FD.
+
+    "auto" seeks where it can and says why not where it cannot.
 
     `allow_vacuous` lets `save_pretrained` save a cut measured against a plain sampling that made no near-copies.
 
@@ -43,15 +63,18 @@ class Calibrator:
         grid: GridSettings,
         goal: Goal = Goal(),
         *,
-        finalists: int = search.FINALISTS,
+        search: str = "auto",
+        finalists: int = grid_search.FINALISTS,
         confirm_samples: int | None = None,
         allow_vacuous: bool = False,
     ):
+        if search not in SEARCHES:
+            raise ValueError(f"search is one of {', '.join(SEARCHES)}, got {search!r}")
         if finalists < 0:
             raise ValueError(f"finalists is a count (0: choose on the screen alone), got {finalists}")
         if confirm_samples is not None and confirm_samples < 1:
             raise ValueError(f"confirm_samples must be at least 1, got {confirm_samples}")
-        self.grid, self.goal = grid, goal
+        self.grid, self.goal, self.search = grid, goal, search
         self.finalists, self.confirm_samples, self.allow_vacuous = finalists, confirm_samples, allow_vacuous
 
     def fit(self, progress: bool = True, report: FitReport | None = None) -> CalibrationResult:
@@ -60,6 +83,8 @@ class Calibrator:
         unfit = unfit_classifier(resolve_model_dir(self.grid.classifier, "classifier"))
         if unfit:
             report.warning(unfit)
+        if self._seeks(report):
+            return self._seek(progress, report, unfit)
         rows = self._screen(progress)
         report.screened(rows, self.grid.n_samples)
         confirmed = self._confirm(rows, progress, report)
@@ -75,21 +100,51 @@ class Calibrator:
             chosen=chosen,
             missed=missed,
             unfit=unfit,
+            spent=spent_on_grid(rows, confirmed),
+        )
+
+    def _seeks(self, report: FitReport) -> bool:
+        """Whether this calibration seeks; "seek" where it cannot is refused, "auto" says why it takes the grid."""
+        if self.search == "grid":
+            return False
+        why_not = seek.why_not_seekable(self.grid, scales_given=self.grid.scales is not None)
+        if why_not and self.search == "seek":
+            raise ValueError(f"the goal-seeking search cannot calibrate this: {why_not}; use search 'grid'")
+        if why_not:
+            report.note(f"calibrating on the grid: {why_not}")
+        return not why_not
+
+    def _seek(self, progress: bool, report: FitReport, unfit: str | None) -> CalibrationResult:
+        seeker = seek.Seeker(self.grid, self.goal, self.confirm_samples)
+        rows, checked, chosen, missed = seeker.fit(report, progress)
+        return CalibrationResult(
+            grid=self.grid,
+            goal=self.goal,
+            finalists=0,
+            confirm_samples=seeker.check_samples,
+            allow_vacuous=self.allow_vacuous,
+            rows=rows,
+            confirmed=checked,
+            chosen=chosen,
+            missed=missed,
+            unfit=unfit,
+            search="seek",
+            spent=seeker.spent,
         )
 
     def _screen(self, progress: bool) -> list[dict]:
-        return search.run_grid(self.grid, progress=progress)
+        return grid_search.run_grid(self.grid, progress=progress)
 
     def _confirm(self, rows: list[dict], progress: bool, report: FitReport) -> list[dict]:
         """The confirmation round's pooled rows (plain first); empty when the screen had no feasible setting, no
         finalists were asked for, or the screen was large enough to decide alone."""
         goal = self.goal
-        screen_choice = search.choose_setting(rows, goal.target, goal.reduction)
-        if screen_choice is None or not self.finalists or self.grid.n_samples >= search.RELIABLE_IMAGES:
+        screen_choice = grid_search.choose_setting(rows, goal.target, goal.reduction)
+        if screen_choice is None or not self.finalists or self.grid.n_samples >= grid_search.RELIABLE_IMAGES:
             return []
         confirm_n = self.confirm_samples or 2 * self.grid.n_samples
-        report.confirming(self.finalists, confirm_n, self.grid.seed + search.CONFIRM_SEED_OFFSET)
-        confirmed = search.confirm_finalists(
+        report.confirming(self.finalists, confirm_n, self.grid.seed + grid_search.CONFIRM_SEED_OFFSET)
+        confirmed = grid_search.confirm_finalists(
             rows, self.grid, goal.target, goal.reduction, self.finalists, confirm_n, progress=progress
         )
         report.confirmed(confirmed, self.grid.n_samples, confirm_n)
@@ -100,12 +155,18 @@ class Calibrator:
         any; when none of them kept the cut once pooled, the most protective is kept and said to miss."""
         goal = self.goal
         if not confirmed:
-            return search.choose_setting(rows, goal.target, goal.reduction), None
-        chosen, kept_the_cut = search.choose_confirmed(confirmed, goal.target, goal.reduction)
+            return grid_search.choose_setting(rows, goal.target, goal.reduction), None
+        chosen, kept_the_cut = grid_search.choose_confirmed(confirmed, goal.target, goal.reduction)
         if kept_the_cut:
             return chosen, None
         return chosen, (
             f"no finalist kept {goal.describe()} over {chosen['n']} images; kept the most protective, "
-            f"{search.setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
+            f"{grid_search.setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
             f"{confirmed[0]['near_copy_share']:.1%}. Add larger --scales or --staged-scales, or more --finalists"
         )
+
+
+def spent_on_grid(rows: list[dict], confirmed: list[dict]) -> dict:
+    """Settings and images a grid calibration sampled (each in full: image-steps are images times steps)."""
+    images = sum(row["n"] for row in rows) + sum(row["confirmation_n"] for row in confirmed)
+    return {"settings": len(rows) + len(confirmed), "images": images}

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Goal:
-    """Near-copies cut by at least `reduction` relative to plain sampling (0.9: to a tenth) and kept at a share of at
-    most `target`; None leaves that part out (both None: any setting meets it)."""
+    """Near-copies cut by at least `reduction` relative to plain sampling (0.95: to a twentieth) and kept at a share
+    of at most `target`; None leaves that part out (both None: any setting meets it)."""
 
-    reduction: float | None = 0.9
+    reduction: float | None = 0.95
     target: float | None = None
 
     def __post_init__(self):

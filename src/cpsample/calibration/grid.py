@@ -10,6 +10,10 @@ EARLY_SCALES = (3.0,)
 STAGED_SCALES = (10.0, 30.0)
 DENOISED_LATE_SCALES = (10.0, 15.0)
 PUSH_CAPS = (None, 1.0, 1.25, 1.5, 2.0)  # None: uncapped, the paper's push
+# The goal-seeking search's alphas (calibration/seek.py), tried in turn until one can meet the goal: the smallest
+# alpha guides the fewest samples (alpha 0.1 met a 90-95% cut at the least FD on both bundled models, bench/README.md
+# Findings 2 and 21), but it never flags some copies (3 of 203 on `bundled`), which caps its cut.
+SEEK_ALPHAS = (0.1, 0.2, 0.3, 0.5)
 
 
 def as_option(values) -> str:

@@ -38,6 +38,15 @@ class CalibrationResult:
     chosen: dict | None
     missed: str | None
     unfit: str | None  # the classifier's training record says it never fit its members' labels
+    search: str = "grid"  # how it was found: "seek" (bisection on probes, then a check in full) or "grid"
+    spent: dict | None = None  # settings sampled and images drawn ("image_steps" where probes ran part of the way)
+
+    @cached_property
+    def cut(self) -> dict | None:
+        """The chosen setting's cut of near-copies vs plain on the deciding rows, with its 95% interval."""
+        from cpsample.calibration.seek import cut_interval
+
+        return None if self.chosen is None else cut_interval(self.chosen, self.plain)
 
     @cached_property
     def deciding(self) -> list[dict]:
@@ -140,9 +149,13 @@ class CalibrationResult:
         )
         fd = chosen["frechet_distance"]
         quality = "" if fd is None else f", FD {fd:.2f} vs {plain['frechet_distance']:.2f}"
+        cut = self.cut
+        cut_text = (
+            "" if cut["cut"] is None else f" (cut {cut['cut']:.1%}, 95% CI {cut['cut_low']:.1%}-{cut['cut_high']:.1%})"
+        )
         return (
             f"chosen: {search.setting_label(chosen)}{window}; near-copy share {chosen['near_copy_share']:.1%} vs "
-            f"plain {plain['near_copy_share']:.1%} over {chosen['n']} images{quality}"
+            f"plain {plain['near_copy_share']:.1%} over {chosen['n']} images{cut_text}{quality}"
         )
 
     @cached_property
@@ -155,6 +168,9 @@ class CalibrationResult:
             "model": str(resolve_model_dir(grid.model, "denoiser").resolve()),
             "goal": self.goal.as_dict(),
             "measured": self.chosen,
+            "cut": self.cut,
+            "search": self.search,
+            "spent": self.spent,
             "measured_one_stage": self.one_stage,
             "plain": self.plain,
             "n_samples": grid.n_samples,
@@ -190,13 +206,25 @@ class CalibrationResult:
         confirmation = {"confirmation": self.confirmation} if self.confirmation else {}
         record = out / RUN_RECORD
         record.write_text(
-            json.dumps({**goal.as_dict(), "chosen": self.chosen, "rows": self.rows, **confirmation}, indent=2)
+            json.dumps(
+                {
+                    **goal.as_dict(),
+                    "search": self.search,
+                    "spent": self.spent,
+                    "chosen": self.chosen,
+                    "cut": self.cut,
+                    "rows": self.rows,
+                    **confirmation,
+                },
+                indent=2,
+            )
         )
         settings = {
             **self.grid.__dict__,
             **goal.as_dict(),
             "finalists": self.finalists,
             "confirm_samples": self.confirm_samples,
+            "search": self.search,
         }
         write_record(out, "calibrate", settings, {"chosen": self.chosen})
         return record

@@ -74,8 +74,8 @@ class GridSettings:
     n_samples: int = 300
     steps: int = 50
     scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
-    alphas: Sequence[float] = grid.ALPHAS
-    scales: Sequence[float] = grid.SCALES
+    alphas: Sequence[float] | None = None  # None: grid.ALPHAS on the grid, seek.SEEK_ALPHAS when seeking
+    scales: Sequence[float] | None = None  # None: grid.SCALES (the goal-seeking search finds the scale itself)
     tau: float = 0.001
     threshold: float | None = None  # None: the near-copy yardstick's default for `features`
     features: str = "pixels"
@@ -170,21 +170,31 @@ GRID_MEASURES = ("near_copy_share", "guided_share", "frechet_distance", "time")
 
 def _pixel_runner(settings: GridSettings):
     """(sample a candidate, what its rows are measured against) for a pixel-space denoiser."""
-    model = DiffusionModel.from_pretrained(settings.model, settings.device)  # weights and data read once
+    adapter, classifier, reference, config = pixel_parts(settings)
+
+    def run(candidate: dict):
+        return generate(adapter, candidate_spec(settings, candidate), config, classifier)
+
+    return run, reference
+
+
+def pixel_parts(settings: GridSettings) -> tuple[PixelAdapter, Classifier, Reference, SampleConfig]:
+    """(the model's adapter, the classifier, what rows are measured against, how to sample) for a pixel-space
+    denoiser: the weights and data read once, every classifier checked against the model before anything runs."""
+    model = DiffusionModel.from_pretrained(settings.model, settings.device)
     classifier = Classifier.from_pretrained(settings.classifier, settings.device)
     for folder in settings.late_classifiers:  # refused before the grid starts, not half-way through it
         other = Classifier.from_pretrained(folder, settings.device)
         check_classifier_fits(other.model, other.folder, model.unet, model.schedule, model.folder)
+    if model.conditional:
+        raise ValueError(
+            f"{model.folder or 'this model'} is a class-conditional model: sample it with `cpsample sample --classes`"
+        )
     reference = Reference(
         detector=NearCopyDetector(model.members.images, settings.threshold, settings.features),
         net=_quality_net(settings.quality_net, model.nonmembers.images.shape[1]),
         heldout=model.nonmembers.images,
     )
-    if model.conditional:
-        raise ValueError(
-            f"{model.folder or 'this model'} is a class-conditional model: sample it with `cpsample sample --classes`"
-        )
-    adapter = PixelAdapter(model, settings.scheduler)
     config = SampleConfig(
         n=settings.n_samples,
         steps=settings.steps,
@@ -194,11 +204,7 @@ def _pixel_runner(settings: GridSettings):
         seed=settings.seed,
         progress=False,
     )
-
-    def run(candidate: dict):
-        return generate(adapter, candidate_spec(settings, candidate), config, classifier)
-
-    return run, reference
+    return PixelAdapter(model, settings.scheduler), classifier, reference, config
 
 
 def _latent_runner(settings: GridSettings):
@@ -281,7 +287,8 @@ def grid_candidates(settings: GridSettings) -> list[dict]:
             "late_classifier": late_classifier,
         }
 
-    one_stage = [candidate(ONE_STAGE, a, s) for a, s in itertools.product(settings.alphas, settings.scales)]
+    alphas, scales = settings.alphas or grid.ALPHAS, settings.scales or grid.SCALES
+    one_stage = [candidate(ONE_STAGE, a, s) for a, s in itertools.product(alphas, scales)]
     late_options = [
         (False, STAGED_ALPHA, s, late) for late in (None, *settings.late_classifiers) for s in settings.staged_scales
     ] + [(True, DENOISED_LATE_ALPHA, s, None) for s in settings.denoised_late_scales]
@@ -522,9 +529,21 @@ MAX_T_MARGIN = 20
 def calibrated_settings(chosen: dict, tau: float, num_train_timesteps: int = 1000) -> dict:
     """The one-stage knobs written to calibration.json for a chosen grid row (the window only for a one-stage row:
     a two-stage row's late stage has its own)."""
-    last = chosen.get("last_fired_t") if chosen.get("guard") == ONE_STAGE else None
-    max_t = None if last is None else min(num_train_timesteps - 1, math.ceil((int(last) + MAX_T_MARGIN) / 100) * 100)
+    if chosen.get("guard") != ONE_STAGE:
+        max_t = None
+    elif chosen.get("max_t") is not None:  # the goal-seeking search checked this window in full
+        max_t = chosen["max_t"]
+    else:
+        max_t = check_window(chosen.get("last_fired_t"), num_train_timesteps)
     return {"alpha": chosen["alpha"], "scale": chosen["scale"], "tau": tau, "max_t": max_t}
+
+
+def check_window(last_fired_t: int | None, num_train_timesteps: int = 1000) -> int | None:
+    """max_t for a guard that last fired at `last_fired_t`: MAX_T_MARGIN above it, rounded up to a hundred (None:
+    it never fired, so every step stays checked)."""
+    if last_fired_t is None:
+        return None
+    return min(num_train_timesteps - 1, math.ceil((int(last_fired_t) + MAX_T_MARGIN) / 100) * 100)
 
 
 def two_stage_calibration(chosen: dict, settings: GridSettings) -> dict | None:

@@ -64,10 +64,13 @@ def parse_columns(text: str) -> list[tuple[str, str, str]]:
     return columns
 
 
-def show_table(name: str, title: str, rows, columns: str, bold: str | None = None) -> None:
+def show_table(name: str, title: str, rows, columns: str, bold: str | None = None, drop_empty: bool = False) -> None:
     """Print rows as a table of the columns given as text (parse_columns; None cells as "-"), a row in bold where
-    its key `bold` is true; with --json, collect the raw values under `name`."""
+    its key `bold` is true, and with drop_empty without the columns no row has a value in; with --json, collect the
+    raw values under `name`."""
     columns = parse_columns(columns)
+    if drop_empty:
+        columns = [column for column in columns if any(lookup(row, column[1]) is not None for row in rows)]
     values = [[lookup(row, key) for _, key, _ in columns] for row in rows]
     if Results.as_json:
         keys = [key for _, key, _ in columns]

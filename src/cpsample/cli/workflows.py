@@ -89,16 +89,37 @@ def calibrate_command(
     classifier: opt.Classifier,
     reduction: Annotated[
         Optional[float],
-        typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.9: to a tenth)."),
-    ] = 0.9,
+        typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.95: to a twentieth)."),
+    ] = 0.95,
     target: Annotated[
         Optional[float], typer.Option(help="Also keep the near-copy share at most this, e.g. 0.01.")
     ] = None,
+    search: Annotated[
+        str,
+        typer.Option(
+            help="'seek': bisect on the scale at each alpha (the one-stage guard on an unconditional pixel model, "
+            "DDIM); 'grid': try every --alphas x --scales; 'auto': seek where it can, else the grid (it says why)."
+        ),
+    ] = "auto",
     n_samples: Annotated[
-        int, typer.Option(min=1, help="Calibration batch size per setting (same noise for every setting).")
+        int,
+        typer.Option(
+            min=1,
+            help="Images per setting on the grid's screen (same noise for every setting); the goal-seeking search "
+            "screens plain sampling on twice as many and samples only their near-copies again per probe.",
+        ),
     ] = 300,
-    alphas: Annotated[str, typer.Option(help="Comma-separated alpha values to try.")] = grid.as_option(grid.ALPHAS),
-    scales: Annotated[str, typer.Option(help="Comma-separated guidance scales to try.")] = grid.as_option(grid.SCALES),
+    alphas: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"Comma-separated alphas. Default: {grid.as_option(grid.SEEK_ALPHAS)} when seeking, "
+            f"{grid.as_option(grid.ALPHAS)} on the grid."
+        ),
+    ] = None,
+    scales: Annotated[
+        Optional[str],
+        typer.Option(help=f"Grid: comma-separated scales to try (default {grid.as_option(grid.SCALES)})."),
+    ] = None,
     tau: opt.Tau = None,
     steps: opt.SamplingSteps = 50,
     threshold: opt.NearCopyThreshold = None,
@@ -187,7 +208,11 @@ def calibrate_command(
     ] = 4,
     confirm_samples: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Images per setting in the confirmation round (default: twice --n-samples)."),
+        typer.Option(
+            min=1,
+            help="Fresh images per setting in the grid's confirmation round (default twice --n-samples) or the "
+            "goal-seeking search's check (default --n-samples).",
+        ),
     ] = None,
     allow_vacuous: Annotated[
         bool,
@@ -214,7 +239,7 @@ def calibrate_command(
     prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
     settings = call_with(
         GridSettings, locals(), prompts=tuple(prompts), private=None if private is None else str(private),
-        alphas=_floats(alphas, "--alphas"), scales=_floats(scales, "--scales"),
+        alphas=alphas and _floats(alphas, "--alphas"), scales=scales and _floats(scales, "--scales"),
         early_scales=_floats(early_scales, "--early-scales"),
         staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
         denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
@@ -236,8 +261,12 @@ class _PrintedReport:
     def warning(self, text: str) -> None:
         log.warning(text)
 
+    def note(self, text: str) -> None:
+        log.info(text)
+
     def screened(self, rows: list[dict], n_samples: int) -> None:
-        _show_grid("screen", rows, f"calibration on {n_samples} images per setting")
+        probed = "; probes sample plain's near-copies again" if any(row.get("probed") for row in rows) else ""
+        _show_grid("screen", rows, f"screen on {n_samples} images{probed}")
 
     def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
         log.info(
@@ -249,6 +278,12 @@ class _PrintedReport:
         pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
         _show_grid("confirmation", rows, f"confirmation: {pooled}, FD and time on the {confirm_n}")
 
+    def checking(self, settings: list[str], n_samples: int, seed: int) -> None:
+        log.info(f"check: plain and {', '.join(settings)} in full on {n_samples} fresh images (seed {seed})")
+
+    def checked(self, rows: list[dict], n_samples: int) -> None:
+        _show_grid("check", rows, f"check: in full on {n_samples} fresh images (the choice is made here)")
+
 
 def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
     """The choice, its warnings and where it was saved; exit 1 when no setting met the goal, and a refusal (nothing
@@ -256,10 +291,8 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
     from cpsample.models.bundle import is_bundled
 
     if result.chosen is None:
-        log.error(
-            f"no setting met {result.goal.describe()}: try larger --alphas or --scales; nothing was saved next to the "
-            "classifier"
-        )
+        why = result.missed or f"no setting met {result.goal.describe()}: try larger --alphas or --scales"
+        log.error(f"{why}; nothing was saved next to the classifier")
         raise typer.Exit(code=1)
     if result.vacuous_refused:
         raise ValueError(
@@ -296,9 +329,10 @@ def _show_grid(name: str, rows: list[dict], title: str) -> None:
         for row in rows
     ]
     columns = "guard=kind | late judges=late | alpha=alpha:g | s=scale:g | early s=early_scale:g | cap=max_push:g"
-    columns += " | near-copies=near_copies | share (95% CI)=share_ci"
+    columns += " | near-copies=near_copies | share (95% CI)=share_ci | probed=probed | from t=from_t"
+    columns += " | never flagged=unflagged"
     columns += " | steps guided=steps_guided:.1% | last t guided=last_fired_t | FD=frechet_distance:.2f"
-    show_table(name, title, rows, columns + " | time vs plain=time_vs_plain:.2f")
+    show_table(name, title, rows, columns + " | time vs plain=time_vs_plain:.2f", drop_empty=True)
 
 
 def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:

@@ -139,19 +139,32 @@ def sample_batch(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     raw: bool = False,
+    start: tuple[int, torch.Tensor] | None = None,
+    states: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Run one batch from x_T to x_0: the one denoising loop (pixel, class-conditional and latent models, SIDE).
 
     Returns images in [-1, 1] (float32, CPU), or with raw=True the final x as it is (latents), and the guard's
-    trace."""
+    trace. Calibration's probes (calibration/seek.py) use the last two: `states` receives x before each step (on the
+    CPU), and `start` = (step index, x there) begins part-way along such a kept trajectory instead of at x_T (for a
+    deterministic scheduler: the steps skipped drew nothing from the generator); the trace then says the guard did
+    not act at the skipped steps."""
     guard.reset()
     guard.begin_run(run_noise_levels(scheduler))
-    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
-    x = x * scheduler.init_noise_sigma
+    first, x = start if start is not None else (0, None)
+    if x is None:
+        x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+        x = x * scheduler.init_noise_sigma
+    else:
+        x = x.to(device=device, dtype=dtype)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     # Stochastic schedulers (DDPM) take our generator; deterministic ones such as PNDM have no such argument.
     step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for index, t in enumerate(scheduler.timesteps):
+        if index < first:
+            continue
+        if states is not None:
+            states.append(x.detach().float().cpu())
         guard.begin_step(index, len(scheduler.timesteps))
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         model_input = scheduler.scale_model_input(x, t)
@@ -161,8 +174,17 @@ def sample_batch(
         x = scheduler.step(eps, t, x, **step_options).prev_sample
         check_finite_step(x, index, len(scheduler.timesteps), t, guard)
     images = x if raw else x.float().clamp(-1.0, 1.0).cpu()
-    trace = {key: np.stack(values) for key, values in guard.trace.items()}
+    trace = {key: _unacted_before(key, np.stack(values), first) for key, values in guard.trace.items()}
     return images, trace
+
+
+def _unacted_before(key: str, rows: np.ndarray, skipped: int) -> np.ndarray:
+    """A trace (steps, N) with `skipped` rows in front for steps not run here: 0 for "fired" (what the measures read
+    as guided), NaN for anything else (not checked)."""
+    if not skipped:
+        return rows
+    filler = np.full((skipped, *rows.shape[1:]), 0.0 if key == "fired" else np.nan, rows.dtype)
+    return np.concatenate([filler, rows])
 
 
 def batch_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:

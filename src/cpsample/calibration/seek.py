@@ -1,0 +1,365 @@
+"""Goal-seeking calibration of CPSample's one-stage guard: the smallest alpha, and at it the smallest scale s, whose
+cut of near-copies meets the goal, found by bisection instead of read off a fixed grid.
+
+Why a probe is cheap: from the same noise a guarded sample follows the plain one exactly until the guard first acts
+on it, and whether and when that happens depends on alpha and the plain trajectory alone, not on s. So the screen
+samples plain once, keeping every step's x and the classifier's confidence (the watch), which says for every alpha
+which samples the guard would ever act on and from which step. A scale is then probed by sampling again only plain's
+near-copies that the guard would act on, from the first step at which any of them was flagged (DDIM draws no noise on
+the way, so the skipped steps are plain's); copies it never acts on stay copies at every scale.
+
+What a probe does not see: a plain non-copy that the guard turns into a copy (on `bundled`, 20 steps: 1 of 57 at
+s 10). Sampling every flagged sample would count those too, but at alpha 0.1 the guard acts on nearly every sample
+(78 of 80), so each probe would cost about 3 times as much. The screen therefore aims a little above the goal, and
+the choice is sampled in full on fresh images (the check), which give the cut, FD and time it is judged on.
+
+    result = Calibrator(GridSettings(classifier="runs/clf"), Goal(reduction=0.95)).fit()   # seeks where it can
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cpsample.calibration import grid, search
+from cpsample.calibration.goal import Goal
+from cpsample.calibration.search import ONE_STAGE, PLAIN, GridSettings
+from cpsample.evaluation.measures import Judge, NearCopyShare
+from cpsample.sampling.guards import Guard, NoGuard
+from cpsample.sampling.sampler import sample_batch
+
+# The screen aims the cut this far above the goal: the check's cut on fresh images scatters around the screen's
+# (300 images with plain at 28% near-copies: one copy moves the cut 1.2 points), and landing within 3 points above
+# the goal is the aim.
+AIM_MARGIN = 0.015
+# The bracket starts at FIRST_SCALE and moves by BRACKET_FACTOR within [MIN_SCALE, MAX_SCALE] until its ends
+# disagree, then is bisected (geometric means) until they are within RESOLUTION of each other.
+FIRST_SCALE = 30.0
+BRACKET_FACTOR = 4.0
+MIN_SCALE, MAX_SCALE = 0.5, 3000.0
+RESOLUTION = 1.15
+# A scale that misses the goal in the check is tried once more, this much larger, on the same check images.
+RETRY_FACTOR = 1.5
+# The probe's and the check's columns beside the grid's, so every row of a record has the same columns.
+# max_t: the window the check ran (and calibration.json records); unflagged: plain copies the guard never flagged at
+# this alpha (no scale moves them, so they cap the cut).
+PROBE_COLUMNS = ("probed", "from_t", "unflagged", "max_t")
+
+
+def why_not_seekable(settings: GridSettings, scales_given: bool = False) -> str | None:
+    """Why the goal-seeking search cannot calibrate these settings (the grid then does), or None when it can."""
+    if settings.latent:
+        return "a Stable Diffusion pipeline is calibrated on the grid (its probes would need the pipeline's own loop)"
+    if settings.early_classifier is not None:
+        return "the two-stage guard (--early-classifier) is calibrated on the grid"
+    if settings.scheduler != "ddim":
+        return f"probes start part-way along plain trajectories, which needs DDIM (not {settings.scheduler})"
+    if scales_given:
+        return "--scales lists the grid's scales; the goal-seeking search finds the scale itself"
+    return None
+
+
+@dataclass
+class KeptRun:
+    """Plain sampling of n images with every step's x kept (what probes start from), measured as a grid row."""
+
+    images: torch.Tensor  # (N, C, H, W) decoded, in [-1, 1]
+    states: torch.Tensor  # (steps, N, C, H, W): x before each step
+    timesteps: np.ndarray
+    seconds: float
+    least: np.ndarray | None = None  # (steps, N): the classifier's smaller class probability (watched runs)
+    trace: dict = dataclasses.field(default_factory=dict)  # plain sampling has no guard trace
+
+    def flagged(self, alpha: float) -> np.ndarray:
+        """(steps, N): where CPSample at this alpha would act first (its rule: the smaller probability < alpha)."""
+        return self.least < alpha
+
+
+class Watch(Guard):
+    """Plain sampling that records the classifier's smaller class probability per step and sample (as "least"): where
+    it is below alpha, CPSample's check at alpha fires."""
+
+    name = "watch"
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def correct(self, predictions, x_t, t, abar_t):
+        with torch.no_grad():
+            probs = self.classifier(x_t.float(), t).float().softmax(dim=-1)
+        self.record(least=probs.min(dim=1).values)
+        return predictions
+
+
+class Seeker:
+    """The goal-seeking search on one model: plain runs kept, probes, checks in full. `fit()` returns what
+    CalibrationResult holds."""
+
+    def __init__(self, settings: GridSettings, goal: Goal, check_samples: int | None = None):
+        self.settings, self.goal = settings, goal
+        # The screen's plain run is twice the grid's screen: only its near-copies are sampled again, and the more
+        # there are, the surer each probe's count (300 images of `bundled`: 102 copies, probes flat at 3-5 from s 30
+        # to 120; 600 images: 203 copies, 29 -> 5 from s 7.5 to 30).
+        self.screen_samples = 2 * settings.n_samples
+        self.check_samples = check_samples or settings.n_samples
+        self.adapter, self.classifier, reference, self.config = search.pixel_parts(settings)
+        self.judge = Judge.from_reference(reference, (*search.GRID_MEASURES, *settings.measures))
+        self.detector = reference.detector
+        self.device = torch.device(settings.device)
+        self.spent = {"settings": 0, "images": 0, "image_steps": 0}
+
+    def fit(self, report, progress: bool = True) -> tuple[list[dict], list[dict], dict | None, str | None]:
+        """(screen rows: plain then every probe; check rows: plain then each alpha's scale in full; the chosen check
+        row or None; why the choice misses the goal or None)."""
+        settings, goal = self.settings, self.goal
+        plain = self.keep_plain(settings.seed, self.screen_samples, progress, watch=True)
+        plain_row = self.row_of(plain, PLAIN)
+        copies = np.asarray(self.detector(plain.images.numpy()), dtype=bool)
+        if not copies.any():
+            missed = (
+                f"plain sampling made no near-copies on {self.screen_samples} images: there is nothing to cut. "
+                "Give more --n-samples, or a lower --threshold if your copies are looser"
+            )
+            return [plain_row], [], None, missed
+        allowed = math.floor(self.aimed_limit(plain_row) * self.screen_samples + 1e-9)
+        rows, found, probe = [plain_row], {}, Probe(self, plain, copies)
+        for alpha in settings.alphas or grid.SEEK_ALPHAS:
+            found[alpha] = seek_scale(lambda s, a=alpha: probe(a, s), allowed, rows, progress)
+            if found[alpha] is not None and settings.alphas is None:
+                break  # the smallest alpha that can meet the goal guides the fewest samples
+            if found[alpha] is None and rows[-1]["unflagged"] > allowed:
+                report.note(
+                    f"alpha {alpha:g} never flags {rows[-1]['unflagged']} of plain's {copies.sum()} near-copies (at "
+                    f"most {allowed} may stay): no scale can meet the goal there"
+                )
+        self.judge.relate(rows)
+        for row in rows[1:]:  # a probe samples a few images part of the way: its time is no sampling time
+            row["time_vs_plain"] = None
+        report.screened(rows, self.screen_samples)
+        scales = {
+            alpha: (scale, search.check_window(probe.last_fired_t[alpha])) for alpha, scale in found.items() if scale
+        }
+        if not scales:
+            return (
+                rows,
+                [],
+                None,
+                (
+                    f"no scale up to {MAX_SCALE:g} cut the near-copies of plain sampling enough at alpha "
+                    f"{', '.join(f'{a:g}' for a in found)}: the classifier may not fit its members (see its training "
+                    "record), or give a larger --alphas"
+                ),
+            )
+        checked = self.check(scales, report, progress)
+        chosen = search.choose_setting(checked, goal.target, goal.reduction)
+        if chosen is not None:
+            return rows, checked, chosen, None
+        chosen = min(checked[1:], key=lambda row: (row["near_copy_share"], row["frechet_distance"] or 0.0))
+        return (
+            rows,
+            checked,
+            chosen,
+            (
+                f"no scale kept {goal.describe()} in full on {self.check_samples} fresh images; kept the most "
+                f"protective, {search.setting_label(chosen)} at {chosen['near_copy_share']:.1%} near-copies vs plain "
+                f"{checked[0]['near_copy_share']:.1%}. More --n-samples make the screen's aim surer"
+            ),
+        )
+
+    def aimed_limit(self, plain_row: dict) -> float:
+        """The near-copy share the screen aims under: the goal's limit with the cut AIM_MARGIN higher."""
+        goal = self.goal
+        reduction = None if goal.reduction is None else min(1.0, goal.reduction + AIM_MARGIN)
+        return search.share_limit([plain_row], goal.target, reduction)
+
+    def check(self, scales: dict[float, tuple[float, int | None]], report, progress: bool) -> list[dict]:
+        """Plain and each alpha's (scale, max_t) in full on check_samples fresh images, checking at t <= max_t as
+        calibration.json will (retried once RETRY_FACTOR larger where it misses the goal); plain first."""
+        settings, goal = self.settings, self.goal
+        seed = settings.seed + search.CONFIRM_SEED_OFFSET
+        report.checking([f"a={a:g}, s={s:g}" for a, (s, _) in scales.items()], self.check_samples, seed)
+        rows = [self.row_of(self.keep_plain(seed, self.check_samples, progress), PLAIN)]
+        for alpha, (scale, max_t) in scales.items():
+            row = self.full_row(alpha, scale, max_t, seed, progress)
+            rows.append(row)
+            if not search.feasible_rows([rows[0], row], goal.target, goal.reduction):
+                rows.append(self.full_row(alpha, float(f"{scale * RETRY_FACTOR:.3g}"), max_t, seed, progress))
+        self.judge.relate(rows)
+        for row in rows:
+            row["confirmation_n"] = self.check_samples
+        report.checked(rows, self.check_samples)
+        return rows
+
+    def keep_plain(self, seed: int, n: int, progress: bool, watch: bool = False) -> KeptRun:
+        """Plain sampling of n images from the noise `generate` draws for (seed, batch_size), every step's x kept and,
+        with watch, the classifier's confidence."""
+        config, adapter = self.config, self.adapter
+        images, states, least = [], [], []
+        started = time.time()
+        for batch in tqdm(adapter.batches(n, config.batch_size, seed), desc="plain (kept)", disable=not progress):
+            kept: list[torch.Tensor] = []
+            x, trace = sample_batch(
+                adapter.denoiser(None),
+                self.scheduler(),
+                (batch.size, *adapter.sample_shape),
+                Watch(self.classifier.model) if watch else NoGuard(),
+                batch.generator(),
+                self.device,
+                raw=True,
+                states=kept,
+            )
+            images.append(adapter.decode(x))
+            states.append(torch.stack(kept))
+            least.append(trace.get("least"))
+        self.spend(n, len(self.scheduler().timesteps) * n)
+        timesteps = self.scheduler().timesteps.cpu().numpy()
+        watched = np.concatenate(least, axis=1) if watch else None
+        return KeptRun(torch.cat(images), torch.cat(states, dim=1), timesteps, time.time() - started, watched)
+
+    def full_row(self, alpha: float, scale: float, max_t: int | None, seed: int, progress: bool) -> dict:
+        """One-stage (alpha, scale), checking at t <= max_t, sampled in full from (seed, check_samples): a grid row."""
+        from cpsample.sampling.generate import generate
+        from cpsample.sampling.spec import GuardSpec
+
+        candidate = {**search.setting_of({"guard": ONE_STAGE}), "alpha": alpha, "scale": scale}
+        spec = GuardSpec.create(ONE_STAGE, alpha=alpha, scale=scale, tau=self.settings.tau, max_t=max_t)
+        config = dataclasses.replace(self.config, n=self.check_samples, seed=seed, progress=progress)
+        started = time.time()
+        result = generate(self.adapter, spec, config, self.classifier)
+        self.spend(self.check_samples, len(result.timesteps) * self.check_samples)
+        measured = self.judge(result, seconds=time.time() - started)
+        return {**candidate, **measured, **dict.fromkeys(PROBE_COLUMNS), "max_t": max_t}
+
+    def row_of(self, run: KeptRun, guard: str) -> dict:
+        return {**search.setting_of({"guard": guard}), **self.judge(run), **dict.fromkeys(PROBE_COLUMNS)}
+
+    def scheduler(self):
+        return self.adapter.scheduler(self.settings.scheduler, self.settings.steps)
+
+    def spend(self, images: int, image_steps: int) -> None:
+        self.spent["settings"] += 1
+        self.spent["images"] += images
+        self.spent["image_steps"] += image_steps
+
+
+class Probe:
+    """The near-copies a one-stage (alpha, s) leaves among plain's on the screen's noise: the copies the guard would
+    act on at alpha are sampled again, from the first step at which any of them was flagged; the others stay copies."""
+
+    def __init__(self, seeker: Seeker, plain: KeptRun, copies: np.ndarray):
+        self.seeker, self.plain, self.copies = seeker, plain, copies  # copies: plain's near-copies, one bool per image
+        self.last_fired_t: dict[float, int | None] = {}  # per alpha: the highest t at which it acted, over its probes
+
+    def __call__(self, alpha: float, scale: float) -> dict:
+        seeker, settings, plain = self.seeker, self.seeker.settings, self.plain
+        candidate = {**search.setting_of({"guard": ONE_STAGE}), "alpha": alpha, "scale": scale}
+        guard = seeker.adapter.guard(search.candidate_spec(settings, candidate), seeker.classifier, settings.device)
+        flagged_at = plain.flagged(alpha) & self.copies  # (steps, N): copies the guard acts on, from when
+        flagged = np.flatnonzero(flagged_at.any(axis=0))
+        first = int(np.argmax(flagged_at.any(axis=1))) if len(flagged) else len(plain.timesteps)
+        started, copies, fired = time.time(), self.copies.copy(), []
+        for begin in range(0, len(flagged), settings.batch_size):
+            rows = flagged[begin : begin + settings.batch_size]
+            x_first = plain.states[first, torch.as_tensor(rows)]
+            x, trace = sample_batch(
+                seeker.adapter.denoiser(None),
+                seeker.scheduler(),
+                tuple(x_first.shape),
+                guard,
+                torch.Generator(),  # unused: DDIM draws no noise, and x is given
+                seeker.device,
+                raw=True,
+                start=(first, x_first),
+            )
+            copies[rows] = seeker.detector(seeker.adapter.decode(x).numpy())
+            fired.append(trace["fired"] > 0)
+        seeker.spend(len(flagged), (len(plain.timesteps) - first) * len(flagged))
+        fired_steps = np.concatenate(fired, axis=1).any(axis=1) if fired else np.zeros(len(plain.timesteps), bool)
+        last = int(plain.timesteps[fired_steps].max()) if fired_steps.any() else None
+        self.last_fired_t[alpha] = max(filter(None, (last, self.last_fired_t.get(alpha))), default=None)
+        return {
+            **candidate,
+            **NearCopyShare.columns(int(copies.sum()), len(copies)),
+            "steps_guided": None,  # of the copies only: not the share of a full run
+            "last_fired_t": last,
+            "frechet_distance": None,
+            "seconds": time.time() - started,
+            "probed": len(flagged),
+            "from_t": int(plain.timesteps[first]) if len(flagged) else None,
+            "unflagged": int((self.copies & ~flagged_at.any(axis=0)).sum()),
+            "max_t": None,
+        }
+
+
+def seek_scale(probe, allowed: int, rows: list[dict], progress: bool = True) -> float | None:
+    """The smallest scale (to within RESOLUTION) whose probe leaves at most `allowed` near-copies, each probe's row
+    appended to `rows`; None when MAX_SCALE leaves more. Near-copies fall as s grows (same noise), so a bracket
+    [infeasible, feasible] is found from FIRST_SCALE and bisected in log space."""
+    bar = tqdm(desc="seeking the scale", unit="probe", disable=not progress)
+
+    def meets(scale: float) -> bool:
+        row = probe(scale)
+        rows.append(row)
+        bar.update()
+        bar.set_postfix(s=f"{scale:g}", copies=row["near_copies"], allowed=allowed)
+        return row["near_copies"] <= allowed
+
+    low, high = _bracket(meets, lambda: rows[-1]["unflagged"] > allowed)
+    while low is not None and high is not None and high / low > RESOLUTION:
+        middle = float(f"{math.sqrt(low * high):.3g}")
+        if middle in (low, high):
+            break
+        if meets(middle):
+            high = middle
+        else:
+            low = middle
+    bar.close()
+    return high
+
+
+def _bracket(meets, capped) -> tuple[float | None, float | None]:
+    """(largest scale seen to miss, smallest seen to meet): from FIRST_SCALE downwards while it meets, upwards while
+    it misses; None where the range's end was reached first, or where `capped()` says after the first probe that the
+    copies never flagged are already too many for any scale."""
+    scale = FIRST_SCALE
+    if meets(scale):
+        while scale / BRACKET_FACTOR >= MIN_SCALE:
+            lower = float(f"{scale / BRACKET_FACTOR:.3g}")
+            if not meets(lower):
+                return lower, scale
+            scale = lower
+        return None, scale
+    if capped():
+        return scale, None
+    while scale * BRACKET_FACTOR <= MAX_SCALE:
+        higher = float(f"{scale * BRACKET_FACTOR:.3g}")
+        if meets(higher):
+            return scale, higher
+        scale = higher
+    return scale, None
+
+
+def cut_interval(chosen: dict, plain: dict) -> dict:
+    """The cut of near-copies vs plain (1 - relative share) with its 95% interval: Katz's log interval of the
+    relative share (scipy); with no near-copies left, the exact bound of 0/n against plain's share."""
+    from scipy.stats.contingency import relative_risk
+
+    from cpsample.evaluation.replication import clopper_pearson
+
+    copies, n, plain_copies, plain_n = chosen["near_copies"], chosen["n"], plain["near_copies"], plain["n"]
+    if not plain_copies:
+        return {"cut": None, "cut_low": None, "cut_high": None}
+    ratio = relative_risk(copies, n, plain_copies, plain_n)
+    if copies:
+        interval = ratio.confidence_interval(0.95)
+        low, high = 1.0 - interval.high, 1.0 - interval.low
+    else:
+        low, high = max(0.0, 1.0 - clopper_pearson(0, n)[1] / (plain_copies / plain_n)), 1.0
+    return {"cut": 1.0 - ratio.relative_risk, "cut_low": low, "cut_high": high}

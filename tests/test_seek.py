@@ -1,0 +1,144 @@
+"""The goal-seeking calibration (calibration/seek.py): a probe counts what a full run counts among plain's copies, the
+loop resumes a kept trajectory bit for bit, the bisection finds the smallest scale that meets the goal, and the
+Calibrator checks its choice in full and saves the window it checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli
+
+from cpsample.calibration import Calibrator, Goal, GridSettings, seek
+from cpsample.calibration.search import candidate_spec, check_window, setting_of
+from cpsample.sampling.generate import generate
+from cpsample.sampling.guards import Guard, NoGuard
+from cpsample.sampling.sampler import sample_batch
+
+FAST = dict(n_samples=40, steps=20, batch_size=25)
+
+
+@pytest.fixture(scope="module")
+def seeker():
+    return seek.Seeker(GridSettings(**FAST), Goal())
+
+
+@pytest.fixture(scope="module")
+def watched(seeker):
+    return seeker.keep_plain(0, 80, progress=False, watch=True)
+
+
+def test_a_kept_plain_run_is_generate_s_plain_run(seeker, watched):
+    plain = generate(seeker.adapter, "none", dataclasses.replace(seeker.config, n=80))
+    assert torch.equal(plain.images, watched.images)
+    assert watched.states.shape == (20, 80, 1, 16, 16) and watched.least.shape == (20, 80)
+    assert np.all((watched.least >= 0) & (watched.least <= 0.5))  # the smaller of two probabilities
+
+
+def test_a_probe_counts_what_a_full_run_counts_among_plain_copies(seeker, watched):
+    copies = np.asarray(seeker.detector(watched.images.numpy()), dtype=bool)
+    assert 10 <= copies.sum() <= 40  # the bundled model copies about a third of the time
+    probe = seek.Probe(seeker, watched, copies)
+    for scale in (3.0, 10.0):
+        row = probe(0.1, scale)
+        candidate = {**setting_of({"guard": "cpsample"}), "alpha": 0.1, "scale": scale}
+        config = dataclasses.replace(seeker.config, n=80)
+        full = generate(seeker.adapter, candidate_spec(seeker.settings, candidate), config, seeker.classifier)
+        left = np.asarray(seeker.detector(full.images.numpy()), dtype=bool)
+        assert row["near_copies"] == (left & copies).sum(), f"s {scale}: the probe sees every copy a full run keeps"
+        assert row["probed"] == (copies & watched.flagged(0.1).any(axis=0)).sum() < 80
+        first_fired = full.timesteps[full.trace["fired"].any(axis=1)].max()
+        assert row["from_t"] >= first_fired and row["last_fired_t"] <= first_fired
+    # copies the guard never flags stay copies whatever the scale
+    assert probe(0.1, 300.0)["near_copies"] >= row["unflagged"] == (copies & ~watched.flagged(0.1).any(axis=0)).sum()
+
+
+class Fires(Guard):
+    """Records fired=True at every step it runs (to see the trace's padding)."""
+
+    def correct(self, predictions, x_t, t, abar_t):
+        self.record(fired=torch.ones(len(x_t), dtype=torch.bool), p1=torch.full((len(x_t),), 0.5))
+        return predictions
+
+
+def test_the_loop_resumes_a_kept_trajectory_bit_for_bit_and_pads_its_trace(seeker):
+    def run(guard, **options):
+        return sample_batch(
+            seeker.adapter.denoiser(None),
+            seeker.scheduler(),
+            (3, 1, 16, 16),
+            guard,
+            torch.Generator().manual_seed(7),
+            torch.device("cpu"),
+            raw=True,
+            **options,
+        )
+
+    kept: list[torch.Tensor] = []
+    whole, _ = run(NoGuard(), states=kept)
+    assert len(kept) == 20
+    resumed, trace = run(Fires(), start=(12, kept[12]))
+    rest, _ = run(NoGuard(), start=(12, kept[12]))
+    assert torch.equal(rest, whole), "from step 12 of a kept run, the same end"
+    assert torch.equal(resumed, whole), "a guard that changes no eps changes nothing"
+    assert trace["fired"].shape == (20, 3) and trace["fired"][:12].sum() == 0 and trace["fired"][12:].all()
+    assert np.isnan(trace["p1"][:12]).all() and (trace["p1"][12:] == 0.5).all()
+
+
+def stand_in(copies_at, unflagged: int = 0):
+    """A probe whose near-copies fall as 1/s: copies_at(s), never below `unflagged`."""
+    seen = []
+
+    def probe(scale):
+        seen.append(scale)
+        return {"near_copies": max(unflagged, copies_at(scale)), "unflagged": unflagged}
+
+    return probe, seen
+
+
+def test_the_bisection_finds_the_smallest_scale_that_meets_within_its_resolution():
+    probe, seen = stand_in(lambda s: math.ceil(100 / s))  # 5 or fewer from s 20 on
+    rows = []
+    found = seek.seek_scale(probe, 5, rows, progress=False)
+    assert 20 <= found <= 20 * seek.RESOLUTION and len(rows) == len(seen) <= 8
+    probe, seen = stand_in(lambda s: 0)  # everything meets: down to the range's end
+    assert seek.seek_scale(probe, 5, [], progress=False) == min(seen) >= seek.MIN_SCALE
+    probe, seen = stand_in(lambda s: 0, unflagged=9)  # 9 copies never flagged, 5 allowed: one probe says so
+    assert seek.seek_scale(probe, 5, [], progress=False) is None and seen == [seek.FIRST_SCALE]
+    probe, seen = stand_in(lambda s: 50)  # nothing meets: up to the range's end, then None
+    assert seek.seek_scale(probe, 5, [], progress=False) is None and max(seen) <= seek.MAX_SCALE
+
+
+def test_calibrator_seeks_then_checks_in_full_and_saves_the_window_it_checked(tmp_path):
+    settings = GridSettings(**FAST, seed=1)
+    result = Calibrator(settings, Goal(reduction=0.8), confirm_samples=60).fit(progress=False)
+    assert result.search == "seek" and result.missed is None
+    plain, *probes = result.rows
+    assert plain["guard"] == "none" and plain["n"] == 80 and probes
+    assert all(row["probed"] <= plain["near_copies"] and row["frechet_distance"] is None for row in probes)
+    assert [row["guard"] for row in result.confirmed][:2] == ["none", "cpsample"]
+    assert all(row["n"] == 60 and row["confirmation_n"] == 60 for row in result.confirmed)
+    chosen = result.chosen
+    assert chosen in result.confirmed and chosen["near_copy_share"] <= 0.2 * result.plain["near_copy_share"]
+    assert chosen["scale"] in [row["scale"] for row in probes] or chosen["scale"] / seek.RETRY_FACTOR in [
+        row["scale"] for row in probes
+    ]
+    assert chosen["last_fired_t"] <= chosen["max_t"] == result.knobs["max_t"]
+    probed_at_alpha = [row["last_fired_t"] for row in probes if row["alpha"] == chosen["alpha"]]
+    assert chosen["max_t"] == check_window(max(probed_at_alpha))
+    assert result.cut["cut_low"] <= result.cut["cut"] <= result.cut["cut_high"]
+    assert result.spent["settings"] == len(result.rows) + len(result.confirmed)
+    assert result.spent["images"] == 80 + sum(row["probed"] for row in probes) + 60 * len(result.confirmed)
+    record = json.loads(result.save(tmp_path / "run").read_text())
+    assert record["search"] == "seek" and record["spent"] == result.spent and record["cut"] == result.cut
+
+
+def test_calibrate_says_where_it_cannot_seek(tmp_path):
+    code, output = cli("calibrate", "--classifier", "bundled", "--search", "seek", "--scales", "10", "--out", tmp_path)
+    assert code != 0 and "finds the scale itself" in output and "search 'grid'" in output, output
+    code, output = cli("calibrate", "--classifier", "bundled", "--search", "best", "--out", tmp_path / "b")
+    assert code != 0 and "auto, seek, grid" in output, output
