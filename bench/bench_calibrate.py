@@ -9,6 +9,13 @@ For one model, each step timed on the same machine and saved as it finishes (a r
 
     OMP_NUM_THREADS=1 python bench/bench_calibrate.py --model bundled --out bench/results/calibrate_bundled
     OMP_NUM_THREADS=1 python bench/bench_calibrate.py --model bundled-rgb --out bench/results/calibrate_rgb
+    OMP_NUM_THREADS=1 python bench/bench_calibrate.py --model ft --classifier clf --quality-net sknet --out OUT
+
+The third model (issue 42: one the project does not bundle, from a licence-clean set) is the bundled MNIST denoiser
+fine-tuned on 150 of the 1,797 sklearn digits (BSD-3, shipped inside scikit-learn), built with
+`cpsample train-denoiser --data digits --subset 150 --steps 2000 --init src/cpsample/assets/mnist16/denoiser --out ft
+--seed 0`, `cpsample train-feature-net --data digits --name sknet --out sknet` and `cpsample train-classifier --model
+ft --steps 6000 --relabel-after 4000 --out clf --seed 0` (about 25 min on one thread).
 """
 
 from __future__ import annotations
@@ -32,19 +39,24 @@ SEARCHES = ("seek", "grid")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled")
+    parser.add_argument("--classifier", default=None, help="default: the bundled one of --model's name")
+    parser.add_argument("--quality-net", default="bundled", help="as calibrate and bench_seeds.py take it")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--reduction", type=float, default=0.95)
     parser.add_argument("--seeds", default="5", help="fresh seeds the choices are measured on")
     parser.add_argument("--n-samples", type=int, default=600, help="images per method and seed in step 3")
     parser.add_argument("--searches", default=",".join(SEARCHES))
+    parser.add_argument("--method", action="append", default=[], help="more methods for step 3, as bench_seeds.py")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.classifier = args.classifier or args.model
     times = _read(args.out / "times.json")
     timed(times, args.out, "plain_600", ["sample", "--model", args.model, "-n", "600", "--out", args.out / "plain"])
     chosen = {}
     for search in args.searches.split(","):
         folder = args.out / search
-        command = ["calibrate", "--classifier", args.model, "--model", args.model, "--search", search]
+        command = ["calibrate", "--classifier", args.classifier, "--model", args.model, "--search", search]
+        command += ["--quality-net", args.quality_net]
         timed(times, args.out, f"calibrate_{search}", [*command, "--reduction", str(args.reduction), "--out", folder])
         run = _read(folder / "calibration_run.json")
         chosen[search] = run.get("chosen")
@@ -55,9 +67,10 @@ def main() -> None:
             continue
         knobs = calibrated_settings(row, UNCALIBRATED["tau"])
         options = ",".join(f"{key}={value}" for key, value in knobs.items() if value is not None)
-        methods.append(f"{search}:guard=cpsample,classifier={args.model},{options}")
-    methods.append(f"rejection:guard=none,rejection={resolve_threshold(None)}")
+        methods.append(f"{search}:guard=cpsample,classifier={args.classifier},{options}")
+    methods += [*args.method, f"rejection:guard=none,rejection={resolve_threshold(None)}"]
     fresh = [sys.executable, str(Path(__file__).with_name("bench_seeds.py")), "--model", args.model]
+    fresh += ["--quality-net", args.quality_net]
     fresh += ["--out", str(args.out / "fresh"), "--seeds", args.seeds, "--n-samples", str(args.n_samples)]
     subprocess.run([*fresh, *(part for method in methods for part in ("--method", method))], check=True)
     summary = summarise(args.out, times, chosen)

@@ -50,6 +50,9 @@ def test_a_probe_counts_what_a_full_run_counts_among_plain_copies(seeker, watche
         full = generate(seeker.adapter, candidate_spec(seeker.settings, candidate), config, seeker.classifier)
         left = np.asarray(seeker.detector(full.images.numpy()), dtype=bool)
         assert row["near_copies"] == (left & copies).sum(), f"s {scale}: the probe sees every copy a full run keeps"
+        exact = probe(0.1, scale, exact=True)
+        assert exact["near_copies"] == left.sum() and exact["exact"], "an exact probe counts what a full run counts"
+        assert exact["probed"] == watched.flagged(0.1).any(axis=0).sum() > row["probed"]
         assert row["probed"] == (copies & watched.flagged(0.1).any(axis=0)).sum() < 80
         first_fired = full.timesteps[full.trace["fired"].any(axis=1)].max()
         assert row["from_t"] >= first_fired and row["last_fired_t"] <= first_fired
@@ -113,15 +116,37 @@ def test_the_bisection_finds_the_smallest_scale_that_meets_within_its_resolution
     assert seek.seek_scale(probe, 5, [], progress=False) is None and max(seen) <= seek.MAX_SCALE
 
 
+def test_an_exact_probe_shrinks_the_allowance_by_the_copies_the_guard_made():
+    probe, seen = stand_in(lambda s: math.ceil(100 / s))
+    exact_at = []
+
+    def exact(scale):  # the guard turned 2 plain non-copies into copies at every scale
+        exact_at.append(scale)
+        return {"near_copies": math.ceil(100 / scale) + 2, "unflagged": 0, "exact": True}
+
+    rows = []
+    found = seek.seek_scale(probe, 5, rows, progress=False, exact=exact)
+    assert len(exact_at) == seek.EXACT_PROBES == 1 and 20 <= exact_at[0] <= 23
+    assert math.ceil(100 / found) <= 3 and 100 / 3 <= found <= 100 / 3 * seek.RESOLUTION, "3 allowed after 2 made"
+    assert len(seen) == len(set(seen)), "no scale is probed twice"
+
+
 def test_calibrator_seeks_then_checks_in_full_and_saves_the_window_it_checked(tmp_path):
     settings = GridSettings(**FAST, seed=1)
     result = Calibrator(settings, Goal(reduction=0.8), confirm_samples=60).fit(progress=False)
     assert result.search == "seek" and result.missed is None
     plain, *probes = result.rows
     assert plain["guard"] == "none" and plain["n"] == 80 and probes
-    assert all(row["probed"] <= plain["near_copies"] and row["frechet_distance"] is None for row in probes)
+    assert all(row["frechet_distance"] is None for row in probes)
+    assert all(row["probed"] <= plain["near_copies"] for row in probes if not row["exact"])
+    assert sum(row["exact"] for row in probes) == 1
     assert [row["guard"] for row in result.confirmed][:2] == ["none", "cpsample"]
-    assert all(row["n"] == 60 and row["confirmation_n"] == 60 for row in result.confirmed)
+    assert all(row["confirmation_n"] == 60 for row in result.confirmed)
+    # near-copies pooled with the screen where it counted them exactly: its plain run, an exact probe at that scale
+    exact_scales = [row["scale"] for row in probes if row["exact"]]
+    assert [row["n"] for row in result.confirmed] == [80 + 60] + [
+        80 + 60 if row["scale"] in exact_scales else 60 for row in result.confirmed[1:]
+    ]
     chosen = result.chosen
     assert chosen in result.confirmed and chosen["near_copy_share"] <= 0.2 * result.plain["near_copy_share"]
     assert chosen["scale"] in [row["scale"] for row in probes] or chosen["scale"] / seek.RETRY_FACTOR in [

@@ -29,48 +29,14 @@ def mia_into(
     seed: int = 0,
 ) -> dict:
     """`cpsample attack mia`: run_mia with the command's options, saved by save_mia; returns run_mia's results."""
+    settings = {name: value for name, value in locals().items() if name != "out"}  # as recorded: the CLI's names
     from cpsample.attacks.mia import run_mia
     from cpsample.sampling.spec import require_classifier
 
     require_classifier(guard, classifier)
-
-    settings = {
-        "model": model,
-        "guard": guard,
-        "classifier": classifier,
-        "alpha": alpha,
-        "scale": scale,
-        "tau": tau,
-        "attack": attack,
-        "t": t,
-        "members": members,
-        "nonmembers": nonmembers,
-        "draws": draws,
-        "pia_norm": pia_norm,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "device": device,
-        "seed": seed,
-    }
     seed_everything(seed)
-    results = run_mia(
-        model=model,
-        guard=guard,
-        classifier=classifier,
-        alpha=alpha,
-        scale=scale,
-        tau=tau,
-        attack=attack,
-        timesteps=t,
-        n_members=members,
-        n_nonmembers=nonmembers,
-        draws=draws,
-        pia_norm=pia_norm,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-    )
+    renamed = {"t": "timesteps", "members": "n_members", "nonmembers": "n_nonmembers"}  # run_mia's names
+    results = run_mia(**{renamed.get(name, name): value for name, value in settings.items()})
     save_mia(out, results, settings)
     return results
 

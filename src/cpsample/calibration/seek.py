@@ -8,10 +8,12 @@ which samples the guard would ever act on and from which step. A scale is then p
 near-copies that the guard would act on, from the first step at which any of them was flagged (DDIM draws no noise on
 the way, so the skipped steps are plain's); copies it never acts on stay copies at every scale.
 
-What a probe does not see: a plain non-copy that the guard turns into a copy (on `bundled`, 20 steps: 1 of 57 at
-s 10). Sampling every flagged sample would count those too, but at alpha 0.1 the guard acts on nearly every sample
-(78 of 80), so each probe would cost about 3 times as much. The screen therefore aims a little above the goal, and
-the choice is sampled in full on fresh images (the check), which give the cut, FD and time it is judged on.
+What such a probe does not see: a plain non-copy that the guard turns into a copy (on `bundled`, 20 steps: 1 of 57
+at s 10). Sampling every flagged sample again counts those too, but at alpha 0.1 the guard acts on nearly every
+sample (78 of 80), so such an exact probe costs about 3 times as much: the scale the bisection finds is probed
+exactly, the copies it turned take their place in the allowance, and the bisection goes on (EXACT_PROBES). The
+screen aims a little above the goal, and the choice is sampled in full on fresh images (the check), which give the
+cut, FD and time it is judged on.
 
     result = Calibrator(GridSettings(classifier="runs/clf"), Goal(reduction=0.95)).fit()   # seeks where it can
 """
@@ -45,11 +47,12 @@ BRACKET_FACTOR = 4.0
 MIN_SCALE, MAX_SCALE = 0.5, 3000.0
 RESOLUTION = 1.15
 # A scale that misses the goal in the check is tried once more, this much larger, on the same check images.
-RETRY_FACTOR = 1.5
+RETRY_FACTOR = 1.25
 # The probe's and the check's columns beside the grid's, so every row of a record has the same columns.
 # max_t: the window the check ran (and calibration.json records); unflagged: plain copies the guard never flagged at
 # this alpha (no scale moves them, so they cap the cut).
-PROBE_COLUMNS = ("probed", "from_t", "unflagged", "max_t")
+# exact: the probe sampled every flagged sample again, so its count is a full run's.
+PROBE_COLUMNS = ("probed", "from_t", "unflagged", "exact", "max_t")
 
 
 def why_not_seekable(settings: GridSettings, scales_given: bool = False) -> str | None:
@@ -131,7 +134,9 @@ class Seeker:
         allowed = math.floor(self.aimed_limit(plain_row) * self.screen_samples + 1e-9)
         rows, found, probe = [plain_row], {}, Probe(self, plain, copies)
         for alpha in settings.alphas or grid.SEEK_ALPHAS:
-            found[alpha] = seek_scale(lambda s, a=alpha: probe(a, s), allowed, rows, progress)
+            found[alpha] = seek_scale(
+                lambda s, a=alpha: probe(a, s), allowed, rows, progress, lambda s, a=alpha: probe(a, s, exact=True)
+            )
             if found[alpha] is not None and settings.alphas is None:
                 break  # the smallest alpha that can meet the goal guides the fewest samples
             if found[alpha] is None and rows[-1]["unflagged"] > allowed:
@@ -157,7 +162,7 @@ class Seeker:
                     "record), or give a larger --alphas"
                 ),
             )
-        checked = self.check(scales, report, progress)
+        checked = self.check(scales, rows, report, progress)
         chosen = search.choose_setting(checked, goal.target, goal.reduction)
         if chosen is not None:
             return rows, checked, chosen, None
@@ -179,21 +184,27 @@ class Seeker:
         reduction = None if goal.reduction is None else min(1.0, goal.reduction + AIM_MARGIN)
         return search.share_limit([plain_row], goal.target, reduction)
 
-    def check(self, scales: dict[float, tuple[float, int | None]], report, progress: bool) -> list[dict]:
+    def check(self, scales: dict[float, tuple[float, int | None]], screen: list[dict], report, progress: bool):
         """Plain and each alpha's (scale, max_t) in full on check_samples fresh images, checking at t <= max_t as
-        calibration.json will (retried once RETRY_FACTOR larger where it misses the goal); plain first."""
+        calibration.json will; plain first. Near-copies are pooled with the screen's where it counted them exactly (its
+        plain run, an exact probe at that scale), as the grid's confirmation round pools them; a setting that misses
+        the goal then is tried once more RETRY_FACTOR larger."""
         settings, goal = self.settings, self.goal
         seed = settings.seed + search.CONFIRM_SEED_OFFSET
         report.checking([f"a={a:g}, s={s:g}" for a, (s, _) in scales.items()], self.check_samples, seed)
-        rows = [self.row_of(self.keep_plain(seed, self.check_samples, progress), PLAIN)]
+        exact = {(row["alpha"], row["scale"]): row for row in screen if row["guard"] == PLAIN or row.get("exact")}
+
+        def pooled(row: dict) -> dict:
+            counted = exact.get((row["alpha"], row["scale"]))
+            return search.pool_rounds(counted, row) if counted else {**row, "confirmation_n": self.check_samples}
+
+        rows = [pooled(self.row_of(self.keep_plain(seed, self.check_samples, progress), PLAIN))]
         for alpha, (scale, max_t) in scales.items():
-            row = self.full_row(alpha, scale, max_t, seed, progress)
-            rows.append(row)
-            if not search.feasible_rows([rows[0], row], goal.target, goal.reduction):
-                rows.append(self.full_row(alpha, float(f"{scale * RETRY_FACTOR:.3g}"), max_t, seed, progress))
+            rows.append(pooled(self.full_row(alpha, scale, max_t, seed, progress)))
+            if not search.feasible_rows([rows[0], rows[-1]], goal.target, goal.reduction):
+                retry = float(f"{scale * RETRY_FACTOR:.3g}")
+                rows.append(pooled(self.full_row(alpha, retry, max_t, seed, progress)))
         self.judge.relate(rows)
-        for row in rows:
-            row["confirmation_n"] = self.check_samples
         report.checked(rows, self.check_samples)
         return rows
 
@@ -250,18 +261,21 @@ class Seeker:
 
 
 class Probe:
-    """The near-copies a one-stage (alpha, s) leaves among plain's on the screen's noise: the copies the guard would
-    act on at alpha are sampled again, from the first step at which any of them was flagged; the others stay copies."""
+    """The near-copies a one-stage (alpha, s) leaves on the screen's noise: the copies the guard would act on at alpha
+    (exact: every sample it would act on) are sampled again, from the first step at which any of them was flagged; the
+    others end as they did under plain sampling."""
 
     def __init__(self, seeker: Seeker, plain: KeptRun, copies: np.ndarray):
         self.seeker, self.plain, self.copies = seeker, plain, copies  # copies: plain's near-copies, one bool per image
         self.last_fired_t: dict[float, int | None] = {}  # per alpha: the highest t at which it acted, over its probes
 
-    def __call__(self, alpha: float, scale: float) -> dict:
+    def __call__(self, alpha: float, scale: float, exact: bool = False) -> dict:
+        """The row of (alpha, scale); exact: every flagged sample sampled again (plain non-copies too), so its count
+        is a full run's."""
         seeker, settings, plain = self.seeker, self.seeker.settings, self.plain
         candidate = {**search.setting_of({"guard": ONE_STAGE}), "alpha": alpha, "scale": scale}
         guard = seeker.adapter.guard(search.candidate_spec(settings, candidate), seeker.classifier, settings.device)
-        flagged_at = plain.flagged(alpha) & self.copies  # (steps, N): copies the guard acts on, from when
+        flagged_at = plain.flagged(alpha) & (True if exact else self.copies)  # (steps, N): where the guard acts
         flagged = np.flatnonzero(flagged_at.any(axis=0))
         first = int(np.argmax(flagged_at.any(axis=1))) if len(flagged) else len(plain.timesteps)
         started, copies, fired = time.time(), self.copies.copy(), []
@@ -294,24 +308,58 @@ class Probe:
             "probed": len(flagged),
             "from_t": int(plain.timesteps[first]) if len(flagged) else None,
             "unflagged": int((self.copies & ~flagged_at.any(axis=0)).sum()),
+            "exact": exact,
             "max_t": None,
         }
 
 
-def seek_scale(probe, allowed: int, rows: list[dict], progress: bool = True) -> float | None:
+# After the bisection the found scale is probed exactly (every flagged sample, not only plain's copies; about 0.4 of a
+# full run on `bundled`): plain non-copies the guard turned into copies there take their place in the allowance, and
+# the bisection goes on once more (the check then counts every sample in full). At most this many exact probes per
+# alpha.
+EXACT_PROBES = 1
+
+
+def seek_scale(probe, allowed: int, rows: list[dict], progress: bool = True, exact=None) -> float | None:
     """The smallest scale (to within RESOLUTION) whose probe leaves at most `allowed` near-copies, each probe's row
     appended to `rows`; None when MAX_SCALE leaves more. Near-copies fall as s grows (same noise), so a bracket
-    [infeasible, feasible] is found from FIRST_SCALE and bisected in log space."""
+    [infeasible, feasible] is found from FIRST_SCALE and bisected in log space. `exact(scale)`, when given, counts
+    every sample at the found scale (EXACT_PROBES)."""
     bar = tqdm(desc="seeking the scale", unit="probe", disable=not progress)
+    counted: dict[float, int] = {}  # scale -> near-copies left among plain's copies (kept across rounds)
+    never_flagged = [0]
+    allowance = allowed
 
     def meets(scale: float) -> bool:
-        row = probe(scale)
+        if scale not in counted:
+            row = probe(scale)
+            rows.append(row)
+            counted[scale], never_flagged[0] = row["near_copies"], row["unflagged"]
+            bar.update()
+            bar.set_postfix(s=f"{scale:g}", copies=row["near_copies"], allowed=allowance)
+        return counted[scale] <= allowance
+
+    for _ in range(EXACT_PROBES + 1):
+        found = _bisect(meets, lambda: never_flagged[0] > allowance)
+        if found is None or exact is None or sum(row.get("exact") is True for row in rows) >= EXACT_PROBES:
+            break
+        row = exact(found)
         rows.append(row)
         bar.update()
-        bar.set_postfix(s=f"{scale:g}", copies=row["near_copies"], allowed=allowed)
-        return row["near_copies"] <= allowed
+        turned = max(0, row["near_copies"] - counted[found])  # plain non-copies that became copies at this scale
+        if row["near_copies"] <= allowed or allowed - turned == allowance:
+            break
+        allowance = allowed - turned
+        if allowance < 0:
+            found = None
+            break
+    bar.close()
+    return found
 
-    low, high = _bracket(meets, lambda: rows[-1]["unflagged"] > allowed)
+
+def _bisect(meets, capped) -> float | None:
+    """The smallest scale that meets, to within RESOLUTION; None when none does."""
+    low, high = _bracket(meets, capped)
     while low is not None and high is not None and high / low > RESOLUTION:
         middle = float(f"{math.sqrt(low * high):.3g}")
         if middle in (low, high):
@@ -320,7 +368,6 @@ def seek_scale(probe, allowed: int, rows: list[dict], progress: bool = True) -> 
             high = middle
         else:
             low = middle
-    bar.close()
     return high
 
 

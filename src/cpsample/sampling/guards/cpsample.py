@@ -83,7 +83,7 @@ class CPSampleOptions(GuardOptions):
         "With denoised=true: follow x0_hat's gradient back to x_t through the UNet (its "
         "Jacobian, as AMG does) instead of holding eps fixed. Moves x_t only where the "
         "model's estimate can move; costs a UNet forward and backward pass per fired "
-        "sample. bench/README Finding 14.",
+        "sample. Measured on the bundled model: no better protection for its cost.",
     )
     max_push: float | None = option(
         None,
@@ -96,13 +96,13 @@ class CPSampleOptions(GuardOptions):
         False,
         "Measure max_push on the denoised estimate instead of eps: a push d to eps moves "
         "x0_hat by sqrt(1 - abar_t) / sqrt(abar_t) d, so the cap on eps becomes max_push sqrt(abar_t) "
-        "/ sqrt(1 - abar_t) (loose at low t, tight at high t). bench/README Finding 15.",
+        "/ sqrt(1 - abar_t) (loose at low t, tight at high t). Measured: no better than the cap on eps.",
     )
     smooth_push: float | None = option(
         None,
         "Low-pass each push with a Gaussian of this standard deviation in pixels "
         "before capping. None: as it is. Measured not to pay: the push is already "
-        "smooth (bench/README Finding 15).",
+        "smooth.",
     )
     one_stage: bool = option(
         False,

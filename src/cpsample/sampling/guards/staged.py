@@ -61,34 +61,36 @@ class StagedCPSampleOptions(GuardOptions):
     min_t: int = option(
         0,
         "Late stage acts at t >= min_t (0: down to the last step). Skipping the last steps saves "
-        "their checks and gradients but was measured to lose more protection than it gains in FD "
-        "(bench/README Finding 16).",
+        "their checks and gradients but was measured to lose more protection than it gains in FD.",
     )
     tau: float = option(0.001, "tau in log(tau + p), both stages.")
     max_push: float | None = option(
         None,
-        "Both stages: cap each sample's push at this RMS, in units of eps (None: uncapped). bench/README Finding 12.",
+        "Both stages: cap each sample's push at this RMS, in units of eps (None: uncapped). On a model whose samples "
+        "all sit near a member, a few huge uncapped pushes wreck their samples; a cap of 1.5 kept the cut there.",
     )
-    cap_x0: bool = option(False, "Both stages: measure max_push on x0_hat instead of eps. bench/README Finding 15.")
+    cap_x0: bool = option(
+        False, "Both stages: measure max_push on x0_hat instead of eps. Measured: no better than the cap on eps."
+    )
     smooth_push: float | None = option(
-        None, "Both stages: low-pass each push with a Gaussian of this width in pixels. bench/README Finding 15."
+        None, "Both stages: low-pass each push with a Gaussian of this width in pixels. Measured not to pay."
     )
     late_denoised: bool = option(
         False,
         "Late stage: judge x0_hat with the early classifier too (a selective late "
-        "stage) instead of x_t with the main classifier. bench/README Finding 13.",
+        "stage) instead of x_t with the main classifier: it fires on fewer samples, so it affords a looser alpha.",
     )
     late_classifier: str | None = option(
         None,
         "Late stage on x_t: this classifier folder instead of the main one, "
         "e.g. a narrower one of the same members (--channels 16,32,32), whose "
-        "gentler push won on one model and lost on another (bench/README "
-        "Findings 16-18). None: the main classifier.",
+        "gentler push won on one model and lost on another; `calibrate --late-classifier` "
+        "measures it on yours. None: the main classifier.",
     )
     jacobian: bool = option(
         False,
         "The stages judging x0_hat follow its gradient to x_t through the UNet (AMG's "
-        "exact gradient), paid only by fired samples. bench/README Finding 14.",
+        "exact gradient), paid only by fired samples. Measured: no better protection for its cost.",
     )
 
     def push_shaping(self) -> dict:
