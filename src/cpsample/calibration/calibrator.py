@@ -84,23 +84,29 @@ class Calibrator:
         if unfit:
             report.warning(unfit)
         if self._seeks(report):
-            return self._seek(progress, report, unfit)
-        rows = self._screen(progress)
-        report.screened(rows, self.grid.n_samples)
-        confirmed = self._confirm(rows, progress, report)
-        chosen, missed = self._choose(rows, confirmed)
+            seeker = seek.Seeker(self.grid, self.goal, self.confirm_samples)
+            rows, confirmed, chosen, missed = seeker.fit(report, progress)
+            how = {"search": "seek", "spent": seeker.spent, "finalists": 0, "confirm_samples": seeker.check_samples}
+        else:
+            rows = self._screen(progress)
+            report.screened(rows, self.grid.n_samples)
+            confirmed = self._confirm(rows, progress, report)
+            chosen, missed = self._choose(rows, confirmed)
+            how = {
+                "spent": spent_on_grid(rows, confirmed),
+                "finalists": self.finalists,
+                "confirm_samples": self.confirm_samples,
+            }
         return CalibrationResult(
             grid=self.grid,
             goal=self.goal,
-            finalists=self.finalists,
-            confirm_samples=self.confirm_samples,
             allow_vacuous=self.allow_vacuous,
             rows=rows,
             confirmed=confirmed,
             chosen=chosen,
             missed=missed,
             unfit=unfit,
-            spent=spent_on_grid(rows, confirmed),
+            **how,
         )
 
     def _seeks(self, report: FitReport) -> bool:
@@ -113,24 +119,6 @@ class Calibrator:
         if why_not:
             report.note(f"calibrating on the grid: {why_not}")
         return not why_not
-
-    def _seek(self, progress: bool, report: FitReport, unfit: str | None) -> CalibrationResult:
-        seeker = seek.Seeker(self.grid, self.goal, self.confirm_samples)
-        rows, checked, chosen, missed = seeker.fit(report, progress)
-        return CalibrationResult(
-            grid=self.grid,
-            goal=self.goal,
-            finalists=0,
-            confirm_samples=seeker.check_samples,
-            allow_vacuous=self.allow_vacuous,
-            rows=rows,
-            confirmed=checked,
-            chosen=chosen,
-            missed=missed,
-            unfit=unfit,
-            search="seek",
-            spent=seeker.spent,
-        )
 
     def _screen(self, progress: bool) -> list[dict]:
         return grid_search.run_grid(self.grid, progress=progress)
