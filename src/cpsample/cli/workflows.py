@@ -282,7 +282,8 @@ class _PrintedReport:
         log.info(f"check: plain and {', '.join(settings)} in full on {n_samples} fresh images (seed {seed})")
 
     def checked(self, rows: list[dict], n_samples: int) -> None:
-        _show_grid("check", rows, f"check: in full on {n_samples} fresh images (the choice is made here)")
+        pooled = "; near-copies pooled with the screen's exact counts" if rows[0]["n"] > n_samples else ""
+        _show_grid("check", rows, f"check: in full on {n_samples} fresh images{pooled} (the choice is made here)")
 
 
 def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
