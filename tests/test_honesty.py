@@ -82,41 +82,15 @@ def test_calibrate_and_sample_say_when_the_classifier_never_fit(tmp_path, classi
 
 
 def test_a_guard_that_never_fired_is_said_and_one_that_fired_is_not(tmp_path):
-    code, output = cli(
-        "sample",
-        "--model",
-        "bundled",
-        "--classifier",
-        "bundled",
-        "-n",
-        "2",
-        *BLUR,
-        "--guard",
-        "cpsample",
-        "--alpha",
-        "0",
-        "--out",
-        tmp_path / "idle",
-    )
+    def sample_at(alpha: str, out):
+        command = ["sample", "--model", "bundled", "--classifier", "bundled", "-n", "2", *BLUR, "--guard", "cpsample"]
+        return cli(*command, "--alpha", alpha, "--out", out)
+
+    code, output = sample_at("0", tmp_path / "idle")
     assert code == 0 and "never fired on any of the 2 samples at any of the 3 steps" in output, output
     record = json.loads((tmp_path / "idle" / "cpsample.json").read_text())["results"]
     assert record["share_of_steps_guided"] == 0.0 and "never fired" in record["warnings"][0]
-    code, output = cli(
-        "sample",
-        "--model",
-        "bundled",
-        "--classifier",
-        "bundled",
-        "-n",
-        "2",
-        *BLUR,
-        "--guard",
-        "cpsample",
-        "--alpha",
-        "0.5",
-        "--out",
-        tmp_path / "on",
-    )
+    code, output = sample_at("0.5", tmp_path / "on")
     assert code == 0 and "warning" not in output, output
     assert "warnings" not in json.loads((tmp_path / "on" / "cpsample.json").read_text())["results"]
 

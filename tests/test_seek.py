@@ -14,7 +14,7 @@ import torch
 from helpers import cli
 
 from cpsample.calibration import Calibrator, Goal, GridSettings, seek
-from cpsample.calibration.search import candidate_spec, check_window, setting_of
+from cpsample.calibration.search import candidate_spec, check_window
 from cpsample.sampling.generate import generate
 from cpsample.sampling.guards import Guard, NoGuard
 from cpsample.sampling.sampler import sample_batch
@@ -45,7 +45,7 @@ def test_a_probe_counts_what_a_full_run_counts_among_plain_copies(seeker, watche
     probe = seek.Probe(seeker, watched, copies)
     for scale in (3.0, 10.0):
         row = probe(0.1, scale)
-        candidate = {**setting_of({"guard": "cpsample"}), "alpha": 0.1, "scale": scale}
+        candidate = seek.one_stage(0.1, scale)
         config = dataclasses.replace(seeker.config, n=80)
         full = generate(seeker.adapter, candidate_spec(seeker.settings, candidate), config, seeker.classifier)
         left = np.asarray(seeker.detector(full.images.numpy()), dtype=bool)
@@ -129,6 +129,8 @@ def test_an_exact_probe_shrinks_the_allowance_by_the_copies_the_guard_made():
     assert len(exact_at) == seek.EXACT_PROBES == 1 and 20 <= exact_at[0] <= 23
     assert math.ceil(100 / found) <= 3 and 100 / 3 <= found <= 100 / 3 * seek.RESOLUTION, "3 allowed after 2 made"
     assert len(seen) == len(set(seen)), "no scale is probed twice"
+    seek.seek_scale(probe, 5, rows, progress=False, exact=exact)  # the next alpha, its rows after this one's
+    assert len(exact_at) == 2, "each alpha has its own exact probe"
 
 
 def test_calibrator_seeks_then_checks_in_full_and_saves_the_window_it_checked(tmp_path):

@@ -13,6 +13,7 @@ from cpsample.calibration import search
 from cpsample.calibration.goal import Goal
 from cpsample.calibration.search import GridSettings
 from cpsample.evaluation.honesty import vacuous_baseline
+from cpsample.evaluation.replication import cut_interval
 from cpsample.models.bundle import is_bundled, resolve_model_dir
 from cpsample.provenance import write_record
 from cpsample.sampling.spec import GuardSpec
@@ -44,9 +45,10 @@ class CalibrationResult:
     @cached_property
     def cut(self) -> dict | None:
         """The chosen setting's cut of near-copies vs plain on the deciding rows, with its 95% interval."""
-        from cpsample.calibration.seek import cut_interval
-
-        return None if self.chosen is None else cut_interval(self.chosen, self.plain)
+        if self.chosen is None:
+            return None
+        chosen, plain = self.chosen, self.plain
+        return cut_interval(chosen["near_copies"], chosen["n"], plain["near_copies"], plain["n"])
 
     @cached_property
     def deciding(self) -> list[dict]:

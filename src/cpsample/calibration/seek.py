@@ -239,7 +239,7 @@ class Seeker:
         from cpsample.sampling.generate import generate
         from cpsample.sampling.spec import GuardSpec
 
-        candidate = {**search.setting_of({"guard": ONE_STAGE}), "alpha": alpha, "scale": scale}
+        candidate = one_stage(alpha, scale)
         spec = GuardSpec.create(ONE_STAGE, alpha=alpha, scale=scale, tau=self.settings.tau, max_t=max_t)
         config = dataclasses.replace(self.config, n=self.check_samples, seed=seed, progress=progress)
         started = time.time()
@@ -273,7 +273,7 @@ class Probe:
         """The row of (alpha, scale); exact: every flagged sample sampled again (plain non-copies too), so its count
         is a full run's."""
         seeker, settings, plain = self.seeker, self.seeker.settings, self.plain
-        candidate = {**search.setting_of({"guard": ONE_STAGE}), "alpha": alpha, "scale": scale}
+        candidate = one_stage(alpha, scale)
         guard = seeker.adapter.guard(search.candidate_spec(settings, candidate), seeker.classifier, settings.device)
         flagged_at = plain.flagged(alpha) & (True if exact else self.copies)  # (steps, N): where the guard acts
         flagged = np.flatnonzero(flagged_at.any(axis=0))
@@ -320,6 +320,11 @@ class Probe:
 EXACT_PROBES = 1
 
 
+def one_stage(alpha: float, scale: float) -> dict:
+    """The grid's candidate (its row's knobs) for CPSample's one-stage rule at (alpha, scale)."""
+    return {**search.setting_of({"guard": ONE_STAGE}), "alpha": alpha, "scale": scale}
+
+
 def seek_scale(probe, allowed: int, rows: list[dict], progress: bool = True, exact=None) -> float | None:
     """The smallest scale (to within RESOLUTION) whose probe leaves at most `allowed` near-copies, each probe's row
     appended to `rows`; None when MAX_SCALE leaves more. Near-copies fall as s grows (same noise), so a bracket
@@ -339,9 +344,9 @@ def seek_scale(probe, allowed: int, rows: list[dict], progress: bool = True, exa
             bar.set_postfix(s=f"{scale:g}", copies=row["near_copies"], allowed=allowance)
         return counted[scale] <= allowance
 
-    for _ in range(EXACT_PROBES + 1):
+    for exact_probes in range(EXACT_PROBES + 1):  # `rows` holds other alphas' probes too: count this call's
         found = _bisect(meets, lambda: never_flagged[0] > allowance)
-        if found is None or exact is None or sum(row.get("exact") is True for row in rows) >= EXACT_PROBES:
+        if found is None or exact is None or exact_probes == EXACT_PROBES:
             break
         row = exact(found)
         rows.append(row)
@@ -391,22 +396,3 @@ def _bracket(meets, capped) -> tuple[float | None, float | None]:
             return scale, higher
         scale = higher
     return scale, None
-
-
-def cut_interval(chosen: dict, plain: dict) -> dict:
-    """The cut of near-copies vs plain (1 - relative share) with its 95% interval: Katz's log interval of the
-    relative share (scipy); with no near-copies left, the exact bound of 0/n against plain's share."""
-    from scipy.stats.contingency import relative_risk
-
-    from cpsample.evaluation.replication import clopper_pearson
-
-    copies, n, plain_copies, plain_n = chosen["near_copies"], chosen["n"], plain["near_copies"], plain["n"]
-    if not plain_copies:
-        return {"cut": None, "cut_low": None, "cut_high": None}
-    ratio = relative_risk(copies, n, plain_copies, plain_n)
-    if copies:
-        interval = ratio.confidence_interval(0.95)
-        low, high = 1.0 - interval.high, 1.0 - interval.low
-    else:
-        low, high = max(0.0, 1.0 - clopper_pearson(0, n)[1] / (plain_copies / plain_n)), 1.0
-    return {"cut": 1.0 - ratio.relative_risk, "cut_low": low, "cut_high": high}

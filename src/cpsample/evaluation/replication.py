@@ -76,6 +76,23 @@ def compare_shares(baseline: dict, method: dict) -> dict:
     }
 
 
+def cut_interval(copies: int, n: int, baseline_copies: int, baseline_n: int, confidence: float = 0.95) -> dict:
+    """The cut of near-copies against a baseline (1 - relative share) with its interval: Katz's log interval of the
+    relative share (scipy); with no near-copies left, the exact (Clopper-Pearson) bound of 0/n against the baseline's
+    share. All None when the baseline has none (there is nothing to cut)."""
+    from scipy.stats.contingency import relative_risk
+
+    if not baseline_copies:
+        return {"cut": None, "cut_low": None, "cut_high": None}
+    ratio = relative_risk(copies, n, baseline_copies, baseline_n)
+    if copies:
+        interval = ratio.confidence_interval(confidence)
+        low, high = 1.0 - interval.high, 1.0 - interval.low
+    else:
+        low, high = max(0.0, 1.0 - clopper_pearson(0, n, confidence)[1] / (baseline_copies / baseline_n)), 1.0
+    return {"cut": 1.0 - ratio.relative_risk, "cut_low": low, "cut_high": high}
+
+
 def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.ndarray:
     """Max over tiles x tiles tiles of the RMS pixel difference, in [0, 1] units. a, b: (..., C, H, W),
     broadcastable."""
