@@ -64,7 +64,13 @@ OUTPUTS = {
 # Training commands replace their exported files at the end (their train_state is dropped by the run itself); these
 # files of an older run would otherwise survive --overwrite and be used with the new model.
 TRAINING_STALE = ("calibration.json", "captions.json", "latents.safetensors")
-TRAINING_COMMANDS = ("train-denoiser", "train-conditional", "train-classifier", "train-latent-classifier")
+TRAINING_COMMANDS = (
+    "train-denoiser",
+    "train-conditional",
+    "train-classifier",
+    "train-latent-classifier",
+    "train-t2i",
+)
 MODEL_COMMANDS = (*TRAINING_COMMANDS, "train-feature-net", "make-tiny-sd")
 # The run lock, and the marker written into every --out a command accepts (and kept): the folder is cpsample's, so
 # --overwrite may clear its outputs later even when the run that made it died before its cpsample.json.

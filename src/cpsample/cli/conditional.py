@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
     """Add the conditional and latent (Stable Diffusion) commands to the app."""
     app.command("train-conditional")(run_safely(train_conditional_command))
     app.command("make-tiny-sd")(run_safely(make_tiny_sd_command))
+    app.command("train-t2i")(run_safely(train_t2i_command))
     app.command("train-latent-classifier")(run_safely(train_latent_classifier_command))
     app.command("sample-sd")(run_safely(sample_sd_command))
 
@@ -114,15 +115,62 @@ def make_tiny_sd_command(
     output.print(f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}")
 
 
+def train_t2i_command(
+    data: Annotated[
+        str, typer.Option(help="The captioned images: 'twemoji' (captioned by their names), or a folder / .npz.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the pipeline (model_index.json, unet/, vae/, ...).")],
+    captions: Annotated[
+        Optional[Path], typer.Option(help="'image file<TAB>caption' lines (or JSON); not needed for 'twemoji'.")
+    ] = None,
+    subset: opt.Subset = None,
+    image_size: opt.ImageSize = 32,
+    steps: opt.Steps = 12000,
+    vae_steps: Annotated[int, typer.Option(min=1, help="Of --steps, how many train the VAE first.")] = 3000,
+    batch_size: opt.BatchSize = 32,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    save_every: int = 250,
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
+    seed: opt.Seed = 0,
+):
+    """Train a small latent text-to-image model (Stable Diffusion layout) on captioned images: VAE, then UNet and
+    text encoder; a killed run resumes."""
+    require_transformers()
+    RunFolder(out, "train-t2i", overwrite, resume, inputs=(data, captions)).prepare()
+    from cpsample.training.loop import TrainConfig
+    from cpsample.training.members import prepare_training
+    from cpsample.training.t2i import captions_for, train_t2i
+
+    config = call_with(TrainConfig, locals())
+    members, split = prepare_training(data, image_size, subset, config)
+    summary = train_t2i(
+        members, captions_for(members, data, captions), split, out, config, vae_steps, resume, overwrite, split.source
+    )
+    output.print(
+        f"trained {summary['steps']} steps on {summary['members']} captioned images "
+        f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); VAE reconstructions "
+        f"score {summary['reconstruction_cosine_median']:.3f} (median cosine); saved to {out}"
+    )
+
+
 def train_latent_classifier_command(
     model: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    data: Annotated[
-        Path, typer.Option(help="Folder of the private images to protect (resized to the pipeline's resolution).")
-    ],
     out: Annotated[Path, typer.Option(help="Output folder for the latent classifier.")],
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of the private images to protect (resized to the pipeline's resolution); default: the "
+            "images a `train-t2i` model was trained on."
+        ),
+    ] = None,
     captions: Annotated[
         Optional[Path],
-        typer.Option(help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier."),
+        typer.Option(
+            help="Optional 'image file<TAB>caption' lines (or JSON), kept with the classifier (calibrate prompts "
+            "with them); default: a `train-t2i` model's own."
+        ),
     ] = None,
     steps: opt.Steps = 6000,
     relabel_after: Annotated[

@@ -3,15 +3,21 @@ report.{html,md,json}, the figures and the cpsample.json record in --out."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from cpsample.data.captions import MODEL_CAPTIONS, read_captions
 from cpsample.data.samples import load_samples, parse_named_paths
 from cpsample.evaluation.honesty import vacuous_baseline
 from cpsample.evaluation.report import headline, write_report
 from cpsample.evaluation.suite import evaluate
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +51,9 @@ def evaluate_run(
     members = dataset.take(split.members)
     nonmembers = dataset.take(split.nonmembers) if split.nonmembers else None
     labels = {name: s.labels for name, s in sets.items() if s.labels is not None}
+    for name, path in named.items():  # text-to-image samples: the category of the image each prompt captions
+        found = None if name in labels else prompt_labels(path, resolve_model_dir(model, "denoiser"), dataset)
+        labels.update({name: found} if found is not None else {})
     results = evaluate(
         {name: s.images for name, s in sets.items()},
         members,
@@ -92,3 +101,30 @@ def _vacuous_baseline(results: dict) -> list[str]:
     counted = results["methods"][baseline]["replication"]
     vacuous = vacuous_baseline(f"the baseline {baseline!r}", counted["count"], counted["n"])
     return [vacuous] if vacuous else []
+
+
+def prompt_labels(samples_path: Path, model_dir: Path, dataset) -> np.ndarray | None:
+    """For samples of a text-to-image model prompted with its training captions: each sample's intended class, the
+    label of the training image its prompt captions (so class agreement reads as prompt agreement). None when the
+    samples hold no prompts, the model no captions (train-t2i's captions.txt), the data no labels, or a prompt is
+    no training caption."""
+    captions_path = Path(model_dir) / MODEL_CAPTIONS
+    if dataset.labels is None or not captions_path.is_file():
+        return None
+    try:
+        with np.load(samples_path, allow_pickle=False) as archive:
+            if "prompts" not in archive or "prompt_index" not in archive:
+                return None
+            prompts, prompt_index = [str(p) for p in archive["prompts"]], archive["prompt_index"]
+    except (OSError, ValueError):
+        return None
+    row_of = {name: row for row, name in enumerate(dataset.names)}
+    label_of = {
+        caption: int(dataset.labels[row_of[name]])
+        for name, caption in read_captions(captions_path, None).items()
+        if name in row_of
+    }
+    if any(prompt not in label_of for prompt in prompts):
+        logger.info("%s: some prompts are no training captions of %s; no prompt agreement", samples_path, model_dir)
+        return None
+    return np.array([label_of[prompts[i]] for i in prompt_index], dtype=np.int64)

@@ -11,8 +11,13 @@ from cpsample.data.split import images_digest
 
 BUNDLED_DIR = ASSETS_DIR / "mnist16"
 BUNDLED = "bundled"
-# Shipped models by name: the 16x16 grey MNIST model (the default) and the 32x32 RGB Twemoji model.
-BUNDLED_MODELS = {BUNDLED: BUNDLED_DIR, "bundled-rgb": ASSETS_DIR / "twemoji32"}
+# Shipped models by name: the 16x16 grey MNIST model (the default), the 32x32 RGB Twemoji model and a latent
+# text-to-image model trained on captioned Twemoji pictures (train-t2i).
+BUNDLED_MODELS = {
+    BUNDLED: BUNDLED_DIR,
+    "bundled-rgb": ASSETS_DIR / "twemoji32",
+    "bundled-t2i": ASSETS_DIR / "twemoji32-t2i",  # a Stable Diffusion pipeline (denoiser/) and its latent classifier
+}
 SELECTIVE = "classifier-selective"  # the bundled model's classifier trained with --negatives samples (cpsample-staged)
 
 

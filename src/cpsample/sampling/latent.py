@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cpsample.data import ImageSet, load_dataset
+from cpsample.data.sources import resize_set
 from cpsample.sampling.adapters.latent import (  # noqa: F401 (their old home: callers import them from here)
     CHUNK_SEED_STRIDE,
     DEFAULT_SD_CFG_SCALE,
@@ -78,29 +79,39 @@ def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int =
     model_index.json) with SD's scaled-linear noise schedule; the VAE halves the resolution (latents are
     4 x image_size/2 x image_size/2). Reload with `load_sd_pipeline(folder)`.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     if image_size % 4:
         raise ValueError(
             f"image size must be a multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}"
         )
     folder = Path(folder)
     torch.manual_seed(seed)
+    pipe = tiny_sd_pipeline(image_size, scheduler)
+    save_sd_pipeline(pipe, folder)
+    return folder
+
+
+def tiny_sd_pipeline(image_size: int = 32, scheduler: str = "pndm", tokenizer_dir: str | Path | None = None):
+    """A StableDiffusionPipeline of tiny random parts (VAE, UNet, text encoder); its tokenizer is read from
+    tokenizer_dir (vocab.json + merges.txt), else the character-level `tiny_clip_vocab`."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
     with tempfile.TemporaryDirectory() as scratch:
-        _write_tokenizer_files(Path(scratch))
-        tokenizer = CLIPTokenizer.from_pretrained(scratch, local_files_only=True, model_max_length=77)
+        if tokenizer_dir is None:
+            tokenizer_dir = scratch
+            _write_tokenizer_files(Path(scratch))
+        tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True, model_max_length=77)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tiny_clip_vocab()),
+            vocab_size=len(tokenizer.get_vocab()),
             hidden_size=32,
             intermediate_size=64,
             num_attention_heads=4,
             num_hidden_layers=2,
             max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     )
     unet = UNet2DConditionModel(
@@ -135,7 +146,7 @@ def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int =
         noise_scheduler = DDIMScheduler(clip_sample=False, **schedule)
     else:
         raise ValueError(f"the tiny pipeline ships a pndm or ddim scheduler, not {scheduler!r}")
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -145,9 +156,13 @@ def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int =
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def save_sd_pipeline(pipe, folder: str | Path) -> None:
+    """save_pretrained (safetensors), with the tokenizer also as vocab.json + merges.txt: the files every
+    transformers version's CLIPTokenizer reads."""
     pipe.save_pretrained(folder, safe_serialization=True)
-    _write_tokenizer_files(folder / "tokenizer")  # also readable by transformers versions without tokenizer.json
-    return folder
+    pipe.tokenizer.backend_tokenizer.model.save(str(Path(folder) / "tokenizer"))
 
 
 # --- sampling (thin wrappers over generate, kept for one release) ------------------------------------------------
@@ -256,11 +271,27 @@ def read_prompts(path: str | Path) -> list[PromptEntry]:
 
 
 def load_private_images(folder: str | Path, image_size: int) -> ImageSet:
-    """The private image set as RGB at the pipeline's resolution, in [-1, 1]."""
-    images = load_dataset(str(folder), image_size=image_size)
+    """The private image set as RGB at the pipeline's resolution, in [-1, 1]: a folder or .npz of images, or a model
+    trained by cpsample (a pipeline folder from `train-t2i`, or a bundled name), meaning the images it trained on."""
+    members = model_members(folder)
+    images = members if members is not None else load_dataset(str(folder), image_size=image_size)
+    resize_set(images, image_size)
     if images.channels == 1:
         images.images = np.repeat(images.images, 3, axis=1)
     return images
+
+
+def model_members(spec: str | Path) -> ImageSet | None:
+    """The member images of a model cpsample trained (its split.json and record), else None."""
+    from cpsample.models.bundle import is_bundled, resolve_model_dir, training_data
+
+    folder = resolve_model_dir(spec, "denoiser")
+    if not (is_bundled(spec) or (folder / "model_index.json").is_file() and (folder / "split.json").is_file()):
+        return None
+    dataset, split = training_data(folder)
+    members = dataset.take(split.members)
+    members.source = str(spec)
+    return members
 
 
 def nearest_private(

@@ -8,9 +8,13 @@ its pieces: save_outputs and run_stats.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
+from cpsample.data.captions import MODEL_PROMPTS
 from cpsample.evaluation.honesty import protection_warnings
 from cpsample.evaluation.measures import GuardActivity
 from cpsample.provenance import write_record
@@ -20,6 +24,8 @@ from cpsample.sampling.guards import guard_class
 from cpsample.sampling.outputs import save_samples, save_trace
 from cpsample.sampling.sampler import SampleResult
 from cpsample.sampling.spec import GuardSpec, require_classifier
+
+logger = logging.getLogger(__name__)
 
 # Images drawn when config.n is None: in all (unconditional), or per class or prompt.
 DEFAULT_COUNTS = {"none": 64, "labels": 8, "prompts": 4}
@@ -132,8 +138,20 @@ def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions)
         from cpsample.sampling.conditional import parse_classes
 
         return adapter.conditioned(parse_classes(conditions.classes, adapter.class_info), conditions.cfg_scale)
-    entries = prompt_entries(conditions.prompts, conditions.prompts_file)
+    prompts_file = conditions.prompts_file
+    if not given["prompts"] and own_prompts(model) is not None:
+        prompts_file = own_prompts(model)
+        logger.info("no --prompt given: sampling the captions %s was trained on (%s)", model, prompts_file)
+    entries = prompt_entries(conditions.prompts, prompts_file)
     return adapter.conditioned([entry.text for entry in entries], conditions.cfg_scale)
+
+
+def own_prompts(model: str) -> Path | None:
+    """A `train-t2i` model's prompts.txt: the captions it was trained on, one per line."""
+    from cpsample.models.bundle import resolve_model_dir
+
+    path = resolve_model_dir(model, "denoiser") / MODEL_PROMPTS
+    return path if path.is_file() else None
 
 
 def prompt_entries(prompts, prompts_file):
@@ -161,6 +179,7 @@ def sample_arrays(result: SampleResult) -> dict:
     arrays = {
         "labels": result.labels,
         "prompt_index": result.prompt_index,
+        "prompts": np.asarray(result.prompts, dtype=str) if result.prompts else None,  # (what prompt_index indexes)
         "latents": None if result.latents is None else result.latents.numpy(),
     }
     return {name: array for name, array in arrays.items() if array is not None}

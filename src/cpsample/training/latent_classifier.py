@@ -14,7 +14,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cpsample.data import ImageSet, Split
+from cpsample.data.captions import MODEL_CAPTIONS, read_captions
 from cpsample.data.split import images_digest
+from cpsample.models.bundle import is_bundled, resolve_model_dir
 from cpsample.sampling.latent import latent_shape, load_private_images, load_sd_pipeline
 from cpsample.sampling.latent_pairing import LATENTS_FILE, encode_latents, latent_record, vae_digests
 from cpsample.training.classifier import train_classifier
@@ -30,32 +32,9 @@ def pipeline_noise_schedule(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
 
 
-def read_captions(path: str | Path, names: list[str]) -> dict[str, str]:
-    """'image file<TAB>caption' per line (or a JSON object file -> caption); every file must be in the image set."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such captions file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        captions = {str(k): str(v) for k, v in json.loads(text).items()}
-    else:
-        captions = {}
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            if "\t" not in line:
-                raise ValueError(f"{path}:{number}: expected 'image file<TAB>caption'")
-            name, caption = line.split("\t", 1)
-            captions[name.strip()] = caption.strip()
-    unknown = sorted(set(captions) - set(names))
-    if unknown:
-        raise ValueError(f"{path}: captions name images that are not in the image folder: {', '.join(unknown[:5])}")
-    return captions
-
-
 def train_latent_classifier(
     pipeline_dir: str | Path,
-    images_dir: str | Path,
+    images_dir: str | Path | None,
     out_dir: Path,
     config: TrainConfig,
     label_seed: int,
@@ -73,13 +52,15 @@ def train_latent_classifier(
     captions.json (when given) and cpsample.json naming the pipeline and the image folder.
     """
     out_dir = Path(out_dir)
-    pipe = load_sd_pipeline(pipeline_dir, device=device)
+    pipe = load_sd_pipeline(resolve_model_dir(pipeline_dir, "denoiser"), device=device)
     channels, height, width = latent_shape(pipe)
     if height != width:
         raise ValueError(f"{pipeline_dir}: the classifier needs square latents, this pipeline makes {height}x{width}")
     image_size = height * pipe.vae_scale_factor
-    images_dir = Path(images_dir).resolve()  # recorded absolute: sample-sd run from elsewhere measures against it
+    images_dir = recorded_path(pipeline_dir if images_dir is None else images_dir)
     private = load_private_images(images_dir, image_size)
+    if captions_file is None and private.source == str(images_dir):  # the pipeline's own members: its captions
+        captions_file = own_captions(pipeline_dir)
     captions = read_captions(captions_file, private.names) if captions_file else {}
     latents = encode_latents(pipe, private, progress=progress)
     members = ImageSet(images=latents.numpy(), names=private.names, source=f"{images_dir} (VAE latents)")
@@ -87,7 +68,7 @@ def train_latent_classifier(
     split = Split(source=str(images_dir), seed=label_seed, members=list(range(len(private))), nonmembers=[])
     # The digests let every later pairing with a pipeline (check_latent_pairing) refuse another VAE or image set.
     recorded = {
-        "pipeline": str(Path(pipeline_dir).resolve()),
+        "pipeline": recorded_path(pipeline_dir),
         "images": str(images_dir),
         "images_digest": digest,
         "vae_digest": vae_digests(pipe.vae),
@@ -123,6 +104,17 @@ def train_latent_classifier(
         "latent_std": float(latents.std()),
         "captions": len(captions),
     }
+
+
+def recorded_path(spec: str | Path) -> str:
+    """A bundled model's name as it is, a path made absolute: later commands find it from any folder."""
+    return str(spec) if is_bundled(spec) else str(Path(spec).resolve())
+
+
+def own_captions(pipeline_dir: str | Path) -> Path | None:
+    """The captions a pipeline was trained with (train-t2i's captions.txt), if it has them."""
+    path = resolve_model_dir(pipeline_dir, "denoiser") / MODEL_CAPTIONS
+    return path if path.is_file() else None
 
 
 def pipeline_of(classifier_dir: str | Path) -> str | None:

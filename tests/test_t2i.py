@@ -1,0 +1,110 @@
+"""The text-to-image trainer (train-t2i) and the user's flow on what it writes: a latent classifier on the model's own
+members and captions, sampling its captions, evaluating with prompt agreement. Tiny runs on bundled Twemoji."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+pytest.importorskip("transformers")
+
+from helpers import cli  # noqa: E402
+
+TRAIN = [
+    "train-t2i",
+    "--data",
+    "twemoji",
+    "--subset",
+    "8",
+    "--batch-size",
+    "4",
+    "--vae-steps",
+    "3",
+    "--save-every",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def t2i(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("t2i") / "model"
+    code, text = cli(*TRAIN, "--steps", "6", "--out", folder, traceback_fails=True)
+    assert code == 0, text
+    return folder
+
+
+def test_the_model_loads_as_a_stable_diffusion_pipeline_with_its_captions(t2i):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(t2i, local_files_only=True)
+    captions = [line.split("\t") for line in (t2i / "captions.txt").read_text().splitlines()]
+    prompts = (t2i / "prompts.txt").read_text().splitlines()
+    assert len(captions) == 8 and [caption for _, caption in captions] == prompts
+    split = json.loads((t2i / "split.json").read_text())
+    assert [name for name, _ in captions] == [f"twemoji:{i}" for i in split["members"]]
+    # The tokenizer was learned from the captions: each caption word is one token.
+    for caption in prompts:
+        assert len(pipe.tokenizer.tokenize(caption)) == len(caption.replace("-", " ").split())
+    # A word no caption ends with still tokenizes without the unknown token.
+    ids = pipe.tokenizer("zebra 7 x").input_ids
+    assert pipe.tokenizer.unk_token_id not in ids[1:-1]
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents, not Stable Diffusion's constant
+
+
+def test_a_killed_run_resumes_to_the_same_weights(t2i, tmp_path):
+    """Stopped inside the UNet stage and resumed, the run ends where the uninterrupted one did, bit for bit."""
+    resumed = tmp_path / "resumed"
+    assert cli(*TRAIN, "--steps", "4", "--out", resumed)[0] == 0
+    code, text = cli(*TRAIN, "--steps", "6", "--out", resumed, "--resume")
+    assert code == 0, text
+    for part in ("unet", "vae", "text_encoder"):
+        name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        straight, again = load_file(t2i / part / name), load_file(resumed / part / name)
+        assert all(bool((straight[key] == again[key]).all()) for key in straight), part
+
+
+def test_captions_are_required_for_a_folder(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "captions.txt").write_text("0.png\ta dark square\n1.png\ta grey square\n")
+    code, text = cli(*TRAIN, "--data", folder, "--subset", "3", "--steps", "4", "--out", tmp_path / "a")
+    assert code != 0 and "--captions" in text
+    code, text = cli(
+        *TRAIN, "--data", folder, "--subset", "3", "--steps", "4", "--captions", tmp_path / "captions.txt",
+        "--out", tmp_path / "b",
+    )  # fmt: skip
+    assert code != 0 and "1 of 3 images have no caption (2.png)" in text
+
+
+def test_the_flow_on_the_model_own_members(t2i, tmp_path):
+    """train-latent-classifier takes the model's members and captions by default; sample draws its captions;
+    evaluate reads prompt agreement (the category of the picture each prompt captions)."""
+    classifier = tmp_path / "clf"
+    code, text = cli(
+        "train-latent-classifier", "--model", t2i, "--out", classifier, "--steps", "4", "--relabel-after", "2",
+        "--batch-size", "4", traceback_fails=True,
+    )  # fmt: skip
+    assert code == 0, text
+    record = json.loads((classifier / "cpsample.json").read_text())["settings"]
+    assert record["images"] == str(t2i.resolve()) and record["captions"].endswith("captions.txt")
+    assert len(json.loads((classifier / "captions.json").read_text())) == 8
+    samples = tmp_path / "plain"
+    code, text = cli("sample", "--model", t2i, "-n", "1", "--steps", "2", "--out", samples, traceback_fails=True)
+    assert code == 0, text
+    with np.load(samples / "samples.npz") as archive:
+        assert list(archive["prompts"]) == (t2i / "prompts.txt").read_text().splitlines()
+        assert len(archive["images"]) == 8
+    code, text = cli(
+        "evaluate", "--model", t2i, "--samples", samples / "samples.npz", "--permutation-rounds", "5",
+        "--out", tmp_path / "eval", traceback_fails=True,
+    )  # fmt: skip
+    assert code == 0, text
+    quality = json.loads((tmp_path / "eval" / "report.json").read_text())["methods"]["plain"]["quality"]
+    assert quality["class_agreement"]["n"] == 8
