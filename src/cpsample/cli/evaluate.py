@@ -41,6 +41,13 @@ def evaluate_command(
         Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")
     ],
     model: opt.Denoiser,
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The training images (folder or .npz), for a model without cpsample's record of them (a Stable "
+            "Diffusion fine-tune): all count as members."
+        ),
+    ] = None,
     features: opt.Features = "pixels",
     threshold: opt.NearCopyThreshold = None,
     quality_net: Annotated[
@@ -65,7 +72,7 @@ def evaluate_command(
     from cpsample.data.samples import sample_paths
     from cpsample.evaluation.run import evaluate_run
 
-    inputs = (*sample_paths(samples), model, features, quality_net, inception)
+    inputs = (*sample_paths(samples), model, data, features, quality_net, inception)
     RunFolder(out, "evaluate", overwrite, inputs=inputs).prepare()
     run = call_with(evaluate_run, locals())
     settings = run.results["settings"]
@@ -73,7 +80,9 @@ def evaluate_command(
     columns = "method | n | near-copy share=replication.share:.2% | 95% CI from=replication.ci_low:.2%"
     columns += " | to=replication.ci_high:.2% | max sim=similarity.max:.4f | Carlini flagged=relative.share:.2%"
     columns += " | quality=quality.metric | value=quality.value:.2f | perm. p=permutation.p_value:.4f"
-    show_table("near_copies", f"near-copies (cosine > {settings['threshold']}, {settings['features']})", rows, columns)
+    columns += " | class agreement=quality.class_agreement.agreement:.1%"
+    title = f"near-copies (cosine > {settings['threshold']}, {settings['features']})"
+    show_table("near_copies", title, rows, columns, drop_empty=True)
     from cpsample.evaluation.report import verdict
 
     said = verdict(run.results)

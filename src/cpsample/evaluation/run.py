@@ -33,6 +33,7 @@ def evaluate_run(
     out: Path,
     samples: list[str],
     model: str = "bundled",
+    data: str | None = None,
     features: str = "pixels",
     threshold: float | None = None,
     quality_net: str = "bundled",
@@ -47,9 +48,16 @@ def evaluate_run(
     seed_everything(seed)
     named = parse_named_paths(samples)
     sets = {name: load_samples(path) for name, path in named.items()}
-    dataset, split = training_data(resolve_model_dir(model, "denoiser"))
-    members = dataset.take(split.members)
-    nonmembers = dataset.take(split.nonmembers) if split.nonmembers else None
+    if data is None:
+        dataset, split = training_data(resolve_model_dir(model, "denoiser"))
+        members = dataset.take(split.members)
+        nonmembers = dataset.take(split.nonmembers) if split.nonmembers else None
+    else:  # a model trained elsewhere: the user names its training images
+        from cpsample.sampling.latent import load_private_images
+
+        first = next(iter(sets.values()))
+        dataset = members = load_private_images(data, first.size)
+        nonmembers = None
     labels = {name: s.labels for name, s in sets.items() if s.labels is not None}
     for name, path in named.items():  # text-to-image samples: the category of the image each prompt captions
         found = None if name in labels else prompt_labels(path, resolve_model_dir(model, "denoiser"), dataset)
@@ -74,6 +82,7 @@ def evaluate_run(
     settings = {
         "samples": {k: str(v) for k, v in named.items()},
         "model": model,
+        "data": data,
         "features": features,
         "threshold": results["settings"]["threshold"],
         "quality_net": quality_net,
