@@ -76,7 +76,7 @@ def measure(args, label: str, guard: str, options: dict) -> dict:
     members, heldout = dataset.take(split.members), dataset.take(split.nonmembers)
     prompts = [line for line in own_prompts(args.model).read_text().splitlines() if line.strip()]
     category_of = prompt_categories(folder, dataset)
-    net = load_feature_net("bundled-rgb" if members.channels == 3 else "bundled")
+    net = load_feature_net("bundled", channels=members.channels)
     judge = Judge.from_reference(
         Reference(detector=lambda images: nearest_private(images, members).copies, net=net, heldout=heldout.images),
         ("near_copy_share", "frechet_distance", "class_agreement", "guided_share", "time"),
@@ -94,6 +94,7 @@ def measure(args, label: str, guard: str, options: dict) -> dict:
     labels = np.array([category_of[prompts[i]] for i in result.prompt_index])
     row = {"method": label, "guard": guard, **options, **judge(result, seconds=seconds, labels=labels)}
     row["seconds_per_image"] = seconds / len(labels)
+    row["denoiser_calls"] = int(result.denoiser_calls)
     return row
 
 

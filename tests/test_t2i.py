@@ -108,3 +108,58 @@ def test_the_flow_on_the_model_own_members(t2i, tmp_path):
     assert code == 0, text
     quality = json.loads((tmp_path / "eval" / "report.json").read_text())["methods"]["plain"]["quality"]
     assert quality["class_agreement"]["n"] == 8
+
+
+# --- the bundled text-to-image model -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled_t2i_runs():
+    """Plain and the shipped default on 20 of bundled-t2i's training captions, one image each, from the same noise
+    (seed 12345: the calibration never saw it)."""
+    from cpsample.models.bundle import resolve_model_dir, training_data
+    from cpsample.sampling.adapters import load_adapter
+    from cpsample.sampling.generate import SampleConfig, generate
+    from cpsample.sampling.latent import nearest_private
+    from cpsample.sampling.run import own_prompts
+
+    dataset, split = training_data(resolve_model_dir("bundled-t2i", "denoiser"))
+    members = dataset.take(split.members)
+    prompts = own_prompts("bundled-t2i").read_text().splitlines()[:20]
+    adapter = load_adapter("bundled-t2i").conditioned(prompts)
+    config = SampleConfig(n=1, steps=50, batch_size=1, seed=12345, progress=False)
+    plain = generate(adapter, "none", config)
+    guarded = generate(adapter, "cpsample", config, classifier="bundled-t2i")
+    copies = {
+        name: nearest_private(run.images, members).copies for name, run in (("plain", plain), ("guarded", guarded))
+    }
+    return {"plain": plain, "guarded": guarded, "copies": copies, "members": members, "prompts": prompts}
+
+
+def test_bundled_t2i_copies_its_training_captions_and_the_default_removes_the_copies(bundled_t2i_runs):
+    """docs/text-to-image.md: prompted with a member's caption, bundled-t2i draws that member; the shipped
+    calibration removes those near-copies."""
+    copies = bundled_t2i_runs["copies"]
+    plain, guarded = int(copies["plain"].sum()), int(copies["guarded"].sum())
+    assert plain >= 4, f"the bundled text-to-image model must copy: {plain}/20 near-copies plain"
+    assert guarded <= plain // 4, (plain, guarded)
+    assert bundled_t2i_runs["guarded"].trace["fired"].any(axis=0).mean() > 0.2
+
+
+def test_the_protect_recipe_runs_on_bundled_t2i(bundled_t2i_runs):
+    """docs/text-to-image.md, 'Your own Stable Diffusion fine-tune': protect(pipe, classifier), then a normal
+    pipe(prompt) call samples with the classifier's calibrated setting."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    import cpsample
+    from cpsample.models.bundle import resolve_model_dir
+
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_model_dir("bundled-t2i", "denoiser"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    cpsample.protect(pipe, resolve_model_dir("bundled-t2i", "classifier"))
+    protection = cpsample.protection_of(pipe)
+    assert protection is not None and "cpsample" in str(protection)
+    prompt = bundled_t2i_runs["prompts"][0]
+    images = pipe(prompt, num_inference_steps=10, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()

@@ -33,7 +33,7 @@ from cpsample.calibration import grid
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import MEASURES, Judge, Reference, pool_rows
 from cpsample.evaluation.nearcopy import resolve_threshold
-from cpsample.models.bundle import resolve_model_dir
+from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.models.denoiser import is_sd_pipeline
 from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.adapters import PixelAdapter
@@ -127,13 +127,13 @@ class GridSettings:
                 "the two-stage guard (--early-classifier, --late-classifier) is not available for a Stable "
                 "Diffusion pipeline; calibrate the one-stage guard (leave them out)"
             )
-        if self.quality_net == "bundled":
-            self.quality_net = None  # the bundled feature net knows MNIST digits, and there are no held-out images
-        elif self.quality_net is not None:
-            raise ValueError(
-                "a Stable Diffusion pipeline has no held-out images to measure FD against; leave "
-                "--quality-net out (the least aggressive setting is then the one guiding fewest steps)"
-            )
+        if latent_heldout(self.model) is None:
+            if self.quality_net not in ("bundled", None):
+                raise ValueError(
+                    "this Stable Diffusion pipeline records no held-out images to measure FD against; leave "
+                    "--quality-net out (the least aggressive setting is then the one guiding fewest steps)"
+                )
+            self.quality_net = None
         if self.features != "pixels":
             raise ValueError(
                 "near-copies of the private images are counted in pixels on the Stable Diffusion path "
@@ -258,7 +258,21 @@ def _latent_runner(settings: GridSettings):
     def detector(images):
         return nearest_private(images, private, settings.threshold).copies
 
-    return run, Reference(detector=detector)
+    heldout = latent_heldout(settings.model)
+    if heldout is None or settings.quality_net is None:
+        return run, Reference(detector=detector)
+    net = _quality_net(settings.quality_net, heldout.channels)
+    return run, Reference(detector=detector, net=net, heldout=heldout.images)
+
+
+def latent_heldout(model: str):
+    """The held-out images of a pipeline `train-t2i` trained on part of a dataset (FD is measured against them);
+    None for any other pipeline."""
+    folder = resolve_model_dir(model, "denoiser")
+    if not (folder / "split.json").is_file():
+        return None
+    dataset, split = training_data(folder)
+    return dataset.take(split.nonmembers) if split.nonmembers else None
 
 
 SETTING_KEYS = ("guard", "alpha", "scale", "early_scale", "max_push", "late_denoised", "late_classifier")

@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.denoiser import DDPM_PIPELINE, PIPELINE_INDEX, is_sd_pipeline, pipeline_class
 from cpsample.sampling.adapters.base import guard_name, needs_classifier, repeat_each
 from cpsample.sampling.checks import check_same_schedule, check_scheduler
@@ -221,7 +222,8 @@ class LatentAdapter:
     @classmethod
     def from_pretrained(cls, folder, device: str = "cpu", dtype: str = "float32", scheduler: str | None = None):
         scheduler = scheduler or "default"
-        return cls(load_sd_pipeline(folder, scheduler, device, dtype), scheduler_name=scheduler)
+        pipe = load_sd_pipeline(resolve_model_dir(folder, "denoiser"), scheduler, device, dtype)
+        return cls(pipe, scheduler_name=scheduler)
 
     @property
     def folder(self) -> Path | None:
