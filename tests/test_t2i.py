@@ -157,9 +157,16 @@ def test_the_protect_recipe_runs_on_bundled_t2i(bundled_t2i_runs):
 
     pipe = StableDiffusionPipeline.from_pretrained(resolve_model_dir("bundled-t2i", "denoiser"), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    cpsample.protect(pipe, resolve_model_dir("bundled-t2i", "classifier"))
-    protection = cpsample.protection_of(pipe)
-    assert protection is not None and "cpsample" in str(protection)
+    from cpsample.sampling.spec import read_calibration
+
+    classifier = resolve_model_dir("bundled-t2i", "classifier")
+    cpsample.protect(pipe, classifier)
+    settings = cpsample.protection_of(pipe).guard.settings()
+    chosen = read_calibration(classifier)["settings"]
+    assert {key: settings[key] for key in ("alpha", "scale", "tau")} == {
+        key: chosen[key] for key in ("alpha", "scale", "tau")
+    }
     prompt = bundled_t2i_runs["prompts"][0]
     images = pipe(prompt, num_inference_steps=10, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+    assert cpsample.protection_of(pipe).guard.trace["fired"], "the guard was asked at every step"

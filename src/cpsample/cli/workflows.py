@@ -312,8 +312,7 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
         )
     else:
         path = result.save_pretrained()
-        command = "sample-sd" if result.grid.latent else "sample --guard cpsample"
-        output.print(f"saved to {path}: `cpsample {command} --classifier {classifier}` now uses it")
+        output.print(f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it")
 
 
 def _show_grid(name: str, rows: list[dict], title: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsample.data import load_dataset
 from cpsample.data.captions import MODEL_CAPTIONS, read_captions
 from cpsample.data.samples import load_samples, parse_named_paths
 from cpsample.evaluation.honesty import vacuous_baseline
@@ -53,10 +54,7 @@ def evaluate_run(
         members = dataset.take(split.members)
         nonmembers = dataset.take(split.nonmembers) if split.nonmembers else None
     else:  # a model trained elsewhere: the user names its training images
-        from cpsample.sampling.latent import load_private_images
-
-        first = next(iter(sets.values()))
-        dataset = members = load_private_images(data, first.size)
+        dataset = members = load_dataset(data, image_size=next(iter(sets.values())).size)
         nonmembers = None
     labels = {name: s.labels for name, s in sets.items() if s.labels is not None}
     for name, path in named.items():  # text-to-image samples: the category of the image each prompt captions

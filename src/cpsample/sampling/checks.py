@@ -86,6 +86,10 @@ def check_classifier_fits(classifier, classifier_dir: Path | None, unet, schedul
             f"{model_dir}'s members (a classifier of other images guides at nearly every step); {fix}, or "
             "restore its split.json"
         )
+    from cpsample.sampling.latent_pairing import latent_record
+
+    if latent_record(classifier_dir) is not None:
+        return  # a latent classifier's members are its images' and VAE's digests: check_latent_pairing compares them
     splits = [Path(folder) / "split.json" for folder in (model_dir, classifier_dir) if folder is not None]
     if len(splits) == 2 and all(path.exists() for path in splits):
         model_split, classifier_split = (Split.load(path) for path in splits)
