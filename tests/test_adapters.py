@@ -184,7 +184,7 @@ def test_sample_with_a_prompts_file_writes_what_sample_sd_writes(pipeline, tmp_p
     code, text = cli("sample", "--model", pipeline, *common, "--out", tmp_path / "one")
     assert code == 0, text
     with np.load(tmp_path / "sd" / "samples.npz") as old, np.load(tmp_path / "one" / "samples.npz") as new:
-        assert sorted(old.files) == sorted(new.files) == ["images", "latents", "prompt_index", "uint8"]
+        assert sorted(old.files) == sorted(new.files) == ["images", "latents", "prompt_index", "prompts", "uint8"]
         assert all(np.array_equal(old[name], new[name]) for name in old.files)
     assert (tmp_path / "sd" / "grid.png").read_bytes() == (tmp_path / "one" / "grid.png").read_bytes()
     record = json.loads((tmp_path / "one" / "cpsample.json").read_text())
