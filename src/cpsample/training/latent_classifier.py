@@ -59,7 +59,7 @@ def train_latent_classifier(
     image_size = height * pipe.vae_scale_factor
     images_dir = recorded_path(pipeline_dir if images_dir is None else images_dir)
     private = load_private_images(images_dir, image_size)
-    if captions_file is None and private.source == str(images_dir):  # the pipeline's own members: its captions
+    if captions_file is None and images_dir == recorded_path(pipeline_dir):  # the pipeline's own members: its captions
         captions_file = own_captions(pipeline_dir)
     captions = read_captions(captions_file, private.names) if captions_file else {}
     latents = encode_latents(pipe, private, progress=progress)
