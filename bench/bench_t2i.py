@@ -65,6 +65,7 @@ def main() -> None:
 def measure(args, label: str, guard: str, options: dict) -> dict:
     from cpsample.evaluation.feature_net import load_feature_net
     from cpsample.evaluation.measures import Judge, Reference
+    from cpsample.evaluation.run import caption_labels
     from cpsample.models.bundle import resolve_model_dir, training_data
     from cpsample.sampling.adapters import load_adapter
     from cpsample.sampling.generate import SampleConfig, generate
@@ -76,7 +77,7 @@ def measure(args, label: str, guard: str, options: dict) -> dict:
     dataset, split = training_data(folder)
     members, heldout = dataset.take(split.members), dataset.take(split.nonmembers)
     prompts = [line for line in own_prompts(args.model).read_text().splitlines() if line.strip()]
-    category_of = prompt_categories(folder, dataset)
+    category_of = caption_labels(folder, dataset)
     net = load_feature_net("bundled", channels=members.channels)
     judge = Judge.from_reference(
         Reference(detector=lambda images: nearest_private(images, members).copies, net=net, heldout=heldout.images),
@@ -97,14 +98,6 @@ def measure(args, label: str, guard: str, options: dict) -> dict:
     row["seconds_per_image"] = seconds / len(labels)
     row["denoiser_calls"] = int(result.denoiser_calls)
     return row
-
-
-def prompt_categories(folder: Path, dataset) -> dict[str, int]:
-    """caption -> the category of the training picture it captions (a sample's intended category)."""
-    from cpsample.data.captions import MODEL_CAPTIONS, read_captions
-
-    row_of = {name: row for row, name in enumerate(dataset.names)}
-    return {c: int(dataset.labels[row_of[n]]) for n, c in read_captions(folder / MODEL_CAPTIONS, None).items()}
 
 
 def rejection(adapter, config, members):

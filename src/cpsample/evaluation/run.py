@@ -125,13 +125,18 @@ def prompt_labels(samples_path: Path, model_dir: Path, dataset) -> np.ndarray | 
             prompts, prompt_index = [str(p) for p in archive["prompts"]], archive["prompt_index"]
     except (OSError, ValueError):
         return None
-    row_of = {name: row for row, name in enumerate(dataset.names)}
-    label_of = {
-        caption: int(dataset.labels[row_of[name]])
-        for name, caption in read_captions(captions_path, None).items()
-        if name in row_of
-    }
+    label_of = caption_labels(model_dir, dataset)
     if any(prompt not in label_of for prompt in prompts):
         logger.info("%s: some prompts are no training captions of %s; no prompt agreement", samples_path, model_dir)
         return None
     return np.array([label_of[prompts[i]] for i in prompt_index], dtype=np.int64)
+
+
+def caption_labels(model_dir: Path, dataset) -> dict[str, int]:
+    """caption -> the label of the training image it captions (train-t2i's captions.txt against the dataset)."""
+    row_of = {name: row for row, name in enumerate(dataset.names)}
+    return {
+        caption: int(dataset.labels[row_of[name]])
+        for name, caption in read_captions(Path(model_dir) / MODEL_CAPTIONS, None).items()
+        if name in row_of
+    }
