@@ -101,33 +101,17 @@ def measure(args, label: str, guard: str, options: dict) -> dict:
 
 
 def rejection(adapter, config, members):
-    """Rejection sampling per prompt slot: each image found a near-copy is drawn again with fresh noise (seed + round)
-    for the same prompt, until none is left or REJECTION_ROUNDS have passed (copies left then count as such)."""
-    import torch
-
+    """Rejection sampling per prompt slot (sampling.rejection.rejection_per_prompt), REJECTION_ROUNDS redraws at most;
+    copies left then count as such."""
     from cpsample.sampling.generate import generate
     from cpsample.sampling.latent import nearest_private
+    from cpsample.sampling.rejection import rejection_per_prompt
 
     first = generate(adapter, "none", config)
-    images, calls = first.images.clone(), first.denoiser_calls
-    copies = nearest_private(images, members).copies
-    for round_index in range(1, REJECTION_ROUNDS + 1):
-        if not copies.any():
-            break
-        redo = sorted({int(first.prompt_index[i]) for i in np.flatnonzero(copies)})
-        again = generate(
-            adapter.conditioned([adapter.prompts[p] for p in redo], adapter.guidance_scale),
-            "none",
-            type(config)(**{**config.__dict__, "seed": config.seed + 1000 * round_index, "progress": False}),
-        )
-        calls += again.denoiser_calls
-        fresh = torch.as_tensor(again.images)
-        for index in np.flatnonzero(copies):
-            prompt = int(first.prompt_index[index])
-            rank = list(np.flatnonzero(first.prompt_index == prompt)).index(index)
-            images[index] = fresh[np.flatnonzero(again.prompt_index == redo.index(prompt))[rank]]
-        copies = nearest_private(images, members).copies
-    first.images, first.denoiser_calls = images, calls
+    found = rejection_per_prompt(
+        adapter, config, first, lambda images: nearest_private(images, members).copies, REJECTION_ROUNDS
+    )
+    first.images, first.denoiser_calls = found.images, found.denoiser_calls
     first.trace = {}
     return first
 

@@ -107,7 +107,7 @@ def test_the_default_keeps_sample_only_membership_below_plain_sampling(bundled_r
 def test_the_weights_still_give_membership_away_under_the_default():
     """README: CPSample leaves the weights unchanged, so the loss attack with the weights still finds members (AUC 0.91
     under the default, 0.999 without the guard): it is not a membership-inference defence."""
-    from cpsample.attacks.mia import run_mia
+    from cpsample.attacks.membership import run_mia
 
     kwargs = dict(attack="loss", n_members=100, timesteps=(100, 200, 300), draws=1, progress=False)
     plain = run_mia(**kwargs)["loss"]

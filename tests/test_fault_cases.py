@@ -178,7 +178,7 @@ def test_protect_refuses_no_classifier_and_a_bare_unet(pipe):
 
 def test_the_library_entry_points_share_the_cli_check(other_members):
     """run_mia and run_side refuse what generate refuses: one check (sampling.pipeline.guard_for_model)."""
-    from cpsample.attacks.mia import run_mia
+    from cpsample.attacks.membership import run_mia
     from cpsample.attacks.side import run_side
     from cpsample.sampling.pipeline import generate
 

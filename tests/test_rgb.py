@@ -485,7 +485,7 @@ def test_the_bundled_rgb_model_ships_with_a_classifier_that_memorised_its_member
 def test_the_bundled_rgb_denoiser_fits_its_members_better_than_pictures_it_never_saw():
     """The RGB benchmark needs a model that memorised its 200 members: at moderate noise its eps error on them must be
     well below its error on held-out Twemoji (the gap the loss attack reads)."""
-    from cpsample.attacks.mia import run_mia
+    from cpsample.attacks.membership import run_mia
 
     loss = run_mia("bundled-rgb", attack="loss", timesteps=(300,), draws=1, progress=False)["loss"]
     members, heldout = loss.member_scores[300], loss.nonmember_scores[300]

@@ -5,6 +5,7 @@ adversary who holds the weights; `run_sample_attack` (nearest generated sample, 
 who sees only the samples, of any defence.
 """
 
+from cpsample.attacks.membership import run_mia
 from cpsample.attacks.metrics import Separation, auc, separation, tpr_at_fpr, z_test
 from cpsample.attacks.mia import (
     ATTACKS,
@@ -14,7 +15,6 @@ from cpsample.attacks.mia import (
     EpsPredictor,
     loss_attack,
     pia_attack,
-    run_mia,
 )
 from cpsample.attacks.plots import plot_attacks
 from cpsample.attacks.sample_nn import (

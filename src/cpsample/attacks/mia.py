@@ -11,7 +11,8 @@ eps0,
 
 "eps_hat" is the denoiser's eps, passed through `guard.adjust` when a guard is given, so the same attack measures how
 much CPSample (or any guard) hides membership. Each score set is summarised by ROC AUC, TPR at 1% / 0.1% FPR and the
-paper's one-sided Z-test (see `cpsample.attacks.metrics`). `run_mia` is the one-call entry point:
+paper's one-sided Z-test (see `cpsample.attacks.metrics`). `run_mia` (attacks/membership.py) is the one-call entry
+point:
 
     results = run_mia(model="bundled", guard="cpsample")
     results["loss"].auc, results["pia"].auc
@@ -20,7 +21,6 @@ paper's one-sided Z-test (see `cpsample.attacks.metrics`). `run_mia` is the one-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from cpsample.attacks.metrics import Separation, separation
 from cpsample.data import ImageSet
-from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.guards import Guard
 from cpsample.sampling.guards.base import guided_eps, move_network
 
@@ -106,11 +105,14 @@ class EpsPredictor:
         self.num_train_timesteps = len(alphas_cumprod)
         self.guard = guard
         self.fired: dict[int, list[np.ndarray]] = {}  # t -> per-sample "guard changed eps" flags, when the guard says
+        # A text-to-image UNet's conditioning for the rows being scored (their captions' embeddings); None: none.
+        self.context: torch.Tensor | None = None
 
     def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        condition = {} if self.context is None else {"encoder_hidden_states": self.context}
         with torch.no_grad():
-            output = self.denoiser(x_t, t_batch)
+            output = self.denoiser(x_t, t_batch, **condition)
         eps = getattr(output, "sample", output)  # diffusers models wrap the tensor, plain callables may not
         if eps.shape != x_t.shape:
             raise ValueError(
@@ -153,6 +155,7 @@ def loss_attack(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     progress: bool = True,
+    contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> AttackResult:
     """Loss attack (paper Alg. 1): per-image mean of ||eps - eps_hat(x_t, t)||^2 / d over `draws` noise draws.
 
@@ -191,6 +194,7 @@ def loss_attack(
         dtype,
         progress,
         settings,
+        contexts,
     )
 
 
@@ -207,6 +211,7 @@ def pia_attack(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     progress: bool = True,
+    contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> AttackResult:
     """PIA (Kong et al. 2024): eps0 = eps_hat(x0, 0) is the 'proximal initial' noise; score = ||eps0 - eps_hat(x_t,
     t)||_p / d^(1/p).
@@ -240,6 +245,7 @@ def pia_attack(
         dtype,
         progress,
         settings,
+        contexts,
     )
 
 
@@ -256,8 +262,11 @@ def _run_attack(
     dtype,
     progress,
     settings,
+    contexts=None,
 ) -> AttackResult:
-    """Shared frame of both attacks: checks, placement, batching over both sets, and the statistics."""
+    """Shared frame of both attacks: checks, placement, batching over both sets, and the statistics.
+
+    contexts: (members', non-members') per-image conditioning of a text-to-image UNet, row for row."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     member_images, nonmember_images = check_image_sets(members, nonmembers, denoiser)
@@ -274,10 +283,13 @@ def _run_attack(
         unit="img",
         dynamic_ncols=True,
     )
-    member_scores, member_fired = _score_set(score_batch, eps_hat, member_images, batch_size, device, dtype, bar)
+    member_context, nonmember_context = contexts or (None, None)
+    member_scores, member_fired = _score_set(
+        score_batch, eps_hat, member_images, member_context, batch_size, device, dtype, bar
+    )
     eps_hat.fired.clear()
     nonmember_scores, nonmember_fired = _score_set(
-        score_batch, eps_hat, nonmember_images, batch_size, device, dtype, bar
+        score_batch, eps_hat, nonmember_images, nonmember_context, batch_size, device, dtype, bar
     )
     bar.close()
     per_t = {t: separation(member_scores[t], nonmember_scores[t]) for t in member_scores}
@@ -294,12 +306,14 @@ def _run_attack(
     )
 
 
-def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_size: int, device, dtype, bar):
+def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, context, batch_size: int, device, dtype, bar):
     """Scores of one image set per t (float64 numpy), and the share of its images the guard changed per t."""
     collected: dict[int, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         rows = range(start, min(start + batch_size, len(images)))
         x0 = images[rows.start : rows.stop].to(device=device, dtype=dtype)
+        if context is not None:
+            eps_hat.context = context[rows.start : rows.stop].to(device=device, dtype=dtype)
         for t, scores in score_batch(eps_hat, x0, rows).items():
             collected.setdefault(t, []).append(scores.cpu())
         bar.update(len(rows))
@@ -309,65 +323,6 @@ def _score_set(score_batch, eps_hat: EpsPredictor, images: torch.Tensor, batch_s
 
 
 # --- one call: load a model, pick the images, run the attacks ---------------------------------------------------
-
-
-def run_mia(
-    model: str | Path | DiffusionModel = "bundled",
-    guard: str | Guard = "none",
-    classifier: str | Path = "bundled",
-    attack: str = "both",
-    timesteps: Sequence[int] | None = None,
-    n_members: int | None = None,
-    n_nonmembers: int | None = None,
-    draws: int = DEFAULT_DRAWS,
-    pia_norm: float = PIA_NORM,
-    batch_size: int = 128,
-    seed: int = 0,
-    device: str = "cpu",
-    dtype: str | torch.dtype = "float32",
-    progress: bool = True,
-    **guard_options,
-) -> dict[str, AttackResult]:
-    """Attack a trained denoiser ('bundled', a folder or a loaded DiffusionModel) on its own member / non-member split.
-
-    guard: a ready Guard, or a name built with `classifier` and guard_options (e.g. alpha=0.1; see `cpsample guards`).
-    n_members: cap on members (default all); n_nonmembers: default as many as members (a balanced test), drawn at
-    random with `seed`. timesteps: used by every chosen attack; by default loss uses (100, 200, 300) and PIA 200.
-    Returns {attack name: AttackResult}; e.g. run_mia(guard="cpsample")["loss"].auc.
-    """
-    from cpsample.sampling.pipeline import guard_for_model
-
-    attacks = chosen_attacks(attack)
-    model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
-    unet, schedule = model.unet, model.schedule
-    # Fail on bad settings before the slow part (loading the data set, building the guard).
-    check_timesteps(timesteps or DEFAULT_LOSS_TIMESTEPS, schedule, minimum=0 if attacks == ("loss",) else 1)
-    if draws < 1 or pia_norm <= 0:
-        raise ValueError(f"draws must be at least 1 and pia_norm positive, got draws={draws}, pia_norm={pia_norm}")
-    dataset, split = model.dataset, model.split
-    member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, n_nonmembers, seed)
-    guard = guard_for_model(model, guard, classifier, device, **guard_options)
-    members, nonmembers = dataset.take(member_idx), dataset.take(nonmember_idx)
-    common = dict(guard=guard, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
-    results = {}
-    if "loss" in attacks:
-        results["loss"] = loss_attack(
-            unet,
-            schedule,
-            members,
-            nonmembers,
-            timesteps=timesteps or DEFAULT_LOSS_TIMESTEPS,
-            draws=draws,
-            seed=seed,
-            **common,
-        )
-    if "pia" in attacks:
-        results["pia"] = pia_attack(
-            unet, schedule, members, nonmembers, timesteps=timesteps or DEFAULT_PIA_TIMESTEPS, norm=pia_norm, **common
-        )
-    for result in results.values():
-        result.settings.update(model=str(model), member_indices=member_idx, nonmember_indices=nonmember_idx)
-    return results
 
 
 def chosen_attacks(attack: str) -> tuple[str, ...]:

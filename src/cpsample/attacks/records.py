@@ -23,6 +23,7 @@ def mia_into(
     nonmembers: int | None = None,
     draws: int = 4,
     pia_norm: float = 4.0,
+    captions: Path | None = None,
     batch_size: int = 128,
     dtype: str = "float32",
     device: str = "cpu",
@@ -30,7 +31,7 @@ def mia_into(
 ) -> dict:
     """`cpsample attack mia`: run_mia with the command's options, saved by save_mia; returns run_mia's results."""
     settings = {name: value for name, value in locals().items() if name != "out"}  # as recorded: the CLI's names
-    from cpsample.attacks.mia import run_mia
+    from cpsample.attacks.membership import run_mia
     from cpsample.sampling.spec import require_classifier
 
     require_classifier(guard, classifier)

@@ -374,11 +374,19 @@ def run_side(
 ) -> SideResult:
     """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), plain or
     CPSample-defended."""
+    from cpsample.sampling.adapters import LatentAdapter, adapter_class
     from cpsample.sampling.pipeline import guard_for_model
     from cpsample.sampling.sampler import unet_denoiser
 
     if defence not in ("none", "cpsample"):
         raise ValueError(f"unknown defence {defence!r}; choose none or cpsample")
+    if not isinstance(model, DiffusionModel) and adapter_class(model) is LatentAdapter:
+        raise ValueError(
+            f"{model}: a text-to-image pipeline; SIDE builds surrogate conditions for unconditional models, and "
+            "this model has real ones, its captions. Extract with them: `cpsample sample --model MODEL` prompts "
+            "every training caption and `cpsample evaluate` counts the copies (`cpsample demo --model MODEL` does "
+            "both, plain and defended)"
+        )
     model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
     unet, schedule = model.unet, model.schedule
     if model.conditional:

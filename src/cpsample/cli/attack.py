@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -23,7 +24,13 @@ attack_app = typer.Typer(
 @run_safely
 def mia_command(
     out: opt.AttackOut,
-    model: opt.Denoiser,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Denoiser folder (with its split.json), a `train-t2i` pipeline (attacked in its latent space, each "
+            "image conditioned on its caption), or a bundled name."
+        ),
+    ],
     guard: Annotated[
         str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")
     ] = "none",
@@ -46,6 +53,10 @@ def mia_command(
     nonmembers: opt.Nonmembers = None,
     draws: Annotated[int, typer.Option(min=1, help="Loss attack: noise draws averaged per image.")] = 4,
     pia_norm: Annotated[float, typer.Option(help="PIA: the p of the l_p norm.")] = 4.0,
+    captions: Annotated[
+        Optional[Path],
+        typer.Option(help="Text-to-image pipelines: captions of the held-out images (image<TAB>caption lines)."),
+    ] = None,
     batch_size: opt.BatchSize = 128,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: opt.Device = "cpu",
@@ -58,7 +69,7 @@ def mia_command(
     For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.records import guard_as_used, mia_into
 
-    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier)).prepare()
+    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier, captions)).prepare()
     check_device_option(device)
     results = call_with(mia_into, locals())
     first = next(iter(results.values()))

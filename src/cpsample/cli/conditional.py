@@ -139,9 +139,10 @@ def train_t2i_command(
     text encoder; a killed run resumes."""
     require_transformers()
     RunFolder(out, "train-t2i", overwrite, resume, inputs=(data, captions)).prepare()
+    from cpsample.data.captions import captions_for
     from cpsample.training.loop import TrainConfig
     from cpsample.training.members import prepare_training
-    from cpsample.training.t2i import captions_for, train_t2i
+    from cpsample.training.t2i import train_t2i
 
     config = call_with(TrainConfig, locals())
     members, split = prepare_training(data, image_size, subset, config)

@@ -47,7 +47,10 @@ def demo_command(
     seed: opt.Seed = 0,
 ):
     """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
-    near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures."""
+    near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures.
+
+    On a text-to-image model (--model bundled-t2i --classifier bundled-t2i), every training caption is a prompt,
+    --n-samples is shared out over them, and the table adds prompt agreement."""
     from cpsample.workflows.demo import DemoSettings, run_demo
 
     RunFolder(out, "demo", overwrite, inputs=(model, classifier)).prepare()
@@ -60,12 +63,9 @@ def demo_command(
         row["copies"] = "{count}/{n}".format(**row["replication"])
     columns = "method | near-copies=copies | share=replication.share:.1%"
     columns += " | 95% CI from=replication.ci_low:.1% | to=replication.ci_high:.1% | FD=quality.value:.2f"
-    show_table(
-        "methods",
-        title,
-        rows,
-        columns + " | s/image=cost.seconds_per_image:.3f | denoiser calls/image=cost.denoiser_calls_per_image:.0f",
-    )
+    columns += " | prompt agreement=quality.class_agreement.agreement:.1%"  # text-to-image models only
+    columns += " | s/image=cost.seconds_per_image:.3f | denoiser calls/image=cost.denoiser_calls_per_image:.0f"
+    show_table("methods", title, rows, columns, drop_empty=True)
     comparisons = results.get("comparisons", [])
     lines = [f"chi-square {row['baseline']} vs {row['method']}: p = {row['p_value']:.3g}" for row in comparisons]
     show("comparisons", "\n".join(lines), comparisons)

@@ -411,3 +411,8 @@ def pool_rows(earlier: dict, later: dict, measures: Iterable) -> dict:
         if hasattr(measure, "pool"):
             pooled.update(measure.pool(earlier, later))
     return pooled
+
+
+# What each method's accepted images cost (seconds, denoiser calls: in all and per image) and, for the guards, how
+# often they acted.
+COST_MEASURES = (Time(), Time(per_image=True), DenoiserCalls(), GuardActivity())

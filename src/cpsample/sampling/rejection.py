@@ -30,6 +30,7 @@ class RejectionResult:
     drawn: int
     rejected: int
     rounds: int
+    leftover: int = 0  # near-copies still among the images when the rounds ran out (rejection_per_prompt)
 
     @property
     def calls_per_image(self) -> float:
@@ -62,3 +63,36 @@ def rejection_sample(draw: Draw, n: int, is_near_copy: NearCopyTest, max_rounds:
             f"({rejected} of {drawn} drawn were near-copies); raise max_rounds or lower the threshold's strictness"
         )
     return RejectionResult(images, calls, time.time() - started, drawn, rejected, round_index)
+
+
+def rejection_per_prompt(adapter, config, first: SampleResult, is_near_copy: NearCopyTest, max_rounds: int):
+    """Rejection sampling for prompted images (a LatentAdapter conditioned on its prompts, `first` its plain round
+    with `config`): every near-copy is drawn again for the same prompt with fresh noise (seed + 1000 * round) until
+    none is left or max_rounds redraws have passed. A memorised caption returns its member from almost any noise, so
+    copies can be left at the end: they stay in the images (and count as copies), and `leftover` says how many.
+
+    Returns a RejectionResult whose denoiser_calls include the first round and every redraw (each redraw samples
+    config.n images for a prompt that still has a copy, and keeps what replaces the copies)."""
+    from cpsample.sampling.generate import generate
+
+    started = time.time()
+    prompt_index = np.asarray(first.prompt_index)
+    images, calls = torch.as_tensor(first.images).clone(), first.denoiser_calls
+    copies = np.asarray(is_near_copy(images), dtype=bool)
+    drawn, rejected, rounds = len(images), 0, 0
+    while copies.any() and rounds < max_rounds:
+        rounds += 1
+        rejected += int(copies.sum())  # thrown away, each replaced by this round's draw for its slot
+        redo = sorted({int(prompt_index[i]) for i in np.flatnonzero(copies)})
+        redraw = type(config)(**{**config.__dict__, "seed": config.seed + 1000 * rounds, "progress": False})
+        again = generate(adapter.conditioned([adapter.prompts[p] for p in redo]), "none", redraw)
+        calls += again.denoiser_calls
+        drawn += len(again.images)
+        fresh, fresh_index = torch.as_tensor(again.images), np.asarray(again.prompt_index)
+        for index in np.flatnonzero(copies):
+            prompt = int(prompt_index[index])
+            rank = list(np.flatnonzero(prompt_index == prompt)).index(index)  # its slot among the prompt's images
+            images[index] = fresh[np.flatnonzero(fresh_index == redo.index(prompt))[rank]]
+        copies = np.asarray(is_near_copy(images), dtype=bool)
+    seconds = first.seconds + time.time() - started
+    return RejectionResult(images, calls, seconds, drawn, rejected, rounds, leftover=int(copies.sum()))

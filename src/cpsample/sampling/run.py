@@ -139,9 +139,15 @@ def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions)
 
         return adapter.conditioned(parse_classes(conditions.classes, adapter.class_info), conditions.cfg_scale)
     prompts_file = conditions.prompts_file
-    if not given["prompts"] and (prompts_file := own_prompts(model)) is not None:
-        logger.info("no --prompt given: sampling the captions %s was trained on (%s)", model, prompts_file)
+    own = not given["prompts"] and (prompts_file := own_prompts(model)) is not None
     entries = prompt_entries(conditions.prompts, prompts_file)
+    if own:  # -n counts per prompt: say what that adds up to
+        logger.info(
+            "no --prompt given: sampling the %d captions %s was trained on (%s); -n images per caption",
+            len(entries),
+            model,
+            prompts_file,
+        )
     return adapter.conditioned([entry.text for entry in entries], conditions.cfg_scale)
 
 

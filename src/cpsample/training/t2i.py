@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cpsample.data import DataError, ImageSet, Split
-from cpsample.data.captions import MODEL_CAPTIONS, MODEL_PROMPTS, read_captions
+from cpsample.data.captions import MODEL_CAPTIONS, MODEL_PROMPTS
 from cpsample.training.loop import TrainConfig, Trainer, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -35,32 +35,6 @@ logger = logging.getLogger(__name__)
 CAPTION_DROPOUT = 0.1  # share of steps trained on the empty caption: the unconditional half of CFG
 KL_WEIGHT = 1e-6  # Stable Diffusion's VAE weight on the KL term: a near-deterministic autoencoder
 MAX_TOKENS = 32  # captions are short names; longer ones are cut (CLIP's own limit is 77)
-
-
-def twemoji_captions(names: list[str]) -> list[str]:
-    """The bundled Twemoji pictures' captions: their short names in words ('smiling_face_with_3_hearts' ->
-    'smiling face with 3 hearts')."""
-    from cpsample.data.sources import TWEMOJI_NPZ
-
-    with np.load(TWEMOJI_NPZ, allow_pickle=False) as archive:
-        short_names = [str(name) for name in archive["names"]]
-    return [short_names[int(name.rsplit(":", 1)[1])].replace("_", " ").replace("-", " ") for name in names]
-
-
-def captions_for(images: ImageSet, data: str, captions_file: str | Path | None) -> list[str]:
-    """One caption per image: from captions_file ('image<TAB>caption' lines or JSON), or the Twemoji names."""
-    if captions_file is None:
-        if data == "twemoji":
-            return twemoji_captions(images.names)
-        raise DataError(f"{data}: give --captions (a file of 'image file<TAB>caption' lines, or a JSON object)")
-    captions = read_captions(captions_file, None)  # (it may caption held-out images too)
-    missing = [name for name in images.names if not captions.get(name, "").strip()]
-    if missing:
-        raise DataError(
-            f"{captions_file}: {len(missing)} of {len(images)} images have no caption ({', '.join(missing[:5])}); "
-            "every training image needs one"
-        )
-    return [captions[name] for name in images.names]
 
 
 def train_tokenizer(captions: list[str], folder: Path):
