@@ -319,11 +319,9 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
     Whatever sample-sd prints and records is what the samples were drawn with."""
     import shutil
 
-    from cpsample.cli.conditional import register
+    from cpsample.cli.main import app  # (its callback sets up the logging the knobs are said through)
     from cpsample.sampling.spec import write_calibration
 
-    app = typer.Typer()
-    register(app)
     classifier = tmp_path / "clf"
     shutil.copytree(setup["classifier"], classifier)
 
@@ -467,3 +465,18 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     with pytest.raises(ValueError, match="give the prompts"):
         GridSettings(model=str(setup["pipeline"]), classifier=str(no_captions))
     assert not GridSettings(model="bundled").latent
+
+
+def test_a_pipeline_is_calibrated_on_the_latent_grid_by_default(setup):
+    """Latent pushes need larger scales: left out, a pipeline's grid is LATENT_ALPHAS x LATENT_SCALES, a pixel
+    model's ALPHAS x SCALES; given alphas and scales are kept."""
+    from cpsample.calibration import grid
+    from cpsample.calibration.search import GridSettings, grid_candidates
+
+    def tried(**given):
+        return {(row["alpha"], row["scale"]) for row in grid_candidates(GridSettings(**given))[1:]}
+
+    latent = dict(model=str(setup["pipeline"]), classifier=str(setup["classifier"]))
+    assert tried(**latent) == {(a, s) for a in grid.LATENT_ALPHAS for s in grid.LATENT_SCALES}
+    assert tried(**latent, alphas=[0.5], scales=[10.0]) == {(0.5, 10.0)}
+    assert tried() == {(a, s) for a in grid.ALPHAS for s in grid.SCALES}

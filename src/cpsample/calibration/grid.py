@@ -14,6 +14,10 @@ PUSH_CAPS = (None, 1.0, 1.25, 1.5, 2.0)  # None: uncapped, the paper's push
 # alpha guides the fewest samples (alpha 0.1 met a 90-95% cut at the least FD on both bundled models, bench/README.md
 # Findings 2 and 21), but it never flags some copies (3 of 203 on `bundled`), which caps its cut.
 SEEK_ALPHAS = (0.1, 0.2, 0.3, 0.5)
+# A Stable Diffusion pipeline's grid: pushes on VAE latents need larger scales. On bundled-t2i the pixel grid's best,
+# alpha 0.1 s 100, cut near-copies 93.5%; alpha 0.1 s 150 cut 96.1% on 600 fresh images (docs/text-to-image.md).
+LATENT_ALPHAS = (0.1, 0.3)
+LATENT_SCALES = (50.0, 150.0, 300.0)
 
 
 def as_option(values) -> str:

@@ -74,8 +74,10 @@ class GridSettings:
     n_samples: int = 300
     steps: int = 50
     scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
-    alphas: Sequence[float] | None = None  # None: grid.ALPHAS on the grid, seek.SEEK_ALPHAS when seeking
-    scales: Sequence[float] | None = None  # None: grid.SCALES (the goal-seeking search finds the scale itself)
+    # None: grid.ALPHAS / grid.SCALES on the grid (LATENT_ALPHAS / LATENT_SCALES for a pipeline), SEEK_ALPHAS when
+    # seeking (the goal-seeking search finds the scale itself)
+    alphas: Sequence[float] | None = None
+    scales: Sequence[float] | None = None
     tau: float = 0.001
     threshold: float | None = None  # None: the near-copy yardstick's default for `features`
     features: str = "pixels"
@@ -301,7 +303,9 @@ def grid_candidates(settings: GridSettings) -> list[dict]:
             "late_classifier": late_classifier,
         }
 
-    alphas, scales = settings.alphas or grid.ALPHAS, settings.scales or grid.SCALES
+    latent = settings.latent
+    alphas = settings.alphas or (grid.LATENT_ALPHAS if latent else grid.ALPHAS)
+    scales = settings.scales or (grid.LATENT_SCALES if latent else grid.SCALES)
     one_stage = [candidate(ONE_STAGE, a, s) for a, s in itertools.product(alphas, scales)]
     late_options = [
         (False, STAGED_ALPHA, s, late) for late in (None, *settings.late_classifiers) for s in settings.staged_scales

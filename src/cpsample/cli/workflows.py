@@ -113,12 +113,15 @@ def calibrate_command(
         Optional[str],
         typer.Option(
             help=f"Comma-separated alphas. Default: {grid.as_option(grid.SEEK_ALPHAS)} when seeking, "
-            f"{grid.as_option(grid.ALPHAS)} on the grid."
+            f"{grid.as_option(grid.ALPHAS)} on the grid ({grid.as_option(grid.LATENT_ALPHAS)} for a pipeline)."
         ),
     ] = None,
     scales: Annotated[
         Optional[str],
-        typer.Option(help=f"Grid: comma-separated scales to try (default {grid.as_option(grid.SCALES)})."),
+        typer.Option(
+            help=f"Grid: comma-separated scales to try (default {grid.as_option(grid.SCALES)}; "
+            f"{grid.as_option(grid.LATENT_SCALES)} for a pipeline)."
+        ),
     ] = None,
     tau: opt.Tau = None,
     steps: opt.SamplingSteps = 50,
