@@ -232,3 +232,27 @@ def test_the_demo_runs_on_a_text_to_image_model(t2i, tmp_path):
     assert len(threat_models) == 2
     with np.load(tmp_path / "demo" / "samples.npz") as archive:
         assert sorted(archive.files) == ["cpsample", "plain", "rejection"]
+
+
+def test_amg_searches_the_member_latents_of_a_text_to_image_model(t2i, tmp_path):
+    """AMG on a pipeline: the nearest member latent at every step, d x0 / d x_t as the identity (no gradient through
+    the pipeline's UNet); at threshold -0.99 it guides every sample. A pipeline of unknown members is refused."""
+    import torch
+
+    from cpsample.sampling.adapters import load_adapter
+    from cpsample.sampling.generate import SampleConfig, generate
+    from cpsample.sampling.latent import build_tiny_sd_pipeline
+    from cpsample.sampling.spec import GuardSpec
+
+    adapter = load_adapter(t2i).conditioned(["smile"])
+    config = SampleConfig(n=2, steps=3, seed=1, progress=False)
+    guided = generate(adapter, GuardSpec.create("amg", threshold=-0.99), config)
+    plain = generate(adapter, "none", config)
+    assert guided.guard_settings["jacobian"] == "identity" and guided.guard_settings["training_images"] == 8
+    assert guided.guard_settings["features"] == "pixels of latents"
+    assert guided.trace["fired"].all()
+    assert not torch.equal(torch.as_tensor(guided.latents), torch.as_tensor(plain.latents))
+
+    random = load_adapter(build_tiny_sd_pipeline(tmp_path / "random")).conditioned(["smile"])
+    with pytest.raises(ValueError, match="does not say which they are"):
+        generate(random, "amg", config)

@@ -268,8 +268,24 @@ class LatentAdapter:
         return decode_latents(self.pipe, x)
 
     def context(self, device: str, classifier=None) -> GuardContext:
-        # model=None: a guard here cannot follow gradients through the pipeline's UNet (AMG, jacobian=true).
-        return GuardContext(model=None, classifier=classifier, device=str(self.pipe.device))
+        # model=None: a guard here cannot follow gradients through the pipeline's UNet (jacobian=true); AMG searches
+        # the member latents instead, encoded when it asks.
+        return GuardContext(
+            model=None, classifier=classifier, device=str(self.pipe.device), members=self.member_latents
+        )
+
+    def member_latents(self) -> torch.Tensor:
+        """The VAE latents of the members of a pipeline `train-t2i` made (its split.json), as the UNet sees them."""
+        from cpsample.sampling.latent import model_members
+        from cpsample.sampling.latent_pairing import encode_latents
+
+        members = None if self.folder is None else model_members(self.folder)
+        if members is None:
+            raise ValueError(
+                f"{self.folder}: AMG searches the training images at every step, and this pipeline does not say "
+                "which they are (a `cpsample train-t2i` folder has a split.json); use --guard cpsample"
+            )
+        return encode_latents(self.pipe, members, progress=False).to(self.pipe.device)
 
     def guard(self, spec, classifier=None, device: str = "cpu", **options) -> Guard:
         name = guard_name(spec)

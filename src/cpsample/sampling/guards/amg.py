@@ -29,6 +29,7 @@ runs a nearest-neighbour search over it for every sample at every step. CPSample
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,6 +51,7 @@ from cpsample.sampling.guards.base import (
 )
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+logger = logging.getLogger(__name__)
 
 # A gate, not the near-copy verdict: guide before a sample reaches the line the evaluation counts (pixels: 0.98,
 # cpsample.evaluation.NEAR_COPY_THRESHOLDS).
@@ -78,7 +80,7 @@ class AMGOptions(GuardOptions):
     spec_floor: float = option(DEFAULT_SPEC_FLOOR, "Lowest effective CFG scale despecification may reach.")
     despecify: bool = option(True, "Lower the CFG scale of samples about to copy (conditional models).")
     exact_gradient: bool = option(
-        True, "d x0 / d x_t through the model's UNet (False: the identity, cheaper and cruder)."
+        True, "d x0 / d x_t through the model's UNet (False: the identity, cheaper and cruder; always in a pipeline)."
     )
     features: str = option("pixels", f"Feature space of the similarity: {', '.join(FEATURES)}.")
 
@@ -133,8 +135,15 @@ class AMGGuard(Guard):
 
     @classmethod
     def from_options(cls, options: AMGOptions, context: GuardContext) -> "AMGGuard":
-        """AMG against the members of context.model (its training images are needed at sampling time)."""
+        """AMG against the members of context.model (its training images are needed at sampling time), or against
+        context.members (a pipeline's member latents), where d x0 / d x_t is taken as the identity: a guard inside
+        a pipeline cannot follow gradients through its UNet."""
         settings = {name: getattr(options, name) for name in options.names() if name != "exact_gradient"}
+        if context.model is None and context.members is not None:
+            logger.info("AMG in latent space: nearest member latent, d x0 / d x_t taken as the identity")
+            guard = cls(context.members(), **settings)
+            guard.feature_name = f"{guard.feature_name} of latents"  # (centred VAE latents, not decoded pixels)
+            return guard
         model = context_model(context)
         unet, denoiser = unconditional_denoiser(model) if options.exact_gradient else (None, None)
         return cls(model.members.images, denoiser=denoiser, unet=unet, **settings)

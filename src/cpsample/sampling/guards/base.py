@@ -65,11 +65,13 @@ class GuardOptions:
 class GuardContext:
     """What a guard may need beyond its options. model: a folder, "bundled" or a loaded DiffusionModel (AMG needs its
     members; None where the sampler is not ours, as in `cpsample.protect`); classifier: a folder, "bundled", a
-    Classifier or a TimeClassifier (CPSample; None: "bundled")."""
+    Classifier or a TimeClassifier (CPSample; None: "bundled"); members: where model is None, a call giving the
+    members as the sampler's x (a pipeline's VAE latents), for guards that search them (AMG)."""
 
     model: "str | Path | object" = "bundled"
     classifier: "str | Path | object | None" = None
     device: str = "cpu"
+    members: "Callable[[], torch.Tensor] | None" = None
 
 
 # A differentiable denoiser for guards that follow a gradient through the UNet: (x_t, t) -> eps, or a CFG prediction.
