@@ -83,15 +83,22 @@ def test_captions_are_required_for_a_folder(tmp_path):
     assert code != 0 and "1 of 3 images have no caption (2.png)" in text
 
 
-def test_the_flow_on_the_model_own_members(t2i, tmp_path):
-    """train-latent-classifier takes the model's members and captions by default; sample draws its captions;
-    evaluate reads prompt agreement (the category of the picture each prompt captions)."""
-    classifier = tmp_path / "clf"
+@pytest.fixture(scope="module")
+def t2i_classifier(t2i, tmp_path_factory):
+    """A tiny latent classifier of the tiny model, trained with no --data: the model's own members."""
+    classifier = tmp_path_factory.mktemp("t2i-clf") / "clf"
     code, text = cli(
         "train-latent-classifier", "--model", t2i, "--out", classifier, "--steps", "4", "--relabel-after", "2",
         "--batch-size", "4", traceback_fails=True,
     )  # fmt: skip
     assert code == 0, text
+    return classifier
+
+
+def test_the_flow_on_the_model_own_members(t2i, t2i_classifier, tmp_path):
+    """train-latent-classifier takes the model's members and captions by default; sample draws its captions;
+    evaluate reads prompt agreement (the category of the picture each prompt captions)."""
+    classifier = t2i_classifier
     record = json.loads((classifier / "cpsample.json").read_text())["settings"]
     assert record["images"] == str(t2i.resolve()) and record["captions"].endswith("captions.txt")
     assert len(json.loads((classifier / "captions.json").read_text())) == 8
@@ -204,18 +211,12 @@ def test_bundled_t2i_gives_its_members_away_to_whoever_holds_the_weights():
     assert guarded.auc > 0.9
 
 
-def test_the_demo_runs_on_a_text_to_image_model(t2i, tmp_path):
+def test_the_demo_runs_on_a_text_to_image_model(t2i, t2i_classifier, tmp_path):
     """demo --model on a train-t2i pipeline: its captions as prompts, plain / CPSample / rejection per prompt, prompt
     agreement, and both threat models' attacks on its own split."""
-    classifier = tmp_path / "clf"
     code, text = cli(
-        "train-latent-classifier", "--model", t2i, "--out", classifier, "--steps", "2", "--relabel-after", "1",
-        "--batch-size", "4", traceback_fails=True,
-    )  # fmt: skip
-    assert code == 0, text
-    code, text = cli(
-        "demo", "--model", t2i, "--classifier", classifier, "--n-samples", "8", "--steps", "2", "--mia-members", "4",
-        "--out", tmp_path / "demo", traceback_fails=True,
+        "demo", "--model", t2i, "--classifier", t2i_classifier, "--n-samples", "8", "--steps", "2",
+        "--mia-members", "4", "--out", tmp_path / "demo", traceback_fails=True,
     )  # fmt: skip
     assert code == 0, text
     assert "prompt agreement" in text
