@@ -64,3 +64,15 @@ def test_parse_types_option_strings_by_the_guards_declaration():
         GuardSpec.parse("cpsample", ["calibrated=1"])  # a class attribute of the options is no option
     with pytest.raises(ValueError, match="given both as a flag and as --option"):
         GuardSpec.parse("cpsample", ["alpha=0.1"], alpha=0.2)
+
+
+def test_text_values_from_python_are_read_as_the_command_line_reads_them():
+    """GuardSpec.create(..., despecify="false") once kept the string, which is truthy: the guard ran with the option
+    on. Text is now typed by the option's declaration, and a bool option takes only a bool."""
+    options = GuardSpec.create("amg", despecify="false", sim_scale=3.0).options
+    assert options.despecify is False and options.sim_scale == 3.0
+    assert GuardSpec.create("cpsample", adaptive="true").options.adaptive is True
+    with pytest.raises(ValueError, match="expected true or false"):
+        GuardSpec.create("amg", despecify=1)
+    with pytest.raises(ValueError, match="expected float"):
+        GuardSpec.create("amg", sim_scale="high")

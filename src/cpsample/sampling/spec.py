@@ -23,6 +23,8 @@ import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from cpsample.sampling.guards import Guard, GuardContext, GuardOptions, guard_class
 
 CALIBRATION_FILE = "calibration.json"
@@ -47,7 +49,10 @@ class GuardSpec:
         if unknown:
             known = ", ".join(options_class.names()) or "none"
             raise ValueError(f"guard {name!r} has no option {', '.join(unknown)} (its options: {known})")
-        return cls(name, options_class(**given))
+        declared = typing.get_type_hints(options_class)
+        return cls(
+            name, options_class(**{key: _as_declared(key, value, declared[key]) for key, value in given.items()})
+        )
 
     @classmethod
     def parse(cls, name: str, items: list[str] | None = None, **flags) -> "GuardSpec":
@@ -169,12 +174,28 @@ def parse_option_strings(name: str, items: list[str] | None, **flags) -> dict:
     return {**given, **parsed}
 
 
-def _typed(name: str, text: str, declared):
-    """'0.1' -> 0.1 for a float option, 'true' -> True for a bool one, 'none' -> None where None is allowed."""
+def _as_declared(name: str, value, declared):
+    """A value given from Python as the option declares it: text is read as the command line reads it ('false' ->
+    False, never a truthy string), and a bool option takes only a bool."""
+    choices = _choices(declared)
+    if isinstance(value, str) and str not in choices:
+        return _typed(name, value, declared)
+    if bool in choices and not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"option {name}: expected true or false, got {value!r}")
+    return value
+
+
+def _choices(declared) -> tuple:
+    """The types an option's declaration allows (int | None -> (int, NoneType))."""
     import types
 
     union = isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union
-    choices = typing.get_args(declared) if union else (declared,)
+    return typing.get_args(declared) if union else (declared,)
+
+
+def _typed(name: str, text: str, declared):
+    """'0.1' -> 0.1 for a float option, 'true' -> True for a bool one, 'none' -> None where None is allowed."""
+    choices = _choices(declared)
     if text.lower() == "none" and type(None) in choices:
         return None
     kind = next(choice for choice in choices if choice is not type(None))
