@@ -128,17 +128,17 @@ def plot(out: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = read_rows(out)
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    for row in rows:
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    markers = "osD^vP*Xhp<>"
+    for index, row in enumerate(rows):  # a legend, not labels: the protected methods sit close together
         share = 100 * row["near_copy_share"]
-        axis.scatter(row["frechet_distance"], share, s=40)
-        axis.annotate(
-            row["method"], (row["frechet_distance"], share), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
+        label = f"{row['method']} ({share:.1f}%, FD {row['frechet_distance']:.2f})"
+        axis.scatter(row["frechet_distance"], share, s=45, marker=markers[index % len(markers)], label=label)
     axis.set_xscale("log")  # (the paper's latent setting sits two decades right of the rest)
     axis.set_xlabel("FD against held-out pictures (emojinet features, log scale; lower is better)")
     axis.set_ylabel("near-copies of members (%)")
     axis.set_title("bundled-t2i, every training caption as a prompt, same noise")
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(out / "frontier.png", dpi=120)
     print(f"wrote {out / 'frontier.png'}")
