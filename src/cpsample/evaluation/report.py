@@ -158,7 +158,8 @@ def extra_tables(results: Mapping) -> list[Table]:
             continue
         if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
             headers, rows, _ = membership_rows(value)
-            tables.append((key.replace("_", " ").capitalize(), headers, rows, ""))
+            # keys as words: a header of several words can wrap, so the table fits the page
+            tables.append((key.replace("_", " ").capitalize(), [h.replace("_", " ") for h in headers], rows, ""))
         elif isinstance(value, Mapping):
             tables.append(
                 (
@@ -169,7 +170,7 @@ def extra_tables(results: Mapping) -> list[Table]:
                 )
             )
         else:
-            loose.append([key, _cell(value)])
+            loose.append([key.replace("_", " "), _cell(value)])
     if loose:
         tables.append(("Other values", ["key", "value"], loose, ""))
     return tables
