@@ -71,3 +71,15 @@ def training_data(model_dir: Path) -> tuple[ImageSet, Split]:
             f"{split_path}); restore the original data"
         )
     return resize_set(dataset, settings.get("image_size")), split
+
+
+def model_members(spec: str | Path) -> ImageSet | None:
+    """The member images of a pipeline cpsample trained (`train-t2i`: its split.json and record) or a bundled model,
+    else None."""
+    folder = resolve_model_dir(spec, "denoiser")
+    if not (is_bundled(spec) or (folder / "model_index.json").is_file() and (folder / "split.json").is_file()):
+        return None
+    dataset, split = training_data(folder)
+    members = dataset.take(split.members)
+    members.source = str(spec)
+    return members

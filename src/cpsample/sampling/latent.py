@@ -273,25 +273,14 @@ def read_prompts(path: str | Path) -> list[PromptEntry]:
 def load_private_images(folder: str | Path, image_size: int) -> ImageSet:
     """The private image set as RGB at the pipeline's resolution, in [-1, 1]: a folder or .npz of images, or a model
     trained by cpsample (a pipeline folder from `train-t2i`, or a bundled name), meaning the images it trained on."""
+    from cpsample.models.bundle import model_members
+
     members = model_members(folder)
     images = members if members is not None else load_dataset(str(folder), image_size=image_size)
     resize_set(images, image_size)
     if images.channels == 1:
         images.images = np.repeat(images.images, 3, axis=1)
     return images
-
-
-def model_members(spec: str | Path) -> ImageSet | None:
-    """The member images of a model cpsample trained (its split.json and record), else None."""
-    from cpsample.models.bundle import is_bundled, resolve_model_dir, training_data
-
-    folder = resolve_model_dir(spec, "denoiser")
-    if not (is_bundled(spec) or (folder / "model_index.json").is_file() and (folder / "split.json").is_file()):
-        return None
-    dataset, split = training_data(folder)
-    members = dataset.take(split.members)
-    members.source = str(spec)
-    return members
 
 
 def nearest_private(

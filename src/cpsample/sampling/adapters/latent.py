@@ -276,7 +276,7 @@ class LatentAdapter:
 
     def member_latents(self) -> torch.Tensor:
         """The VAE latents of the members of a pipeline `train-t2i` made (its split.json), as the UNet sees them."""
-        from cpsample.sampling.latent import model_members
+        from cpsample.models.bundle import model_members
         from cpsample.sampling.latent_pairing import encode_latents
 
         members = None if self.folder is None else model_members(self.folder)
