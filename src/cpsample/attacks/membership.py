@@ -148,15 +148,14 @@ def run_latent_mia(
     latents = [encode_latents(pipe, images, batch_size, progress) for images in (members, nonmembers)]
     contexts = tuple(caption_embeddings(pipe, caption_list, batch_size) for caption_list in texts)
     common = dict(guard=built, batch_size=batch_size, device=device, dtype=dtype, progress=progress, contexts=contexts)
+    unet, schedule = pipe.unet, pipe.scheduler
     results = {}
     if "loss" in attacks:
         steps = timesteps or DEFAULT_LOSS_TIMESTEPS
-        common.update(draws=draws, seed=seed)
-        results["loss"] = loss_attack(pipe.unet, pipe.scheduler, *latents, timesteps=steps, **common)
+        results["loss"] = loss_attack(unet, schedule, *latents, timesteps=steps, draws=draws, seed=seed, **common)
     if "pia" in attacks:
         steps = timesteps or DEFAULT_PIA_TIMESTEPS
-        common = {key: value for key, value in common.items() if key not in ("draws", "seed")}
-        results["pia"] = pia_attack(pipe.unet, pipe.scheduler, *latents, timesteps=steps, norm=pia_norm, **common)
+        results["pia"] = pia_attack(unet, schedule, *latents, timesteps=steps, norm=pia_norm, **common)
     for result in results.values():
         result.settings.update(
             model=str(model),

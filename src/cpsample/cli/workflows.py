@@ -57,7 +57,8 @@ def demo_command(
     check_device_option(device)
     settings = call_with(DemoSettings, locals())
     results = run_demo(out, settings)
-    title = f"demo: {n_samples} images per method, near-copy = cosine > {settings.threshold} ({settings.features})"
+    drawn = next(iter(results["methods"].values()))["replication"]["n"]  # (a text-to-image demo rounds up per caption)
+    title = f"demo: {drawn} images per method, near-copy = cosine > {settings.threshold} ({settings.features})"
     rows = [{"method": name, **method, "cost": results["costs"][name]} for name, method in results["methods"].items()]
     for row in rows:
         row["copies"] = "{count}/{n}".format(**row["replication"])

@@ -10,6 +10,7 @@ any noise, so after DEMO_REJECTION_ROUNDS redraws the copies left are kept and c
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, replace
@@ -29,6 +30,7 @@ from cpsample.sampling.rejection import rejection_per_prompt
 from cpsample.sampling.run import own_prompts
 from cpsample.sampling.spec import GuardSpec
 
+logger = logging.getLogger(__name__)
 DEMO_REJECTION_ROUNDS = 3  # redraws per copy: each costs a full trajectory, and most memorised captions copy again
 
 
@@ -54,6 +56,9 @@ def run_t2i_demo(out: Path, settings, progress: bool = True) -> dict:
     members, nonmembers = dataset.take(split.members), dataset.take(split.nonmembers)
     prompts = prompts_path.read_text(encoding="utf-8").splitlines()
     per_prompt = max(1, math.ceil(settings.n_samples / len(prompts)))
+    if per_prompt * len(prompts) != settings.n_samples:
+        count = per_prompt * len(prompts)
+        logger.info("%d training captions: %d images per caption, %d per method", len(prompts), per_prompt, count)
     adapter = load_adapter(settings.model, settings.device).conditioned(prompts)
     config = SampleConfig(
         n=per_prompt,
