@@ -59,8 +59,8 @@ def run_mia(
     **guard_options,
 ) -> dict[str, AttackResult]:
     """Attack a trained denoiser ('bundled', a folder or a loaded DiffusionModel) on its own member / non-member split.
-    A text-to-image pipeline from `train-t2i` is attacked in its latent space (attacks/latent_mia.py; captions: a
-    captions file covering its held-out images, unless they are Twemoji).
+    A text-to-image pipeline from `train-t2i` is attacked in its latent space (run_latent_mia; captions: a captions
+    file covering its held-out images, unless they are Twemoji).
 
     guard: a ready Guard, or a name built with `classifier` and guard_options (e.g. alpha=0.1; see `cpsample guards`).
     n_members: cap on members (default all); n_nonmembers: default as many as members (a balanced test), drawn at
@@ -79,33 +79,36 @@ def run_mia(
     attacks = chosen_attacks(attack)
     model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
     unet, schedule = model.unet, model.schedule
-    # Fail on bad settings before the slow part (loading the data set, building the guard).
-    check_timesteps(timesteps or DEFAULT_LOSS_TIMESTEPS, schedule, minimum=0 if attacks == ("loss",) else 1)
-    if draws < 1 or pia_norm <= 0:
-        raise ValueError(f"draws must be at least 1 and pia_norm positive, got draws={draws}, pia_norm={pia_norm}")
+    check_settings(attacks, timesteps, schedule, draws, pia_norm)  # before the slow part (data set, guard)
     dataset, split = model.dataset, model.split
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, n_nonmembers, seed)
     guard = guard_for_model(model, guard, classifier, device, **guard_options)
     members, nonmembers = dataset.take(member_idx), dataset.take(nonmember_idx)
     common = dict(guard=guard, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
-    results = {}
-    if "loss" in attacks:
-        results["loss"] = loss_attack(
-            unet,
-            schedule,
-            members,
-            nonmembers,
-            timesteps=timesteps or DEFAULT_LOSS_TIMESTEPS,
-            draws=draws,
-            seed=seed,
-            **common,
-        )
-    if "pia" in attacks:
-        results["pia"] = pia_attack(
-            unet, schedule, members, nonmembers, timesteps=timesteps or DEFAULT_PIA_TIMESTEPS, norm=pia_norm, **common
-        )
+    results = run_chosen(attacks, unet, schedule, members, nonmembers, timesteps, draws, pia_norm, seed, **common)
     for result in results.values():
         result.settings.update(model=str(model), member_indices=member_idx, nonmember_indices=nonmember_idx)
+    return results
+
+
+def check_settings(attacks: tuple[str, ...], timesteps, schedule, draws: int, pia_norm: float) -> None:
+    """The attacks' settings, refused before anything slow is loaded."""
+    check_timesteps(timesteps or DEFAULT_LOSS_TIMESTEPS, schedule, minimum=0 if attacks == ("loss",) else 1)
+    if draws < 1 or pia_norm <= 0:
+        raise ValueError(f"draws must be at least 1 and pia_norm positive, got draws={draws}, pia_norm={pia_norm}")
+
+
+def run_chosen(attacks, unet, schedule, members, nonmembers, timesteps, draws, pia_norm, seed, **common) -> dict:
+    """{attack name: AttackResult} for the chosen attacks, each at its default timesteps unless given."""
+    results = {}
+    if "loss" in attacks:
+        steps = timesteps or DEFAULT_LOSS_TIMESTEPS
+        results["loss"] = loss_attack(
+            unet, schedule, members, nonmembers, timesteps=steps, draws=draws, seed=seed, **common
+        )
+    if "pia" in attacks:
+        steps = timesteps or DEFAULT_PIA_TIMESTEPS
+        results["pia"] = pia_attack(unet, schedule, members, nonmembers, timesteps=steps, norm=pia_norm, **common)
     return results
 
 
@@ -132,7 +135,7 @@ def run_latent_mia(
     attacks = chosen_attacks(attack)
     adapter = LatentAdapter.from_pretrained(model, device, dtype)
     pipe = adapter.pipe
-    check_timesteps(timesteps or DEFAULT_LOSS_TIMESTEPS, pipe.scheduler, minimum=0 if attacks == ("loss",) else 1)
+    check_settings(attacks, timesteps, pipe.scheduler, draws, pia_norm)
     folder = resolve_model_dir(model, "denoiser")
     if not (folder / "split.json").is_file():
         raise DataError(
@@ -148,14 +151,7 @@ def run_latent_mia(
     latents = [encode_latents(pipe, images, batch_size, progress) for images in (members, nonmembers)]
     contexts = tuple(caption_embeddings(pipe, caption_list, batch_size) for caption_list in texts)
     common = dict(guard=built, batch_size=batch_size, device=device, dtype=dtype, progress=progress, contexts=contexts)
-    unet, schedule = pipe.unet, pipe.scheduler
-    results = {}
-    if "loss" in attacks:
-        steps = timesteps or DEFAULT_LOSS_TIMESTEPS
-        results["loss"] = loss_attack(unet, schedule, *latents, timesteps=steps, draws=draws, seed=seed, **common)
-    if "pia" in attacks:
-        steps = timesteps or DEFAULT_PIA_TIMESTEPS
-        results["pia"] = pia_attack(unet, schedule, *latents, timesteps=steps, norm=pia_norm, **common)
+    results = run_chosen(attacks, pipe.unet, pipe.scheduler, *latents, timesteps, draws, pia_norm, seed, **common)
     for result in results.values():
         result.settings.update(
             model=str(model),
