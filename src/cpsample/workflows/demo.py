@@ -8,10 +8,8 @@ it would have drawn) and pays for every redraw, so its cost per accepted image i
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 from cpsample.attacks.threat_models import membership_rows
 from cpsample.evaluation.detector import NearCopyDetector
@@ -21,9 +19,9 @@ from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.adapters import PixelAdapter
 from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import StagedCPSampleGuard
-from cpsample.sampling.outputs import image_grid, plot_trace
 from cpsample.sampling.rejection import rejection_sample
 from cpsample.sampling.spec import GuardSpec
+from cpsample.workflows.demo_report import sample_figures, write_demo
 
 
 @dataclass
@@ -106,7 +104,7 @@ def sample_three_ways(
         **{name: result.images for name, result in guarded.items()},
         "rejection": rejected.images,
     }
-    figures = _sample_figures(out, images, protected, _late_alpha(protected.guard_settings))
+    figures = sample_figures(out, images, protected)
     settings_used = {name: result.guard_settings for name, result in guarded.items()}
     return images, {"costs": costs, "figures": figures, "cpsample_settings": settings_used}
 
@@ -114,25 +112,9 @@ def sample_three_ways(
 ONE_STAGE = "cpsample-one-stage"  # the paper's rule, shown next to a two-stage default
 
 
-def _late_alpha(guard_settings: dict) -> float:
-    """The alpha of the x_t rule (the only one for one stage; the late stage's for two)."""
-    return guard_settings["late"]["alpha"] if "late" in guard_settings else guard_settings["alpha"]
-
-
-def _sample_figures(out: Path, images: dict, protected, alpha: float) -> dict:
-    figures = {}
-    for name, batch in images.items():
-        image_grid(batch[:64], columns=8).save(out / f"grid_{name}.png")
-        figures[f"grid_{name}"] = f"grid_{name}.png"
-    plot_trace(protected.trace, protected.timesteps, out / "trace.png", alpha=alpha)
-    figures["trace"] = "trace.png"
-    return figures
-
-
 def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
     """Sample three ways, evaluate, attack, and write report.{json,md,html} with figures into out."""
-    from cpsample.evaluation import evaluate, write_report
-    from cpsample.provenance import seed_everything, write_record
+    from cpsample.provenance import seed_everything
     from cpsample.sampling.adapters import LatentAdapter, adapter_class
 
     if adapter_class(settings.model) is LatentAdapter:
@@ -147,32 +129,5 @@ def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict:
     members, nonmembers = model.members.images, model.nonmembers.images
     images, sampled = sample_three_ways(settings, out, model, progress)
     membership = membership_rows(settings, model, images, out, progress) if settings.mia_members > 0 else None
-    membership_figures = membership.pop("figures") if membership else {}
-    results = evaluate(
-        {name: batch.numpy() for name, batch in images.items()},
-        members,
-        nonmembers,
-        features=settings.features,
-        threshold=settings.threshold,
-        figures_dir=out,
-        membership=membership,
-        seed=settings.seed,
-        progress=progress,
-    )
-    results["costs"] = sampled["costs"]
-    results["cpsample_settings"] = sampled["cpsample_settings"]  # as used: calibrated knobs resolved
-    results["figures"] = {**results.get("figures", {}), **sampled["figures"], **membership_figures}
-    results["seconds_total"] = round(time.time() - started, 1)
-    paths = write_report(out, results, title="cpsample demo: plain vs CPSample vs rejection sampling")
-    np.savez_compressed(out / "samples.npz", **{name: batch.numpy() for name, batch in images.items()})
-    write_record(
-        out,
-        "demo",
-        asdict(settings),
-        {
-            "report": str(paths["html"]),
-            "seconds": results["seconds_total"],
-            "cpsample_settings": results["cpsample_settings"],
-        },
-    )
-    return results
+    title = "cpsample demo: plain vs CPSample vs rejection sampling"
+    return write_demo(out, settings, images, members, nonmembers, sampled, membership, started, title, None, progress)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,10 @@ from cpsample.evaluation.run import caption_labels
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.sampling.adapters import load_adapter
 from cpsample.sampling.generate import SampleConfig, generate
-from cpsample.sampling.outputs import image_grid, plot_trace
 from cpsample.sampling.rejection import rejection_per_prompt
 from cpsample.sampling.run import own_prompts
 from cpsample.sampling.spec import GuardSpec
+from cpsample.workflows.demo_report import sample_figures, write_demo
 
 logger = logging.getLogger(__name__)
 DEMO_REJECTION_ROUNDS = 3  # redraws per copy: each costs a full trajectory, and most memorised captions copy again
@@ -37,8 +37,7 @@ DEMO_REJECTION_ROUNDS = 3  # redraws per copy: each costs a full trajectory, and
 def run_t2i_demo(out: Path, settings, progress: bool = True) -> dict:
     """settings: the pixel demo's DemoSettings. Sample three ways, evaluate, attack, and write
     report.{json,md,html} with figures into out."""
-    from cpsample.evaluation import evaluate, write_report
-    from cpsample.provenance import seed_everything, write_record
+    from cpsample.provenance import seed_everything
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,36 +102,14 @@ def run_t2i_demo(out: Path, settings, progress: bool = True) -> dict:
         if settings.mia_members > 0
         else None
     )
-    membership_figures = membership.pop("figures") if membership else {}
-    results = evaluate(
-        {name: np.asarray(batch) for name, batch in images.items()},
-        members,
-        nonmembers,
-        features=settings.features,
-        threshold=settings.threshold,
-        sample_labels={name: labels for name in images} if (labels >= 0).all() else None,
-        figures_dir=out,
-        membership=membership,
-        seed=settings.seed,
-        progress=progress,
-    )
-    results["costs"] = costs
-    results["cpsample_settings"] = {"cpsample": protected.guard_settings}
-    results["prompts"] = {"count": len(prompts), "images_per_prompt": per_prompt, "file": str(prompts_path)}
-    figures = {}
-    for name, batch in images.items():
-        image_grid(np.asarray(batch)[:: max(1, per_prompt)][:64], columns=8).save(out / f"grid_{name}.png")
-        figures[f"grid_{name}"] = f"grid_{name}.png"
-    plot_trace(protected.trace, protected.timesteps, out / "trace.png", alpha=protected.guard_settings["alpha"])
-    results["figures"] = {**results.get("figures", {}), **figures, "trace": "trace.png", **membership_figures}
-    results["seconds_total"] = round(time.time() - started, 1)
+    sampled = {
+        "costs": costs,
+        "figures": sample_figures(out, {name: batch[::per_prompt] for name, batch in images.items()}, protected),
+        "cpsample_settings": {"cpsample": protected.guard_settings},
+        "prompts": {"count": len(prompts), "images_per_prompt": per_prompt, "file": str(prompts_path)},
+    }
     title = "cpsample demo (text to image): plain vs CPSample vs rejection sampling, prompted with training captions"
-    paths = write_report(out, results, title=title)
-    np.savez_compressed(out / "samples.npz", **{name: np.asarray(batch) for name, batch in images.items()})
-    write_record(
-        out,
-        "demo",
-        asdict(settings),
-        {"report": str(paths["html"]), "seconds": results["seconds_total"], **results["cpsample_settings"]},
+    per_method = {name: labels for name in images} if (labels >= 0).all() else None
+    return write_demo(
+        out, settings, images, members, nonmembers, sampled, membership, started, title, per_method, progress
     )
-    return results
