@@ -407,6 +407,22 @@ def test_side_against_cpsample_that_never_fires_matches_the_plain_attack(trainin
     assert plain.attack == defended.attack and defended.defence["guard"] == "cpsample"
 
 
+def test_the_surrogate_classifier_learns_every_surrogate_class():
+    """SIDE's K surrogate classes are all classes to the loss: label 2 is a class like 0 and 1 (a binary classifier's
+    negatives are marked apart), so the loss is plain cross-entropy over the K labels."""
+    from cpsample.training.classifier import noisy_ce_loss
+
+    torch.manual_seed(0)
+    model = TimeClassifier(sample_size=SIZE, block_out_channels=(16, 16, 16), num_labels=4)
+    images, labels = torch.randn(8, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3, 2, 3, 1, 0])
+    loss, _ = noisy_ce_loss(SCHEDULE)(model, images, labels, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(images.shape, generator=generator)
+    t = torch.randint(0, SCHEDULE.config.num_train_timesteps, (8,), generator=generator)
+    expected = torch.nn.functional.cross_entropy(model(SCHEDULE.add_noise(images, noise, t), t), labels)
+    assert torch.allclose(loss, expected)
+
+
 def test_count_extractions_matches_the_threshold_rule(training):
     copies = torch.cat([training[:2], training[:1], torch.zeros(1, 1, SIZE, SIZE)])
     extraction = count_extractions(copies, training.numpy(), threshold=0.97)

@@ -27,7 +27,7 @@ from cpsample.training.recipes import lr_warmup_cosine
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
 PAPER_LOSS = 0.05
-UNSURE = 2  # target of a negative image: no label, trained towards p(y=0) = p(y=1) = 0.5
+UNSURE = -1  # target of a negative image: no label, trained towards p(y=0) = p(y=1) = 0.5 (-1: never a class)
 
 
 def random_labels(count: int, seed: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def noisy_ce_loss(schedule, max_t: int | None = None):
             return F.cross_entropy(logits, labels), {"acc": (logits.argmax(-1) == labels).float().mean().item()}
         # Cross-entropy with the random label for members; with the uniform distribution for negatives.
         log_p = logits.log_softmax(-1)
-        per_image = torch.where(labelled, -log_p.gather(1, labels.clamp(max=1)[:, None]).squeeze(1), -log_p.mean(-1))
+        per_image = torch.where(labelled, -log_p.gather(1, labels.clamp(min=0)[:, None]).squeeze(1), -log_p.mean(-1))
         accuracy = (
             (logits.argmax(-1) == labels)[labelled].float().mean().item() if bool(labelled.any()) else float("nan")
         )
