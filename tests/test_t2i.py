@@ -257,3 +257,31 @@ def test_amg_searches_the_member_latents_of_a_text_to_image_model(t2i, tmp_path)
     random = load_adapter(build_tiny_sd_pipeline(tmp_path / "random")).conditioned(["smile"])
     with pytest.raises(ValueError, match="does not say which they are"):
         generate(random, "amg", config)
+
+
+def test_side_attacks_a_text_to_image_model_through_its_unconditional_branch(t2i, t2i_classifier, tmp_path):
+    """attack side on a train-t2i pipeline: an attacker without the captions samples the empty prompt, clusters the
+    decoded pool, guides in latent space and counts copies of the members on decoded pixels; --guard cpsample puts
+    the latent classifier's guard after the attacker's. A pipeline of unknown members is refused."""
+    side = ["attack", "side", "--model", t2i, "--n-samples", "6", "--clusters", "2", "--min-cohesion", "-1",
+            "--train-steps", "3", "--attack-steps", "3", "--per-class", "2"]  # fmt: skip
+    code, text = cli(*side, "--out", tmp_path / "plain", traceback_fails=True)
+    assert code == 0, text
+    plain = json.loads((tmp_path / "plain" / "result.json").read_text())
+    assert plain["pool"]["n"] == 6 and plain["attack"]["n"] == 2 * plain["clusters"]["kept"]
+    assert plain["classifier"]["num_labels"] == plain["clusters"]["kept"]
+    assert 0 < plain["pool"]["similarity_max"] <= 1  # decoded pixels against the 8 members, not latents
+    from PIL import Image
+
+    assert Image.open(tmp_path / "plain" / "pool.png").mode == "RGB"  # the decoded pool, not 4-channel latents
+
+    code, text = cli(*side, "--guard", "cpsample", "--classifier", t2i_classifier, "--out", tmp_path / "guarded")
+    assert code == 0, text
+    guarded = json.loads((tmp_path / "guarded" / "result.json").read_text())
+    assert guarded["defence"]["guard"] == "cpsample" and guarded["pool"]["n"] == 6
+
+    from cpsample.sampling.latent import build_tiny_sd_pipeline
+
+    random = build_tiny_sd_pipeline(tmp_path / "random")
+    code, text = cli("attack", "side", "--model", random, "--out", tmp_path / "x")
+    assert code != 0 and "does not say which they are" in text

@@ -14,6 +14,9 @@ attack, for the
 unguided pool it started from, and for as many pool images as the attack drew (the same sampling budget).
 
 Cohesion of a cluster here is the mean cosine similarity of its members to their (normalised) centroid.
+
+A text-to-image pipeline is attacked as someone without its captions would: through its empty prompt (the branch
+classifier-free guidance trains), clustering the decoded pool and guiding in latent space.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -267,12 +271,15 @@ def side_attack(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SideResult:
     """Run SIDE against `denoise` (optionally defended) and count extracted training images.
 
     denoise: the unconditional eps model as a callable (x_t, t) -> eps (e.g. `unet_denoiser(unet)`); schedule: its
     training noise schedule (a diffusers DDPMScheduler); training_images: (N, C, H, W) in [-1, 1], used only to count
     extractions. work_dir holds the surrogate classifier's training state (a temporary folder when None).
+    decode: for a latent model, latents -> images in [-1, 1]; the pool is clustered and extraction counted on the
+    decoded images, while the surrogate classifier learns the latents the attacker guides (None: x is the image).
     """
     config = config or SideConfig()
     config.check()
@@ -295,6 +302,7 @@ def side_attack(
         dtype=dtype,
         progress=progress,
     ).images
+    pool_latents, pool = pool, _decoded(pool, decode)
     clusters = cluster_pool(pool, config.clusters, config.min_cohesion, config.min_cluster_size, config.seed)
     if not clusters.kept:
         raise ValueError(
@@ -306,13 +314,14 @@ def side_attack(
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(work_dir) / "surrogate_classifier" if work_dir is not None else Path(scratch)
         classifier, classifier_info = train_surrogate_classifier(
-            pool[torch.from_numpy(keep)], labels[keep], schedule, config, folder, device
+            pool_latents[torch.from_numpy(keep)], labels[keep], schedule, config, folder, device
         )
         if work_dir is not None:  # keep the attacker's classifier for inspection or reuse
             classifier.save_pretrained(folder / "classifier", safe_serialization=True)
     attack_images, targets = guided_samples(
         denoise, schedule, image_shape, classifier, len(clusters.kept), config, defence, device, dtype, progress
     )
+    attack_images = _decoded(attack_images, decode)
     pool_extraction = count_extractions(pool, training_images, config.threshold)
     attack_extraction = count_extractions(attack_images, training_images, config.threshold)
     # The fair baseline: as many unguided samples as the attack drew (when the pool is large enough).
@@ -340,6 +349,42 @@ def side_attack(
         attack_extraction=attack_extraction,
         training_images=np.asarray(training_images, dtype=np.float32),
     )
+
+
+def _run_latent_side(
+    folder: str, defence: str, classifier, knobs: dict, config, work_dir, device: str, progress: bool
+) -> SideResult:
+    """SIDE against a text-to-image pipeline by an attacker without its captions: the unconditional branch (the
+    empty prompt) is sampled, clustered and guided in latent space; copies are counted on the decoded images."""
+    from diffusers import DDPMScheduler
+
+    from cpsample.models.bundle import model_members
+    from cpsample.sampling.adapters import LatentAdapter
+    from cpsample.sampling.adapters.latent import unconditional_denoiser
+
+    members = model_members(folder)
+    if members is None:
+        raise ValueError(
+            f"{folder}: SIDE counts the training images it extracts, and this pipeline does not say which they are "
+            "(a `cpsample train-t2i` folder has a split.json); measure samples with `cpsample attack sample-nn`"
+        )
+    adapter = LatentAdapter.from_pretrained(folder, device)
+    guard = None if defence == "none" else adapter.guard("cpsample", classifier, device, **knobs)
+    schedule = DDPMScheduler.from_config(adapter.pipe.scheduler.config)  # the training schedule, for noising
+    result = side_attack(
+        unconditional_denoiser(adapter.pipe), schedule, adapter.sample_shape, members.images, config, guard,
+        work_dir, device, progress=progress, decode=adapter.decode,
+    )  # fmt: skip
+    for summary in (result.pool, result.attack):
+        summary["extracted_names"] = [members.names[row] for row in summary["extracted"]]
+    return result
+
+
+def _decoded(x: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor] | None, batch: int = 100) -> torch.Tensor:
+    """x as images: itself, or decoded in batches (a VAE on a whole pool at once needs memory for no gain)."""
+    if decode is None:
+        return x
+    return torch.cat([decode(chunk) for chunk in x.split(batch)]).float().cpu()
 
 
 def _per_class(extraction: Extraction, targets: np.ndarray, clusters: Clusters) -> list[dict]:
@@ -381,12 +426,8 @@ def run_side(
     if defence not in ("none", "cpsample"):
         raise ValueError(f"unknown defence {defence!r}; choose none or cpsample")
     if not isinstance(model, DiffusionModel) and adapter_class(model) is LatentAdapter:
-        raise ValueError(
-            f"{model}: a text-to-image pipeline; SIDE builds surrogate conditions for unconditional models, and "
-            "this model has real ones, its captions. Extract with them: `cpsample sample --model MODEL` prompts "
-            "every training caption and `cpsample evaluate` counts the copies (`cpsample demo --model MODEL` does "
-            "both, plain and defended)"
-        )
+        knobs = {"alpha": alpha, "scale": scale, "tau": tau}
+        return _run_latent_side(model, defence, classifier, knobs, config, work_dir, device, progress)
     model = model if isinstance(model, DiffusionModel) else DiffusionModel.from_pretrained(model, device)
     unet, schedule = model.unet, model.schedule
     if model.conditional:

@@ -19,7 +19,13 @@ def side_command(
     out: Annotated[
         Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")
     ],
-    model: Annotated[str, typer.Option(help="Unconditional denoiser folder (with split.json), or 'bundled'.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Unconditional denoiser folder (with split.json), 'bundled', or a `train-t2i` pipeline (attacked "
+            "through its empty prompt, as by someone without its captions)."
+        ),
+    ],
     guard: Annotated[
         str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")
     ] = "none",

@@ -179,6 +179,16 @@ def sd_denoiser(pipe, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: 
     return denoise
 
 
+def unconditional_denoiser(pipe) -> Denoise:
+    """The UNet conditioned on the empty prompt alone: the model as an attacker without its captions samples it."""
+    empty, _ = pipe.encode_prompt("", pipe.device, 1, False)
+
+    def denoise(x, t):
+        return pipe.unet(x, t, encoder_hidden_states=empty.expand(len(x), -1, -1)).sample
+
+    return denoise
+
+
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] (float32, CPU) with the pipeline's VAE."""
