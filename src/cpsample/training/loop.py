@@ -378,7 +378,7 @@ def as_os_error(error: BaseException, filename=None) -> BaseException:
 
 
 def _entries(folder: Path) -> list[str]:
-    """What a folder holds, a RunFolder's lock and marker aside ([] for a folder that is not there)."""
+    """What a folder holds, a RunFolder's bookkeeping (lock, holder, marker) aside ([] for a folder not there)."""
     folder = Path(folder)
     return [path.name for path in folder.iterdir() if path.name not in RUN_BOOKKEEPING] if folder.is_dir() else []
 
