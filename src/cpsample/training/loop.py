@@ -161,6 +161,7 @@ class Trainer:
     # --- resume -------------------------------------------------------------------------------------------
     def save_state(self, extra: dict | None = None) -> None:
         """Write model, EMA and optimizer tensors as safetensors and counters as JSON, atomically."""
+        # Not accelerator.save_state: accelerate 1.16 pickles the optimizer and RNG states (docs/cli.md, resume).
         if not self.accelerator.is_main_process:
             return
         tmp = self.out_dir / (STATE_DIR + ".tmp")
