@@ -70,7 +70,19 @@ overwrites a non-empty `--out` unless given `--overwrite`. Sampling writes finis
 rerunning the same command skips them, while other settings (another model or classifier, by a hash of their
 weights; any guard option, scheduler, dtype, seed) are refused unless `--overwrite`. `sample` never writes into a
 model folder. A run whose loss or samples turn NaN/inf stops with an error and writes no result. Training and
-sampling run unchanged under `accelerate launch` on several GPUs.
+sampling run unchanged under `accelerate launch` on several GPUs. Two runs never share an `--out`: the second is
+refused at once, naming the first (command, pid, host); the lock is an OS lock (`filelock`), which ends with its
+process, so a killed run never blocks the next one.
+
+`train_state/` holds only safetensors (model, EMA and optimizer tensors, a classifier's labels) and JSON (step,
+optimizer settings, run settings, loss history): resuming never unpickles anything. It is cpsample's own code,
+not accelerate's `save_state`, because accelerate (1.16) pickles all but the model: `save_accelerator_state`
+(`accelerate/checkpointing.py`) writes the optimizer to `optimizer.bin` with `torch.save` (`safe_serialization=False`
+fixed), the RNG states to `random_states_0.pkl`, a gradient scaler to `scaler.pt`, and objects registered for
+checkpointing (an EMA) to `custom_checkpoint_0.pkl`; `load_state` reads them back with `torch.load`, the last with
+`weights_only=False` (`load_custom_state`). Its save/load hooks see only the models, so the optimizer and RNG files
+cannot be redirected. Exact resume needs no RNG state here: batches and noise come from generators seeded by (seed,
+step, process).
 
 Data (`--data`): a bundled name (`mnist`: 5,000 MNIST digits; `digits`: scikit-learn's 1,797 8x8 digits;
 `twemoji`: 1,026 32x32 RGB Twemoji pictures), a folder of PNG/JPG images (one size, grey or RGB) or an `.npz` file

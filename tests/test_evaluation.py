@@ -33,7 +33,6 @@ from cpsample.evaluation import (
     train_feature_net,
     write_report,
 )
-from cpsample.evaluation.features import ViTBackbone
 
 torch.set_num_threads(1)
 
@@ -262,55 +261,88 @@ def test_pixel_features_ignore_brightness_and_survive_constant_images():
     assert np.isfinite(constant).all() and not constant.any()
 
 
-def _tiny_vit_state(layer_scale: bool, registers: int) -> tuple[ViTBackbone, dict]:
+def _tiny_dino(kind: str):
+    """A tiny random DINO model as transformers builds it (ViTModel for DINO v1, Dinov2Model, with registers)."""
+    from transformers import AutoModel, Dinov2Config, Dinov2WithRegistersConfig, ViTConfig
+
+    size = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 4, "image_size": 16}
+    config = {
+        "vit": lambda: ViTConfig(**size, intermediate_size=64),
+        "dinov2": lambda: Dinov2Config(**size, mlp_ratio=2, layerscale_value=0.5),
+        "dinov2_with_registers": lambda: Dinov2WithRegistersConfig(**size, mlp_ratio=2, num_register_tokens=2),
+    }[kind]()
     torch.manual_seed(0)
-    vit = ViTBackbone(
-        dim=64, depth=2, heads=1, patch=4, grid=4, hidden=128, layer_scale=layer_scale, registers=registers
-    )
-    for parameter in vit.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    return vit.eval(), {key: value.clone() for key, value in vit.state_dict().items()}
+    return AutoModel.from_config(config).eval()
 
 
-@pytest.mark.parametrize("layer_scale,registers,suffix", [(False, 0, ".safetensors"), (True, 4, ".pth")])
-def test_dino_loads_local_weights_and_matches_the_network(tmp_path, split, layer_scale, registers, suffix):
-    vit, state = _tiny_vit_state(layer_scale, registers)
-    path = tmp_path / f"vit{suffix}"
-    if suffix == ".safetensors":
-        from safetensors.torch import save_file
+def _normed_cls(model, pixels: torch.Tensor) -> np.ndarray:
+    """The CLS token after the model's final layernorm, from the encoder's last hidden state (not the pooler)."""
+    with torch.no_grad():
+        hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+        return model.layernorm(hidden)[:, 0].numpy()
 
-        save_file(state, str(path))
-    else:
-        torch.save({"teacher": {f"backbone.{k}": v for k, v in state.items()}}, path)  # a DINO training checkpoint
-    extractor = DinoFeatures(path, image_size=16)
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2", "dinov2_with_registers"])
+def test_dino_loads_a_hugging_face_folder_and_returns_the_normed_cls_token(tmp_path, split, kind):
+    model = _tiny_dino(kind)
+    folder = tmp_path / f"dino-{kind}"
+    model.save_pretrained(folder)
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "model.safetensors"]
+    extractor = make_feature_extractor(f"dino:{folder}")
+    assert extractor.name == f"dino(dino-{kind})"
+    extractor = DinoFeatures(folder, image_size=16)
     images = split[0][:6]
     features = extractor(images)
-    assert features.shape == (6, 64) and features.dtype == np.float32
-    with torch.no_grad():
-        expected = vit(extractor.preprocess(torch.from_numpy(images))).numpy()
+    assert features.shape == (6, 32) and features.dtype == np.float32
+    expected = _normed_cls(model, extractor.preprocess(torch.from_numpy(images)))
     assert np.allclose(features, expected, atol=1e-5)
-    assert extractor.name.startswith("dino(")
+    assert np.abs(features[0] - features[1]).max() > 1e-3, "different digits, different features"
+    larger = DinoFeatures(folder, image_size=32)(images[:2])  # the position grid resized, as for 224 px inputs
+    assert larger.shape == (2, 32) and np.isfinite(larger).all()
+    with pytest.raises(ValueError, match="multiple of the ViT patch size 4"):
+        DinoFeatures(folder, image_size=18)
+
+
+def test_dino_refuses_what_is_not_a_safetensors_hugging_face_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="DINO model folder not found.*config.json \\+ model.safetensors"):
+        make_feature_extractor(f"dino:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="dino:PATH"):
+        make_feature_extractor("dino")
+    old_format = tmp_path / "dino_vits16.pth"  # facebookresearch's weights file, as cpsample once read it
+    torch.save({"cls_token": torch.zeros(1, 1, 4)}, old_format)
+    with pytest.raises(ValueError, match="is a file; dino:PATH takes a local Hugging Face model folder.*save_pretr"):
+        DinoFeatures(old_format)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        DinoFeatures(bare)
+    pickled = tmp_path / "pickled"
+    model = _tiny_dino("dinov2")
+    model.config.save_pretrained(pickled)
+    torch.save({**model.state_dict(), "payload": _Unpicklable()}, pickled / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="only pickled weights \\(pytorch_model.bin\\).*writes model.safetensors"):
+        DinoFeatures(pickled)
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (other / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds a 'bert' model; dino:PATH takes a DINO"):
+        DinoFeatures(other)
 
 
 def test_feature_extractors_fail_with_a_clear_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match="weights"):
-        make_feature_extractor(f"dino:{tmp_path / 'missing.pth'}")
-    with pytest.raises(ValueError, match="dino:PATH"):
-        make_feature_extractor("dino")
     with pytest.raises(ValueError, match="pixels"):
         make_feature_extractor("inception")
+    with pytest.raises(ValueError, match="sscd:PATH"):
+        make_feature_extractor("sscd")
     script = tmp_path / "sscd.pt"
     script.write_bytes(b"not read")
     with pytest.raises(ValueError, match="trust-torchscript"):
         make_feature_extractor(f"sscd:{script}")
-    pickled = tmp_path / "evil.pth"
-    torch.save({"weights": torch.zeros(1), "payload": _Unpicklable()}, pickled)
-    with pytest.raises(ValueError, match="weights_only"):
-        DinoFeatures(pickled)
 
 
 class _Unpicklable:
-    """An arbitrary object: loading it would need the full unpickler, which the loader must refuse."""
+    """An arbitrary object: loading it would need the full unpickler, which cpsample never runs."""
 
 
 def test_bad_inputs_are_refused_with_a_clear_message(split):

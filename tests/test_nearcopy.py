@@ -62,9 +62,9 @@ def test_yardstick_takes_features_as_well_as_images(digits):
 
 def test_one_default_per_feature_space():
     assert default_threshold("pixels") == default_threshold(PixelFeatures()) == 0.98
-    assert default_threshold("dino:/weights/vit.safetensors") == 0.97  # the paper's CIFAR-10 level
+    assert default_threshold("dino:/models/dinov2-small") == 0.97  # the paper's CIFAR-10 level
     assert default_threshold("sscd:/weights/sscd.pt") == 0.5  # Somepalli et al.
-    extractor = type("Named", (), {"name": "dino(vit.safetensors)"})()
+    extractor = type("Named", (), {"name": "dino(dinov2-small)"})()
     assert feature_space(extractor) == "dino"
     assert resolve_threshold(None, "pixels") == PIXELS and resolve_threshold(0.9, "pixels") == 0.9
     with pytest.raises(ValueError, match="no default near-copy threshold"):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import SAMPLE, TRAIN, checksums, cli
+from helpers import SAMPLE, TRAIN, checksums, cli, run_holding_the_lock
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -582,22 +580,16 @@ def test_a_running_sample_locks_its_out(tmp_path):
     assert cli(*SAMPLE, "--out", out)[0] == 0
     assert not (out / ".cpsample.lock").exists(), "the lock is dropped when the run ends"
     first = images(out)
-    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        import socket
-
-        (out / ".cpsample.lock").write_text(
-            json.dumps({"pid": runner.pid, "host": socket.gethostname(), "command": "sample"})
-        )
+    with run_holding_the_lock(out, "sample") as runner:  # another process, its run going on
         code, output = cli(*SAMPLE, "--seed", "1", "--out", out, "--overwrite")
-        assert code == 2 and "in use by another run" in output and str(runner.pid) in output
+        assert code == 2 and "in use by another run (`cpsample sample`, pid" in output and str(runner.pid) in output
         assert np.array_equal(images(out), first), "the running run's files are left alone"
-    finally:
-        runner.kill()
+        runner.kill()  # SIGKILL: no chance to release anything
         runner.wait()
+    assert (out / ".cpsample.lock").exists(), "a killed run leaves its lock file"
     code, output = cli(*SAMPLE, "--seed", "1", "--out", out, "--overwrite")  # a killed run's lock does not block
     assert code == 0, output
-    assert not (out / ".cpsample.lock").exists()
+    assert not (out / ".cpsample.lock").exists() and not (out / ".cpsample.lock.holder").exists()
 
 
 # silent wrong results

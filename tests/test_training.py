@@ -4,9 +4,11 @@ labels."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from cpsample.data import make_split
@@ -62,11 +64,26 @@ def test_denoiser_folders_load_as_diffusers_ddpm_pipelines(tmp_path, mnist16, bu
     assert images.shape == (2, 16, 16, 1) and images.min() >= 0 and images.max() <= 1 and images.std() > 0
 
 
+def assert_safetensors_and_json_only(state: Path) -> None:
+    """Every file of a train_state reads as safetensors or JSON: resuming it never needs the unpickler."""
+    files = sorted(path for path in state.rglob("*") if path.is_file())
+    assert files, f"{state} is empty"
+    for path in files:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+            continue
+        assert path.suffix == ".safetensors", f"{path.name}: neither safetensors nor JSON"
+        with safe_open(str(path), framework="pt") as tensors:  # parses the header: a pickle or zip would fail here
+            assert list(tensors.keys()), path.name
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, mnist16):
     _train(mnist16, tmp_path / "straight", steps=10)
     _train(mnist16, tmp_path / "killed", steps=5)  # stands in for a run killed after its step-5 checkpoint
     summary = _train(mnist16, tmp_path / "killed", steps=10, resume=True)
     assert summary["resumed_from"] == 5
+    for run in ("straight", "killed"):
+        assert_safetensors_and_json_only(tmp_path / run / "train_state")
     straight = load_file(tmp_path / "straight" / "train_state" / "model.safetensors")
     resumed = load_file(tmp_path / "killed" / "train_state" / "model.safetensors")
     assert straight.keys() == resumed.keys()
@@ -112,6 +129,7 @@ def test_killed_classifier_resumes_to_the_same_weights_and_labels(tmp_path, mnis
     train("killed", killed_at)  # stands in for a run killed after its last checkpoint
     resumed = train("killed", 10, resume=True)
     assert resumed["resumed_from"] == killed_at and resumed["relabelled"] == straight["relabelled"] > 0
+    assert_safetensors_and_json_only(tmp_path / "killed" / "train_state")
     for part in ("model", "ema", "optimizer", "targets"):
         expected, got = (
             load_file(tmp_path / run / "train_state" / f"{part}.safetensors") for run in ("straight", "killed")

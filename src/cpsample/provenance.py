@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-# A run folder's lock and --out marker (cpsample.runs): bookkeeping in a run's folder, not its files.
-RUN_BOOKKEEPING = (".cpsample.lock", ".cpsample-out")
+# A run folder's lock, --out marker and lock holder's description (cpsample.runs): bookkeeping in a run's folder,
+# not its files.
+RUN_BOOKKEEPING = (".cpsample.lock", ".cpsample-out", ".cpsample.lock.holder")
 PACKAGES = (
     "cpsample",
     "torch",

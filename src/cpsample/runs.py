@@ -72,9 +72,10 @@ TRAINING_COMMANDS = (
     "train-t2i",
 )
 MODEL_COMMANDS = (*TRAINING_COMMANDS, "train-feature-net", "make-tiny-sd")
-# The run lock, and the marker written into every --out a command accepts (and kept): the folder is cpsample's, so
-# --overwrite may clear its outputs later even when the run that made it died before its cpsample.json.
-LOCK_FILE, OUT_MARKER = RUN_BOOKKEEPING
+# The run lock; the marker written into every --out a command accepts (and kept): the folder is cpsample's, so
+# --overwrite may clear its outputs later even when the run that made it died before its cpsample.json; and who holds
+# the lock (pid, host, command), for the refusal of a second run.
+LOCK_FILE, OUT_MARKER, LOCK_HOLDER = RUN_BOOKKEEPING
 NEVER = "writes into a model folder (denoiser, classifier or pipeline): pick another --out"
 
 
@@ -90,7 +91,7 @@ class RunFolder:
         self.overwrite = overwrite
         self.resume = resume
         self.inputs = tuple(inputs)
-        self._lock_path: Path | None = None
+        self._file_lock = None  # a filelock.FileLock while the folder is locked
         self._created = False  # by this run's lock: then released empty, the folder goes too
 
     def prepare(self) -> Path:
@@ -119,12 +120,15 @@ class RunFolder:
     def release(self) -> None:
         """Drop the lock; a folder the lock created that holds nothing else goes too (a run refused after taking
         the lock leaves no empty folder behind). Nothing to do when not locked."""
-        if self._lock_path is None:
+        if self._file_lock is None:
             return
         if self in _held:
             _held.remove(self)
-        self._lock_path.unlink(missing_ok=True)
-        self._lock_path = None
+        # Both files go while the lock is still held, so this never deletes the lock of a run that starts next.
+        (self.out / LOCK_HOLDER).unlink(missing_ok=True)
+        (self.out / LOCK_FILE).unlink(missing_ok=True)
+        self._file_lock.release()
+        self._file_lock = None
         if self._created and not _contents(self.out):
             (self.out / OUT_MARKER).unlink(missing_ok=True)
             try:
@@ -176,36 +180,27 @@ class RunFolder:
                 )
 
     def _lock(self) -> None:
-        """One run at a time per --out: a lock file naming the process that holds it. A lock left by a process that
-        is gone (killed) is taken over; one held by a live process is refused with one line."""
-        import socket
-        import time
+        """One run at a time per --out: an OS lock on LOCK_FILE (filelock), which the kernel drops when the process
+        ends, however it ends, so a killed run's lock never blocks the next run. A second run is refused at once
+        with one line naming the holder, which writes who it is next to the lock (LOCK_HOLDER)."""
+        from filelock import FileLock, Timeout
 
         out = self.out
+        _release_own_leftover(out)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        path = out / LOCK_FILE
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "since": time.time()}
-        for _ in range(3):
-            try:
-                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _live_holder(path)
-                if holder is None:
-                    path.unlink(missing_ok=True)
-                    continue
-                if created:
-                    out.rmdir()
-                raise FileExistsError(
-                    f"--out {out} is in use by another run ({holder}); wait for it to finish or pick "
-                    f"another --out (if no run is going on, delete {path})"
-                ) from None
-            with os.fdopen(handle, "w") as file:
-                file.write(json.dumps(me))
-            self._lock_path, self._created = path, created
-            _held.append(self)
-            return
-        raise FileExistsError(f"--out {out}: cannot take the lock {path}; delete it if no run is going on")
+        lock = FileLock(out / LOCK_FILE, timeout=0, thread_local=False)  # timeout 0: refuse, never wait
+        try:
+            lock.acquire()
+        except Timeout:
+            if created:
+                _remove_if_empty(out)
+            raise FileExistsError(
+                f"--out {out} is in use by another run ({_holder(out)}); wait for it to finish or pick another --out"
+            ) from None
+        self._file_lock, self._created = lock, created
+        _held.append(self)
+        _write_holder(out / LOCK_HOLDER, self.command)
 
 
 # The folders this process has locked, in order: release_locks() drops them all, newest first.
@@ -304,38 +299,32 @@ def _clear_outputs(out: Path, command: str) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _live_holder(path: Path) -> str | None:
-    """Who holds a lock, or None when its process is gone (or is this one)."""
+def _release_own_leftover(out: Path) -> None:
+    """This process runs one command at a time: a lock it still holds on `out` is left over from an earlier one."""
+    for folder in [folder for folder in _held if folder.out.resolve() == out.resolve()]:
+        folder.release()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: the holder's lock files are there
+        pass
+
+
+def _write_holder(path: Path, command: str) -> None:
     import socket
     import time
 
-    try:
-        holder = json.loads(path.read_text())
-        pid, host = int(holder["pid"]), holder.get("host")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        # being written by a run that is starting right now, or garbage: garbage older than a minute is stale
-        try:
-            return None if time.time() - path.stat().st_mtime > 60 else "a run that is starting"
-        except FileNotFoundError:
-            return None
-    description = f"`cpsample {holder.get('command', '?')}`, pid {pid}" + (f" on {host}" if host else "")
-    if host != socket.gethostname():
-        return description  # cannot see another machine's processes: assume it runs
-    if pid == os.getpid():
-        return None  # this process runs one command at a time: a lock of its own is left over
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return description
-    return description if not _is_zombie(pid) else None
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
+    path.write_text(json.dumps(me))
 
 
-def _is_zombie(pid: int) -> bool:
+def _holder(folder: Path) -> str:
+    """Who holds a folder's lock, as the holder wrote it; one that has not written it yet is starting."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+        holder = json.loads((folder / LOCK_HOLDER).read_text())
+        description = f"`cpsample {holder.get('command', '?')}`, pid {int(holder['pid'])}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "a run that is starting"
+    return description + (f" on {holder['host']}" if holder.get("host") else "")

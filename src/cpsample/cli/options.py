@@ -41,8 +41,8 @@ LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random label
 Features = Annotated[
     str,
     typer.Option(
-        help="Feature space of the near-copy yardstick: pixels, dino:PATH (local DINO/DINOv2 ViT weights) or "
-        "sscd:PATH (TorchScript)."
+        help="Feature space of the near-copy yardstick: pixels, dino:PATH (a local Hugging Face DINO/DINOv2 folder: "
+        "config.json + model.safetensors) or sscd:PATH (TorchScript)."
     ),
 ]
 TrustTorchscript = Annotated[

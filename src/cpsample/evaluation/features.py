@@ -2,8 +2,8 @@
 
 A feature extractor has a `name` and is called on images (N, C, H, W) in [-1, 1], returning float32 (N, D).
 - `pixels`: the raw image, centred (per-image mean removed) so that cosine similarity measures shape, not brightness.
-- `dino:PATH`: a DINO / DINOv2 ViT backbone loaded from local weights (safetensors, or a plain state-dict .pth
-  read with torch.load(weights_only=True)); its CLS token is the feature, as in the CPSample paper.
+- `dino:PATH`: a DINO / DINOv2 backbone loaded by `transformers` from a local Hugging Face model folder (config.json
+  + model.safetensors; pickled weights are refused); its normed CLS token is the feature, as in the CPSample paper.
 - `sscd:PATH`: Meta's SSCD copy-detection descriptor, which is only published as TorchScript. TorchScript runs
   code from the file, so it loads only when the caller says it trusts the file (trust_torchscript=True).
 Nothing here downloads anything.
@@ -11,7 +11,6 @@ Nothing here downloads anything.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -79,183 +78,89 @@ class _TorchFeatures:
         return np.concatenate(chunks).astype(np.float32)
 
 
-# ---------------------------------------------------------------- DINO / DINOv2 ViT backbone (inference only)
+# ---------------------------------------------------------------- DINO / DINOv2 through transformers
+
+# DINO v1 loads as transformers' ViTModel, DINOv2 as Dinov2Model, DINOv2 with registers as Dinov2WithRegistersModel.
+DINO_MODEL_TYPES = ("vit", "dinov2", "dinov2_with_registers")
+DINO_FOLDER = "a local Hugging Face model folder (config.json + model.safetensors)"
+DINO_HOW_TO_GET = (
+    "download one beforehand (e.g. `hf download facebook/dinov2-small --local-dir DIR`), or load a model with "
+    "transformers and save it with save_pretrained(DIR)"
+)
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+class _ClsToken(nn.Module):
+    """A transformers DINO backbone reduced to its CLS token after the final layernorm (the CPSample paper's feature).
+
+    last_hidden_state is already normed in ViTModel, Dinov2Model and Dinov2WithRegistersModel; pooler_output is not
+    used because ViTModel's is an extra dense + tanh layer (Dinov2's equals the CLS token anyway)."""
+
+    def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.backbone = backbone
+        self.patch = int(backbone.config.patch_size)
+        # ViTModel resizes its learned position grid to another image size only when asked; DINOv2 always does.
+        self.options = {"interpolate_pos_encoding": True} if backbone.config.model_type == "vit" else {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixel_values=pixels, **self.options).last_hidden_state[:, 0]
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class _LayerScale(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, layer_scale: bool):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = _Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, hidden)
-        self.ls1 = _LayerScale(dim) if layer_scale else nn.Identity()  # DINOv2 only
-        self.ls2 = _LayerScale(dim) if layer_scale else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class _PatchEmbed(nn.Module):
-    def __init__(self, dim: int, patch: int, channels: int):
-        super().__init__()
-        self.proj = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class ViTBackbone(nn.Module):
-    """A ViT whose parameter names match facebookresearch/dino and dinov2 backbones; returns the normed CLS token."""
-
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        heads: int,
-        patch: int,
-        grid: int,
-        hidden: int,
-        channels: int = 3,
-        layer_scale: bool = False,
-        registers: int = 0,
-    ):
-        super().__init__()
-        self.patch = patch
-        self.patch_embed = _PatchEmbed(dim, patch, channels)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
-        self.register_tokens = nn.Parameter(torch.zeros(1, registers, dim)) if registers else None
-        self.blocks = nn.ModuleList(_Block(dim, heads, hidden, layer_scale) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-
-    def _positions(self, rows: int, columns: int) -> torch.Tensor:
-        """Resize the learned patch-position grid to the input's grid (bicubic), as DINO does for other sizes."""
-        cls_position, grid_positions = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        side = int(math.isqrt(grid_positions.shape[1]))
-        if side * side == rows * columns and rows == columns:
-            return self.pos_embed
-        grid = grid_positions.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(rows, columns), mode="bicubic", align_corners=False)
-        return torch.cat([cls_position, grid.permute(0, 2, 3, 1).reshape(1, rows * columns, -1)], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, columns = x.shape[-2] // self.patch, x.shape[-1] // self.patch
-        tokens = self.patch_embed(x)
-        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self._positions(rows, columns)
-        if self.register_tokens is not None:
-            tokens = torch.cat([tokens[:, :1], self.register_tokens.expand(len(x), -1, -1), tokens[:, 1:]], dim=1)
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens)[:, 0]
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from .safetensors, or from a .pth/.pt holding only tensors (torch.load with weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found; pass the path of a local .safetensors or .pth file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
-    except Exception as error:  # the unpickler refuses anything that is not plain tensors/containers
-        raise ValueError(
-            f"{path}: cannot read as a plain state dict with torch.load(weights_only=True) ({error}); "
-            "convert it to .safetensors"
-        ) from error
-    for key in ("teacher", "model", "state_dict"):  # DINO training checkpoints keep the backbone under these
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-            break
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
-    return {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("module.", "backbone."):
-        if state and all(key.startswith(prefix) for key in state if not key.startswith("head")):
-            state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    return {key: value for key, value in state.items() if not key.startswith(("head", "mask_token"))}
-
-
-def build_vit_from_state(state: dict[str, torch.Tensor]) -> ViTBackbone:
-    """Infer the ViT's size from its weights (DINO ViT-S/B, DINOv2 S/B/L, with or without registers) and load them."""
-    state = _strip_prefixes(state)
-    required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight")
-    missing = [key for key in required if key not in state]
-    if missing:
-        raise ValueError(
-            f"these weights are not a DINO/DINOv2 ViT backbone (missing {', '.join(missing)}); "
-            "expected the parameter names of facebookresearch/dino or dinov2"
+def check_dino_folder(folder: Path) -> None:
+    """Refuse, before transformers reads anything, what is not a safetensors Hugging Face folder: a missing path, a
+    weights file (the old facebookresearch .pth format), a folder without config.json, pickled weights only."""
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"{folder}: DINO model folder not found; dino:PATH takes {DINO_FOLDER}: {DINO_HOW_TO_GET}"
         )
-    if "blocks.0.mlp.w12.weight" in state:
-        raise ValueError("SwiGLU ViTs (DINOv2 ViT-g) are not supported; use ViT-S/B/L weights")
-    dim, channels, patch, _ = state["patch_embed.proj.weight"].shape
-    depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
-    grid = int(math.isqrt(state["pos_embed"].shape[1] - 1))
-    registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
-    model = ViTBackbone(
-        dim=dim,
-        depth=depth,
-        heads=max(1, dim // 64),
-        patch=patch,
-        grid=grid,
-        hidden=state["blocks.0.mlp.fc1.weight"].shape[0],
-        channels=channels,
-        layer_scale="blocks.0.ls1.gamma" in state,
-        registers=registers,
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file; dino:PATH takes {DINO_FOLDER}: {DINO_HOW_TO_GET}")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no config.json; dino:PATH takes {DINO_FOLDER}: {DINO_HOW_TO_GET}")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        pickled = sorted(path.name for path in folder.glob("*.bin"))
+        if pickled:
+            raise ValueError(
+                f"{folder} holds only pickled weights ({', '.join(pickled)}), which cpsample never loads (unpickling "
+                "can run code); convert them once, where you trust the file: "
+                "transformers.AutoModel.from_pretrained(DIR).save_pretrained(DIR) writes model.safetensors"
+            )
+        raise FileNotFoundError(f"{folder} holds no model.safetensors; dino:PATH takes {DINO_FOLDER}")
+
+
+def load_dino_backbone(folder: str | Path) -> _ClsToken:
+    """A DINO / DINOv2 backbone from a local Hugging Face folder, safetensors only, never downloaded."""
+    folder = Path(folder)
+    check_dino_folder(folder)
+    try:
+        from transformers import AutoConfig, AutoModel  # imported here: `import cpsample` stays fast
+    except ImportError:
+        raise ValueError(
+            "dino:PATH features need transformers: pip install 'cpsample[latent]' (or pip install transformers)"
+        ) from None
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if config.model_type not in DINO_MODEL_TYPES:
+        raise ValueError(
+            f"{folder} holds a {config.model_type!r} model; dino:PATH takes a DINO ({', '.join(DINO_MODEL_TYPES)}) "
+            "model folder"
+        )
+    # ViTModel's pooler is not part of DINO's weights: left out rather than randomly initialised.
+    extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+    backbone = AutoModel.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, dtype=torch.float32, **extra
     )
-    model.load_state_dict(state, strict=True)
-    return model
+    return _ClsToken(backbone)
 
 
 class DinoFeatures(_TorchFeatures):
-    """DINO / DINOv2 CLS-token features from a local weights file; images are upscaled to image_size (224 default)."""
+    """DINO / DINOv2 CLS-token features from a local Hugging Face folder; images are upscaled to image_size (224)."""
 
-    def __init__(self, weights: str | Path, image_size: int = 224, device: str = "cpu", batch_size: int = 64):
-        model = build_vit_from_state(read_state_dict(Path(weights)))
+    def __init__(self, folder: str | Path, image_size: int = 224, device: str = "cpu", batch_size: int = 64):
+        model = load_dino_backbone(folder)
         if image_size % model.patch:
             raise ValueError(f"image_size {image_size} must be a multiple of the ViT patch size {model.patch}")
         super().__init__(model, image_size, device, batch_size)
-        self.name = f"dino({Path(weights).name})"
+        self.name = f"dino({Path(folder).name})"
 
 
 class SSCDFeatures(_TorchFeatures):
@@ -298,7 +203,8 @@ def make_feature_extractor(
         return PixelFeatures()
     if kind in ("dino", "sscd"):
         if not path:
-            raise ValueError(f"--features {kind} needs a local weights path: {kind}:PATH (nothing is downloaded)")
+            what = "model folder" if kind == "dino" else "weights path"
+            raise ValueError(f"--features {kind} needs a local {what}: {kind}:PATH (nothing is downloaded)")
         if kind == "dino":
             return DinoFeatures(path, device=device)
         return SSCDFeatures(path, trust_torchscript=trust_torchscript, device=device)

@@ -53,7 +53,7 @@ class NearCopies:
 
 
 def feature_space(features: str | FeatureExtractor) -> str:
-    """'pixels', 'dino:PATH' or an extractor named 'dino(file)' -> the space's key in NEAR_COPY_THRESHOLDS."""
+    """'pixels', 'dino:PATH' or an extractor named 'dino(folder)' -> the space's key in NEAR_COPY_THRESHOLDS."""
     name = features if isinstance(features, str) else features.name
     return re.split(r"[:(]", name, maxsplit=1)[0]
 

@@ -161,6 +161,7 @@ class Trainer:
     # --- resume -------------------------------------------------------------------------------------------
     def save_state(self, extra: dict | None = None) -> None:
         """Write model, EMA and optimizer tensors as safetensors and counters as JSON, atomically."""
+        # Not accelerator.save_state: accelerate 1.16 pickles the optimizer and RNG states (docs/cli.md, resume).
         if not self.accelerator.is_main_process:
             return
         tmp = self.out_dir / (STATE_DIR + ".tmp")
@@ -378,7 +379,7 @@ def as_os_error(error: BaseException, filename=None) -> BaseException:
 
 
 def _entries(folder: Path) -> list[str]:
-    """What a folder holds, a RunFolder's lock and marker aside ([] for a folder that is not there)."""
+    """What a folder holds, a RunFolder's bookkeeping (lock, holder, marker) aside ([] for a folder not there)."""
     folder = Path(folder)
     return [path.name for path in folder.iterdir() if path.name not in RUN_BOOKKEEPING] if folder.is_dir() else []
 
