@@ -417,8 +417,8 @@ def run_side(
     device: str = "cpu",
     progress: bool = True,
 ) -> SideResult:
-    """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), plain or
-    CPSample-defended."""
+    """SIDE against an unconditional model ('bundled', a folder or a loaded DiffusionModel), or a `train-t2i`
+    pipeline folder through its empty prompt; plain or CPSample-defended."""
     from cpsample.sampling.adapters import LatentAdapter, adapter_class
     from cpsample.sampling.pipeline import guard_for_model
     from cpsample.sampling.sampler import unet_denoiser
