@@ -512,6 +512,11 @@ def test_the_verdict_says_a_cut_of_nothing_and_more_copies_plainly():
         "guarded: 0/100 near-copies (0.00%) against plain's 0/100 (0.00%): plain made no near-copies, so this run "
         "shows no cut"
     ]
+    alone = verdict({"methods": {"protected": method(3, fd=12.5)}})  # one set of samples: said, no cut claimed
+    assert alone == [
+        "protected: 3/100 near-copies (3.00%); FD_x 12.500; no other samples to compare with, so no cut is measured "
+        "(give plain samples first, then these)"
+    ]
 
 
 def test_samples_take_name_equals_path_or_a_bare_path_in_every_command(tmp_path):

@@ -79,6 +79,8 @@ def verdict(results: Mapping, membership=None) -> list[str]:
     if not methods:
         return []
     (base_name, base), lines = methods[0], []
+    if len(methods) == 1:  # nothing to compare with: what was measured, and that no cut is claimed
+        return [_alone(base_name, base)] + _membership_verdict(membership)
     tests = {c["method"]: c for c in results.get("comparisons", []) if c.get("baseline") == base_name}
     base_rep = base["replication"]
     for name, method in methods[1:]:
@@ -100,6 +102,14 @@ def verdict(results: Mapping, membership=None) -> list[str]:
             said += f" ({change:+.0%}; lower is closer to the reference images)"
         lines.append(said)
     return lines + _membership_verdict(membership)
+
+
+def _alone(name: str, method: Mapping) -> str:
+    rep, quality = method["replication"], method.get("quality")
+    said = f"{name}: {rep['count']}/{rep['n']} near-copies ({_pct(rep['share'])})"
+    if quality and quality.get("value") is not None:
+        said += f"; {quality['metric']} {_num(quality['value'], 3)}"
+    return said + "; no other samples to compare with, so no cut is measured (give plain samples first, then these)"
 
 
 def _membership_verdict(membership) -> list[str]:
