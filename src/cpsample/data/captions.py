@@ -59,6 +59,6 @@ def captions_for(images: ImageSet, data: str, captions_file: str | Path | None) 
     if missing:
         raise DataError(
             f"{captions_file}: {len(missing)} of {len(images)} images have no caption ({', '.join(missing[:5])}); "
-            "every training image needs one"
+            "every image scored or trained on needs one"
         )
     return [captions[name] for name in images.names]
