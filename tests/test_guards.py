@@ -328,3 +328,34 @@ def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
     assert torch.allclose(screened.images, plain_check.images, atol=1e-5)
     checked = 64 * int((screened.timesteps <= 300).sum())
     assert unscreened_rows == checked and fired.sum() <= screened_rows < checked
+
+
+def test_a_classifier_is_never_checked_above_the_noise_levels_it_was_trained_at(tmp_path):
+    """A classifier trained at t <= 300 only (`train-classifier --max-t`, the scaled recipe's 500) has never seen x_t
+    above: CPSample checks it there no more (alpha 0.5 fires on every checked sample), the record says so, and a guard
+    judging the denoised estimate (at t = 0) is not held to it."""
+    import shutil
+
+    from cpsample.calibration.seek import Watch
+    from cpsample.models.classifier import trained_window
+
+    folder = tmp_path / "classifier"
+    shutil.copytree(resolve_model_dir("bundled", "classifier"), folder)
+    record = json.loads((folder / "cpsample.json").read_text())
+    assert trained_window(folder) is None  # the bundled classifier: every t
+    record["settings"]["max_t"] = 300
+    (folder / "cpsample.json").write_text(json.dumps(record))
+    assert trained_window(folder) == 300
+    runs = {}
+    for name, classifier in (("every t", resolve_model_dir("bundled", "classifier")), ("t <= 300", folder)):
+        guard = build_guard("cpsample", GuardContext(classifier=classifier), alpha=0.5, scale=1.0, tau=0.001)
+        runs[name] = generate(n=4, steps=10, guard=guard, seed=3, progress=False), guard
+    (every, _), (windowed, guard) = runs["every t"], runs["t <= 300"]
+    assert every.trace["fired"].all()
+    assert np.array_equal(windowed.trace["fired"].all(axis=1), windowed.timesteps <= 300)
+    assert guard.settings()["trained_max_t"] == 300 and "trained_max_t" not in runs["every t"][1].settings()
+    denoised = build_guard("cpsample", GuardContext(classifier=folder), alpha=0.5, scale=1.0, tau=0.001, denoised=True)
+    assert denoised.checked_up_to == float("inf")
+    watch = Watch(guard.classifier, trained_window(folder))
+    watch.correct((torch.zeros(2, 1, 16, 16),), torch.zeros(2, 1, 16, 16), torch.tensor([500, 500]), None)
+    assert watch.trace["least"][-1].tolist() == [1.0, 1.0]  # calibrate's watch flags nothing there either

@@ -33,6 +33,7 @@ from cpsample.calibration import grid, search
 from cpsample.calibration.goal import Goal
 from cpsample.calibration.search import ONE_STAGE, PLAIN, GridSettings
 from cpsample.evaluation.measures import Judge, NearCopyShare
+from cpsample.models.classifier import trained_window
 from cpsample.sampling.guards import Guard, NoGuard
 from cpsample.sampling.sampler import sample_batch
 
@@ -90,11 +91,14 @@ class Watch(Guard):
 
     name = "watch"
 
-    def __init__(self, classifier: torch.nn.Module):
+    def __init__(self, classifier: torch.nn.Module, trained_max_t: int | None = None):
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.trained_max_t = classifier, trained_max_t
 
     def correct(self, predictions, x_t, t, abar_t):
+        if self.trained_max_t is not None and int(t.max()) > self.trained_max_t:  # the guard never checks there
+            self.record(least=torch.ones(len(x_t)))
+            return predictions
         with torch.no_grad():
             probs = self.classifier(x_t.float(), t).float().softmax(dim=-1)
         self.record(least=probs.min(dim=1).values)
@@ -220,7 +224,7 @@ class Seeker:
                 adapter.denoiser(None),
                 self.scheduler(),
                 (batch.size, *adapter.sample_shape),
-                Watch(self.classifier.model) if watch else NoGuard(),
+                Watch(self.classifier.model, trained_window(self.classifier.folder)) if watch else NoGuard(),
                 batch.generator(),
                 self.device,
                 raw=True,

@@ -81,6 +81,18 @@ class TimeClassifier(ModelMixin, ConfigMixin):
         return self.head(hidden)
 
 
+def trained_window(folder: str | Path | None) -> int | None:
+    """The highest timestep a classifier folder was trained at (`train-classifier --max-t`, the scaled recipe's 500);
+    None: every timestep, or nothing recorded. Above it the classifier has never seen an input: what it says there
+    is noise, confident or not."""
+    if folder is None:
+        return None
+    from cpsample.provenance import recorded_settings
+
+    window = recorded_settings(folder).get("max_t")
+    return int(window) if isinstance(window, (int, float)) else None
+
+
 def load_classifier(folder: Path, device: str | torch.device = "cpu") -> TimeClassifier:
     folder = Path(folder)
     path = folder / "classifier" if (folder / "classifier" / "config.json").exists() else folder

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from cpsample.models.bundle import resolve_model_dir
-from cpsample.models.classifier import TimeClassifier, load_classifier
+from cpsample.models.classifier import TimeClassifier, load_classifier, trained_window
 from cpsample.models.pretrained import Classifier
 from cpsample.sampling.guards.base import (
     Denoise,
@@ -159,8 +159,11 @@ class CPSampleGuard(Guard):
         unet: torch.nn.Module | None = None,
         cap_x0: bool = False,
         smooth_push: float | None = None,
+        trained_max_t: int | None = None,
     ):
-        """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule).
+        """Check the classifier only at timesteps min_t <= t <= max_t (max_t None: every step, the paper's rule), and
+        never above trained_max_t, the highest t the classifier was trained at (None: every t): there it would judge
+        inputs it never saw (unless it judges the denoised estimate, at t = 0).
         Above the highest t at which a classifier can be over-confident, the check costs time and never fires.
         screen: pass every sample through a bfloat16 copy of the check first, where the hardware runs bfloat16 fast
         (`_screens_fast`), and check in float32 only those it does not clear (`_check`).
@@ -188,6 +191,7 @@ class CPSampleGuard(Guard):
         self.screen, self.denoiser = screen, denoiser
         self.unet = unet
         self.folder = folder  # where the classifier was loaded from (its schedule, split and calibration), if known
+        self.trained_max_t = None if denoised else trained_max_t
         self.calibration: str | None = None  # where the knobs came from (from_options says; None: given to __init__)
 
     @classmethod
@@ -216,6 +220,7 @@ class CPSampleGuard(Guard):
             unet=unet,
             cap_x0=options.cap_x0,
             smooth_push=options.smooth_push,
+            trained_max_t=trained_window(folder),
         )
 
     def describe(self) -> dict:
@@ -241,7 +246,14 @@ class CPSampleGuard(Guard):
             **({"smooth_push": self.smooth_push} if self.smooth_push is not None else {}),
             **{name: True for name in ("adaptive", "denoised") if getattr(self, name)},
             **({"jacobian": True} if self.denoiser is not None else {}),
+            **({"trained_max_t": self.trained_max_t} if self.trained_max_t is not None else {}),
         }
+
+    @property
+    def checked_up_to(self) -> float:
+        """The highest timestep the classifier is checked at: max_t, within the window it was trained on."""
+        windows = [window for window in (self.max_t, self.trained_max_t) if window is not None]
+        return min(windows, default=math.inf)
 
     def correct(self, predictions, x_t, t, abar_t):
         """Subtract the push from every eps of this step (both CFG halves alike, so the mix keeps it whole)."""
@@ -257,7 +269,7 @@ class CPSampleGuard(Guard):
         none.
 
         eps: this step's eps, needed (and only used) when the classifier judges the denoised estimate."""
-        if (self.max_t is not None and int(t.max()) > self.max_t) or int(t.min()) < self.min_t:
+        if int(t.max()) > self.checked_up_to or int(t.min()) < self.min_t:
             self.record(p1=torch.full((len(x_t),), math.nan), fired=torch.zeros(len(x_t), dtype=torch.bool))
             return None
         classifier_dtype = next(self.classifier.parameters()).dtype
