@@ -169,3 +169,18 @@ def test_calibrate_says_where_it_cannot_seek(tmp_path):
     assert code != 0 and "finds the scale itself" in output and "search 'grid'" in output, output
     code, output = cli("calibrate", "--classifier", "bundled", "--search", "best", "--out", tmp_path / "b")
     assert code != 0 and "auto, seek, grid" in output, output
+
+
+def test_a_goal_that_lets_no_copy_stay_is_said_to_need_more_images():
+    """16 plain copies in 600 and a 95% cut: none may stay, so one copy left misses the goal; the search then asks
+    for a larger screen, not for another classifier."""
+    from types import SimpleNamespace
+
+    from cpsample.calibration.seek import Seeker
+
+    screen = SimpleNamespace(screen_samples=600)
+    tight = Seeker.no_scale(screen, {0.1: None, 0.5: None}, copies=16, allowed=0)
+    assert "at alpha 0.1, 0.5: plain made 16 near-copies of 600, so the goal lets none stay" in tight
+    assert "--n-samples" in tight and "may not fit" not in tight
+    loose = Seeker.no_scale(screen, {0.1: None}, copies=200, allowed=9)
+    assert "may not fit its members" in loose and "--n-samples" not in loose

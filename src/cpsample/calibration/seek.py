@@ -156,16 +156,7 @@ class Seeker:
             alpha: (scale, search.check_window(probe.last_fired_t[alpha])) for alpha, scale in found.items() if scale
         }
         if not scales:
-            return (
-                rows,
-                [],
-                None,
-                (
-                    f"no scale up to {MAX_SCALE:g} cut the near-copies of plain sampling enough at alpha "
-                    f"{', '.join(f'{a:g}' for a in found)}: the classifier may not fit its members (see its training "
-                    "record), or give a larger --alphas"
-                ),
-            )
+            return rows, [], None, self.no_scale(found, int(copies.sum()), allowed)
         checked = self.check(scales, rows, report, progress)
         chosen = search.choose_setting(checked, goal.target, goal.reduction)
         if chosen is not None:
@@ -181,6 +172,18 @@ class Seeker:
                 f"{checked[0]['near_copy_share']:.1%}. More --n-samples make the screen's aim surer"
             ),
         )
+
+    def no_scale(self, found: dict, copies: int, allowed: int) -> str:
+        """Why no scale met the goal, and what to change. With no near-copy allowed to stay, one copy a probe leaves
+        (or the guard makes) misses the goal: the screen is too small for the goal, whatever the classifier."""
+        said = f"no scale up to {MAX_SCALE:g} cut the near-copies of plain sampling enough at alpha "
+        said += ", ".join(f"{alpha:g}" for alpha in found)
+        if allowed == 0:
+            return said + (
+                f": plain made {copies} near-copies of {self.screen_samples}, so the goal lets none stay and a single "
+                "copy misses it; give more --n-samples (the screen samples twice as many), or a smaller --reduction"
+            )
+        return said + ": the classifier may not fit its members (see its training record), or give a larger --alphas"
 
     def aimed_limit(self, plain_row: dict) -> float:
         """The near-copy share the screen aims under: the goal's limit with the cut AIM_MARGIN higher."""
