@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=600, help="images per method and seed in step 3")
     parser.add_argument("--searches", default=",".join(SEARCHES))
     parser.add_argument("--method", action="append", default=[], help="more methods for step 3, as bench_seeds.py")
+    parser.add_argument("--calibrate-n-samples", type=int, default=None, help="calibrate's --n-samples (its default)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.classifier = args.classifier or args.model
@@ -57,6 +58,7 @@ def main() -> None:
         folder = args.out / search
         command = ["calibrate", "--classifier", args.classifier, "--model", args.model, "--search", search]
         command += ["--quality-net", args.quality_net]
+        command += ["--n-samples", str(args.calibrate_n_samples)] if args.calibrate_n_samples else []
         timed(times, args.out, f"calibrate_{search}", [*command, "--reduction", str(args.reduction), "--out", folder])
         run = _read(folder / "calibration_run.json")
         chosen[search] = run.get("chosen")

@@ -116,7 +116,8 @@ def train_classifier_command(
         Optional[int],
         typer.Option(
             help="Train only at noise levels t <= MAX_T (e.g. 100 for a classifier that only judges denoised "
-            "estimates: the early stage of two-stage CPSample). Default: the recipe's (paper: every t)."
+            "estimates: the early stage of two-stage CPSample); CPSample then never checks it above MAX_T. Default: "
+            "the recipe's (paper: every t)."
         ),
     ] = None,
     save_every: int = 500,
