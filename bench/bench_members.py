@@ -193,7 +193,12 @@ def plot(path: Path) -> None:
             minutes,
             [point["loss"] for point in run["curve"]],
             marker=".",
-            label=f"{run['recipe']}, N={run['members']}",
+            label=f"{run['recipe']}, N={run['members']}"
+            + (
+                f", {run['planned_steps']:,}-step schedule"
+                if run.get("planned_steps") and run["members"] > 1000
+                else ""
+            ),
         )
     # The paper's recipe as issue 43 measured it (3,000 steps at 0.082 CPU s each): 200 fit, 1,000 and 4,000 do not.
     for members, loss in PAPER_RECIPE_AT_3000_STEPS.items():
