@@ -360,7 +360,7 @@ def _run_latent_side(
 
     from cpsample.models.bundle import model_members
     from cpsample.sampling.adapters import LatentAdapter
-    from cpsample.sampling.adapters.latent import unconditional_denoiser
+    from cpsample.sampling.adapters.latent import empty_prompt_denoiser
 
     members = model_members(folder)
     if members is None:
@@ -372,7 +372,7 @@ def _run_latent_side(
     guard = None if defence == "none" else adapter.guard("cpsample", classifier, device, **knobs)
     schedule = DDPMScheduler.from_config(adapter.pipe.scheduler.config)  # the training schedule, for noising
     result = side_attack(
-        unconditional_denoiser(adapter.pipe), schedule, adapter.sample_shape, members.images, config, guard,
+        empty_prompt_denoiser(adapter.pipe), schedule, adapter.sample_shape, members.images, config, guard,
         work_dir, device, progress=progress, decode=adapter.decode,
     )  # fmt: skip
     for summary in (result.pool, result.attack):

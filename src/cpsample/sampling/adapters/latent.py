@@ -179,7 +179,7 @@ def sd_denoiser(pipe, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: 
     return denoise
 
 
-def unconditional_denoiser(pipe) -> Denoise:
+def empty_prompt_denoiser(pipe) -> Denoise:
     """The UNet conditioned on the empty prompt alone: the model as an attacker without its captions samples it."""
     empty, _ = pipe.encode_prompt("", pipe.device, 1, False)
 
