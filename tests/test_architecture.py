@@ -8,6 +8,7 @@ import cpsample
 PACKAGE = Path(cpsample.__file__).parent
 # Lowest first. provenance and data know nothing of models; the CLI sits on top of everything.
 LAYERS = [
+    "settings",
     "provenance",
     "data",
     "models",

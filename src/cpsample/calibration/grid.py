@@ -23,3 +23,26 @@ LATENT_SCALES = (50.0, 150.0, 300.0)
 def as_option(values) -> str:
     """A grid as the command line writes it: '3,10,30,100'; 'none' for None."""
     return ",".join("none" if value is None else f"{value:g}" for value in values)
+
+
+def parse_floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:
+    """Comma-separated numbers; with allow_none, 'none' means no value (that part of the grid is skipped)."""
+    if allow_none and text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{option} is empty")
+    return values
+
+
+def floats_form(option: str, allow_none: bool = False):
+    """A grid option as the command line writes it ("10,30"; with allow_none, "none" for an empty grid)."""
+    from functools import partial
+
+    from cpsample.settings import TextForm
+
+    parse = partial(parse_floats, option=option, allow_none=allow_none)
+    return TextForm(parse, lambda values: as_option(values) or "none")

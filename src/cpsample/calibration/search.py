@@ -23,18 +23,15 @@ import dataclasses
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
 from cpsample.calibration import grid
+from cpsample.calibration.settings import GridSettings, latent_heldout, model_for, parse_caps  # noqa: F401 (their home was here)
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import MEASURES, Judge, Reference, pool_rows
-from cpsample.evaluation.nearcopy import resolve_threshold
-from cpsample.models.bundle import resolve_model_dir, training_data
-from cpsample.models.denoiser import is_sd_pipeline
+from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.pretrained import Classifier, DiffusionModel
 from cpsample.sampling.adapters import PixelAdapter
 from cpsample.sampling.generate import SampleConfig, generate
@@ -47,106 +44,6 @@ from cpsample.sampling.spec import GuardSpec
 # The grid's kinds of row, by their guards' own names: plain sampling (every cut is measured against it), CPSample's
 # one-stage rule, its two stages.
 PLAIN, ONE_STAGE, TWO_STAGE = NoGuard.name, CPSampleGuard.name, StagedCPSampleGuard.name
-
-
-def model_for(classifier: str, model: str | None = None) -> str:
-    """The model a calibration samples: the one given, else the Stable Diffusion pipeline a latent classifier was
-    trained for, else the denoiser the classifier was trained on (its cpsample.json); never a silent stand-in."""
-    from cpsample.models.bundle import BUNDLED_MODELS
-    from cpsample.provenance import recorded_settings
-    from cpsample.training.latent_classifier import pipeline_of
-
-    if model:
-        return model
-    if str(classifier) in BUNDLED_MODELS:  # a bundled classifier protects the bundled model of its name
-        return str(classifier)
-    folder = resolve_model_dir(classifier, "classifier")
-    recorded = pipeline_of(folder) or recorded_settings(folder).get("denoiser")
-    if not recorded:
-        raise ValueError(f"{classifier} does not record the model it protects; give --model")
-    return recorded
-
-
-@dataclass
-class GridSettings:
-    model: str = "bundled"
-    classifier: str = "bundled"
-    n_samples: int = 300
-    steps: int = 50
-    scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
-    # None: grid.ALPHAS / grid.SCALES on the grid (LATENT_ALPHAS / LATENT_SCALES for a pipeline), SEEK_ALPHAS when
-    # seeking (the goal-seeking search finds the scale itself)
-    alphas: Sequence[float] | None = None
-    scales: Sequence[float] | None = None
-    tau: float = 0.001
-    threshold: float | None = None  # None: the near-copy yardstick's default for `features`
-    features: str = "pixels"
-    quality_net: str | None = "bundled"
-    batch_size: int = 250
-    device: str = "cpu"
-    seed: int = 0
-    # Two stages (cpsample-staged): a selective classifier judging x0_hat early, this classifier on x_t late.
-    early_classifier: str | None = None
-    early_scales: Sequence[float] = grid.EARLY_SCALES
-    staged_scales: Sequence[float] = grid.STAGED_SCALES
-    # Caps on each sample's push (None: uncapped), tried for every two-stage setting (bench/README Finding 12).
-    push_caps: Sequence[float | None] = grid.PUSH_CAPS
-    # Two stages whose late stage is selective too: the early classifier also judges x0_hat at t <= 200 (bench/README
-    # Finding 13), at alpha DENOISED_LATE_ALPHA; its pushes through x0_hat are smaller there, hence scales of their
-    # own. Empty: not tried.
-    denoised_late_scales: Sequence[float] = grid.DENOISED_LATE_SCALES
-    # Other x_t classifiers of the same members (other widths) tried as the late stage beside `classifier`: the width
-    # whose push costs least depends on the model (bench/README Findings 16-18). Empty: the main classifier only.
-    late_classifiers: Sequence[str] = ()
-    # A Stable Diffusion pipeline (`model`) with a latent classifier: the prompts sampled (empty: the classifier's
-    # captions), their CFG scale, and the private images near-copies are counted against (None: the classifier's).
-    prompts: Sequence[str] = ()
-    cfg_scale: float = 7.5
-    private: str | None = None
-    extra: dict = field(default_factory=dict)
-    # Columns beside GRID_MEASURES: registered measures by name (a plugin's too: `cpsample.measures` entry points).
-    measures: Sequence[str] = ()
-
-    def __post_init__(self):
-        self.threshold = resolve_threshold(self.threshold, self.features)
-        if self.late_classifiers and self.early_classifier is None:
-            raise ValueError("--late-classifier is a late stage of the two-stage guard; give --early-classifier too")
-        if self.scheduler is None:
-            self.scheduler = "default" if self.latent else "ddim"
-        if self.latent:
-            self._check_latent()
-
-    @property
-    def latent(self) -> bool:
-        """Whether `model` is a Stable Diffusion pipeline folder (sampled with prompts, guarded in latent space)."""
-        return is_sd_pipeline(resolve_model_dir(self.model, "denoiser"))
-
-    def _check_latent(self) -> None:
-        from cpsample.training.latent_classifier import captions_of
-
-        if self.early_classifier is not None or self.late_classifiers:
-            raise ValueError(
-                "the two-stage guard (--early-classifier, --late-classifier) is not available for a Stable "
-                "Diffusion pipeline; calibrate the one-stage guard (leave them out)"
-            )
-        if latent_heldout(self.model) is None:
-            if self.quality_net not in ("bundled", None):
-                raise ValueError(
-                    "this Stable Diffusion pipeline records no held-out images to measure FD against; leave "
-                    "--quality-net out (the least aggressive setting is then the one guiding fewest steps)"
-                )
-            self.quality_net = None
-        if self.features != "pixels":
-            raise ValueError(
-                "near-copies of the private images are counted in pixels on the Stable Diffusion path "
-                "(as sample-sd counts them)"
-            )
-        self.prompts = tuple(self.prompts) or tuple(captions_of(resolve_model_dir(self.classifier, "classifier")))
-        if not self.prompts or any(not str(prompt).strip() for prompt in self.prompts):
-            raise ValueError(
-                f"{self.model} is a Stable Diffusion pipeline: give the prompts to calibrate with (--prompt, "
-                "--prompts-file), or train the classifier with --captions (its captions are then used)"
-            )
 
 
 def run_grid(settings: GridSettings, progress: bool = True, candidates: list[dict] | None = None) -> list[dict]:
@@ -265,16 +162,6 @@ def _latent_runner(settings: GridSettings):
         return run, Reference(detector=detector)
     net = _quality_net(settings.quality_net, heldout.channels)
     return run, Reference(detector=detector, net=net, heldout=heldout.images)
-
-
-def latent_heldout(model: str):
-    """The held-out images of a pipeline `train-t2i` trained on part of a dataset (FD is measured against them);
-    None for any other pipeline."""
-    folder = resolve_model_dir(model, "denoiser")
-    if not (folder / "split.json").is_file():
-        return None
-    dataset, split = training_data(folder)
-    return dataset.take(split.nonmembers) if split.nonmembers else None
 
 
 SETTING_KEYS = ("guard", "alpha", "scale", "early_scale", "max_push", "late_denoised", "late_classifier")
@@ -697,22 +584,3 @@ def cap_order(cap: float | None) -> float:
 def cap_text(cap: float | None) -> str:
     """A push cap as `--push-caps` reads it (none: uncapped)."""
     return "none" if cap is None else f"{cap:g}"
-
-
-def parse_caps(text: str) -> tuple[float | None, ...]:
-    """`--push-caps` ("none,1,2") as caps, None for uncapped; each cap must be positive."""
-    caps = []
-    for part in filter(None, (item.strip() for item in text.split(","))):
-        if part.lower() == "none":
-            caps.append(None)
-            continue
-        try:
-            cap = float(part)
-        except ValueError:
-            raise ValueError(f"--push-caps takes positive numbers or 'none', got {part!r}") from None
-        if not cap > 0:
-            raise ValueError(f"--push-caps takes positive numbers or 'none', got {part!r}")
-        caps.append(cap)
-    if not caps:
-        raise ValueError("--push-caps is empty")
-    return tuple(caps)

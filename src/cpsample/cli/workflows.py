@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cpsample.calibration import grid
+from cpsample.calibration.settings import GridSettings
 from cpsample.cli import options as opt
 from cpsample.cli.common import call_with, check_device_option, log, output, run_safely, show, show_table
 from cpsample.runs import RunFolder
@@ -83,11 +83,11 @@ def demo_command(
 
 
 @run_safely
+@opt.with_settings(GridSettings, "grid_options", skip=("prompts",), required=("classifier",))
 def calibrate_command(
     out: Annotated[
         Path, typer.Option(help="Folder for calibration_run.json, calibration.csv/.png and cpsample.json.")
     ],
-    classifier: opt.Classifier,
     reduction: Annotated[
         Optional[float],
         typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.95: to a twentieth)."),
@@ -102,46 +102,7 @@ def calibrate_command(
             "DDIM); 'grid': try every --alphas x --scales; 'auto': seek where it can, else the grid (it says why)."
         ),
     ] = "auto",
-    n_samples: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Images per setting on the grid's screen (same noise for every setting); the goal-seeking search "
-            "screens plain sampling on twice as many and samples only their near-copies again per probe.",
-        ),
-    ] = 300,
-    alphas: Annotated[
-        Optional[str],
-        typer.Option(
-            help=f"Comma-separated alphas. Default: {grid.as_option(grid.SEEK_ALPHAS)} when seeking, "
-            f"{grid.as_option(grid.ALPHAS)} on the grid ({grid.as_option(grid.LATENT_ALPHAS)} for a pipeline)."
-        ),
-    ] = None,
-    scales: Annotated[
-        Optional[str],
-        typer.Option(
-            help=f"Grid: comma-separated scales to try (default {grid.as_option(grid.SCALES)}; "
-            f"{grid.as_option(grid.LATENT_SCALES)} for a pipeline)."
-        ),
-    ] = None,
-    tau: opt.Tau = None,
-    steps: opt.SamplingSteps = 50,
-    threshold: opt.NearCopyThreshold = None,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Denoiser folder, 'bundled', or a Stable Diffusion pipeline folder (then --classifier is a "
-            "`train-latent-classifier` folder). Default: the model --classifier was trained for (its record)."
-        ),
-    ] = None,
-    quality_net: Annotated[
-        str,
-        typer.Option(
-            help="Feature net for the quality (FD) column: 'bundled' (the shipped net for the model's channels: MNIST "
-            "digitnet for grey, Twemoji emojinet for RGB), a shipped net's name, or a `cpsample train-feature-net` "
-            "folder trained on images like yours. Not used for a Stable Diffusion pipeline (no held-out images there)."
-        ),
-    ] = "bundled",
+    grid_options: dict = None,
     prompt: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -152,53 +113,6 @@ def calibrate_command(
         Optional[Path],
         typer.Option(
             help="Stable Diffusion: one prompt per line (as sample-sd reads it; both captions of a pair are sampled)."
-        ),
-    ] = None,
-    cfg_scale: Annotated[float, typer.Option(help="Stable Diffusion: classifier-free guidance scale.")] = 7.5,
-    private: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Stable Diffusion: private images near-copies are counted against (default: the classifier's)."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch (Stable Diffusion: per prompt).")] = 250,
-    early_classifier: Annotated[
-        Optional[str],
-        typer.Option(
-            help="A selective classifier of the same members (`train-classifier --negatives samples`): CPSample in "
-            "two stages (cpsample-staged) then competes, and becomes `--guard cpsample`'s default if it wins."
-        ),
-    ] = None,
-    early_scales: Annotated[str, typer.Option(help="Two stages: early-stage scales to try.")] = grid.as_option(
-        grid.EARLY_SCALES
-    ),
-    staged_scales: Annotated[
-        str,
-        typer.Option(
-            help="Two stages: late-stage scales to try (alpha 0.1), the main classifier judging x_t; 'none': skip."
-        ),
-    ] = grid.as_option(grid.STAGED_SCALES),
-    denoised_late_scales: Annotated[
-        str,
-        typer.Option(
-            help="Two stages: late-stage scales to try (alpha 0.3) with the early classifier judging x0_hat late too "
-            "(a selective late stage); 'none': skip."
-        ),
-    ] = grid.as_option(grid.DENOISED_LATE_SCALES),
-    push_caps: Annotated[
-        str,
-        typer.Option(
-            help="Two stages: caps on each sample's push to try (RMS in units of eps; 'none': uncapped, the paper's "
-            "push)."
-        ),
-    ] = grid.as_option(grid.PUSH_CAPS),
-    late_classifier: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            help="Two stages: another classifier of the same members (e.g. `train-classifier --channels 16,32,32`) "
-            "tried as the late stage on x_t beside --classifier, with the same scales and caps; repeatable. The width "
-            "that costs least depends on the model. When one wins, calibration.json (next to --classifier) records "
-            "its folder."
         ),
     ] = None,
     finalists: Annotated[
@@ -225,35 +139,24 @@ def calibrate_command(
             "protection)."
         ),
     ] = False,
-    device: opt.Device = "cpu",
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
-    from cpsample.calibration import Calibrator, Goal, GridSettings
-    from cpsample.calibration.search import model_for, parse_caps
-    from cpsample.sampling.guards.cpsample import UNCALIBRATED
+    from cpsample.calibration import Calibrator, Goal
     from cpsample.sampling.latent import read_prompts
 
     goal = Goal(reduction=reduction, target=target)
-    tau = UNCALIBRATED["tau"] if tau is None else tau
-    model = model_for(classifier, model)
     prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
-    settings = call_with(
-        GridSettings, locals(), prompts=tuple(prompts), private=None if private is None else str(private),
-        alphas=alphas and _floats(alphas, "--alphas"), scales=scales and _floats(scales, "--scales"),
-        early_scales=_floats(early_scales, "--early-scales"),
-        staged_scales=_floats(staged_scales, "--staged-scales", allow_none=True),
-        denoised_late_scales=_floats(denoised_late_scales, "--denoised-late-scales", allow_none=True),
-        push_caps=parse_caps(push_caps), late_classifiers=tuple(late_classifier or ()),
-    )  # fmt: skip
+    settings = GridSettings(**grid_options, prompts=tuple(prompts))
     calibrator = call_with(Calibrator, locals(), grid=settings)
     # after the options are read (a typo fails first), before any writing
-    inputs = (model, classifier, quality_net, prompts_file, private, early_classifier, *(late_classifier or ()))
-    RunFolder(out, "calibrate", overwrite, inputs=inputs).prepare()
-    check_device_option(device)
+    given = settings.model, settings.classifier, settings.quality_net, prompts_file, settings.private
+    RunFolder(
+        out, "calibrate", overwrite, inputs=(*given, settings.early_classifier, *settings.late_classifiers)
+    ).prepare()
+    check_device_option(settings.device)
     result = calibrator.fit(report=_PrintedReport())
     record = result.save(out)
     _print_choice(result, out, record)
@@ -337,16 +240,3 @@ def _show_grid(name: str, rows: list[dict], title: str) -> None:
     columns += " | never flagged=unflagged"
     columns += " | steps guided=steps_guided:.1% | last t guided=last_fired_t | FD=frechet_distance:.2f"
     show_table(name, title, rows, columns + " | time vs plain=time_vs_plain:.2f", drop_empty=True)
-
-
-def _floats(text: str, option: str, allow_none: bool = False) -> tuple[float, ...]:
-    """Comma-separated numbers; with allow_none, 'none' means no value (that part of the grid is skipped)."""
-    if allow_none and text.strip().lower() == "none":
-        return ()
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ValueError(f"{option} is empty")
-    return values

@@ -12,17 +12,14 @@ It records what it did per sample and step in `trace` (name -> list of per-step 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
-
-def option(default, help: str):
-    """One guard option: its default and its help text, declared once (library, CLI and `cpsample guards` read it)."""
-    return field(default=default, metadata={"help": help})
+from cpsample.settings import option  # noqa: F401 (guards declare their options with it)
 
 
 @dataclass(frozen=True)
