@@ -645,8 +645,8 @@ def test_calibrate_cli_grid_defaults_are_the_library_grid():
 
     from cpsample.calibration import grid as grid_defaults
     from cpsample.calibration import search as calibrate
-    from cpsample.calibration.search import GridSettings, parse_caps
     from cpsample.calibration.grid import parse_floats as _floats  # (was cli.workflows._floats)
+    from cpsample.calibration.search import GridSettings, parse_caps
     from cpsample.cli.workflows import calibrate_command
 
     defaults = {name: p.default for name, p in inspect.signature(calibrate_command).parameters.items()}

@@ -22,3 +22,31 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, f
     """A documented setting. flag: its CLI name where it is not --field-name; form: how the command line writes it;
     checks: typer.Option's own (min=1 ...). A field without help is not offered on the command line."""
     return field(default=default, metadata={"help": help, "cli": {"flag": flag, "form": form, "checks": checks}})
+
+
+# What several commands' settings mean alike, said once (cli/options.py's shared option types read them too).
+MAX_SEED = 2**32 - 1  # numpy's limit; torch's is higher, and seeds derived from --seed add small offsets to it
+SEED_HELP = "Random seed: same seed, same result."
+DEVICE_HELP = "torch device: cpu, cuda, cuda:1 ..."
+DENOISING_STEPS_HELP = "Denoising steps."
+BATCH_SIZE_HELP = "Images per batch."
+DENOISER_HELP = "Denoiser folder (with its split.json), or 'bundled'."
+CLASSIFIER_HELP = "CPSample classifier folder, or 'bundled'."
+NEAR_COPY_THRESHOLD_HELP = (
+    "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
+    "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98)."
+)
+_CALIBRATED = " Left out: the guard's default; CPSample's come from the classifier's calibration (cpsample calibrate)."
+KNOB_HELP = {knob: f"= --option {knob}=VALUE (`cpsample guards`).{_CALIBRATED}" for knob in ("alpha", "scale", "tau")}
+
+
+def seed_option(default: int = 0):
+    return option(default, SEED_HELP, min=0, max=MAX_SEED - 1000)
+
+
+def device_option(default: str = "cpu"):
+    return option(default, DEVICE_HELP)
+
+
+def threshold_option():
+    return option(None, NEAR_COPY_THRESHOLD_HELP)

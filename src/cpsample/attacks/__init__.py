@@ -5,46 +5,36 @@ adversary who holds the weights; `run_sample_attack` (nearest generated sample, 
 who sees only the samples, of any defence.
 """
 
-from cpsample.attacks.membership import run_mia
-from cpsample.attacks.metrics import Separation, auc, separation, tpr_at_fpr, z_test
-from cpsample.attacks.mia import (
-    ATTACKS,
-    DEFAULT_LOSS_TIMESTEPS,
-    DEFAULT_PIA_TIMESTEPS,
-    AttackResult,
-    EpsPredictor,
-    loss_attack,
-    pia_attack,
-)
-from cpsample.attacks.plots import plot_attacks
-from cpsample.attacks.sample_nn import (
-    SAMPLE_ATTACK,
-    THREAT_MODELS,
-    SampleAttackResult,
-    SampleNNAttack,
-    plot_sample_attacks,
-    run_sample_attack,
-)
+from importlib import import_module
 
-__all__ = [
-    "ATTACKS",
-    "DEFAULT_LOSS_TIMESTEPS",
-    "DEFAULT_PIA_TIMESTEPS",
-    "SAMPLE_ATTACK",
-    "THREAT_MODELS",
-    "AttackResult",
-    "EpsPredictor",
-    "SampleAttackResult",
-    "SampleNNAttack",
-    "Separation",
-    "auc",
-    "loss_attack",
-    "pia_attack",
-    "plot_attacks",
-    "plot_sample_attacks",
-    "run_mia",
-    "run_sample_attack",
-    "separation",
-    "tpr_at_fpr",
-    "z_test",
-]
+# Each name is imported on first use, so the command line can read the attacks' settings without loading torch.
+_API = {
+    "run_mia": "cpsample.attacks.membership",
+    "Separation": "cpsample.attacks.metrics",
+    "auc": "cpsample.attacks.metrics",
+    "separation": "cpsample.attacks.metrics",
+    "tpr_at_fpr": "cpsample.attacks.metrics",
+    "z_test": "cpsample.attacks.metrics",
+    "ATTACKS": "cpsample.attacks.mia",
+    "DEFAULT_LOSS_TIMESTEPS": "cpsample.attacks.mia",
+    "DEFAULT_PIA_TIMESTEPS": "cpsample.attacks.mia",
+    "AttackResult": "cpsample.attacks.mia",
+    "EpsPredictor": "cpsample.attacks.mia",
+    "loss_attack": "cpsample.attacks.mia",
+    "pia_attack": "cpsample.attacks.mia",
+    "plot_attacks": "cpsample.attacks.plots",
+    "SAMPLE_ATTACK": "cpsample.attacks.sample_nn",
+    "THREAT_MODELS": "cpsample.attacks.sample_nn",
+    "SampleAttackResult": "cpsample.attacks.sample_nn",
+    "SampleNNAttack": "cpsample.attacks.sample_nn",
+    "plot_sample_attacks": "cpsample.attacks.sample_nn",
+    "run_sample_attack": "cpsample.attacks.sample_nn",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'cpsample.attacks' has no attribute {name!r}")
+    return getattr(import_module(_API[name]), name)

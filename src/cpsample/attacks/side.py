@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cpsample.attacks.settings import PAPER_COHESION, SideConfig
 from cpsample.evaluation.features import PixelFeatures
-from cpsample.evaluation.nearcopy import NearCopies, find_near_copies, resolve_threshold
+from cpsample.evaluation.nearcopy import NearCopies, find_near_copies
 from cpsample.evaluation.neighbours import l2_normalise
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import DiffusionModel
@@ -40,52 +41,6 @@ from cpsample.sampling.guards import ChainGuard, ClassifierGuidanceGuard, Guard,
 from cpsample.sampling.sampler import Denoise, batch_generator, make_scheduler, sample, sample_batch
 
 GUIDED_NOISE_STREAM = 50_021  # the guided samples draw other noise than the pool (same seed)
-
-PAPER_COHESION = 0.5
-
-
-@dataclass
-class SideConfig:
-    samples: int = 500  # size of the pool that is clustered
-    clusters: int = 20  # K of k-means (paper: 100 on CelebA)
-    min_cohesion: float = PAPER_COHESION  # keep clusters at least this cohesive
-    min_cluster_size: int = 2  # a one-image cluster teaches the classifier nothing about a mode
-    attack_steps: int = 50  # denoising steps for the pool and the guided samples
-    scheduler: str = "ddim"
-    train_steps: int = 600  # surrogate classifier
-    train_batch_size: int = 64
-    lr: float = 1e-3
-    classifier_channels: tuple[int, ...] = (16, 32, 32)
-    attack_scale: float = 1.0  # lambda (paper sweeps 0-50; extraction first rises, then falls; on the bundled
-    # 16x16 model, which copies half the time unguided, it only falls: 76, 70, 46, 27 distinct at 0, 1, 3, 10)
-    per_class: int = 10  # guided samples per surrogate class
-    threshold: float | None = None  # near-copy: pixel cosine strictly above this; None: the yardstick's default
-    batch_size: int = 250
-    seed: int = 0
-
-    def __post_init__(self):
-        self.threshold = resolve_threshold(self.threshold, "pixels")
-
-    def check(self) -> None:
-        positive = {
-            "samples": self.samples,
-            "clusters": self.clusters,
-            "attack_steps": self.attack_steps,
-            "train_steps": self.train_steps,
-            "train_batch_size": self.train_batch_size,
-            "per_class": self.per_class,
-            "batch_size": self.batch_size,
-            "min_cluster_size": self.min_cluster_size,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"SIDE: {name} must be at least 1, got {value}")
-        if self.clusters > self.samples:
-            raise ValueError(f"SIDE: cannot form {self.clusters} clusters from {self.samples} samples")
-        if self.attack_scale < 0:
-            raise ValueError(f"SIDE: the attack scale must be non-negative, got {self.attack_scale}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"SIDE: the near-copy threshold is a cosine similarity in [-1, 1], got {self.threshold}")
 
 
 @dataclass

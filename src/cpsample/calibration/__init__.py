@@ -16,7 +16,7 @@ _API = {
     "Goal": "cpsample.calibration.goal",
     "RUN_RECORD": "cpsample.calibration.result",
     "CalibrationResult": "cpsample.calibration.result",
-    "GridSettings": "cpsample.calibration.search",
+    "GridSettings": "cpsample.calibration.settings",
 }
 
 __all__ = sorted(_API)

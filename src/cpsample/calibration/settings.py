@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from cpsample.calibration import grid
-from cpsample.settings import TextForm, option
+from cpsample.settings import (
+    CLASSIFIER_HELP,
+    DENOISING_STEPS_HELP,
+    TextForm,
+    device_option,
+    option,
+    seed_option,
+    threshold_option,
+)
 
 
 def model_for(classifier: str, model: str | None = None) -> str:
@@ -39,14 +47,14 @@ class GridSettings:
         "Denoiser folder, 'bundled', or a Stable Diffusion pipeline folder (then --classifier is a "
         "`train-latent-classifier` folder). Default: the model --classifier was trained for (its record).",
     )
-    classifier: str = option("bundled", "CPSample classifier folder, or 'bundled'.")
+    classifier: str = option("bundled", CLASSIFIER_HELP)
     n_samples: int = option(
         300,
         "Images per setting on the grid's screen (same noise for every setting); the goal-seeking search screens "
         "plain sampling on twice as many and samples only their near-copies again per probe.",
         min=1,
     )
-    steps: int = option(50, "Denoising steps.", min=1)
+    steps: int = option(50, DENOISING_STEPS_HELP, min=1)
     scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
     # None: grid.ALPHAS / grid.SCALES on the grid (LATENT_ALPHAS / LATENT_SCALES for a pipeline), SEEK_ALPHAS when
     # seeking (the goal-seeking search finds the scale itself)
@@ -63,11 +71,7 @@ class GridSettings:
         form=grid.floats_form("--scales"),
     )
     tau: float = option(0.001, "CPSample's tau in log(tau + p(other label)), the same for every setting tried.")
-    threshold: float | None = option(
-        None,
-        "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
-        "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98).",
-    )
+    threshold: float | None = threshold_option()
     features: str = "pixels"
     quality_net: str | None = option(
         "bundled",
@@ -76,8 +80,8 @@ class GridSettings:
         "folder trained on images like yours. Not used for a Stable Diffusion pipeline (no held-out images there).",
     )
     batch_size: int = option(250, "Images per batch (Stable Diffusion: per prompt).", min=1)
-    device: str = option("cpu", "torch device: cpu, cuda, cuda:1 ...")
-    seed: int = option(0, "Random seed: same seed, same result.", min=0, max=2**32 - 1001)
+    device: str = device_option()
+    seed: int = seed_option()
     # Two stages (cpsample-staged): a selective classifier judging x0_hat early, this classifier on x_t late.
     early_classifier: str | None = option(
         None,

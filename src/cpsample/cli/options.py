@@ -12,9 +12,20 @@ from typing import Annotated, Optional
 
 import typer
 
-MAX_SEED = 2**32 - 1  # numpy's limit; torch's is higher, and seeds derived from --seed add small offsets to it
-Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED - 1000, help="Random seed: same seed, same result.")]
-Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")]
+from cpsample.settings import (
+    BATCH_SIZE_HELP,
+    CLASSIFIER_HELP,
+    DENOISER_HELP,
+    DENOISING_STEPS_HELP,
+    DEVICE_HELP,
+    KNOB_HELP,
+    MAX_SEED,
+    NEAR_COPY_THRESHOLD_HELP,
+    SEED_HELP,
+)
+
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED - 1000, help=SEED_HELP)]
+Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
 
 # Options every training command shares (defaults stay with each command).
 ImageSize = Annotated[Optional[int], typer.Option(help="Resize images to this square size.")]
@@ -22,7 +33,7 @@ Subset = Annotated[
     Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")
 ]
 Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps in all (with --resume: the step to train up to).")]
-BatchSize = Annotated[int, typer.Option(min=1)]
+BatchSize = Annotated[int, typer.Option(min=1, help=BATCH_SIZE_HELP)]
 Channels = Annotated[str, typer.Option(help="Block widths, comma-separated.")]
 MixedPrecision = Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")]
@@ -37,9 +48,9 @@ Overwrite = Annotated[
 ]
 
 # Options several commands share with one meaning (defaults stay with each command).
-Denoiser = Annotated[str, typer.Option(help="Denoiser folder (with its split.json), or 'bundled'.")]
-Classifier = Annotated[str, typer.Option(help="CPSample classifier folder, or 'bundled'.")]
-SamplingSteps = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+Denoiser = Annotated[str, typer.Option(help=DENOISER_HELP)]
+Classifier = Annotated[str, typer.Option(help=CLASSIFIER_HELP)]
+SamplingSteps = Annotated[int, typer.Option(min=1, help=DENOISING_STEPS_HELP)]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")]
 Features = Annotated[
@@ -63,21 +74,10 @@ AttackOut = Annotated[Path, typer.Option(help="Output folder: result.json, roc.p
 # Shorthands for the chosen guard's most used options (= --option NAME=VALUE): what they mean, and their defaults,
 # are declared once, in the guard's Options (`cpsample guards`). Left out, CPSample's come from the classifier's
 # calibration.json (written by `cpsample calibrate`), else the paper's setting, with a note.
-_CALIBRATED = " Left out: the guard's default; CPSample's come from the classifier's calibration (cpsample calibrate)."
-Alpha = Annotated[Optional[float], typer.Option(help="= --option alpha=VALUE (`cpsample guards`)." + _CALIBRATED)]
-Scale = Annotated[Optional[float], typer.Option(help="= --option scale=VALUE (`cpsample guards`)." + _CALIBRATED)]
-Tau = Annotated[Optional[float], typer.Option(help="= --option tau=VALUE (`cpsample guards`)." + _CALIBRATED)]
-
-# Left out, a near-copy threshold resolves through the one yardstick, so CLI and library defaults agree.
-NearCopyThreshold = Annotated[
-    Optional[float],
-    typer.Option(
-        help=(
-            "Near-copy: cosine similarity to the nearest training image above this. Default: the feature space's "
-            "(cpsample.evaluation.NEAR_COPY_THRESHOLDS; pixels 0.98)."
-        )
-    ),
-]
+Alpha = Annotated[Optional[float], typer.Option(help=KNOB_HELP["alpha"])]
+Scale = Annotated[Optional[float], typer.Option(help=KNOB_HELP["scale"])]
+Tau = Annotated[Optional[float], typer.Option(help=KNOB_HELP["tau"])]
+NearCopyThreshold = Annotated[Optional[float], typer.Option(help=NEAR_COPY_THRESHOLD_HELP)]
 
 
 GuardOption = Annotated[

@@ -10,11 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from cpsample.attacks.settings import SideConfig
 from cpsample.cli import options as opt
-from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
+from cpsample.cli.common import check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
 
 
+@opt.with_settings(SideConfig, "side_options")
 def side_command(
     out: Annotated[
         Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")
@@ -36,35 +38,17 @@ def side_command(
     alpha: opt.Alpha = None,
     scale: opt.Scale = None,
     tau: opt.Tau = None,
-    clusters: Annotated[int, typer.Option(min=1, help="k-means clusters K over the sample pool (paper: 100).")] = 20,
-    n_samples: Annotated[int, typer.Option(min=1, help="Size of the sample pool that is clustered.")] = 500,
-    min_cohesion: Annotated[
-        float, typer.Option(help="Keep clusters whose mean cosine to their centroid is at least this.")
-    ] = 0.5,
-    attack_steps: Annotated[
-        int, typer.Option(min=1, help="Denoising steps for the pool and the guided samples.")
-    ] = 50,
-    attack_scale: Annotated[
-        float, typer.Option(min=0.0, help="Attacker's classifier-guidance scale lambda (paper sweeps 0-50).")
-    ] = 1.0,
-    per_class: Annotated[int, typer.Option(min=1, help="Guided samples per surrogate class.")] = 10,
-    train_steps: Annotated[
-        int, typer.Option(min=1, help="Training steps of the surrogate time-dependent classifier.")
-    ] = 600,
-    threshold: opt.NearCopyThreshold = None,
-    batch_size: opt.BatchSize = 250,
+    side_options: dict = None,
     device: opt.Device = "cpu",
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training
     images."""
     from cpsample.attacks.records import side_into
-    from cpsample.attacks.side import SideConfig
 
+    config = SideConfig(**side_options)
     RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
     check_device_option(device)
-    config = call_with(SideConfig, locals(), samples=n_samples)
     result = side_into(out, config, model, guard, classifier, alpha, scale, tau, device)
     rows = [
         {"samples": name, **summary}

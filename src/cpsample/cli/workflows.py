@@ -11,6 +11,7 @@ from cpsample.calibration.settings import GridSettings
 from cpsample.cli import options as opt
 from cpsample.cli.common import call_with, check_device_option, log, output, run_safely, show, show_table
 from cpsample.runs import RunFolder
+from cpsample.workflows.settings import DemoSettings
 
 if TYPE_CHECKING:
     from cpsample.calibration import CalibrationResult
@@ -22,40 +23,24 @@ def register(app: typer.Typer) -> None:
 
 
 @run_safely
+@opt.with_settings(DemoSettings, "demo_options")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder: report.html/.md/.json, figures, samples.")] = Path(
         "demo_out"
     ),
-    n_samples: Annotated[int, typer.Option(min=1, help="Images per method.")] = 500,
-    alpha: opt.Alpha = None,
-    scale: opt.Scale = None,
-    tau: opt.Tau = None,
-    steps: opt.SamplingSteps = 50,
-    threshold: opt.NearCopyThreshold = None,
-    mia_members: Annotated[int, typer.Option(help="Members attacked by membership inference (0 skips it).")] = 200,
-    model: opt.Denoiser = "bundled",
-    classifier: opt.Classifier = "bundled",
-    one_stage_row: Annotated[
-        bool,
-        typer.Option(
-            help="Where the classifier's calibration chose two stages, also sample the paper's one-stage rule."
-        ),
-    ] = True,
-    batch_size: opt.BatchSize = 250,
-    device: opt.Device = "cpu",
+    demo_options: dict = None,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Plain vs CPSample (as calibrated; and the paper's one-stage rule) vs rejection sampling on the bundled model:
     near-copies, quality, membership inference (white box: loss / PIA; black box: sample-only), cost, figures.
 
     On a text-to-image model (--model bundled-t2i --classifier bundled-t2i), every training caption is a prompt,
     --n-samples is shared out over them, and the table adds prompt agreement."""
-    from cpsample.workflows.demo import DemoSettings, run_demo
+    from cpsample.workflows.demo import run_demo
 
-    RunFolder(out, "demo", overwrite, inputs=(model, classifier)).prepare()
-    check_device_option(device)
-    settings = call_with(DemoSettings, locals())
+    settings = DemoSettings(**demo_options)
+    RunFolder(out, "demo", overwrite, inputs=(settings.model, settings.classifier)).prepare()
+    check_device_option(settings.device)
     results = run_demo(out, settings)
     drawn = next(iter(results["methods"].values()))["replication"]["n"]  # (a text-to-image demo rounds up per caption)
     title = f"demo: {drawn} images per method, near-copy = cosine > {settings.threshold} ({settings.features})"

@@ -8,13 +8,12 @@ it would have drawn) and pays for every redraw, so its cost per accepted image i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from cpsample.attacks.threat_models import membership_rows
 from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import COST_MEASURES, Judge
-from cpsample.evaluation.nearcopy import resolve_threshold
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.adapters import PixelAdapter
 from cpsample.sampling.generate import SampleConfig, generate
@@ -22,31 +21,7 @@ from cpsample.sampling.guards import StagedCPSampleGuard
 from cpsample.sampling.rejection import rejection_sample
 from cpsample.sampling.spec import GuardSpec
 from cpsample.workflows.demo_report import sample_figures, write_demo
-
-
-@dataclass
-class DemoSettings:
-    model: str = "bundled"
-    classifier: str = "bundled"
-    n_samples: int = 500
-    steps: int = 50
-    scheduler: str = "ddim"
-    # None: the classifier's calibration (calibration.json next to it, as `cpsample calibrate` writes it).
-    alpha: float | None = None
-    scale: float | None = None
-    tau: float | None = None
-    threshold: float | None = None  # None: the near-copy yardstick's default for `features`
-    features: str = "pixels"
-    mia_members: int = 200
-    batch_size: int = 250
-    device: str = "cpu"
-    seed: int = 0
-    # Where the classifier's calibration chose two stages, also sample the paper's one-stage rule (its calibrated
-    # knobs).
-    one_stage_row: bool = True
-
-    def __post_init__(self):
-        self.threshold = resolve_threshold(self.threshold, self.features)
+from cpsample.workflows.settings import DemoSettings  # noqa: F401 (its home was here)
 
 
 def sample_three_ways(

@@ -1,0 +1,57 @@
+"""The SIDE attack's settings: `SideConfig`, whose documented fields are also `cpsample attack side`'s options.
+Light on purpose (torch loads inside its check), so the command line can build its --help from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cpsample.settings import BATCH_SIZE_HELP, option, seed_option, threshold_option
+
+PAPER_COHESION = 0.5
+
+
+@dataclass
+class SideConfig:
+    samples: int = option(500, "Size of the sample pool that is clustered.", flag="--n-samples", min=1)
+    clusters: int = option(20, "k-means clusters K over the sample pool (paper: 100).", min=1)
+    min_cohesion: float = option(PAPER_COHESION, "Keep clusters whose mean cosine to their centroid is at least this.")
+    min_cluster_size: int = 2  # a one-image cluster teaches the classifier nothing about a mode
+    attack_steps: int = option(50, "Denoising steps for the pool and the guided samples.", min=1)
+    scheduler: str = "ddim"
+    train_steps: int = option(600, "Training steps of the surrogate time-dependent classifier.", min=1)
+    train_batch_size: int = 64
+    lr: float = 1e-3
+    classifier_channels: tuple[int, ...] = (16, 32, 32)
+    # lambda: extraction first rises, then falls; on the bundled 16x16 model, which copies half the time unguided, it
+    # only falls: 76, 70, 46, 27 distinct at 0, 1, 3, 10
+    attack_scale: float = option(1.0, "Attacker's classifier-guidance scale lambda (paper sweeps 0-50).", min=0.0)
+    per_class: int = option(10, "Guided samples per surrogate class.", min=1)
+    threshold: float | None = threshold_option()  # near-copy: pixel cosine strictly above this
+    batch_size: int = option(250, BATCH_SIZE_HELP, min=1)
+    seed: int = seed_option()
+
+    def __post_init__(self):
+        from cpsample.evaluation.nearcopy import resolve_threshold
+
+        self.threshold = resolve_threshold(self.threshold, "pixels")
+
+    def check(self) -> None:
+        positive = {
+            "samples": self.samples,
+            "clusters": self.clusters,
+            "attack_steps": self.attack_steps,
+            "train_steps": self.train_steps,
+            "train_batch_size": self.train_batch_size,
+            "per_class": self.per_class,
+            "batch_size": self.batch_size,
+            "min_cluster_size": self.min_cluster_size,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"SIDE: {name} must be at least 1, got {value}")
+        if self.clusters > self.samples:
+            raise ValueError(f"SIDE: cannot form {self.clusters} clusters from {self.samples} samples")
+        if self.attack_scale < 0:
+            raise ValueError(f"SIDE: the attack scale must be non-negative, got {self.attack_scale}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"SIDE: the near-copy threshold is a cosine similarity in [-1, 1], got {self.threshold}")
