@@ -4,6 +4,11 @@
 code before the "one shape" refactor (one torch thread, as conftest sets). A refactor that changes one bit of any
 guard's output fails here. Regenerate only for a change of behaviour made on purpose, and say so in the commit:
 `CPSAMPLE_WRITE_GOLDEN=1 python -m pytest tests/test_golden.py`.
+
+Bits depend on the CPU's arithmetic as well as the code (torch picks other kernels on another CPU), so the file holds
+one set of digests per kind of machine it was recorded on. Plain sampling, which no guard touches, picks the set
+whose arithmetic this machine shares; every case must then match that set exactly. A machine none was recorded on
+fails here with how to record one (with the code of an earlier release, not the code under test).
 """
 
 from __future__ import annotations
@@ -96,10 +101,34 @@ def _latent(root: Path) -> dict:
     }
 
 
+def _machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu or platform.processor()}, torch {torch.__version__}, CPU capability {capability}"
+
+
+def _cpuinfo() -> list[str]:
+    path = Path("/proc/cpuinfo")
+    return path.read_text().splitlines() if path.exists() else []
+
+
 def test_every_guard_samples_the_recorded_images(digests):
+    sets = json.loads(GOLDEN.read_text())["sets"]
     if WRITE:
-        GOLDEN.write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
-    recorded = json.loads(GOLDEN.read_text())
+        sets = [s for s in sets if s["digests"]["none"] != digests["none"]]
+        sets.append({"recorded_on": _machine(), "digests": digests})
+        GOLDEN.write_text(json.dumps({"sets": sets}, indent=2, sort_keys=True) + "\n")
+    same_arithmetic = [s for s in sets if s["digests"]["none"] == digests["none"]]
+    assert same_arithmetic, (
+        f"plain sampling matches none of the {len(sets)} recorded machines ({_machine()} here): either plain sampling "
+        "changed, or this machine's arithmetic was never recorded; record it with an earlier release's code "
+        "(CPSAMPLE_WRITE_GOLDEN=1) and run this test again"
+    )
+    recorded = same_arithmetic[0]["digests"]
     assert sorted(recorded) == sorted(digests), "the golden file covers other cases than this test runs"
     changed = [name for name in recorded if recorded[name] != digests[name]]
     assert not changed, f"sampled images changed for {changed}"
