@@ -18,8 +18,15 @@ class TextForm:
     repeatable: bool = False
 
 
-def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, form: TextForm | None = None, **checks):
-    """A documented setting. flag: its CLI name where it is not --field-name; form: how the command line writes it;
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    flag: str | tuple[str, ...] | None = None,
+    form: TextForm | None = None,
+    **checks,
+):
+    """A documented setting. flag: its CLI name(s) where it is not --field-name; form: how the command line writes it;
     checks: typer.Option's own (min=1 ...). A field without help is not offered on the command line."""
     return field(default=default, metadata={"help": help, "cli": {"flag": flag, "form": form, "checks": checks}})
 

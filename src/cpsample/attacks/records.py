@@ -3,9 +3,11 @@ the cpsample.json record of the settings with the headline numbers. --out is pre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from cpsample.attacks.settings import MiaSettings
 from cpsample.provenance import seed_everything, write_record
 
 
@@ -17,25 +19,17 @@ def mia_into(
     alpha: float | None = None,
     scale: float | None = None,
     tau: float | None = None,
-    attack: str = "both",
-    t: list[int] | None = None,
-    members: int | None = None,
-    nonmembers: int | None = None,
-    draws: int = 4,
-    pia_norm: float = 4.0,
-    captions: Path | None = None,
-    batch_size: int = 128,
-    dtype: str = "float32",
-    device: str = "cpu",
-    seed: int = 0,
+    attack: MiaSettings | None = None,
 ) -> dict:
     """`cpsample attack mia`: run_mia with the command's options, saved by save_mia; returns run_mia's results."""
-    settings = {name: value for name, value in locals().items() if name != "out"}  # as recorded: the CLI's names
+    attack = attack or MiaSettings()
+    given = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau}
+    settings = {**given, **dataclasses.asdict(attack)}  # as recorded: the CLI's names
     from cpsample.attacks.membership import run_mia
     from cpsample.sampling.spec import require_classifier
 
     require_classifier(guard, classifier)
-    seed_everything(seed)
+    seed_everything(attack.seed)
     renamed = {"t": "timesteps", "members": "n_members", "nonmembers": "n_nonmembers"}  # run_mia's names
     results = run_mia(**{renamed.get(name, name): value for name, value in settings.items()})
     save_mia(out, results, settings)

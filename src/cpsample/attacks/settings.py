@@ -4,8 +4,9 @@ Light on purpose (torch loads inside its check), so the command line can build i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from cpsample.settings import BATCH_SIZE_HELP, option, seed_option, threshold_option
+from cpsample.settings import BATCH_SIZE_HELP, device_option, option, seed_option, threshold_option
 
 PAPER_COHESION = 0.5
 
@@ -55,3 +56,28 @@ class SideConfig:
             raise ValueError(f"SIDE: the attack scale must be non-negative, got {self.attack_scale}")
         if not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"SIDE: the near-copy threshold is a cosine similarity in [-1, 1], got {self.threshold}")
+
+
+MEMBERS_HELP = "At most this many members, picked at random (default: all)."
+NONMEMBERS_HELP = "Number of random non-members (default: as many as members)."
+
+
+@dataclass
+class MiaSettings:
+    """`cpsample attack mia`'s attack: which, where, on how many images (recorded under these names)."""
+
+    attack: str = option("both", "loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")
+    t: list[int] | None = option(
+        None, "Diffusion step(s) to attack at; repeat for several (default: loss 100, 200, 300; pia 200).", flag="--t"
+    )
+    members: int | None = option(None, MEMBERS_HELP, flag="--members")
+    nonmembers: int | None = option(None, NONMEMBERS_HELP, flag="--nonmembers")
+    draws: int = option(4, "Loss attack: noise draws averaged per image.", min=1)
+    pia_norm: float = option(4.0, "PIA: the p of the l_p norm.")
+    captions: Path | None = option(
+        None, "Text-to-image pipelines: captions of the held-out images (image<TAB>caption lines)."
+    )
+    batch_size: int = option(128, BATCH_SIZE_HELP, min=1)
+    dtype: str = option("float32", "float32, bfloat16 or float16.")
+    device: str = device_option()
+    seed: int = seed_option()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from cpsample.attacks.settings import MiaSettings
 from cpsample.cli import options as opt
 from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
@@ -22,6 +22,7 @@ attack_app = typer.Typer(
 
 @attack_app.command("mia")
 @run_safely
+@opt.with_settings(MiaSettings, "mia")
 def mia_command(
     out: opt.AttackOut,
     model: Annotated[
@@ -40,28 +41,8 @@ def mia_command(
     alpha: opt.Alpha = None,
     scale: opt.Scale = None,
     tau: opt.Tau = None,
-    attack: Annotated[
-        str, typer.Option(help="loss (paper Alg. 1 + Z-test), pia (Kong et al. 2024) or both.")
-    ] = "both",
-    t: Annotated[
-        Optional[list[int]],
-        typer.Option(
-            "--t", help="Diffusion step(s) to attack at; repeat for several (default: loss 100, 200, 300; pia 200)."
-        ),
-    ] = None,
-    members: opt.Members = None,
-    nonmembers: opt.Nonmembers = None,
-    draws: Annotated[int, typer.Option(min=1, help="Loss attack: noise draws averaged per image.")] = 4,
-    pia_norm: Annotated[float, typer.Option(help="PIA: the p of the l_p norm.")] = 4.0,
-    captions: Annotated[
-        Optional[Path],
-        typer.Option(help="Text-to-image pipelines: captions of the held-out images (image<TAB>caption lines)."),
-    ] = None,
-    batch_size: opt.BatchSize = 128,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    device: opt.Device = "cpu",
+    mia: dict = None,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Membership inference with the weights (white box): do members get lower reconstruction errors? (AUC, TPR@1%FPR,
     Z-test)
@@ -69,9 +50,10 @@ def mia_command(
     For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.records import guard_as_used, mia_into
 
-    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier, captions)).prepare()
-    check_device_option(device)
-    results = call_with(mia_into, locals())
+    attack = MiaSettings(**mia)
+    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier, attack.captions)).prepare()
+    check_device_option(attack.device)
+    results = mia_into(out, model, guard, classifier, alpha, scale, tau, attack)
     first = next(iter(results.values()))
     title = f"membership inference (guard: {guard_as_used(results)}; {first.n_members} members vs "
     rows = [

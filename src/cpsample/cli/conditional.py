@@ -34,6 +34,8 @@ from cpsample.cli.common import (
     show_loss_table,
 )
 from cpsample.runs import RunFolder
+from cpsample.sampling.settings import SampleConfig, SdOptions
+from cpsample.training.settings import TrainConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +50,7 @@ def register(app: typer.Typer) -> None:
 # --- class-conditional ---------------------------------------------------------------------------------------
 
 
+@opt.with_settings(TrainConfig, "train", steps=10000)
 def train_conditional_command(
     out: Annotated[
         Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/, split.json, cpsample.json).")
@@ -55,27 +58,20 @@ def train_conditional_command(
     data: Annotated[str, typer.Option(help="'mnist', 'digits', or an .npz file with 'images' and 'labels'.")],
     image_size: opt.ImageSize = 16,
     subset: opt.Subset = None,
-    steps: opt.Steps = 10000,
-    batch_size: opt.BatchSize = 64,
-    lr: float = 1e-3,
-    ema_decay: float = 0.999,
+    train: dict = None,
     label_dropout: Annotated[
         float, typer.Option(help="Probability of training a step with the null label (CFG).")
     ] = 0.1,
     channels: opt.Channels = "32,64,64",
-    save_every: int = 500,
-    mixed_precision: opt.MixedPrecision = "no",
     resume: opt.Resume = False,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Train a class-conditional UNet2DModel with label dropout, for classifier-free guidance."""
     from cpsample.training.conditional import train_conditional
-    from cpsample.training.loop import TrainConfig
     from cpsample.training.members import prepare_training
 
+    config = TrainConfig(**train)  # bad loop settings fail before anything is written or loaded
     RunFolder(out, "train-conditional", overwrite, resume, inputs=(data,)).prepare()
-    config = call_with(TrainConfig, locals())  # bad loop settings fail before the data loads
     members, split = prepare_training(data, image_size, subset, config)
     widths = parse_widths(channels)
     summary = train_conditional(
@@ -115,6 +111,7 @@ def make_tiny_sd_command(
     output.print(f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}")
 
 
+@opt.with_settings(TrainConfig, "train", skip=("mixed_precision",), steps=12000, batch_size=32, save_every=250)
 def train_t2i_command(
     data: Annotated[
         str, typer.Option(help="The captioned images: 'twemoji' (captioned by their names), or a folder / .npz.")
@@ -125,26 +122,20 @@ def train_t2i_command(
     ] = None,
     subset: opt.Subset = None,
     image_size: opt.ImageSize = 32,
-    steps: opt.Steps = 12000,
+    train: dict = None,
     vae_steps: Annotated[int, typer.Option(min=1, help="Of --steps, how many train the VAE first.")] = 3000,
-    batch_size: opt.BatchSize = 32,
-    lr: float = 1e-3,
-    ema_decay: float = 0.999,
-    save_every: int = 250,
     resume: opt.Resume = False,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Train a small latent text-to-image model (Stable Diffusion layout) on captioned images: VAE, then UNet and
     text encoder; a killed run resumes."""
     require_transformers()
+    config = TrainConfig(**train)
     RunFolder(out, "train-t2i", overwrite, resume, inputs=(data, captions)).prepare()
     from cpsample.data.captions import captions_for
-    from cpsample.training.loop import TrainConfig
     from cpsample.training.members import prepare_training
     from cpsample.training.t2i import train_t2i
 
-    config = call_with(TrainConfig, locals())
     members, split = prepare_training(data, image_size, subset, config)
     summary = train_t2i(
         members, captions_for(members, data, captions), split, out, config, vae_steps, resume, overwrite, split.source
@@ -156,6 +147,7 @@ def train_t2i_command(
     )
 
 
+@opt.with_settings(TrainConfig, "train", skip=("mixed_precision",), steps=6000)
 def train_latent_classifier_command(
     model: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
     out: Annotated[Path, typer.Option(help="Output folder for the latent classifier.")],
@@ -173,32 +165,26 @@ def train_latent_classifier_command(
             "with them); default: a `train-t2i` model's own."
         ),
     ] = None,
-    steps: opt.Steps = 6000,
+    train: dict = None,
     relabel_after: Annotated[
         int, typer.Option(help="Step at which latents still not fitted get a common label.")
     ] = 4000,
-    batch_size: opt.BatchSize = 64,
-    lr: float = 1e-3,
-    ema_decay: float = 0.999,
     channels: opt.Channels = "32,64,64",
     label_seed: opt.LabelSeed = None,
-    save_every: int = 500,
     resume: opt.Resume = False,
     overwrite: opt.Overwrite = False,
     device: opt.Device = "cpu",
-    seed: opt.Seed = 0,
 ):
     """Train CPSample's random-label classifier on the VAE latents of a private image set."""
     require_transformers()
+    config = TrainConfig(**train)
     RunFolder(out, "train-latent-classifier", overwrite, resume, inputs=(model, data, captions)).prepare()
     check_device_option(device)
     from cpsample.provenance import seed_everything
     from cpsample.training.latent_classifier import train_latent_classifier
-    from cpsample.training.loop import TrainConfig
 
-    seed_everything(seed)
-    config = call_with(TrainConfig, locals())
-    label_seed = seed if label_seed is None else label_seed
+    seed_everything(config.seed)
+    label_seed = config.seed if label_seed is None else label_seed
     summary = call_with(
         train_latent_classifier, locals(), pipeline_dir=model, images_dir=data, out_dir=out,
         captions_file=captions, block_out_channels=parse_widths(channels),
@@ -210,6 +196,10 @@ def train_latent_classifier_command(
     )
 
 
+@opt.with_settings(
+    SampleConfig, "config", skip=("batch_size",), n=4, scheduler="default", dtype="float32", device="cpu"
+)
+@opt.with_settings(SdOptions, "sd_options")
 def sample_sd_command(
     model: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
     out: Annotated[
@@ -224,47 +214,26 @@ def sample_sd_command(
     prompts_file: Annotated[
         Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")
     ] = None,
-    n_samples: Annotated[int, typer.Option("--n-samples", "-n", min=1, help="Images per prompt.")] = 4,
-    steps: opt.SamplingSteps = 50,
-    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
-    scheduler: Annotated[
-        str, typer.Option(help="default (the pipeline's own), ddim, pndm, ddpm or dpm++.")
-    ] = "default",
+    config: dict = None,
     guard: Annotated[str, typer.Option(help="none or cpsample.")] = "cpsample",
     classifier: Annotated[
         Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")
     ] = None,
-    alpha: opt.Alpha = None,
-    scale: opt.Scale = None,
-    tau: opt.Tau = None,
-    height: Annotated[Optional[int], typer.Option(help="Image height (default: the pipeline's native size).")] = None,
-    width: Annotated[Optional[int], typer.Option(help="Image width (default: the pipeline's native size).")] = None,
-    private: Annotated[
-        Optional[Path], typer.Option(help="Private images to measure similarity against (default: the classifier's).")
-    ] = None,
-    threshold: opt.NearCopyThreshold = None,
-    compare_plain: Annotated[
-        bool, typer.Option(help="Also sample without CPSample from the same noise, into OUT/plain.")
-    ] = False,
-    dtype: opt.Dtype = "float32",
-    device: opt.Device = "cpu",
+    sd_options: dict = None,
     trace: opt.Trace = False,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private
     images (`cpsample sample` samples it too)."""
     say_alias("sample-sd", "--model PIPELINE --prompt ...")
     require_transformers()
-    RunFolder(out, "sample-sd", overwrite, inputs=(model, classifier, prompts_file, private)).prepare()
-    check_device_option(device)
-    from cpsample.sampling.aliases import SdOptions, sample_sd_run
-    from cpsample.sampling.generate import SampleConfig
+    config, options = SampleConfig(**config), SdOptions(**sd_options)
+    RunFolder(out, "sample-sd", overwrite, inputs=(model, classifier, prompts_file, options.private)).prepare()
+    check_device_option(config.device)
+    from cpsample.sampling.aliases import sample_sd_run
     from cpsample.sampling.run import prompt_entries
 
     entries = prompt_entries(prompt, prompts_file)
-    options = SdOptions(cfg_scale, alpha, scale, tau, height, width, private, threshold, compare_plain)
-    config = SampleConfig(n_samples, steps, scheduler, dtype=dtype, device=device, seed=seed)
     ran = sample_sd_run(out, model, entries, guard, classifier, options, config, trace, say=log.info)
     _print_prompt_table(ran.entries, ran.runs)
 

@@ -12,7 +12,6 @@ import typer
 
 from cpsample.cli import options as opt
 from cpsample.cli.common import (
-    call_with,
     check_device_option,
     output,
     parse_widths,
@@ -21,6 +20,7 @@ from cpsample.cli.common import (
     show,
     show_table,
 )
+from cpsample.evaluation.settings import EvaluateSettings
 from cpsample.runs import RunFolder
 
 
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     app.command("train-feature-net")(run_safely(train_feature_net_command))
 
 
+@opt.with_settings(EvaluateSettings, "measure", required=("model",))
 def evaluate_command(
     samples: Annotated[
         list[str],
@@ -40,41 +41,17 @@ def evaluate_command(
     out: Annotated[
         Path, typer.Option(help="Output folder: report.html, report.md, report.json, figures, cpsample.json.")
     ],
-    model: opt.Denoiser,
-    data: Annotated[
-        Optional[str],
-        typer.Option(
-            help="The training images (folder or .npz), for a model without cpsample's record of them (a Stable "
-            "Diffusion fine-tune): all count as members."
-        ),
-    ] = None,
-    features: opt.Features = "pixels",
-    threshold: opt.NearCopyThreshold = None,
-    quality_net: Annotated[
-        str,
-        typer.Option(
-            help="Feature net for FD and class checks: 'bundled' (the shipped net for the images' channels: digitnet "
-            "for grey, emojinet for RGB), 'digitnet', 'emojinet', a folder, or 'none'."
-        ),
-    ] = "bundled",
-    inception: Annotated[
-        Optional[Path],
-        typer.Option(help="Local Inception-v3 FID weights: adds real FID (needs torchmetrics + torch-fidelity)."),
-    ] = None,
-    permutation_rounds: Annotated[int, typer.Option(min=1, help="Null draws for the App. E permutation test.")] = 1000,
-    relative_metric: Annotated[str, typer.Option(help="Carlini ratio distance: l2 or tiled.")] = "l2",
-    top_k: Annotated[int, typer.Option(min=1, help="Most similar pairs shown per method.")] = 4,
-    trust_torchscript: opt.TrustTorchscript = False,
+    measure: dict = None,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Measure how much each sample set copies the training images; write an HTML/Markdown/JSON report."""
     from cpsample.data.samples import sample_paths
     from cpsample.evaluation.run import evaluate_run
 
-    inputs = (*sample_paths(samples), model, data, features, quality_net, inception)
-    RunFolder(out, "evaluate", overwrite, inputs=inputs).prepare()
-    run = call_with(evaluate_run, locals())
+    settings = EvaluateSettings(**measure)
+    given = settings.model, settings.data, settings.features, settings.quality_net, settings.inception
+    RunFolder(out, "evaluate", overwrite, inputs=(*sample_paths(samples), *given)).prepare()
+    run = evaluate_run(out, samples, settings)
     settings = run.results["settings"]
     rows = [{"method": name, **measured} for name, measured in run.results["methods"].items()]
     columns = "method | n | near-copy share=replication.share:.2% | 95% CI from=replication.ci_low:.2%"

@@ -24,6 +24,8 @@ from cpsample.cli.common import (
     show_table,
 )
 from cpsample.runs import RunFolder
+from cpsample.sampling.settings import Conditions, SampleConfig
+from cpsample.training.settings import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +37,7 @@ app = typer.Typer(
 
 @app.command("train-denoiser")
 @run_safely
+@opt.with_settings(TrainConfig, "train", steps=10000)
 def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Output folder (diffusers layout: unet/, scheduler/).")],
     data: Annotated[
@@ -42,13 +45,8 @@ def train_denoiser_command(
     ],
     image_size: opt.ImageSize = 16,
     subset: opt.Subset = None,
-    steps: opt.Steps = 10000,
-    batch_size: opt.BatchSize = 64,
-    lr: float = 1e-3,
-    ema_decay: float = 0.999,
+    train: dict = None,
     channels: opt.Channels = "32,64,64",
-    save_every: int = 500,
-    mixed_precision: opt.MixedPrecision = "no",
     init: Annotated[
         Optional[Path],
         typer.Option(
@@ -58,15 +56,13 @@ def train_denoiser_command(
     ] = None,
     resume: opt.Resume = False,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Train an eps-predicting UNet2DModel (accelerate, EMA, safetensors checkpoints), from scratch or from --init."""
     from cpsample.training.denoiser import train_denoiser
-    from cpsample.training.loop import TrainConfig
     from cpsample.training.members import prepare_training
 
+    config = TrainConfig(**train)  # bad loop settings fail before anything is written or loaded
     RunFolder(out, "train-denoiser", overwrite, resume, inputs=(data, init)).prepare()
-    config = call_with(TrainConfig, locals())  # bad loop settings fail before the data loads
     members, split = prepare_training(data, image_size, subset, config, init=None if init is None else str(init))
     widths = parse_widths(channels)
     summary = call_with(train_denoiser, locals(), out_dir=out, block_out_channels=widths, data_spec=split.source)
@@ -128,7 +124,6 @@ def train_classifier_command(
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
     from cpsample.provenance import seed_everything
     from cpsample.training.classifier import PAPER_LOSS, denoiser_training_set, train_classifier
-    from cpsample.training.loop import TrainConfig
     from cpsample.training.recipes import not_fitted_advice, plan_line, recipe_settings
 
     RunFolder(out, "train-classifier", overwrite, resume, inputs=(model,)).prepare()
@@ -169,6 +164,10 @@ def train_classifier_command(
 
 @app.command("sample")
 @run_safely
+@opt.with_settings(
+    SampleConfig, "config", skip=("work_dir", "overwrite", "progress"), n=None, dtype="float32", device="cpu"
+)
+@opt.with_settings(Conditions, "conditions")
 def sample_command(
     out: Annotated[
         Path,
@@ -184,24 +183,7 @@ def sample_command(
             "--classes) or a Stable Diffusion pipeline folder (model_index.json, sampled with --prompt)."
         ),
     ],
-    n_samples: Annotated[
-        Optional[int],
-        typer.Option(
-            "--n-samples",
-            "-n",
-            min=1,
-            help="Number of images; per class or prompt for a conditional model (default: 64; 8 per class, 4 per "
-            "prompt).",
-        ),
-    ] = None,
-    steps: opt.SamplingSteps = 50,
-    scheduler: Annotated[
-        Optional[str],
-        typer.Option(
-            help="ddim, ddpm or dpm++ (default ddim); a Stable Diffusion pipeline also takes pndm and default (its "
-            "own, the default)."
-        ),
-    ] = None,
+    config: dict = None,
     guard: Annotated[
         str,
         typer.Option(
@@ -220,44 +202,22 @@ def sample_command(
     scale: opt.Scale = None,
     tau: opt.Tau = None,
     option: opt.GuardOption = None,
-    classes: Annotated[
-        Optional[str],
-        typer.Option(help="Class-conditional models: comma-separated class labels, or 'all' (the default)."),
-    ] = None,
-    prompt: Annotated[
-        Optional[list[str]], typer.Option(help="Stable Diffusion pipelines: a prompt (repeatable).")
-    ] = None,
-    prompts_file: Annotated[
-        Optional[Path],
-        typer.Option(help="Stable Diffusion pipelines: one prompt per line ('original<TAB>modified': both)."),
-    ] = None,
-    cfg_scale: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Classifier-free guidance scale of a conditional model (default 3 for classes, 7.5 for prompts)."
-        ),
-    ] = None,
-    batch_size: opt.BatchSize = 250,
-    dtype: opt.Dtype = "float32",
-    device: opt.Device = "cpu",
+    conditions: dict = None,
     trace: opt.Trace = False,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Sample images from any model (pixel, class-conditional, Stable Diffusion), plainly or with a guidance
     strategy; a killed run resumes."""
     from cpsample.sampling.adapters import adapter_class
-    from cpsample.sampling.generate import SampleConfig
-    from cpsample.sampling.run import Conditions, sample_run
+    from cpsample.sampling.run import sample_run
     from cpsample.sampling.spec import parse_option_strings
 
-    RunFolder(out, "sample", overwrite, inputs=(model, classifier, prompts_file)).prepare()
-    check_device_option(device)
+    config, conditions = SampleConfig(**config, overwrite=overwrite), Conditions(**conditions)
+    RunFolder(out, "sample", overwrite, inputs=(model, classifier, conditions.prompts_file)).prepare()
+    check_device_option(config.device)
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     if adapter_class(model).conditioning == "prompts":
         require_transformers()  # a text encoder and its tokenizer
-    config = SampleConfig(n_samples, steps, scheduler, batch_size, dtype, device, seed, overwrite=overwrite)
-    conditions = Conditions(classes, prompt, prompts_file, cfg_scale)
     run = sample_run(out, model, guard, guard_options, config, conditions, classifier, keep_trace=trace)
     say_warnings(run.warnings)
     show("sample", sampled_line(run.stats, out), run.stats)

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from cpsample.attacks.settings import MEMBERS_HELP, NONMEMBERS_HELP
+from cpsample.evaluation.settings import FEATURES_HELP, TRUST_TORCHSCRIPT_HELP
 from cpsample.settings import (
     BATCH_SIZE_HELP,
     CLASSIFIER_HELP,
@@ -53,22 +55,10 @@ Classifier = Annotated[str, typer.Option(help=CLASSIFIER_HELP)]
 SamplingSteps = Annotated[int, typer.Option(min=1, help=DENOISING_STEPS_HELP)]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")]
-Features = Annotated[
-    str,
-    typer.Option(
-        help="Feature space of the near-copy yardstick: pixels, dino:PATH (a local Hugging Face DINO/DINOv2 folder: "
-        "config.json + model.safetensors) or sscd:PATH (TorchScript)."
-    ),
-]
-TrustTorchscript = Annotated[
-    bool, typer.Option(help="Allow loading an SSCD TorchScript file (it runs code from the file).")
-]
-Members = Annotated[
-    Optional[int], typer.Option("--members", help="At most this many members, picked at random (default: all).")
-]
-Nonmembers = Annotated[
-    Optional[int], typer.Option("--nonmembers", help="Number of random non-members (default: as many as members).")
-]
+Features = Annotated[str, typer.Option(help=FEATURES_HELP)]
+TrustTorchscript = Annotated[bool, typer.Option(help=TRUST_TORCHSCRIPT_HELP)]
+Members = Annotated[Optional[int], typer.Option("--members", help=MEMBERS_HELP)]
+Nonmembers = Annotated[Optional[int], typer.Option("--nonmembers", help=NONMEMBERS_HELP)]
 AttackOut = Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")]
 
 # Shorthands for the chosen guard's most used options (= --option NAME=VALUE): what they mean, and their defaults,
@@ -105,7 +95,8 @@ def with_settings(cls, into: str, *, skip: tuple[str, ...] = (), required: tuple
         if form is not None:  # the option takes text (or repeated text) and the field gets form.parse(text)
             annotation = Optional[list[str]] if form.repeatable else Optional[str]
             default = None if default is None or form.repeatable else form.text(default)
-        option = typer.Option(*filter(None, [cli["flag"]]), help=item.metadata["help"], **cli["checks"])
+        flags = (cli["flag"],) if isinstance(cli["flag"], str) else cli["flag"] or ()
+        option = typer.Option(*flags, help=item.metadata["help"], **cli["checks"])
         return inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                  annotation=Annotated[annotation, option])  # fmt: skip
 

@@ -6,60 +6,65 @@ sample result into one row of measures (near-copies with their interval, FD, gui
 and the benchmarks use it.
 """
 
-from cpsample.evaluation.detector import NearCopyDetector
-from cpsample.evaluation.feature_net import (
-    BUNDLED_FEATURE_NET,
-    BUNDLED_FEATURE_NETS,
-    DigitNet,
-    FeatureNet,
-    FeatureNetConfig,
-    FeatureNetTraining,
-    bundled_feature_net,
-    load_feature_net,
-    train_feature_net,
-)
-from cpsample.evaluation.features import (
-    DinoFeatures,
-    FeatureExtractor,
-    PixelFeatures,
-    SSCDFeatures,
-    make_feature_extractor,
-)
-from cpsample.evaluation.figures import most_similar_pairs, pairs_figure, similarity_histogram
-from cpsample.evaluation.measures import MEASURES, Judge, Measure, Reference, Samples
-from cpsample.evaluation.nearcopy import (
-    NEAR_COPY_THRESHOLDS,
-    NearCopies,
-    default_threshold,
-    feature_space,
-    find_near_copies,
-    resolve_threshold,
-)
-from cpsample.evaluation.neighbours import Neighbours, l2_normalise, nearest_by_cosine, nearest_by_l2
-from cpsample.evaluation.permutation import permutation_test
-from cpsample.evaluation.quality import (
-    class_agreement,
-    class_histogram,
-    frechet_distance,
-    frechet_distance_from_fits,
-    frechet_distance_in,
-    gaussian_fit,
-    inception_fid,
-)
-from cpsample.evaluation.replication import (
-    CARLINI_ALPHA,
-    CARLINI_NEIGHBOURS,
-    PAPER_THRESHOLDS,
-    clopper_pearson,
-    compare_shares,
-    relative_distance,
-    relative_share,
-    replication_share,
-    similarity_summary,
-    tiled_l2,
-)
-from cpsample.evaluation.report import write_report
-from cpsample.evaluation.suite import evaluate, make_figures
+from importlib import import_module
+
+# Each name is imported on first use, so the command line can read the evaluation settings without loading torch.
+_API = {
+    "BUNDLED_FEATURE_NET": "cpsample.evaluation.feature_net",
+    "BUNDLED_FEATURE_NETS": "cpsample.evaluation.feature_net",
+    "CARLINI_ALPHA": "cpsample.evaluation.replication",
+    "CARLINI_NEIGHBOURS": "cpsample.evaluation.replication",
+    "DigitNet": "cpsample.evaluation.feature_net",
+    "DinoFeatures": "cpsample.evaluation.features",
+    "FeatureExtractor": "cpsample.evaluation.features",
+    "FeatureNet": "cpsample.evaluation.feature_net",
+    "FeatureNetConfig": "cpsample.evaluation.feature_net",
+    "FeatureNetTraining": "cpsample.evaluation.feature_net",
+    "Judge": "cpsample.evaluation.measures",
+    "MEASURES": "cpsample.evaluation.measures",
+    "Measure": "cpsample.evaluation.measures",
+    "NEAR_COPY_THRESHOLDS": "cpsample.evaluation.nearcopy",
+    "NearCopies": "cpsample.evaluation.nearcopy",
+    "NearCopyDetector": "cpsample.evaluation.detector",
+    "Neighbours": "cpsample.evaluation.neighbours",
+    "PAPER_THRESHOLDS": "cpsample.evaluation.replication",
+    "PixelFeatures": "cpsample.evaluation.features",
+    "Reference": "cpsample.evaluation.measures",
+    "SSCDFeatures": "cpsample.evaluation.features",
+    "Samples": "cpsample.evaluation.measures",
+    "bundled_feature_net": "cpsample.evaluation.feature_net",
+    "class_agreement": "cpsample.evaluation.quality",
+    "class_histogram": "cpsample.evaluation.quality",
+    "clopper_pearson": "cpsample.evaluation.replication",
+    "compare_shares": "cpsample.evaluation.replication",
+    "default_threshold": "cpsample.evaluation.nearcopy",
+    "evaluate": "cpsample.evaluation.suite",
+    "feature_space": "cpsample.evaluation.nearcopy",
+    "find_near_copies": "cpsample.evaluation.nearcopy",
+    "frechet_distance": "cpsample.evaluation.quality",
+    "frechet_distance_from_fits": "cpsample.evaluation.quality",
+    "frechet_distance_in": "cpsample.evaluation.quality",
+    "gaussian_fit": "cpsample.evaluation.quality",
+    "inception_fid": "cpsample.evaluation.quality",
+    "l2_normalise": "cpsample.evaluation.neighbours",
+    "load_feature_net": "cpsample.evaluation.feature_net",
+    "make_feature_extractor": "cpsample.evaluation.features",
+    "make_figures": "cpsample.evaluation.suite",
+    "most_similar_pairs": "cpsample.evaluation.figures",
+    "nearest_by_cosine": "cpsample.evaluation.neighbours",
+    "nearest_by_l2": "cpsample.evaluation.neighbours",
+    "pairs_figure": "cpsample.evaluation.figures",
+    "permutation_test": "cpsample.evaluation.permutation",
+    "relative_distance": "cpsample.evaluation.replication",
+    "relative_share": "cpsample.evaluation.replication",
+    "replication_share": "cpsample.evaluation.replication",
+    "resolve_threshold": "cpsample.evaluation.nearcopy",
+    "similarity_histogram": "cpsample.evaluation.figures",
+    "similarity_summary": "cpsample.evaluation.replication",
+    "tiled_l2": "cpsample.evaluation.replication",
+    "train_feature_net": "cpsample.evaluation.feature_net",
+    "write_report": "cpsample.evaluation.report",
+}
 
 __all__ = [
     "BUNDLED_FEATURE_NET",
@@ -117,3 +122,9 @@ __all__ = [
     "train_feature_net",
     "write_report",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'cpsample.evaluation' has no attribute {name!r}")
+    return getattr(import_module(_API[name]), name)

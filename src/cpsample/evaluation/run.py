@@ -14,6 +14,7 @@ from cpsample.data.captions import MODEL_CAPTIONS, read_captions
 from cpsample.data.samples import load_samples, parse_named_paths
 from cpsample.evaluation.honesty import vacuous_baseline
 from cpsample.evaluation.report import headline, write_report
+from cpsample.evaluation.settings import EvaluateSettings
 from cpsample.evaluation.suite import evaluate
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
@@ -30,22 +31,11 @@ class EvaluationRun:
     warnings: list[str]
 
 
-def evaluate_run(
-    out: Path,
-    samples: list[str],
-    model: str = "bundled",
-    data: str | None = None,
-    features: str = "pixels",
-    threshold: float | None = None,
-    quality_net: str = "bundled",
-    inception: Path | None = None,
-    permutation_rounds: int = 1000,
-    relative_metric: str = "l2",
-    top_k: int = 4,
-    trust_torchscript: bool = False,
-    seed: int = 0,
-) -> EvaluationRun:
+def evaluate_run(out: Path, samples: list[str], settings: EvaluateSettings | None = None) -> EvaluationRun:
     """samples: NAME=PATH specs, the first the baseline. out must be prepared (cpsample.runs.RunFolder) already."""
+    settings = settings or EvaluateSettings()
+    model, data, features, threshold = settings.model, settings.data, settings.features, settings.threshold
+    quality_net, inception, seed = settings.quality_net, settings.inception, settings.seed
     seed_everything(seed)
     named = parse_named_paths(samples)
     sets = {name: load_samples(path) for name, path in named.items()}
@@ -68,11 +58,11 @@ def evaluate_run(
         threshold=threshold,
         quality_net=None if quality_net == "none" else quality_net,
         sample_labels=labels or None,
-        relative_metric=relative_metric,
-        permutation_rounds=permutation_rounds,
-        top_k=top_k,
+        relative_metric=settings.relative_metric,
+        permutation_rounds=settings.permutation_rounds,
+        top_k=settings.top_k,
         figures_dir=out,
-        trust_torchscript=trust_torchscript,
+        trust_torchscript=settings.trust_torchscript,
         inception_weights=inception,
         seed=seed,
     )
@@ -85,10 +75,10 @@ def evaluate_run(
         "threshold": results["settings"]["threshold"],
         "quality_net": quality_net,
         "inception": inception,
-        "permutation_rounds": permutation_rounds,
-        "relative_metric": relative_metric,
-        "top_k": top_k,
-        "trust_torchscript": trust_torchscript,
+        "permutation_rounds": settings.permutation_rounds,
+        "relative_metric": settings.relative_metric,
+        "top_k": settings.top_k,
+        "trust_torchscript": settings.trust_torchscript,
         "seed": seed,
     }
     warnings = _vacuous_baseline(results) if len(named) > 1 else []

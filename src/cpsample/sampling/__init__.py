@@ -1,17 +1,25 @@
 """Sampling: one denoising loop for every scheduler, with pluggable guidance strategies (guards)."""
 
-from cpsample.sampling.guards import GUARDS, CPSampleGuard, Guard, NoGuard
-from cpsample.sampling.sampler import SCHEDULERS, SampleResult, make_scheduler, sample, sample_batch, unet_denoiser
+from importlib import import_module
 
-__all__ = [
-    "GUARDS",
-    "SCHEDULERS",
-    "CPSampleGuard",
-    "Guard",
-    "NoGuard",
-    "SampleResult",
-    "make_scheduler",
-    "sample",
-    "sample_batch",
-    "unet_denoiser",
-]
+# Each name is imported on first use, so the command line can read the sampling settings without loading torch.
+_API = {
+    "GUARDS": "cpsample.sampling.guards",
+    "CPSampleGuard": "cpsample.sampling.guards",
+    "Guard": "cpsample.sampling.guards",
+    "NoGuard": "cpsample.sampling.guards",
+    "SCHEDULERS": "cpsample.sampling.sampler",
+    "SampleResult": "cpsample.sampling.sampler",
+    "make_scheduler": "cpsample.sampling.sampler",
+    "sample": "cpsample.sampling.sampler",
+    "sample_batch": "cpsample.sampling.sampler",
+    "unet_denoiser": "cpsample.sampling.sampler",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'cpsample.sampling' has no attribute {name!r}")
+    return getattr(import_module(_API[name]), name)

@@ -19,22 +19,7 @@ from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import NoGuard
 from cpsample.sampling.outputs import save_private
 from cpsample.sampling.run import save_outputs
-
-
-@dataclass
-class SdOptions:
-    """sample-sd's own settings beside a SampleConfig: the guard's knobs (None: the classifier's calibration, else
-    the latent default), the image size (None: the pipeline's), what to measure against and the plain comparison."""
-
-    cfg_scale: float = 7.5
-    alpha: float | None = None
-    scale: float | None = None
-    tau: float | None = None
-    height: int | None = None
-    width: int | None = None
-    private: Path | None = None
-    copy_threshold: float | None = None
-    compare_plain: bool = False
+from cpsample.sampling.settings import SdOptions
 
 
 @dataclass

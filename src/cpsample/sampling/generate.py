@@ -12,7 +12,7 @@ drawn and kept there, and one SampleResult.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,23 +33,8 @@ from cpsample.sampling.sampler import (
     sampling_device,
     sampling_key,
 )
+from cpsample.sampling.settings import SampleConfig
 from cpsample.sampling.spec import GuardSpec, resolve_guard
-
-
-@dataclass
-class SampleConfig:
-    """How to sample, whatever the model: n images (n per class or prompt where the adapter has conditions)."""
-
-    n: int = 64
-    steps: int = 50
-    scheduler: str | None = None  # None: the adapter's own (ddim for denoisers, the pipeline's for Stable Diffusion)
-    batch_size: int = 250
-    dtype: str | None = None  # None: the adapter's (float32 unless loaded otherwise)
-    device: str | None = None  # None: where the adapter's model is
-    seed: int = 0
-    work_dir: Path | None = None  # finished batches are kept here; a rerun with the same settings resumes
-    overwrite: bool = False  # clear batches of other settings in work_dir instead of refusing them
-    progress: bool = True
 
 
 def generate(

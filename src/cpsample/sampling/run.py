@@ -19,10 +19,11 @@ from cpsample.evaluation.honesty import protection_warnings
 from cpsample.evaluation.measures import GuardActivity
 from cpsample.provenance import write_record
 from cpsample.sampling.adapters import ADAPTERS, ModelAdapter, load_adapter
-from cpsample.sampling.generate import SampleConfig, generate
+from cpsample.sampling.generate import generate
 from cpsample.sampling.guards import guard_class
 from cpsample.sampling.outputs import save_samples, save_trace
 from cpsample.sampling.sampler import SampleResult
+from cpsample.sampling.settings import Conditions, SampleConfig
 from cpsample.sampling.spec import GuardSpec, require_classifier
 
 logger = logging.getLogger(__name__)
@@ -31,17 +32,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_COUNTS = {"none": 64, "labels": 8, "prompts": 4}
 # What each conditioning takes on `cpsample sample`'s command line (named in refusals).
 CONDITION_OPTIONS = {"labels": "--classes", "prompts": "--prompt / --prompts-file"}
-
-
-@dataclass
-class Conditions:
-    """What a conditional model is sampled for: class labels ('0,1,2' or 'all'), or prompts (and a file of them),
-    with a classifier-free guidance scale (None: the model kind's default). All None: an unconditional model."""
-
-    classes: str | None = None
-    prompts: list[str] | None = None
-    prompts_file: Path | None = None
-    cfg_scale: float | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cpsample.data import Split
 from cpsample.provenance import RUN_BOOKKEEPING, write_record
+from cpsample.training.settings import TrainConfig
 
 # loss_fn(model, x0 batch, target batch or None, generator) -> (loss, {name: float})
 LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], "tuple[torch.Tensor, dict]"]
@@ -33,29 +34,6 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.G
 STATE_DIR = "train_state"
 # Settings a resumed run may change: how far it trains and how often it saves or logs, not what it trains.
 RESUMABLE_CHANGES = ("steps", "save_every", "log_every")
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    ema_decay: float = 0.999
-    seed: int = 0
-    save_every: int = 500
-    log_every: int = 50
-    grad_clip: float = 1.0
-    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (accelerate)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "ema_decay", "grad_clip"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError(f"--lr must be positive and --ema-decay in [0, 1], got {self.lr} and {self.ema_decay}")
 
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
