@@ -57,3 +57,17 @@ def device_option(default: str = "cpu"):
 
 def threshold_option():
     return option(None, NEAR_COPY_THRESHOLD_HELP)
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """--channels "32,64,64" -> (32, 64, 64), with a clear error for anything else."""
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) <= 0:
+        raise ValueError(f"--channels must be positive integers, got {text!r}")
+    return widths
+
+
+WIDTHS = TextForm(parse_widths, lambda widths: ",".join(str(width) for width in widths))

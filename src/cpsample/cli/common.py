@@ -19,6 +19,7 @@ from rich.table import Table
 
 from cpsample.data import DataError
 from cpsample.runs import release_locks
+from cpsample.settings import parse_widths  # noqa: F401 (commands import it from here)
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
@@ -208,17 +209,6 @@ def say_warnings(warnings: list[str]) -> None:
     them already."""
     for warning in warnings:
         log.warning(warning)
-
-
-def parse_widths(text: str) -> tuple[int, ...]:
-    """--channels "32,64,64" -> (32, 64, 64), with a clear error for anything else."""
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
-    if not widths or min(widths) <= 0:
-        raise ValueError(f"--channels must be positive integers, got {text!r}")
-    return widths
 
 
 def show_loss_table(title: str, summary: dict) -> None:

@@ -25,7 +25,7 @@ from cpsample.cli.common import (
 )
 from cpsample.runs import RunFolder
 from cpsample.sampling.settings import Conditions, SampleConfig
-from cpsample.training.settings import TrainConfig
+from cpsample.training.settings import ClassifierTraining, TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -74,91 +74,34 @@ def train_denoiser_command(
 
 @app.command("train-classifier")
 @run_safely
+@opt.with_settings(ClassifierTraining, "training")
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Output folder for the classifier.")],
     model: Annotated[
         str, typer.Option(help="Denoiser folder whose training data and noise schedule to use, or 'bundled'.")
     ],
-    recipe: Annotated[
-        str,
-        typer.Option(
-            help="Training recipe: 'paper' (every noise level, 6,000 steps: fits about 200 members), 'scaled' (t <= "
-            "500, higher decaying LR, steps growing with the members: fits 1,000 and more) or 'auto' (paper up to 200 "
-            "members, scaled above). Options below given explicitly override the recipe's."
-        ),
-    ] = "auto",
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps in all (default: the recipe's).")] = (
-        None
-    ),
-    relabel_after: Annotated[
-        Optional[int], typer.Option(help="Step at which images still not fitted get a common label.")
-    ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
-    lr: Optional[float] = None,
-    ema_decay: float = 0.999,
-    channels: Annotated[Optional[str], typer.Option(help="Block widths, comma-separated.")] = None,
-    label_seed: opt.LabelSeed = None,
-    negatives: Annotated[
-        str,
-        typer.Option(
-            help="Non-member images trained towards p = 0.5, so the guard acts only near members: 'none' (the paper's "
-            "classifier), 'samples' (the denoiser's own non-copy samples) or a data spec (folder, .npz, 'mnist')."
-        ),
-    ] = "none",
-    negatives_count: Annotated[
-        Optional[int], typer.Option(help="How many negatives (default: as many as members).")
-    ] = None,
-    max_t: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Train only at noise levels t <= MAX_T (e.g. 100 for a classifier that only judges denoised "
-            "estimates: the early stage of two-stage CPSample); CPSample then never checks it above MAX_T. Default: "
-            "the recipe's (paper: every t)."
-        ),
-    ] = None,
-    save_every: int = 500,
+    training: dict = None,
     resume: opt.Resume = False,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
-    from cpsample.provenance import seed_everything
-    from cpsample.training.classifier import PAPER_LOSS, denoiser_training_set, train_classifier
-    from cpsample.training.recipes import not_fitted_advice, plan_line, recipe_settings
+    from cpsample.training.classifier import PAPER_LOSS
+    from cpsample.workflows.classifier import train_classifier_run
 
+    settings = ClassifierTraining(**training)
     RunFolder(out, "train-classifier", overwrite, resume, inputs=(model,)).prepare()
-    seed_everything(seed)
-    folder, schedule, members, split = denoiser_training_set(model)
-    widths = None if channels is None else parse_widths(channels)
-    chosen, settings = recipe_settings(
-        recipe, len(members), steps=steps, relabel_after=relabel_after, batch_size=batch_size, lr=lr,
-        channels=widths, max_t=max_t,
-    )  # fmt: skip
-    config = call_with(TrainConfig, {**locals(), **settings})
-    log.info(plan_line(chosen, settings, members))
-    negative_images = None
-    if negatives != "none":
-        from cpsample.workflows.negatives import load_negatives
-
-        negative_images = load_negatives(
-            negatives, members.images, negatives_count or len(members), str(folder), members.size, seed=seed
-        )
-    label_seed = seed if label_seed is None else label_seed
-    summary = call_with(
-        train_classifier, {**locals(), **settings}, out_dir=out, block_out_channels=settings["channels"],
-        denoiser_path=str(folder), negatives=negative_images, negatives_source=negatives,
-        recorded={"recipe": chosen.name},
-    )  # fmt: skip
+    run = train_classifier_run(out, model, settings, resume, overwrite, say=log.info)
+    summary = run.summary
     show_loss_table("classifier on its training images (EMA weights)", summary)
     verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
     output.print(
         f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
         f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
     )
-    if not summary["reached_paper_loss"]:
+    if run.advice:
         log.warning(
             f"the {summary['members']} members were NOT fitted: CPSample is not confident on all of "
-            f"them, so it cannot keep samples away from those. To fix: {not_fitted_advice(summary, settings, chosen)}"
+            f"them, so it cannot keep samples away from those. To fix: {run.advice}"
         )
 
 
