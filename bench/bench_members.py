@@ -49,6 +49,8 @@ RECIPES = {
     "maxt500_wide": {"channels": (64, 128, 128), "batch": 64, "lr": 1e-3, "max_t": 500, "decay": True},
     # maxt500_lr3, drawing half of each batch in proportion to each member's low-noise loss at the last check
     "maxt500_hard": {"channels": (32, 64, 64), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True},
+    # Half the batch: a step costs 0.57x (48.5 vs 85.1 ms on one thread), so 1.75x the updates in the same time.
+    "maxt500_hard_b32": {"channels": (32, 64, 64), "batch": 32, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True},
 }
 
 
