@@ -10,13 +10,13 @@ import typer
 from typer.testing import CliRunner
 
 from cpsample.cli.options import with_settings
-from cpsample.settings import WIDTHS, option
+from cpsample.settings import option, widths_form
 
 
 @dataclass
 class Toy:
     steps: int = option(5, "Steps to take.", min=1)
-    widths: tuple[int, ...] = option((8, 16), "Block widths.", form=WIDTHS)
+    widths: tuple[int, ...] = option((8, 16), "Block widths.", form=widths_form("--widths"))
     samples: int = option(3, "How many.", flag=("--n-samples", "-n"))
     name: str | None = option(None, "A name.")
     hidden: int = 7  # no help: library only
@@ -58,9 +58,7 @@ def test_checks_text_forms_command_defaults_and_required_fields():
     refused = CliRunner().invoke(_app(seen), ["--out", "x", "--steps", "0"])
     assert refused.exit_code == 2 and not seen  # typer's own check, from the field's min=1
     bad = CliRunner().invoke(_app(seen), ["--out", "x", "--widths", "4,a"])
-    assert isinstance(bad.exception, ValueError) and "--channels must be comma-separated integers" in str(
-        bad.exception
-    )
+    assert isinstance(bad.exception, ValueError) and "--widths must be comma-separated integers" in str(bad.exception)
     assert CliRunner().invoke(_app(seen, steps=11), ["--out", "x"]).exit_code == 0
     assert seen[-1][1].steps == 11  # the command's own default
     missing = CliRunner().invoke(_app(seen, required=("name",)), ["--out", "x"])

@@ -59,15 +59,17 @@ def threshold_option():
     return option(None, NEAR_COPY_THRESHOLD_HELP)
 
 
-def parse_widths(text: str) -> tuple[int, ...]:
+def parse_widths(text: str, option: str = "--channels") -> tuple[int, ...]:
     """--channels "32,64,64" -> (32, 64, 64), with a clear error for anything else."""
     try:
         widths = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--channels must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
     if not widths or min(widths) <= 0:
-        raise ValueError(f"--channels must be positive integers, got {text!r}")
+        raise ValueError(f"{option} must be positive integers, got {text!r}")
     return widths
 
 
-WIDTHS = TextForm(parse_widths, lambda widths: ",".join(str(width) for width in widths))
+def widths_form(option: str) -> TextForm:
+    """Block widths as the command line writes them: "32,64,64"."""
+    return TextForm(lambda text: parse_widths(text, option), lambda widths: ",".join(str(width) for width in widths))

@@ -14,13 +14,12 @@ from cpsample.cli import options as opt
 from cpsample.cli.common import (
     check_device_option,
     output,
-    parse_widths,
     run_safely,
     say_warnings,
     show,
     show_table,
 )
-from cpsample.evaluation.settings import EvaluateSettings
+from cpsample.evaluation.settings import EvaluateSettings, FeatureNetTraining
 from cpsample.runs import RunFolder
 
 
@@ -68,6 +67,7 @@ def evaluate_command(
     show("report", f"report: {run.report['html']}", str(run.report["html"]))
 
 
+@opt.with_settings(FeatureNetTraining, "training", epochs=15)
 def train_feature_net_command(
     out: Annotated[Path, typer.Option(help="Output folder: config.json, model.safetensors, cpsample.json.")],
     data: Annotated[
@@ -79,31 +79,20 @@ def train_feature_net_command(
     image_size: Annotated[
         Optional[int], typer.Option(help="Resize images to this square size (match your samples).")
     ] = 16,
-    epochs: Annotated[int, typer.Option(min=1)] = 15,
-    batch_size: opt.BatchSize = 128,
-    lr: float = 3e-3,
-    held_out: Annotated[float, typer.Option(help="Share of images kept aside to measure accuracy.")] = 0.2,
+    training: dict = None,
     name: Annotated[str, typer.Option(help="Name used in the metric, e.g. FD_digitnet.")] = "digitnet",
-    widths: Annotated[
-        str, typer.Option(help="Channels of the conv stages, comma-separated (max-pool between).")
-    ] = "32,64,128",
-    flip: Annotated[
-        bool, typer.Option(help="Also mirror half the training images left-right (for pictures; not digits).")
-    ] = False,
     device: opt.Device = "cpu",
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Train the small classifier whose features give the offline Frechet distance (FD_<name>, not FID)."""
-    from cpsample.evaluation.feature_net import FeatureNetTraining, train_feature_net_into
+    from cpsample.evaluation.feature_net import train_feature_net_into
 
     if image_size is not None and image_size < 1:
         raise ValueError(f"--image-size must be at least 1, got {image_size}")
     check_device_option(device)
+    training = FeatureNetTraining(**training)
     RunFolder(out, "train-feature-net", overwrite, inputs=(data,)).prepare()
-    widths_tuple = parse_widths(widths)
-    training = FeatureNetTraining(epochs, batch_size, lr, held_out=held_out, seed=seed, flip=flip, widths=widths_tuple)
-    summary = train_feature_net_into(out, data, training, image_size, name, device, widths=widths)
+    summary = train_feature_net_into(out, data, training, image_size, name, device)
     accuracy = summary["held_out_accuracy"]
     output.print(
         f"{name}: held-out accuracy {'-' if accuracy is None else f'{accuracy:.4f}'} on "

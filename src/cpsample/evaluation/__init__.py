@@ -19,7 +19,7 @@ _API = {
     "FeatureExtractor": "cpsample.evaluation.features",
     "FeatureNet": "cpsample.evaluation.feature_net",
     "FeatureNetConfig": "cpsample.evaluation.feature_net",
-    "FeatureNetTraining": "cpsample.evaluation.feature_net",
+    "FeatureNetTraining": "cpsample.evaluation.settings",
     "Judge": "cpsample.evaluation.measures",
     "MEASURES": "cpsample.evaluation.measures",
     "Measure": "cpsample.evaluation.measures",

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from cpsample.data import DataError, ImageSet, resize
 from cpsample.data.sources import ASSETS_DIR
 from cpsample.evaluation.inputs import ImagesLike, as_images
+from cpsample.evaluation.settings import FeatureNetTraining
 
 BUNDLED_FEATURE_NETS = {
     "digitnet": ASSETS_DIR / "mnist16" / "digitnet",
@@ -179,18 +180,6 @@ def load_feature_net(spec: str | Path = "bundled", device: str = "cpu", channels
     net = DigitNet(config)
     net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
     return FeatureNet(net, config, device=device)
-
-
-@dataclass
-class FeatureNetTraining:
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    held_out: float = 0.2  # share of images kept aside (stratified) to measure accuracy
-    seed: int = 0
-    flip: bool = False  # also mirror half the images left-right (pictures keep their class mirrored; digits do not)
-    widths: tuple[int, ...] = FeatureNetConfig.widths  # channels of the conv stages (max-pool between)
 
 
 def train_feature_net(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpsample.settings import DENOISER_HELP, option, seed_option, threshold_option
+from cpsample.settings import BATCH_SIZE_HELP, DENOISER_HELP, option, seed_option, threshold_option, widths_form
 
 FEATURES_HELP = (
     "Feature space of the near-copy yardstick: pixels, dino:PATH (a local Hugging Face DINO/DINOv2 folder: "
@@ -38,3 +38,20 @@ class EvaluateSettings:
     top_k: int = option(4, "Most similar pairs shown per method.", min=1)
     trust_torchscript: bool = option(False, TRUST_TORCHSCRIPT_HELP)
     seed: int = seed_option()
+
+
+@dataclass
+class FeatureNetTraining:
+    """How `train-feature-net` trains the small classifier whose features give the offline Frechet distance."""
+
+    epochs: int = option(12, "Passes over the training images.", min=1)
+    batch_size: int = option(128, BATCH_SIZE_HELP, min=1)
+    lr: float = option(3e-3, "Learning rate.")
+    weight_decay: float = 1e-4
+    held_out: float = option(0.2, "Share of images kept aside to measure accuracy.")  # stratified
+    seed: int = seed_option()
+    # pictures keep their class mirrored; digits do not
+    flip: bool = option(False, "Also mirror half the training images left-right (for pictures; not digits).")
+    widths: tuple[int, ...] = option(
+        (32, 64, 128), "Channels of the conv stages, comma-separated (max-pool between).", form=widths_form("--widths")
+    )

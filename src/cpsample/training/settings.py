@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cpsample.settings import BATCH_SIZE_HELP, WIDTHS, option, seed_option
+from cpsample.settings import BATCH_SIZE_HELP, option, seed_option, widths_form
 
 EMA_HELP = "Decay of the weights' moving average (EMA); the saved model is the average."
 SAVE_EVERY_HELP = "Save a resumable state every this many steps."
@@ -51,7 +51,7 @@ class ClassifierTraining:
     batch_size: int | None = option(None, BATCH_SIZE_HELP, min=1)
     lr: float | None = option(None, "Learning rate (AdamW; default: the recipe's).")
     ema_decay: float = option(0.999, EMA_HELP)
-    channels: tuple[int, ...] | None = option(None, "Block widths, comma-separated.", form=WIDTHS)
+    channels: tuple[int, ...] | None = option(None, "Block widths, comma-separated.", form=widths_form("--channels"))
     label_seed: int | None = option(None, "Seed of the random labels (default: --seed).")
     negatives: str = option(
         "none",
