@@ -22,7 +22,7 @@ _API = {
     "unprotect": "cpsample.sampling.protect",
     "protection_of": "cpsample.sampling.protect",
     "generate": "cpsample.sampling.generate",
-    "SampleConfig": "cpsample.sampling.generate",
+    "SampleConfig": "cpsample.sampling.settings",
     "SampleResult": "cpsample.sampling.sampler",
     "load_adapter": "cpsample.sampling.adapters",
     "ADAPTERS": "cpsample.sampling.adapters",
@@ -38,7 +38,16 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'cpsample' has no attribute {name!r}")
-    return getattr(import_module(_API[name]), name)
+def imported_on_first_use(package: str, api: dict[str, str]):
+    """A package's module-level __getattr__ that imports each name of api (name -> module) when it is first used, so
+    importing the package (and the command line, which reads light settings modules under it) loads no torch."""
+
+    def __getattr__(name: str):
+        if name not in api:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(import_module(api[name]), name)
+
+    return __getattr__
+
+
+__getattr__ = imported_on_first_use(__name__, _API)

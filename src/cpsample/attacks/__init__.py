@@ -5,7 +5,7 @@ adversary who holds the weights; `run_sample_attack` (nearest generated sample, 
 who sees only the samples, of any defence.
 """
 
-from importlib import import_module
+from cpsample import imported_on_first_use
 
 # Each name is imported on first use, so the command line can read the attacks' settings without loading torch.
 _API = {
@@ -34,7 +34,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'cpsample.attacks' has no attribute {name!r}")
-    return getattr(import_module(_API[name]), name)
+__getattr__ = imported_on_first_use(__name__, _API)

@@ -7,7 +7,7 @@
 `cpsample calibrate` is this call with its options parsed and its results printed.
 """
 
-from importlib import import_module
+from cpsample import imported_on_first_use
 
 # Each name is imported on first use, so the command line can read grid.py's defaults without loading diffusers.
 _API = {
@@ -22,7 +22,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'cpsample.calibration' has no attribute {name!r}")
-    return getattr(import_module(_API[name]), name)
+__getattr__ = imported_on_first_use(__name__, _API)

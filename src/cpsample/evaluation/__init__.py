@@ -6,7 +6,7 @@ sample result into one row of measures (near-copies with their interval, FD, gui
 and the benchmarks use it.
 """
 
-from importlib import import_module
+from cpsample import imported_on_first_use
 
 # Each name is imported on first use, so the command line can read the evaluation settings without loading torch.
 _API = {
@@ -124,7 +124,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'cpsample.evaluation' has no attribute {name!r}")
-    return getattr(import_module(_API[name]), name)
+__getattr__ = imported_on_first_use(__name__, _API)

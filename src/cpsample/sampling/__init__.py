@@ -1,6 +1,6 @@
 """Sampling: one denoising loop for every scheduler, with pluggable guidance strategies (guards)."""
 
-from importlib import import_module
+from cpsample import imported_on_first_use
 
 # Each name is imported on first use, so the command line can read the sampling settings without loading torch.
 _API = {
@@ -19,7 +19,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'cpsample.sampling' has no attribute {name!r}")
-    return getattr(import_module(_API[name]), name)
+__getattr__ = imported_on_first_use(__name__, _API)
