@@ -184,3 +184,19 @@ def test_a_goal_that_lets_no_copy_stay_is_said_to_need_more_images():
     assert "--n-samples" in tight and "may not fit" not in tight
     loose = Seeker.no_scale(screen, {0.1: None}, copies=200, allowed=9)
     assert "may not fit its members" in loose and "--n-samples" not in loose
+
+
+def test_copies_the_guard_makes_are_named_as_the_reason_no_scale_met_the_goal():
+    """On a 1,000-member model the bisection found s 23.1 at alpha 0.5 (1 of 51 plain copies left), but the exact probe
+    counted 3 in all: the guard turned 2 plain non-copies into copies. That, not the scale's range or the classifier,
+    is what the message must say."""
+    from types import SimpleNamespace
+
+    from cpsample.calibration.seek import Seeker
+
+    screen = SimpleNamespace(screen_samples=600)
+    probe = {"alpha": 0.5, "scale": 23.1, "near_copies": 1, "exact": False}
+    exact = {"alpha": 0.5, "scale": 23.1, "near_copies": 3, "exact": True}
+    said = Seeker.no_scale(screen, {0.5: None}, copies=51, allowed=1, rows=[probe, exact])
+    assert "at alpha 0.5, s 23.1" in said and "turned plain non-copies into copies: 3" in said, said
+    assert "no scale up to" not in said and "may not fit" not in said and "--n-samples" in said

@@ -156,7 +156,7 @@ class Seeker:
             alpha: (scale, search.check_window(probe.last_fired_t[alpha])) for alpha, scale in found.items() if scale
         }
         if not scales:
-            return rows, [], None, self.no_scale(found, int(copies.sum()), allowed)
+            return rows, [], None, self.no_scale(found, int(copies.sum()), allowed, rows)
         checked = self.check(scales, rows, report, progress)
         chosen = search.choose_setting(checked, goal.target, goal.reduction)
         if chosen is not None:
@@ -173,9 +173,19 @@ class Seeker:
             ),
         )
 
-    def no_scale(self, found: dict, copies: int, allowed: int) -> str:
+    def no_scale(self, found: dict, copies: int, allowed: int, rows: list[dict] = ()) -> str:
         """Why no scale met the goal, and what to change. With no near-copy allowed to stay, one copy a probe leaves
-        (or the guard makes) misses the goal: the screen is too small for the goal, whatever the classifier."""
+        (or the guard makes) misses the goal: the screen is too small for the goal, whatever the classifier. Where an
+        exact probe found the guard making copies of plain's non-copies, that is the reason, not the scale's range."""
+        made = [row for row in rows if row.get("exact") and row["near_copies"] > allowed]
+        if made:
+            row = min(made, key=lambda row: row["near_copies"])
+            return (
+                f"at alpha {row['alpha']:g}, s {row['scale']:g} the guard left few of plain's {copies} near-copies "
+                f"but turned plain non-copies into copies: {row['near_copies']} in the full screen of "
+                f"{self.screen_samples}, more than the {allowed} the goal lets stay; give more --n-samples (a larger "
+                "screen lets more stay), a smaller --reduction, or compare rejection sampling (bench/bench_seeds.py)"
+            )
         said = f"no scale up to {MAX_SCALE:g} cut the near-copies of plain sampling enough at alpha "
         said += ", ".join(f"{alpha:g}" for alpha in found)
         if allowed == 0:
