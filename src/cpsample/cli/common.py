@@ -19,7 +19,6 @@ from rich.table import Table
 
 from cpsample.data import DataError
 from cpsample.runs import release_locks
-from cpsample.settings import parse_widths  # noqa: F401 (commands import it from here)
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.

@@ -28,13 +28,13 @@ from cpsample.cli.common import (
     check_device_option,
     log,
     output,
-    parse_widths,
     require_transformers,
     run_safely,
     show_loss_table,
 )
 from cpsample.runs import RunFolder
 from cpsample.sampling.settings import SampleConfig, SdOptions
+from cpsample.settings import parse_widths
 from cpsample.training.settings import TrainConfig
 
 

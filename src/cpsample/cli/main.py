@@ -15,7 +15,6 @@ from cpsample.cli.common import (
     configure_logging,
     log,
     output,
-    parse_widths,
     require_transformers,
     run_safely,
     say_warnings,
@@ -25,6 +24,7 @@ from cpsample.cli.common import (
 )
 from cpsample.runs import RunFolder
 from cpsample.sampling.settings import Conditions, SampleConfig
+from cpsample.settings import parse_widths
 from cpsample.training.settings import ClassifierTraining, TrainConfig
 
 app = typer.Typer(

@@ -35,9 +35,8 @@ class SampleConfig:
         "default).",
     )
     batch_size: int = option(250, BATCH_SIZE_HELP, min=1)
-    dtype: str | None = option(
-        None, "float32, bfloat16 or float16."
-    )  # None: the adapter's (float32 unless loaded otherwise)
+    # None: the adapter's (float32 unless loaded otherwise)
+    dtype: str | None = option(None, "float32, bfloat16 or float16.")
     device: str | None = device_option(None)  # None: where the adapter's model is
     seed: int = seed_option()
     work_dir: Path | None = None  # finished batches are kept here; a rerun with the same settings resumes
