@@ -8,6 +8,7 @@ from cpsample.calibration import seek
 from cpsample.calibration.goal import Goal
 from cpsample.calibration.result import CalibrationResult
 from cpsample.calibration.search import GridSettings
+from cpsample.calibration.settings import SearchSettings
 from cpsample.evaluation.honesty import unfit_classifier
 from cpsample.models.bundle import resolve_model_dir
 
@@ -38,9 +39,6 @@ class FitReport:
         """The check's rows, plain first (a setting that missed the goal is followed by its retry)."""
 
 
-SEARCHES = ("auto", "seek", "grid")
-
-
 class Calibrator:
     """Finds the best-quality setting that meets the goal, by one of two searches:
 
@@ -58,24 +56,9 @@ class Calibrator:
     The seam for a model adapter and a Judge: the grid still names the model, classifier and quality net, and
     `_screen` / `_confirm` are the only places that sample and measure (through run_grid)."""
 
-    def __init__(
-        self,
-        grid: GridSettings,
-        goal: Goal = Goal(),
-        *,
-        search: str = "auto",
-        finalists: int = grid_search.FINALISTS,
-        confirm_samples: int | None = None,
-        allow_vacuous: bool = False,
-    ):
-        if search not in SEARCHES:
-            raise ValueError(f"search is one of {', '.join(SEARCHES)}, got {search!r}")
-        if finalists < 0:
-            raise ValueError(f"finalists is a count (0: choose on the screen alone), got {finalists}")
-        if confirm_samples is not None and confirm_samples < 1:
-            raise ValueError(f"confirm_samples must be at least 1, got {confirm_samples}")
-        self.grid, self.goal, self.search = grid, goal, search
-        self.finalists, self.confirm_samples, self.allow_vacuous = finalists, confirm_samples, allow_vacuous
+    def __init__(self, grid: GridSettings, goal: Goal = Goal(), **how):
+        """how: SearchSettings' fields (search, finalists, confirm_samples, allow_vacuous), checked there."""
+        self.grid, self.goal, self.how = grid, goal, SearchSettings(**how)
 
     def fit(self, progress: bool = True, report: FitReport | None = None) -> CalibrationResult:
         """Measure, confirm and choose; `progress` shows a progress bar per round, `report` hears each stage."""
@@ -84,7 +67,7 @@ class Calibrator:
         if unfit:
             report.warning(unfit)
         if self._seeks(report):
-            seeker = seek.Seeker(self.grid, self.goal, self.confirm_samples)
+            seeker = seek.Seeker(self.grid, self.goal, self.how.confirm_samples)
             rows, confirmed, chosen, missed = seeker.fit(report, progress)
             how = {"search": "seek", "spent": seeker.spent, "finalists": 0, "confirm_samples": seeker.check_samples}
         else:
@@ -94,13 +77,13 @@ class Calibrator:
             chosen, missed = self._choose(rows, confirmed)
             how = {
                 "spent": spent_on_grid(rows, confirmed),
-                "finalists": self.finalists,
-                "confirm_samples": self.confirm_samples,
+                "finalists": self.how.finalists,
+                "confirm_samples": self.how.confirm_samples,
             }
         return CalibrationResult(
             grid=self.grid,
             goal=self.goal,
-            allow_vacuous=self.allow_vacuous,
+            allow_vacuous=self.how.allow_vacuous,
             rows=rows,
             confirmed=confirmed,
             chosen=chosen,
@@ -111,10 +94,10 @@ class Calibrator:
 
     def _seeks(self, report: FitReport) -> bool:
         """Whether this calibration seeks; "seek" where it cannot is refused, "auto" says why it takes the grid."""
-        if self.search == "grid":
+        if self.how.search == "grid":
             return False
         why_not = seek.why_not_seekable(self.grid, scales_given=self.grid.scales is not None)
-        if why_not and self.search == "seek":
+        if why_not and self.how.search == "seek":
             raise ValueError(f"the goal-seeking search cannot calibrate this: {why_not}; use search 'grid'")
         if why_not:
             report.note(f"calibrating on the grid: {why_not}")
@@ -128,12 +111,12 @@ class Calibrator:
         finalists were asked for, or the screen was large enough to decide alone."""
         goal = self.goal
         screen_choice = grid_search.choose_setting(rows, goal.target, goal.reduction)
-        if screen_choice is None or not self.finalists or self.grid.n_samples >= grid_search.RELIABLE_IMAGES:
+        if screen_choice is None or not self.how.finalists or self.grid.n_samples >= grid_search.RELIABLE_IMAGES:
             return []
-        confirm_n = self.confirm_samples or 2 * self.grid.n_samples
-        report.confirming(self.finalists, confirm_n, self.grid.seed + grid_search.CONFIRM_SEED_OFFSET)
+        confirm_n = self.how.confirm_samples or 2 * self.grid.n_samples
+        report.confirming(self.how.finalists, confirm_n, self.grid.seed + grid_search.CONFIRM_SEED_OFFSET)
         confirmed = grid_search.confirm_finalists(
-            rows, self.grid, goal.target, goal.reduction, self.finalists, confirm_n, progress=progress
+            rows, self.grid, goal.target, goal.reduction, self.how.finalists, confirm_n, progress=progress
         )
         report.confirmed(confirmed, self.grid.n_samples, confirm_n)
         return confirmed

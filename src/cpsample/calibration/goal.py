@@ -6,14 +6,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from cpsample.settings import option
+
 
 @dataclass(frozen=True)
 class Goal:
     """Near-copies cut by at least `reduction` relative to plain sampling (0.95: to a twentieth) and kept at a share
     of at most `target`; None leaves that part out (both None: any setting meets it)."""
 
-    reduction: float | None = 0.95
-    target: float | None = None
+    reduction: float | None = option(
+        0.95, "Cut near-copies by at least this share relative to plain sampling (0.95: to a twentieth)."
+    )
+    target: float | None = option(None, "Also keep the near-copy share at most this, e.g. 0.01.")
 
     def __post_init__(self):
         # named as the CLI names them: calibrate's refusal reads the same from the command line and from Python

@@ -1,6 +1,6 @@
-"""What a calibration samples and measures, and the grid it tries: `GridSettings`, whose documented fields are also
-`cpsample calibrate`'s options. Light on purpose (torch and diffusers load inside the checks), so the command line
-can build its --help from it."""
+"""What a calibration samples and measures, and the grid it tries (`GridSettings`), and how it searches
+(`SearchSettings`): their documented fields are also `cpsample calibrate`'s options. Light on purpose (torch and
+diffusers load inside the checks), so the command line can build its --help from it."""
 
 from __future__ import annotations
 
@@ -210,3 +210,47 @@ def parse_caps(text: str) -> tuple[float | None, ...]:
     if not caps:
         raise ValueError("--push-caps is empty")
     return tuple(caps)
+
+
+# The grid's confirmation round: the screen's FINALISTS best feasible settings (by FD) and plain, sampled again on
+# fresh noise. bench/README.md, Finding 19: on the second model a 300-image screen chose a setting with 12 copies
+# against a limit of 13 that 1,200 images showed misses the cut (5.6% vs plain 44.4%), while its fourth-best feasible
+# setting had the best FD at 3.8%.
+FINALISTS = 4
+SEARCHES = ("auto", "seek", "grid")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a calibration searches and what it may save (each field's help is also its `cpsample calibrate` option)."""
+
+    search: str = option(
+        "auto",
+        "'seek': bisect on the scale at each alpha (the one-stage guard on an unconditional pixel model, DDIM); "
+        "'grid': try every --alphas x --scales; 'auto': seek where it can, else the grid (it says why).",
+    )
+    finalists: int = option(
+        FINALISTS,
+        "Below 2,000 images the grid is a screen: its best feasible settings (this many, by FD) and plain are sampled "
+        "again on fresh noise, and the choice is made on the pooled near-copies and that round's FD. 0: choose on the "
+        "screen alone.",
+        min=0,
+    )
+    confirm_samples: int | None = option(
+        None,
+        "Fresh images per setting in the grid's confirmation round (default twice --n-samples) or the goal-seeking "
+        "search's check (default --n-samples).",
+        min=1,
+    )
+    allow_vacuous: bool = option(
+        False,
+        "Save the choice even when plain sampling made no near-copies (a cut of nothing, which proves no protection).",
+    )
+
+    def __post_init__(self):
+        if self.search not in SEARCHES:
+            raise ValueError(f"search is one of {', '.join(SEARCHES)}, got {self.search!r}")
+        if self.finalists < 0:
+            raise ValueError(f"finalists is a count (0: choose on the screen alone), got {self.finalists}")
+        if self.confirm_samples is not None and self.confirm_samples < 1:
+            raise ValueError(f"confirm_samples must be at least 1, got {self.confirm_samples}")

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cpsample.calibration.settings import GridSettings
+from cpsample.calibration.goal import Goal
+from cpsample.calibration.settings import GridSettings, SearchSettings
 from cpsample.cli import options as opt
-from cpsample.cli.common import call_with, check_device_option, log, output, run_safely, show, show_table
+from cpsample.cli.common import check_device_option, log, output, run_safely, show, show_table
 from cpsample.runs import RunFolder
 from cpsample.workflows.settings import DemoSettings
 
@@ -68,25 +69,15 @@ def demo_command(
 
 
 @run_safely
+@opt.with_settings(Goal, "goal")
+@opt.with_settings(SearchSettings, "how")
 @opt.with_settings(GridSettings, "grid_options", skip=("prompts",), required=("classifier",))
 def calibrate_command(
     out: Annotated[
         Path, typer.Option(help="Folder for calibration_run.json, calibration.csv/.png and cpsample.json.")
     ],
-    reduction: Annotated[
-        Optional[float],
-        typer.Option(help="Cut near-copies by at least this share relative to plain sampling (0.95: to a twentieth)."),
-    ] = 0.95,
-    target: Annotated[
-        Optional[float], typer.Option(help="Also keep the near-copy share at most this, e.g. 0.01.")
-    ] = None,
-    search: Annotated[
-        str,
-        typer.Option(
-            help="'seek': bisect on the scale at each alpha (the one-stage guard on an unconditional pixel model, "
-            "DDIM); 'grid': try every --alphas x --scales; 'auto': seek where it can, else the grid (it says why)."
-        ),
-    ] = "auto",
+    goal: dict = None,
+    how: dict = None,
     grid_options: dict = None,
     prompt: Annotated[
         Optional[list[str]],
@@ -96,46 +87,19 @@ def calibrate_command(
     ] = None,
     prompts_file: Annotated[
         Optional[Path],
-        typer.Option(
-            help="Stable Diffusion: one prompt per line (as sample-sd reads it; both captions of a pair are sampled)."
-        ),
+        typer.Option(help="Stable Diffusion: one prompt per line (both captions of an 'original<TAB>modified' pair)."),
     ] = None,
-    finalists: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Below 2,000 images the grid is a screen: its best feasible settings (this many, by FD) and plain "
-            "are sampled again on fresh noise, and the choice is made on the pooled near-copies and that round's FD. "
-            "0: choose on the screen alone.",
-        ),
-    ] = 4,
-    confirm_samples: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            help="Fresh images per setting in the grid's confirmation round (default twice --n-samples) or the "
-            "goal-seeking search's check (default --n-samples).",
-        ),
-    ] = None,
-    allow_vacuous: Annotated[
-        bool,
-        typer.Option(
-            help="Save the choice even when plain sampling made no near-copies (a cut of nothing, which proves no "
-            "protection)."
-        ),
-    ] = False,
     overwrite: opt.Overwrite = False,
 ):
     """Search (alpha, s) for the best-quality CPSample setting that cuts near-copies enough; the choice is saved
     next to the classifier (calibration.json), where every guarded command finds it. With --early-classifier the
     two-stage guard competes as well."""
-    from cpsample.calibration import Calibrator, Goal
+    from cpsample.calibration import Calibrator
     from cpsample.sampling.latent import read_prompts
 
-    goal = Goal(reduction=reduction, target=target)
     prompts = list(prompt or []) + ([entry.text for entry in read_prompts(prompts_file)] if prompts_file else [])
     settings = GridSettings(**grid_options, prompts=tuple(prompts))
-    calibrator = call_with(Calibrator, locals(), grid=settings)
+    calibrator = Calibrator(settings, Goal(**goal), **how)
     # after the options are read (a typo fails first), before any writing
     given = settings.model, settings.classifier, settings.quality_net, prompts_file, settings.private
     RunFolder(
