@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from cpsample.attacks.side import SideConfig, count_extractions, side_attack
@@ -430,7 +429,7 @@ def test_count_extractions_matches_the_threshold_rule(training):
 
 
 def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
-    from cpsample.cli.peers import register_side
+    from cpsample.cli.attack import attack_app
     from cpsample.data import make_split
     from cpsample.provenance import write_record
 
@@ -438,9 +437,7 @@ def test_side_cli_on_a_tiny_saved_model(tmp_path, tiny_unet):
     save_denoiser(model_dir, tiny_unet, SCHEDULE)
     make_split(5000, 10, 0, "mnist").save(model_dir / "split.json")
     write_record(model_dir, "train-denoiser", {"data": "mnist", "image_size": SIZE})
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register_side(app)
+    app = attack_app
     runner = CliRunner()
     out = tmp_path / "side"
     common = [

@@ -1,12 +1,14 @@
-"""`cpsample attack ...`: attacks that measure what a model gives away. `register(app)` adds them to the main CLI."""
+"""`cpsample attack ...`: attacks that measure what a model gives away (membership inference with the weights or the
+samples alone; SIDE extraction, plain or against CPSample). `register(app)` adds them to the main CLI."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from cpsample.attacks.settings import MiaSettings
+from cpsample.attacks.settings import MiaSettings, SideConfig
 from cpsample.cli import options as opt
 from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
@@ -110,9 +112,56 @@ def sample_nn_command(
     show_table("sample_only_membership_inference", title, rows, columns)
 
 
+@attack_app.command("side")
+@run_safely
+@opt.with_settings(SideConfig, "side_options")
+def side_command(
+    out: Annotated[
+        Path, typer.Option(help="Output folder: result.json, pool.png, attack.png, pairs.png, cpsample.json.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Unconditional denoiser folder (with split.json), 'bundled', or a `train-t2i` pipeline (attacked "
+            "through its empty prompt, as by someone without its captions)."
+        ),
+    ],
+    guard: Annotated[
+        str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")
+    ] = "none",
+    classifier: Annotated[
+        Optional[str],
+        typer.Option(help="CPSample classifier folder for --guard cpsample ('bundled' for the bundled model)."),
+    ] = None,
+    alpha: opt.Alpha = None,
+    scale: opt.Scale = None,
+    tau: opt.Tau = None,
+    side_options: dict = None,
+    device: opt.Device = "cpu",
+    overwrite: opt.Overwrite = False,
+):
+    """SIDE: cluster the model's samples into surrogate classes, guide towards each, count extracted training
+    images."""
+    from cpsample.attacks.records import side_into
+
+    config = SideConfig(**side_options)
+    RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
+    check_device_option(device)
+    result = side_into(out, config, model, guard, classifier, alpha, scale, tau, device)
+    rows = [
+        {"samples": name, **summary}
+        for name, summary in (
+            ("unguided pool", result.pool),
+            ("unguided, attack's budget", result.pool_same_budget),
+            (f"SIDE (lambda={result.config['attack_scale']:g})", result.attack),
+        )
+        if summary is not None
+    ]
+    columns = "samples | n | near-copies=near_copies | AMS=ams:.1% | distinct training images=distinct_extracted"
+    title = f"SIDE extraction (defence: {guard}; near-copy: cosine > {result.attack['threshold']})"
+    show_table("side", title, rows, columns + " | UMS=ums:.1%")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `attack` command group to the main `cpsample` app."""
-    from cpsample.cli.peers import register_side
-
-    register_side(attack_app)
     app.add_typer(attack_app, name="attack")
