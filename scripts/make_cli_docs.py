@@ -55,7 +55,7 @@ grid took 11 minutes at 16x16. Run parallel jobs with `OMP_NUM_THREADS=1`.
 | `cpsample sample --guard amg` | Anti-Memorization Guidance (needs the training images at sampling time) |
 | `cpsample guards` | every guidance strategy and each of its options with its default (table at the end of this page); set any of them with `--option NAME=VALUE` on `sample` (e.g. `--guard cpsample --option adaptive=true`) |
 | `cpsample train-conditional`, `sample --classes` | class-conditional UNet with label dropout; classifier-free guidance with `--guard none / cpsample / delayed-cfg / opposite-cfg` |
-| `cpsample make-tiny-sd`, `train-latent-classifier`, `sample-sd` | CPSample in latent space for any local Stable Diffusion folder (`from_pretrained(path)`, nothing downloads); per-prompt similarity for original vs modified captions (paper Table 2) |
+| `cpsample make-tiny-sd`, `train-latent-classifier`, `sample --prompt` | CPSample in latent space for any local Stable Diffusion folder (`from_pretrained(path)`, nothing downloads); per-prompt similarity for original vs modified captions (paper Table 2) |
 | `cpsample train-feature-net` | the small classifier whose features give the offline Frechet distance (`--quality-net` of `calibrate`) |
 | `python bench/bench_frontier.py` | the protection / quality frontier: CPSample (per classifier), AMG and rejection sampling, each knob swept on one model; MIA and time at each method's 90%-cut setting (findings: `bench/README.md`) |
 | `python bench/bench_cpsample.py` | time ratio CPSample / plain at alpha 0.5, 0.1, 0.001 and the replication / quality trade-off grid |

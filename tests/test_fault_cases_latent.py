@@ -1,7 +1,7 @@
 """Fault cases on the latent (Stable Diffusion) path and in the sampling commands' shareable records.
 
 A latent classifier belongs to one VAE and one private image set: every entry point pairing it with a pipeline
-(sample-sd, calibrate, protect) refuses another VAE or another image set with one line (check_latent_pairing).
+(sample, calibrate, protect) refuses another VAE or another image set with one line (check_latent_pairing).
 A sampling run's cpsample.json is shareable: what it measured against the private images goes to private.json.
 """
 
@@ -53,10 +53,8 @@ def _images(folder: Path, count: int = 4, seed: int = 0, prefix: str = "private"
 
 
 def _app() -> typer.Typer:
-    from cpsample.cli.conditional import register
+    from cpsample.cli.main import app
 
-    app = typer.Typer()
-    register(app)
     return app
 
 
@@ -114,23 +112,24 @@ def setup(tmp_path_factory):
     return {"root": root, "pipeline": pipeline, "other": other, "images": images, "classifier": root / "clf"}
 
 
-def _sample_sd(setup, out: Path, *extra: str, pipeline: Path | None = None, classifier: Path | None = None):
+def _sample_sd(
+    setup, out: Path, *extra: str, pipeline: Path | None = None, classifier: Path | None = None, guard="cpsample"
+):
     return CliRunner().invoke(
         _app(),
         [
-            "sample-sd",
+            "sample",
             "--model",
             str(pipeline or setup["pipeline"]),
             "--prompt",
             "a red square",
+            "--guard",
+            guard,
             "-n",
             "1",
             "--steps",
             "2",
-            "--alpha",
-            "0.5",
-            "--scale",
-            "10",
+            *(["--alpha", "0.5", "--scale", "10"] if guard == "cpsample" else []),
             "--classifier",
             str(classifier or setup["classifier"]),
             "--out",
@@ -168,10 +167,10 @@ def test_train_latent_classifier_records_absolute_paths_and_content_digests(setu
     assert len(set(settings["vae_digest"].values())) == 3
 
 
-def test_sample_sd_refuses_a_classifier_trained_on_another_vae(setup, tmp_path):
+def test_sample_on_a_pipeline_refuses_a_classifier_trained_on_another_vae(setup, tmp_path):
     for guard in ("cpsample", "none"):  # --guard none still pairs them: the classifier monitors every step
         out = tmp_path / guard
-        result = _sample_sd(setup, out, "--guard", guard, pipeline=setup["other"])
+        result = _sample_sd(setup, out, guard=guard, pipeline=setup["other"])
         _refused(
             result,
             "was trained on the latents of another VAE",
@@ -233,7 +232,7 @@ def test_the_vae_check_holds_in_half_precision(setup):
             check_latent_pairing(setup["classifier"], load_sd_pipeline(setup["other"], dtype=dtype))
 
 
-def test_sample_sd_from_another_directory_measures_against_the_trained_images(setup, tmp_path, monkeypatch):
+def test_sample_on_a_pipeline_from_another_directory_measures_against_the_trained_images(setup, tmp_path, monkeypatch):
     """--images was relative at training: a `private` folder in another working directory is not the one."""
     _images(tmp_path / "private", seed=5, prefix="decoy")
     monkeypatch.chdir(tmp_path)
@@ -348,7 +347,7 @@ def _assert_shareable(record_text: str, names: list[str]) -> None:
         assert name not in record_text, name
 
 
-def test_sample_sd_keeps_private_measurements_out_of_cpsample_json(setup, tmp_path):
+def test_sample_on_a_pipeline_keeps_private_measurements_out_of_cpsample_json(setup, tmp_path):
     out = tmp_path / "sd"
     result = _sample_sd(setup, out, "--compare-plain", "--trace")
     assert result.exit_code == 0, result.output
@@ -362,17 +361,19 @@ def test_sample_sd_keeps_private_measurements_out_of_cpsample_json(setup, tmp_pa
     for run in ("cpsample", "plain"):
         row = private["results"][run]["per_prompt"][0]
         assert row["nearest_private"] in names and -1 <= row["max_similarity"] <= 1
-    assert _record(out)["results"]["cpsample"]["private_record"] == str(out / "private.json")
+    assert _record(out)["results"]["private_record"] == str(out / "private.json")
     # README's list names every file the command wrote, and private.json as not safe to share.
     section = _shareable_section()
     written = {path.name for path in out.rglob("*") if path.is_file() and path.name != ".cpsample.lock"}
-    assert all(f"`{name}`" in section for name in written), written
+    kept = {path.name for path in (out / "batches").iterdir()}  # README names the folder: `--out/batches/`
+    assert all(f"`{name}`" in section for name in written - kept), written
     assert "`private.json`" in section.split("**Not safe to share:**")[1]
+    assert "`--out/batches/`" in section.split("**Not safe to share:**")[1]
     # --overwrite clears it: a run that measures nothing leaves no stale private.json behind.
     again = CliRunner().invoke(
         _app(),
         [
-            "sample-sd",
+            "sample",
             "--model",
             str(setup["pipeline"]),
             "--prompt",

@@ -94,10 +94,12 @@ def _latent(root: Path) -> dict:
     assert code == 0, text
     prompts = root / "prompts.txt"
     prompts.write_text("a red square\nClassic cars for sale\n")
-    base = ["sample-sd", "--model", pipeline, "--prompts-file", prompts, "-n", "2", "--steps", "5", "--seed", "7"]
+    base = ["sample", "--model", pipeline, "--prompts-file", prompts, "-n", "2", "--steps", "5", "--seed", "7"]
     return {
         "sd-none": _run(root / "sd-none", *base, "--guard", "none"),
-        "sd-cpsample": _run(root / "sd-cpsample", *base, "--classifier", clf, "--alpha", "0.5", "--scale", "100"),
+        "sd-cpsample": _run(
+            root / "sd-cpsample", *base, "--guard", "cpsample", "--classifier", clf, "--alpha", "0.5", "--scale", "100"
+        ),
     }
 
 

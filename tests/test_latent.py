@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -217,10 +216,8 @@ def test_wrong_classifier_and_bad_prompts_are_refused(setup, tmp_path):
 
 
 def test_cli_table2_workflow(setup, tmp_path):
-    from cpsample.cli.conditional import register
+    from cpsample.cli.main import app
 
-    app = typer.Typer()
-    register(app)
     runner = CliRunner()
     pipeline = tmp_path / "pipe"
     assert runner.invoke(app, ["make-tiny-sd", "--out", str(pipeline)]).exit_code == 0
@@ -257,11 +254,13 @@ def test_cli_table2_workflow(setup, tmp_path):
     result = runner.invoke(
         app,
         [
-            "sample-sd",
+            "sample",
             "--model",
             str(pipeline),
             "--prompts-file",
             str(prompts),
+            "--guard",
+            "cpsample",
             "--classifier",
             str(classifier),
             "--alpha",
@@ -287,7 +286,7 @@ def test_cli_table2_workflow(setup, tmp_path):
     assert [row["role"] for row in rows] == ["original", "modified", "prompt"]
     assert record["results"]["plain"]["share_of_steps_guided"] == 0.0
     # alpha 0.5 guides every step of every image, and moves the guarded images off the plain ones of the same seed
-    assert record["results"]["cpsample"]["share_of_steps_guided"] == 1.0
+    assert record["results"]["share_of_steps_guided"] == 1.0
     with np.load(out / "samples.npz") as guarded, np.load(out / "plain" / "samples.npz") as plain:
         assert guarded["images"].shape == plain["images"].shape == (6, 3, IMAGE, IMAGE)
         assert guarded["prompt_index"].tolist() == [0, 0, 1, 1, 2, 2]
@@ -300,7 +299,7 @@ def test_cli_table2_workflow(setup, tmp_path):
     missing = runner.invoke(
         app,
         [
-            "sample-sd",
+            "sample",
             "--model",
             str(tmp_path / "nowhere"),
             "--prompt",
@@ -314,9 +313,9 @@ def test_cli_table2_workflow(setup, tmp_path):
     assert missing.exit_code == 2 and "no diffusers pipeline" in " ".join(missing.output.split())
 
 
-def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
+def test_sample_on_a_pipeline_runs_prints_and_records_the_same_knobs(setup, tmp_path):
     """Uncalibrated: the paper's latent setting (alpha 0.5, s 2000); calibrated: calibration.json; given: as given.
-    Whatever sample-sd prints and records is what the samples were drawn with."""
+    Whatever `sample` prints and records for a pipeline is what the samples were drawn with."""
     import shutil
 
     from cpsample.cli.main import app  # (its callback sets up the logging the knobs are said through)
@@ -330,11 +329,13 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
         result = CliRunner().invoke(
             app,
             [
-                "sample-sd",
+                "sample",
                 "--model",
                 str(setup["pipeline"]),
                 "--prompt",
                 PROMPTS[0],
+                "--guard",
+                "cpsample",
                 "--classifier",
                 str(classifier),
                 "-n",
@@ -359,9 +360,9 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
         ).latents.numpy()
 
     output, record, latents = run("uncalibrated")
-    assert "CPSample: alpha 0.5, scale 2000, tau 0.001, checks at every step (knobs: uncalibrated defaults)" in output
+    assert "cpsample: alpha 0.5, scale 2000, tau 0.001, checks at every step (knobs: uncalibrated defaults)" in output
     assert "alpha 0.1" not in output and "scale 10," not in output
-    assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.5, 2000.0, 0.001, None)
+    assert record["knobs_from"] == "uncalibrated defaults"
     assert record["guard_settings"] == {
         "guard": "cpsample",
         "alpha": 0.5,
@@ -374,23 +375,25 @@ def test_sample_sd_runs_prints_and_records_the_same_knobs(setup, tmp_path):
     write_calibration(classifier, {"alpha": 0.2, "scale": 300.0, "tau": 0.01, "max_t": 700}, {})
     output, record, latents = run("calibrated")
     assert (
-        f"CPSample: alpha 0.2, scale 300, tau 0.01, checks at t <= 700 (knobs: {classifier / 'calibration.json'})"
+        f"cpsample: alpha 0.2, scale 300, tau 0.01, checks at t <= 700 (knobs: {classifier / 'calibration.json'})"
         in output
     )
-    assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.2, 300.0, 0.01, 700)
+    knobs = record["guard_settings"]
+    assert (knobs["alpha"], knobs["scale"], knobs["tau"], knobs["max_t"]) == (0.2, 300.0, 0.01, 700)
     guard = build_latent_guard(classifier, setup["pipe"])
     assert (guard.alpha, guard.scale, guard.tau, guard.max_t) == (0.2, 300.0, 0.01, 700)
     assert np.array_equal(latents, direct())
 
     output, record, latents = run("given", "--alpha", "0.4", "--scale", "50")
-    assert "CPSample: alpha 0.4, scale 50, tau 0.01, checks at every step" in output  # (a calibrated max_t is alpha's)
-    assert (record["alpha"], record["scale"], record["tau"], record["max_t"]) == (0.4, 50.0, 0.01, None)
+    assert "cpsample: alpha 0.4, scale 50, tau 0.01, checks at every step" in output  # (a calibrated max_t is alpha's)
+    knobs = record["guard_settings"]
+    assert (knobs["alpha"], knobs["scale"], knobs["tau"], knobs["max_t"]) == (0.4, 50.0, 0.01, None)
     assert np.array_equal(latents, direct(alpha=0.4, scale=50.0, tau=0.01))
 
 
 def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     """`cpsample calibrate --classifier LATENT` finds the pipeline, samples it with the classifier's captions, counts
-    near-copies of the private images as sample-sd does, and saves calibration.json, which sample-sd then runs."""
+    near-copies of the private images as `sample` does, and saves calibration.json, which `sample` then runs."""
     import shutil
 
     from cpsample.calibration.search import GridSettings
@@ -435,11 +438,13 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     sampled = runner.invoke(
         app,
         [
-            "sample-sd",
+            "sample",
             "--model",
             str(setup["pipeline"]),
             "--prompt",
             PROMPTS[0],
+            "--guard",
+            "cpsample",
             "--classifier",
             str(classifier),
             "-n",
@@ -452,7 +457,8 @@ def test_calibrate_a_latent_classifier_end_to_end(setup, tmp_path):
     )
     assert sampled.exit_code == 0, sampled.output
     record = json.loads((tmp_path / "sd" / "cpsample.json").read_text())["settings"]
-    assert (record["alpha"], record["scale"], record["max_t"]) == (0.5, chosen["scale"], saved["settings"]["max_t"])
+    knobs = record["guard_settings"]
+    assert (knobs["alpha"], knobs["scale"], knobs["max_t"]) == (0.5, chosen["scale"], saved["settings"]["max_t"])
     assert record["knobs_from"] == str(classifier / "calibration.json")
 
     settings = GridSettings(model=str(setup["pipeline"]), classifier=str(classifier), prompts=("x",))

@@ -121,7 +121,7 @@ def test_every_cli_near_copy_threshold_defaults_to_the_yardstick():
         "calibrate",
         "attack side",
         "attack sample-nn",
-        "sample-sd",
+        "sample",
     }, found
     assert set(found.values()) == {PIXELS}
 

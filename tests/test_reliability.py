@@ -436,7 +436,7 @@ def refused_commands(out, dummy):
         "calibrate": ["calibrate", "--classifier", "bundled", "--steps", "3", "--out", out],
         "demo": ["demo", "--out", out],
         "make-tiny-sd": ["make-tiny-sd", "--out", out],
-        "sample-sd": ["sample-sd", "--model", dummy, "--prompt", "x", "--guard", "none", "--out", out],
+        "sample --prompt": ["sample", "--model", dummy, "--prompt", "x", "--guard", "none", "--out", out],
         "train-feature-net": ["train-feature-net", "--data", "digits", "--epochs", "1", "--out", out],
         "train-latent-classifier": ["train-latent-classifier", "--model", dummy, "--data", dummy, "--out", out],
         "train-denoiser": [*TRAIN, "--out", out],
@@ -445,7 +445,7 @@ def refused_commands(out, dummy):
     }
 
 
-NEEDS_TRANSFORMERS = ("make-tiny-sd", "sample-sd", "train-latent-classifier")
+NEEDS_TRANSFORMERS = ("make-tiny-sd", "sample --prompt", "train-latent-classifier")
 
 
 @pytest.mark.parametrize("target", ["denoiser", "classifier", "pipeline", "inside denoiser", "inside pipeline"])
@@ -493,7 +493,7 @@ def test_a_training_command_replaces_only_its_own_kind_of_model(works, tmp_path)
         "calibrate",
         "demo",
         "make-tiny-sd",
-        "sample-sd",
+        "sample --prompt",
         "train-feature-net",
         "train-latent-classifier",
     ],
@@ -683,7 +683,7 @@ def test_a_damaged_pipeline_gives_one_line(works, tmp_path, damage):
     else:
         (folder / "model_index.json").write_text("{ not json")
     code, output = cli(
-        "sample-sd",
+        "sample",
         "--model",
         folder,
         "--prompt",

@@ -22,8 +22,8 @@ SAMPLE_OUTPUTS = ("batches", "grid.png", "samples.npz", "trace.npz", "trace.png"
 # What each command writes into its --out (glob patterns): --overwrite clears these, and those of the command that
 # made what the folder holds, before the run starts, so no stale file of an older run survives next to the new ones.
 OUTPUTS = {
-    "sample": SAMPLE_OUTPUTS,
-    "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),  # (folders of the removed command, to overwrite)
+    "sample": (*SAMPLE_OUTPUTS, "plain", "private.json"),
+    "sample-conditional": (*SAMPLE_OUTPUTS, "private.json"),  # (folders of removed commands, to overwrite)
     "sample-sd": (*SAMPLE_OUTPUTS, "plain", "private.json"),
     "evaluate": (
         "report.html",

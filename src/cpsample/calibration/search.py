@@ -13,7 +13,7 @@ round) and the choice is made on the pooled near-copies and the confirmation's F
 
 The model may also be a Stable Diffusion pipeline folder with a latent classifier (`train-latent-classifier`): the
 grid then samples the pipeline with prompts (`sample_sd`, the classifier's captions by default), counts near-copies
-of the private images in pixels as `sample-sd` does, and measures no FD (there are no held-out images), so the
+of the private images in pixels as `sample` does, and measures no FD (there are no held-out images), so the
 least aggressive feasible setting is the one guiding the fewest steps. Two stages are not offered there.
 """
 
@@ -109,7 +109,7 @@ def pixel_parts(settings: GridSettings) -> tuple[PixelAdapter, Classifier, Refer
 def _latent_runner(settings: GridSettings):
     """(sample a candidate, what its rows are measured against: no quality net) for a Stable Diffusion pipeline: each
     prompt gets ceil(n_samples / prompts) images, every setting the same noise; near-copies of the private images in
-    pixels, as `sample-sd` counts them."""
+    pixels, as `sample` counts them."""
     from cpsample.sampling.latent import (
         check_latent_classifier,
         latent_shape,
@@ -124,7 +124,7 @@ def _latent_runner(settings: GridSettings):
         resolve_model_dir(settings.model, "denoiser"), scheduler=settings.scheduler, device=settings.device
     )
     classifier = Classifier.from_pretrained(settings.classifier, settings.device)
-    check_latent_classifier(classifier.model, pipe)  # as sample-sd's build_latent_guard checks it
+    check_latent_classifier(classifier.model, pipe)  # as `sample` checks it
     check_same_schedule(
         classifier.folder,
         pipe.scheduler,
@@ -137,7 +137,7 @@ def _latent_runner(settings: GridSettings):
     private = load_private_images(
         settings.private or private_images_of(classifier.folder), height * pipe.vae_scale_factor
     )
-    check_latent_pairing(classifier.folder, pipe, private)  # its VAE and its private images, as sample-sd checks
+    check_latent_pairing(classifier.folder, pipe, private)  # its VAE and its private images, as `sample` checks
     per_prompt = math.ceil(settings.n_samples / len(settings.prompts))
     context = GuardContext(model=None, classifier=classifier, device=settings.device)
 

@@ -55,7 +55,7 @@ class GridSettings:
         min=1,
     )
     steps: int = option(50, DENOISING_STEPS_HELP, min=1)
-    scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as sample-sd)
+    scheduler: str | None = None  # None: "ddim", or a Stable Diffusion pipeline's own ("default", as `sample`)
     # None: grid.ALPHAS / grid.SCALES on the grid (LATENT_ALPHAS / LATENT_SCALES for a pipeline), SEEK_ALPHAS when
     # seeking (the goal-seeking search finds the scale itself)
     alphas: Sequence[float] | None = option(
@@ -171,7 +171,7 @@ class GridSettings:
         if self.features != "pixels":
             raise ValueError(
                 "near-copies of the private images are counted in pixels on the Stable Diffusion path "
-                "(as sample-sd counts them)"
+                "(as `sample` counts them)"
             )
         self.prompts = tuple(self.prompts) or tuple(captions_of(resolve_model_dir(self.classifier, "classifier")))
         if not self.prompts or any(not str(prompt).strip() for prompt in self.prompts):

@@ -8,32 +8,27 @@ Stable Diffusion pipelines protected in latent space (paper section 4.2, Table 2
     cpsample make-tiny-sd --out runs/tiny-sd
     cpsample train-latent-classifier --model runs/tiny-sd --data private/ --captions captions.txt --out
     runs/latent-clf
-    cpsample sample-sd --model runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf
-    \
+    cpsample sample --model runs/tiny-sd --prompts-file prompts.txt --guard cpsample --classifier runs/latent-clf \
         --compare-plain --out runs/sd
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cpsample.cli import options as opt
 from cpsample.cli.common import (
     call_with,
     check_device_option,
-    log,
     output,
     require_transformers,
     run_safely,
     show_loss_table,
 )
 from cpsample.runs import RunFolder
-from cpsample.sampling.settings import SampleConfig, SdOptions
 from cpsample.settings import parse_widths
 from cpsample.training.settings import TrainConfig
 
@@ -44,7 +39,6 @@ def register(app: typer.Typer) -> None:
     app.command("make-tiny-sd")(run_safely(make_tiny_sd_command))
     app.command("train-t2i")(run_safely(train_t2i_command))
     app.command("train-latent-classifier")(run_safely(train_latent_classifier_command))
-    app.command("sample-sd")(run_safely(sample_sd_command))
 
 
 # --- class-conditional ---------------------------------------------------------------------------------------
@@ -194,74 +188,3 @@ def train_latent_classifier_command(
         f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
         f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}"
     )
-
-
-@opt.with_settings(
-    SampleConfig, "config", skip=("batch_size",), n=4, scheduler="default", dtype="float32", device="cpu"
-)
-@opt.with_settings(SdOptions, "sd_options")
-def sample_sd_command(
-    model: Annotated[Path, typer.Option(help="Local Stable Diffusion pipeline folder (model_index.json).")],
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Output folder: grid.png (one row per prompt), samples.npz, cpsample.json, "
-            "private.json (per-prompt similarity to the private images: do not share), "
-            "plain/ with --compare-plain (+ trace files with --trace)."
-        ),
-    ],
-    prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt (repeatable).")] = None,
-    prompts_file: Annotated[
-        Optional[Path], typer.Option(help="One prompt per line; 'original<TAB>modified' for a caption pair (Table 2).")
-    ] = None,
-    config: dict = None,
-    guard: Annotated[str, typer.Option(help="none or cpsample.")] = "cpsample",
-    classifier: Annotated[
-        Optional[Path], typer.Option(help="Latent classifier folder (from train-latent-classifier).")
-    ] = None,
-    sd_options: dict = None,
-    trace: opt.Trace = False,
-    overwrite: opt.Overwrite = False,
-):
-    """Sample a Stable Diffusion pipeline with CPSample in latent space; per-prompt similarity to the private
-    images (`cpsample sample` samples it too)."""
-    say_alias("sample-sd", "--model PIPELINE --prompt ...")
-    require_transformers()
-    config, options = SampleConfig(**config), SdOptions(**sd_options)
-    RunFolder(out, "sample-sd", overwrite, inputs=(model, classifier, prompts_file, options.private)).prepare()
-    check_device_option(config.device)
-    from cpsample.sampling.aliases import sample_sd_run
-    from cpsample.sampling.run import prompt_entries
-
-    entries = prompt_entries(prompt, prompts_file)
-    ran = sample_sd_run(out, model, entries, guard, classifier, options, config, trace, say=log.info)
-    _print_prompt_table(ran.entries, ran.runs)
-
-
-def _print_prompt_table(entries, runs: dict) -> None:
-    table = Table(title="similarity of generated images to the nearest private image (pixel cosine)")
-    table.add_column("prompt")
-    table.add_column("role")
-    for name in runs:
-        table.add_column(f"max sim ({name})", justify="right")
-        table.add_column(f"% steps guided ({name})", justify="right")
-    for index, entry in enumerate(entries):
-        cells = [entry.text[:60], entry.role]
-        for run in runs.values():
-            rows = run.get("per_prompt")
-            row = rows[index] if rows else {}
-            guided = row.get("share_of_steps_guided")
-            cells += [f"{row['max_similarity']:.3f}" if row else "-", "-" if guided is None else f"{100 * guided:.0f}"]
-        table.add_row(*cells)
-    output.print(table)
-    output.print(
-        json.dumps({name: {k: v for k, v in run.items() if k != "per_prompt"} for name, run in runs.items()}, indent=2)
-    )
-
-
-# --- shared helpers ------------------------------------------------------------------------------------------
-
-
-def say_alias(command: str, how: str) -> None:
-    """One line on stderr (stdout keeps the results): the command stays for one release as a form of `sample`."""
-    log.info(f"`cpsample sample {how}` now does this; `cpsample {command}` stays for one release")

@@ -23,7 +23,7 @@ from cpsample.cli.common import (
     show_table,
 )
 from cpsample.runs import RunFolder
-from cpsample.sampling.settings import Conditions, SampleConfig
+from cpsample.sampling.settings import Comparison, Conditions, SampleConfig
 from cpsample.settings import parse_widths
 from cpsample.training.settings import ClassifierTraining, TrainConfig
 
@@ -111,12 +111,14 @@ def train_classifier_command(
     SampleConfig, "config", skip=("work_dir", "overwrite", "progress"), n=None, dtype="float32", device="cpu"
 )
 @opt.with_settings(Conditions, "conditions")
+@opt.with_settings(Comparison, "comparison")
 def sample_command(
     out: Annotated[
         Path,
         typer.Option(
             help="Output folder: grid.png (one row per class or prompt), samples.npz, cpsample.json (+ trace.npz, "
-            "trace.png with --trace)."
+            "trace.png with --trace; plain/ with --compare-plain; private.json where prompts are measured against "
+            "the private images: do not share it)."
         ),
     ],
     model: Annotated[
@@ -146,6 +148,7 @@ def sample_command(
     tau: opt.Tau = None,
     option: opt.GuardOption = None,
     conditions: dict = None,
+    comparison: dict = None,
     trace: opt.Trace = False,
     overwrite: opt.Overwrite = False,
 ):
@@ -161,9 +164,25 @@ def sample_command(
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     if adapter_class(model).conditioning == "prompts":
         require_transformers()  # a text encoder and its tokenizer
-    run = sample_run(out, model, guard, guard_options, config, conditions, classifier, keep_trace=trace)
+    comparison = Comparison(**comparison)
+    run = sample_run(out, model, guard, guard_options, config, conditions, classifier, trace, comparison)
     say_warnings(run.warnings)
+    if run.per_prompt:
+        show_prompt_table(run)
     show("sample", sampled_line(run.stats, out), run.stats)
+
+
+def show_prompt_table(run) -> None:
+    """Per prompt and run (the guard's, then plain's): similarity of its images to the nearest private image."""
+    rows = [{"prompt": entry.text[:60], "role": entry.role} for entry in run.prompts]
+    columns = "prompt | role"
+    for name, measured in run.per_prompt.items():
+        for row, prompt in zip(rows, measured["per_prompt"]):
+            row[name] = prompt
+        columns += f" | max sim ({name})={name}.max_similarity:.3f | near-copies ({name})={name}.near_copies"
+        columns += f" | steps guided ({name})={name}.share_of_steps_guided:.0%"
+    title = "similarity of the generated images to the nearest private image (pixel cosine)"
+    show_table("per_prompt", title, rows, columns, drop_empty=True)
 
 
 def sampled_line(stats: dict, out: Path) -> str:

@@ -1,5 +1,5 @@
 """Which VAE and which private images a latent classifier belongs to: the checks every entry point pairing a latent
-classifier with a Stable Diffusion pipeline makes (sample-sd, calibrate, protect), and the member latents stored
+classifier with a Stable Diffusion pipeline makes (sample, calibrate, protect), and the member latents stored
 beside the classifier."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def pipeline_name(pipe) -> str:
 
 
 def check_latent_pairing(classifier_dir: str | Path, pipe, private: ImageSet | None = None) -> None:
-    """The one check of every entry point pairing a latent classifier with a pipeline (sample-sd, calibrate,
+    """The one check of every entry point pairing a latent classifier with a pipeline (sample, calibrate,
     protect): the pipeline's VAE must be the one the classifier was trained on (else its guard judges latents it
     never saw, and fires on every step), and the private images measured against (when given) must be its own.
 

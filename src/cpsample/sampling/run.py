@@ -1,9 +1,10 @@
-"""One sampling run into a folder: load the model's adapter, condition it, generate, save samples + trace + record.
+"""One sampling run into a folder: load the model's adapter, condition it, generate, save samples + trace + record;
+with a Comparison, plain sampling from the same noise beside it (OUT/plain) and, on a Stable Diffusion pipeline, each
+prompt's similarity to the private images (private.json, never the shareable cpsample.json).
 
     run = sample_run(Path("runs/s"), "runs/cond", "cpsample", {"alpha": 0.1}, SampleConfig(n=8), Conditions("0,1"))
 
-`cpsample sample` is this one call; `sample-sd` (aliases.py), kept until `evaluate` measures latent samples, shares
-its pieces: save_outputs and run_stats.
+`cpsample sample` is this one call.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from cpsample.provenance import write_record
 from cpsample.sampling.adapters import ADAPTERS, ModelAdapter, load_adapter
 from cpsample.sampling.generate import generate
 from cpsample.sampling.guards import guard_class
-from cpsample.sampling.outputs import save_samples, save_trace
+from cpsample.sampling.outputs import save_private, save_samples, save_trace
 from cpsample.sampling.sampler import SampleResult
-from cpsample.sampling.settings import Conditions, SampleConfig
+from cpsample.sampling.settings import Comparison, Conditions, SampleConfig
 from cpsample.sampling.spec import GuardSpec, require_classifier
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,14 @@ CONDITION_OPTIONS = {"labels": "--classes", "prompts": "--prompt / --prompts-fil
 
 @dataclass
 class SampleRun:
-    """What a run wrote and measured (stats: also its record's results) and the warnings it has to say."""
+    """What a run wrote and measured (stats: also its record's results; with compare_plain, plain's under "plain"),
+    each prompt's similarity to the private images where it was measured (per run: the guard's, then "plain"), and
+    the warnings it has to say."""
 
     stats: dict
     warnings: list[str] = field(default_factory=list)
+    per_prompt: dict[str, list[dict]] = field(default_factory=dict)
+    prompts: list = field(default_factory=list)  # PromptEntry of each prompt sampled (its text and role)
 
 
 def sample_run(
@@ -51,17 +56,20 @@ def sample_run(
     conditions: Conditions | None = None,
     classifier: str | None = None,
     keep_trace: bool = False,
+    comparison: Comparison | None = None,
 ) -> SampleRun:
     """Sample any model kind into out (grid.png, samples.npz, cpsample.json, trace files with keep_trace), resuming
     the batches out already holds. config.n None: DEFAULT_COUNTS for the model's conditioning; config.scheduler None:
     the adapter's own. classifier: required by a guard that uses one ('bundled' only for the bundled model)."""
-    config, guard_options = config or SampleConfig(), guard_options or {}
+    config, guard_options, comparison = config or SampleConfig(), guard_options or {}, comparison or Comparison()
     adapter = load_adapter(model, device=config.device, dtype=config.dtype, scheduler=config.scheduler)
-    adapter = condition_adapter(adapter, model, conditions or Conditions())
+    adapter, entries = condition_adapter(adapter, model, conditions or Conditions())
     unconditional = adapter.conditioning == "none"
     n = config.n or DEFAULT_COUNTS[adapter.conditioning]
     config = replace(config, n=n, scheduler=config.scheduler or adapter.scheduler_name, work_dir=out)
     require_classifier(guard, classifier)
+    spec = GuardSpec.create(guard, **guard_options)
+    private = private_images(adapter, comparison, classifier)
     settings = {
         "model": model,
         "n": n,
@@ -74,13 +82,109 @@ def sample_run(
         "device": config.device,
         "seed": config.seed,
         **condition_settings(adapter),
+        **({"compare_plain": True} if comparison.compare_plain else {}),
+        **({"private": private.source, "copy_threshold": private.threshold} if private else {}),
     }
-    result = generate(adapter, GuardSpec.create(guard, **guard_options), config, classifier)
-    paths = save_outputs(out, result, keep_trace, result.guard_settings.get("alpha"), None if unconditional else n)
+    runs = {}
+    if comparison.compare_plain and guard != "none":  # first, as the guarded run's note on its knobs ends the log
+        watch = watching(spec, classifier)
+        runs["plain"] = _one_run(adapter, watch, replace(config, work_dir=Path(out) / "plain"), classifier, keep_trace)
+    runs[guard] = _one_run(adapter, spec, config, classifier, keep_trace, unconditional, say_knobs=True)
+    result = runs[guard].result
+    measured = {name: run.per_prompt(private, entries) for name, run in runs.items()} if private else {}
+    stats = {**runs[guard].stats, **save_private(out, "sample", settings, measured)}
+    if "plain" in runs:
+        stats["plain"] = runs["plain"].stats
     warnings = guard_warnings(result, guard, classifier)
-    stats = {**run_stats(result), **paths, **({"warnings": warnings} if warnings else {})}
-    write_record(out, "sample", {**settings, **guard_options, "guard_settings": result.guard_settings}, stats)
-    return SampleRun(stats, warnings)
+    stats |= {"warnings": warnings} if warnings else {}
+    knobs_from = {"knobs_from": knobs_source(spec, classifier)} if spec.options.calibrated else {}
+    record = {**settings, **guard_options, "guard_settings": result.guard_settings, **knobs_from}
+    write_record(out, "sample", record, stats)
+    return SampleRun(stats, warnings, {name: rows for name, rows in measured.items() if rows}, entries)
+
+
+@dataclass
+class _Run:
+    """One generate() into a folder: its result and what was saved and measured."""
+
+    result: SampleResult
+    stats: dict
+
+    def per_prompt(self, private, entries) -> dict:
+        from cpsample.sampling.latent import per_prompt_similarity
+
+        return {"per_prompt": per_prompt_similarity(self.result, private.images, private.threshold, entries)}
+
+
+def _one_run(adapter, spec, config, classifier, keep_trace, unconditional=False, say_knobs=False) -> _Run:
+    result = generate(adapter, spec, config, classifier)
+    if say_knobs and result.guard_settings:
+        logger.info(knobs_said(result.guard_settings, knobs_source(spec, classifier)))
+    alpha = result.guard_settings.get("alpha") or None
+    paths = save_outputs(config.work_dir, result, keep_trace, alpha, None if unconditional else config.n)
+    return _Run(result, {**run_stats(result), **paths})
+
+
+def watching(spec: GuardSpec, classifier) -> GuardSpec:
+    """Plain sampling's stand-in for the comparison: with a CPSample classifier, CPSample at alpha 0 (it never acts
+    but records the classifier's confidence per step, as the paper's Fig. 7 compares); else no guard."""
+    if classifier is None or not guard_class(spec.name).uses_classifier:
+        return GuardSpec.create("none")
+    tau = getattr(spec.options, "tau", None)
+    return GuardSpec.create("cpsample", alpha=0.0, scale=0.0, **({"tau": tau} if tau is not None else {}))
+
+
+def knobs_source(spec: GuardSpec, classifier) -> str | None:
+    """Where a calibrated guard's knobs came from (its calibration.json, the uncalibrated defaults, or given)."""
+    from cpsample.sampling.spec import classifier_folder
+
+    if not spec.options.calibrated or classifier is None:
+        return None
+    return spec.resolved(classifier_folder(classifier)).source
+
+
+def knobs_said(settings: dict, source: str | None) -> str:
+    """The guard's knobs as run, in one line: "cpsample: alpha 0.5, scale 2000, tau 0.001, checks at every step
+    (knobs: uncalibrated defaults)"."""
+    knobs = {name: value for name, value in settings.items() if name not in ("guard", "max_t")}
+    said = ", ".join(
+        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}" for name, value in knobs.items()
+    )
+    if "max_t" in settings:
+        max_t = settings["max_t"]
+        said += ", checks at " + ("every step" if max_t is None else f"t <= {max_t}")
+    return f"{settings.get('guard')}: {said}" + (f" (knobs: {source})" if source else "")
+
+
+@dataclass(frozen=True)
+class PrivateImages:
+    images: object  # ImageSet
+    source: str
+    threshold: float
+
+
+def private_images(adapter: ModelAdapter, comparison: Comparison, classifier) -> PrivateImages | None:
+    """The private images a Stable Diffusion pipeline's prompts are measured against: --private, else the latent
+    classifier's (checked to be its images and VAE's); None for other model kinds or where neither is known."""
+    from cpsample.evaluation.nearcopy import resolve_threshold
+
+    if adapter.conditioning != "prompts":
+        if comparison.private is not None:
+            raise ValueError(f"--private applies to a Stable Diffusion pipeline; this is {adapter.description}")
+        return None
+    if comparison.private is None and classifier is None:
+        return None
+    from cpsample.sampling.latent import load_private_images
+    from cpsample.sampling.latent_pairing import check_latent_pairing, private_images_of
+
+    _, height, width = adapter.image_shape
+    if height != width:
+        raise ValueError(f"similarity to the private images needs square images, these are {height}x{width}")
+    folder = comparison.private if comparison.private is not None else private_images_of(classifier)
+    images = load_private_images(folder, height)
+    if classifier is not None:
+        check_latent_pairing(classifier, adapter.pipe, images)  # its VAE, and its own private images
+    return PrivateImages(images, images.source, resolve_threshold(comparison.copy_threshold, "pixels"))
 
 
 def run_stats(result: SampleResult) -> dict:
@@ -107,9 +211,9 @@ def guard_warnings(result: SampleResult, guard: str, classifier) -> list[str]:
     return protection_warnings(result.trace, guard, classifier if guard_class(guard).uses_classifier else None)
 
 
-def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions) -> ModelAdapter:
+def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions) -> tuple[ModelAdapter, list]:
     """The adapter with the class labels or prompts given (all classes by default), each refused where the model
-    takes no such thing."""
+    takes no such thing; and the prompts as PromptEntry (their roles: 'original' / 'modified' of a caption pair)."""
     given = {
         "labels": conditions.classes is not None,
         "prompts": bool(conditions.prompts) or conditions.prompts_file is not None,
@@ -120,14 +224,18 @@ def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions)
             raise ValueError(
                 f"{CONDITION_OPTIONS[conditioning]} applies to {takers}; {model} is {adapter.description}"
             )
+    sized = {"--height": conditions.height, "--width": conditions.width}
+    if adapter.conditioning != "prompts" and any(value is not None for value in sized.values()):
+        raise ValueError(f"--height / --width apply to a Stable Diffusion pipeline; {model} is {adapter.description}")
     if adapter.conditioning == "none":
         if conditions.cfg_scale is not None:
             raise ValueError(f"--cfg-scale applies to conditional models; {model} is {adapter.description}")
-        return adapter
+        return adapter, []
     if adapter.conditioning == "labels":
         from cpsample.sampling.conditional import parse_classes
 
-        return adapter.conditioned(parse_classes(conditions.classes, adapter.class_info), conditions.cfg_scale)
+        classes = parse_classes(conditions.classes, adapter.class_info)
+        return adapter.conditioned(classes, conditions.cfg_scale), []
     prompts_file = conditions.prompts_file
     own = not given["prompts"] and (prompts_file := own_prompts(model)) is not None
     entries = prompt_entries(conditions.prompts, prompts_file)
@@ -138,7 +246,9 @@ def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions)
             model,
             prompts_file,
         )
-    return adapter.conditioned([entry.text for entry in entries], conditions.cfg_scale)
+    if conditions.height is not None or conditions.width is not None:
+        adapter = replace(adapter, height=conditions.height, width=conditions.width)
+    return adapter.conditioned([entry.text for entry in entries], conditions.cfg_scale), entries
 
 
 def own_prompts(model: str) -> Path | None:

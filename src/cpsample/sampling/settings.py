@@ -1,5 +1,5 @@
-"""How to sample: `SampleConfig` and `Conditions`, whose documented fields are also `cpsample sample`'s options. Light
-on purpose, so the command line can build its --help from them."""
+"""How to sample: `SampleConfig`, `Conditions` and `Comparison`, whose documented fields are also `cpsample sample`'s
+options. Light on purpose, so the command line can build its --help from them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from cpsample.settings import (
     BATCH_SIZE_HELP,
     DENOISING_STEPS_HELP,
-    KNOB_HELP,
     NEAR_COPY_THRESHOLD_HELP,
     device_option,
     option,
@@ -59,19 +58,20 @@ class Conditions:
     cfg_scale: float | None = option(
         None, "Classifier-free guidance scale of a conditional model (default 3 for classes, 7.5 for prompts)."
     )
+    height: int | None = option(None, "Stable Diffusion pipelines: image height (default: the pipeline's own).")
+    width: int | None = option(None, "Stable Diffusion pipelines: image width (default: the pipeline's own).")
 
 
 @dataclass
-class SdOptions:
-    """sample-sd's own settings beside a SampleConfig: the guard's knobs (None: the classifier's calibration, else
-    the latent default), the image size (None: the pipeline's), what to measure against and the plain comparison."""
+class Comparison:
+    """What `sample` sets its samples against: plain sampling from the same noise (OUT/plain), and, on a Stable
+    Diffusion pipeline, the private images each prompt's samples are measured against (private.json, never the
+    shareable cpsample.json; default: the latent classifier's)."""
 
-    cfg_scale: float = option(7.5, "Classifier-free guidance scale.")
-    alpha: float | None = option(None, KNOB_HELP["alpha"])
-    scale: float | None = option(None, KNOB_HELP["scale"])
-    tau: float | None = option(None, KNOB_HELP["tau"])
-    height: int | None = option(None, "Image height (default: the pipeline's native size).")
-    width: int | None = option(None, "Image width (default: the pipeline's native size).")
-    private: Path | None = option(None, "Private images to measure similarity against (default: the classifier's).")
+    compare_plain: bool = option(False, "Also sample without the guard from the same noise, into OUT/plain.")
+    private: Path | None = option(
+        None,
+        "Stable Diffusion pipelines: the private images to measure each prompt's samples against (default: the "
+        "latent classifier's); the similarities go to private.json, never cpsample.json.",
+    )
     copy_threshold: float | None = option(None, NEAR_COPY_THRESHOLD_HELP, flag="--threshold")
-    compare_plain: bool = option(False, "Also sample without CPSample from the same noise, into OUT/plain.")

@@ -26,7 +26,13 @@ def adapter_class(folder_or_name: str | Path) -> type[ModelAdapter]:
     """The adapter class of a model folder (or a bundled name), told by its model_index.json and unet config; a
     folder no kind claims goes to the pixel adapter, whose loader says what is missing."""
     folder = resolve_model_dir(folder_or_name, "denoiser")  # a bundled name's folder; a path as it is
-    return next((adapter for adapter in ADAPTERS.values() if adapter.claims(folder)), PixelAdapter)
+    claimed = next((adapter for adapter in ADAPTERS.values() if adapter.claims(folder)), None)
+    if claimed is None and not (Path(folder) / "unet" / "config.json").exists():
+        raise FileNotFoundError(
+            f"{folder}: no denoiser here (expected unet/config.json, as written by train-denoiser) and no diffusers "
+            "pipeline here (expected model_index.json, as a Stable Diffusion folder or train-t2i writes)"
+        )
+    return claimed or PixelAdapter
 
 
 def load_adapter(
