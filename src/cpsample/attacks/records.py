@@ -7,28 +7,20 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cpsample.attacks.settings import MiaSettings
+from cpsample.attacks.settings import Defence, MiaSettings
 from cpsample.provenance import seed_everything, write_record
 
 
 def mia_into(
-    out: Path,
-    model: str = "bundled",
-    guard: str = "none",
-    classifier: str | None = None,
-    alpha: float | None = None,
-    scale: float | None = None,
-    tau: float | None = None,
-    attack: MiaSettings | None = None,
+    out: Path, model: str = "bundled", defence: Defence | None = None, attack: MiaSettings | None = None
 ) -> dict:
     """`cpsample attack mia`: run_mia with the command's options, saved by save_mia; returns run_mia's results."""
-    attack = attack or MiaSettings()
-    given = {"model": model, "guard": guard, "classifier": classifier, "alpha": alpha, "scale": scale, "tau": tau}
-    settings = {**given, **dataclasses.asdict(attack)}  # as recorded: the CLI's names
+    attack, defence = attack or MiaSettings(), defence or Defence()
+    settings = {"model": model, **dataclasses.asdict(defence), **dataclasses.asdict(attack)}  # the CLI's names
     from cpsample.attacks.membership import run_mia
     from cpsample.sampling.spec import require_classifier
 
-    require_classifier(guard, classifier)
+    require_classifier(defence.guard, defence.classifier)
     seed_everything(attack.seed)
     renamed = {"t": "timesteps", "members": "n_members", "nonmembers": "n_nonmembers"}  # run_mia's names
     results = run_mia(**{renamed.get(name, name): value for name, value in settings.items()})
@@ -77,36 +69,18 @@ def sample_attack_into(
     return results
 
 
-def side_into(
-    out: Path,
-    config,
-    model: str = "bundled",
-    defence: str = "none",
-    classifier: str | None = None,
-    alpha: float | None = None,
-    scale: float | None = None,
-    tau: float | None = None,
-    device: str = "cpu",
-):
+def side_into(out: Path, config, model: str = "bundled", defence: Defence | None = None, device: str = "cpu"):
     """`cpsample attack side`: run_side with config (a SideConfig; its seed seeds the run), working in out and saved
     by save_side; returns the SideResult."""
     from cpsample.attacks.side import run_side
     from cpsample.sampling.spec import require_classifier
 
-    require_classifier(defence, classifier)
-
+    defence = defence or Defence()
+    require_classifier(defence.guard, defence.classifier)
     seed_everything(config.seed)
-    settings = {
-        "model": model,
-        "defence": defence,
-        "classifier": classifier,
-        "alpha": alpha,
-        "scale": scale,
-        "tau": tau,
-        "device": device,
-        **dict(config.__dict__),
-    }
-    result = run_side(model, defence, classifier, alpha, scale, tau, config, work_dir=out, device=device)
+    knobs = dataclasses.asdict(defence)
+    settings = {"model": model, "defence": knobs.pop("guard"), **knobs, "device": device, **dict(config.__dict__)}
+    result = run_side(model, *dataclasses.astuple(defence), config, work_dir=out, device=device)
     save_side(out, result, settings)
     return result
 

@@ -1,14 +1,31 @@
-"""The SIDE attack's settings: `SideConfig`, whose documented fields are also `cpsample attack side`'s options.
-Light on purpose (torch loads inside its check), so the command line can build its --help from it."""
+"""The attacks' settings: `Defence` (what an attack faces), `SideConfig` and `MiaSettings`, whose documented fields
+are also the `cpsample attack` commands' options. Light on purpose (torch loads inside its check), so the command line
+can build its --help from it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpsample.settings import BATCH_SIZE_HELP, device_option, option, seed_option, threshold_option
+from cpsample.settings import BATCH_SIZE_HELP, KNOB_HELP, device_option, option, seed_option, threshold_option
 
 PAPER_COHESION = 0.5
+
+
+@dataclass(frozen=True)
+class Defence:
+    """What an attack faces: the plain model ('none') or the CPSample-guarded one ('cpsample', with its classifier);
+    knobs left None come from the classifier's calibration, else the paper's setting."""
+
+    guard: str = option(
+        "none", "The defence attacked: 'none' (the plain model) or 'cpsample' (guarded, --classifier)."
+    )
+    classifier: str | None = option(
+        None, "CPSample classifier folder for --guard cpsample ('bundled' for the bundled model)."
+    )
+    alpha: float | None = option(None, KNOB_HELP["alpha"])
+    scale: float | None = option(None, KNOB_HELP["scale"])
+    tau: float | None = option(None, KNOB_HELP["tau"])
 
 
 @dataclass

@@ -4,11 +4,11 @@ samples alone; SIDE extraction, plain or against CPSample). `register(app)` adds
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from cpsample.attacks.settings import MiaSettings, SideConfig
+from cpsample.attacks.settings import Defence, MiaSettings, SideConfig
 from cpsample.cli import options as opt
 from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
@@ -24,6 +24,7 @@ attack_app = typer.Typer(
 
 @attack_app.command("mia")
 @run_safely
+@opt.with_settings(Defence, "defence")
 @opt.with_settings(MiaSettings, "mia")
 def mia_command(
     out: opt.AttackOut,
@@ -34,15 +35,7 @@ def mia_command(
             "image conditioned on its caption), or a bundled name."
         ),
     ],
-    guard: Annotated[
-        str, typer.Option(help="Attack the plain denoiser ('none') or the CPSample-guarded one ('cpsample').")
-    ] = "none",
-    classifier: Annotated[
-        Optional[str], typer.Option(help="Classifier folder for --guard cpsample ('bundled' for the bundled model).")
-    ] = None,
-    alpha: opt.Alpha = None,
-    scale: opt.Scale = None,
-    tau: opt.Tau = None,
+    defence: dict = None,
     mia: dict = None,
     overwrite: opt.Overwrite = False,
 ):
@@ -52,10 +45,10 @@ def mia_command(
     For an adversary who sees only the samples, see `cpsample attack sample-nn`."""
     from cpsample.attacks.records import guard_as_used, mia_into
 
-    attack = MiaSettings(**mia)
-    RunFolder(out, "attack mia", overwrite, inputs=(model, classifier, attack.captions)).prepare()
+    attack, defence = MiaSettings(**mia), Defence(**defence)
+    RunFolder(out, "attack mia", overwrite, inputs=(model, defence.classifier, attack.captions)).prepare()
     check_device_option(attack.device)
-    results = mia_into(out, model, guard, classifier, alpha, scale, tau, attack)
+    results = mia_into(out, model, defence, attack)
     first = next(iter(results.values()))
     title = f"membership inference (guard: {guard_as_used(results)}; {first.n_members} members vs "
     rows = [
@@ -114,6 +107,7 @@ def sample_nn_command(
 
 @attack_app.command("side")
 @run_safely
+@opt.with_settings(Defence, "defence")
 @opt.with_settings(SideConfig, "side_options")
 def side_command(
     out: Annotated[
@@ -126,16 +120,7 @@ def side_command(
             "through its empty prompt, as by someone without its captions)."
         ),
     ],
-    guard: Annotated[
-        str, typer.Option(help="Attack the plain sampler ('none') or the CPSample-protected one ('cpsample').")
-    ] = "none",
-    classifier: Annotated[
-        Optional[str],
-        typer.Option(help="CPSample classifier folder for --guard cpsample ('bundled' for the bundled model)."),
-    ] = None,
-    alpha: opt.Alpha = None,
-    scale: opt.Scale = None,
-    tau: opt.Tau = None,
+    defence: dict = None,
     side_options: dict = None,
     device: opt.Device = "cpu",
     overwrite: opt.Overwrite = False,
@@ -144,10 +129,10 @@ def side_command(
     images."""
     from cpsample.attacks.records import side_into
 
-    config = SideConfig(**side_options)
-    RunFolder(out, "attack side", overwrite, inputs=(model, classifier)).prepare()
+    config, defence = SideConfig(**side_options), Defence(**defence)
+    RunFolder(out, "attack side", overwrite, inputs=(model, defence.classifier)).prepare()
     check_device_option(device)
-    result = side_into(out, config, model, guard, classifier, alpha, scale, tau, device)
+    result = side_into(out, config, model, defence, device)
     rows = [
         {"samples": name, **summary}
         for name, summary in (
@@ -158,7 +143,7 @@ def side_command(
         if summary is not None
     ]
     columns = "samples | n | near-copies=near_copies | AMS=ams:.1% | distinct training images=distinct_extracted"
-    title = f"SIDE extraction (defence: {guard}; near-copy: cosine > {result.attack['threshold']})"
+    title = f"SIDE extraction (defence: {defence.guard}; near-copy: cosine > {result.attack['threshold']})"
     show_table("side", title, rows, columns + " | UMS=ums:.1%")
 
 
