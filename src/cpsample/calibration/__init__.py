@@ -12,7 +12,7 @@ from cpsample import imported_on_first_use
 # Each name is imported on first use, so the command line can read grid.py's defaults without loading diffusers.
 _API = {
     "Calibrator": "cpsample.calibration.calibrator",
-    "FitReport": "cpsample.calibration.calibrator",
+    "FitReport": "cpsample.calibration.report",
     "Goal": "cpsample.calibration.goal",
     "RUN_RECORD": "cpsample.calibration.result",
     "CalibrationResult": "cpsample.calibration.result",

@@ -6,37 +6,12 @@ from __future__ import annotations
 from cpsample.calibration import search as grid_search
 from cpsample.calibration import seek
 from cpsample.calibration.goal import Goal
+from cpsample.calibration.report import FitReport
 from cpsample.calibration.result import CalibrationResult
 from cpsample.calibration.search import GridSettings
 from cpsample.calibration.settings import SearchSettings
 from cpsample.evaluation.honesty import unfit_classifier
 from cpsample.models.bundle import resolve_model_dir
-
-
-class FitReport:
-    """What `fit()` tells while it runs, in order (a calibration takes minutes to hours, so the screen's table is
-    worth seeing before the confirmation round starts). Says nothing; `cpsample calibrate` prints each."""
-
-    def warning(self, text: str) -> None:
-        """A warning known before anything is sampled (a classifier that never fit)."""
-
-    def note(self, text: str) -> None:
-        """A note on how the calibration goes (the grid taken where the goal-seeking search cannot be)."""
-
-    def screened(self, rows: list[dict], n_samples: int) -> None:
-        """The screen's rows: plain first, then every setting of the grid on the same noise."""
-
-    def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
-        """The confirmation round starts: plain and up to `finalists` settings on `n_samples` fresh images."""
-
-    def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
-        """The confirmation round's rows, each pooled with its screen row."""
-
-    def checking(self, settings: list[str], n_samples: int, seed: int) -> None:
-        """The goal-seeking search's check starts: plain and each found setting in full on `n_samples` fresh images."""
-
-    def checked(self, rows: list[dict], n_samples: int) -> None:
-        """The check's rows, plain first (a setting that missed the goal is followed by its retry)."""
 
 
 class Calibrator:

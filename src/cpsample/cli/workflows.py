@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from cpsample.calibration.goal import Goal
+from cpsample.calibration.report import FitReport
 from cpsample.calibration.settings import GridSettings, SearchSettings
 from cpsample.cli import options as opt
 from cpsample.cli.common import check_device_option, log, output, run_safely, show, show_table
@@ -111,31 +112,17 @@ def calibrate_command(
     _print_choice(result, out, record)
 
 
-class _PrintedReport:
-    """Prints what Calibrator.fit() reports as it goes: the screen's table before the confirmation round starts."""
-
-    def warning(self, text: str) -> None:
-        log.warning(text)
-
-    def note(self, text: str) -> None:
-        log.info(text)
+class _PrintedReport(FitReport):
+    """Prints the tables Calibrator.fit() reports as it goes (its notes and warnings are logged): the screen's before
+    the confirmation round starts."""
 
     def screened(self, rows: list[dict], n_samples: int) -> None:
         probed = "; probes sample plain's near-copies again" if any(row.get("probed") for row in rows) else ""
         _show_grid("screen", rows, f"screen on {n_samples} images{probed}")
 
-    def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
-        log.info(
-            f"confirmation round: plain and the {finalists} best feasible settings again on {n_samples} fresh "
-            f"images (seed {seed})"
-        )
-
     def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
         pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
         _show_grid("confirmation", rows, f"confirmation: {pooled}, FD and time on the {confirm_n}")
-
-    def checking(self, settings: list[str], n_samples: int, seed: int) -> None:
-        log.info(f"check: plain and {', '.join(settings)} in full on {n_samples} fresh images (seed {seed})")
 
     def checked(self, rows: list[dict], n_samples: int) -> None:
         pooled = "; near-copies pooled with the screen's exact counts" if rows[0]["n"] > n_samples else ""
