@@ -11,6 +11,7 @@ folder, and the marker that says cpsample made the folder.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -328,3 +329,32 @@ def _holder(folder: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "a run that is starting"
     return description + (f" on {holder['host']}" if holder.get("host") else "")
+
+
+# What to do about an OSError, by errno; the rest are said as the system says them.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space or pick an --out on another disk, then rerun the same command (a training run "
+    "continues from its last saved state with --resume)",
+    errno.EDQUOT: "your disk quota is full; free some space, then rerun the same command (a training run continues "
+    "from its last saved state with --resume)",
+    errno.EFBIG: "a file size limit (ulimit -f) or the file system stops it; raise the limit or pick an --out on "
+    "another disk, then rerun the same command (a training run continues with --resume)",
+    errno.EACCES: "no permission to write there; pick an --out you can write to",
+    errno.EPERM: "not permitted there; pick an --out you can write to",
+    errno.EROFS: "that file system is read-only; pick an --out on a writable disk",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; pick another path",
+    errno.EISDIR: "that is a folder where a file was expected",
+    errno.ELOOP: "a symbolic link leads back to itself; fix the link or pick another path",
+    errno.ENAMETOOLONG: "pick a shorter path",
+    errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another "
+    "path",
+}
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError met while a run reads or writes: what failed, on which path, and what to do (the
+    command line says it instead of a traceback)."""
+    what = error.strerror or str(error)
+    where = f"{error.filename}: " if error.filename else ""
+    advice = _OS_ADVICE.get(error.errno)
+    return f"{where}{what}" + (f"; {advice}" if advice else "")

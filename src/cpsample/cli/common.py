@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import importlib.util
 import inspect
@@ -18,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cpsample.data import DataError
-from cpsample.runs import release_locks
+from cpsample.runs import os_error_line, release_locks
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
@@ -175,39 +174,17 @@ def run_safely(function):
     return wrapper
 
 
-# What to do about an OSError, by errno; the rest are said as the system says them.
-_OS_ADVICE = {
-    errno.ENOSPC: "free some space or pick an --out on another disk, then rerun the same command (a training run "
-    "continues from its last saved state with --resume)",
-    errno.EDQUOT: "your disk quota is full; free some space, then rerun the same command (a training run continues "
-    "from its last saved state with --resume)",
-    errno.EFBIG: "a file size limit (ulimit -f) or the file system stops it; raise the limit or pick an --out on "
-    "another disk, then rerun the same command (a training run continues with --resume)",
-    errno.EACCES: "no permission to write there; pick an --out you can write to",
-    errno.EPERM: "not permitted there; pick an --out you can write to",
-    errno.EROFS: "that file system is read-only; pick an --out on a writable disk",
-    errno.ENOTDIR: "a part of that path is a file, not a folder; pick another path",
-    errno.EISDIR: "that is a folder where a file was expected",
-    errno.ELOOP: "a symbolic link leads back to itself; fix the link or pick another path",
-    errno.ENAMETOOLONG: "pick a shorter path",
-    errno.EEXIST: "something is in the way there (a file, or a symbolic link to nothing); remove it or pick another "
-    "path",
-}
-
-
-def os_error_line(error: OSError) -> str:
-    """One line for an OSError: what failed, on which path, and what to do."""
-    what = error.strerror or str(error)
-    where = f"{error.filename}: " if error.filename else ""
-    advice = _OS_ADVICE.get(error.errno)
-    return f"{where}{what}" + (f"; {advice}" if advice else "")
-
-
 def say_warnings(warnings: list[str]) -> None:
     """Say each warning loudly (protection that did not happen is never a quiet success); the run's record keeps
     them already."""
     for warning in warnings:
         log.warning(warning)
+
+
+def say_trained(summary: dict, out, images: str = "images", note: str = "") -> None:
+    """One line for a finished training run: its steps, members, size and time, and where it was saved."""
+    size = f"{summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s"
+    output.print(f"trained {summary['steps']} steps on {summary['members']} {images} ({size}){note}; saved to {out}")
 
 
 def show_loss_table(title: str, summary: dict) -> None:

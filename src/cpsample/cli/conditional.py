@@ -26,6 +26,7 @@ from cpsample.cli.common import (
     output,
     require_transformers,
     run_safely,
+    say_trained,
     show_loss_table,
 )
 from cpsample.runs import RunFolder
@@ -71,10 +72,7 @@ def train_conditional_command(
     summary = train_conditional(
         members, split, out, config, label_dropout, None, resume, widths, split.source, overwrite
     )
-    output.print(
-        f"trained {summary['steps']} steps on {summary['members']} images of {summary['num_classes']} classes "
-        f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
-    )
+    say_trained(summary, out, f"images of {summary['num_classes']} classes")
 
 
 # --- Stable Diffusion (latent space) -------------------------------------------------------------------------
@@ -134,11 +132,8 @@ def train_t2i_command(
     summary = train_t2i(
         members, captions_for(members, data, captions), split, out, config, vae_steps, resume, overwrite, split.source
     )
-    output.print(
-        f"trained {summary['steps']} steps on {summary['members']} captioned images "
-        f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); VAE reconstructions "
-        f"score {summary['reconstruction_cosine_median']:.3f} (median cosine); saved to {out}"
-    )
+    cosine = summary["reconstruction_cosine_median"]
+    say_trained(summary, out, "captioned images", f"; VAE reconstructions score {cosine:.3f} (median cosine)")
 
 
 @opt.with_settings(TrainConfig, "train", skip=("mixed_precision",), steps=6000)
@@ -174,11 +169,8 @@ def train_latent_classifier_command(
     config = TrainConfig(**train)
     RunFolder(out, "train-latent-classifier", overwrite, resume, inputs=(model, data, captions)).prepare()
     check_device_option(device)
-    from cpsample.provenance import seed_everything
     from cpsample.training.latent_classifier import train_latent_classifier
 
-    seed_everything(config.seed)
-    label_seed = config.seed if label_seed is None else label_seed
     summary = call_with(
         train_latent_classifier, locals(), pipeline_dir=model, images_dir=data, out_dir=out,
         captions_file=captions, block_out_channels=parse_widths(channels),

@@ -17,6 +17,7 @@ from cpsample.cli.common import (
     output,
     require_transformers,
     run_safely,
+    say_trained,
     say_warnings,
     show,
     show_loss_table,
@@ -66,10 +67,7 @@ def train_denoiser_command(
     members, split = prepare_training(data, image_size, subset, config, init=None if init is None else str(init))
     widths = parse_widths(channels)
     summary = call_with(train_denoiser, locals(), out_dir=out, block_out_channels=widths, data_spec=split.source)
-    output.print(
-        f"trained {summary['steps']} steps on {summary['members']} images "
-        f"({summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s); saved to {out}"
-    )
+    say_trained(summary, out)
 
 
 @app.command("train-classifier")
@@ -159,17 +157,18 @@ def sample_command(
     from cpsample.sampling.spec import parse_option_strings
 
     config, conditions = SampleConfig(**config, overwrite=overwrite), Conditions(**conditions)
-    RunFolder(out, "sample", overwrite, inputs=(model, classifier, conditions.prompts_file)).prepare()
+    comparison = Comparison(**comparison)
+    given = (model, classifier, conditions.prompts_file, comparison.private)
+    RunFolder(out, "sample", overwrite, inputs=given).prepare()
     check_device_option(config.device)
     guard_options = parse_option_strings(guard, option, alpha=alpha, scale=scale, tau=tau)
     if adapter_class(model).conditioning == "prompts":
         require_transformers()  # a text encoder and its tokenizer
-    comparison = Comparison(**comparison)
     run = sample_run(out, model, guard, guard_options, config, conditions, classifier, trace, comparison)
     say_warnings(run.warnings)
     if run.per_prompt:
         show_prompt_table(run)
-    show("sample", sampled_line(run.stats, out), run.stats)
+    show("sample", run.summary(out), run.stats)
 
 
 def show_prompt_table(run) -> None:
@@ -183,15 +182,6 @@ def show_prompt_table(run) -> None:
         columns += f" | steps guided ({name})={name}.share_of_steps_guided:.0%"
     title = "similarity of the generated images to the nearest private image (pixel cosine)"
     show_table("per_prompt", title, rows, columns, drop_empty=True)
-
-
-def sampled_line(stats: dict, out: Path) -> str:
-    """One line for a sampling run: its cost, how often the guard acted, where the images are."""
-    guided = stats.get("share_of_steps_guided")
-    acted = "" if guided is None else f"; the guard acted on {guided:.1%} of steps"
-    ever = stats.get("share_of_samples_ever_guided")
-    acted += "" if ever is None else f" ({ever:.0%} of samples at least once)"
-    return f"sampled in {stats['seconds']:.1f}s ({stats['denoiser_calls']} denoiser calls){acted}; saved to {out}"
 
 
 @app.command("guards")

@@ -15,10 +15,7 @@ import typer
 from cpsample.attacks.settings import MEMBERS_HELP, NONMEMBERS_HELP
 from cpsample.evaluation.settings import FEATURES_HELP, TRUST_TORCHSCRIPT_HELP
 from cpsample.settings import (
-    BATCH_SIZE_HELP,
-    CLASSIFIER_HELP,
     DENOISER_HELP,
-    DENOISING_STEPS_HELP,
     DEVICE_HELP,
     KNOB_HELP,
     MAX_SEED,
@@ -34,10 +31,7 @@ ImageSize = Annotated[Optional[int], typer.Option(help="Resize images to this sq
 Subset = Annotated[
     Optional[int], typer.Option(help="Train on this many images picked at random (members); the rest are non-members.")
 ]
-Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps in all (with --resume: the step to train up to).")]
-BatchSize = Annotated[int, typer.Option(min=1, help=BATCH_SIZE_HELP)]
 Channels = Annotated[str, typer.Option(help="Block widths, comma-separated.")]
-MixedPrecision = Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU only).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out after a kill, losing no finished step.")]
 Trace = Annotated[
     bool,
@@ -51,9 +45,6 @@ Overwrite = Annotated[
 
 # Options several commands share with one meaning (defaults stay with each command).
 Denoiser = Annotated[str, typer.Option(help=DENOISER_HELP)]
-Classifier = Annotated[str, typer.Option(help=CLASSIFIER_HELP)]
-SamplingSteps = Annotated[int, typer.Option(min=1, help=DENOISING_STEPS_HELP)]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")]
 Features = Annotated[str, typer.Option(help=FEATURES_HELP)]
 TrustTorchscript = Annotated[bool, typer.Option(help=TRUST_TORCHSCRIPT_HELP)]

@@ -46,6 +46,17 @@ class SampleRun:
     per_prompt: dict[str, list[dict]] = field(default_factory=dict)
     prompts: list = field(default_factory=list)  # PromptEntry of each prompt sampled (its text and role)
 
+    def summary(self, out) -> str:
+        """One line: the run's cost, how often the guard acted, where the images are."""
+        stats, guided, ever = (
+            self.stats,
+            self.stats.get("share_of_steps_guided"),
+            self.stats.get("share_of_samples_ever_guided"),
+        )
+        acted = "" if guided is None else f"; the guard acted on {guided:.1%} of steps"
+        acted += "" if ever is None else f" ({ever:.0%} of samples at least once)"
+        return f"sampled in {stats['seconds']:.1f}s ({stats['denoiser_calls']} denoiser calls){acted}; saved to {out}"
+
 
 def sample_run(
     out: Path,

@@ -37,7 +37,7 @@ def train_latent_classifier(
     images_dir: str | Path | None,
     out_dir: Path,
     config: TrainConfig,
-    label_seed: int,
+    label_seed: int | None,
     relabel_after: int,
     captions_file: str | Path | None = None,
     block_out_channels=(32, 64, 64),
@@ -49,8 +49,13 @@ def train_latent_classifier(
     """Encode the private images with the pipeline's VAE and train the latent classifier; returns a summary.
 
     out_dir gets classifier/, scheduler/ (the pipeline's schedule), labels.json, split.json, latents.safetensors,
-    captions.json (when given) and cpsample.json naming the pipeline and the image folder.
+    captions.json (when given) and cpsample.json naming the pipeline and the image folder. Seeds everything with
+    config.seed first; label_seed None: config.seed.
     """
+    from cpsample.provenance import seed_everything
+
+    seed_everything(config.seed)
+    label_seed = config.seed if label_seed is None else label_seed
     out_dir = Path(out_dir)
     pipe = load_sd_pipeline(resolve_model_dir(pipeline_dir, "denoiser"), device=device)
     channels, height, width = latent_shape(pipe)
