@@ -36,7 +36,7 @@ from cpsample.data.captions import MODEL_CAPTIONS, captions_for, read_captions
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.adapters import LatentAdapter, adapter_class
-from cpsample.sampling.guards import Guard
+from cpsample.sampling.guards import Guard, is_plain
 from cpsample.sampling.latent_pairing import encode_latents
 
 
@@ -146,7 +146,7 @@ def run_latent_mia(
     dataset, split = training_data(folder)
     member_idx, nonmember_idx = pick_images(split.members, split.nonmembers, n_members, n_nonmembers, seed)
     members, nonmembers = dataset.take(member_idx), dataset.take(nonmember_idx)
-    built = None if guard == "none" else adapter.guard(guard, classifier, device, **guard_options)
+    built = None if is_plain(guard) else adapter.guard(guard, classifier, device, **guard_options)
     texts = (member_captions(folder, members), captions_for(nonmembers, dataset.source, captions))
     latents = [encode_latents(pipe, images, batch_size, progress) for images in (members, nonmembers)]
     contexts = tuple(caption_embeddings(pipe, caption_list, batch_size) for caption_list in texts)

@@ -37,10 +37,13 @@ from cpsample.evaluation.nearcopy import NearCopies, find_near_copies
 from cpsample.evaluation.neighbours import l2_normalise
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.pretrained import DiffusionModel
-from cpsample.sampling.guards import ChainGuard, ClassifierGuidanceGuard, Guard, NoGuard
+from cpsample.sampling.guards import ChainGuard, ClassifierGuidanceGuard, CPSampleGuard, Guard, NoGuard, is_plain
 from cpsample.sampling.sampler import Denoise, batch_generator, make_scheduler, sample, sample_batch
 
 GUIDED_NOISE_STREAM = 50_021  # the guided samples draw other noise than the pool (same seed)
+
+# What SIDE attacks: plain sampling, or sampling defended by CPSample.
+DEFENCES = (NoGuard.name, CPSampleGuard.name)
 
 
 @dataclass
@@ -324,7 +327,7 @@ def _run_latent_side(
             "(a `cpsample train-t2i` folder has a split.json); measure samples with `cpsample attack sample-nn`"
         )
     adapter = LatentAdapter.from_pretrained(folder, device)
-    guard = None if defence == "none" else adapter.guard("cpsample", classifier, device, **knobs)
+    guard = None if is_plain(defence) else adapter.guard(CPSampleGuard.name, classifier, device, **knobs)
     schedule = DDPMScheduler.from_config(adapter.pipe.scheduler.config)  # the training schedule, for noising
     result = side_attack(
         empty_prompt_denoiser(adapter.pipe), schedule, adapter.sample_shape, members.images, config, guard,
@@ -378,8 +381,8 @@ def run_side(
     from cpsample.sampling.pipeline import guard_for_model
     from cpsample.sampling.sampler import unet_denoiser
 
-    if defence not in ("none", "cpsample"):
-        raise ValueError(f"unknown defence {defence!r}; choose none or cpsample")
+    if defence not in DEFENCES:
+        raise ValueError(f"unknown defence {defence!r}; choose {' or '.join(DEFENCES)}")
     if not isinstance(model, DiffusionModel) and adapter_class(model) is LatentAdapter:
         knobs = {"alpha": alpha, "scale": scale, "tau": tau}
         return _run_latent_side(model, defence, classifier, knobs, config, work_dir, device, progress)
@@ -391,8 +394,8 @@ def run_side(
     members = model.members.images
     guard = (
         None
-        if defence == "none"
-        else guard_for_model(model, "cpsample", classifier, device, alpha=alpha, scale=scale, tau=tau)
+        if is_plain(defence)
+        else guard_for_model(model, CPSampleGuard.name, classifier, device, alpha=alpha, scale=scale, tau=tau)
     )
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     result = side_attack(

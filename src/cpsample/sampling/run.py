@@ -21,7 +21,7 @@ from cpsample.evaluation.measures import GuardActivity
 from cpsample.provenance import write_record
 from cpsample.sampling.adapters import ADAPTERS, ModelAdapter, load_adapter
 from cpsample.sampling.generate import generate
-from cpsample.sampling.guards import guard_class
+from cpsample.sampling.guards import CPSampleGuard, NoGuard, guard_class, is_plain
 from cpsample.sampling.outputs import save_private, save_samples, save_trace
 from cpsample.sampling.sampler import SampleResult
 from cpsample.sampling.settings import Comparison, Conditions, SampleConfig
@@ -97,7 +97,7 @@ def sample_run(
         **({"private": private.source, "copy_threshold": private.threshold} if private else {}),
     }
     runs = {}
-    if comparison.compare_plain and guard != "none":  # first, as the guarded run's note on its knobs ends the log
+    if comparison.compare_plain and not is_plain(guard):  # first, as the guarded run's note on its knobs ends the log
         watch = watching(spec, classifier)
         runs["plain"] = _one_run(adapter, watch, replace(config, work_dir=Path(out) / "plain"), classifier, keep_trace)
     runs[guard] = _one_run(adapter, spec, config, classifier, keep_trace, unconditional, say_knobs=True)
@@ -140,9 +140,9 @@ def watching(spec: GuardSpec, classifier) -> GuardSpec:
     """Plain sampling's stand-in for the comparison: with a CPSample classifier, CPSample at alpha 0 (it never acts
     but records the classifier's confidence per step, as the paper's Fig. 7 compares); else no guard."""
     if classifier is None or not guard_class(spec.name).uses_classifier:
-        return GuardSpec.create("none")
+        return GuardSpec.create(NoGuard.name)
     tau = getattr(spec.options, "tau", None)
-    return GuardSpec.create("cpsample", alpha=0.0, scale=0.0, **({"tau": tau} if tau is not None else {}))
+    return GuardSpec.create(CPSampleGuard.name, alpha=0.0, scale=0.0, **({"tau": tau} if tau is not None else {}))
 
 
 def knobs_source(spec: GuardSpec, classifier) -> str | None:

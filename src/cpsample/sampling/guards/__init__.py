@@ -56,6 +56,11 @@ def guard_class(name: str) -> type[Guard]:
     return guards[name]
 
 
+def is_plain(name: str) -> bool:
+    """Whether the guard of this name leaves sampling as it is (--guard none)."""
+    return guard_class(name) is NoGuard
+
+
 def option_rows(guards: dict[str, type[Guard]]) -> list[tuple[str, str, str, str]]:
     """(guard, option, default, meaning) for every option of every guard, as `cpsample guards` and docs/cli.md show
     them; a knob a calibration chooses shows "calibrated"."""
@@ -93,6 +98,7 @@ def _cap(settings: dict) -> str:
 
 __all__ = [
     "GUARDS",
+    "is_plain",
     "PLUGIN_GROUP",
     "AMGGuard",
     "CFGPrediction",
