@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cpsample.attacks.settings import Defence, MiaSettings
+from cpsample.attacks.settings import Defence, MiaSettings, SampleAttackSettings
 from cpsample.provenance import seed_everything, write_record
 
 
@@ -29,43 +29,28 @@ def mia_into(
 
 
 def sample_attack_into(
-    out: Path,
-    samples: list[str],
-    model: str = "bundled",
-    members: int | None = None,
-    nonmembers: int | None = None,
-    features: str = "pixels",
-    threshold: float | None = None,
-    trust_torchscript: bool = False,
-    seed: int = 0,
+    out: Path, samples: list[str], model: str = "bundled", attack: SampleAttackSettings | None = None
 ) -> dict:
     """`cpsample attack sample-nn`: the sample-only attack on the [NAME=]PATH samples files, saved by
     save_sample_attack; returns its results by sample set name."""
     from cpsample.attacks.sample_nn import run_sample_attack
     from cpsample.data.samples import read_sample_sets
 
-    seed_everything(seed)
+    attack = attack or SampleAttackSettings()
+    seed_everything(attack.seed)
     sets = read_sample_sets(samples)
     results = run_sample_attack(
         sets,
         model=model,
-        n_members=members,
-        n_nonmembers=nonmembers,
-        features=features,
-        threshold=threshold,
-        seed=seed,
-        trust_torchscript=trust_torchscript,
+        n_members=attack.members,
+        n_nonmembers=attack.nonmembers,
+        features=attack.features,
+        threshold=attack.threshold,
+        seed=attack.seed,
+        trust_torchscript=attack.trust_torchscript,
     )
-    settings = {
-        "samples": samples,
-        "model": model,
-        "members": members,
-        "nonmembers": nonmembers,
-        "features": features,
-        "threshold": threshold,
-        "seed": seed,
-    }
-    save_sample_attack(out, results, settings)
+    recorded = {name: value for name, value in dataclasses.asdict(attack).items() if name != "trust_torchscript"}
+    save_sample_attack(out, results, {"samples": samples, "model": model, **recorded})
     return results
 
 

@@ -1,4 +1,5 @@
-"""The attacks' settings: `Defence` (what an attack faces), `SideConfig` and `MiaSettings`, whose documented fields
+"""The attacks' settings: `Defence` (what an attack faces), `SideConfig`, `MiaSettings` and `SampleAttackSettings`,
+whose documented fields
 are also the `cpsample attack` commands' options. Light on purpose (torch loads inside its check), so the command line
 can build its --help from it."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpsample.evaluation.settings import FEATURES_HELP, TRUST_TORCHSCRIPT_HELP
 from cpsample.settings import BATCH_SIZE_HELP, KNOB_HELP, device_option, option, seed_option, threshold_option
 
 PAPER_COHESION = 0.5
@@ -97,4 +99,17 @@ class MiaSettings:
     batch_size: int = option(128, BATCH_SIZE_HELP, min=1)
     dtype: str = option("float32", "float32, bfloat16 or float16.")
     device: str = device_option()
+    seed: int = seed_option()
+
+
+@dataclass(frozen=True)
+class SampleAttackSettings:
+    """`cpsample attack sample-nn`'s attack: on how many images, in which feature space (recorded under these
+    names)."""
+
+    members: int | None = option(None, MEMBERS_HELP, flag="--members")
+    nonmembers: int | None = option(None, NONMEMBERS_HELP, flag="--nonmembers")
+    features: str = option("pixels", FEATURES_HELP)
+    threshold: float | None = threshold_option()
+    trust_torchscript: bool = option(False, TRUST_TORCHSCRIPT_HELP)
     seed: int = seed_option()

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cpsample.attacks.settings import Defence, MiaSettings, SideConfig
+from cpsample.attacks.settings import Defence, MiaSettings, SampleAttackSettings, SideConfig
 from cpsample.cli import options as opt
-from cpsample.cli.common import call_with, check_device_option, run_safely, show_table
+from cpsample.cli.common import check_device_option, run_safely, show_table
 from cpsample.runs import RunFolder
 
 attack_app = typer.Typer(
@@ -64,6 +64,7 @@ def mia_command(
 
 @attack_app.command("sample-nn")
 @run_safely
+@opt.with_settings(SampleAttackSettings, "attack")
 def sample_nn_command(
     samples: Annotated[
         list[str],
@@ -75,13 +76,8 @@ def sample_nn_command(
     ],
     out: opt.AttackOut,
     model: opt.Denoiser,
-    members: opt.Members = None,
-    nonmembers: opt.Nonmembers = None,
-    features: opt.Features = "pixels",
-    threshold: opt.NearCopyThreshold = None,
-    trust_torchscript: opt.TrustTorchscript = False,
+    attack: dict = None,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Membership inference from samples alone (black box): are members nearer to a sample? (AUC, TPR@1%FPR,
     Mann-Whitney U)
@@ -92,8 +88,9 @@ def sample_nn_command(
     from cpsample.attacks.records import sample_attack_into
     from cpsample.data.samples import sample_paths
 
-    RunFolder(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, features)).prepare()
-    results = call_with(sample_attack_into, locals())
+    attack = SampleAttackSettings(**attack)
+    RunFolder(out, "attack sample-nn", overwrite, inputs=(*sample_paths(samples), model, attack.features)).prepare()
+    results = sample_attack_into(out, samples, model, attack)
     first = next(iter(results.values()))
     title = f"sample-only membership inference ({first.n_members} members vs {first.n_nonmembers} non-members; "
     columns = "samples=name | n=n_samples | AUC=stats.auc:.3f | TPR@1%FPR=stats.tpr_at_1pct_fpr:.1%"

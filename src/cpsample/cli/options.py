@@ -12,14 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from cpsample.attacks.settings import MEMBERS_HELP, NONMEMBERS_HELP
-from cpsample.evaluation.settings import FEATURES_HELP, TRUST_TORCHSCRIPT_HELP
 from cpsample.settings import (
     DENOISER_HELP,
     DEVICE_HELP,
     KNOB_HELP,
     MAX_SEED,
-    NEAR_COPY_THRESHOLD_HELP,
     SEED_HELP,
 )
 
@@ -46,10 +43,6 @@ Overwrite = Annotated[
 # Options several commands share with one meaning (defaults stay with each command).
 Denoiser = Annotated[str, typer.Option(help=DENOISER_HELP)]
 LabelSeed = Annotated[Optional[int], typer.Option(help="Seed of the random labels (default: --seed).")]
-Features = Annotated[str, typer.Option(help=FEATURES_HELP)]
-TrustTorchscript = Annotated[bool, typer.Option(help=TRUST_TORCHSCRIPT_HELP)]
-Members = Annotated[Optional[int], typer.Option("--members", help=MEMBERS_HELP)]
-Nonmembers = Annotated[Optional[int], typer.Option("--nonmembers", help=NONMEMBERS_HELP)]
 AttackOut = Annotated[Path, typer.Option(help="Output folder: result.json, roc.png, cpsample.json.")]
 
 # Shorthands for the chosen guard's most used options (= --option NAME=VALUE): what they mean, and their defaults,
@@ -58,7 +51,6 @@ AttackOut = Annotated[Path, typer.Option(help="Output folder: result.json, roc.p
 Alpha = Annotated[Optional[float], typer.Option(help=KNOB_HELP["alpha"])]
 Scale = Annotated[Optional[float], typer.Option(help=KNOB_HELP["scale"])]
 Tau = Annotated[Optional[float], typer.Option(help=KNOB_HELP["tau"])]
-NearCopyThreshold = Annotated[Optional[float], typer.Option(help=NEAR_COPY_THRESHOLD_HELP)]
 
 
 GuardOption = Annotated[
