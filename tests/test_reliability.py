@@ -740,3 +740,14 @@ def test_bad_npz_files_give_one_clear_line(tmp_path, content, message):
         code, output = cli(*command, "--out", tmp_path / "o")
         assert code == 2 and "bad.npz" in output and message in output, output
         assert not (tmp_path / "o").exists()
+
+
+def test_train_classifier_says_loudly_when_the_members_were_not_fitted(tmp_path):
+    """Two steps cannot fit random labels: the result line says the paper's loss was NOT reached and a warning says
+    what to change, never a quiet success."""
+    code, output = cli(*CLASSIFIER, "--out", tmp_path / "clf")
+    assert code == 0, output
+    assert "did NOT reach the paper's < 0.05" in output, output
+    assert "members were NOT fitted" in output and "To fix:" in output, output
+    record = json.loads((tmp_path / "clf" / "cpsample.json").read_text())
+    assert record["results"]["reached_paper_loss"] is False

@@ -83,24 +83,14 @@ def train_classifier_command(
     overwrite: opt.Overwrite = False,
 ):
     """Train the random-label classifier p(y | x_t, t) that CPSample guides with."""
-    from cpsample.training.classifier import PAPER_LOSS
     from cpsample.workflows.classifier import train_classifier_run
 
     settings = ClassifierTraining(**training)
     RunFolder(out, "train-classifier", overwrite, resume, inputs=(model,)).prepare()
     run = train_classifier_run(out, model, settings, resume, overwrite, say=log.info)
-    summary = run.summary
-    show_loss_table("classifier on its training images (EMA weights)", summary)
-    verdict = "reached" if summary["reached_paper_loss"] else "did NOT reach"
-    output.print(
-        f"relabelled {summary['relabelled']} images; low-noise loss {summary['low_noise_loss']:.4f} "
-        f"{verdict} the paper's < {PAPER_LOSS}; saved to {out}"
-    )
-    if run.advice:
-        log.warning(
-            f"the {summary['members']} members were NOT fitted: CPSample is not confident on all of "
-            f"them, so it cannot keep samples away from those. To fix: {run.advice}"
-        )
+    show_loss_table("classifier on its training images (EMA weights)", run.summary)
+    output.print(run.verdict(out))
+    say_warnings([run.not_fitted] if run.not_fitted else [])
 
 
 @app.command("sample")

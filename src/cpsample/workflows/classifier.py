@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from cpsample.provenance import seed_everything
-from cpsample.training.classifier import denoiser_training_set, train_classifier
+from cpsample.training.classifier import PAPER_LOSS, denoiser_training_set, train_classifier
 from cpsample.training.recipes import not_fitted_advice, plan_line, recipe_settings
 from cpsample.training.settings import ClassifierTraining, TrainConfig
 
@@ -17,6 +17,23 @@ from cpsample.training.settings import ClassifierTraining, TrainConfig
 class ClassifierRun:
     summary: dict
     advice: str | None  # what to change when the members were not fitted; None when they were
+
+    def verdict(self, out) -> str:
+        """One line: relabelled images, the low-noise loss against the paper's, where the classifier is."""
+        summary = self.summary
+        reached = "reached" if summary["reached_paper_loss"] else "did NOT reach"
+        loss = f"low-noise loss {summary['low_noise_loss']:.4f} {reached} the paper's < {PAPER_LOSS}"
+        return f"relabelled {summary['relabelled']} images; {loss}; saved to {out}"
+
+    @property
+    def not_fitted(self) -> str | None:
+        """The warning to say loudly when the members were not fitted (None when they were)."""
+        if not self.advice:
+            return None
+        return (
+            f"the {self.summary['members']} members were NOT fitted: CPSample is not confident on all of them, so it "
+            f"cannot keep samples away from those. To fix: {self.advice}"
+        )
 
 
 def train_classifier_run(
