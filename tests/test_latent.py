@@ -245,6 +245,8 @@ def test_cli_table2_workflow(setup, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # 4 steps fit nothing: said as such, with what to change
+    assert "did NOT reach" in said and "members were NOT fitted" in said and "--steps, with --resume" in said, said
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(
         "# Table 2 style: original caption<TAB>modified caption\n"

@@ -27,6 +27,7 @@ from cpsample.cli.common import (
     require_transformers,
     run_safely,
     say_trained,
+    say_warnings,
     show_loss_table,
 )
 from cpsample.runs import RunFolder
@@ -170,13 +171,16 @@ def train_latent_classifier_command(
     RunFolder(out, "train-latent-classifier", overwrite, resume, inputs=(model, data, captions)).prepare()
     check_device_option(device)
     from cpsample.training.latent_classifier import train_latent_classifier
+    from cpsample.workflows.classifier import ClassifierRun
 
     summary = call_with(
         train_latent_classifier, locals(), pipeline_dir=model, images_dir=data, out_dir=out,
         captions_file=captions, block_out_channels=parse_widths(channels),
     )  # fmt: skip
     show_loss_table("latent classifier on the private latents (EMA weights)", summary)
+    fix = None if summary["reached_paper_loss"] else "train longer (--steps, with --resume) or wider (--channels)"
+    run = ClassifierRun(summary, fix)
     output.print(
-        f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; relabelled "
-        f"{summary['relabelled']}; low-noise loss {summary['low_noise_loss']:.4f}; saved to {out}"
+        f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; {run.verdict(out)}"
     )
+    say_warnings([run.not_fitted] if run.not_fitted else [])
