@@ -197,3 +197,11 @@ def test_json_prints_the_same_results_as_one_object_and_notes_go_through_logging
         out / "samples.npz"
     )
     assert f"warning: {clf} has no calibration.json" in " ".join(sampled.stderr.split())
+    # A training command's result lines are results too: its whole stdout is one JSON object, the not-fitted
+    # warning on stderr.
+    trained = run("--json", "train-classifier", "--model", "bundled", "--steps", "2", "--relabel-after", "1",
+                  "--batch-size", "4", "--channels", "8,16", "--out", str(tmp_path / "clf"))  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)["summary"]
+    assert summary["reached_paper_loss"] is False and summary["steps"] == 2
+    assert "members were NOT fitted" in " ".join(trained.stderr.split())

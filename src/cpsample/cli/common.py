@@ -184,7 +184,11 @@ def say_warnings(warnings: list[str]) -> None:
 def say_trained(summary: dict, out, images: str = "images", note: str = "") -> None:
     """One line for a finished training run: its steps, members, size and time, and where it was saved."""
     size = f"{summary['parameters'] / 1e6:.2f}M parameters, {summary['seconds_this_run']:.0f}s"
-    output.print(f"trained {summary['steps']} steps on {summary['members']} {images} ({size}){note}; saved to {out}")
+    show(
+        "summary",
+        f"trained {summary['steps']} steps on {summary['members']} {images} ({size}){note}; saved to {out}",
+        summary,
+    )
 
 
 def show_loss_table(title: str, summary: dict) -> None:

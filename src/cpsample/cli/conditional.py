@@ -23,11 +23,11 @@ from cpsample.cli import options as opt
 from cpsample.cli.common import (
     call_with,
     check_device_option,
-    output,
     require_transformers,
     run_safely,
     say_trained,
     say_warnings,
+    show,
     show_loss_table,
 )
 from cpsample.runs import RunFolder
@@ -101,7 +101,11 @@ def make_tiny_sd_command(
 
     folder = build_tiny_sd_pipeline(out, image_size=image_size, seed=seed, scheduler=scheduler)
     write_record(folder, "make-tiny-sd", {"image_size": image_size, "scheduler": scheduler, "seed": seed})
-    output.print(f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}")
+    show(
+        "pipeline",
+        f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}",
+        str(folder),
+    )
 
 
 @opt.with_settings(TrainConfig, "train", skip=("mixed_precision",), steps=12000, batch_size=32, save_every=250)
@@ -180,7 +184,6 @@ def train_latent_classifier_command(
     show_loss_table("latent classifier on the private latents (EMA weights)", summary)
     fix = None if summary["reached_paper_loss"] else "train longer (--steps, with --resume) or wider (--channels)"
     run = ClassifierRun(summary, fix)
-    output.print(
-        f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents; {run.verdict(out)}"
-    )
+    latents = f"{summary['members']} private images as {tuple(summary['latent_shape'])} latents"
+    show("summary", f"{latents}; {run.verdict(out)}", summary)
     say_warnings([run.not_fitted] if run.not_fitted else [])

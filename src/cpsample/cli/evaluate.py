@@ -13,7 +13,6 @@ import typer
 from cpsample.cli import options as opt
 from cpsample.cli.common import (
     check_device_option,
-    output,
     run_safely,
     say_warnings,
     show,
@@ -94,8 +93,6 @@ def train_feature_net_command(
     RunFolder(out, "train-feature-net", overwrite, inputs=(data,)).prepare()
     summary = train_feature_net_into(out, data, training, image_size, name, device)
     accuracy = summary["held_out_accuracy"]
-    output.print(
-        f"{name}: held-out accuracy {'-' if accuracy is None else f'{accuracy:.4f}'} on "
-        f"{summary['held_out_images']} images, train accuracy {summary['train_accuracy']:.4f} "
-        f"({summary['parameters']} parameters, {summary['seconds']}s); saved to {out}"
-    )
+    text = f"{name}: held-out accuracy {'-' if accuracy is None else f'{accuracy:.4f}'} on "
+    text += f"{summary['held_out_images']} images, train accuracy {summary['train_accuracy']:.4f} "
+    show("trained", text + f"({summary['parameters']} parameters, {summary['seconds']}s); saved to {out}", summary)

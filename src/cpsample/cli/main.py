@@ -14,7 +14,6 @@ from cpsample.cli.common import (
     check_device_option,
     configure_logging,
     log,
-    output,
     require_transformers,
     run_safely,
     say_trained,
@@ -89,7 +88,7 @@ def train_classifier_command(
     RunFolder(out, "train-classifier", overwrite, resume, inputs=(model,)).prepare()
     run = train_classifier_run(out, model, settings, resume, overwrite, say=log.info)
     show_loss_table("classifier on its training images (EMA weights)", run.summary)
-    output.print(run.verdict(out))
+    show("summary", run.verdict(out), run.summary)
     say_warnings([run.not_fitted] if run.not_fitted else [])
 
 

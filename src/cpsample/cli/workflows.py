@@ -11,7 +11,7 @@ from cpsample.calibration.goal import Goal
 from cpsample.calibration.report import FitReport
 from cpsample.calibration.settings import GridSettings, SearchSettings
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, log, output, run_safely, show, show_table
+from cpsample.cli.common import check_device_option, log, run_safely, show, show_table
 from cpsample.runs import RunFolder
 from cpsample.workflows.settings import DemoSettings
 
@@ -150,12 +150,15 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
         log.info(note)
     classifier = result.grid.classifier
     if is_bundled(classifier):
-        output.print(
-            f"the bundled classifier ships its own calibration, which stays as it is; this one is in {record}"
-        )
+        text = f"the bundled classifier ships its own calibration, which stays as it is; this one is in {record}"
+        show("saved", text, None)
     else:
         path = result.save_pretrained()
-        output.print(f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it")
+        show(
+            "saved",
+            f"saved to {path}: `cpsample sample --guard cpsample --classifier {classifier}` now uses it",
+            str(path),
+        )
 
 
 def _show_grid(name: str, rows: list[dict], title: str) -> None:
