@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -358,3 +359,31 @@ def os_error_line(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     advice = _OS_ADVICE.get(error.errno)
     return f"{where}{what}" + (f"; {advice}" if advice else "")
+
+
+def user_error_line(error: BaseException) -> str | None:
+    """One line for an error the user can fix (bad input, a missing or unwritable path, a full disk, a link cycle),
+    or None for anything else (a bug). The command line says the line instead of a traceback."""
+    from cpsample.data import DataError
+
+    if isinstance(error, (DataError, FileNotFoundError, FileExistsError, ValueError)):
+        return os_error_line(error) if getattr(error, "errno", None) else str(error)  # (the system's own: errno)
+    if isinstance(error, OSError):  # full disk, no permission, read-only, a path through a file ...
+        return os_error_line(error)
+    if isinstance(error, RuntimeError) and str(error).startswith("Symlink loop"):  # pathlib's resolve() of a cycle
+        return f"{error}: a symbolic link leads back to itself; fix the link or pick another path"
+    if type(error).__name__ == "SafetensorError":  # safetensors' writer says "os error 28" in its own type
+        return os_error_line(as_os_error(error))
+    return None
+
+
+def as_os_error(error: BaseException, filename=None) -> BaseException:
+    """safetensors' SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)") as
+    the OSError it carries, naming `filename`; any other error as it is."""
+    if type(error).__name__ != "SafetensorError":
+        return error
+    found = re.search(r"os error (\d+)", str(error))
+    if found is None:
+        return OSError(0, f"cannot write a safetensors file ({error})", None if filename is None else str(filename))
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), None if filename is None else str(filename))

@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cpsample.data import DataError
-from cpsample.runs import os_error_line, release_locks
+from cpsample.runs import release_locks, user_error_line
 
 # soft_wrap: never break paths or messages mid-line. In a log file (long calibrations run in the background) rich
 # would squeeze tables into 80 columns and cut every cell to "gua…"; there they get room unless COLUMNS says otherwise.
@@ -153,20 +152,11 @@ def run_safely(function):
         except typer.Exit:
             Results.finish()  # what was measured before a verdict such as "no setting met the goal"
             raise
-        except (DataError, FileNotFoundError, FileExistsError, ValueError) as error:
-            fail(os_error_line(error) if getattr(error, "errno", None) else str(error))  # (the system's own: errno)
-        except OSError as error:  # full disk, no permission, read-only, a path through a file ...: said in one line
-            fail(os_error_line(error))
-        except RuntimeError as error:
-            if not str(error).startswith("Symlink loop"):  # pathlib's resolve() of a link cycle
-                raise
-            fail(f"{error}: a symbolic link leads back to itself; fix the link or pick another path")
         except Exception as error:
-            if type(error).__name__ != "SafetensorError":  # safetensors' writer says "os error 28" in its own type
+            line = user_error_line(error)
+            if line is None:  # a bug: its traceback is worth seeing
                 raise
-            from cpsample.training.loop import as_os_error
-
-            fail(os_error_line(as_os_error(error)))
+            fail(line)
         finally:
             release_locks()
             Results.reset()

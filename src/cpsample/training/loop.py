@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from cpsample.data import Split
 from cpsample.provenance import RUN_BOOKKEEPING, write_record
+from cpsample.runs import as_os_error
 from cpsample.training.settings import TrainConfig
 
 # loss_fn(model, x0 batch, target batch or None, generator) -> (loss, {name: float})
@@ -342,18 +342,6 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool = False) -> 
             f"{out_dir} already holds {what}; pass --resume to continue its run, --overwrite to "
             "replace it, or pick a new --out"
         )
-
-
-def as_os_error(error: BaseException, filename=None) -> BaseException:
-    """safetensors' SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)") as
-    the OSError it carries, naming `filename`; any other error as it is."""
-    if type(error).__name__ != "SafetensorError":
-        return error
-    found = re.search(r"os error (\d+)", str(error))
-    if found is None:
-        return OSError(0, f"cannot write a safetensors file ({error})", None if filename is None else str(filename))
-    code = int(found.group(1))
-    return OSError(code, os.strerror(code), None if filename is None else str(filename))
 
 
 def _entries(folder: Path) -> list[str]:
