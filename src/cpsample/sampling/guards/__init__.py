@@ -56,9 +56,11 @@ def guard_class(name: str) -> type[Guard]:
     return guards[name]
 
 
-def is_plain(name: str) -> bool:
-    """Whether the guard of this name leaves sampling as it is (--guard none)."""
-    return guard_class(name) is NoGuard
+def is_plain(guard) -> bool:
+    """Whether a guard (its name, a GuardSpec or a built Guard) leaves sampling as it is (--guard none)."""
+    if isinstance(guard, Guard):
+        return isinstance(guard, NoGuard)
+    return guard_class(getattr(guard, "name", guard)) is NoGuard
 
 
 def option_rows(guards: dict[str, type[Guard]]) -> list[tuple[str, str, str, str]]:
