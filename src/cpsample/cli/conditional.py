@@ -31,6 +31,7 @@ from cpsample.cli.common import (
     show_loss_table,
 )
 from cpsample.runs import RunFolder
+from cpsample.sampling.settings import TinySd
 from cpsample.settings import parse_widths
 from cpsample.training.settings import TrainConfig
 
@@ -79,33 +80,23 @@ def train_conditional_command(
 # --- Stable Diffusion (latent space) -------------------------------------------------------------------------
 
 
+@opt.with_settings(TinySd, "tiny")
 def make_tiny_sd_command(
     out: Annotated[
         Path, typer.Option(help="Folder for the pipeline (model_index.json, unet/, vae/, text_encoder/, ...).")
     ],
-    image_size: Annotated[int, typer.Option(help="Image resolution; latents are half of it.")] = 32,
-    scheduler: Annotated[str, typer.Option(help="pndm (as Stable Diffusion v1) or ddim.")] = "pndm",
+    tiny: dict = None,
     overwrite: opt.Overwrite = False,
-    seed: opt.Seed = 0,
 ):
     """Write a tiny random-weight Stable Diffusion pipeline, to try the latent workflow offline."""
     require_transformers()
-    if image_size < 4 or image_size % 4:
-        raise ValueError(
-            "--image-size must be a positive multiple of 4 (the VAE halves it, the UNet halves it again), got "
-            f"{image_size}"
-        )
+    settings = TinySd(**tiny)  # a size the VAE cannot make fails before anything is written
     RunFolder(out, "make-tiny-sd", overwrite).prepare()
-    from cpsample.provenance import write_record
     from cpsample.sampling.latent import build_tiny_sd_pipeline
 
-    folder = build_tiny_sd_pipeline(out, image_size=image_size, seed=seed, scheduler=scheduler)
-    write_record(folder, "make-tiny-sd", {"image_size": image_size, "scheduler": scheduler, "seed": seed})
-    show(
-        "pipeline",
-        f"tiny Stable Diffusion pipeline ({image_size}x{image_size}, random weights) written to {folder}",
-        str(folder),
-    )
+    folder = build_tiny_sd_pipeline(out, settings.image_size, settings.seed, settings.scheduler)
+    size = f"{settings.image_size}x{settings.image_size}"
+    show("pipeline", f"tiny Stable Diffusion pipeline ({size}, random weights) written to {folder}", str(folder))
 
 
 @opt.with_settings(TrainConfig, "train", skip=("mixed_precision",), steps=12000, batch_size=32, save_every=250)

@@ -12,6 +12,7 @@ and for trying the workflow offline. Needs `transformers` (the `latent` extra).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass, replace
@@ -73,20 +74,22 @@ def _write_tokenizer_files(folder: Path) -> None:
 
 
 def build_tiny_sd_pipeline(folder: str | Path, image_size: int = 32, seed: int = 0, scheduler: str = "pndm") -> Path:
-    """Write a random-weight StableDiffusionPipeline (~1.2M parameters) to folder with save_pretrained (safetensors).
+    """Write a random-weight StableDiffusionPipeline (~1.2M parameters) to folder with save_pretrained (safetensors),
+    and its cpsample.json (how it was made).
 
     The same layout as a real Stable Diffusion v1 folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/,
     model_index.json) with SD's scaled-linear noise schedule; the VAE halves the resolution (latents are
     4 x image_size/2 x image_size/2). Reload with `load_sd_pipeline(folder)`.
     """
-    if image_size % 4:
-        raise ValueError(
-            f"image size must be a multiple of 4 (the VAE halves it, the UNet halves it again), got {image_size}"
-        )
+    from cpsample.provenance import write_record
+    from cpsample.sampling.settings import TinySd
+
+    settings = TinySd(image_size, scheduler, seed)  # checks the size
     folder = Path(folder)
     torch.manual_seed(seed)
     pipe = tiny_sd_pipeline(image_size, scheduler)
     save_sd_pipeline(pipe, folder)
+    write_record(folder, "make-tiny-sd", dataclasses.asdict(settings))
     return folder
 
 

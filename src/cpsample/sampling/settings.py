@@ -75,3 +75,19 @@ class Comparison:
         "latent classifier's); the similarities go to private.json, never cpsample.json.",
     )
     copy_threshold: float | None = option(None, NEAR_COPY_THRESHOLD_HELP, flag="--threshold")
+
+
+@dataclass(frozen=True)
+class TinySd:
+    """A tiny random-weight Stable Diffusion pipeline, to try the latent workflow offline (`cpsample make-tiny-sd`)."""
+
+    image_size: int = option(32, "Image resolution; latents are half of it.")
+    scheduler: str = option("pndm", "pndm (as Stable Diffusion v1) or ddim.")
+    seed: int = seed_option()
+
+    def __post_init__(self):
+        if self.image_size < 4 or self.image_size % 4:
+            raise ValueError(
+                "--image-size must be a positive multiple of 4 (the VAE halves it, the UNet halves it again), got "
+                f"{self.image_size}"
+            )
