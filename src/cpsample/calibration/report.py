@@ -11,7 +11,8 @@ logger = logging.getLogger(__name__)
 class FitReport:
     """What `fit()` tells while it runs, in order (a calibration takes minutes to hours, so the screen's table is
     worth seeing before the confirmation round starts). Warnings and notes go to the `cpsample` log as the rest of
-    the library's do; the tables go nowhere here (`cpsample calibrate` prints each)."""
+    the library's do; each round's rows reach `table(name, rows, title)`, which does nothing here (`cpsample
+    calibrate` prints them)."""
 
     def warning(self, text: str) -> None:
         """A warning known before anything is sampled (a classifier that never fit)."""
@@ -21,8 +22,13 @@ class FitReport:
         """A note on how the calibration goes (the grid taken where the goal-seeking search cannot be)."""
         logger.info(text)
 
+    def table(self, name: str, rows: list[dict], title: str) -> None:
+        """A round's rows ("screen", "confirmation" or "check") and what they are, in words."""
+
     def screened(self, rows: list[dict], n_samples: int) -> None:
         """The screen's rows: plain first, then every setting of the grid on the same noise."""
+        probed = "; probes sample plain's near-copies again" if any(row.get("probed") for row in rows) else ""
+        self.table("screen", rows, f"screen on {n_samples} images{probed}")
 
     def confirming(self, finalists: int, n_samples: int, seed: int) -> None:
         """The confirmation round starts: plain and up to `finalists` settings on `n_samples` fresh images."""
@@ -33,6 +39,8 @@ class FitReport:
 
     def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
         """The confirmation round's rows, each pooled with its screen row."""
+        pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
+        self.table("confirmation", rows, f"confirmation: {pooled}, FD and time on the {confirm_n}")
 
     def checking(self, settings: list[str], n_samples: int, seed: int) -> None:
         """The goal-seeking search's check starts: plain and each found setting in full on `n_samples` fresh images."""
@@ -40,3 +48,5 @@ class FitReport:
 
     def checked(self, rows: list[dict], n_samples: int) -> None:
         """The check's rows, plain first (a setting that missed the goal is followed by its retry)."""
+        pooled = "; near-copies pooled with the screen's exact counts" if rows[0]["n"] > n_samples else ""
+        self.table("check", rows, f"check: in full on {n_samples} fresh images{pooled} (the choice is made here)")

@@ -113,20 +113,10 @@ def calibrate_command(
 
 
 class _PrintedReport(FitReport):
-    """Prints the tables Calibrator.fit() reports as it goes (its notes and warnings are logged): the screen's before
-    the confirmation round starts."""
+    """Prints each round's table as Calibrator.fit() reports it: the screen's before the confirmation round starts."""
 
-    def screened(self, rows: list[dict], n_samples: int) -> None:
-        probed = "; probes sample plain's near-copies again" if any(row.get("probed") for row in rows) else ""
-        _show_grid("screen", rows, f"screen on {n_samples} images{probed}")
-
-    def confirmed(self, rows: list[dict], screen_n: int, confirm_n: int) -> None:
-        pooled = f"near-copies pooled over {screen_n} + {confirm_n} images"
-        _show_grid("confirmation", rows, f"confirmation: {pooled}, FD and time on the {confirm_n}")
-
-    def checked(self, rows: list[dict], n_samples: int) -> None:
-        pooled = "; near-copies pooled with the screen's exact counts" if rows[0]["n"] > n_samples else ""
-        _show_grid("check", rows, f"check: in full on {n_samples} fresh images{pooled} (the choice is made here)")
+    def table(self, name: str, rows: list[dict], title: str) -> None:
+        _show_grid(name, rows, title)
 
 
 def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
