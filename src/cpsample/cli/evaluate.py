@@ -1,7 +1,4 @@
-"""CLI commands `evaluate` (replication, quality and permutation test -> report) and `train-feature-net`.
-
-main.py calls `register(app)` to add them.
-"""
+"""CLI commands `evaluate` (replication, quality and permutation test -> report) and `train-feature-net`."""
 
 from __future__ import annotations
 

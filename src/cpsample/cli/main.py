@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -195,17 +196,9 @@ def main_options(
     configure_logging()
 
 
-def _register_command_modules() -> None:
-    """Commands that live in their own modules (one module per area of the tool)."""
-    from cpsample.cli import attack, conditional, evaluate, workflows
-
-    attack.register(app)
-    conditional.register(app)
-    evaluate.register(app)
-    workflows.register(app)
-
-
-_register_command_modules()
+# Commands that live in their own modules (one module per area of the tool) add themselves to the app.
+for _area in ("attack", "conditional", "evaluate", "workflows"):
+    importlib.import_module(f"cpsample.cli.{_area}").register(app)
 
 if __name__ == "__main__":
     app()

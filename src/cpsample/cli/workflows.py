@@ -11,7 +11,7 @@ from cpsample.calibration.goal import Goal
 from cpsample.calibration.report import FitReport
 from cpsample.calibration.settings import GridSettings, SearchSettings
 from cpsample.cli import options as opt
-from cpsample.cli.common import check_device_option, log, run_safely, show, show_table
+from cpsample.cli.common import check_device_option, log, run_safely, say_warnings, show, show_table
 from cpsample.runs import RunFolder
 from cpsample.workflows.settings import DemoSettings
 
@@ -134,8 +134,7 @@ def _print_choice(result: CalibrationResult, out: Path, record: Path) -> None:
             "--allow-vacuous to save this choice anyway"
         )
     show("summary", result.summary)
-    for warning in ([result.missed] if result.missed else []) + result.warnings:
-        log.warning(warning)
+    say_warnings(([result.missed] if result.missed else []) + result.warnings)
     for note in result.cost_warnings + ([result.close_call_note] if result.close_call_note else []):
         log.info(note)
     classifier = result.grid.classifier
