@@ -156,15 +156,21 @@ def knobs_source(spec: GuardSpec, classifier) -> str | None:
 
 def knobs_said(settings: dict, source: str | None) -> str:
     """The guard's knobs as run, in one line: "cpsample: alpha 0.5, scale 2000, tau 0.001, checks at every step
-    (knobs: uncalibrated defaults)"."""
-    knobs = {name: value for name, value in settings.items() if name not in ("guard", "max_t")}
-    said = ", ".join(
-        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}" for name, value in knobs.items()
-    )
+    (knobs: uncalibrated defaults)"; a staged guard's stages in brackets."""
+    return f"{settings.get('guard')}: {_knobs(settings)}" + (f" (knobs: {source})" if source else "")
+
+
+def _knobs(settings: dict) -> str:
+    said = []
+    for name, value in settings.items():
+        if name in ("guard", "max_t"):
+            continue
+        if isinstance(value, dict):
+            value = f"({_knobs(value)})"
+        said.append(f"{name} {format(value, 'g') if isinstance(value, float) else value}")
     if "max_t" in settings:
-        max_t = settings["max_t"]
-        said += ", checks at " + ("every step" if max_t is None else f"t <= {max_t}")
-    return f"{settings.get('guard')}: {said}" + (f" (knobs: {source})" if source else "")
+        said.append("checks at " + ("every step" if settings["max_t"] is None else f"t <= {settings['max_t']}"))
+    return ", ".join(said)
 
 
 @dataclass(frozen=True)
