@@ -3,6 +3,10 @@ graph), the push (the gradient of the fired samples and its bookkeeping) and the
 sampling on the same noise. Each part is timed by wrapping it; medians over repeats, plain and guarded interleaved.
 
     OMP_NUM_THREADS=1 python bench/profile_guard.py --model bundled --alpha 0.1 --scale 25 --max-t 400
+    OMP_NUM_THREADS=1 python bench/profile_guard.py --model bundled --default   # the calibrated default (two stages)
+
+With --default the guard is `--guard cpsample` with no knob given: what the classifier's calibration chose (on the
+bundled model two stages, `cpsample-staged`); the check and push of every stage are summed.
 """
 
 from __future__ import annotations
@@ -44,12 +48,19 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--scale", type=float, default=25.0)
     parser.add_argument("--max-t", type=int, default=400)
+    parser.add_argument(
+        "--default", action="store_true", help="the calibrated default (no knob given) instead of the knobs above"
+    )
     parser.add_argument("--n-samples", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the medians")
     args = parser.parse_args()
     adapter = load_adapter(args.model)
-    spec = GuardSpec.create("cpsample", alpha=args.alpha, scale=args.scale, tau=0.001, max_t=args.max_t)
+    spec = (
+        GuardSpec.create("cpsample")
+        if args.default
+        else GuardSpec.create("cpsample", alpha=args.alpha, scale=args.scale, tau=0.001, max_t=args.max_t)
+    )
     config = SampleConfig(n=args.n_samples, progress=False)
     runs = {"plain": [], "cpsample": []}
     for _ in range(args.repeats):
@@ -60,13 +71,27 @@ def main() -> None:
     }
     plain = medians["plain"]["total"]
     for name, parts in medians.items():
-        print(f"{name}: {parts['total']:.1f} s ({parts['total'] / plain:.3f}x plain)")
+        ratios = [row["total"] / base["total"] for row, base in zip(runs[name], runs["plain"])]
+        print(
+            f"{name}: {parts['total']:.1f} s ({parts['total'] / plain:.3f}x plain; paired ratios "
+            f"{', '.join(f'{ratio:.3f}' for ratio in ratios)}, median {statistics.median(ratios):.3f}x)"
+        )
         for part, seconds in parts.items():
             if part != "total":
                 print(f"  {part:>10}: {seconds:6.2f} s = {seconds / plain:6.1%} of plain's time")
     if args.out:
         args.out.write_text(
-            json.dumps({"settings": vars(args) | {"out": str(args.out)}, "medians": medians}, indent=2)
+            json.dumps(
+                {
+                    "settings": vars(args) | {"out": str(args.out), "guard": str(spec)},
+                    "medians": medians,
+                    "runs": runs,
+                    "paired_ratio_median": statistics.median(
+                        row["total"] / base["total"] for row, base in zip(runs["cpsample"], runs["plain"])
+                    ),
+                },
+                indent=2,
+            )
         )
 
 
@@ -76,9 +101,10 @@ def profile(adapter, spec, config: SampleConfig, classifier: str) -> dict:
     denoiser = adapter.denoiser
     adapter.denoiser = lambda conditions: clock.wrap("denoiser", denoiser(conditions))
     guard = adapter.guard(spec, classifier)
-    if hasattr(guard, "push"):
-        guard._check = clock.wrap("check", guard._check)
-        guard.push = clock.wrap("push", guard.push)
+    for member in getattr(guard, "guards", [guard]):  # a two-stage guard's stages, or the guard itself
+        if hasattr(member, "push"):
+            member._check = clock.wrap("check", member._check)
+            member.push = clock.wrap("push", member.push)
     torch.manual_seed(0)
     started = time.perf_counter()
     generate(adapter, guard, config)
