@@ -124,14 +124,12 @@ def test_conditional_generate_equals_the_entry_point_and_the_loop_under_it(folde
     assert every.labels.tolist() == list(range(10))  # no labels given: one image of each class
 
 
-def test_latent_generate_equals_sample_sd_and_the_diffusers_pipeline(pipeline):
-    from cpsample.sampling.latent import load_sd_pipeline, sample_sd
+def test_latent_generate_equals_the_diffusers_pipeline(pipeline):
+    from cpsample.sampling.latent import load_sd_pipeline
 
     pipe = load_sd_pipeline(pipeline)
     adapter = LatentAdapter(pipe).conditioned(PROMPTS[:1])
     ours = generate(adapter, "none", SampleConfig(n=2, steps=4, seed=5, progress=False))
-    old = sample_sd(pipe, PROMPTS[:1], None, images_per_prompt=2, steps=4, seed=5, progress=False)
-    assert torch.equal(ours.images, old.images) and torch.equal(ours.latents, old.latents)
     assert ours.prompts == PROMPTS[:1] and ours.prompt_index.tolist() == [0, 0] and ours.denoiser_calls == 2 * 5 * 2
     theirs = pipe(
         PROMPTS[0],
@@ -175,14 +173,14 @@ def test_a_killed_latent_run_resumes_to_the_uninterrupted_images(pipeline, tmp_p
         generate(adapter.conditioned(PROMPTS[:1]), "none", kept)
 
 
-def test_sample_with_a_prompts_file_writes_what_sample_sd_draws(pipeline, tmp_path):
-    from cpsample.sampling.latent import load_sd_pipeline, sample_sd
-
+def test_sample_with_a_prompts_file_writes_what_generate_draws(pipeline, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\nClassic cars for sale\tClassic car for sale\n")
     common = ["--prompts-file", prompts, "-n", "2", "--steps", "3", "--seed", "7", "--guard", "none"]
     texts = ["a red square", "Classic cars for sale", "Classic car for sale"]
-    old = sample_sd(load_sd_pipeline(pipeline), texts, None, images_per_prompt=2, steps=3, seed=7, progress=False)
+    old = generate(
+        load_adapter(pipeline).conditioned(texts), "none", SampleConfig(n=2, steps=3, seed=7, progress=False)
+    )
     code, text = cli("sample", "--model", pipeline, *common, "--out", tmp_path / "one")
     assert code == 0, text
     with np.load(tmp_path / "one" / "samples.npz") as new:

@@ -22,13 +22,23 @@ from cpsample.sampling.latent import (
     load_sd_pipeline,
     per_prompt_similarity,
     read_prompts,
-    sample_sd,
 )
 from cpsample.sampling.latent_pairing import member_latents  # noqa: E402
 from cpsample.training.latent_classifier import train_latent_classifier  # noqa: E402
 from cpsample.training.loop import TrainConfig  # noqa: E402
 
 IMAGE, LATENT, PROMPTS = 32, 16, ["a red square", "Classic cars for sale"]
+
+
+def sample_sd(pipe, prompts, guard=None, images_per_prompt=1, steps=50, seed=0, progress=False):
+    """The pipeline sampled by `generate`, each prompt's images in one batch from the noise of `seed` (what
+    cpsample.sampling.latent.sample_sd did before it was removed)."""
+    from cpsample.sampling.adapters import LatentAdapter
+    from cpsample.sampling.generate import SampleConfig, generate
+    from cpsample.sampling.guards import NoGuard
+
+    config = SampleConfig(n=images_per_prompt, steps=steps, batch_size=images_per_prompt, seed=seed, progress=progress)
+    return generate(LatentAdapter(pipe).conditioned(prompts), guard or NoGuard(), config)
 
 
 def _private_images(folder, count=6, seed=0):

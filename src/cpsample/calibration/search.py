@@ -12,7 +12,7 @@ A small batch is a screen, not a verdict: its few best settings are measured aga
 round) and the choice is made on the pooled near-copies and the confirmation's Frechet distance.
 
 The model may also be a Stable Diffusion pipeline folder with a latent classifier (`train-latent-classifier`): the
-grid then samples the pipeline with prompts (`sample_sd`, the classifier's captions by default), counts near-copies
+grid then samples the pipeline with prompts (the classifier's captions by default), counts near-copies
 of the private images in pixels as `sample` does, and measures no FD (there are no held-out images), so the
 least aggressive feasible setting is the one guiding the fewest steps. Two stages are not offered there.
 """
@@ -33,7 +33,7 @@ from cpsample.evaluation.detector import NearCopyDetector
 from cpsample.evaluation.measures import MEASURES, Judge, Reference, pool_rows
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.pretrained import Classifier, DiffusionModel
-from cpsample.sampling.adapters import PixelAdapter
+from cpsample.sampling.adapters import LatentAdapter, PixelAdapter
 from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.guards import CPSampleGuard, GuardContext, NoGuard, StagedCPSampleGuard
 from cpsample.sampling.guards.cpsample import CHECK_EVERY_STEP
@@ -116,7 +116,6 @@ def _latent_runner(settings: GridSettings):
         load_private_images,
         load_sd_pipeline,
         nearest_private,
-        sample_sd_batches,
     )
     from cpsample.sampling.latent_pairing import check_latent_pairing, private_images_of
 
@@ -140,19 +139,14 @@ def _latent_runner(settings: GridSettings):
     check_latent_pairing(classifier.folder, pipe, private)  # its VAE and its private images, as `sample` checks
     per_prompt = math.ceil(settings.n_samples / len(settings.prompts))
     context = GuardContext(model=None, classifier=classifier, device=settings.device)
+    adapter = LatentAdapter(pipe).conditioned(list(settings.prompts), settings.cfg_scale)
+    config = SampleConfig(
+        n=per_prompt, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed, progress=False
+    )
 
     def run(candidate: dict):
-        guard = None if candidate["guard"] == PLAIN else candidate_spec(settings, candidate).build(context)
-        return sample_sd_batches(
-            pipe,
-            list(settings.prompts),
-            guard,
-            per_prompt,
-            settings.batch_size,
-            settings.steps,
-            settings.cfg_scale,
-            settings.seed,
-        )
+        guard = NoGuard() if candidate["guard"] == PLAIN else candidate_spec(settings, candidate).build(context)
+        return generate(adapter, guard, config)
 
     def detector(images):
         return nearest_private(images, private, settings.threshold).copies

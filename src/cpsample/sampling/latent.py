@@ -3,8 +3,7 @@
 The model kind itself (loading a pipeline, its denoiser, its VAE decoder, the checks its guards pass) is
 adapters/latent.py (LatentAdapter), sampled by `generate` like every kind; for CPSample alone,
 `cpsample.protect(pipe, classifier)` gives the same latents from the pipeline's own `__call__`. This module keeps the
-tiny local pipeline, the prompts file, the per-prompt similarity to the private images (Table 2) and, for one
-release, `sample_sd` / `sample_sd_batches`, thin wrappers over `generate`.
+tiny local pipeline, the prompts file and the per-prompt similarity to the private images (Table 2).
 
 `build_tiny_sd_pipeline` writes a small random pipeline (built from configs and a tiny local vocabulary) for tests
 and for trying the workflow offline. Needs `transformers` (the `latent` extra).
@@ -15,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,6 @@ from cpsample.sampling.adapters.latent import (  # noqa: F401 (their old home: c
     sd_denoiser,
     swap_scheduler,
 )
-from cpsample.sampling.generate import SampleConfig, generate
-from cpsample.sampling.guards import Guard, NoGuard
 from cpsample.sampling.sampler import SampleResult
 
 # --- the tiny local pipeline ---------------------------------------------------------------------------------
@@ -168,76 +165,6 @@ def save_sd_pipeline(pipe, folder: str | Path) -> None:
     pipe.tokenizer.backend_tokenizer.model.save(str(Path(folder) / "tokenizer"))
 
 
-# --- sampling (thin wrappers over generate, kept for one release) ------------------------------------------------
-
-LatentSampleResult = SampleResult  # the one result type: images, latents, prompts, prompt_index, trace, timesteps
-
-
-def sample_sd(
-    pipe,
-    prompts: list[str],
-    guard: Guard | None = None,
-    images_per_prompt: int = 1,
-    steps: int = 50,
-    guidance_scale: float = DEFAULT_SD_CFG_SCALE,
-    height: int | None = None,
-    width: int | None = None,
-    seed: int = 0,
-    negative_prompt: str = "",
-    progress: bool = True,
-) -> SampleResult:
-    """Generate images_per_prompt images for each prompt with CFG and the guard (None: plain sampling).
-
-    Every prompt starts from the same noise latents (seeded by `seed`), so images of two prompts, or of a plain
-    and a protected run, differ only through the prompt and the guard. This is generate(LatentAdapter(pipe, ...)
-    .conditioned(prompts), guard, SampleConfig(n=images_per_prompt, batch_size=images_per_prompt, ...)).
-    """
-    if not prompts or any(not str(p).strip() for p in prompts):
-        raise ValueError("give at least one prompt, and no empty ones")
-    if images_per_prompt < 1 or steps < 1:
-        raise ValueError(f"images per prompt and steps must be positive, got {images_per_prompt} and {steps}")
-    adapter = LatentAdapter(pipe, height=height, width=width, negative_prompt=negative_prompt)
-    config = SampleConfig(n=images_per_prompt, steps=steps, batch_size=images_per_prompt, seed=seed, progress=progress)
-    return generate(adapter.conditioned(prompts, guidance_scale), guard or NoGuard(), config)
-
-
-def sample_sd_batches(
-    pipe,
-    prompts: list[str],
-    guard: Guard | None,
-    images_per_prompt: int,
-    batch_size: int,
-    steps: int = 50,
-    guidance_scale: float = DEFAULT_SD_CFG_SCALE,
-    seed: int = 0,
-    progress: bool = False,
-) -> SampleResult:
-    """`sample_sd` with at most batch_size images of a prompt per UNet batch: images_per_prompt images of each prompt,
-    drawn in chunks (see CHUNK_SEED_STRIDE) and returned as one result, chunk by chunk (trace: steps x all images)."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
-    adapter = LatentAdapter(pipe).conditioned(prompts, guidance_scale)
-    config = SampleConfig(n=images_per_prompt, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
-    result = generate(adapter, guard or NoGuard(), config)
-    return chunk_major(result, images_per_prompt, batch_size)
-
-
-def chunk_major(result: SampleResult, per_prompt: int, batch_size: int) -> SampleResult:
-    """generate gives each prompt's images together; this function has always given chunk 0 of every prompt, then
-    chunk 1 of every prompt, and so on."""
-    chunk = (np.arange(len(result.images)) % per_prompt) // batch_size
-    if not chunk.any():
-        return result
-    order = np.argsort(chunk, kind="stable")
-    return replace(
-        result,
-        images=result.images[order],
-        latents=result.latents[order],
-        prompt_index=result.prompt_index[order],
-        trace={key: value[:, order] for key, value in result.trace.items()},
-    )
-
-
 # --- prompts and the modified-caption comparison (Table 2) -------------------------------------------------
 
 
@@ -299,7 +226,7 @@ def nearest_private(
 
 
 def per_prompt_similarity(
-    result: LatentSampleResult,
+    result: SampleResult,
     private: ImageSet,
     threshold: float | None = None,
     entries: list[PromptEntry] | None = None,

@@ -219,7 +219,7 @@ class LatentAdapter:
         if protection_of(self.pipe) is not None:
             raise ValueError(
                 "this pipeline was protected with cpsample.protect; sample it with pipe(...), or call "
-                "cpsample.unprotect(pipe) before sample_sd (its own guard would push a second time)"
+                "cpsample.unprotect(pipe) before sampling it with generate (its own guard would push a second time)"
             )
         latent_shape(self.pipe, self.height, self.width)  # sizes the VAE cannot make: refused now
 
