@@ -24,11 +24,34 @@ def option(
     *,
     flag: str | tuple[str, ...] | None = None,
     form: TextForm | None = None,
+    unit: str | None = None,
     **checks,
 ):
     """A documented setting. flag: its CLI name(s) where it is not --field-name; form: how the command line writes it;
-    checks: typer.Option's own (min=1 ...). A field without help is not offered on the command line."""
-    return field(default=default, metadata={"help": help, "cli": {"flag": flag, "form": form, "checks": checks}})
+    checks: typer.Option's own (min=1, max=, min_open= ...), the field's range; unit: what a refusal calls the value
+    ("width in pixels"). A field without help is not offered on the command line."""
+    cli = {"flag": flag, "form": form, "checks": checks, "unit": unit}
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def bounds_text(item) -> str | None:
+    """The range a field's option declares (its checks min / max / min_open), as "[0, 0.5]", ">= 0" or "> 0"; None
+    for an unbounded field."""
+    checks = item.metadata.get("cli", {}).get("checks", {})
+    low, high = checks.get("min"), checks.get("max")
+    if low is None:
+        return None if high is None else f"<= {high:g}"
+    if high is not None:
+        return f"[{low:g}, {high:g}]"
+    return f"{'>' if checks.get('min_open') else '>='} {low:g}"
+
+
+def out_of_bounds(item, value) -> bool:
+    """Whether a number lies outside the range its field's option declares."""
+    checks = item.metadata.get("cli", {}).get("checks", {})
+    low, high = checks.get("min"), checks.get("max")
+    below = low is not None and (value < low or (value == low and checks.get("min_open")))
+    return below or (high is not None and value > high)
 
 
 # What several commands' settings mean alike, said once (cli/options.py's shared option types read them too).

@@ -16,6 +16,7 @@ names cpsample-staged), a spec with no knob given builds that one. The guard cla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsample.sampling.guards import Guard, GuardContext, GuardOptions, guard_class
+from cpsample.settings import bounds_text, out_of_bounds
 
 CALIBRATION_FILE = "calibration.json"
 logger = logging.getLogger(__name__)
@@ -329,33 +331,28 @@ _FIX_CALIBRATION = (
     "correct it in that file, rerun `cpsample calibrate --classifier {folder}`, or delete the file "
     "(the defaults then apply)"
 )
-# What each knob a calibration.json may hold must be (its one-stage "settings" and its "two_stage" entry), keyed by
-# the knob's name without its stage prefix: (kind, lowest, highest, lowest allowed itself, None allowed).
-_KNOB_RULES = {
-    "alpha": ("number", 0.0, 0.5, True, False),
-    "scale": ("number", 0.0, None, True, False),
-    "tau": ("number", 0.0, None, False, False),
-    "max_t": ("integer", 0, None, True, True),
-    "min_t": ("integer", 0, None, True, False),
-    "max_push": ("number", 0.0, None, False, True),
-    "smooth_push": ("number", 0.0, None, False, True),
-}
+# A calibration.json may record these as null ("none": every step, uncapped, unsmoothed).
+_MAY_BE_NULL = ("max_t", "max_push", "smooth_push")
 
 
 def knob_problem(name: str, value) -> str | None:
-    """What is wrong with a calibrated knob's value, in words (None: nothing, or a knob without a rule here)."""
-    rule = _KNOB_RULES.get(name.removeprefix("early_"))
-    if rule is None:
+    """What is wrong with a calibrated knob's value (its one-stage "settings" or its "two_stage" entry, keyed without
+    the stage prefix), in words, by the range CPSample's option declares; None: nothing, or not a CPSample knob."""
+    from cpsample.sampling.guards.cpsample import CPSampleOptions
+
+    knob = name.removeprefix("early_")
+    item = next((item for item in dataclasses.fields(CPSampleOptions) if item.name == knob), None)
+    bounds = None if item is None else bounds_text(item)
+    if bounds is None:
         return None
-    kind, low, high, low_allowed, none_allowed = rule
     if value is None:
-        return None if none_allowed else "it must be a number"
+        return None if knob in _MAY_BE_NULL else "it must be a number"
+    whole = "int" in str(item.type)
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not numeric or (kind == "integer" and not float(value).is_integer()) or not math.isfinite(value):
-        return "it must be a whole timestep" if kind == "integer" else "it must be a finite number"
-    if value < low or (value == low and not low_allowed) or (high is not None and value > high):
-        bounds = f"[{low:g}, {high:g}]" if high is not None else (f">= {low:g}" if low_allowed else f"> {low:g}")
-        return f"CPSample's {name.removeprefix('early_')} must be {bounds if high is None else 'in ' + bounds}"
+    if not numeric or (whole and not float(value).is_integer()) or not math.isfinite(value):
+        return "it must be a whole timestep" if whole else "it must be a finite number"
+    if out_of_bounds(item, value):
+        return f"CPSample's {knob} must be {'in ' if bounds.startswith('[') else ''}{bounds}"
     return None
 
 

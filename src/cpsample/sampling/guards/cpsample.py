@@ -63,11 +63,17 @@ class CPSampleOptions(GuardOptions):
     calibrated = ("alpha", "scale", "tau", "max_t")
     variants = {"two_stage": "cpsample-staged"}  # with no knob given, a calibration's two stages are the default
 
-    alpha: float | None = option(None, "Guide a sample when p(y | x_t) > 1 - alpha for either label.")
-    scale: float | None = option(None, "Guidance scale s of the push away from the confident label.")
-    tau: float | None = option(None, "tau in log(tau + p): keeps the gradient finite where p is 0.")
-    max_t: int | None = option(None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).")
-    min_t: int = option(0, "Check the classifier only at timesteps t >= min_t.")
+    alpha: float | None = option(
+        None, "Guide a sample when p(y | x_t) > 1 - alpha for either label.", min=0.0, max=0.5
+    )
+    scale: float | None = option(None, "Guidance scale s of the push away from the confident label.", min=0.0)
+    tau: float | None = option(
+        None, "tau in log(tau + p): keeps the gradient finite where p is 0.", min=0.0, min_open=True
+    )
+    max_t: int | None = option(
+        None, "Check the classifier only at timesteps t <= max_t (a huge value: every step).", min=0
+    )
+    min_t: int = option(0, "Check the classifier only at timesteps t >= min_t.", min=0)
     adaptive: bool = option(
         False,
         "Push each guided sample only as far as needed to bring its confidence back to "
@@ -91,6 +97,8 @@ class CPSampleOptions(GuardOptions):
         "in units of eps (whose RMS is about 1). The classifier's gradient is "
         "heavy-tailed: a few uncapped pushes wreck their samples. None: uncapped, the "
         "paper's rule.",
+        min=0.0,
+        min_open=True,
     )
     cap_x0: bool = option(
         False,
@@ -103,6 +111,9 @@ class CPSampleOptions(GuardOptions):
         "Low-pass each push with a Gaussian of this standard deviation in pixels "
         "before capping. None: as it is. Measured not to pay: the push is already "
         "smooth.",
+        min=0.0,
+        min_open=True,
+        unit="width in pixels",
     )
     one_stage: bool = option(
         False,
@@ -110,21 +121,9 @@ class CPSampleOptions(GuardOptions):
         "(cpsample-staged); any other knob given also means one stage.",
     )
 
-    def check(self) -> None:
-        if self.alpha is not None and not 0.0 <= self.alpha <= 0.5:
-            raise ValueError(f"--alpha must lie in [0, 0.5], got {self.alpha}")
-        if self.scale is not None and self.scale < 0:
-            raise ValueError(f"--scale must be non-negative, got {self.scale}")
-        if self.tau is not None and self.tau <= 0:
-            raise ValueError(f"--tau must be positive (log(tau + p) needs tau > 0), got {self.tau}")
-        if self.max_t is not None and self.max_t < 0:
-            raise ValueError(f"--max-t must be a timestep >= 0, got {self.max_t}")
-        if self.min_t < 0 or (self.max_t is not None and self.min_t > self.max_t):
+    def check(self) -> None:  # (each knob's own range is declared with it above, and checked by GuardOptions)
+        if self.max_t is not None and self.min_t > self.max_t:
             raise ValueError(f"--min-t must be a timestep in [0, max_t], got {self.min_t} (max_t {self.max_t})")
-        if self.max_push is not None and not self.max_push > 0:
-            raise ValueError(f"--max-push must be positive (or left out: uncapped), got {self.max_push}")
-        if self.smooth_push is not None and not self.smooth_push > 0:
-            raise ValueError(f"--smooth-push must be a positive width in pixels (or left out), got {self.smooth_push}")
         if self.cap_x0 and self.max_push is None:
             raise ValueError("cap_x0=true says where max_push is measured; give max_push too")
         if self.adaptive and self.denoised:
