@@ -20,34 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from profile_guard import add_guard_arguments, chosen_spec
 
 from cpsample.sampling.adapters import load_adapter
 from cpsample.sampling.generate import SampleConfig, generate
-from cpsample.sampling.spec import GuardSpec
 
 SKIP_MARGINS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.48)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="bundled")
-    parser.add_argument("--classifier", default="bundled")
-    parser.add_argument("--default", action="store_true", help="the calibrated default instead of the knobs below")
-    parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--scale", type=float, default=35.7)
-    parser.add_argument("--max-t", type=int, default=400)
-    parser.add_argument("--n-samples", type=int, default=300)
+    add_guard_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--screen-error", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the numbers")
     args = parser.parse_args()
     adapter = load_adapter(args.model)
-    spec = (
-        GuardSpec.create("cpsample")
-        if args.default
-        else GuardSpec.create("cpsample", alpha=args.alpha, scale=args.scale, tau=0.001, max_t=args.max_t)
-    )
-    guard = adapter.guard(spec, args.classifier)
+    guard = adapter.guard(chosen_spec(args), args.classifier)
     stages = getattr(guard, "guards", [guard])
     errors = {index: [] for index in range(len(stages))}
     if args.screen_error:

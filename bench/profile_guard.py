@@ -41,26 +41,34 @@ class Clock:
         return timed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_guard_arguments(parser: argparse.ArgumentParser, scale: float = 35.7) -> None:
+    """The model, classifier and CPSample setting a guard benchmark runs (check_margins.py and replay_guard.py too)."""
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--classifier", default="bundled")
     parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--scale", type=float, default=25.0)
+    parser.add_argument("--scale", type=float, default=scale)
     parser.add_argument("--max-t", type=int, default=400)
     parser.add_argument(
         "--default", action="store_true", help="the calibrated default (no knob given) instead of the knobs above"
     )
     parser.add_argument("--n-samples", type=int, default=300)
+
+
+def chosen_spec(args: argparse.Namespace) -> GuardSpec:
+    """The calibrated default with --default, else one-stage CPSample at the knobs given."""
+    if args.default:
+        return GuardSpec.create("cpsample")
+    return GuardSpec.create("cpsample", alpha=args.alpha, scale=args.scale, tau=0.001, max_t=args.max_t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_guard_arguments(parser, scale=25.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the medians")
     args = parser.parse_args()
     adapter = load_adapter(args.model)
-    spec = (
-        GuardSpec.create("cpsample")
-        if args.default
-        else GuardSpec.create("cpsample", alpha=args.alpha, scale=args.scale, tau=0.001, max_t=args.max_t)
-    )
+    spec = chosen_spec(args)
     config = SampleConfig(n=args.n_samples, progress=False)
     runs = {"plain": [], "cpsample": []}
     for _ in range(args.repeats):

@@ -23,32 +23,22 @@ import time
 from pathlib import Path
 
 import torch
+from profile_guard import add_guard_arguments, chosen_spec
 
 import cpsample.sampling.sampler as sampler_module
 from cpsample.sampling.adapters import load_adapter
 from cpsample.sampling.generate import SampleConfig, generate
-from cpsample.sampling.spec import GuardSpec
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", type=Path, required=True, help="another copy of sampling/guards/cpsample.py")
-    parser.add_argument("--model", default="bundled")
-    parser.add_argument("--classifier", default="bundled")
-    parser.add_argument("--default", action="store_true", help="the calibrated default instead of the knobs below")
-    parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--scale", type=float, default=35.7)
-    parser.add_argument("--max-t", type=int, default=400)
-    parser.add_argument("--n-samples", type=int, default=300)
+    add_guard_arguments(parser)
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the numbers")
     args = parser.parse_args()
     adapter = load_adapter(args.model)
-    spec = (
-        GuardSpec.create("cpsample")
-        if args.default
-        else GuardSpec.create("cpsample", alpha=args.alpha, scale=args.scale, tau=0.001, max_t=args.max_t)
-    )
+    spec = chosen_spec(args)
     guard = adapter.guard(spec, args.classifier)
     batches = record(adapter, guard, args.n_samples)
     other = copy.deepcopy(guard)
