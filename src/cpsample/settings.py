@@ -3,7 +3,7 @@ every surface (the Python API, the CLI's options, `cpsample guards`, docs/cli.md
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
 
@@ -52,6 +52,30 @@ def out_of_bounds(item, value) -> bool:
     low, high = checks.get("min"), checks.get("max")
     below = low is not None and (value < low or (value == low and checks.get("min_open")))
     return below or (high is not None and value > high)
+
+
+def check_bounds(settings) -> None:
+    """Refuse a number outside the range its field's option declares, naming the field as its flag ("--alpha must lie
+    in [0, 0.5], got 0.7"): the range is written once, where the option is, for the command line and for Python."""
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and out_of_bounds(item, value):
+            cli = item.metadata["cli"]
+            flag = (
+                (cli["flag"],)
+                if isinstance(cli["flag"], str)
+                else cli["flag"] or (f"--{item.name.replace('_', '-')}",)
+            )
+            raise ValueError(f"{flag[0]} {_must_be(bounds_text(item), cli['unit'])}, got {value}")
+
+
+def _must_be(bounds: str, unit: str | None = None) -> str:
+    """ "[0, 0.5]" -> "must lie in [0, 0.5]"; ">= 0" -> "must be non-negative"; "> 0" -> "must be positive" (with a
+    unit: "must be a positive width in pixels")."""
+    words = {">= 0": "non-negative", "> 0": "positive"}
+    if bounds in words:
+        return f"must be a {words[bounds]} {unit}" if unit else f"must be {words[bounds]}"
+    return f"must lie in {bounds}" if bounds.startswith("[") else f"must be {bounds}"
 
 
 # What several commands' settings mean alike, said once (cli/options.py's shared option types read them too).

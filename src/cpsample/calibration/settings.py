@@ -12,6 +12,7 @@ from cpsample.settings import (
     CLASSIFIER_HELP,
     DENOISING_STEPS_HELP,
     TextForm,
+    check_bounds,
     device_option,
     option,
     seed_option,
@@ -250,7 +251,4 @@ class SearchSettings:
     def __post_init__(self):
         if self.search not in SEARCHES:
             raise ValueError(f"search is one of {', '.join(SEARCHES)}, got {self.search!r}")
-        if self.finalists < 0:
-            raise ValueError(f"finalists is a count (0: choose on the screen alone), got {self.finalists}")
-        if self.confirm_samples is not None and self.confirm_samples < 1:
-            raise ValueError(f"confirm_samples must be at least 1, got {self.confirm_samples}")
+        check_bounds(self)  # finalists >= 0, confirm_samples >= 1, as their options declare

@@ -19,7 +19,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from cpsample.settings import bounds_text, option, out_of_bounds  # noqa: F401 (guards declare their options with option)
+from cpsample.settings import check_bounds, option  # noqa: F401 (guards declare their options with option)
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,10 @@ class GuardOptions:
 
     def __post_init__(self) -> None:
         for item in fields(self):
-            value, flag = getattr(self, item.name), f"--{item.name.replace('_', '-')}"
+            value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{flag} must be a finite number, got {value}")
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if number and out_of_bounds(item, value):  # the range its option declares (option(..., min=, max=))
-                raise ValueError(f"{flag} {_must_be(bounds_text(item), item.metadata['cli']['unit'])}, got {value}")
+                raise ValueError(f"--{item.name.replace('_', '-')} must be a finite number, got {value}")
+        check_bounds(self)  # the range each option declares (option(..., min=, max=))
         self.check()
 
     def check(self) -> None:
@@ -59,15 +57,6 @@ class GuardOptions:
     def knobs_given(self) -> bool:
         """Whether anything but the defaults was asked for (a calibrated variant is then not used)."""
         return any(getattr(self, item.name) != item.default for item in fields(self))
-
-
-def _must_be(bounds: str, unit: str | None = None) -> str:
-    """ "[0, 0.5]" -> "must lie in [0, 0.5]"; ">= 0" -> "must be non-negative"; "> 0" -> "must be positive" (with a
-    unit: "must be a positive width in pixels")."""
-    words = {">= 0": "non-negative", "> 0": "positive"}
-    if bounds in words:
-        return f"must be a {words[bounds]} {unit}" if unit else f"must be {words[bounds]}"
-    return f"must lie in {bounds}" if bounds.startswith("[") else f"must be {bounds}"
 
 
 @dataclass(frozen=True)
