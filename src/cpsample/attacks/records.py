@@ -65,7 +65,10 @@ def side_into(out: Path, config, model: str = "bundled", defence: Defence | None
     seed_everything(config.seed)
     knobs = dataclasses.asdict(defence)
     settings = {"model": model, "defence": knobs.pop("guard"), **knobs, "device": device, **dict(config.__dict__)}
-    result = run_side(model, *dataclasses.astuple(defence), config, work_dir=out, device=device)
+    result = run_side(
+        model, defence.guard, defence.classifier, defence.alpha, defence.scale, defence.tau, config, work_dir=out,
+        device=device,
+    )  # fmt: skip
     save_side(out, result, settings)
     return result
 

@@ -1,7 +1,6 @@
 """The attacks' settings: `Defence` (what an attack faces), `SideConfig`, `MiaSettings` and `SampleAttackSettings`,
-whose documented fields
-are also the `cpsample attack` commands' options. Light on purpose (torch loads inside its check), so the command line
-can build its --help from it."""
+whose documented fields are also the `cpsample attack` commands' options. Light on purpose (torch loads inside its
+check), so the command line can build its --help from it."""
 
 from __future__ import annotations
 

@@ -43,16 +43,13 @@ class SampleRun:
 
     stats: dict
     warnings: list[str] = field(default_factory=list)
-    per_prompt: dict[str, list[dict]] = field(default_factory=dict)
+    per_prompt: dict[str, dict] = field(default_factory=dict)  # run name -> {"per_prompt": one row per prompt}
     prompts: list = field(default_factory=list)  # PromptEntry of each prompt sampled (its text and role)
 
     def summary(self, out) -> str:
         """One line: the run's cost, how often the guard acted, where the images are."""
-        stats, guided, ever = (
-            self.stats,
-            self.stats.get("share_of_steps_guided"),
-            self.stats.get("share_of_samples_ever_guided"),
-        )
+        stats = self.stats
+        guided, ever = stats.get("share_of_steps_guided"), stats.get("share_of_samples_ever_guided")
         acted = "" if guided is None else f"; the guard acted on {guided:.1%} of steps"
         acted += "" if ever is None else f" ({ever:.0%} of samples at least once)"
         return f"sampled in {stats['seconds']:.1f}s ({stats['denoiser_calls']} denoiser calls){acted}; saved to {out}"
@@ -94,13 +91,14 @@ def sample_run(
         "seed": config.seed,
         **condition_settings(adapter),
         **({"compare_plain": True} if comparison.compare_plain else {}),
-        **({"private": private.source, "copy_threshold": private.threshold} if private else {}),
+        **({"private": private.images.source, "copy_threshold": private.threshold} if private else {}),
     }
+    knobs_from = knobs_source(spec, classifier)
     runs = {}
     if comparison.compare_plain and not is_plain(guard):  # first, as the guarded run's note on its knobs ends the log
         watch = watching(spec, classifier)
         runs["plain"] = _one_run(adapter, watch, replace(config, work_dir=Path(out) / "plain"), classifier, keep_trace)
-    runs[guard] = _one_run(adapter, spec, config, classifier, keep_trace, unconditional, say_knobs=True)
+    runs[guard] = _one_run(adapter, spec, config, classifier, keep_trace, unconditional, True, knobs_from)
     result = runs[guard].result
     measured = {name: run.per_prompt(private, entries) for name, run in runs.items()} if private else {}
     stats = {**runs[guard].stats, **save_private(out, "sample", settings, measured)}
@@ -108,10 +106,10 @@ def sample_run(
         stats["plain"] = runs["plain"].stats
     warnings = guard_warnings(result, guard, classifier)
     stats |= {"warnings": warnings} if warnings else {}
-    knobs_from = {"knobs_from": knobs_source(spec, classifier)} if spec.options.calibrated else {}
-    record = {**settings, **guard_options, "guard_settings": result.guard_settings, **knobs_from}
+    recorded = {"knobs_from": knobs_from} if spec.options.calibrated else {}
+    record = {**settings, **guard_options, "guard_settings": result.guard_settings, **recorded}
     write_record(out, "sample", record, stats)
-    return SampleRun(stats, warnings, {name: rows for name, rows in measured.items() if rows}, entries)
+    return SampleRun(stats, warnings, measured, entries)
 
 
 @dataclass
@@ -127,10 +125,13 @@ class _Run:
         return {"per_prompt": per_prompt_similarity(self.result, private.images, private.threshold, entries)}
 
 
-def _one_run(adapter, spec, config, classifier, keep_trace, unconditional=False, say_knobs=False) -> _Run:
+def _one_run(
+    adapter, spec, config, classifier, keep_trace, unconditional=False, say_knobs=False, knobs_from=None
+) -> _Run:
+    """generate() into config.work_dir; say_knobs: say the guard's knobs as run (and knobs_from, where from)."""
     result = generate(adapter, spec, config, classifier)
     if say_knobs and result.guard_settings:
-        logger.info(knobs_said(result.guard_settings, knobs_source(spec, classifier)))
+        logger.info(knobs_said(result.guard_settings, knobs_from))
     alpha = result.guard_settings.get("alpha") or None
     paths = save_outputs(config.work_dir, result, keep_trace, alpha, None if unconditional else config.n)
     return _Run(result, {**run_stats(result), **paths})
@@ -175,8 +176,7 @@ def _knobs(settings: dict) -> str:
 
 @dataclass(frozen=True)
 class PrivateImages:
-    images: object  # ImageSet
-    source: str
+    images: object  # ImageSet (its source: where they came from)
     threshold: float
 
 
@@ -201,7 +201,7 @@ def private_images(adapter: ModelAdapter, comparison: Comparison, classifier) ->
     images = load_private_images(folder, height)
     if classifier is not None:
         check_latent_pairing(classifier, adapter.pipe, images)  # its VAE, and its own private images
-    return PrivateImages(images, images.source, resolve_threshold(comparison.copy_threshold, "pixels"))
+    return PrivateImages(images, resolve_threshold(comparison.copy_threshold, "pixels"))
 
 
 def run_stats(result: SampleResult) -> dict:
@@ -241,8 +241,8 @@ def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions)
             raise ValueError(
                 f"{CONDITION_OPTIONS[conditioning]} applies to {takers}; {model} is {adapter.description}"
             )
-    sized = {"--height": conditions.height, "--width": conditions.width}
-    if adapter.conditioning != "prompts" and any(value is not None for value in sized.values()):
+    sized = conditions.height is not None or conditions.width is not None
+    if sized and adapter.conditioning != "prompts":
         raise ValueError(f"--height / --width apply to a Stable Diffusion pipeline; {model} is {adapter.description}")
     if adapter.conditioning == "none":
         if conditions.cfg_scale is not None:
@@ -263,7 +263,7 @@ def condition_adapter(adapter: ModelAdapter, model: str, conditions: Conditions)
             model,
             prompts_file,
         )
-    if conditions.height is not None or conditions.width is not None:
+    if sized:
         adapter = replace(adapter, height=conditions.height, width=conditions.width)
     return adapter.conditioned([entry.text for entry in entries], conditions.cfg_scale), entries
 
