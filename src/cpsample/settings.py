@@ -56,17 +56,15 @@ def out_of_bounds(item, value) -> bool:
 
 def check_bounds(settings) -> None:
     """Refuse a number outside the range its field's option declares, naming the field as its flag ("--alpha must lie
-    in [0, 0.5], got 0.7"): the range is written once, where the option is, for the command line and for Python."""
+    in [0, 0.5], got 0.7"; a field without help, which the command line does not offer, by its name): the range is
+    written once, where the option is, for the command line and for Python."""
     for item in fields(settings):
         value = getattr(settings, item.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and out_of_bounds(item, value):
-            cli = item.metadata["cli"]
-            flag = (
-                (cli["flag"],)
-                if isinstance(cli["flag"], str)
-                else cli["flag"] or (f"--{item.name.replace('_', '-')}",)
-            )
-            raise ValueError(f"{flag[0]} {_must_be(bounds_text(item), cli['unit'])}, got {value}")
+            cli, named = item.metadata["cli"], item.metadata["cli"]["flag"]
+            flag = named if isinstance(named, str) else named[0] if named else f"--{item.name.replace('_', '-')}"
+            name = flag if item.metadata["help"] else item.name
+            raise ValueError(f"{name} {_must_be(bounds_text(item), cli['unit'])}, got {value}")
 
 
 def _must_be(bounds: str, unit: str | None = None) -> str:

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpsample.evaluation.settings import FEATURES_HELP, TRUST_TORCHSCRIPT_HELP
-from cpsample.settings import BATCH_SIZE_HELP, KNOB_HELP, device_option, option, seed_option, threshold_option
+from cpsample.settings import (
+    BATCH_SIZE_HELP,
+    KNOB_HELP,
+    check_bounds,
+    device_option,
+    option,
+    seed_option,
+    threshold_option,
+)
 
 PAPER_COHESION = 0.5
 
@@ -34,11 +42,11 @@ class SideConfig:
     samples: int = option(500, "Size of the sample pool that is clustered.", flag="--n-samples", min=1)
     clusters: int = option(20, "k-means clusters K over the sample pool (paper: 100).", min=1)
     min_cohesion: float = option(PAPER_COHESION, "Keep clusters whose mean cosine to their centroid is at least this.")
-    min_cluster_size: int = 2  # a one-image cluster teaches the classifier nothing about a mode
+    min_cluster_size: int = option(2, min=1)  # a one-image cluster teaches the classifier nothing about a mode
     attack_steps: int = option(50, "Denoising steps for the pool and the guided samples.", min=1)
     scheduler: str = "ddim"
     train_steps: int = option(600, "Training steps of the surrogate time-dependent classifier.", min=1)
-    train_batch_size: int = 64
+    train_batch_size: int = option(64, min=1)
     lr: float = 1e-3
     classifier_channels: tuple[int, ...] = (16, 32, 32)
     # lambda: extraction first rises, then falls; on the bundled 16x16 model, which copies half the time unguided, it
@@ -55,23 +63,9 @@ class SideConfig:
         self.threshold = resolve_threshold(self.threshold, "pixels")
 
     def check(self) -> None:
-        positive = {
-            "samples": self.samples,
-            "clusters": self.clusters,
-            "attack_steps": self.attack_steps,
-            "train_steps": self.train_steps,
-            "train_batch_size": self.train_batch_size,
-            "per_class": self.per_class,
-            "batch_size": self.batch_size,
-            "min_cluster_size": self.min_cluster_size,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"SIDE: {name} must be at least 1, got {value}")
+        check_bounds(self)  # the counts >= 1 and the attack scale >= 0, as their options declare
         if self.clusters > self.samples:
             raise ValueError(f"SIDE: cannot form {self.clusters} clusters from {self.samples} samples")
-        if self.attack_scale < 0:
-            raise ValueError(f"SIDE: the attack scale must be non-negative, got {self.attack_scale}")
         if not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"SIDE: the near-copy threshold is a cosine similarity in [-1, 1], got {self.threshold}")
 
