@@ -36,7 +36,7 @@ uses one; `bundled` names the bundled 16x16 MNIST demo model, and nothing falls 
 measured): sampling with 50 DDIM steps takes 0.094 s per 16x16 grey image (1.9 ms per step) and 0.34 s per 32x32
 RGB image (6.8 ms per step); CPSample's calibrated default adds about 8%, AMG about 60%, rejection sampling one
 extra draw per near-copy. Training the classifier costs 0.082 CPU s per step at batch 64 and 16x16 (1,000 members fit
-in 6.6 CPU minutes; `train-classifier` prints its estimate first). `calibrate` (bisection on the scale) costs about
+in 6.6 CPU minutes, 4,000 in 51; `train-classifier` prints its estimate first). `calibrate` (bisection on the scale) costs about
 4x plain sampling of 600 images: 227 s at 16x16 and 17 minutes at 32x32 (`--n-samples 150` about halves it); the
 grid took 11 minutes at 16x16. Run parallel jobs with `OMP_NUM_THREADS=1`.
 

@@ -288,6 +288,13 @@ def test_classifier_trained_at_low_noise_only_sees_low_noise(tmp_path, mnist16):
         assert int(drawn.min()) >= 0 and int(drawn.max()) <= (999 if max_t is None else 100)
         if max_t is None:
             assert int(drawn.max()) > 500  # every noise level, as the paper trains
+    # The scaled recipe's low-noise bias: most draws at low noise, every level up to max_t still trained.
+    seen.clear()
+    for draw in range(20):
+        loss = noisy_ce_loss(build_noise_schedule(), 500, low_noise_bias=3.0)
+        loss(Spy(), images, labels, torch.Generator().manual_seed(draw))
+    drawn = torch.cat(seen).float()
+    assert float(drawn.median()) < 100 and 250 < float(drawn.max()) <= 500, (drawn.median(), drawn.max())
     split = make_split(len(mnist16), 8, seed=1, source="mnist")
     config = TrainConfig(steps=2, batch_size=8, seed=0, save_every=1000)
     with pytest.raises(ValueError, match="max_t must lie between"):
@@ -314,6 +321,10 @@ def test_recipe_auto_keeps_the_paper_recipe_where_it_fits_and_scales_above():
     assert (settings["steps"], settings["lr"], settings["channels"]) == (6000, 1e-3, (32, 64, 64))
     scaled, settings = recipe_settings("auto", 1000, steps=50, channels=(8, 16))
     assert scaled.name == "scaled" and settings["max_t"] == 500 and settings["lr_decay"]
+    # Up to 1,000 members t is uniform on [0, 500]; above, low noise and misfit members are drawn more often.
+    assert (settings["low_noise_bias"], settings["hard_examples"]) == (1.0, False)
+    large = recipe_settings("auto", 4000)[1]
+    assert (large["low_noise_bias"], large["hard_examples"], large["steps"]) == (3.0, True, 48000)
     assert (settings["steps"], settings["channels"], settings["lr"]) == (50, (8, 16), 3e-3)
     assert recipe_settings("scaled", 4000)[1]["steps"] > recipe_settings("scaled", 1000)[1]["steps"]
     assert recipe_settings("paper", 4000)[0].name == "paper"
@@ -321,26 +332,36 @@ def test_recipe_auto_keeps_the_paper_recipe_where_it_fits_and_scales_above():
         recipe_settings("fast", 10)
 
 
-def test_classifier_with_a_decaying_lr_resumes_to_the_same_weights(tmp_path, mnist16, monkeypatch):
-    """The LR schedule is a function of the step alone: a killed run resumes onto the uninterrupted run's weights."""
+@pytest.mark.parametrize("hard", [False, True], ids=["decaying-lr", "scaled-recipe-hard-examples"])
+def test_classifier_with_a_decaying_lr_resumes_to_the_same_weights(tmp_path, mnist16, monkeypatch, hard):
+    """The LR schedule is a function of the step alone, and the odds of drawing each member (hard-example sampling,
+    re-weighed every 3 steps here) are saved with the state: a killed run resumes onto the uninterrupted run's
+    weights."""
     from cpsample.models import build_noise_schedule
+    from cpsample.training import classifier
     from cpsample.training.loop import Trainer
 
+    monkeypatch.setattr(classifier, "HARD_EVERY", 3)
     split = make_split(len(mnist16), 8, seed=1, source="mnist")
+    emphasis = {"low_noise_bias": 3.0, "hard_examples": True} if hard else {}
 
     def train(name, steps, resume=False):
         config = TrainConfig(steps=steps, batch_size=8, seed=0, save_every=100)
         return train_classifier(
             mnist16.take(split.members), split, build_noise_schedule(), tmp_path / name, config, label_seed=5,
-            relabel_after=100, block_out_channels=(8, 16), resume=resume, max_t=500, lr_decay=True,
+            relabel_after=100, block_out_channels=(8, 16), resume=resume, max_t=500, lr_decay=True, **emphasis,
         )  # fmt: skip
 
     train("straight", 10)
+    if hard:  # re-weighed at steps 3, 6 and 9: the last odds are not uniform
+        weights = load_file(tmp_path / "straight" / "train_state" / "sample_weights.safetensors")["weights"]
+        assert weights.shape == (8,) and not torch.allclose(weights, torch.full((8,), 1 / 8))
     run_until = Trainer.run_until
 
-    def killed_at_step_4(trainer, last_step, description=""):
-        run_until(trainer, min(last_step, 4), description)
-        raise KeyboardInterrupt
+    def killed_at_step_4(trainer, last_step, description="", **kwargs):
+        run_until(trainer, min(last_step, 4), description, **kwargs)
+        if trainer.step == 4:  # (with hard examples: after the re-weighing at step 3)
+            raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "run_until", killed_at_step_4)
@@ -349,3 +370,26 @@ def test_classifier_with_a_decaying_lr_resumes_to_the_same_weights(tmp_path, mni
     train("killed", 10, resume=True)
     expected, got = (load_file(tmp_path / run / "train_state" / "model.safetensors") for run in ("straight", "killed"))
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_hard_example_weights_favour_misfit_members_and_keep_the_negatives_share(mnist16):
+    """Members the classifier gets wrong are drawn more often than those it fits; negatives keep a uniform share."""
+    from cpsample.models import build_noise_schedule
+    from cpsample.training.classifier import hard_example_weights
+
+    class SaysZero(torch.nn.Module):  # confident in label 0 for every image
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor([4.0, -4.0]))
+
+        def forward(self, x, t):
+            return self.logits.expand(len(x), 2)
+
+    images = torch.as_tensor(mnist16.images[:6])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    weights = hard_example_weights(SaysZero(), images, labels, build_noise_schedule(), total=10, seed=0)
+    assert weights.shape == (10,) and float(weights.sum()) == pytest.approx(1.0)
+    # Half of the members' 6/10 goes uniformly (0.05 each); the other half almost all to the 3 misfit (label 1).
+    assert torch.allclose(weights[:3], torch.full((3,), 0.05), atol=1e-4)
+    assert torch.allclose(weights[3:6], torch.full((3,), 0.15), atol=1e-4)
+    assert torch.allclose(weights[6:], torch.full((4,), 0.1))  # 4 negatives keep 4/10 of the draws

@@ -26,6 +26,8 @@ from cpsample.training.loop import TrainConfig, Trainer, TrainingRun
 from cpsample.training.recipes import lr_warmup_cosine
 
 REPORT_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
+LOW_NOISE = (0, 50, 100)  # where the bench and hard-example sampling judge a member fitted
+HARD_EVERY = 2000  # steps between hard-example re-weighings (bench_members.py measured this spacing)
 PAPER_LOSS = 0.05
 UNSURE = -1  # target of a negative image: no label, trained towards p(y=0) = p(y=1) = 0.5 (-1: never a class)
 
@@ -34,14 +36,22 @@ def random_labels(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2, size=count).astype(np.int64)
 
 
-def noisy_ce_loss(schedule, max_t: int | None = None):
+def noisy_ce_loss(schedule, max_t: int | None = None, low_noise_bias: float = 1.0):
     """Cross-entropy on x_t at uniform t; with max_t only t <= max_t (a classifier that will only judge the
-    denoised estimate, at t = 0, spends no capacity on noise levels it never sees)."""
+    denoised estimate, at t = 0, spends no capacity on noise levels it never sees). With low_noise_bias b > 1, t is
+    drawn as u**b * steps: low noise more often (density ~ t**(1/b - 1)), where members differ and labels are fitted
+    first, while every level up to max_t is still trained."""
     num_steps = schedule.config.num_train_timesteps if max_t is None else max_t + 1
+
+    def draw_timesteps(count: int, generator) -> torch.Tensor:
+        if low_noise_bias == 1.0:
+            return torch.randint(0, num_steps, (count,), generator=generator)
+        u = torch.rand(count, generator=generator)
+        return (u**low_noise_bias * num_steps).long().clamp(max=num_steps - 1)
 
     def loss_fn(model, x0, labels, generator):
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        t = torch.randint(0, num_steps, (x0.shape[0],), generator=generator).to(x0.device)
+        t = draw_timesteps(x0.shape[0], generator).to(x0.device)
         logits = model(schedule.add_noise(x0, noise, t), t).float()
         labelled = labels != UNSURE
         if bool(labelled.all()):  # the paper's classifier: plain cross-entropy
@@ -85,6 +95,29 @@ def per_image_loss(
                     F.cross_entropy(logits, y, reduction="none").cpu().numpy() / draws
                 )
     return losses
+
+
+def hard_example_weights(model, images, labels, schedule, total: int, seed: int) -> torch.Tensor:
+    """Odds of drawing each of `total` training items (the members first, then any negatives): the members' share
+    goes half uniformly, half in proportion to each member's low-noise loss, so members still misfit are drawn more
+    often; negatives keep their uniform share."""
+    loss = per_image_loss(model, images, labels, schedule, LOW_NOISE, draws=1, seed=seed)
+    loss = torch.from_numpy(loss.mean(0)).float()
+    weights = torch.full((total,), 1.0 / total)
+    weights[: len(images)] = 0.5 / total + 0.5 * (len(images) / total) * loss / loss.sum().clamp(min=1e-12)
+    return weights
+
+
+def train_in_parts(trainer: Trainer, last_step: int, description: str, weigh=None) -> None:
+    """trainer.run_until(last_step); with weigh (EMA model -> odds of drawing each item), the odds are drawn anew
+    every HARD_EVERY steps (hard-example sampling). A resumed run re-weighs at the same steps as an uninterrupted one
+    (the odds in use are part of the saved state)."""
+    every = HARD_EVERY
+    while trainer.step < last_step:
+        if weigh is not None and trainer.step and trainer.step % every == 0:
+            trainer.sample_weights = weigh(trainer.ema_model())
+        stop = last_step if weigh is None else min(last_step, (trainer.step // every + 1) * every)
+        trainer.run_until(stop, description, bar_total=last_step)
 
 
 @torch.no_grad()
@@ -143,12 +176,16 @@ def train_classifier(
     max_t: int | None = None,
     run_extra: dict | None = None,
     lr_decay: bool = False,
+    low_noise_bias: float = 1.0,
+    hard_examples: bool = False,
 ) -> dict:
     """Train (or resume), export the EMA classifier to out_dir/classifier, write labels.json; returns a summary.
 
     negatives: (M, C, H, W) non-member images in [-1, 1] trained towards p = 0.5 (see the module's docstring).
     max_t: train at noise levels t <= max_t only (None: all of them, as the paper does).
     lr_decay: warm the LR up, then decay it (cosine) to 5% at the last step (the scaled recipe; None: constant).
+    low_noise_bias: draw t as u**bias * (max_t + 1), low noise more often (1: uniform; see noisy_ce_loss).
+    hard_examples: every 2,000 steps, draw members still misfit at low noise more often (hard_example_weights).
     command and recorded: the provenance record's command and settings beyond the classifier's own.
     run_extra: more of what the run trains on (e.g. the latents' VAE), which a --resume must match."""
     if max_t is not None and not relabel_max_t <= max_t < schedule.config.num_train_timesteps:
@@ -174,6 +211,8 @@ def train_classifier(
         "relabel_threshold": relabel_threshold,
         **({"max_t": max_t} if max_t is not None else {}),
         **({"lr_decay": True} if lr_decay else {}),
+        **({"low_noise_bias": low_noise_bias} if low_noise_bias != 1.0 else {}),
+        **({"hard_examples": True} if hard_examples else {}),
     }
     run_settings = {
         "split": split.fingerprint(),
@@ -191,19 +230,24 @@ def train_classifier(
     def relabel_midway(trainer: Trainer) -> None:
         nonlocal relabelled
         relabelled = run.state.get("relabelled", [])
+
+        def weigh(model) -> torch.Tensor:  # the members' labels as they stand (after any relabelling)
+            labels = trainer.targets[: len(images)]
+            return hard_example_weights(model, images, labels, schedule, len(data), config.seed + 1)
+
+        hard = weigh if hard_examples else None
         if trainer.step < relabel_after < config.steps:
-            trainer.run_until(relabel_after, description="train classifier (phase 1)")
+            train_in_parts(trainer, relabel_after, "train classifier (phase 1)", hard)
             relabelled = _relabel_unfit(trainer, images, schedule, relabel_max_t, relabel_threshold, config.seed)
             trainer.save_state(extra={"relabelled": relabelled})
-        trainer.run_until(
-            config.steps, description="train classifier" + (" (phase 2)" if relabel_after < config.steps else "")
-        )
+        phase = " (phase 2)" if relabel_after < config.steps else ""
+        train_in_parts(trainer, config.steps, "train classifier" + phase, hard)
         trainer.save_state(extra={"relabelled": relabelled})
 
     trainer = run.train(
         model,
         data,
-        noisy_ce_loss(schedule, max_t),
+        noisy_ce_loss(schedule, max_t, low_noise_bias),
         split,
         run_settings,
         targets=targets,

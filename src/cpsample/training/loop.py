@@ -83,11 +83,12 @@ class Trainer:
         seed = (self.config.seed * 1_000_003 + step) * 64 + self.accelerator.process_index
         return torch.Generator().manual_seed(seed)
 
-    def run_until(self, last_step: int, description: str = "training") -> None:
+    def run_until(self, last_step: int, description: str = "training", bar_total: int | None = None) -> None:
+        """Train up to last_step; bar_total: where the progress bar ends (a run trained in parts shows one total)."""
         device = self.accelerator.device
         self.model.train()
         bar = tqdm(
-            total=last_step,
+            total=bar_total or last_step,
             initial=self.step,
             desc=description,
             disable=not self.accelerator.is_local_main_process,
@@ -171,6 +172,8 @@ class Trainer:
         save_file(tensors, tmp / "optimizer.safetensors")
         if self.targets is not None:
             save_file({"targets": self.targets.cpu().contiguous()}, tmp / "targets.safetensors")
+        if self.sample_weights is not None:  # a resumed run draws its batches as the uninterrupted one did
+            save_file({"weights": self.sample_weights.cpu().contiguous()}, tmp / "sample_weights.safetensors")
         meta = {
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -210,6 +213,8 @@ class Trainer:
             )
             if (folder / "targets.safetensors").exists():
                 self.targets = load_file(folder / "targets.safetensors")["targets"]
+            if (folder / "sample_weights.safetensors").exists():
+                self.sample_weights = load_file(folder / "sample_weights.safetensors")["weights"]
         except ResumeMismatch:
             raise
         except Exception as error:  # truncated safetensors, bad JSON, missing keys: all mean a damaged checkpoint

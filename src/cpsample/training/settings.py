@@ -43,8 +43,9 @@ class ClassifierTraining:
     recipe: str = option(
         "auto",
         "Training recipe: 'paper' (every noise level, 6,000 steps: fits about 200 members), 'scaled' (t <= 500, "
-        "higher decaying LR, steps growing with the members: fits 1,000 and more) or 'auto' (paper up to 200 "
-        "members, scaled above). Options below given explicitly override the recipe's.",
+        "higher decaying LR, steps growing with the members; above 1,000 members low noise and misfit members drawn "
+        "more often: fits 1,000 and 4,000) or 'auto' (paper up to 200 members, scaled above). Options below given "
+        "explicitly override the recipe's.",
     )
     steps: int | None = option(None, "Optimizer steps in all (default: the recipe's).", min=1)
     relabel_after: int | None = option(None, "Step at which images still not fitted get a common label.")

@@ -70,6 +70,7 @@ def train_classifier_run(
         relabel_after=recipe["relabel_after"], block_out_channels=recipe["channels"], resume=resume,
         denoiser_path=str(folder), overwrite=overwrite, negatives=negatives, negatives_source=settings.negatives,
         recorded={"recipe": chosen.name}, max_t=recipe["max_t"], lr_decay=recipe["lr_decay"],
+        low_noise_bias=recipe["low_noise_bias"], hard_examples=recipe["hard_examples"],
     )  # fmt: skip
     advice = None if summary["reached_paper_loss"] else not_fitted_advice(summary, recipe, chosen)
     return ClassifierRun(summary, advice)
