@@ -25,9 +25,10 @@ from cpsample.models.bundle import resolve_model_dir
 from cpsample.models.classifier import TimeClassifier
 from cpsample.models.denoiser import load_noise_schedule
 from cpsample.training.classifier import (
+    LOW_NOISE,
     PAPER_LOSS,
+    hard_example_weights,
     noisy_ce_loss,
-    per_image_loss,
     per_timestep_report,
     random_labels,
 )
@@ -35,11 +36,11 @@ from cpsample.training.loop import TrainConfig, Trainer
 from cpsample.training.recipes import lr_warmup_cosine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "members"
-LOW_NOISE = (0, 50, 100)
 ALPHA = 0.1  # the calibrated guard's alpha: confident means p > 1 - alpha
 HELD_OUT = 500
 PAPER_RECIPE_AT_3000_STEPS = {200: 0.011, 1000: 0.654, 4000: 0.693}  # low-noise loss, issue 43
 
+HARD = {"channels": (32, 64, 64), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True}
 # Candidate recipes (knobs of the classifier and its training); "paper" is train-classifier's historic default.
 RECIPES = {
     "paper": {"channels": (32, 64, 64), "batch": 64, "lr": 1e-3, "max_t": None, "decay": False},
@@ -48,9 +49,15 @@ RECIPES = {
     "maxt500_small": {"channels": (16, 32, 32), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True},
     "maxt500_wide": {"channels": (64, 128, 128), "batch": 64, "lr": 1e-3, "max_t": 500, "decay": True},
     # maxt500_lr3, drawing half of each batch in proportion to each member's low-noise loss at the last check
-    "maxt500_hard": {"channels": (32, 64, 64), "batch": 64, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True},
+    "maxt500_hard": HARD,
     # Half the batch: a step costs 0.57x (48.5 vs 85.1 ms on one thread), so 1.75x the updates in the same time.
     "maxt500_hard_b32": {"channels": (32, 64, 64), "batch": 32, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True},
+    # maxt500_hard with t drawn as u**b * 501: low noise more often (b 2: half the draws at t < 125; b 3: t < 63)
+    "maxt500_hard_low2": {**HARD, "low_noise_bias": 2.0},
+    "maxt500_hard_low3": {**HARD, "low_noise_bias": 3.0},
+    "maxt500_low3": {**HARD, "hard": False, "low_noise_bias": 3.0},
+    # bias 3 for the first sixth of the schedule (past the plateau), down to uniform t by its third
+    "maxt500_hard_low3_fading": {**HARD, "low_noise_bias": 3.0, "fade": (1 / 6, 1 / 3)},
 }
 
 
@@ -75,13 +82,22 @@ def fit(members: int, recipe: str, budget_cpu: float, eval_every: int, planned_s
     # Checkpointed after every check, so a long run killed midway continues where it stopped (same command again).
     state_dir = RESULTS / "state" / f"{recipe}_{members}_{planned_steps}"
     trainer = Trainer(
-        model, images, noisy_ce_loss(schedule, knobs["max_t"]), config, state_dir, labels, lr_factor=decay
+        model,
+        images,
+        noisy_ce_loss(schedule, knobs["max_t"], knobs.get("low_noise_bias", 1.0)),
+        config,
+        state_dir,
+        labels,
+        lr_factor=decay,
     )
     saved = trainer.load_state() or {}
     curve, cpu, wall = saved.get("curve", []), saved.get("cpu", 0.0), saved.get("wall", 0.0)
     while cpu < budget_cpu and not (curve and curve[-1]["loss"] < PAPER_LOSS):
         if knobs.get("hard") and curve:
-            trainer.sample_weights = hard_example_weights(trainer.ema_model(), images, labels, schedule, seed)
+            model = trainer.ema_model()
+            trainer.sample_weights = hard_example_weights(model, images, labels, schedule, len(images), seed + 1)
+        if knobs.get("fade"):
+            trainer.loss_fn = noisy_ce_loss(schedule, knobs["max_t"], faded_bias(knobs, trainer.step, planned_steps))
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         trainer.run_until(trainer.step + eval_every, description=f"{recipe} N={members}")
         cpu += time.process_time() - cpu_start
@@ -108,11 +124,12 @@ def fit(members: int, recipe: str, budget_cpu: float, eval_every: int, planned_s
     }
 
 
-def hard_example_weights(model, images, labels, schedule, seed: int) -> torch.Tensor:
-    """Odds of drawing each member: half uniform, half in proportion to its low-noise loss (misfit members more)."""
-    loss = torch.from_numpy(per_image_loss(model, images, labels, schedule, LOW_NOISE, draws=1, seed=seed + 1))
-    loss = loss.mean(0).float()
-    return 0.5 / len(loss) + 0.5 * loss / loss.sum().clamp(min=1e-12)
+def faded_bias(knobs: dict, step: int, planned_steps: int) -> float:
+    """The low-noise bias at this step: the recipe's until fade[0] of the schedule, then linearly down to 1 (uniform
+    t) at fade[1]."""
+    start, end = (fraction * planned_steps for fraction in knobs["fade"])
+    weight = min(1.0, max(0.0, (step - start) / (end - start)))
+    return knobs["low_noise_bias"] + (1.0 - knobs["low_noise_bias"]) * weight
 
 
 def low_noise_loss(model, images, labels, schedule, seed: int) -> float:
