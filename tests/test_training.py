@@ -325,6 +325,9 @@ def test_recipe_auto_keeps_the_paper_recipe_where_it_fits_and_scales_above():
     assert (settings["low_noise_bias"], settings["hard_examples"]) == (1.0, False)
     large = recipe_settings("auto", 4000)[1]
     assert (large["low_noise_bias"], large["hard_examples"], large["steps"]) == (3.0, True, 48000)
+    # The schedules measured to fit, and growing in between and beyond them
+    steps = [recipe_settings("scaled", n)[1]["steps"] for n in (1000, 1500, 2000, 3000, 4000, 8000)]
+    assert steps[0] == 7000 and steps[2] == 13000 and steps == sorted(steps) and steps[-1] > 2 * 48000
     assert (settings["steps"], settings["channels"], settings["lr"]) == (50, (8, 16), 3e-3)
     assert recipe_settings("scaled", 4000)[1]["steps"] > recipe_settings("scaled", 1000)[1]["steps"]
     assert recipe_settings("paper", 4000)[0].name == "paper"

@@ -14,6 +14,7 @@ measured to fit.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -61,12 +62,9 @@ def scaled_steps(members: int) -> int:
     500."""
     if members <= UNIFORM_FITS_UP_TO:
         return max(3000, int(math.ceil(7 * members / 500) * 500))
-    anchors = [(n, s) for n, s in SCALED_SCHEDULES if n < members][-1:] + [
-        (n, s) for n, s in SCALED_SCHEDULES if n >= members
-    ][:1]
-    if len(anchors) < 2:  # beyond the last anchor: the last segment's growth
-        anchors = list(SCALED_SCHEDULES[-2:])
-    (small_n, small_steps), (large_n, large_steps) = anchors
+    # The segment of anchors around N (beyond the last anchor: the last segment, extrapolated)
+    upper = min(bisect.bisect_left([n for n, _ in SCALED_SCHEDULES], members), len(SCALED_SCHEDULES) - 1)
+    (small_n, small_steps), (large_n, large_steps) = SCALED_SCHEDULES[upper - 1], SCALED_SCHEDULES[upper]
     growth = math.log(large_steps / small_steps) / math.log(large_n / small_n)
     return int(math.ceil(small_steps * (members / small_n) ** growth / 500 - 1e-9) * 500)
 
