@@ -202,22 +202,28 @@ def plot(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(line) for line in (RESULTS / "fits.jsonl").read_text().splitlines() if line.strip()]
+    runs = [
+        json.loads(line)
+        for name in ("fits.jsonl", "stopped.jsonl")  # stopped: runs stopped by hand (dashed)
+        if (RESULTS / name).exists()
+        for line in (RESULTS / name).read_text().splitlines()
+        if line.strip()
+    ]
     # A resumed run appends a longer curve of the same run: keep the last line of each.
     fits = {(run["recipe"], run["members"], run["planned_steps"]): run for run in runs}.values()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in fits:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2))
+    colours = plt.get_cmap("tab20")  # more runs than the default cycle's 10 colours
+    for index, run in enumerate(fits):
         minutes = [point["cpu_s"] / 60 for point in run["curve"]]
+        schedule = f", {run['planned_steps']:,}-step schedule" if run["members"] > 1000 else ""
+        stopped = run.get("stopped_by_hand", False)
         left.plot(
             minutes,
             [point["loss"] for point in run["curve"]],
             marker=".",
-            label=f"{run['recipe']}, N={run['members']}"
-            + (
-                f", {run['planned_steps']:,}-step schedule"
-                if run.get("planned_steps") and run["members"] > 1000
-                else ""
-            ),
+            linestyle="--" if stopped else "-",
+            color=colours(index % 20),
+            label=f"{run['recipe']}, N={run['members']}{schedule}" + (" (stopped)" if stopped else ""),
         )
     # The paper's recipe as issue 43 measured it (3,000 steps at 0.082 CPU s each): 200 fit, 1,000 and 4,000 do not.
     for members, loss in PAPER_RECIPE_AT_3000_STEPS.items():
@@ -227,7 +233,7 @@ def plot(path: Path) -> None:
         )
     left.axhline(PAPER_LOSS, color="grey", ls="--", lw=0.8)
     left.set(xlabel="CPU minutes of training (one thread)", ylabel="low-noise loss (t = 0, 50, 100)", yscale="log")
-    left.legend(fontsize=7)
+    left.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: curves fill the axes
     timing_path = RESULTS / "sampling_times.json"
     if timing_path.exists():
         rows = json.loads(timing_path.read_text())
