@@ -51,7 +51,7 @@ RECIPES = {
     # maxt500_lr3, drawing half of each batch in proportion to each member's low-noise loss at the last check
     "maxt500_hard": HARD,
     # Half the batch: a step costs 0.57x (48.5 vs 85.1 ms on one thread), so 1.75x the updates in the same time.
-    "maxt500_hard_b32": {"channels": (32, 64, 64), "batch": 32, "lr": 3e-3, "max_t": 500, "decay": True, "hard": True},
+    "maxt500_hard_b32": {**HARD, "batch": 32},
     # maxt500_hard with t drawn as u**b * 501: low noise more often (b 2: half the draws at t < 125; b 3: t < 63)
     "maxt500_hard_low2": {**HARD, "low_noise_bias": 2.0},
     "maxt500_hard_low3": {**HARD, "low_noise_bias": 3.0},

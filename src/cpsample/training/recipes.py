@@ -51,8 +51,11 @@ def choose_recipe(name: str, members: int) -> Recipe:
         return Recipe("paper", (32, 64, 64), 64, 1e-3, None, False, 6000, 4000)
     steps = scaled_steps(members)
     # Above UNIFORM_FITS_UP_TO members, low noise and misfit members drawn more often: what fits 4,000 in an hour.
-    emphasis = (3.0, True) if members > UNIFORM_FITS_UP_TO else (1.0, False)
-    return Recipe("scaled", (32, 64, 64), 64, 3e-3, 500, True, steps, int(steps * 0.75), *emphasis)
+    emphasised = members > UNIFORM_FITS_UP_TO
+    return Recipe(
+        "scaled", (32, 64, 64), 64, 3e-3, 500, True, steps, int(steps * 0.75),
+        low_noise_bias=3.0 if emphasised else 1.0, hard_examples=emphasised,
+    )  # fmt: skip
 
 
 def scaled_steps(members: int) -> int:
