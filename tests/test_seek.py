@@ -143,12 +143,20 @@ def test_calibrator_seeks_then_checks_in_full_and_saves_the_window_it_checked(tm
     assert all(row["probed"] <= plain["near_copies"] for row in probes if not row["exact"])
     assert sum(row["exact"] for row in probes) == 1
     assert [row["guard"] for row in result.confirmed][:2] == ["none", "cpsample"]
-    assert all(row["confirmation_n"] == 60 for row in result.confirmed)
-    # near-copies pooled with the screen where it counted them exactly: its plain run, an exact probe at that scale
+    assert all(row["confirmation_n"] == 60 for row in result.confirmed[1:])
+    # plain is the screen's run, not sampled again: its near-copies over all 80, FD on 60 of them (FD's bias depends
+    # on the count), its time that of 60 images without the watch's classifier calls
+    checked_plain = result.confirmed[0]
+    assert checked_plain["plain_from"] == "screen" and checked_plain["confirmation_n"] == 0
+    assert checked_plain["near_copies"] == plain["near_copies"] and checked_plain["n"] == 80
+    assert checked_plain["frechet_distance"] != plain["frechet_distance"] == checked_plain["screen_frechet_distance"]
+    assert 0 < checked_plain["seconds"] < plain["seconds"] * 60 / 80
+    # a setting's near-copies pooled with the screen where it counted them exactly: an exact probe at that scale
     exact_scales = [row["scale"] for row in probes if row["exact"]]
-    assert [row["n"] for row in result.confirmed] == [80 + 60] + [
+    assert [row["n"] for row in result.confirmed[1:]] == [
         80 + 60 if row["scale"] in exact_scales else 60 for row in result.confirmed[1:]
     ]
+    assert result.confirmation["n_samples"] == 60
     chosen = result.chosen
     assert chosen in result.confirmed and chosen["near_copy_share"] <= 0.2 * result.plain["near_copy_share"]
     assert chosen["scale"] in [row["scale"] for row in probes] or chosen["scale"] / seek.RETRY_FACTOR in [
@@ -158,8 +166,8 @@ def test_calibrator_seeks_then_checks_in_full_and_saves_the_window_it_checked(tm
     probed_at_alpha = [row["last_fired_t"] for row in probes if row["alpha"] == chosen["alpha"]]
     assert chosen["max_t"] == check_window(max(probed_at_alpha))
     assert result.cut["cut_low"] <= result.cut["cut"] <= result.cut["cut_high"]
-    assert result.spent["settings"] == len(result.rows) + len(result.confirmed)
-    assert result.spent["images"] == 80 + sum(row["probed"] for row in probes) + 60 * len(result.confirmed)
+    assert result.spent["settings"] == len(result.rows) + len(result.confirmed) - 1
+    assert result.spent["images"] == 80 + sum(row["probed"] for row in probes) + 60 * (len(result.confirmed) - 1)
     record = json.loads(result.save(tmp_path / "run").read_text())
     assert record["search"] == "seek" and record["spent"] == result.spent and record["cut"] == result.cut
 

@@ -43,10 +43,15 @@ class FitReport:
         self.table("confirmation", rows, f"confirmation: {pooled}, FD and time on the {confirm_n}")
 
     def checking(self, settings: list[str], n_samples: int, seed: int) -> None:
-        """The goal-seeking search's check starts: plain and each found setting in full on `n_samples` fresh images."""
-        self.note(f"check: plain and {', '.join(settings)} in full on {n_samples} fresh images (seed {seed})")
+        """The goal-seeking search's check starts: each found setting in full on `n_samples` fresh images."""
+        self.note(f"check: {', '.join(settings)} in full on {n_samples} fresh images (seed {seed})")
 
     def checked(self, rows: list[dict], n_samples: int) -> None:
         """The check's rows, plain first (a setting that missed the goal is followed by its retry)."""
-        pooled = "; near-copies pooled with the screen's exact counts" if rows[0]["n"] > n_samples else ""
-        self.table("check", rows, f"check: in full on {n_samples} fresh images{pooled} (the choice is made here)")
+        plain = rows[0]
+        said = f"check: in full on {n_samples} fresh images"
+        if plain.get("plain_from") == "screen":
+            said += f"; plain is the screen's ({plain['n']} images; FD and time on {n_samples} of them)"
+        if any(row["n"] > n_samples for row in rows[1:]):
+            said += "; near-copies pooled with the screen's exact counts"
+        self.table("check", rows, said + " (the choice is made here)")

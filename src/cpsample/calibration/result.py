@@ -71,7 +71,7 @@ class CalibrationResult:
         if not self.confirmed:
             return None
         return {
-            "n_samples": self.confirmed[0]["confirmation_n"],
+            "n_samples": max(row["confirmation_n"] for row in self.confirmed),  # the seek's plain is the screen's
             "seed": self.grid.seed + search.CONFIRM_SEED_OFFSET,
             "finalists": [search.setting_label(row) for row in self.confirmed[1:]],
             "rows": self.confirmed,
@@ -251,6 +251,7 @@ class CalibrationResult:
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        columns = list(dict.fromkeys(key for row in rows for key in row))  # a row may lack another's columns
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

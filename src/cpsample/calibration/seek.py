@@ -78,6 +78,7 @@ class KeptRun:
     timesteps: np.ndarray
     seconds: float
     least: np.ndarray | None = None  # (steps, N): the classifier's smaller class probability (watched runs)
+    watch_seconds: float = 0.0  # of `seconds`, the watch's classifier calls (plain sampling would not pay them)
     trace: dict = dataclasses.field(default_factory=dict)  # plain sampling has no guard trace
 
     def flagged(self, alpha: float) -> np.ndarray:
@@ -94,14 +95,17 @@ class Watch(Guard):
     def __init__(self, classifier: torch.nn.Module, trained_max_t: int | None = None):
         super().__init__()
         self.classifier, self.trained_max_t = classifier, trained_max_t
+        self.seconds = 0.0  # spent in the classifier, over every batch
 
     def correct(self, predictions, x_t, t, abar_t):
         if self.trained_max_t is not None and int(t.max()) > self.trained_max_t:  # the guard never checks there
             self.record(least=torch.ones(len(x_t)))
             return predictions
+        started = time.perf_counter()
         with torch.no_grad():
             probs = self.classifier(x_t.float(), t).float().softmax(dim=-1)
         self.record(least=probs.min(dim=1).values)
+        self.seconds += time.perf_counter() - started
         return predictions
 
 
@@ -157,7 +161,7 @@ class Seeker:
         }
         if not scales:
             return rows, [], None, self.no_scale(found, int(copies.sum()), allowed, rows)
-        checked = self.check(scales, rows, report, progress)
+        checked = self.check(scales, rows, report, progress, plain)
         chosen = search.choose_setting(checked, goal.target, goal.reduction)
         if chosen is not None:
             return rows, checked, chosen, None
@@ -201,11 +205,14 @@ class Seeker:
         reduction = None if goal.reduction is None else min(1.0, goal.reduction + AIM_MARGIN)
         return search.share_limit([plain_row], goal.target, reduction)
 
-    def check(self, scales: dict[float, tuple[float, int | None]], screen: list[dict], report, progress: bool):
-        """Plain and each alpha's (scale, max_t) in full on check_samples fresh images, checking at t <= max_t as
-        calibration.json will; plain first. Near-copies are pooled with the screen's where it counted them exactly (its
-        plain run, an exact probe at that scale), as the grid's confirmation round pools them; a setting that misses
-        the goal then is tried once more RETRY_FACTOR larger."""
+    def check(
+        self, scales: dict[float, tuple[float, int | None]], screen: list[dict], report, progress: bool, plain: KeptRun
+    ):
+        """Each alpha's (scale, max_t) in full on check_samples fresh images, checking at t <= max_t as
+        calibration.json will; plain first, taken from the screen's plain run (`plain_of_screen`). A setting's
+        near-copies are pooled with the screen's where it counted them exactly (an exact probe at that scale), as the
+        grid's confirmation round pools them; a setting that misses the goal then is tried once more RETRY_FACTOR
+        larger."""
         settings, goal = self.settings, self.goal
         seed = settings.seed + search.CONFIRM_SEED_OFFSET
         report.checking([f"a={a:g}, s={s:g}" for a, (s, _) in scales.items()], self.check_samples, seed)
@@ -215,7 +222,10 @@ class Seeker:
             counted = exact.get((row["alpha"], row["scale"]))
             return search.pool_rounds(counted, row) if counted else {**row, "confirmation_n": self.check_samples}
 
-        rows = [pooled(self.row_of(self.keep_plain(seed, self.check_samples, progress), PLAIN))]
+        if self.check_samples <= len(plain.images):
+            rows = [self.plain_of_screen(plain, screen[0])]
+        else:  # FD on fewer images than the guarded rows' would be biased (it grows as the count shrinks)
+            rows = [pooled(self.row_of(self.keep_plain(seed, self.check_samples, progress), PLAIN))]
         for alpha, (scale, max_t) in scales.items():
             rows.append(pooled(self.full_row(alpha, scale, max_t, seed, progress)))
             if not search.feasible_rows([rows[0], rows[-1]], goal.target, goal.reduction):
@@ -225,11 +235,30 @@ class Seeker:
         report.checked(rows, self.check_samples)
         return rows
 
+    def plain_of_screen(self, plain: KeptRun, screen_row: dict) -> dict:
+        """Plain's check row from the screen's plain run instead of plain sampling on the check's fresh noise: its
+        near-copies over the whole screen (counted exactly there), FD on its first check_samples images (as many as
+        each guarded check row's, since FD's bias depends on the count) and the time of that many of its images less
+        the watch's classifier calls. Plain's share on fresh images would barely narrow the cut's interval (the
+        guarded count, a few copies, dominates it) and cost a sixth of calibrate's time (bench/README, Finding 28)."""
+        n = self.check_samples
+        seconds = (plain.seconds - plain.watch_seconds) * n / len(plain.images)
+        part = dataclasses.replace(plain, images=plain.images[:n], seconds=seconds)
+        counted = {key: screen_row[key] for key in NearCopyShare.columns(0, 1)}
+        return {
+            **self.row_of(part, PLAIN),
+            **counted,
+            "confirmation_n": 0,
+            "screen_frechet_distance": screen_row["frechet_distance"],
+            "plain_from": "screen",
+        }
+
     def keep_plain(self, seed: int, n: int, progress: bool, watch: bool = False) -> KeptRun:
         """Plain sampling of n images from the noise `generate` draws for (seed, batch_size), every step's x kept and,
         with watch, the classifier's confidence."""
         config, adapter = self.config, self.adapter
         images, states, least = [], [], []
+        guard = Watch(self.classifier.model, trained_window(self.classifier.folder)) if watch else NoGuard()
         started = time.time()
         for batch in tqdm(adapter.batches(n, config.batch_size, seed), desc="plain (kept)", disable=not progress):
             kept: list[torch.Tensor] = []
@@ -237,7 +266,7 @@ class Seeker:
                 adapter.denoiser(None),
                 self.scheduler(),
                 (batch.size, *adapter.sample_shape),
-                Watch(self.classifier.model, trained_window(self.classifier.folder)) if watch else NoGuard(),
+                guard,
                 batch.generator(),
                 self.device,
                 raw=True,
@@ -249,7 +278,8 @@ class Seeker:
         self.spend(n, len(self.scheduler().timesteps) * n)
         timesteps = self.scheduler().timesteps.cpu().numpy()
         watched = np.concatenate(least, axis=1) if watch else None
-        return KeptRun(torch.cat(images), torch.cat(states, dim=1), timesteps, time.time() - started, watched)
+        seconds, watched_seconds = time.time() - started, getattr(guard, "seconds", 0.0)
+        return KeptRun(torch.cat(images), torch.cat(states, dim=1), timesteps, seconds, watched, watched_seconds)
 
     def full_row(self, alpha: float, scale: float, max_t: int | None, seed: int, progress: bool) -> dict:
         """One-stage (alpha, scale), checking at t <= max_t, sampled in full from (seed, check_samples): a grid row."""
