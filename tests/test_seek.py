@@ -42,20 +42,26 @@ def test_a_kept_plain_run_is_generate_s_plain_run(seeker, watched):
 def test_a_probe_counts_what_a_full_run_counts_among_plain_copies(seeker, watched):
     copies = np.asarray(seeker.detector(watched.images.numpy()), dtype=bool)
     assert 10 <= copies.sum() <= 40  # the bundled model copies about a third of the time
-    probe = seek.Probe(seeker, watched, copies)
+    probe, full_counts = seek.Probe(seeker, watched, copies), {}
     for scale in (3.0, 10.0):
         row = probe(0.1, scale)
         candidate = seek.one_stage(0.1, scale)
         config = dataclasses.replace(seeker.config, n=80)
         full = generate(seeker.adapter, candidate_spec(seeker.settings, candidate), config, seeker.classifier)
         left = np.asarray(seeker.detector(full.images.numpy()), dtype=bool)
+        full_counts[scale] = left.sum()
         assert row["near_copies"] == (left & copies).sum(), f"s {scale}: the probe sees every copy a full run keeps"
         exact = probe(0.1, scale, exact=True)
         assert exact["near_copies"] == left.sum() and exact["exact"], "an exact probe counts what a full run counts"
-        assert exact["probed"] == watched.flagged(0.1).any(axis=0).sum() > row["probed"]
+        # it samples the flagged non-copies only: the copies were probed at this scale just now
+        assert exact["probed"] + row["probed"] == watched.flagged(0.1).any(axis=0).sum()
+        assert exact["unflagged"] == row["unflagged"]
         assert row["probed"] == (copies & watched.flagged(0.1).any(axis=0)).sum() < 80
         first_fired = full.timesteps[full.trace["fired"].any(axis=1)].max()
         assert row["from_t"] >= first_fired and row["last_fired_t"] <= first_fired
+    # an exact probe at a scale not probed yet samples every flagged sample, to the same count
+    first = seek.Probe(seeker, watched, copies)(0.1, 10.0, exact=True)
+    assert first["near_copies"] == full_counts[10.0] and first["probed"] == watched.flagged(0.1).any(axis=0).sum()
     # copies the guard never flags stay copies whatever the scale
     assert probe(0.1, 300.0)["near_copies"] >= row["unflagged"] == (copies & ~watched.flagged(0.1).any(axis=0)).sum()
 

@@ -315,20 +315,31 @@ class Probe:
     def __init__(self, seeker: Seeker, plain: KeptRun, copies: np.ndarray):
         self.seeker, self.plain, self.copies = seeker, plain, copies  # copies: plain's near-copies, one bool per image
         self.last_fired_t: dict[float, int | None] = {}  # per alpha: the highest t at which it acted, over its probes
+        # per (alpha, scale) probed on plain's copies: which images ended as copies. An exact probe at a probed scale
+        # samples only the flagged non-copies (the copies would end as they did: same start, same guard).
+        self.left: dict[tuple[float, float], np.ndarray] = {}
 
     def __call__(self, alpha: float, scale: float, exact: bool = False) -> dict:
-        """The row of (alpha, scale); exact: every flagged sample sampled again (plain non-copies too), so its count
-        is a full run's."""
+        """The row of (alpha, scale); exact: every flagged sample sampled again (plain non-copies too; plain's copies
+        only where no probe at this scale sampled them yet), so its count is a full run's."""
         seeker, settings, plain = self.seeker, self.seeker.settings, self.plain
         candidate = one_stage(alpha, scale)
         guard = seeker.adapter.guard(search.candidate_spec(settings, candidate), seeker.classifier, settings.device)
-        flagged_at = plain.flagged(alpha) & (True if exact else self.copies)  # (steps, N): where the guard acts
+        probed = self.left.get((alpha, scale)) if exact else None
+        if not exact:
+            again = self.copies
+        elif probed is not None:  # plain's copies were probed at this scale: only its non-copies are left to sample
+            again = ~self.copies
+        else:
+            again = np.ones_like(self.copies)
+        flagged_at = plain.flagged(alpha) & again  # (steps, N): where the guard acts on the samples sampled again
         flagged = np.flatnonzero(flagged_at.any(axis=0))
         first = int(np.argmax(flagged_at.any(axis=1))) if len(flagged) else len(plain.timesteps)
         # Each sample starts at its own first flagged step: until then its guarded trajectory is plain's (about 0.6 of
         # the steps from the earliest flag among them on `bundled`, alpha 0.1).
         own_first = np.argmax(flagged_at[:, flagged], axis=0)
-        started, copies, fired, steps_run = time.time(), self.copies.copy(), [], 0
+        started, fired, steps_run = time.time(), [], 0
+        copies = (self.copies if probed is None else probed).copy()
         for begin_at in np.unique(own_first):
             group = flagged[own_first == begin_at]
             for begin in range(0, len(group), settings.batch_size):
@@ -348,6 +359,8 @@ class Probe:
                 fired.append(trace["fired"] > 0)
                 steps_run += (len(plain.timesteps) - int(begin_at)) * len(rows)
         seeker.spend(len(flagged), steps_run)
+        if not exact:
+            self.left[(alpha, scale)] = copies
         fired_steps = np.concatenate(fired, axis=1).any(axis=1) if fired else np.zeros(len(plain.timesteps), bool)
         last = int(plain.timesteps[fired_steps].max()) if fired_steps.any() else None
         self.last_fired_t[alpha] = max(filter(None, (last, self.last_fired_t.get(alpha))), default=None)
@@ -360,7 +373,7 @@ class Probe:
             "seconds": time.time() - started,
             "probed": len(flagged),
             "from_t": int(plain.timesteps[first]) if len(flagged) else None,
-            "unflagged": int((self.copies & ~flagged_at.any(axis=0)).sum()),
+            "unflagged": int((self.copies & ~plain.flagged(alpha).any(axis=0)).sum()),
             "exact": exact,
             "max_t": None,
         }
