@@ -379,10 +379,10 @@ class Probe:
         }
 
 
-# After the bisection the found scale is probed exactly (every flagged sample, not only plain's copies; about 0.4 of a
-# full run on `bundled`): plain non-copies the guard turned into copies there take their place in the allowance, and
-# the bisection goes on once more (the check then counts every sample in full). At most this many exact probes per
-# alpha.
+# After the bisection the found scale is probed exactly (every flagged sample, not only plain's copies, which its probe
+# already ran; about a quarter of a full run on `bundled`): plain non-copies the guard turned into copies there take
+# their place in the allowance, and the bisection goes on once more (the check then counts every sample in full). At
+# most this many exact probes per alpha.
 EXACT_PROBES = 1
 
 
