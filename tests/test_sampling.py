@@ -175,3 +175,29 @@ def test_check_window_skips_only_steps_where_the_guard_never_fires(bundled):
         skipped.any() and np.isnan(windowed.trace["p1"][skipped]).all() and not windowed.trace["fired"][skipped].any()
     )
     assert np.array_equal(windowed.trace["p1"][~skipped], everywhere.trace["p1"][~skipped])
+
+
+def test_on_a_cpu_the_unet_is_called_on_a_few_dozen_samples_at_a_time(bundled, monkeypatch):
+    """A long batch is denoised in calls of at most CPU_CALL_SIZE (cheaper per sample on a CPU), each sample's eps as
+    one call of the whole batch gives it (to float32 rounding), in order, class labels split along."""
+    from cpsample.models import calls
+
+    unet, _, _ = bundled
+    x, t = torch.randn(10, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(10) * 90
+    with torch.no_grad():
+        whole = unet_denoiser(unet)(x, t)
+        monkeypatch.setattr(calls, "CPU_CALL_SIZE", 4)
+        sizes = []
+        hook = unet.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+        parts = unet_denoiser(unet)(x, t)
+        hook.remove()  # the fixture's UNet is shared
+    assert sizes == [4, 4, 2]
+    assert torch.allclose(parts, whole, atol=1e-5) and not torch.equal(parts[:4], whole[4:8])
+
+    class Recording(torch.nn.Module):
+        def forward(self, x, t, class_labels=None):
+            return type("Out", (), {"sample": x * 0 + (t + class_labels).view(-1, 1, 1, 1).float()})
+
+    labels = torch.arange(10) * 1000
+    eps = unet_denoiser(Recording(), labels)(x, t)
+    assert torch.equal(eps[:, 0, 0, 0], (t + labels).float()), "each sample keeps its own t and class label"

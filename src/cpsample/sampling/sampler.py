@@ -22,6 +22,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
+from cpsample.models.calls import in_cpu_calls
 from cpsample.sampling.guards import Guard, NoGuard
 from cpsample.sampling.guards.base import CFGPrediction, guided_eps, run_noise_levels
 
@@ -111,8 +112,11 @@ class DrawnBatch:
 
 
 def unet_denoiser(unet, class_labels: torch.Tensor | None = None) -> Denoise:
+    def call(x, t, labels):
+        return unet(x, t, class_labels=labels).sample
+
     def denoise(x, t):
-        return unet(x, t, class_labels=class_labels).sample
+        return in_cpu_calls(call, x, t, class_labels)
 
     return denoise
 
