@@ -244,10 +244,9 @@ class Seeker:
         n = self.check_samples
         seconds = (plain.seconds - plain.watch_seconds) * n / len(plain.images)
         part = dataclasses.replace(plain, images=plain.images[:n], seconds=seconds)
-        counted = {key: screen_row[key] for key in NearCopyShare.columns(0, 1)}
         return {
             **self.row_of(part, PLAIN),
-            **counted,
+            **NearCopyShare.columns(screen_row["near_copies"], screen_row["n"]),
             "confirmation_n": 0,
             "screen_frechet_distance": screen_row["frechet_distance"],
             "plain_from": "screen",
