@@ -33,6 +33,7 @@ from cpsample.evaluation.measures import (
     Samples,
     Time,
 )
+from cpsample.models.allocator import keep_freed_memory
 from cpsample.models.bundle import resolve_model_dir, training_data
 from cpsample.provenance import seed_everything, write_record
 from cpsample.sampling.pipeline import generate
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--skip-unconditional", action="store_true", help="only the conditional rows")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does (models/allocator.py), so times compare with its
     seed_everything(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     dataset, split = training_data(resolve_model_dir("bundled", "denoiser"))

@@ -25,6 +25,7 @@ from bench_frontier import write_csv
 
 from cpsample.evaluation import NearCopyDetector, load_feature_net
 from cpsample.evaluation.measures import ClassSkew, FrechetDistance, Judge, NearCopyShare
+from cpsample.models.allocator import keep_freed_memory
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.provenance import write_record
 from cpsample.sampling.pipeline import generate
@@ -53,6 +54,7 @@ def main() -> None:
         "`cpsample train-feature-net` folder",
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does (models/allocator.py), so times compare with its
     args.out.mkdir(parents=True, exist_ok=True)
     methods = dict(parse_method(spec) for spec in (args.method or DEFAULT_METHODS))
     seeds = [int(part) for part in args.seeds.split(",") if part]

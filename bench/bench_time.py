@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from bench_seeds import parse_method
 
+from cpsample.models.allocator import keep_freed_memory
 from cpsample.models.pretrained import DiffusionModel
 from cpsample.sampling.pipeline import generate
 
@@ -57,6 +58,7 @@ def main() -> None:
         help="NAME:KEY=VALUE,... (repeatable): time these settings against plain",
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does (models/allocator.py), so times compare with its
     torch.set_num_threads(args.threads)
     model = DiffusionModel.from_pretrained(args.model)
     generate(model, n=8, steps=3, seed=0, progress=False)  # warm-up: first-call costs are not sampling time

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cpsample.models.allocator import keep_freed_memory
 from cpsample.sampling.adapters import load_adapter
 from cpsample.sampling.generate import SampleConfig, generate
 from cpsample.sampling.spec import GuardSpec
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the medians")
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does (models/allocator.py), so times compare with its
     adapter = load_adapter(args.model)
     spec = chosen_spec(args)
     config = SampleConfig(n=args.n_samples, progress=False)

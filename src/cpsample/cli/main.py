@@ -192,8 +192,11 @@ def main_options(
     ] = False,
 ):
     """cpsample [--json] COMMAND ..."""
+    from cpsample.models.allocator import keep_freed_memory
+
     Results.start(as_json)
     configure_logging()
+    keep_freed_memory()  # 13% faster sampling on a CPU (models/allocator.py)
 
 
 # Commands that live in their own modules (one module per area of the tool) add themselves to the app.
