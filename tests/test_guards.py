@@ -13,7 +13,6 @@ from cpsample.cli.main import app
 from cpsample.models.bundle import resolve_model_dir
 from cpsample.sampling.guards import GUARDS, Guard, GuardContext, GuardOptions
 from cpsample.sampling.guards.base import option
-from cpsample.sampling.guards.cpsample import _screens_fast
 from cpsample.sampling.pipeline import generate
 from cpsample.sampling.spec import build_guard, guard_options, read_calibration
 
@@ -295,15 +294,17 @@ def test_adaptive_push_is_capped_and_falls_back_without_the_run_schedule():
     assert adaptive.settings()["adaptive"] is True and "adaptive" not in fixed.settings()
 
 
-@pytest.mark.skipif(
-    not _screens_fast(torch.device("cpu")), reason="this CPU runs bfloat16 emulated, so the guard does not screen"
-)
-def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
+def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike(monkeypatch):
     """The bfloat16 screen only decides which samples get the exact float32 check: the same samples fire at every
-    step as without it, the images are the same, and the float32 check saw fewer samples than were checked."""
+    step as without it, the images are the same, and the float32 check saw fewer samples than were checked. (The
+    guard screens only where bfloat16 is much faster; it is made to screen here, where bfloat16 may only be
+    correct.)"""
     from cpsample.models import Classifier
     from cpsample.models.classifier import TimeClassifier
+    from cpsample.sampling.guards import cpsample as cpsample_guard
     from cpsample.sampling.guards.cpsample import CPSampleGuard
+
+    monkeypatch.setattr(cpsample_guard, "_screens_fast", lambda device: True)
 
     classifier = Classifier.from_pretrained("bundled").model
     exact_rows = []
@@ -328,6 +329,19 @@ def test_bfloat16_screen_fires_on_the_same_samples_and_pushes_alike():
     assert torch.allclose(screened.images, plain_check.images, atol=1e-5)
     checked = 64 * int((screened.timesteps <= 300).sum())
     assert unscreened_rows == checked and fired.sum() <= screened_rows < checked
+
+
+def test_the_screen_runs_only_where_bfloat16_is_much_faster(monkeypatch):
+    """AVX512-BF16 alone made bfloat16 convolutions only 7% faster (an AMD EPYC), too little for the screen to pay;
+    AMX (and CUDA) run them several times faster."""
+    from cpsample.sampling.guards import cpsample as cpsample_guard
+
+    for amx, screens in ((False, False), (True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        cpsample_guard._bfloat16_native.cache_clear()
+        assert cpsample_guard._screens_fast(torch.device("cpu")) is screens
+    cpsample_guard._bfloat16_native.cache_clear()  # the real CPU's answer again for later tests
 
 
 def test_a_classifier_is_never_checked_above_the_noise_levels_it_was_trained_at(tmp_path):
