@@ -37,7 +37,7 @@ measured): sampling with 50 DDIM steps takes 0.094 s per 16x16 grey image (1.9 m
 RGB image (6.8 ms per step); CPSample's calibrated default adds about 8%, AMG about 60%, rejection sampling one
 extra draw per near-copy. Training the classifier costs 0.082 CPU s per step at batch 64 and 16x16 (1,000 members fit
 in 6.6 CPU minutes, 4,000 in 51; `train-classifier` prints its estimate first). `calibrate` (bisection on the scale) costs about
-4x plain sampling of 600 images: 227 s at 16x16 and 17 minutes at 32x32 (`--n-samples 150` about halves it); the
+2.5-5x plain sampling of 600 images: 216-239 s at 16x16 and 525 s at 32x32 (`--n-samples 150` about halves it); the
 grid took 11 minutes at 16x16. Run parallel jobs with `OMP_NUM_THREADS=1`.
 
 ## What each command does
