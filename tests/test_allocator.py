@@ -32,7 +32,8 @@ def test_freed_memory_is_kept_for_reuse_instead_of_faulted_in_again():
     assert resource.getpagesize() == 4096
     pages = 5 * (64 << 20) // 4096
     kept, faults = page_faults("keep")
-    assert kept == "True" and faults <= pages // 5, f"{faults} page faults in 5 reuses of 64 MB (at most one afresh)"
+    # measured: one reuse's pages (16,384) with it, every reuse's (81,925) without
+    assert kept == "True" and faults < pages * 2 // 5, f"{faults} page faults in 5 reuses of 64 MB"
     huge_pages = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if huge_pages.exists() and "[always]" in huge_pages.read_text():
         return  # the kernel backs fresh mappings with 2 MB pages: far fewer faults to compare with
